@@ -1,0 +1,23 @@
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/models.smk"
+include: "rules/targets.smk"
+include: "rules/tuning.smk"
+include: "rules/collect.smk"
+include: "rules/figures.smk"
+
+
+report: "report/workflow.rst"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

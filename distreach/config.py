@@ -1,0 +1,59 @@
+"""Configuration checks that the JSON schema cannot express, and one-line messages for schema errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .errors import DistreachError
+
+
+def _where(path) -> str:
+    parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in path]
+    return ".".join(parts).replace(".[", "[") or "(top level)"
+
+
+def schema_error_line(config: dict, schema_path: str | Path) -> str | None:
+    """The most relevant schema violation of ``config`` as one line naming the key, or None."""
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is None:
+        return None
+    if error.validator == "additionalProperties" and error.schema.get("additionalProperties") is False:
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        known = ", ".join(sorted(error.schema.get("properties", {})))
+        return f"config key {_where([*error.absolute_path, extra[0]])}: unknown key (allowed here: {known})"
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return f"config key {_where([*error.absolute_path, missing])}: missing required key"
+    if error.validator == "oneOf" and "description" in error.schema:
+        return f"config key {_where(error.absolute_path)}: {error.schema['description']}"
+    return f"config key {_where(error.absolute_path)}: {error.message}"
+
+
+def check_references(config: dict) -> None:
+    """Names used in experiments, figures and random_init sources must be defined."""
+    models = config.get("models", {})
+    for name, entry in models.items():
+        base = entry.get("source", {}).get("random_init")
+        if base is not None:
+            if base not in models:
+                raise DistreachError(f"config key models.{name}.source.random_init: unknown model {base!r}")
+            if "random_init" in models[base].get("source", {}):
+                raise DistreachError(f"config key models.{name}.source.random_init: {base!r} is itself random_init")
+    experiments = config.get("experiments", {})
+    for ename, exp in experiments.items():
+        for i, m in enumerate(exp.get("models", [])):
+            if m not in models:
+                raise DistreachError(f"config key experiments.{ename}.models[{i}]: unknown model {m!r}")
+    for fig, spec in (config.get("figures") or {}).items():
+        exp = spec.get("experiment")
+        if exp is not None and exp not in experiments:
+            raise DistreachError(f"config key figures.{fig}.experiment: unknown experiment {exp!r}")
+        model = spec.get("model")
+        if model is not None and exp is not None and model not in experiments[exp]["models"]:
+            raise DistreachError(f"config key figures.{fig}.model: {model!r} is not a model of experiment {exp!r}")

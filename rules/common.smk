@@ -1,0 +1,92 @@
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from distreach.config import check_references, schema_error_line
+from distreach.errors import DistreachError
+
+SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
+
+try:
+    validate(config, schema="../schemas/config.schema.yaml")
+    check_references(config)
+except (WorkflowError, DistreachError) as exc:
+    line = (
+        schema_error_line(config, SCHEMA)
+        if isinstance(exc, WorkflowError)
+        else str(exc)
+    )
+    raise WorkflowError(line or str(exc).splitlines()[0]) from None
+
+
+FIGURES = {
+    name: spec for name, spec in config["figures"].items() if spec.get("experiment")
+}
+
+
+wildcard_constraints:
+    model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    family=r"vanilla",
+    method=r"soft",
+    shard=r"\d+",
+
+
+def model_base(wildcards):
+    """The materialised base model a random_init model copies its architecture from."""
+    source = config["models"][wildcards.model]["source"]
+    if "random_init" in source:
+        return f"results/models/{source['random_init']}"
+    return []
+
+
+def model_spec(wildcards):
+    return config["models"][wildcards.model]
+
+
+def target_settings(wildcards):
+    return config["targets"][wildcards.family]
+
+
+def experiment_spec(wildcards):
+    return config["experiments"][wildcards.experiment]
+
+
+def experiment_targets(wildcards):
+    family = config["experiments"][wildcards.experiment]["targets"]
+    return f"results/targets/{family}/{wildcards.model}.arrow"
+
+
+def tuning_settings(wildcards):
+    """Global tuning settings with the experiment's overrides on top (a rerun trigger)."""
+    exp = config["experiments"][wildcards.experiment]
+    return {**config["tuning"], **exp.get("tuning", {})}
+
+
+def tuning_threads(wildcards):
+    return max(1, workflow.cores or 1)
+
+
+def shard_files(experiment):
+    exp = config["experiments"][experiment]
+    return [
+        f"results/tuning/{experiment}/{model}/{method}/shard-{k}.arrow"
+        for model in exp["models"]
+        for method in exp["methods"]
+        for k in range(exp["shards"])
+    ]
+
+
+def experiment_shards(wildcards):
+    return shard_files(wildcards.experiment)
+
+
+def figure_table(wildcards):
+    return f"results/collected/{FIGURES[wildcards.fig]['experiment']}.arrow"
+
+
+def all_outputs():
+    tables = [f"results/collected/{e}.arrow" for e in config["experiments"]]
+    figures = [
+        f"results/figures/{fig}{ext}" for fig in FIGURES for ext in (".html", ".png", ".svg")
+    ]
+    return tables + figures

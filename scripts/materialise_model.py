@@ -1,0 +1,10 @@
+"""Snakemake entry point: materialise one configured model (distreach.models.materialise)."""
+
+from distreach.io import logging_to
+from distreach.models import ModelSpec, materialise
+
+with logging_to(snakemake.log[0]):
+    spec = ModelSpec.from_config(snakemake.wildcards.model, snakemake.params.spec)
+    base = snakemake.input.base[0] if snakemake.input.base else None
+    manifest = materialise(spec, snakemake.output[0], base_dir=base)
+    print(f"materialised {spec.name}: {manifest['architecture']}, |V| = {manifest['vocab_size']}")
