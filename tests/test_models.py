@@ -1,0 +1,69 @@
+import json
+
+import pytest
+import torch
+
+from distreach.errors import DistreachError
+from distreach.models import ModelSpec, load_materialised, materialise, read_manifest
+
+from .conftest import save_tiny
+
+
+def test_materialised_folder_is_safetensors_with_manifest(tiny_dirs):
+    folder = tiny_dirs["llama"]
+    assert list(folder.glob("*.safetensors")) and not list(folder.glob("*.bin"))
+    m = read_manifest(folder)
+    assert m["vocab_size"] == 93 and m["architecture"] == "LlamaForCausalLM"
+    assert m["source_kind"] == "local" and len(m["weights_sha256"]) == 64
+    assert m["trust_remote_code"] is False
+    lm, tok = load_materialised(folder, device="cpu")
+    assert lm.vocab_size == 93 and tok.bos_token_id == 1
+    assert not any(p.requires_grad for p in lm.model.parameters())
+
+
+def test_random_init_twin_keeps_architecture_and_tokenizer(tiny_dirs, tmp_path):
+    spec = ModelSpec.from_config("twin", {"source": {"random_init": "tiny-llama", "seed": 7}})
+    a = materialise(spec, tmp_path / "a", base_dir=tiny_dirs["llama"])
+    b = materialise(spec, tmp_path / "b", base_dir=tiny_dirs["llama"])
+    c = materialise(ModelSpec.from_config("twin", {"source": {"random_init": "tiny-llama", "seed": 8}}), tmp_path / "c", base_dir=tiny_dirs["llama"])
+    base = read_manifest(tiny_dirs["llama"])
+    assert a["architecture"] == base["architecture"] and a["vocab_size"] == base["vocab_size"]
+    assert a["weights_sha256"] == b["weights_sha256"] != base["weights_sha256"]
+    assert c["weights_sha256"] != a["weights_sha256"]
+    assert a["source_sha256"] == base["weights_sha256"]
+    tw = load_materialised(tmp_path / "a", device="cpu")[0]
+    orig = load_materialised(tiny_dirs["llama"], device="cpu")[0]
+    assert not torch.equal(tw.embeddings, orig.embeddings)
+    assert tw.tokenizer.get_vocab() == orig.tokenizer.get_vocab()
+
+
+def test_failed_materialisation_leaves_nothing(tmp_path):
+    spec = ModelSpec.from_config("m", {"source": {"local": str(tmp_path / "nope")}})
+    with pytest.raises(DistreachError, match="models.m.source.local: .* is not a folder"):
+        materialise(spec, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+def test_bad_sources_are_named(tmp_path):
+    with pytest.raises(DistreachError, match="models.x.source: give exactly one of"):
+        ModelSpec.from_config("x", {"source": {"hf": "a", "local": "b"}})
+    with pytest.raises(DistreachError, match="models.g.source.gguf_file: .* does not exist"):
+        materialise(ModelSpec.from_config("g", {"source": {"gguf_file": str(tmp_path / "x.gguf")}}), tmp_path / "o")
+    (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
+    with pytest.raises(DistreachError, match="models.g.source.sha256: .* config pins"):
+        materialise(ModelSpec.from_config("g", {"source": {"gguf_file": str(tmp_path / "junk.gguf"), "sha256": "0" * 64}}), tmp_path / "o")
+    with pytest.raises(DistreachError, match="cannot load model from"):
+        materialise(ModelSpec.from_config("g", {"source": {"gguf_file": str(tmp_path / "junk.gguf")}}), tmp_path / "o")
+    with pytest.raises(DistreachError, match="GGUF package 'no_such_pkg' is not installed"):
+        materialise(ModelSpec.from_config("g", {"source": {"gguf_package": "no_such_pkg", "file": "a.gguf"}}), tmp_path / "o")
+    with pytest.raises(DistreachError, match="not a materialised model folder"):
+        load_materialised(tmp_path)
+
+
+def test_trust_remote_code_is_off_unless_configured(tmp_path):
+    src = save_tiny(tmp_path / "src")
+    m = materialise(ModelSpec.from_config("t", {"source": {"local": str(src)}}), tmp_path / "t")
+    assert m["trust_remote_code"] is False
+    m = materialise(ModelSpec.from_config("t", {"source": {"local": str(src)}, "trust_remote_code": True}), tmp_path / "t2")
+    assert json.loads((tmp_path / "t2" / "distreach_model.json").read_text())["trust_remote_code"] is True

@@ -1,0 +1,86 @@
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from distreach.errors import DistreachError
+from distreach.io import write_arrow
+from distreach.targets import EntropyGrid, VanillaSettings, entropy_matched_targets, read_targets, vanilla_targets
+
+V = 500
+FAST = VanillaSettings(per_level=2, seed=3)
+
+
+def test_grid_runs_from_zero_to_log_v():
+    levels = EntropyGrid(step=2.0, unit="bits").levels(1024)
+    assert levels == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0]
+    levels = EntropyGrid(step=1.5, unit="nats").levels(V)
+    assert levels[0] == 0 and levels[-1] == pytest.approx(math.log(V))
+    assert EntropyGrid(step=1.0, start=1.0, stop=3.0, unit="nats").levels(V) == [1.0, 2.0, 3.0]
+    with pytest.raises(DistreachError, match="start must be >= 0"):
+        EntropyGrid(step=1.0, start=-1.0).levels(V)
+
+
+@pytest.mark.parametrize("unit", ["nats", "bits"])
+def test_vanilla_targets_reach_their_entropy(unit):
+    table = vanilla_targets(V, EntropyGrid(step=2.0, unit=unit), FAST)
+    meta, probs = read_targets_from(table)
+    req = np.array(meta["requested_entropy"])
+    got = np.array(meta["achieved_entropy"])
+    assert len(req) == 2 * len(EntropyGrid(step=2.0, unit=unit).levels(V))
+    assert np.all(np.abs(req - got) <= 0.01 + 1e-9)
+    # achieved entropy recomputed from the stored distribution, in the unit
+    h = -(probs * np.log(np.where(probs > 0, probs, 1))).sum(1)
+    if unit == "bits":
+        h /= math.log(2)
+    np.testing.assert_allclose(h, got, atol=2e-3)
+    assert set(meta["entropy_unit"]) == {unit} and set(meta["kind"]) == {"vanilla"}
+    assert len(set(meta["target_id"])) == len(req)
+
+
+def read_targets_from(table):
+    rows = table.drop_columns(["logprobs"]).to_pydict()
+    logp = table.column("logprobs").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
+    return rows, np.exp(logp.astype(np.float64))
+
+
+def test_targets_are_deterministic_and_independent_of_other_rows():
+    a = entropy_matched_targets(V, [1.0, 3.0], ["x", "y"], "nats", FAST)
+    b = entropy_matched_targets(V, [3.0], ["y"], "nats", FAST)
+    assert a.column("logprobs")[1] == b.column("logprobs")[0]
+    c = entropy_matched_targets(V, [1.0, 3.0], ["x", "y"], "nats", FAST)
+    assert a.equals(c)
+
+
+def test_unreachable_target_is_an_error_naming_it():
+    with pytest.raises(DistreachError, match=r"target vanilla-L000-r0: entropy 0.0 bits not reached within 3 iterations"):
+        vanilla_targets(V, EntropyGrid(step=2.0, unit="bits"), VanillaSettings(per_level=1, max_iters=3))
+    with pytest.raises(DistreachError, match="outside"):
+        entropy_matched_targets(V, [99.0], ["z"], "nats", FAST)
+
+
+def test_read_targets_checks_the_file(tmp_path):
+    table = vanilla_targets(V, EntropyGrid(step=4.0, unit="nats"), VanillaSettings(per_level=1))
+    path = tmp_path / "t.arrow"
+    write_arrow(table, path)
+    meta, probs = read_targets(path, V)
+    assert probs.shape == (table.num_rows, V)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    with pytest.raises(DistreachError, match="targets have 500 entries but the model's vocabulary has 49152"):
+        read_targets(path, 49152)
+    bad = table.to_pydict()
+    bad["logprobs"][0][3] = float("nan")
+    write_arrow(pa.table(bad, schema=table.schema), tmp_path / "nan.arrow")
+    with pytest.raises(DistreachError, match="NaN"):
+        read_targets(tmp_path / "nan.arrow", V)
+    bad = table.to_pydict()
+    bad["logprobs"][0] = [x + 0.5 for x in bad["logprobs"][0]]
+    write_arrow(pa.table(bad, schema=table.schema), tmp_path / "sum.arrow")
+    with pytest.raises(DistreachError, match="sums to"):
+        read_targets(tmp_path / "sum.arrow", V)
+    with pytest.raises(DistreachError, match="not found"):
+        read_targets(tmp_path / "missing.arrow", V)
+    (tmp_path / "junk.arrow").write_text("not arrow")
+    with pytest.raises(DistreachError, match="not a readable Arrow"):
+        read_targets(tmp_path / "junk.arrow", V)

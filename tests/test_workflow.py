@@ -1,0 +1,124 @@
+"""The workflow end to end on tiny random models: planning, running, rerunning, bad config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from distreach.tables import RESULT_COLUMNS
+
+from .conftest import save_tiny
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+
+
+@pytest.fixture(scope="module")
+def tiny_sources(tmp_path_factory):
+    root = tmp_path_factory.mktemp("src")
+    return {arch: str(save_tiny(root / arch, arch)) for arch in ("llama", "gpt2")}
+
+
+def tiny_config(sources) -> dict:
+    return {
+        "entropy_unit": "bits",
+        "models": {
+            "tiny": {"source": {"local": sources["llama"]}},
+            "tiny-gpt2": {"source": {"local": sources["gpt2"]}},
+            "tiny-random": {"source": {"random_init": "tiny", "seed": 1}},
+        },
+        "targets": {"vanilla": {"grid": {"step": 2.0}, "per_level": 2}},
+        "tuning": {"max_steps": 15, "patience": 5},
+        "experiments": {
+            "vanilla": {"targets": "vanilla", "models": ["tiny", "tiny-gpt2"], "inits": 2, "shards": 2},
+            "twins": {"targets": "vanilla", "models": ["tiny-random"], "inits": 1, "shards": 1},
+        },
+        "figures": {"fig01": {"experiment": "vanilla"}, "fig05": {"experiment": "vanilla", "model": "tiny"}},
+    }
+
+
+def snakemake(workdir: Path, config: dict, *args, check=True):
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [*SNAKEMAKE, "--directory", str(workdir), "--configfile", str(workdir / "config.yaml"), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def planned_jobs(proc) -> dict[str, int]:
+    """Job counts from a dry run's 'Job stats' table."""
+    counts, inside = {}, False
+    for line in proc.stdout.splitlines():
+        if line.startswith("job ") and "count" in line:
+            inside = True
+            continue
+        if inside:
+            parts = line.split()
+            if not parts or parts[0] == "total":
+                break
+            if len(parts) == 2 and parts[1].isdigit():
+                counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_single_figure_plans_only_what_it_needs(tmp_path, tiny_sources):
+    proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig01.png")
+    jobs = planned_jobs(proc)
+    # two models of the 'vanilla' experiment, 2 shards each; nothing of 'twins', no fig05
+    assert jobs == {"materialise_model": 2, "vanilla_targets": 2, "tune_shard": 4, "collect": 1, "fig01": 1}
+
+
+@pytest.mark.slow
+def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
+    cfg = tiny_config(tiny_sources)
+    snakemake(tmp_path, cfg, "--cores", "2")
+    for fig in ("fig01", "fig05"):
+        for ext in ("html", "png", "svg"):
+            assert (tmp_path / f"results/figures/{fig}.{ext}").stat().st_size > 1000
+    df = pl.read_ipc(tmp_path / "results/collected/vanilla.arrow")
+    assert set(RESULT_COLUMNS) <= set(df.columns)
+    assert df.height == 2 * 10 * 2  # models x targets (5 levels x 2) x inits
+    assert df["kl_min"].is_finite().all() and (df["kl_min"] >= 0).all()
+    assert set(df["entropy_unit"]) == {"bits"} and set(df["status"]) == {"ok"}
+    assert {"model_sha256", "model_source", "dtype", "device", "bos"} <= set(df.columns)
+    twins = pl.read_ipc(tmp_path / "results/collected/twins.arrow")
+    assert twins["model"].unique().to_list() == ["tiny-random"]
+    # nothing changed: nothing to do
+    proc = snakemake(tmp_path, cfg, "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    # a second run from scratch gives bit-identical tables
+    again = tmp_path / "again"
+    snakemake(again, cfg, "--cores", "2", "results/collected/vanilla.arrow")
+    assert pl.read_ipc(again / "results/collected/vanilla.arrow").equals(df)
+
+
+BAD_CONFIGS = [
+    (lambda c: c["models"]["tiny"].update(source={"ftp": "x"}), "models.tiny.source: must have exactly one of"),
+    (lambda c: c["targets"]["vanilla"]["grid"].update(start=-1.0), "targets.vanilla.grid.start: -1.0 is less than the minimum of 0"),
+    (lambda c: c["experiments"]["vanilla"].pop("targets"), "experiments.vanilla.targets: missing required key"),
+    (lambda c: c.update(colour="blue"), "config key colour: unknown key"),
+    (lambda c: c["tuning"].update(learning_rate=0.1), "config key tuning.learning_rate: unknown key"),
+    (lambda c: c["experiments"]["vanilla"]["models"].append("nosuch"), "experiments.vanilla.models[2]: unknown model 'nosuch'"),
+    (lambda c: c["models"]["tiny-random"]["source"].update(random_init="nosuch"), "models.tiny-random.source.random_init: unknown model"),
+    (lambda c: c.update(entropy_unit="dits"), "config key entropy_unit: 'dits' is not one of"),
+]
+
+
+@pytest.mark.parametrize("mutate,message", BAD_CONFIGS)
+def test_bad_config_fails_before_any_job_with_one_line(tmp_path, tiny_sources, mutate, message):
+    cfg = tiny_config(tiny_sources)
+    mutate(cfg)
+    proc = snakemake(tmp_path, cfg, "-n", check=False)
+    assert proc.returncode != 0
+    err = proc.stdout + proc.stderr
+    assert message in err, err
+    line = next(ln for ln in err.splitlines() if message in ln)
+    assert "\n" not in line and "Traceback" not in err
+    assert not (tmp_path / "results").exists()
