@@ -8,9 +8,9 @@ trajectory is the row's answer, with the entropy of q at that point.
 
 Many rows are tuned in one batch. Rows never interact: the loss is a sum of
 per-row losses and AdamW is elementwise, so a row's trajectory is the one it
-would have alone. A row stops after ``patience`` steps without an improvement
-of at least ``min_delta`` (so float noise on a plateau cannot keep it alive) or
-after ``max_steps``; stopped rows leave the batch (their parameters and AdamW
+would have alone. A row stops after ``patience`` steps without lowering its best
+KL by a fraction ``min_delta`` (so float noise on a plateau cannot keep it alive)
+or after ``max_steps``; stopped rows leave the batch (their parameters and AdamW
 state are sliced away), so they cost nothing.
 
 Prompt positions are soft here: every position is a free embedding vector.
@@ -42,7 +42,7 @@ class TuneConfig:
     weight_decay: float = 0.01
     max_steps: int = 500
     patience: int = 20
-    min_delta: float = 1e-4  # nats a step must gain over the best to reset patience
+    min_delta: float = 1e-4  # relative gain over the best KL a step needs to reset patience
     init: str = "vocab"  # embeddings of random vocabulary tokens, or a scaled normal
     init_scale: float = 1.0  # normal init: std = init_scale * std of the embedding table
     bos: str = "bos"  # put the tokenizer's BOS token before the prefix, or nothing
@@ -141,7 +141,7 @@ def _tune_batch(model, target_p, prefix, bos_embed, cfg: TuneConfig, on_step=Non
             lr_cpu = loss_rows.detach().double().cpu()
             finite = torch.isfinite(lr_cpu)
             improved = finite & (lr_cpu < kl_min[active])
-            gained = finite & (lr_cpu < kl_min[active] - cfg.min_delta)
+            gained = finite & (lr_cpu < kl_min[active] * (1 - cfg.min_delta))
             if improved.any():
                 idx = active[improved]
                 kl_min[idx] = lr_cpu[improved]

@@ -29,12 +29,13 @@ log = logging.getLogger(__name__)
 
 
 def shard_rows(n_targets: int, inits: int, shard: int, n_shards: int) -> list[tuple[int, int]]:
-    """The (target index, init index) rows of one shard: every n_shards-th row, so
-    shards mix easy and hard targets and take about the same time."""
+    """The (target index, init index) rows of one shard: every n_shards-th row of the
+    init-major order, so each shard mixes targets of all entropies (easy and hard)
+    and shards take about the same time."""
     if not 0 <= shard < n_shards:
         raise DistreachError(f"shard {shard} is outside 0..{n_shards - 1}")
-    rows = [(t, i) for t in range(n_targets) for i in range(inits)]
-    return rows[shard::n_shards]
+    rows = [(t, i) for i in range(inits) for t in range(n_targets)]
+    return sorted(rows[shard::n_shards])
 
 
 def run_shard(

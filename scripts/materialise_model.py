@@ -1,9 +1,12 @@
 """Snakemake entry point: materialise one configured model (distreach.models.materialise)."""
 
+import torch
+
 from distreach.io import logging_to
 from distreach.models import ModelSpec, materialise
 
 with logging_to(snakemake.log[0]):
+    torch.set_num_threads(snakemake.threads)
     spec = ModelSpec.from_config(snakemake.wildcards.model, snakemake.params.spec)
     base = snakemake.input.base[0] if snakemake.input.base else None
     manifest = materialise(spec, snakemake.output[0], base_dir=base)

@@ -1,10 +1,13 @@
 """Snakemake entry point: vanilla targets (paper Eq. 1) for one model's vocabulary."""
 
+import torch
+
 from distreach.io import logging_to, write_arrow
 from distreach.models import read_manifest
 from distreach.targets import EntropyGrid, VanillaSettings, vanilla_targets
 
 with logging_to(snakemake.log[0]):
+    torch.set_num_threads(snakemake.threads)
     s = snakemake.params.settings
     manifest = read_manifest(snakemake.input.model)
     grid = EntropyGrid(unit=snakemake.params.unit, **s["grid"])

@@ -64,3 +64,54 @@ def tiny_llama(tiny_dirs):
     from distreach.models import load_materialised
 
     return load_materialised(tiny_dirs["llama"], dtype="fp32", device="cpu")[0]
+
+
+def write_tiny_gguf(path, seed=0):
+    """A tiny Llama GGUF (hidden 32, 2 layers) with a byte-level BPE tokenizer; returns its token embeddings."""
+    import gguf
+    import numpy as np
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    tokens = ["<|endoftext|>"] + list(bytes_to_unicode().values()) + ["Ġt", "he", "Ġthe"]
+    v, d, ff, layers, heads, kv = len(tokens), 32, 64, 2, 4, 2
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_context_length(64)
+    w.add_embedding_length(d)
+    w.add_block_count(layers)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(heads)
+    w.add_head_count_kv(kv)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    w.add_vocab_size(v)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3] + [1] * (v - 1))
+    w.add_token_merges(["Ġ t", "h e", "Ġt he"])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(0)
+    rng = np.random.default_rng(seed)
+    emb = (rng.standard_normal((v, d)) * 0.05).astype(np.float32)
+    w.add_tensor("token_embd.weight", emb)
+
+    def rand(name, shape):
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.05).astype(np.float32))
+
+    rand("output.weight", (v, d))
+    w.add_tensor("output_norm.weight", np.ones(d, np.float32))
+    for i in range(layers):
+        rand(f"blk.{i}.attn_q.weight", (d, d))
+        rand(f"blk.{i}.attn_k.weight", (kv * d // heads, d))
+        rand(f"blk.{i}.attn_v.weight", (kv * d // heads, d))
+        rand(f"blk.{i}.attn_output.weight", (d, d))
+        rand(f"blk.{i}.ffn_gate.weight", (ff, d))
+        rand(f"blk.{i}.ffn_up.weight", (ff, d))
+        rand(f"blk.{i}.ffn_down.weight", (d, ff))
+        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(d, np.float32))
+        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(d, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return emb

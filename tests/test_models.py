@@ -67,3 +67,19 @@ def test_trust_remote_code_is_off_unless_configured(tmp_path):
     assert m["trust_remote_code"] is False
     m = materialise(ModelSpec.from_config("t", {"source": {"local": str(src)}, "trust_remote_code": True}), tmp_path / "t2")
     assert json.loads((tmp_path / "t2" / "distreach_model.json").read_text())["trust_remote_code"] is True
+
+
+def test_gguf_file_is_materialised_as_plain_safetensors(tmp_path):
+    from distreach.models import sha256_file
+
+    from .conftest import write_tiny_gguf
+
+    emb = write_tiny_gguf(tmp_path / "tiny.gguf")
+    digest = sha256_file(tmp_path / "tiny.gguf")
+    spec = ModelSpec.from_config("g", {"source": {"gguf_file": str(tmp_path / "tiny.gguf"), "sha256": digest}})
+    m = materialise(spec, tmp_path / "g")
+    assert m["source_sha256"] == digest and m["vocab_size"] == 260
+    assert "quantization_config" not in json.loads((tmp_path / "g" / "config.json").read_text())
+    lm, tok = load_materialised(tmp_path / "g", device="cpu")
+    assert torch.equal(lm.embeddings, torch.from_numpy(emb))
+    assert tok.decode(tok(" the").input_ids) == " the"

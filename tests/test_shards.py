@@ -1,0 +1,47 @@
+import polars as pl
+import pytest
+
+from distreach.errors import DistreachError
+from distreach.io import read_arrow, write_arrow
+from distreach.shards import run_shard, shard_rows, tuning_config
+from distreach.tables import RESULT_COLUMNS, collect, min_over_inits
+from distreach.targets import EntropyGrid, VanillaSettings, vanilla_targets
+
+
+def test_shards_partition_the_rows_and_mix_entropies():
+    rows = [shard_rows(7, 3, k, 4) for k in range(4)]
+    flat = sorted(r for part in rows for r in part)
+    assert flat == [(t, i) for t in range(7) for i in range(3)]
+    assert max(map(len, rows)) - min(map(len, rows)) <= 1
+    for part in rows:  # every shard sees low and high targets
+        assert min(t for t, _ in part) <= 1 and max(t for t, _ in part) >= 5
+    with pytest.raises(DistreachError, match="shard 4 is outside 0..3"):
+        shard_rows(7, 3, 4, 4)
+
+
+def test_tuning_config_merges_and_rejects_unknown_keys():
+    cfg = tuning_config({"lr": 0.2, "max_steps": 10}, {"max_steps": 5})
+    assert cfg.lr == 0.2 and cfg.max_steps == 5 and cfg.patience == 20
+    with pytest.raises(DistreachError, match="unknown key"):
+        tuning_config({"learning_rate": 0.1})
+
+
+def test_run_shards_and_collect(tiny_dirs, tmp_path):
+    targets = vanilla_targets(93, EntropyGrid(step=2.0, unit="bits"), VanillaSettings(per_level=1))
+    write_arrow(targets, tmp_path / "t.arrow")
+    cfg = tuning_config({"max_steps": 10, "patience": 3})
+    paths = []
+    for k in range(2):
+        paths.append(tmp_path / f"shard-{k}.arrow")
+        run_shard(model_dir=str(tiny_dirs["llama"]), targets_path=str(tmp_path / "t.arrow"), out_path=str(paths[-1]),
+                  experiment="e", method="soft", tuning=cfg, inits=2, shard=k, n_shards=2, device="cpu")
+    df = collect([str(p) for p in paths], str(tmp_path / "all.arrow"))
+    assert set(RESULT_COLUMNS) <= set(df.columns)
+    assert df.height == targets.num_rows * 2
+    assert df.select("target_id", "init_index").unique().height == df.height
+    meta = read_arrow(tmp_path / "all.arrow").schema.metadata
+    assert b"distreach" in meta and b"torch" in meta[b"distreach"]
+    best = min_over_inits(df)
+    assert best.height == targets.num_rows
+    expected = df.group_by("target_id").agg(pl.col("kl_min").min()).sort("target_id")
+    assert best.sort("target_id")["kl_min"].to_list() == expected["kl_min"].to_list()
