@@ -1,21 +1,32 @@
 """The tuning engine: one config in, one result out.
 
 Each row is one (target distribution p, prefix init) pair. A row's prefix is L
-vectors fed to the model as input embeddings (after an optional BOS token); the
+positions fed to the model as input embeddings (after an optional BOS token); the
 model's next-token distribution q at the last position is compared with p by
 KL(p || q), and the prefix is tuned to lower it. The minimum KL over the
 trajectory is the row's answer, with the entropy of q at that point.
 
-Many rows are tuned in one batch. Rows never interact: the loss is a sum of
-per-row losses and AdamW is elementwise, so a row's trajectory is the one it
-would have alone. A row stops after ``patience`` steps without lowering its best
-KL by a fraction ``min_delta`` (so float noise on a plateau cannot keep it alive)
-or after ``max_steps``; stopped rows leave the batch (their parameters and AdamW
-state are sliced away), so they cost nothing.
+One loop serves soft, hard and hybrid prompts; a mask over positions says which
+are which. Every step is one forward and backward pass of the batch, then
 
-Prompt positions are soft here: every position is a free embedding vector.
-``soft_positions`` names them, so hard (vocabulary-token) positions can join the
-same loop as a mask over positions.
+- soft positions (free embedding vectors) take an AdamW step (paper Eq. 5);
+- one hard position (a vocabulary token), in left-to-right turn, is swapped for
+  the token minimising the linear approximation of the loss,
+  ``(e(x) - theta_i) . grad_i`` (paper Eq. 4, Wallace et al. 2019). With
+  ``candidates = 1`` the argmin is always taken (the paper's method); with
+  ``candidates = k > 1`` the k best tokens by that score are evaluated exactly in
+  one batched no-grad forward and the best is taken only if it lowers the loss,
+  so a hard prompt's loss never rises.
+
+A sweep over the hard positions is ``n_hard`` steps; a pure hard row whose sweep
+changes nothing has converged and stops.
+
+Many rows are tuned in one batch. Rows never interact: the loss is a sum of
+per-row losses, AdamW is elementwise and the hard update is per row, so a row's
+trajectory is the one it would have alone. A row stops after ``patience`` steps
+without lowering its best KL by a fraction ``min_delta`` (so float noise on a
+plateau cannot keep it alive), once its KL is at most ``stop_kl_nats`` (default
+0: never), or after ``max_steps``; stopped rows leave the batch (their parameters and AdamW state are sliced away), so they cost nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +40,7 @@ import torch
 from .errors import DistreachError
 from .infotheory import entropy, kl
 
-METHODS = ("soft",)
+METHODS = ("soft", "hard", "hybrid")
 INITS = ("vocab", "normal")
 BOS_POLICIES = ("bos", "none")
 
@@ -38,17 +49,25 @@ BOS_POLICIES = ("bos", "none")
 class TuneConfig:
     method: str = "soft"
     prefix_len: int = 5
+    n_soft: int | None = None  # hybrid: soft positions (default L // 2); soft: L; hard: 0
+    soft_positions: tuple | None = None  # hybrid: which positions are soft (default the first n_soft)
     lr: float = 0.1
     weight_decay: float = 0.01
     max_steps: int = 500
     patience: int = 20
     min_delta: float = 1e-4  # relative gain over the best KL a step needs to reset patience
-    init: str = "vocab"  # embeddings of random vocabulary tokens, or a scaled normal
+    stop_kl_nats: float = 0.0  # a row whose KL reaches this has found its target and stops
+    candidates: int = 1  # hard update: 1 = argmin of the linear score (paper); k = best of k exact
+    exclude_special: bool = True  # hard tokens and vocab inits never use special tokens
+    exclude_untypable: bool = False  # ... nor tokens that do not survive decode -> encode
+    init: str = "vocab"  # soft: embeddings of random vocabulary tokens, or a scaled normal
     init_scale: float = 1.0  # normal init: std = init_scale * std of the embedding table
     bos: str = "bos"  # put the tokenizer's BOS token before the prefix, or nothing
     batch_size: int = 0  # rows tuned together; 0 = all rows at once
 
     def __post_init__(self):
+        if self.soft_positions is not None:
+            object.__setattr__(self, "soft_positions", tuple(int(i) for i in self.soft_positions))
         checks = [
             (self.method in METHODS, "method", f"must be one of {METHODS}"),
             (self.prefix_len >= 1, "prefix_len", "must be >= 1"),
@@ -56,7 +75,9 @@ class TuneConfig:
             (self.weight_decay >= 0, "weight_decay", "must be >= 0"),
             (self.max_steps >= 1, "max_steps", "must be >= 1"),
             (self.patience >= 1, "patience", "must be >= 1"),
-            (self.min_delta >= 0, "min_delta", "must be >= 0"),
+            (0 <= self.min_delta < 1, "min_delta", "must be in [0, 1)"),
+            (self.stop_kl_nats >= 0, "stop_kl_nats", "must be >= 0"),
+            (self.candidates >= 1, "candidates", "must be >= 1"),
             (self.init in INITS, "init", f"must be one of {INITS}"),
             (self.init_scale > 0, "init_scale", "must be > 0"),
             (self.bos in BOS_POLICIES, "bos", f"must be one of {BOS_POLICIES}"),
@@ -65,38 +86,96 @@ class TuneConfig:
         for ok, key, why in checks:
             if not ok:
                 raise DistreachError(f"tuning.{key}: {why} (got {getattr(self, key)!r})")
+        L, sp = self.prefix_len, self.soft_positions
+        if self.method != "hybrid" and (self.n_soft is not None or sp is not None):
+            want = {"soft": L, "hard": 0}[self.method]
+            if (self.n_soft is not None and self.n_soft != want) or (sp is not None and len(sp) != want):
+                raise DistreachError(f"tuning.n_soft: a {self.method} prompt has {want} soft positions")
+        if sp is not None:
+            if len(set(sp)) != len(sp) or not all(0 <= i < L for i in sp):
+                raise DistreachError(f"tuning.soft_positions: must be distinct positions in 0..{L - 1} (got {list(sp)})")
+            if self.n_soft is not None and self.n_soft != len(sp):
+                raise DistreachError(f"tuning.soft_positions: {len(sp)} positions but n_soft is {self.n_soft}")
+        elif self.n_soft is not None and not 0 <= self.n_soft <= L:
+            raise DistreachError(f"tuning.n_soft: must be in 0..{L} (got {self.n_soft})")
 
     @property
-    def n_soft(self) -> int:
-        return self.prefix_len
+    def soft_mask(self) -> tuple[bool, ...]:
+        """For each prefix position, whether it is soft."""
+        L = self.prefix_len
+        if self.method == "soft":
+            return (True,) * L
+        if self.method == "hard":
+            return (False,) * L
+        if self.soft_positions is not None:
+            return tuple(i in self.soft_positions for i in range(L))
+        k = L // 2 if self.n_soft is None else self.n_soft
+        return tuple(i < k for i in range(L))
+
+    @property
+    def n_soft_positions(self) -> int:
+        return sum(self.soft_mask)
 
 
 @dataclass
 class TuneResult:
-    """Per-row results, all arrays of length n_rows; information in nats."""
+    """Per-row results, arrays of length n_rows; information in nats."""
 
     kl_min: np.ndarray
     q_entropy: np.ndarray  # entropy of q at the step of kl_min
     best_step: np.ndarray
     steps: np.ndarray  # forward evaluations of the row
-    early_stopped: np.ndarray  # stopped by patience rather than max_steps
+    early_stopped: np.ndarray  # stopped by patience or convergence rather than max_steps
     status: list = field(default_factory=list)  # "ok" or why the row failed
-    best_prefix: np.ndarray | None = None  # [n, L, d] float32: the prefix that reached kl_min
+    best_soft: np.ndarray | None = None  # [n, n_soft, d] float32: soft positions at kl_min
+    best_ids: np.ndarray | None = None  # [n, n_hard] int64: hard tokens at kl_min
+    curve: np.ndarray | None = None  # [n, max_steps] KL per step (NaN after the row stopped), if asked
 
     def __len__(self) -> int:
         return len(self.kl_min)
 
 
-def init_prefix(embed: torch.nn.Module, weight: torch.Tensor, seed: int, cfg: TuneConfig) -> torch.Tensor:
-    """The starting prefix of one row, [L, d] float32, from its own seed."""
-    gen = torch.Generator().manual_seed(int(seed))
-    if cfg.init == "vocab":
-        ids = torch.randint(0, weight.shape[0], (cfg.prefix_len,), generator=gen)
-        with torch.no_grad():
-            # through the embedding module, so models that scale embeddings (Gemma) get real inputs
-            return embed(ids.to(weight.device)).float().cpu()
+def allowed_tokens(tokenizer, n_embed: int, cfg: TuneConfig) -> torch.Tensor:
+    """Bool mask over input-embedding rows a hard position (or a vocab init) may use."""
+    ok = torch.zeros(n_embed, dtype=torch.bool)
+    ok[: min(len(tokenizer), n_embed)] = True  # rows past the tokenizer are padding
+    if cfg.exclude_special:
+        ok[[i for i in tokenizer.all_special_ids if i < n_embed]] = False
+    if cfg.exclude_untypable:
+        ids = ok.nonzero().flatten().tolist()
+        texts = tokenizer.batch_decode([[i] for i in ids])
+        back = tokenizer(texts, add_special_tokens=False).input_ids
+        for i, b in zip(ids, back):
+            if b != [i]:
+                ok[i] = False
+    if not ok.any():
+        raise DistreachError("no vocabulary token is allowed for hard positions")
+    return ok
+
+
+def init_rows(embed, weight, allowed: torch.Tensor, seeds, cfg: TuneConfig):
+    """Starting prefixes: soft part [n, n_soft, d] float32 and hard token ids [n, n_hard].
+
+    Each row draws L allowed tokens from its own seed; soft positions start at
+    those tokens' embeddings (through the embedding module, so models that scale
+    embeddings, like Gemma, get real inputs) or at a scaled normal; hard positions
+    start at the tokens themselves. A hybrid with every position soft starts where
+    a soft prompt does, one with none where a hard prompt does."""
+    mask = torch.tensor(cfg.soft_mask)
+    pool = allowed.nonzero().flatten()
+    soft, hard = [], []
     std = weight.float().std().item() * cfg.init_scale
-    return torch.randn(cfg.prefix_len, weight.shape[1], generator=gen) * std
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(int(seed))
+        ids = pool[torch.randint(0, len(pool), (cfg.prefix_len,), generator=gen)]
+        if cfg.init == "vocab":
+            with torch.no_grad():
+                vec = embed(ids.to(weight.device)).float().cpu()
+        else:
+            vec = torch.randn(cfg.prefix_len, weight.shape[1], generator=gen) * std
+        soft.append(vec[mask])
+        hard.append(ids[~mask])
+    return torch.stack(soft), torch.stack(hard)
 
 
 def _slice_adamw(opt: torch.optim.AdamW, param: torch.Tensor, keep: torch.Tensor):
@@ -113,67 +192,161 @@ def _slice_adamw(opt: torch.optim.AdamW, param: torch.Tensor, keep: torch.Tensor
     return new, new_opt
 
 
-def _tune_batch(model, target_p, prefix, bos_embed, cfg: TuneConfig, on_step=None):
-    n = target_p.shape[0]
-    device = target_p.device
-    dtype = next(model.parameters()).dtype
-    kl_min = torch.full((n,), float("inf"), dtype=torch.float64)
-    q_ent = torch.full((n,), float("nan"), dtype=torch.float64)
-    best_step = torch.full((n,), -1, dtype=torch.long)
-    steps = torch.zeros(n, dtype=torch.long)
-    early = torch.zeros(n, dtype=torch.bool)
-    status = ["ok"] * n
-    since = torch.zeros(n, dtype=torch.long)
-    best_prefix = prefix.detach().float().cpu().clone()
+class _Batch:
+    """The rows of one batch while they are tuned."""
 
-    active = torch.arange(n)  # row indices of the batch's rows
-    theta = torch.nn.Parameter(prefix.to(device))
-    opt = torch.optim.AdamW([theta], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    for step in range(cfg.max_steps):
-        x = theta.to(dtype)
-        if bos_embed is not None:
-            x = torch.cat([bos_embed.expand(x.shape[0], -1, -1), x], dim=1)
-        logits = model(inputs_embeds=x, logits_to_keep=1).logits[:, -1].float()
+    def __init__(self, model, target_p, soft, ids, bos_embed, allowed, cfg: TuneConfig, record_curve: bool):
+        self.model, self.cfg, self.bos = model, cfg, bos_embed
+        self.embed = model.get_input_embeddings()
+        self.weight = self.embed.weight
+        self.device = target_p.device
+        self.dtype = self.weight.dtype
+        self.target = target_p
+        self.mask = list(cfg.soft_mask)
+        self.soft_pos = [i for i, s in enumerate(self.mask) if s]
+        self.hard_pos = [i for i, s in enumerate(self.mask) if not s]
+        self.blocked = ~allowed.to(self.device)
+        n = target_p.shape[0]
+        self.kl_min = torch.full((n,), float("inf"), dtype=torch.float64)
+        self.q_ent = torch.full((n,), float("nan"), dtype=torch.float64)
+        self.best_step = torch.full((n,), -1, dtype=torch.long)
+        self.steps = torch.zeros(n, dtype=torch.long)
+        self.early = torch.zeros(n, dtype=torch.bool)
+        self.status = ["ok"] * n
+        self.since = torch.zeros(n, dtype=torch.long)
+        self.best_soft = soft.clone()
+        self.best_ids = ids.clone()
+        self.curve = torch.full((n, cfg.max_steps), float("nan")) if record_curve else None
+        self.active = torch.arange(n)
+        self.theta = torch.nn.Parameter(soft.to(self.device, copy=True))
+        self.opt = torch.optim.AdamW([self.theta], lr=cfg.lr, weight_decay=cfg.weight_decay) if self.soft_pos else None
+        self.ids = ids.to(self.device, copy=True)
+        self.changed = torch.zeros(n, dtype=torch.bool)  # a hard token changed in this sweep
+        self.converged = torch.zeros(n, dtype=torch.bool)
+
+    def inputs(self, soft, hard_emb):
+        cols, s, h = [], 0, 0
+        for is_soft in self.mask:
+            if is_soft:
+                cols.append(soft[:, s].to(self.dtype))
+                s += 1
+            else:
+                cols.append(hard_emb[:, h])
+                h += 1
+        x = torch.stack(cols, 1)
+        if self.bos is not None:
+            x = torch.cat([self.bos.expand(x.shape[0], -1, -1), x], 1)
+        return x
+
+    def losses(self, x, rows):
+        logits = self.model(inputs_embeds=x, logits_to_keep=1).logits[:, -1].float()
         logq = torch.log_softmax(logits, -1)
-        loss_rows = kl(target_p[active.to(device)], logq)
+        return kl(self.target[rows], logq), logq
 
+    def step(self, step: int) -> torch.Tensor:
+        """One forward/backward/update of the active rows; returns the mask of rows kept."""
+        cfg, act = self.cfg, self.active
+        rows = act.to(self.device)
+        hard_emb = self.embed(self.ids).detach().requires_grad_(bool(self.hard_pos))
+        loss_rows, logq = self.losses(self.inputs(self.theta, hard_emb), rows)
         with torch.no_grad():
-            lr_cpu = loss_rows.detach().double().cpu()
-            finite = torch.isfinite(lr_cpu)
-            improved = finite & (lr_cpu < kl_min[active])
-            gained = finite & (lr_cpu < kl_min[active] * (1 - cfg.min_delta))
+            lc = loss_rows.detach().double().cpu()
+            finite = torch.isfinite(lc)
+            improved = finite & (lc < self.kl_min[act])
+            gained = finite & (lc < self.kl_min[act] * (1 - cfg.min_delta))
             if improved.any():
-                idx = active[improved]
-                kl_min[idx] = lr_cpu[improved]
-                q_ent[idx] = entropy(logq.detach()[improved.to(device)]).double().cpu()
-                best_step[idx] = step
-                best_prefix[idx] = theta.detach()[improved.to(device)].float().cpu()
-            since[active] = torch.where(gained, 0, since[active] + 1)
-            steps[active] += 1
-            for r in active[~finite].tolist():
-                status[r] = f"non-finite KL at step {step}"
-            stop = ~finite | (since[active] >= cfg.patience)
-            early[active[stop & finite]] = True
+                idx, dev_idx = act[improved], improved.to(self.device)
+                self.kl_min[idx] = lc[improved]
+                self.q_ent[idx] = entropy(logq[dev_idx]).double().cpu()
+                self.best_step[idx] = step
+                self.best_soft[idx] = self.theta.detach()[dev_idx].float().cpu()
+                self.best_ids[idx] = self.ids[dev_idx].cpu()
+            if self.curve is not None:
+                self.curve[act, step] = lc.float()
+            self.since[act] = torch.where(gained, 0, self.since[act] + 1)
+            self.steps[act] += 1
+            for r in act[~finite].tolist():
+                self.status[r] = f"non-finite KL at step {step}"
+            reached = self.kl_min[act] <= cfg.stop_kl_nats
+            stop = ~finite | (self.since[act] >= cfg.patience) | self.converged[act] | reached
+            self.early[act[stop & finite]] = True
             keep = ~stop
-        if on_step is not None:
-            on_step(step, int(keep.sum()))
         if not keep.any():
-            break
-        opt.zero_grad(set_to_none=True)
-        loss_rows[keep.to(device)].sum().backward()
-        opt.step()
+            return keep
+        keep_dev = keep.to(self.device)
+        loss_rows[keep_dev].sum().backward()
+        if self.hard_pos:
+            self._hard_update(step, hard_emb.grad, loss_rows.detach(), rows)
+        if self.opt is not None:
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
         if not keep.all():
-            theta, opt = _slice_adamw(opt, theta, keep.to(device))
-            active = active[keep]
-    return kl_min, q_ent, best_step, steps, early, status, best_prefix
+            self._drop(keep, keep_dev)
+        return keep
+
+    @torch.no_grad()
+    def _hard_update(self, step, grad, current, rows):
+        cfg = self.cfg
+        j = step % len(self.hard_pos)  # left to right over the hard positions
+        g = grad[:, j].float()  # [B, d]
+        # argmin over x of (e(x) - theta_j) . g: theta_j . g is the same for every x, and an
+        # embedding scale (Gemma) is a positive factor, so W g ranks the tokens
+        scores = (g.to(self.dtype) @ self.weight.T).float()  # [B, V_in]
+        scores[:, self.blocked] = float("inf")
+        old = self.ids[:, j].clone()
+        if cfg.candidates == 1:
+            new = scores.argmin(-1)
+        else:
+            top = scores.topk(min(cfg.candidates, int((~self.blocked).sum())), dim=-1, largest=False).indices
+            new = self._best_candidate(j, top, current, rows)
+        self.ids[:, j] = new
+        self.changed[self.active] |= (new != old).cpu()
+        if j == len(self.hard_pos) - 1:  # end of a sweep: a pure hard row with no change has converged
+            if not self.soft_pos:
+                self.converged[self.active] = ~self.changed[self.active]
+            self.changed[:] = False
+
+    def _best_candidate(self, j, top, current, rows):
+        """Of each row's k candidate tokens for hard position j, the one with the lowest
+        exact loss if it is lower than the current loss, else the current token."""
+        B, k = top.shape
+        soft = self.theta.detach().repeat_interleave(k, 0)
+        ids = self.ids.repeat_interleave(k, 0)
+        ids[:, j] = top.reshape(-1)
+        chunk = max(1, self.cfg.batch_size or B) * 4
+        losses = []
+        for lo in range(0, B * k, chunk):
+            sl = slice(lo, lo + chunk)
+            x = self.inputs(soft[sl], self.embed(ids[sl]))
+            losses.append(self.losses(x, rows.repeat_interleave(k)[sl])[0])
+        cand = torch.cat(losses).view(B, k)
+        best, arg = cand.min(-1)
+        pick = top.gather(1, arg[:, None]).squeeze(1)
+        return torch.where(best < current, pick, self.ids[:, j])
+
+    def _drop(self, keep, keep_dev):
+        if self.opt is not None:
+            self.theta, self.opt = _slice_adamw(self.opt, self.theta, keep_dev)
+        else:
+            self.theta = torch.nn.Parameter(self.theta.detach()[keep_dev])
+        self.ids = self.ids[keep_dev]
+        self.active = self.active[keep]
 
 
-def tune(loaded, target_probs, init_seeds, cfg: TuneConfig, on_step: Callable[[int, int], None] | None = None) -> TuneResult:
+def tune(
+    loaded,
+    target_probs,
+    init_seeds,
+    cfg: TuneConfig,
+    on_step: Callable[[int, int], None] | None = None,
+    record_curve: bool = False,
+) -> TuneResult:
     """Tune one prefix per row; row i targets ``target_probs[i]`` from ``init_seeds[i]``.
 
     ``loaded`` is a :class:`distreach.models.LoadedModel`; ``target_probs`` is
     [n, |V|] (probabilities, rows summing to 1). ``on_step(step, n_active)`` is
-    called after every step of every batch with the rows still being tuned."""
+    called after every step of every batch with the rows still being tuned.
+    ``record_curve`` keeps every row's KL at every step."""
     model = loaded.model
     weight = loaded.embeddings
     embed = model.get_input_embeddings()
@@ -192,21 +365,52 @@ def tune(loaded, target_probs, init_seeds, cfg: TuneConfig, on_step: Callable[[i
             raise DistreachError(f"tuning.bos: model {loaded.name} has no BOS token; use bos: none")
         with torch.no_grad():
             bos_embed = embed(torch.tensor([[bos_id]], device=device))
-    prefix = torch.stack([init_prefix(embed, weight, s, cfg) for s in init_seeds])
+    allowed = allowed_tokens(loaded.tokenizer, weight.shape[0], cfg)
+    soft, ids = init_rows(embed, weight, allowed, init_seeds, cfg)
 
     n = target.shape[0]
     bs = cfg.batch_size or n
     parts = []
     for lo in range(0, n, bs):
         sl = slice(lo, lo + bs)
-        parts.append(_tune_batch(model, target[sl].to(device), prefix[sl], bos_embed, cfg, on_step))
-    cat = lambda i: torch.cat([p[i] for p in parts]).numpy()  # noqa: E731
+        batch = _Batch(model, target[sl].to(device), soft[sl], ids[sl], bos_embed, allowed, cfg, record_curve)
+        for step in range(cfg.max_steps):
+            keep = batch.step(step)
+            if on_step is not None:
+                on_step(step, int(keep.sum()))
+            if not keep.any():
+                break
+        parts.append(batch)
+
+    def cat(name):
+        return torch.cat([getattr(b, name) for b in parts]).numpy()
+
     return TuneResult(
-        kl_min=cat(0),
-        q_entropy=cat(1),
-        best_step=cat(2),
-        steps=cat(3),
-        early_stopped=cat(4),
-        status=[s for p in parts for s in p[5]],
-        best_prefix=cat(6),
+        kl_min=cat("kl_min"),
+        q_entropy=cat("q_ent"),
+        best_step=cat("best_step"),
+        steps=cat("steps"),
+        early_stopped=cat("early"),
+        status=[s for b in parts for s in b.status],
+        best_soft=cat("best_soft"),
+        best_ids=cat("best_ids"),
+        curve=cat("curve") if record_curve else None,
     )
+
+
+@torch.no_grad()
+def prompt_kl(loaded, target_probs, prompts: list[list[int]], bos: str = "bos") -> np.ndarray:
+    """KL(p_i || q_i) in nats where q_i is the model's next-token distribution after the
+    token ids ``prompts[i]`` (with the BOS policy), e.g. a hard prompt typed back in."""
+    model = loaded.model
+    device = loaded.embeddings.device
+    out = np.empty(len(prompts))
+    for i, ids in enumerate(prompts):
+        ids = ([loaded.tokenizer.bos_token_id] if bos == "bos" else []) + list(ids)
+        if not ids:
+            out[i] = float("nan")
+            continue
+        logits = model(torch.tensor([ids], device=device), logits_to_keep=1).logits[:, -1].float()
+        p = torch.as_tensor(np.asarray(target_probs[i]), dtype=torch.float32, device=device)[None]
+        out[i] = float(kl(p, torch.log_softmax(logits, -1)))
+    return out

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .engine import TuneConfig, tune
+from .engine import TuneConfig, prompt_kl, tune
 from .errors import DistreachError
 from .infotheory import to_unit
 from .io import package_versions, write_arrow
@@ -73,6 +73,7 @@ def run_shard(
     if rows:
         res = tune(loaded, probs[[t for t, _ in rows]], seeds, tuning, on_step=progress)
     pick = [t for t, _ in rows]
+    hard = hard_prompt_columns(loaded, tuning, res, probs[pick]) if rows else {"ids": [], "text": [], "kl_roundtrip": []}
     col = lambda name: meta.column(name).take(pa.array(pick, pa.int64())) if rows else pa.array([], meta.column(name).type)  # noqa: E731
     n = len(rows)
     manifest = loaded.manifest
@@ -90,13 +91,16 @@ def run_shard(
             "init_index": pa.array([i for _, i in rows], pa.int64()),
             "init_seed": pa.array(seeds, pa.int64()),
             "prefix_len": pa.array([tuning.prefix_len] * n, pa.int64()),
-            "n_soft": pa.array([tuning.n_soft] * n, pa.int64()),
+            "n_soft": pa.array([tuning.n_soft_positions] * n, pa.int64()),
             "kl_min": pa.array(to_unit(res.kl_min, unit) if n else [], pa.float64()),
             "q_entropy": pa.array(to_unit(res.q_entropy, unit) if n else [], pa.float64()),
             "best_step": pa.array(res.best_step if n else [], pa.int64()),
             "steps": pa.array(res.steps if n else [], pa.int64()),
             "early_stopped": pa.array(res.early_stopped if n else [], pa.bool_()),
             "status": pa.array(res.status if n else [], pa.string()),
+            "prompt_ids": pa.array(hard["ids"], pa.list_(pa.int64())),
+            "prompt_text": pa.array(hard["text"], pa.string()),
+            "kl_roundtrip": pa.array(to_unit(np.asarray(hard["kl_roundtrip"], dtype=float), unit), pa.float64()),
             "shard": pa.array([shard] * n, pa.int64()),
             "bos": pa.array([tuning.bos] * n, pa.string()),
             "dtype": pa.array([dtype] * n, pa.string()),
@@ -131,3 +135,25 @@ def tuning_config(defaults: dict, overrides: dict | None = None) -> TuneConfig:
         raise DistreachError(f"tuning: unknown key(s) {', '.join(unknown)}")
     return TuneConfig(**merged)
 
+
+
+def hard_prompt_columns(loaded, tuning: TuneConfig, res, probs) -> dict:
+    """Token ids and text of each row's best prompt (soft positions shown as ``<soft>``), and for
+    pure hard prompts the KL after a decode -> re-encode round trip (NaN otherwise)."""
+    tok = loaded.tokenizer
+    n = len(res)
+    if tuning.n_soft_positions == tuning.prefix_len:
+        return {"ids": [[] for _ in range(n)], "text": [""] * n, "kl_roundtrip": [float("nan")] * n}
+    mask = tuning.soft_mask
+    ids = [[int(i) for i in row] for row in res.best_ids]
+    texts = []
+    for row in ids:
+        it = iter(row)
+        pieces = ["<soft>" if soft else tok.decode([next(it)]) for soft in mask]
+        texts.append("".join(pieces))
+    if tuning.n_soft_positions == 0:
+        retyped = [tok(text, add_special_tokens=False).input_ids for text in texts]
+        kl_rt = prompt_kl(loaded, probs, retyped, tuning.bos)
+    else:
+        kl_rt = [float("nan")] * n
+    return {"ids": ids, "text": texts, "kl_roundtrip": list(kl_rt)}

@@ -4,6 +4,8 @@ rule collect:
         experiment_shards,
     output:
         "results/collected/{experiment}.arrow",
+    params:
+        code=library_code("tables"),
     log:
         "logs/collect/{experiment}.log",
     conda:

@@ -1,6 +1,10 @@
+import hashlib
+from pathlib import Path
+
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
+import distreach
 from distreach.config import check_references, schema_error_line
 from distreach.errors import DistreachError
 
@@ -29,6 +33,15 @@ wildcard_constraints:
     family=r"vanilla",
     method=r"soft",
     shard=r"\d+",
+
+
+def library_code(*modules):
+    """Fingerprint of the distreach modules a rule runs; as a param, editing them reruns the rule."""
+    root = Path(distreach.__file__).parent
+    digest = hashlib.sha256()
+    for name in modules:
+        digest.update((root / f"{name}.py").read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def model_base(wildcards):

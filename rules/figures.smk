@@ -10,6 +10,8 @@ rule fig01:
             category="Figures",
         ),
         svg="results/figures/{fig}.svg",
+    params:
+        code=library_code("figures", "tables"),
     wildcard_constraints:
         fig="fig01",
     log:
@@ -34,6 +36,7 @@ rule fig05:
         svg="results/figures/{fig}.svg",
     params:
         model=config["figures"].get("fig05", {}).get("model"),
+        code=library_code("figures", "tables"),
     wildcard_constraints:
         fig="fig05",
     log:

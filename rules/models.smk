@@ -6,6 +6,7 @@ rule materialise_model:
         directory("results/models/{model}"),
     params:
         spec=model_spec,
+        code=library_code("models", "io"),
     log:
         "logs/models/{model}.log",
     conda:

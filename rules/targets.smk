@@ -8,6 +8,7 @@ rule vanilla_targets:
         settings=target_settings,
         unit=config["entropy_unit"],
         seed=config["seed"],
+        code=library_code("targets", "infotheory"),
     log:
         "logs/targets/{family}/{model}.log",
     conda:

@@ -11,6 +11,7 @@ rule tune_shard:
         seed=config["seed"],
         dtype=config["dtype"],
         device=config["device"],
+        code=library_code("engine", "shards", "models", "targets", "infotheory"),
     log:
         "logs/tuning/{experiment}/{model}/{method}/shard-{shard}.log",
     threads: tuning_threads
