@@ -45,15 +45,26 @@ def check_references(config: dict) -> None:
                 raise DistreachError(f"config key models.{name}.source.random_init: unknown model {base!r}")
             if "random_init" in models[base].get("source", {}):
                 raise DistreachError(f"config key models.{name}.source.random_init: {base!r} is itself random_init")
+    families = config.get("targets", {})
+    methods = {"soft", "hard", "hybrid", *config.get("methods", {})}
     experiments = config.get("experiments", {})
     for ename, exp in experiments.items():
         for i, m in enumerate(exp.get("models", [])):
             if m not in models:
                 raise DistreachError(f"config key experiments.{ename}.models[{i}]: unknown model {m!r}")
+        if exp.get("targets") not in families:
+            raise DistreachError(f"config key experiments.{ename}.targets: unknown target family {exp.get('targets')!r}")
+        for i, m in enumerate(exp.get("methods", [])):
+            if m not in methods:
+                raise DistreachError(f"config key experiments.{ename}.methods[{i}]: unknown method {m!r}")
     for fig, spec in (config.get("figures") or {}).items():
-        exp = spec.get("experiment")
-        if exp is not None and exp not in experiments:
-            raise DistreachError(f"config key figures.{fig}.experiment: unknown experiment {exp!r}")
-        model = spec.get("model")
-        if model is not None and exp is not None and model not in experiments[exp]["models"]:
-            raise DistreachError(f"config key figures.{fig}.model: {model!r} is not a model of experiment {exp!r}")
+        names = spec.get("experiments") or [spec.get("experiment")]
+        for i, exp in enumerate(names):
+            if exp not in experiments:
+                key = f"figures.{fig}.experiments[{i}]" if "experiments" in spec else f"figures.{fig}.experiment"
+                raise DistreachError(f"config key {key}: unknown experiment {exp!r}")
+        used = {m for exp in names for m in experiments[exp]["models"]}
+        wanted = [spec["model"]] if "model" in spec else [m for pair in spec.get("pairs", {}).items() for m in pair]
+        for model in wanted:
+            if model not in used:
+                raise DistreachError(f"config key figures.{fig}: model {model!r} is in none of its experiments {names}")

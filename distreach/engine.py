@@ -26,11 +26,15 @@ per-row losses, AdamW is elementwise and the hard update is per row, so a row's
 trajectory is the one it would have alone. A row stops after ``patience`` steps
 without lowering its best KL by a fraction ``min_delta`` (so float noise on a
 plateau cannot keep it alive), once its KL is at most ``stop_kl_nats`` (default
-0: never), or after ``max_steps``; stopped rows leave the batch (their parameters and AdamW state are sliced away), so they cost nothing.
+0: never), or after ``max_steps``; stopped rows leave the batch (their parameters
+and AdamW state are sliced away), so they cost nothing. With ``batch_size`` 0 the
+engine picks the batch size and halves it on CUDA out-of-memory, restarting the
+failed batch from its inits (rows never depend on their batch, so nothing changes).
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -40,7 +44,12 @@ import torch
 from .errors import DistreachError
 from .infotheory import entropy, kl
 
+log = logging.getLogger(__name__)
+
 METHODS = ("soft", "hard", "hybrid")
+# batch_size 0: start at this many rows (CPU throughput saturates well before 64 rows of a
+# small model; a GPU takes hundreds) and halve on CUDA out-of-memory
+AUTO_BATCH = {"cpu": 64, "cuda": 1024}
 INITS = ("vocab", "normal")
 BOS_POLICIES = ("bos", "none")
 
@@ -63,7 +72,7 @@ class TuneConfig:
     init: str = "vocab"  # soft: embeddings of random vocabulary tokens, or a scaled normal
     init_scale: float = 1.0  # normal init: std = init_scale * std of the embedding table
     bos: str = "bos"  # put the tokenizer's BOS token before the prefix, or nothing
-    batch_size: int = 0  # rows tuned together; 0 = all rows at once
+    batch_size: int = 0  # rows tuned together; 0 = automatic (see AUTO_BATCH)
 
     def __post_init__(self):
         if self.soft_positions is not None:
@@ -313,7 +322,7 @@ class _Batch:
         soft = self.theta.detach().repeat_interleave(k, 0)
         ids = self.ids.repeat_interleave(k, 0)
         ids[:, j] = top.reshape(-1)
-        chunk = max(1, self.cfg.batch_size or B) * 4
+        chunk = B * 4
         losses = []
         for lo in range(0, B * k, chunk):
             sl = slice(lo, lo + chunk)
@@ -369,18 +378,29 @@ def tune(
     soft, ids = init_rows(embed, weight, allowed, init_seeds, cfg)
 
     n = target.shape[0]
-    bs = cfg.batch_size or n
-    parts = []
-    for lo in range(0, n, bs):
+    bs = cfg.batch_size or AUTO_BATCH.get(torch.device(device).type, 64)
+    parts, lo = [], 0
+    while lo < n:
         sl = slice(lo, lo + bs)
-        batch = _Batch(model, target[sl].to(device), soft[sl], ids[sl], bos_embed, allowed, cfg, record_curve)
-        for step in range(cfg.max_steps):
-            keep = batch.step(step)
-            if on_step is not None:
-                on_step(step, int(keep.sum()))
-            if not keep.any():
-                break
+        try:
+            batch = _Batch(model, target[sl].to(device), soft[sl], ids[sl], bos_embed, allowed, cfg, record_curve)
+            for step in range(cfg.max_steps):
+                keep = batch.step(step)
+                if on_step is not None:
+                    on_step(step, int(keep.sum()))
+                if not keep.any():
+                    break
+        except torch.OutOfMemoryError:
+            if bs == 1:
+                raise
+            # rows are independent of their batch, so the batch restarts from its inits at half size
+            batch = None
+            torch.cuda.empty_cache()
+            bs = max(1, bs // 2)
+            log.warning("out of memory: retrying rows %d.. with batch size %d", lo, bs)
+            continue
         parts.append(batch)
+        lo += bs
 
     def cat(name):
         return torch.cat([getattr(b, name) for b in parts]).numpy()

@@ -58,6 +58,18 @@ def line_with_band(data: pl.DataFrame, x_title: str, y_title: str, color: str | 
     return (band + line).properties(width=420, height=280, title=band_title)
 
 
+def read_tables(paths) -> pl.DataFrame:
+    """Collected tables, concatenated (columns missing from one table are null there)."""
+    return pl.concat([pl.read_ipc(p, memory_map=False) for p in paths], how="diagonal_relaxed")
+
+
+def _model(df: pl.DataFrame, model: str, fig: str) -> pl.DataFrame:
+    sub = df.filter(pl.col("model") == model)
+    if sub.is_empty():
+        raise DistreachError(f"{fig}: no results for model {model!r}")
+    return sub
+
+
 def fig01(df: pl.DataFrame) -> alt.Chart:
     """Minimum KL vs target entropy, one line per model, standard-error bands."""
     unit = _unit(df)
@@ -74,9 +86,7 @@ def fig01(df: pl.DataFrame) -> alt.Chart:
 
 def fig05(df: pl.DataFrame, model: str) -> alt.Chart:
     """Minimum KL and the entropy of q at that minimum vs target entropy, 95% intervals."""
-    sub = df.filter((pl.col("model") == model) & (pl.col("method") == "soft"))
-    if sub.is_empty():
-        raise DistreachError(f"fig05: no soft-prompt results for model {model!r}")
+    sub = _model(df, model, "fig05").filter(pl.col("method") == "soft")
     unit = _unit(sub)
     best = min_over_inits(sub)
     kl = summarise(best, "kl_min", ["target_entropy"], level=0.95)
@@ -89,6 +99,59 @@ def fig05(df: pl.DataFrame, model: str) -> alt.Chart:
         ent, f"target entropy ({unit})", f"entropy of q at the minimum ({unit})", None, f"(b) {model}: achieved entropy (dashed: y = x), 95% CI"
     )
     return alt.hconcat(left, right + diag)
+
+
+def fig04(df: pl.DataFrame, model: str) -> alt.Chart:
+    """Hard, hybrid and soft prompts on one model: every init as a point, the minimum over
+    inits (mean over targets) as a line, one panel per method."""
+    sub = _model(df, model, "fig04").filter(pl.col("status") == "ok")
+    unit = _unit(sub)
+    order = sub.select("method", "n_soft").unique().sort("n_soft")
+    labels = {r["method"]: f"{r['method']} ({r['n_soft']} soft)" for r in order.to_dicts()}
+    sub = sub.with_columns(prompt=pl.col("method").replace_strict(labels))
+    best = summarise(min_over_inits(sub).with_columns(prompt=pl.col("method").replace_strict(labels)), "kl_min", ["prompt", "n_soft", "target_entropy"])
+    x = alt.X("target_entropy:Q", title=f"target entropy ({unit})")
+    sort = [labels[m] for m in order["method"]]
+    points = alt.Chart(sub).mark_circle(size=14, opacity=0.35).encode(
+        x=x, y=alt.Y("kl_min:Q", title=f"KL(p‖q) ({unit})"), color=alt.Color("init_index:N", title="init"),
+        tooltip=["target_id:N", "init_index:N", "kl_min:Q", "prompt_text:N"],
+    )
+    line = alt.Chart(best).mark_line(color="black").encode(x=x, y="mean:Q")
+    return alt.layer(points, line).properties(width=220, height=200).facet(
+        facet=alt.Facet("prompt:N", sort=sort, title=f"{model}: points = inits, line = mean over targets of the minimum over inits"),
+        columns=3,
+    ).resolve_scale(y="shared")
+
+
+def fig06(df: pl.DataFrame, pairs: dict) -> alt.Chart:
+    """Each pretrained model against its randomly initialised twin, one panel per model."""
+    unit = _unit(df)
+    rows = []
+    for pre, rnd in pairs.items():
+        for name, kind in ((pre, "pretrained"), (rnd, "random init")):
+            best = min_over_inits(_model(df, name, "fig06").filter(pl.col("method") == "soft"))
+            rows.append(summarise(best, "kl_min", ["target_entropy"]).with_columns(
+                panel=pl.lit(pre), weights=pl.lit(kind)))
+    data = pl.concat(rows)
+    base = alt.Chart(data).encode(x=alt.X("target_entropy:Q", title=f"target entropy ({unit})"),
+                                  color=alt.Color("weights:N", title="weights"))
+    band = base.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", title=f"min KL(p‖q) ({unit})"), y2="hi:Q")
+    line = base.mark_line(point=True).encode(y="mean:Q", strokeDash="weights:N")
+    return alt.layer(band, line).properties(width=260, height=220).facet(
+        facet=alt.Facet("panel:N", title="pretrained vs randomly initialised (mean ± s.e. over targets)"), columns=3
+    ).resolve_scale(y="independent")
+
+
+def fig11(df: pl.DataFrame, model: str) -> alt.Chart:
+    """Soft-prompt minimum KL vs target entropy for several prefix lengths on one model."""
+    sub = _model(df, model, "fig11").filter(pl.col("method") == "soft")
+    unit = _unit(sub)
+    s = summarise(min_over_inits(sub), "kl_min", ["prefix_len", "target_entropy"])
+    return line_with_band(
+        s.with_columns(pl.col("prefix_len").cast(pl.String).alias("prefix")),
+        f"target entropy ({unit})", f"min KL(p‖q) over inits ({unit})", "prefix",
+        f"{model}: soft prompts of several lengths (mean ± standard error over targets)",
+    )
 
 
 def save(chart, stem: str | Path) -> list[Path]:

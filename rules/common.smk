@@ -22,16 +22,14 @@ except (WorkflowError, DistreachError) as exc:
     raise WorkflowError(line or str(exc).splitlines()[0]) from None
 
 
-FIGURES = {
-    name: spec for name, spec in config["figures"].items() if spec.get("experiment")
-}
+FIGURES = config["figures"]
 
 
 wildcard_constraints:
     model=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    family=r"vanilla",
-    method=r"soft",
+    family=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    method=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     shard=r"\d+",
 
 
@@ -70,9 +68,10 @@ def experiment_targets(wildcards):
 
 
 def tuning_settings(wildcards):
-    """Global tuning settings with the experiment's overrides on top (a rerun trigger)."""
+    """Tuning settings of a shard: the global ones, the experiment's, then the method's (a rerun trigger)."""
     exp = config["experiments"][wildcards.experiment]
-    return {**config["tuning"], **exp.get("tuning", {})}
+    method = config["methods"].get(wildcards.method, {"method": wildcards.method})
+    return {**config["tuning"], **exp.get("tuning", {}), **method}
 
 
 def tuning_threads(wildcards):
@@ -93,8 +92,18 @@ def experiment_shards(wildcards):
     return shard_files(wildcards.experiment)
 
 
-def figure_table(wildcards):
-    return f"results/collected/{FIGURES[wildcards.fig]['experiment']}.arrow"
+def figure_experiments(fig):
+    spec = FIGURES[fig]
+    return spec.get("experiments") or [spec["experiment"]]
+
+
+def figure_tables(wildcards):
+    """The collected tables a figure draws."""
+    return [f"results/collected/{e}.arrow" for e in figure_experiments(wildcards.fig)]
+
+
+def figure_spec(wildcards):
+    return FIGURES[wildcards.fig]
 
 
 def all_outputs():

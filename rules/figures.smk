@@ -1,7 +1,7 @@
 rule fig01:
     """Paper Fig. 1: minimum KL vs target entropy, one line per model."""
     input:
-        table=figure_table,
+        tables=figure_tables,
     output:
         html="results/figures/{fig}.html",
         png=report(
@@ -11,6 +11,7 @@ rule fig01:
         ),
         svg="results/figures/{fig}.svg",
     params:
+        spec=figure_spec,
         code=library_code("figures", "tables"),
     wildcard_constraints:
         fig="fig01",
@@ -22,10 +23,35 @@ rule fig01:
         "../scripts/fig01.py"
 
 
+rule fig04:
+    """Paper Fig. 4: minimum KL vs target entropy for hard, hybrid and soft prompts on one model."""
+    input:
+        tables=figure_tables,
+    output:
+        html="results/figures/{fig}.html",
+        png=report(
+            "results/figures/{fig}.png",
+            caption="../report/fig04.rst",
+            category="Figures",
+        ),
+        svg="results/figures/{fig}.svg",
+    params:
+        spec=figure_spec,
+        code=library_code("figures", "tables"),
+    wildcard_constraints:
+        fig="fig04",
+    log:
+        "logs/figures/{fig}.log",
+    conda:
+        "../envs/figures.yaml"
+    script:
+        "../scripts/fig04.py"
+
+
 rule fig05:
     """Paper Fig. 5: minimum KL and achieved entropy vs target entropy on one model."""
     input:
-        table=figure_table,
+        tables=figure_tables,
     output:
         html="results/figures/{fig}.html",
         png=report(
@@ -35,7 +61,7 @@ rule fig05:
         ),
         svg="results/figures/{fig}.svg",
     params:
-        model=config["figures"].get("fig05", {}).get("model"),
+        spec=figure_spec,
         code=library_code("figures", "tables"),
     wildcard_constraints:
         fig="fig05",
@@ -45,3 +71,53 @@ rule fig05:
         "../envs/figures.yaml"
     script:
         "../scripts/fig05.py"
+
+
+rule fig06:
+    """Paper Fig. 6: pretrained models against their randomly initialised twins."""
+    input:
+        tables=figure_tables,
+    output:
+        html="results/figures/{fig}.html",
+        png=report(
+            "results/figures/{fig}.png",
+            caption="../report/fig06.rst",
+            category="Figures",
+        ),
+        svg="results/figures/{fig}.svg",
+    params:
+        spec=figure_spec,
+        code=library_code("figures", "tables"),
+    wildcard_constraints:
+        fig="fig06",
+    log:
+        "logs/figures/{fig}.log",
+    conda:
+        "../envs/figures.yaml"
+    script:
+        "../scripts/fig06.py"
+
+
+rule fig11:
+    """Paper Fig. 11: soft-prompt minimum KL vs target entropy for several prefix lengths."""
+    input:
+        tables=figure_tables,
+    output:
+        html="results/figures/{fig}.html",
+        png=report(
+            "results/figures/{fig}.png",
+            caption="../report/fig11.rst",
+            category="Figures",
+        ),
+        svg="results/figures/{fig}.svg",
+    params:
+        spec=figure_spec,
+        code=library_code("figures", "tables"),
+    wildcard_constraints:
+        fig="fig11",
+    log:
+        "logs/figures/{fig}.log",
+    conda:
+        "../envs/figures.yaml"
+    script:
+        "../scripts/fig11.py"

@@ -1,5 +1,5 @@
-rule vanilla_targets:
-    """Vanilla targets (paper Eq. 1) over one model's vocabulary, the whole entropy grid."""
+rule targets:
+    """A target family over one model's vocabulary (vanilla: paper Eq. 1 on the entropy grid)."""
     input:
         model="results/models/{model}",
     output:
@@ -16,4 +16,4 @@ rule vanilla_targets:
     resources:
         mem_mb=4000,
     script:
-        "../scripts/vanilla_targets.py"
+        "../scripts/targets.py"

@@ -98,3 +98,25 @@ def test_bad_input_is_refused(tiny_llama):
         TuneConfig(prefix_len=0)
     with pytest.raises(DistreachError, match="tuning.bos"):
         TuneConfig(bos="eos")
+
+
+def test_out_of_memory_halves_the_batch_and_loses_no_row(tiny_llama, monkeypatch):
+    import distreach.engine as engine
+
+    p = targets(tiny_llama.vocab_size, 5, seed=11)
+    expected = tune(tiny_llama, p, list(range(5)), TuneConfig(max_steps=12, batch_size=2))
+    real_step = engine._Batch.step
+    sizes = []
+
+    def step(self, i):
+        sizes.append(len(self.active))
+        if i == 3 and self.target.shape[0] > 2:
+            raise torch.OutOfMemoryError("simulated")
+        return real_step(self, i)
+
+    monkeypatch.setattr(engine._Batch, "step", step)
+    monkeypatch.setitem(engine.AUTO_BATCH, "cpu", 8)
+    got = tune(tiny_llama, p, list(range(5)), TuneConfig(max_steps=12))
+    assert max(sizes) == 5 and len(got) == 5
+    np.testing.assert_allclose(got.kl_min, expected.kl_min, rtol=1e-5)
+    assert (got.steps == expected.steps).all()

@@ -32,13 +32,22 @@ def tiny_config(sources) -> dict:
             "tiny-gpt2": {"source": {"local": sources["gpt2"]}},
             "tiny-random": {"source": {"random_init": "tiny", "seed": 1}},
         },
-        "targets": {"vanilla": {"grid": {"step": 2.0}, "per_level": 2}},
+        "targets": {"vanilla": {"grid": {"step": 2.0}, "per_level": 2}, "coarse": {"grid": {"step": 3.0}, "per_level": 1}},
         "tuning": {"max_steps": 15, "patience": 5},
+        "methods": {"hybrid-1": {"method": "hybrid", "n_soft": 1}},
         "experiments": {
             "vanilla": {"targets": "vanilla", "models": ["tiny", "tiny-gpt2"], "inits": 2, "shards": 2},
-            "twins": {"targets": "vanilla", "models": ["tiny-random"], "inits": 1, "shards": 1},
+            "methods": {"targets": "coarse", "models": ["tiny"], "methods": ["soft", "hybrid-1", "hard"], "inits": 2},
+            "twins": {"targets": "coarse", "models": ["tiny-random"], "inits": 1},
+            "prefix-2": {"targets": "coarse", "models": ["tiny"], "inits": 1, "tuning": {"prefix_len": 2}},
         },
-        "figures": {"fig01": {"experiment": "vanilla"}, "fig05": {"experiment": "vanilla", "model": "tiny"}},
+        "figures": {
+            "fig01": {"experiment": "vanilla"},
+            "fig04": {"experiments": ["methods"], "model": "tiny"},
+            "fig05": {"experiment": "vanilla", "model": "tiny"},
+            "fig06": {"experiments": ["vanilla", "twins"], "pairs": {"tiny": "tiny-random"}},
+            "fig11": {"experiments": ["prefix-2", "methods"], "model": "tiny"},
+        },
     }
 
 
@@ -72,14 +81,17 @@ def test_single_figure_plans_only_what_it_needs(tmp_path, tiny_sources):
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig01.png")
     jobs = planned_jobs(proc)
     # two models of the 'vanilla' experiment, 2 shards each; nothing of 'twins', no fig05
-    assert jobs == {"materialise_model": 2, "vanilla_targets": 2, "tune_shard": 4, "collect": 1, "fig01": 1}
+    assert jobs == {"materialise_model": 2, "targets": 2, "tune_shard": 4, "collect": 1, "fig01": 1}
+    proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig06.png")
+    # fig06 pairs tiny (from 'vanilla') with its random twin (from 'twins')
+    assert planned_jobs(proc) == {"materialise_model": 3, "targets": 3, "tune_shard": 5, "collect": 2, "fig06": 1}
 
 
 @pytest.mark.slow
 def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
     cfg = tiny_config(tiny_sources)
     snakemake(tmp_path, cfg, "--cores", "2")
-    for fig in ("fig01", "fig05"):
+    for fig in ("fig01", "fig04", "fig05", "fig06", "fig11"):
         for ext in ("html", "png", "svg"):
             assert (tmp_path / f"results/figures/{fig}.{ext}").stat().st_size > 1000
     df = pl.read_ipc(tmp_path / "results/collected/vanilla.arrow")
@@ -90,6 +102,11 @@ def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
     assert {"model_sha256", "model_source", "dtype", "device", "bos"} <= set(df.columns)
     twins = pl.read_ipc(tmp_path / "results/collected/twins.arrow")
     assert twins["model"].unique().to_list() == ["tiny-random"]
+    methods = pl.read_ipc(tmp_path / "results/collected/methods.arrow")
+    assert dict(methods.group_by("method").agg(pl.col("n_soft").first()).iter_rows()) == {"soft": 5, "hybrid-1": 1, "hard": 0}
+    hard = methods.filter(pl.col("method") == "hard")
+    assert hard["prompt_text"].str.len_chars().min() > 0 and hard["kl_roundtrip"].is_finite().all()
+    assert hard["prompt_ids"].list.len().to_list() == [5] * hard.height
     # nothing changed: nothing to do
     proc = snakemake(tmp_path, cfg, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
@@ -122,3 +139,14 @@ def test_bad_config_fails_before_any_job_with_one_line(tmp_path, tiny_sources, m
     line = next(ln for ln in err.splitlines() if message in ln)
     assert "\n" not in line and "Traceback" not in err
     assert not (tmp_path / "results").exists()
+
+
+def test_gpu_benchmark_script_runs_at_tiny_size_on_the_cpu(tmp_path):
+    import json
+
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_fig1.py"), "--tiny", "--out", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_fig1.json").read_text())
+    assert report["rows"] == report["levels"] * 5 and report["row_steps"] > 0
+    assert (tmp_path / "gpu_fig1.png").stat().st_size > 1000
