@@ -187,6 +187,23 @@ def init_rows(embed, weight, allowed: torch.Tensor, seeds, cfg: TuneConfig):
     return torch.stack(soft), torch.stack(hard)
 
 
+def _contiguous_head_input(module, args):
+    return (args[0].contiguous(),) + tuple(args[1:])
+
+
+def fast_last_logits(model) -> None:
+    """Make the output layer see a contiguous [B, 1, d] input.
+
+    With ``logits_to_keep=1`` transformers hands the output layer a strided slice of
+    the hidden states; torch then multiplies it by the [V, d] weight as a batched
+    matmul that reads the whole weight once per row (measured on the CPU: 2.2x slower
+    per step for a 262k vocabulary). Idempotent."""
+    head = model.get_output_embeddings()
+    if head is not None and not getattr(head, "_distreach_contiguous", False):
+        head.register_forward_pre_hook(_contiguous_head_input)
+        head._distreach_contiguous = True
+
+
 def _slice_adamw(opt: torch.optim.AdamW, param: torch.Tensor, keep: torch.Tensor):
     """A new parameter and AdamW holding only the kept rows, state included."""
     new = torch.nn.Parameter(param.detach()[keep].clone())
@@ -357,6 +374,7 @@ def tune(
     called after every step of every batch with the rows still being tuned.
     ``record_curve`` keeps every row's KL at every step."""
     model = loaded.model
+    fast_last_logits(model)
     weight = loaded.embeddings
     embed = model.get_input_embeddings()
     device = weight.device

@@ -60,7 +60,7 @@ def line_with_band(data: pl.DataFrame, x_title: str, y_title: str, color: str | 
 
 def read_tables(paths) -> pl.DataFrame:
     """Collected tables, concatenated (columns missing from one table are null there)."""
-    return pl.concat([pl.read_ipc(p, memory_map=False) for p in paths], how="diagonal_relaxed")
+    return pl.concat([pl.read_ipc(p) for p in paths], how="diagonal_relaxed")
 
 
 def _model(df: pl.DataFrame, model: str, fig: str) -> pl.DataFrame:
@@ -109,14 +109,16 @@ def fig04(df: pl.DataFrame, model: str) -> alt.Chart:
     order = sub.select("method", "n_soft").unique().sort("n_soft")
     labels = {r["method"]: f"{r['method']} ({r['n_soft']} soft)" for r in order.to_dicts()}
     sub = sub.with_columns(prompt=pl.col("method").replace_strict(labels))
-    best = summarise(min_over_inits(sub).with_columns(prompt=pl.col("method").replace_strict(labels)), "kl_min", ["prompt", "n_soft", "target_entropy"])
+    best = summarise(min_over_inits(sub), "kl_min", ["method", "target_entropy"])
+    data = sub.join(best.select("method", "target_entropy", pl.col("mean").alias("best_mean")), on=["method", "target_entropy"])
     x = alt.X("target_entropy:Q", title=f"target entropy ({unit})")
     sort = [labels[m] for m in order["method"]]
-    points = alt.Chart(sub).mark_circle(size=14, opacity=0.35).encode(
+    base = alt.Chart(data)
+    points = base.mark_circle(size=30, opacity=0.6).encode(
         x=x, y=alt.Y("kl_min:Q", title=f"KL(p‖q) ({unit})"), color=alt.Color("init_index:N", title="init"),
         tooltip=["target_id:N", "init_index:N", "kl_min:Q", "prompt_text:N"],
     )
-    line = alt.Chart(best).mark_line(color="black").encode(x=x, y="mean:Q")
+    line = base.mark_line(color="black").encode(x=x, y="mean(best_mean):Q")
     return alt.layer(points, line).properties(width=220, height=200).facet(
         facet=alt.Facet("prompt:N", sort=sort, title=f"{model}: points = inits, line = mean over targets of the minimum over inits"),
         columns=3,

@@ -107,5 +107,8 @@ def logging_to(path: str | os.PathLike):
             logging.getLogger("distreach").error("%s", exc)
             print(f"error: {exc}", file=sys.__stderr__)
             raise SystemExit(1) from None
+        except Exception:
+            logging.getLogger("distreach").exception("failed")
+            raise
         finally:
             root.removeHandler(handler)

@@ -8,6 +8,6 @@ from distreach.models import ModelSpec, materialise
 with logging_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     spec = ModelSpec.from_config(snakemake.wildcards.model, snakemake.params.spec)
-    base = snakemake.input.base[0] if snakemake.input.base else None
+    base = str(snakemake.input.base) if snakemake.input.base else None
     manifest = materialise(spec, snakemake.output[0], base_dir=base)
     print(f"materialised {spec.name}: {manifest['architecture']}, |V| = {manifest['vocab_size']}")
