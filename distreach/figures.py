@@ -42,11 +42,11 @@ def _unit(df: pl.DataFrame) -> str:
     return units[0]
 
 
-def line_with_band(data: pl.DataFrame, x_title: str, y_title: str, color: str | None, band_title: str):
+def line_with_band(data: pl.DataFrame, x_title: str, y_title: str, color: str | None, band_title: str, sort=None):
     base = alt.Chart(data).encode(
         x=alt.X("target_entropy:Q", title=x_title)
     )
-    enc = {"color": alt.Color(f"{color}:N", title=color)} if color else {}
+    enc = {"color": alt.Color(f"{color}:N", title=color, sort=sort)} if color else {}
     band = base.mark_area(opacity=0.25).encode(
         y=alt.Y("lo:Q", title=y_title), y2="hi:Q", **enc
     )
@@ -111,6 +111,11 @@ def fig04(df: pl.DataFrame, model: str) -> alt.Chart:
     sub = sub.with_columns(prompt=pl.col("method").replace_strict(labels))
     best = summarise(min_over_inits(sub), "kl_min", ["method", "target_entropy"])
     data = sub.join(best.select("method", "target_entropy", pl.col("mean").alias("best_mean")), on=["method", "target_entropy"])
+    # only what the chart shows; prompt text with control characters escaped (SVG/PNG are XML)
+    data = data.select(
+        "prompt", "target_entropy", "kl_min", "init_index", "target_id", "best_mean",
+        pl.col("prompt_text").map_elements(lambda t: t.encode("unicode_escape").decode("ascii"), return_dtype=pl.String),
+    )
     x = alt.X("target_entropy:Q", title=f"target entropy ({unit})")
     sort = [labels[m] for m in order["method"]]
     base = alt.Chart(data)
@@ -153,6 +158,7 @@ def fig11(df: pl.DataFrame, model: str) -> alt.Chart:
         s.with_columns(pl.col("prefix_len").cast(pl.String).alias("prefix")),
         f"target entropy ({unit})", f"min KL(p‖q) over inits ({unit})", "prefix",
         f"{model}: soft prompts of several lengths (mean ± standard error over targets)",
+        sort=[str(n) for n in sorted(s["prefix_len"].unique())],
     )
 
 

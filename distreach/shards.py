@@ -20,7 +20,7 @@ from .engine import TuneConfig, prompt_kl, tune
 from .errors import DistreachError
 from .infotheory import to_unit
 from .io import package_versions, write_arrow
-from .models import load_materialised
+from .models import auto_dtype, load_materialised, resolve_device
 from .seeds import derive_seed
 from .targets import read_targets
 
@@ -58,6 +58,8 @@ def run_shard(
     if threads:
         torch.set_num_threads(int(threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
+    device = resolve_device(device)
+    dtype = auto_dtype(device) if dtype == "auto" else dtype
     loaded, _ = load_materialised(model_dir, dtype=dtype, device=device)
     meta, probs = read_targets(targets_path, loaded.vocab_size)
     unit = meta.column("entropy_unit")[0].as_py()

@@ -120,3 +120,25 @@ def test_out_of_memory_halves_the_batch_and_loses_no_row(tiny_llama, monkeypatch
     assert max(sizes) == 5 and len(got) == 5
     np.testing.assert_allclose(got.kl_min, expected.kl_min, rtol=1e-5)
     assert (got.steps == expected.steps).all()
+
+
+def test_bf16_model_tunes_to_finite_values_close_to_fp32(tiny_dirs):
+    from distreach.models import load_materialised
+
+    p = targets(93, 3, seed=12)
+    cfg = TuneConfig(max_steps=20)
+    res = {d: tune(load_materialised(tiny_dirs["llama"], dtype=d, device="cpu")[0], p, [0, 1, 2], cfg) for d in ("fp32", "bf16")}
+    assert np.isfinite(res["bf16"].kl_min).all()
+    np.testing.assert_allclose(res["bf16"].kl_min, res["fp32"].kl_min, rtol=0.05)
+
+
+def test_auto_dtype_follows_the_hardware(monkeypatch):
+    import distreach.models as models
+
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: True)
+    assert models.auto_dtype("cpu") == "bf16"
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
+    assert models.auto_dtype("cpu") == "fp32"
+    assert models.resolve_dtype("auto", "cpu") == torch.float32
+    with pytest.raises(DistreachError, match="dtype must be one of"):
+        models.resolve_dtype("int8")

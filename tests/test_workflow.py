@@ -150,3 +150,10 @@ def test_gpu_benchmark_script_runs_at_tiny_size_on_the_cpu(tmp_path):
     report = json.loads((tmp_path / "gpu_fig1.json").read_text())
     assert report["rows"] == report["levels"] * 5 and report["row_steps"] > 0
     assert (tmp_path / "gpu_fig1.png").stat().st_size > 1000
+
+
+def test_default_config_is_valid_and_plans_every_figure(tmp_path):
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    jobs = planned_jobs(snakemake(tmp_path, config, "-n"))
+    assert {"fig01", "fig04", "fig05", "fig06", "fig11"} <= set(jobs)
+    assert jobs["materialise_model"] == 4 and jobs["collect"] == len(config["experiments"])
