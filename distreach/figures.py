@@ -20,7 +20,7 @@ FORMATS = (".html", ".png", ".svg")
 
 def summarise(df: pl.DataFrame, value: str, by: list[str], level: float | None = None) -> pl.DataFrame:
     """Mean of ``value`` per group with a band: the standard error (level=None) or a
-    two-sided t-interval at ``level``."""
+    two-sided t-interval at ``level``; bands stop at 0 (KL and entropy are never negative)."""
     out = (
         df.group_by(by)
         .agg(pl.col(value).mean().alias("mean"), pl.col(value).std().alias("sd"), pl.len().alias("n"))
@@ -32,7 +32,7 @@ def summarise(df: pl.DataFrame, value: str, by: list[str], level: float | None =
     else:
         t = [stats.t.ppf(0.5 + level / 2, n - 1) if n > 1 else 0.0 for n in out["n"]]
         half = sem * pl.Series(t)
-    return out.with_columns(lo=pl.col("mean") - half, hi=pl.col("mean") + half)
+    return out.with_columns(lo=(pl.col("mean") - half).clip(lower_bound=0.0), hi=pl.col("mean") + half)
 
 
 def _unit(df: pl.DataFrame) -> str:
@@ -143,7 +143,7 @@ def fig06(df: pl.DataFrame, pairs: dict) -> alt.Chart:
     base = alt.Chart(data).encode(x=alt.X("target_entropy:Q", title=f"target entropy ({unit})"),
                                   color=alt.Color("weights:N", title="weights"))
     band = base.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", title=f"min KL(p‖q) ({unit})"), y2="hi:Q")
-    line = base.mark_line(point=True).encode(y="mean:Q", strokeDash="weights:N")
+    line = base.mark_line(point=True).encode(y="mean:Q", strokeDash=alt.StrokeDash("weights:N", legend=None))
     return alt.layer(band, line).properties(width=260, height=220).facet(
         facet=alt.Facet("panel:N", title="pretrained vs randomly initialised (mean ± s.e. over targets)"), columns=3
     ).resolve_scale(y="independent")
