@@ -393,9 +393,14 @@ def tune(
         with torch.no_grad():
             bos_embed = embed(torch.tensor([[bos_id]], device=device))
     allowed = allowed_tokens(loaded.tokenizer, weight.shape[0], cfg)
+    n = target.shape[0]
+    if n == 0:
+        empty = np.zeros(0)
+        return TuneResult(empty, empty, empty.astype(int), empty.astype(int), empty.astype(bool), [],
+                          np.zeros((0, cfg.n_soft_positions, weight.shape[1]), np.float32),
+                          np.zeros((0, cfg.prefix_len - cfg.n_soft_positions), np.int64))
     soft, ids = init_rows(embed, weight, allowed, init_seeds, cfg)
 
-    n = target.shape[0]
     bs = cfg.batch_size or AUTO_BATCH.get(torch.device(device).type, 64)
     parts, lo = [], 0
     while lo < n:

@@ -68,15 +68,18 @@ def run_shard(
     seeds = [derive_seed(seed, experiment, loaded.name, method, tids[t], i) for t, i in rows]
     dev = str(loaded.embeddings.device)
     log.info("shard %d/%d of %s on %s: %d rows, %s on %s", shard, n_shards, experiment, loaded.name, len(rows), dtype, dev)
+
     def progress(step, active):
         if step % 25 == 0 or active == 0:
             log.info("step %d: %d rows still tuning", step, active)
 
-    if rows:
-        res = tune(loaded, probs[[t for t, _ in rows]], seeds, tuning, on_step=progress)
     pick = [t for t, _ in rows]
-    hard = hard_prompt_columns(loaded, tuning, res, probs[pick]) if rows else {"ids": [], "text": [], "kl_roundtrip": []}
-    col = lambda name: meta.column(name).take(pa.array(pick, pa.int64())) if rows else pa.array([], meta.column(name).type)  # noqa: E731
+    res = tune(loaded, probs[pick], seeds, tuning, on_step=progress)
+    hard = hard_prompt_columns(loaded, tuning, res, probs[pick])
+
+    def col(name):
+        return meta.column(name).take(pa.array(pick, pa.int64()))
+
     n = len(rows)
     manifest = loaded.manifest
     table = pa.table(
@@ -94,12 +97,12 @@ def run_shard(
             "init_seed": pa.array(seeds, pa.int64()),
             "prefix_len": pa.array([tuning.prefix_len] * n, pa.int64()),
             "n_soft": pa.array([tuning.n_soft_positions] * n, pa.int64()),
-            "kl_min": pa.array(to_unit(res.kl_min, unit) if n else [], pa.float64()),
-            "q_entropy": pa.array(to_unit(res.q_entropy, unit) if n else [], pa.float64()),
-            "best_step": pa.array(res.best_step if n else [], pa.int64()),
-            "steps": pa.array(res.steps if n else [], pa.int64()),
-            "early_stopped": pa.array(res.early_stopped if n else [], pa.bool_()),
-            "status": pa.array(res.status if n else [], pa.string()),
+            "kl_min": pa.array(to_unit(res.kl_min, unit), pa.float64()),
+            "q_entropy": pa.array(to_unit(res.q_entropy, unit), pa.float64()),
+            "best_step": pa.array(res.best_step, pa.int64()),
+            "steps": pa.array(res.steps, pa.int64()),
+            "early_stopped": pa.array(res.early_stopped, pa.bool_()),
+            "status": pa.array(res.status, pa.string()),
             "prompt_ids": pa.array(hard["ids"], pa.list_(pa.int64())),
             "prompt_text": pa.array(hard["text"], pa.string()),
             "kl_roundtrip": pa.array(to_unit(np.asarray(hard["kl_roundtrip"], dtype=float), unit), pa.float64()),

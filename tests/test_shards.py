@@ -45,3 +45,13 @@ def test_run_shards_and_collect(tiny_dirs, tmp_path):
     assert best.height == targets.num_rows
     expected = df.group_by("target_id").agg(pl.col("kl_min").min()).sort("target_id")
     assert best.sort("target_id")["kl_min"].to_list() == expected["kl_min"].to_list()
+
+
+def test_a_shard_with_no_rows_writes_an_empty_table(tiny_dirs, tmp_path):
+    targets = vanilla_targets(93, EntropyGrid(step=8.0, unit="bits"), VanillaSettings(per_level=1))
+    write_arrow(targets, tmp_path / "t.arrow")
+    n_rows = targets.num_rows
+    table = run_shard(model_dir=str(tiny_dirs["llama"]), targets_path=str(tmp_path / "t.arrow"), out_path=str(tmp_path / "s.arrow"),
+                      experiment="e", method="soft", tuning=tuning_config({"max_steps": 3}), inits=1, shard=n_rows, n_shards=n_rows + 1, device="cpu")
+    assert table.num_rows == 0 and set(RESULT_COLUMNS) <= set(table.column_names)
+    assert read_arrow(tmp_path / "s.arrow").num_rows == 0
