@@ -1,5 +1,5 @@
-"""Target families beyond vanilla: LM-generated (paper Sec. 5.3), shuffled and migrated
-LM-generated (Sec. 5.4).
+"""Target families beyond vanilla: outlier (paper Eq. 2-3, App. A), LM-generated (Sec. 5.3),
+shuffled and migrated LM-generated (Sec. 5.4).
 
 Every family returns a target table as in :mod:`distreach.targets` (log-probabilities over
 one model's vocabulary, with kind, requested and achieved entropy and seed).
@@ -7,14 +7,116 @@ one model's vocabulary, with kind, requested and achieved entropy and seed).
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import torch
 
 from .errors import DistreachError
-from .infotheory import entropy, to_unit
+from .infotheory import check_unit, entropy, from_unit, to_unit
 from .seeds import derive_seed
 from .targets import targets_table
+
+
+# ---------------------------------------------------------------- outlier targets
+
+
+def max_outlier_mass(h_nats: float, n: int) -> float:
+    """App. A: the m in [1/n, 1] with -m log m - (1-m) log((1-m)/(n-1)) = h, by bisection.
+
+    The left side falls from log n at m = 1/n to 0 at m = 1, so m is the largest mass one
+    token can hold in a distribution of entropy h over n tokens; k > 1 outliers can hold
+    more, so m is feasible for every k."""
+    if not 0 <= h_nats <= math.log(n) + 1e-12:
+        raise DistreachError(f"outlier targets: entropy {h_nats} nats is outside [0, log n = {math.log(n):.4f}]")
+
+    def f(m):
+        rest = 1 - m
+        return -m * math.log(m) - (rest * math.log(rest / (n - 1)) if rest > 0 else 0.0)
+
+    lo, hi = 1.0 / n, 1.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if f(mid) > h_nats:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+@dataclass(frozen=True)
+class OutlierSettings:
+    """Eq. 3: descend alpha (H - h)^2 - beta * (outlier mass) until the outliers hold at
+    least m - delta (Eq. 2) and H is within ``tolerance`` of h."""
+
+    ks: tuple = (1, 5, 10)
+    per_level: int = 5
+    alpha: float = 100.0
+    beta: float = 1.0
+    delta: float = 0.01
+    tolerance: float = 0.01  # in the grid's unit
+    max_iters: int = 5000
+    lr: float = 0.1
+    seed: int = 0
+
+
+def outlier_targets(vocab_size: int, levels: list[float], unit: str, settings: OutlierSettings) -> pa.Table:
+    """Outlier targets for every entropy level (in ``unit``), every k and ``per_level`` draws.
+
+    The outlier tokens are drawn at random (seed recorded). The logits start random with the
+    outliers raised to hold mass m together: from random logits alone the outliers' mass
+    gradient, m(1 - m), vanishes and the descent settles on other tokens. With k outliers an
+    entropy below log k needs them unequal, so they keep their random differences."""
+    check_unit(unit)
+    rows = [
+        (f"outlier-k{k}-L{li:03d}-r{r}", h, k)
+        for li, h in enumerate(levels)
+        for k in settings.ks
+        for r in range(settings.per_level)
+    ]
+    logps, achieved, seeds, masses = [], [], [], []
+    tol = from_unit(settings.tolerance, unit)
+    for tid, h, k in rows:
+        if not 1 <= k < vocab_size:
+            raise DistreachError(f"target {tid}: {k} outliers in a vocabulary of {vocab_size}")
+        h_nats = from_unit(h, unit)
+        m = math.floor(max_outlier_mass(h_nats, vocab_size) * 100) / 100
+        seed = derive_seed(settings.seed, "outlier", tid)
+        gen = torch.Generator().manual_seed(seed)
+        outliers = torch.randperm(vocab_size, generator=gen)[:k]
+        z = torch.randn(vocab_size, generator=gen)
+        rest = torch.ones(vocab_size, dtype=torch.bool)
+        rest[outliers] = False
+        start = min(max(m, 1e-6), 1 - 1e-6)
+        # shift the outliers (keeping their random differences, so they can part) to hold mass m
+        z[outliers] += torch.logsumexp(z[rest], 0) - torch.logsumexp(z[outliers], 0) + math.log(start / (1 - start))
+        z.requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=settings.lr)
+        for _ in range(settings.max_iters):
+            logp = torch.log_softmax(z, -1)
+            ent = entropy(logp)
+            mass = logp[outliers].exp().sum()
+            if abs(ent.item() - h_nats) <= tol and mass.item() >= m - settings.delta:
+                break
+            opt.zero_grad()
+            (settings.alpha * (ent - h_nats) ** 2 - settings.beta * mass).backward()
+            opt.step()
+        else:
+            raise DistreachError(
+                f"target {tid}: entropy {h} {unit} with {k} outliers holding >= {m - settings.delta:.2f} "
+                f"not reached within {settings.max_iters} iterations; raise max_iters or drop this (h, k)"
+            )
+        logps.append(logp.detach().numpy())
+        achieved.append(to_unit(ent.item(), unit))
+        seeds.append(seed)
+        masses.append(mass.item())
+    ids = [t for t, _, _ in rows]
+    table = targets_table(ids, "outlier", [h for _, h, _ in rows], achieved, unit, seeds, np.stack(logps))
+    return table.append_column("n_outliers", pa.array([k for _, _, k in rows], pa.int64())).append_column(
+        "outlier_mass", pa.array(masses, pa.float64())
+    )
 
 
 # ---------------------------------------------------------------- LM-generated and shuffled

@@ -1,12 +1,60 @@
+import math
+
 import numpy as np
 import pytest
+from scipy import optimize
 
-from distreach.families import lm_generated, migrate, migration_map, shuffled, surface_forms
+from distreach.errors import DistreachError
+from distreach.families import (
+    OutlierSettings,
+    lm_generated,
+    max_outlier_mass,
+    migrate,
+    migration_map,
+    outlier_targets,
+    shuffled,
+    surface_forms,
+)
 
 
 def probs(table):
     v = table.column("vocab_size")[0].as_py()
     return np.exp(table.column("logprobs").combine_chunks().flatten().to_numpy().reshape(table.num_rows, v).astype(np.float64))
+
+
+@pytest.mark.parametrize("h,n", [(0.5, 100), (2.0, 500), (5.0, 49152), (0.01, 262144)])
+def test_outlier_mass_solver_matches_a_direct_numerical_solve(h, n):
+    def f(m):
+        return -m * math.log(m) - (1 - m) * math.log((1 - m) / (n - 1)) - h
+
+    direct = optimize.brentq(f, 1.0 / n + 1e-12, 1 - 1e-12, xtol=1e-14)
+    assert max_outlier_mass(h, n) == pytest.approx(direct, abs=1e-9)
+
+
+def test_outlier_targets_hold_their_mass_and_entropy():
+    s = OutlierSettings(ks=(1, 3), per_level=2, seed=1)
+    table = outlier_targets(300, [1.0, 3.0, 5.0], "nats", s)
+    p = probs(table)
+    assert table.num_rows == 3 * 2 * 2
+    np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
+    for row, pr in zip(table.to_pylist(), p):
+        m = math.floor(max_outlier_mass(row["requested_entropy"], 300) * 100) / 100
+        assert row["outlier_mass"] >= m - s.delta - 1e-6
+        assert abs(row["achieved_entropy"] - row["requested_entropy"]) <= s.tolerance + 1e-6
+        assert row["kind"] == "outlier"
+        h = -(pr * np.log(pr)).sum()
+        assert h == pytest.approx(row["achieved_entropy"], abs=1e-3)
+        # at moderate entropy the outliers stand out: the k most probable tokens hold the mass
+        if row["requested_entropy"] <= 3.0:
+            assert np.sort(pr)[::-1][: row["n_outliers"]].sum() == pytest.approx(row["outlier_mass"], rel=1e-3)
+    assert outlier_targets(300, [1.0, 3.0, 5.0], "nats", s).equals(table)
+
+
+def test_unreachable_outlier_target_is_an_error_naming_it():
+    with pytest.raises(DistreachError, match=r"target outlier-k1-L000-r0: .* not reached within 1 iterations"):
+        outlier_targets(300, [2.0], "nats", OutlierSettings(ks=(1,), per_level=1, max_iters=1, alpha=0, beta=0))
+    with pytest.raises(DistreachError, match="outside"):
+        outlier_targets(300, [9.0], "nats", OutlierSettings(ks=(1,), per_level=1))
 
 
 def test_lm_generated_and_shuffled(tiny_llama):
