@@ -46,6 +46,15 @@ def check_references(config: dict) -> None:
             if "random_init" in models[base].get("source", {}):
                 raise DistreachError(f"config key models.{name}.source.random_init: {base!r} is itself random_init")
     families = config.get("targets", {})
+    for name, fam in families.items():
+        kind = fam.get("kind", "vanilla")
+        if kind in ("matched", "shuffled", "migrated"):
+            if fam.get("of") not in families:
+                raise DistreachError(f"config key targets.{name}.of: a {kind} family needs an existing family (got {fam.get('of')!r})")
+            if fam["of"] == name:
+                raise DistreachError(f"config key targets.{name}.of: a family cannot derive from itself")
+        if kind == "migrated" and fam.get("source") not in models:
+            raise DistreachError(f"config key targets.{name}.source: unknown model {fam.get('source')!r}")
     methods = {"soft", "hard", "hybrid", *config.get("methods", {})}
     experiments = config.get("experiments", {})
     for ename, exp in experiments.items():

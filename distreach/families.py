@@ -17,7 +17,7 @@ import torch
 from .errors import DistreachError
 from .infotheory import check_unit, entropy, from_unit, to_unit
 from .seeds import derive_seed
-from .targets import targets_table
+from .targets import EntropyGrid, VanillaSettings, entropy_matched_targets, targets_table, vanilla_targets
 
 
 # ---------------------------------------------------------------- outlier targets
@@ -242,3 +242,50 @@ def migrate(table: pa.Table, src_ids: np.ndarray, dst_ids: np.ndarray, target_vo
     return t.append_column("source_model", pa.array([source] * len(ids), pa.string())).append_column(
         "kept_mass", pa.array(kept, pa.float64())
     )
+
+
+# ---------------------------------------------------------------- one configured family
+
+
+def _pick(settings: dict, keys) -> dict:
+    return {k: settings[k] for k in keys if k in settings}
+
+
+def make_family(settings: dict, model_dir, unit: str, seed: int = 0, base=None, source_dir=None) -> pa.Table:
+    """The targets of one configured family (``settings`` as in the config's ``targets.<name>``)
+    over the vocabulary of the materialised model in ``model_dir``.
+
+    ``base`` is the target file a matched, shuffled or migrated family derives from (for
+    migrated: the source model's), ``source_dir`` the source model's folder."""
+    from .io import read_arrow
+    from .models import load_materialised, read_manifest
+
+    kind = settings.get("kind", "vanilla")
+    vocab = read_manifest(model_dir)["vocab_size"]
+    grid = EntropyGrid(unit=unit, **settings.get("grid", {}))
+    if kind == "vanilla":
+        vs = VanillaSettings(seed=seed, **_pick(settings, ("per_level", "tolerance", "max_iters", "lr")))
+        return vanilla_targets(vocab, grid, vs)
+    if kind == "outlier":
+        keys = ("per_level", "alpha", "beta", "delta", "tolerance", "max_iters", "lr")
+        os_ = OutlierSettings(seed=seed, **_pick(settings, keys), **({"ks": tuple(settings["ks"])} if "ks" in settings else {}))
+        return outlier_targets(vocab, grid.levels(vocab), unit, os_)
+    if kind == "lm":
+        loaded = load_materialised(model_dir, dtype="fp32")[0]
+        return lm_generated(loaded, settings.get("n", 100), settings.get("prompt_len", 10), unit, seed)
+    table = read_arrow(base)
+    if kind == "matched":
+        vs = VanillaSettings(seed=seed, **_pick(settings, ("tolerance", "max_iters", "lr")))
+        ent = table.column("achieved_entropy").to_pylist()
+        ids = [f"matched-{t}" for t in table.column("target_id").to_pylist()]
+        return entropy_matched_targets(vocab, ent, ids, unit, vs, kind="matched")
+    if kind == "shuffled":
+        return shuffled(table, settings.get("copies", 5), seed)
+    if kind == "migrated":
+        src = load_materialised(source_dir, with_model=False)[0]
+        dst = load_materialised(model_dir, with_model=False)[0]
+        src_ids, dst_ids = migration_map(
+            surface_forms(src.tokenizer, src.manifest["vocab_size"]), surface_forms(dst.tokenizer, vocab)
+        )
+        return migrate(table, src_ids, dst_ids, vocab, src.name)
+    raise DistreachError(f"target kind {kind!r} is not known")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import altair as alt
+import numpy as np
 import polars as pl
 from scipy import stats
 
@@ -160,6 +161,107 @@ def fig11(df: pl.DataFrame, model: str) -> alt.Chart:
         f"{model}: soft prompts of several lengths (mean ± standard error over targets)",
         sort=[str(n) for n in sorted(s["prefix_len"].unique())],
     )
+
+
+def _best(df: pl.DataFrame, model: str | None, fig: str, method: str | None = None) -> pl.DataFrame:
+    sub = _model(df, model, fig) if model else df
+    if method is not None:
+        sub = sub.filter(pl.col("method") == method)
+        if sub.is_empty():
+            raise DistreachError(f"{fig}: no {method}-prompt results")
+    return min_over_inits(sub)
+
+
+def _with_diagonal(chart, data: pl.DataFrame):
+    diag = alt.Chart(data.select(pl.col("target_entropy"), pl.col("target_entropy").alias("y"))).mark_line(
+        strokeDash=[4, 4], color="gray"
+    ).encode(x="target_entropy:Q", y="y:Q")
+    return chart + diag
+
+
+def fig07(df: pl.DataFrame, model: str) -> alt.Chart:
+    """Soft prompts on outlier targets (one line per k) against vanilla targets of the same
+    entropies: (a) mean minimum KL, (b) entropy of q at the minimum; 95% intervals."""
+    best = _best(df, model, "fig07", "soft")
+    if "n_outliers" not in best.columns:
+        raise DistreachError("fig07: none of its experiments has outlier targets")
+    unit = _unit(best)
+    best = best.with_columns(
+        targets=pl.when(pl.col("target_kind") == "outlier")
+        .then(pl.format("{} outlier(s)", pl.col("n_outliers")))
+        .otherwise(pl.col("target_kind"))
+    )
+    kl = summarise(best, "kl_min", ["targets", "target_entropy"], level=0.95)
+    ent = summarise(best, "q_entropy", ["targets", "target_entropy"], level=0.95)
+    x = f"target entropy ({unit})"
+    left = line_with_band(kl, x, f"min KL(p‖q) ({unit})", "targets", f"(a) {model}: minimum KL, 95% CI")
+    right = line_with_band(ent, x, f"entropy of q at the minimum ({unit})", "targets", "(b) achieved entropy (dashed: y = x), 95% CI")
+    return alt.hconcat(left, _with_diagonal(right, ent))
+
+
+def _fit_label(best: pl.DataFrame, by: str) -> pl.DataFrame:
+    """Append each group's least-squares line of kl_min on target entropy, with R², to its label."""
+    labels = {}
+    for (key,), g in best.group_by([by]):
+        x, y = g["target_entropy"].to_numpy(), g["kl_min"].to_numpy()
+        if len(g) > 2 and np.ptp(x) > 0:
+            slope, icpt = np.polyfit(x, y, 1)
+            r2 = 1 - ((y - (slope * x + icpt)) ** 2).sum() / max(((y - y.mean()) ** 2).sum(), 1e-300)
+            labels[key] = f"{key} (R² = {r2:.2f})"
+        else:
+            labels[key] = str(key)
+    return best.with_columns(pl.col(by).replace_strict(labels).alias(by))
+
+
+def _scatter_fit(best: pl.DataFrame, by: str, unit: str, title: str):
+    base = alt.Chart(best.select(by, "target_entropy", "kl_min", "target_id")).encode(
+        x=alt.X("target_entropy:Q", title=f"target entropy ({unit})"), color=alt.Color(f"{by}:N", title=None)
+    )
+    points = base.mark_circle(size=35, opacity=0.6).encode(
+        y=alt.Y("kl_min:Q", title=f"min KL(p‖q) over inits ({unit})"), tooltip=["target_id:N", "kl_min:Q"]
+    )
+    line = base.transform_regression("target_entropy", "kl_min", groupby=[by]).mark_line().encode(y="kl_min:Q")
+    return (points + line).properties(width=380, height=280, title=title)
+
+
+def fig08(df: pl.DataFrame, model: str) -> alt.Chart:
+    """Hard prompts on LM-generated and matched vanilla targets: (a) minimum KL with a fitted
+    line and its R² per kind, (b) achieved against target entropy."""
+    best = _best(df, model, "fig08", "hard")
+    unit = _unit(best)
+    best = _fit_label(best.with_columns(pl.col("target_kind").alias("targets")), "targets")
+    left = _scatter_fit(best, "targets", unit, f"(a) {model}, hard prompts: minimum KL")
+    pts = alt.Chart(best.select("targets", "target_entropy", "q_entropy")).mark_circle(size=35, opacity=0.6).encode(
+        x=alt.X("target_entropy:Q", title=f"target entropy ({unit})"),
+        y=alt.Y("q_entropy:Q", title=f"entropy of q at the minimum ({unit})"),
+        color=alt.Color("targets:N", title=None),
+    )
+    right = _with_diagonal(pts, best).properties(width=380, height=280, title="(b) achieved entropy (dashed: y = x)")
+    return alt.hconcat(left, right)
+
+
+def fig09(df: pl.DataFrame, model: str) -> alt.Chart:
+    """Soft prompts on LM-generated, shuffled LM-generated and matched vanilla targets."""
+    best = _best(df, model, "fig09", "soft")
+    best = _fit_label(best.with_columns(pl.col("target_kind").alias("targets")), "targets")
+    return _scatter_fit(best, "targets", _unit(best), f"{model}, soft prompts: LM-generated, shuffled and matched vanilla")
+
+
+def fig10(df: pl.DataFrame) -> alt.Chart:
+    """Soft prompts on targets migrated from another model, with matched vanilla, one panel per tuning model."""
+    best = _best(df, None, "fig10", "soft")
+    unit = _unit(best)
+    src = pl.col("source_model") if "source_model" in best.columns else pl.lit(None)
+    best = best.with_columns(
+        targets=pl.when(pl.col("target_kind") == "migrated")
+        .then(pl.format("migrated from {}", src))
+        .otherwise(pl.col("target_kind"))
+    )
+    panels = []
+    for model in best["model"].unique().sort().to_list():
+        sub = _fit_label(best.filter(pl.col("model") == model), "targets")
+        panels.append(_scatter_fit(sub, "targets", unit, f"tuned on {model}"))
+    return alt.hconcat(*panels).resolve_scale(color="independent")
 
 
 def save(chart, stem: str | Path) -> list[Path]:

@@ -22,7 +22,7 @@ from .infotheory import to_unit
 from .io import package_versions, write_arrow
 from .models import auto_dtype, load_materialised, resolve_device
 from .seeds import derive_seed
-from .targets import read_targets
+from .targets import TARGET_COLUMNS, read_targets
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,8 @@ def run_shard(
             "device": pa.array([dev] * n, pa.string()),
             "model_source": pa.array([json.dumps(manifest["source"], sort_keys=True)] * n, pa.string()),
             "model_sha256": pa.array([manifest["weights_sha256"]] * n, pa.string()),
+            # family-specific target columns (n_outliers, outlier_mass, source_model, kept_mass, ...)
+            **{name: col(name) for name in meta.column_names if name not in TARGET_COLUMNS},
         }
     )
     provenance = {

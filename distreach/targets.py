@@ -62,7 +62,7 @@ class VanillaSettings:
     a few hundred iterations; at lr 0.1 the squared loss's vanishing gradient near
     h = 0 needs thousands."""
 
-    per_level: int = 2
+    per_level: int = 5
     tolerance: float = 0.01  # in the grid's unit
     max_iters: int = 5000
     lr: float = 0.5
@@ -188,13 +188,3 @@ def read_targets(path, vocab_size: int | None = None) -> tuple[pa.Table, np.ndar
     probs /= sums[:, None]
     return table.drop_columns(["logprobs"]), probs.astype(np.float32)
 
-
-def family_targets(settings: dict, vocab_size: int, unit: str, seed: int = 0) -> pa.Table:
-    """The targets of one configured family (``settings`` as in the config's ``targets.<family>``)."""
-    kind = settings.get("kind", "vanilla")
-    if kind == "vanilla":
-        grid = EntropyGrid(unit=unit, **settings.get("grid", {}))
-        keys = ("per_level", "tolerance", "max_iters", "lr")
-        vs = VanillaSettings(seed=seed, **{k: settings[k] for k in keys if k in settings})
-        return vanilla_targets(vocab_size, grid, vs)
-    raise DistreachError(f"target kind {kind!r} is not known")

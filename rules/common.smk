@@ -54,6 +54,18 @@ def model_spec(wildcards):
     return config["models"][wildcards.model]
 
 
+def target_inputs(wildcards):
+    """The model folder, and for derived families the target file (and source model) they come from."""
+    family = config["targets"][wildcards.family]
+    inputs = {"model": f"results/models/{wildcards.model}"}
+    if family["kind"] in ("matched", "shuffled"):
+        inputs["base"] = f"results/targets/{family['of']}/{wildcards.model}.arrow"
+    elif family["kind"] == "migrated":
+        inputs["base"] = f"results/targets/{family['of']}/{family['source']}.arrow"
+        inputs["source"] = f"results/models/{family['source']}"
+    return inputs
+
+
 def target_settings(wildcards):
     return config["targets"][wildcards.family]
 

@@ -121,3 +121,103 @@ rule fig11:
         "../envs/figures.yaml"
     script:
         "../scripts/fig11.py"
+
+
+rule fig07:
+    """Paper Fig. 7: soft prompts on outlier targets against vanilla targets of the same entropy."""
+    input:
+        tables=figure_tables,
+    output:
+        html="results/figures/{fig}.html",
+        png=report(
+            "results/figures/{fig}.png",
+            caption="../report/fig07.rst",
+            category="Figures",
+        ),
+        svg="results/figures/{fig}.svg",
+    params:
+        spec=figure_spec,
+        code=library_code("figures", "tables"),
+    wildcard_constraints:
+        fig="fig07",
+    log:
+        "logs/figures/{fig}.log",
+    conda:
+        "../envs/figures.yaml"
+    script:
+        "../scripts/fig07.py"
+
+
+rule fig08:
+    """Paper Fig. 8: hard prompts on LM-generated targets against matched vanilla targets."""
+    input:
+        tables=figure_tables,
+    output:
+        html="results/figures/{fig}.html",
+        png=report(
+            "results/figures/{fig}.png",
+            caption="../report/fig08.rst",
+            category="Figures",
+        ),
+        svg="results/figures/{fig}.svg",
+    params:
+        spec=figure_spec,
+        code=library_code("figures", "tables"),
+    wildcard_constraints:
+        fig="fig08",
+    log:
+        "logs/figures/{fig}.log",
+    conda:
+        "../envs/figures.yaml"
+    script:
+        "../scripts/fig08.py"
+
+
+rule fig09:
+    """Paper Fig. 9: soft prompts on LM-generated, shuffled and matched vanilla targets."""
+    input:
+        tables=figure_tables,
+    output:
+        html="results/figures/{fig}.html",
+        png=report(
+            "results/figures/{fig}.png",
+            caption="../report/fig09.rst",
+            category="Figures",
+        ),
+        svg="results/figures/{fig}.svg",
+    params:
+        spec=figure_spec,
+        code=library_code("figures", "tables"),
+    wildcard_constraints:
+        fig="fig09",
+    log:
+        "logs/figures/{fig}.log",
+    conda:
+        "../envs/figures.yaml"
+    script:
+        "../scripts/fig09.py"
+
+
+rule fig10:
+    """Paper Fig. 10: soft prompts on targets migrated from another model's vocabulary."""
+    input:
+        tables=figure_tables,
+    output:
+        html="results/figures/{fig}.html",
+        png=report(
+            "results/figures/{fig}.png",
+            caption="../report/fig10.rst",
+            category="Figures",
+        ),
+        svg="results/figures/{fig}.svg",
+    params:
+        spec=figure_spec,
+        code=library_code("figures", "tables"),
+    wildcard_constraints:
+        fig="fig10",
+    log:
+        "logs/figures/{fig}.log",
+    conda:
+        "../envs/figures.yaml"
+    script:
+        "../scripts/fig10.py"

@@ -1,14 +1,14 @@
 rule targets:
-    """A target family over one model's vocabulary (vanilla: paper Eq. 1 on the entropy grid)."""
+    """A target family over one model's vocabulary (kinds: schemas/config.schema.yaml)."""
     input:
-        model="results/models/{model}",
+        unpack(target_inputs),
     output:
         "results/targets/{family}/{model}.arrow",
     params:
         settings=target_settings,
         unit=config["entropy_unit"],
         seed=config["seed"],
-        code=library_code("targets", "infotheory"),
+        code=library_code("targets", "families", "infotheory"),
     log:
         "logs/targets/{family}/{model}.log",
     conda:

@@ -1,15 +1,21 @@
-"""Snakemake entry point: one target family for one model's vocabulary (distreach.targets)."""
+"""Snakemake entry point: one target family for one model's vocabulary (distreach.families.make_family)."""
 
 import torch
 
+from distreach.families import make_family
 from distreach.io import logging_to, write_arrow
-from distreach.models import read_manifest
-from distreach.targets import family_targets
 
 with logging_to(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     settings = snakemake.params.settings
-    manifest = read_manifest(snakemake.input.model)
-    table = family_targets(settings, manifest["vocab_size"], snakemake.params.unit, snakemake.params.seed)
-    write_arrow(table, snakemake.output[0], {"model": manifest["name"], "family": snakemake.wildcards.family, "settings": settings})
-    print(f"{table.num_rows} {settings['kind']} targets for {manifest['name']} (|V| = {manifest['vocab_size']})")
+    table = make_family(
+        settings,
+        snakemake.input.model,
+        snakemake.params.unit,
+        snakemake.params.seed,
+        base=snakemake.input.get("base"),
+        source_dir=snakemake.input.get("source"),
+    )
+    meta = {"model": snakemake.wildcards.model, "family": snakemake.wildcards.family, "settings": settings}
+    write_arrow(table, snakemake.output[0], meta)
+    print(f"{table.num_rows} {settings['kind']} targets for {snakemake.wildcards.model}")

@@ -32,7 +32,17 @@ def tiny_config(sources) -> dict:
             "tiny-gpt2": {"source": {"local": sources["gpt2"]}},
             "tiny-random": {"source": {"random_init": "tiny", "seed": 1}},
         },
-        "targets": {"vanilla": {"grid": {"step": 2.0}, "per_level": 2}, "coarse": {"grid": {"step": 3.0}, "per_level": 1}},
+        "targets": {
+            "vanilla": {"grid": {"step": 2.0}, "per_level": 2},
+            "coarse": {"grid": {"step": 3.0}, "per_level": 1},
+            "outlier": {"kind": "outlier", "grid": {"start": 2.0, "step": 2.0, "stop": 4.0}, "ks": [1, 3], "per_level": 1},
+            "outlier-vanilla": {"grid": {"start": 2.0, "step": 2.0, "stop": 4.0}, "per_level": 2},
+            "lm": {"kind": "lm", "n": 4, "prompt_len": 3},
+            "lm-matched": {"kind": "matched", "of": "lm"},
+            "lm-shuffled": {"kind": "shuffled", "of": "lm", "copies": 2},
+            "migrated": {"kind": "migrated", "of": "lm", "source": "tiny-gpt2"},
+            "migrated-matched": {"kind": "matched", "of": "migrated"},
+        },
         "tuning": {"max_steps": 15, "patience": 5},
         "methods": {"hybrid-1": {"method": "hybrid", "n_soft": 1}},
         "experiments": {
@@ -40,6 +50,15 @@ def tiny_config(sources) -> dict:
             "methods": {"targets": "coarse", "models": ["tiny"], "methods": ["soft", "hybrid-1", "hard"], "inits": 2},
             "twins": {"targets": "coarse", "models": ["tiny-random"], "inits": 1},
             "prefix-2": {"targets": "coarse", "models": ["tiny"], "inits": 1, "tuning": {"prefix_len": 2}},
+            "outliers": {"targets": "outlier", "models": ["tiny"], "inits": 1},
+            "outlier-vanilla": {"targets": "outlier-vanilla", "models": ["tiny"], "inits": 1},
+            "lm-hard": {"targets": "lm", "models": ["tiny"], "methods": ["hard"], "inits": 1},
+            "matched-hard": {"targets": "lm-matched", "models": ["tiny"], "methods": ["hard"], "inits": 1},
+            "lm-soft": {"targets": "lm", "models": ["tiny"], "inits": 1},
+            "matched-soft": {"targets": "lm-matched", "models": ["tiny"], "inits": 1},
+            "shuffled-soft": {"targets": "lm-shuffled", "models": ["tiny"], "inits": 1},
+            "migrated-soft": {"targets": "migrated", "models": ["tiny"], "inits": 1},
+            "migrated-matched-soft": {"targets": "migrated-matched", "models": ["tiny"], "inits": 1},
         },
         "figures": {
             "fig01": {"experiment": "vanilla"},
@@ -47,6 +66,10 @@ def tiny_config(sources) -> dict:
             "fig05": {"experiment": "vanilla", "model": "tiny"},
             "fig06": {"experiments": ["vanilla", "twins"], "pairs": {"tiny": "tiny-random"}},
             "fig11": {"experiments": ["prefix-2", "methods"], "model": "tiny"},
+            "fig07": {"experiments": ["outliers", "outlier-vanilla"], "model": "tiny"},
+            "fig08": {"experiments": ["lm-hard", "matched-hard"], "model": "tiny"},
+            "fig09": {"experiments": ["lm-soft", "shuffled-soft", "matched-soft"], "model": "tiny"},
+            "fig10": {"experiments": ["migrated-soft", "migrated-matched-soft"]},
         },
     }
 
@@ -85,13 +108,16 @@ def test_single_figure_plans_only_what_it_needs(tmp_path, tiny_sources):
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig06.png")
     # fig06 pairs tiny (from 'vanilla') with its random twin (from 'twins')
     assert planned_jobs(proc) == {"materialise_model": 3, "targets": 3, "tune_shard": 5, "collect": 2, "fig06": 1}
+    proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig10.png")
+    # migrated targets need tiny-gpt2's LM-generated targets, then the matched vanilla ones
+    assert planned_jobs(proc) == {"materialise_model": 2, "targets": 3, "tune_shard": 2, "collect": 2, "fig10": 1}
 
 
 @pytest.mark.slow
 def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
     cfg = tiny_config(tiny_sources)
     snakemake(tmp_path, cfg, "--cores", "2")
-    for fig in ("fig01", "fig04", "fig05", "fig06", "fig11"):
+    for fig in ("fig01", "fig04", "fig05", "fig06", "fig07", "fig08", "fig09", "fig10", "fig11"):
         for ext in ("html", "png", "svg"):
             assert (tmp_path / f"results/figures/{fig}.{ext}").stat().st_size > 1000
     df = pl.read_ipc(tmp_path / "results/collected/vanilla.arrow")
@@ -107,6 +133,10 @@ def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
     hard = methods.filter(pl.col("method") == "hard")
     assert hard["prompt_text"].str.len_chars().min() > 0 and hard["kl_roundtrip"].is_finite().all()
     assert hard["prompt_ids"].list.len().to_list() == [5] * hard.height
+    outliers = pl.read_ipc(tmp_path / "results/collected/outliers.arrow")
+    assert set(outliers["n_outliers"]) == {1, 3} and (outliers["outlier_mass"] > 0).all()
+    migrated = pl.read_ipc(tmp_path / "results/collected/migrated-soft.arrow")
+    assert set(migrated["source_model"]) == {"tiny-gpt2"} and (migrated["kept_mass"] > 0).all()
     # nothing changed: nothing to do
     proc = snakemake(tmp_path, cfg, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
@@ -125,6 +155,8 @@ BAD_CONFIGS = [
     (lambda c: c["experiments"]["vanilla"]["models"].append("nosuch"), "experiments.vanilla.models[2]: unknown model 'nosuch'"),
     (lambda c: c["models"]["tiny-random"]["source"].update(random_init="nosuch"), "models.tiny-random.source.random_init: unknown model"),
     (lambda c: c.update(entropy_unit="dits"), "config key entropy_unit: 'dits' is not one of"),
+    (lambda c: c["targets"]["lm-matched"].update(of="nosuch"), "config key targets.lm-matched.of: a matched family needs an existing family"),
+    (lambda c: c["targets"]["migrated"].update(source="nosuch"), "config key targets.migrated.source: unknown model 'nosuch'"),
 ]
 
 
@@ -155,5 +187,5 @@ def test_gpu_benchmark_script_runs_at_tiny_size_on_the_cpu(tmp_path):
 def test_default_config_is_valid_and_plans_every_figure(tmp_path):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     jobs = planned_jobs(snakemake(tmp_path, config, "-n"))
-    assert {"fig01", "fig04", "fig05", "fig06", "fig11"} <= set(jobs)
+    assert {f"fig{n:02d}" for n in (1, 4, 5, 6, 7, 8, 9, 10, 11)} <= set(jobs)
     assert jobs["materialise_model"] == 4 and jobs["collect"] == len(config["experiments"])

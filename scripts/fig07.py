@@ -1,0 +1,8 @@
+"""Snakemake entry point: paper Fig. 7 (distreach.figures.fig07)."""
+
+from distreach import figures
+from distreach.io import logging_to
+
+with logging_to(snakemake.log[0]):
+    chart = figures.fig07(figures.read_tables(snakemake.input.tables), snakemake.params.spec["model"])
+    figures.save(chart, snakemake.output.html.removesuffix(".html"))

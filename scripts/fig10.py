@@ -1,0 +1,8 @@
+"""Snakemake entry point: paper Fig. 10 (distreach.figures.fig10)."""
+
+from distreach import figures
+from distreach.io import logging_to
+
+with logging_to(snakemake.log[0]):
+    chart = figures.fig10(figures.read_tables(snakemake.input.tables))
+    figures.save(chart, snakemake.output.html.removesuffix(".html"))
