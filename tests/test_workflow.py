@@ -111,6 +111,10 @@ def test_single_figure_plans_only_what_it_needs(tmp_path, tiny_sources):
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig10.png")
     # migrated targets need tiny-gpt2's LM-generated targets, then the matched vanilla ones
     assert planned_jobs(proc) == {"materialise_model": 2, "targets": 3, "tune_shard": 2, "collect": 2, "fig10": 1}
+    for fig, families in (("fig07", 2), ("fig08", 2), ("fig09", 3)):  # one model, its own targets only
+        proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", f"results/figures/{fig}.png")
+        expected = {"materialise_model": 1, "targets": families, "tune_shard": families, "collect": families, fig: 1}
+        assert planned_jobs(proc) == expected, fig
 
 
 @pytest.mark.slow
