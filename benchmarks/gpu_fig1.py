@@ -27,7 +27,7 @@ from distreach.engine import TuneConfig, tune
 from distreach.infotheory import to_unit
 from distreach.io import package_versions
 from distreach.models import LoadedModel
-from distreach.targets import EntropyGrid, VanillaSettings, vanilla_targets
+from distreach.targets import EntropyGrid, VanillaSettings, logprobs, vanilla_targets
 
 LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                 num_key_value_heads=8, vocab_size=128256, head_dim=64, rope_theta=500000.0,
@@ -70,8 +70,7 @@ def main() -> None:
     t = time.perf_counter()
     table = vanilla_targets(vocab, EntropyGrid(step=step, unit="bits"), VanillaSettings(per_level=1))
     targets_s = time.perf_counter() - t
-    logp = table.column("logprobs").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
-    probs = np.repeat(np.exp(logp), args.inits, axis=0)
+    probs = np.repeat(np.exp(logprobs(table)), args.inits, axis=0)
     seeds = list(range(len(probs)))
     cfg = TuneConfig(max_steps=args.max_steps, bos="bos")
 

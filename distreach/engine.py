@@ -339,12 +339,13 @@ class _Batch:
         soft = self.theta.detach().repeat_interleave(k, 0)
         ids = self.ids.repeat_interleave(k, 0)
         ids[:, j] = top.reshape(-1)
+        cand_rows = rows.repeat_interleave(k)
         chunk = B * 4
         losses = []
         for lo in range(0, B * k, chunk):
             sl = slice(lo, lo + chunk)
             x = self.inputs(soft[sl], self.embed(ids[sl]))
-            losses.append(self.losses(x, rows.repeat_interleave(k)[sl])[0])
+            losses.append(self.losses(x, cand_rows[sl])[0])
         cand = torch.cat(losses).view(B, k)
         best, arg = cand.min(-1)
         pick = top.gather(1, arg[:, None]).squeeze(1)

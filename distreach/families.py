@@ -17,7 +17,7 @@ import torch
 from .errors import DistreachError
 from .infotheory import check_unit, entropy, from_unit, to_unit
 from .seeds import derive_seed
-from .targets import EntropyGrid, VanillaSettings, entropy_matched_targets, targets_table, vanilla_targets
+from .targets import EntropyGrid, VanillaSettings, entropy_matched_targets, logprobs, targets_table, vanilla_targets
 
 
 # ---------------------------------------------------------------- outlier targets
@@ -147,7 +147,7 @@ def lm_generated(loaded, n: int, prompt_len: int, unit: str, seed: int = 0, kind
 
 def shuffled(table: pa.Table, copies: int, seed: int = 0) -> pa.Table:
     """``copies`` permutations of each target's token ids, probabilities kept."""
-    logp = _logprobs(table)
+    logp = logprobs(table)
     ids, src, seeds, out = [], [], [], []
     for i, tid in enumerate(table.column("target_id").to_pylist()):
         for c in range(copies):
@@ -160,10 +160,6 @@ def shuffled(table: pa.Table, copies: int, seed: int = 0) -> pa.Table:
     ent = np.asarray(table.column("achieved_entropy"))[src]
     unit = table.column("entropy_unit")[0].as_py()
     return targets_table(ids, "shuffled", ent, ent, unit, seeds, np.stack(out))
-
-
-def _logprobs(table: pa.Table) -> np.ndarray:
-    return table.column("logprobs").combine_chunks().flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)
 
 
 # ---------------------------------------------------------------- migrated
@@ -225,7 +221,7 @@ def migration_map(source_forms: list, target_forms: list) -> tuple[np.ndarray, n
 def migrate(table: pa.Table, src_ids: np.ndarray, dst_ids: np.ndarray, target_vocab: int, source: str) -> pa.Table:
     """Map source distributions onto the target vocabulary through shared tokens, renormalised;
     the ``kept_mass`` column is the fraction of source mass on shared tokens."""
-    p = np.exp(_logprobs(table).astype(np.float64))
+    p = np.exp(logprobs(table).astype(np.float64))
     out = np.zeros((len(p), target_vocab))
     np.add.at(out.T, dst_ids, p[:, src_ids].T)
     kept = out.sum(1)

@@ -71,11 +71,19 @@ def _model(df: pl.DataFrame, model: str, fig: str) -> pl.DataFrame:
     return sub
 
 
+def _best(df: pl.DataFrame, model: str | None, fig: str, method: str | None = None) -> pl.DataFrame:
+    sub = _model(df, model, fig) if model else df
+    if method is not None:
+        sub = sub.filter(pl.col("method") == method)
+        if sub.is_empty():
+            raise DistreachError(f"{fig}: no {method}-prompt results")
+    return min_over_inits(sub)
+
+
 def fig01(df: pl.DataFrame) -> alt.Chart:
     """Minimum KL vs target entropy, one line per model, standard-error bands."""
     unit = _unit(df)
-    best = min_over_inits(df.filter(pl.col("method") == "soft"))
-    s = summarise(best, "kl_min", ["model", "target_entropy"])
+    s = summarise(_best(df, None, "fig01", "soft"), "kl_min", ["model", "target_entropy"])
     return line_with_band(
         s,
         f"target entropy ({unit})",
@@ -87,9 +95,8 @@ def fig01(df: pl.DataFrame) -> alt.Chart:
 
 def fig05(df: pl.DataFrame, model: str) -> alt.Chart:
     """Minimum KL and the entropy of q at that minimum vs target entropy, 95% intervals."""
-    sub = _model(df, model, "fig05").filter(pl.col("method") == "soft")
-    unit = _unit(sub)
-    best = min_over_inits(sub)
+    best = _best(df, model, "fig05", "soft")
+    unit = _unit(best)
     kl = summarise(best, "kl_min", ["target_entropy"], level=0.95)
     ent = summarise(best, "q_entropy", ["target_entropy"], level=0.95)
     left = line_with_band(kl, f"target entropy ({unit})", f"min KL(p‖q) ({unit})", None, f"(a) {model}: minimum KL, 95% CI")
@@ -137,7 +144,7 @@ def fig06(df: pl.DataFrame, pairs: dict) -> alt.Chart:
     rows = []
     for pre, rnd in pairs.items():
         for name, kind in ((pre, "pretrained"), (rnd, "random init")):
-            best = min_over_inits(_model(df, name, "fig06").filter(pl.col("method") == "soft"))
+            best = _best(df, name, "fig06", "soft")
             rows.append(summarise(best, "kl_min", ["target_entropy"]).with_columns(
                 panel=pl.lit(pre), weights=pl.lit(kind)))
     data = pl.concat(rows)
@@ -152,24 +159,15 @@ def fig06(df: pl.DataFrame, pairs: dict) -> alt.Chart:
 
 def fig11(df: pl.DataFrame, model: str) -> alt.Chart:
     """Soft-prompt minimum KL vs target entropy for several prefix lengths on one model."""
-    sub = _model(df, model, "fig11").filter(pl.col("method") == "soft")
-    unit = _unit(sub)
-    s = summarise(min_over_inits(sub), "kl_min", ["prefix_len", "target_entropy"])
+    best = _best(df, model, "fig11", "soft")
+    unit = _unit(best)
+    s = summarise(best, "kl_min", ["prefix_len", "target_entropy"])
     return line_with_band(
         s.with_columns(pl.col("prefix_len").cast(pl.String).alias("prefix")),
         f"target entropy ({unit})", f"min KL(p‖q) over inits ({unit})", "prefix",
         f"{model}: soft prompts of several lengths (mean ± standard error over targets)",
         sort=[str(n) for n in sorted(s["prefix_len"].unique())],
     )
-
-
-def _best(df: pl.DataFrame, model: str | None, fig: str, method: str | None = None) -> pl.DataFrame:
-    sub = _model(df, model, fig) if model else df
-    if method is not None:
-        sub = sub.filter(pl.col("method") == method)
-        if sub.is_empty():
-            raise DistreachError(f"{fig}: no {method}-prompt results")
-    return min_over_inits(sub)
 
 
 def _with_diagonal(chart, data: pl.DataFrame):

@@ -160,6 +160,12 @@ def targets_table(target_ids, kind, requested, achieved, unit, seeds, logprobs: 
     )
 
 
+def logprobs(table: pa.Table) -> np.ndarray:
+    """The ``logprobs`` column of a target table as an [n, |V|] array."""
+    col = table.column("logprobs").combine_chunks()
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)
+
+
 def read_targets(path, vocab_size: int | None = None) -> tuple[pa.Table, np.ndarray]:
     """Read a target file; check shape and values. Returns (metadata columns, probabilities [n, V])."""
     table = read_arrow(path)
@@ -174,7 +180,7 @@ def read_targets(path, vocab_size: int | None = None) -> tuple[pa.Table, np.ndar
     v = col.type.list_size
     if vocab_size is not None and v != vocab_size:
         raise DistreachError(f"{path}: targets have {v} entries but the model's vocabulary has {vocab_size}")
-    logp = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, v)
+    logp = logprobs(table).astype(np.float32)
     ids = table.column("target_id").to_pylist()
     bad = ~np.isfinite(logp) & ~(np.isneginf(logp))
     if bad.any():
