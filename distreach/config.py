@@ -67,6 +67,11 @@ def check_references(config: dict) -> None:
             if m not in methods:
                 raise DistreachError(f"config key experiments.{ename}.methods[{i}]: unknown method {m!r}")
     for fig, spec in (config.get("figures") or {}).items():
+        if fig == "fig12":
+            for i, m in enumerate(spec.get("models", [])):
+                if m not in models:
+                    raise DistreachError(f"config key figures.fig12.models[{i}]: unknown model {m!r}")
+            continue
         names = spec.get("experiments") or [spec.get("experiment")]
         for i, exp in enumerate(names):
             if exp not in experiments:
@@ -77,3 +82,9 @@ def check_references(config: dict) -> None:
         for model in wanted:
             if model not in used:
                 raise DistreachError(f"config key figures.{fig}: model {model!r} is in none of its experiments {names}")
+        if fig == "fig13":
+            kind = families[experiments[names[0]]["targets"]].get("kind", "vanilla")
+            if kind != "pos":
+                raise DistreachError(
+                    f"config key figures.fig13.experiment: {names[0]!r} tunes on {kind} targets, fig13 needs pos targets"
+                )

@@ -17,6 +17,7 @@ import torch
 from .errors import DistreachError
 from .infotheory import check_unit, entropy, from_unit, to_unit
 from .seeds import derive_seed
+from .vocab import surface_forms
 from .targets import EntropyGrid, VanillaSettings, entropy_matched_targets, logprobs, targets_table, vanilla_targets
 
 
@@ -165,46 +166,6 @@ def shuffled(table: pa.Table, copies: int, seed: int = 0) -> pa.Table:
 # ---------------------------------------------------------------- migrated
 
 
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet back to bytes."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-
-_BYTES = _byte_decoder()
-
-
-def surface_forms(tokenizer, size: int) -> list[str | None]:
-    """The text each token id stands for, with byte-level ('Ġ' = space) and sentencepiece
-    ('▁' = space) markers resolved; None for special tokens and for tokens that are not
-    whole UTF-8 text (byte fallback pieces, partial characters)."""
-    special = set(tokenizer.all_special_ids)
-    pieces = tokenizer.convert_ids_to_tokens(list(range(min(size, len(tokenizer)))))
-    byte_level = sum(1 for p in pieces if p and p.startswith("Ġ")) > sum(1 for p in pieces if p and p.startswith("▁"))
-    out: list[str | None] = []
-    for i, p in enumerate(pieces):
-        if p is None or i in special:
-            out.append(None)
-            continue
-        if byte_level:
-            try:
-                out.append(bytes(_BYTES[c] for c in p).decode("utf-8"))
-            except (KeyError, UnicodeDecodeError):
-                out.append(None)
-        elif p.startswith("<0x") and p.endswith(">"):
-            out.append(None)
-        else:
-            out.append(p.replace("▁", " "))
-    return out + [None] * (size - len(out))
-
-
 def migration_map(source_forms: list, target_forms: list) -> tuple[np.ndarray, np.ndarray]:
     """Source ids and the target ids with the same surface form (the first target id of each form)."""
     where: dict[str, int] = {}
@@ -252,7 +213,8 @@ def make_family(settings: dict, model_dir, unit: str, seed: int = 0, base=None, 
     over the vocabulary of the materialised model in ``model_dir``.
 
     ``base`` is the target file a matched, shuffled or migrated family derives from (for
-    migrated: the source model's), ``source_dir`` the source model's folder."""
+    migrated: the source model's; for pos: the model's POS table), ``source_dir`` the source
+    model's folder."""
     from .io import read_arrow
     from .models import load_materialised, read_manifest
 
@@ -269,6 +231,14 @@ def make_family(settings: dict, model_dir, unit: str, seed: int = 0, base=None, 
     if kind == "lm":
         loaded = load_materialised(model_dir, dtype="fp32")[0]
         return lm_generated(loaded, settings.get("n", 100), settings.get("prompt_len", 10), unit, seed)
+    if kind == "pos":
+        import polars as pl
+
+        from .pos import DEFAULT_TAGS, pos_uniform_targets
+
+        tags = list(settings.get("tags", DEFAULT_TAGS))
+        pos = pl.from_arrow(read_arrow(base))
+        return pos_uniform_targets(pos, vocab, tags, settings.get("n_tokens", 100), settings.get("draws", 100), unit, seed)
     table = read_arrow(base)
     if kind == "matched":
         vs = VanillaSettings(seed=seed, **_pick(settings, ("tolerance", "max_iters", "lr")))

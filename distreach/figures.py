@@ -262,6 +262,80 @@ def fig10(df: pl.DataFrame) -> alt.Chart:
     return alt.hconcat(*panels).resolve_scale(color="independent")
 
 
+def read_pos_tables(paths) -> pl.DataFrame:
+    """POS tables (results/pos/<model>.arrow) concatenated, with the model each one tags."""
+    from .io import arrow_metadata, read_arrow
+
+    frames = []
+    for p in paths:
+        table = read_arrow(p)
+        model = arrow_metadata(table).get("model") or Path(p).stem
+        frames.append(pl.from_arrow(table).with_columns(model=pl.lit(model)))
+    return pl.concat(frames, how="vertical")
+
+
+def pos_shares(pos: pl.DataFrame, top: int = 8) -> tuple[pl.DataFrame, list[str]]:
+    """Share of each POS among each model's English tokens with one unambiguous POS, for the
+    ``top`` most common tags over all models (by mean share)."""
+    kept = pos.filter(pl.col("kept"))
+    counts = kept.group_by("model", "pos").agg(pl.len().alias("tokens"))
+    shares = counts.with_columns(share=pl.col("tokens") / pl.col("tokens").sum().over("model"))
+    order = shares.group_by("pos").agg(pl.col("share").mean()).sort(["share", "pos"], descending=[True, False])
+    keep = order["pos"].head(top).to_list()
+    return shares.filter(pl.col("pos").is_in(keep)).sort("model", "pos"), keep
+
+
+def fig12(pos: pl.DataFrame, top: int = 8) -> alt.Chart:
+    """POS distribution of the English tokens of each model's vocabulary, models side by side."""
+    shares, order = pos_shares(pos, top)
+    return (
+        alt.Chart(shares)
+        .mark_bar()
+        .encode(
+            x=alt.X("pos:N", sort=order, title="part of speech"),
+            xOffset=alt.XOffset("model:N"),
+            y=alt.Y("share:Q", title="share of tagged English tokens", axis=alt.Axis(format="%")),
+            color=alt.Color("model:N", title="model"),
+            tooltip=["model:N", "pos:N", "tokens:Q", alt.Tooltip("share:Q", format=".1%")],
+        )
+        .properties(width=60 * len(order), height=280, title=f"POS of English vocabulary tokens ({top} most common tags)")
+    )
+
+
+def fig13(df: pl.DataFrame, pairs: dict | None = None) -> alt.Chart:
+    """Box plots of soft-prompt minimum KL on POS-uniform targets per POS; a base model and its
+    instruction-tuned variant (``pairs``) share a panel, other models get one each."""
+    best = _best(df, None, "fig13", "soft")
+    if "pos" not in best.columns:
+        raise DistreachError("fig13: the experiment's targets have no pos column (use a pos target family)")
+    unit = _unit(best)
+    models = best["model"].unique().sort().to_list()
+    panels, placed = [], set()
+    for base, instruct in (pairs or {}).items():
+        panels.append((f"{base} vs {instruct}", [base, instruct]))
+        placed |= {base, instruct}
+    panels += [(m, [m]) for m in models if m not in placed]
+    order = [t for t in ("NOUN", "PROPN", "VERB", "ADJ") if t in best["pos"].unique()]
+    order += sorted(set(best["pos"].unique()) - set(order))
+    charts = []
+    for title, members in panels:
+        sub = best.filter(pl.col("model").is_in(members)).select("model", "pos", "kl_min", "target_id")
+        if sub.is_empty():
+            raise DistreachError(f"fig13: no results for {', '.join(members)}")
+        charts.append(
+            alt.Chart(sub)
+            .mark_boxplot(extent=1.5, size=14)
+            .encode(
+                x=alt.X("pos:N", sort=order, title="part of speech"),
+                xOffset=alt.XOffset("model:N", sort=members),
+                y=alt.Y("kl_min:Q", title=f"min KL(p‖q) over inits ({unit})"),
+                color=alt.Color("model:N", title="model", sort=members),
+            )
+            .properties(width=70 * len(order), height=280, title=title)
+        )
+    return alt.hconcat(*charts).resolve_scale(color="independent")
+
+
 def save(chart, stem: str | Path) -> list[Path]:
     """Write ``stem``.html/.png/.svg, each atomically."""
     stem = Path(stem)

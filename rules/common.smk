@@ -60,6 +60,8 @@ def target_inputs(wildcards):
     inputs = {"model": f"results/models/{wildcards.model}"}
     if family["kind"] in ("matched", "shuffled"):
         inputs["base"] = f"results/targets/{family['of']}/{wildcards.model}.arrow"
+    elif family["kind"] == "pos":
+        inputs["base"] = f"results/pos/{wildcards.model}.arrow"
     elif family["kind"] == "migrated":
         inputs["base"] = f"results/targets/{family['of']}/{family['source']}.arrow"
         inputs["source"] = f"results/models/{family['source']}"
@@ -114,12 +116,18 @@ def figure_tables(wildcards):
     return [f"results/collected/{e}.arrow" for e in figure_experiments(wildcards.fig)]
 
 
+def figure_pos_tables(wildcards):
+    """The POS tables Fig. 12 compares."""
+    return [f"results/pos/{m}.arrow" for m in FIGURES[wildcards.fig]["models"]]
+
+
 def figure_spec(wildcards):
     return FIGURES[wildcards.fig]
 
 
 def all_outputs():
     tables = [f"results/collected/{e}.arrow" for e in config["experiments"]]
+    tables += [f"results/{stage}/{m}.arrow" for stage in ("vocab", "pos") for m in config["models"]]
     figures = [
         f"results/figures/{fig}{ext}" for fig in FIGURES for ext in (".html", ".png", ".svg")
     ]

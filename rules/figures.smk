@@ -221,3 +221,53 @@ rule fig10:
         "../envs/figures.yaml"
     script:
         "../scripts/fig10.py"
+
+
+rule fig12:
+    """Paper Fig. 12: POS distribution of the English tokens of each model's vocabulary."""
+    input:
+        pos=figure_pos_tables,
+    output:
+        html="results/figures/{fig}.html",
+        png=report(
+            "results/figures/{fig}.png",
+            caption="../report/fig12.rst",
+            category="Figures",
+        ),
+        svg="results/figures/{fig}.svg",
+    params:
+        spec=figure_spec,
+        code=library_code("figures"),
+    wildcard_constraints:
+        fig="fig12",
+    log:
+        "logs/figures/{fig}.log",
+    conda:
+        "../envs/figures.yaml"
+    script:
+        "../scripts/fig12.py"
+
+
+rule fig13:
+    """Paper Fig. 13: soft-prompt minimum KL on POS-uniform targets, base and instruct side by side."""
+    input:
+        tables=figure_tables,
+    output:
+        html="results/figures/{fig}.html",
+        png=report(
+            "results/figures/{fig}.png",
+            caption="../report/fig13.rst",
+            category="Figures",
+        ),
+        svg="results/figures/{fig}.svg",
+    params:
+        spec=figure_spec,
+        code=library_code("figures", "tables"),
+    wildcard_constraints:
+        fig="fig13",
+    log:
+        "logs/figures/{fig}.log",
+    conda:
+        "../envs/figures.yaml"
+    script:
+        "../scripts/fig13.py"

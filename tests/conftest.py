@@ -5,7 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-TINY_WORDS = [f"w{i}" for i in range(90)]
+# English words, so that the vocabulary and POS stages have something to tag
+TINY_WORDS = (
+    "house table river mountain garden window city doctor teacher bottle chair letter music "
+    "forest animal pencil kitchen island market engine flower summer winter morning village "
+    "bridge castle camera planet ocean "
+    "run eat write sing swim build carry throw listen speak climb drive bring teach fly "
+    "happy green quick bright heavy gentle ancient purple honest brave narrow "
+    "London Paris Berlin Madrid Tokyo Canada Germany Alice Robert Maria Thomas Amazon Microsoft "
+    "the and of to in is was for on with at by from , . ! "
+    "xqz zzv qqp bkt vvw"
+).split()
+assert len(TINY_WORDS) == len(set(TINY_WORDS)) == 90, len(TINY_WORDS)
 
 
 def tiny_tokenizer():

@@ -42,7 +42,9 @@ def tiny_config(sources) -> dict:
             "lm-shuffled": {"kind": "shuffled", "of": "lm", "copies": 2},
             "migrated": {"kind": "migrated", "of": "lm", "source": "tiny-gpt2"},
             "migrated-matched": {"kind": "matched", "of": "migrated"},
+            "pos": {"kind": "pos", "tags": ["NOUN", "ADJ"], "n_tokens": 3, "draws": 2},
         },
+        "pos": {"min_pos_prob": 0.5},
         "tuning": {"max_steps": 15, "patience": 5},
         "methods": {"hybrid-1": {"method": "hybrid", "n_soft": 1}},
         "experiments": {
@@ -59,6 +61,7 @@ def tiny_config(sources) -> dict:
             "shuffled-soft": {"targets": "lm-shuffled", "models": ["tiny"], "inits": 1},
             "migrated-soft": {"targets": "migrated", "models": ["tiny"], "inits": 1},
             "migrated-matched-soft": {"targets": "migrated-matched", "models": ["tiny"], "inits": 1},
+            "pos": {"targets": "pos", "models": ["tiny", "tiny-gpt2"], "inits": 1},
         },
         "figures": {
             "fig01": {"experiment": "vanilla"},
@@ -70,6 +73,8 @@ def tiny_config(sources) -> dict:
             "fig08": {"experiments": ["lm-hard", "matched-hard"], "model": "tiny"},
             "fig09": {"experiments": ["lm-soft", "shuffled-soft", "matched-soft"], "model": "tiny"},
             "fig10": {"experiments": ["migrated-soft", "migrated-matched-soft"]},
+            "fig12": {"models": ["tiny", "tiny-gpt2"]},
+            "fig13": {"experiment": "pos", "pairs": {"tiny": "tiny-gpt2"}},
         },
     }
 
@@ -115,13 +120,16 @@ def test_single_figure_plans_only_what_it_needs(tmp_path, tiny_sources):
         proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", f"results/figures/{fig}.png")
         expected = {"materialise_model": 1, "targets": families, "tune_shard": families, "collect": families, fig: 1}
         assert planned_jobs(proc) == expected, fig
+    proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig12.png")
+    # vocabulary and POS jobs only: no targets, no tuning
+    assert planned_jobs(proc) == {"materialise_model": 2, "vocab": 2, "pos_tag": 2, "fig12": 1}
 
 
 @pytest.mark.slow
 def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
     cfg = tiny_config(tiny_sources)
     snakemake(tmp_path, cfg, "--cores", "2")
-    for fig in ("fig01", "fig04", "fig05", "fig06", "fig07", "fig08", "fig09", "fig10", "fig11"):
+    for fig in ("fig01", "fig04", "fig05", "fig06", "fig07", "fig08", "fig09", "fig10", "fig11", "fig12", "fig13"):
         for ext in ("html", "png", "svg"):
             assert (tmp_path / f"results/figures/{fig}.{ext}").stat().st_size > 1000
     df = pl.read_ipc(tmp_path / "results/collected/vanilla.arrow")
@@ -141,6 +149,13 @@ def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
     assert set(outliers["n_outliers"]) == {1, 3} and (outliers["outlier_mass"] > 0).all()
     migrated = pl.read_ipc(tmp_path / "results/collected/migrated-soft.arrow")
     assert set(migrated["source_model"]) == {"tiny-gpt2"} and (migrated["kept_mass"] > 0).all()
+    for model in cfg["models"]:
+        vocab = pl.read_ipc(tmp_path / f"results/vocab/{model}.arrow")
+        assert vocab.height == 93 and vocab["is_english"].sum() >= 60
+        assert (tmp_path / f"results/pos/{model}.arrow").exists()
+    pos = pl.read_ipc(tmp_path / "results/collected/pos.arrow")
+    assert set(pos["pos"]) == {"NOUN", "ADJ"} and pos.height == 2 * 2 * 2  # models x tags x draws
+    assert set(pos["target_kind"]) == {"pos"}
     # nothing changed: nothing to do
     proc = snakemake(tmp_path, cfg, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
@@ -161,6 +176,10 @@ BAD_CONFIGS = [
     (lambda c: c.update(entropy_unit="dits"), "config key entropy_unit: 'dits' is not one of"),
     (lambda c: c["targets"]["lm-matched"].update(of="nosuch"), "config key targets.lm-matched.of: a matched family needs an existing family"),
     (lambda c: c["targets"]["migrated"].update(source="nosuch"), "config key targets.migrated.source: unknown model 'nosuch'"),
+    (lambda c: c["targets"]["pos"].update(tags=["noun"]), "config key targets.pos.tags[0]: 'noun' does not match"),
+    (lambda c: c["pos"].update(min_pos_prob=2), "config key pos.min_pos_prob: 2 is greater than the maximum of 1"),
+    (lambda c: c["figures"]["fig12"].update(models=["nosuch"]), "config key figures.fig12.models[0]: unknown model 'nosuch'"),
+    (lambda c: c["figures"].update(fig13={"experiment": "vanilla"}), "config key figures.fig13.experiment: 'vanilla' tunes on vanilla targets"),
 ]
 
 

