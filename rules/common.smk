@@ -1,10 +1,7 @@
-import hashlib
-from pathlib import Path
-
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-import distreach
+from distreach.codeinfo import fingerprint
 from distreach.config import check_references, schema_error_line
 from distreach.errors import DistreachError
 
@@ -34,12 +31,9 @@ wildcard_constraints:
 
 
 def library_code(*modules):
-    """Fingerprint of the distreach modules a rule runs; as a param, editing them reruns the rule."""
-    root = Path(distreach.__file__).parent
-    digest = hashlib.sha256()
-    for name in modules:
-        digest.update((root / f"{name}.py").read_bytes())
-    return digest.hexdigest()[:16]
+    """Fingerprint of the distreach modules a rule runs (and all they import); as a param,
+    editing any of them reruns the rule."""
+    return fingerprint(*modules)
 
 
 def model_base(wildcards):
@@ -89,7 +83,18 @@ def tuning_settings(wildcards):
 
 
 def tuning_threads(wildcards):
-    return max(1, workflow.cores or 1)
+    """CPUs of a tuning job: the model's 'cpus' where set (a cluster), else every core given."""
+    return config["models"][wildcards.model].get("cpus") or max(1, workflow.cores or 1)
+
+
+def model_mem_mb(wildcards):
+    """Memory of a job that loads the model (config models.<name>.mem_mb)."""
+    return config["models"][wildcards.model].get("mem_mb", 8000)
+
+
+def model_runtime(wildcards):
+    """Wall-clock minutes of one tuning shard on this model (config models.<name>.runtime)."""
+    return config["models"][wildcards.model].get("runtime", 60)
 
 
 def shard_files(experiment):
@@ -127,8 +132,14 @@ def figure_spec(wildcards):
 
 def all_outputs():
     tables = [f"results/collected/{e}.arrow" for e in config["experiments"]]
-    tables += [f"results/{stage}/{m}.arrow" for stage in ("vocab", "pos") for m in config["models"]]
+    tables += [
+        f"results/{stage}/{m}.arrow"
+        for stage in ("vocab", "pos")
+        for m in config["models"]
+    ]
     figures = [
-        f"results/figures/{fig}{ext}" for fig in FIGURES for ext in (".html", ".png", ".svg")
+        f"results/figures/{fig}{ext}"
+        for fig in FIGURES
+        for ext in (".html", ".png", ".svg")
     ]
     return tables + figures

@@ -10,15 +10,15 @@ rule fig01:
             category="Figures",
         ),
         svg="results/figures/{fig}.svg",
+    log:
+        "logs/figures/{fig}.log",
+    wildcard_constraints:
+        fig="fig01",
+    conda:
+        "../envs/figures.yaml"
     params:
         spec=figure_spec,
         code=library_code("figures", "tables"),
-    wildcard_constraints:
-        fig="fig01",
-    log:
-        "logs/figures/{fig}.log",
-    conda:
-        "../envs/figures.yaml"
     script:
         "../scripts/fig01.py"
 
@@ -35,15 +35,15 @@ rule fig04:
             category="Figures",
         ),
         svg="results/figures/{fig}.svg",
+    log:
+        "logs/figures/{fig}.log",
+    wildcard_constraints:
+        fig="fig04",
+    conda:
+        "../envs/figures.yaml"
     params:
         spec=figure_spec,
         code=library_code("figures", "tables"),
-    wildcard_constraints:
-        fig="fig04",
-    log:
-        "logs/figures/{fig}.log",
-    conda:
-        "../envs/figures.yaml"
     script:
         "../scripts/fig04.py"
 
@@ -60,15 +60,15 @@ rule fig05:
             category="Figures",
         ),
         svg="results/figures/{fig}.svg",
+    log:
+        "logs/figures/{fig}.log",
+    wildcard_constraints:
+        fig="fig05",
+    conda:
+        "../envs/figures.yaml"
     params:
         spec=figure_spec,
         code=library_code("figures", "tables"),
-    wildcard_constraints:
-        fig="fig05",
-    log:
-        "logs/figures/{fig}.log",
-    conda:
-        "../envs/figures.yaml"
     script:
         "../scripts/fig05.py"
 
@@ -85,15 +85,15 @@ rule fig06:
             category="Figures",
         ),
         svg="results/figures/{fig}.svg",
+    log:
+        "logs/figures/{fig}.log",
+    wildcard_constraints:
+        fig="fig06",
+    conda:
+        "../envs/figures.yaml"
     params:
         spec=figure_spec,
         code=library_code("figures", "tables"),
-    wildcard_constraints:
-        fig="fig06",
-    log:
-        "logs/figures/{fig}.log",
-    conda:
-        "../envs/figures.yaml"
     script:
         "../scripts/fig06.py"
 
@@ -110,15 +110,15 @@ rule fig11:
             category="Figures",
         ),
         svg="results/figures/{fig}.svg",
+    log:
+        "logs/figures/{fig}.log",
+    wildcard_constraints:
+        fig="fig11",
+    conda:
+        "../envs/figures.yaml"
     params:
         spec=figure_spec,
         code=library_code("figures", "tables"),
-    wildcard_constraints:
-        fig="fig11",
-    log:
-        "logs/figures/{fig}.log",
-    conda:
-        "../envs/figures.yaml"
     script:
         "../scripts/fig11.py"
 
@@ -135,15 +135,15 @@ rule fig07:
             category="Figures",
         ),
         svg="results/figures/{fig}.svg",
+    log:
+        "logs/figures/{fig}.log",
+    wildcard_constraints:
+        fig="fig07",
+    conda:
+        "../envs/figures.yaml"
     params:
         spec=figure_spec,
         code=library_code("figures", "tables"),
-    wildcard_constraints:
-        fig="fig07",
-    log:
-        "logs/figures/{fig}.log",
-    conda:
-        "../envs/figures.yaml"
     script:
         "../scripts/fig07.py"
 
@@ -160,15 +160,15 @@ rule fig08:
             category="Figures",
         ),
         svg="results/figures/{fig}.svg",
+    log:
+        "logs/figures/{fig}.log",
+    wildcard_constraints:
+        fig="fig08",
+    conda:
+        "../envs/figures.yaml"
     params:
         spec=figure_spec,
         code=library_code("figures", "tables"),
-    wildcard_constraints:
-        fig="fig08",
-    log:
-        "logs/figures/{fig}.log",
-    conda:
-        "../envs/figures.yaml"
     script:
         "../scripts/fig08.py"
 
@@ -185,15 +185,15 @@ rule fig09:
             category="Figures",
         ),
         svg="results/figures/{fig}.svg",
+    log:
+        "logs/figures/{fig}.log",
+    wildcard_constraints:
+        fig="fig09",
+    conda:
+        "../envs/figures.yaml"
     params:
         spec=figure_spec,
         code=library_code("figures", "tables"),
-    wildcard_constraints:
-        fig="fig09",
-    log:
-        "logs/figures/{fig}.log",
-    conda:
-        "../envs/figures.yaml"
     script:
         "../scripts/fig09.py"
 
@@ -210,15 +210,15 @@ rule fig10:
             category="Figures",
         ),
         svg="results/figures/{fig}.svg",
+    log:
+        "logs/figures/{fig}.log",
+    wildcard_constraints:
+        fig="fig10",
+    conda:
+        "../envs/figures.yaml"
     params:
         spec=figure_spec,
         code=library_code("figures", "tables"),
-    wildcard_constraints:
-        fig="fig10",
-    log:
-        "logs/figures/{fig}.log",
-    conda:
-        "../envs/figures.yaml"
     script:
         "../scripts/fig10.py"
 
@@ -235,15 +235,15 @@ rule fig12:
             category="Figures",
         ),
         svg="results/figures/{fig}.svg",
+    log:
+        "logs/figures/{fig}.log",
+    wildcard_constraints:
+        fig="fig12",
+    conda:
+        "../envs/figures.yaml"
     params:
         spec=figure_spec,
         code=library_code("figures"),
-    wildcard_constraints:
-        fig="fig12",
-    log:
-        "logs/figures/{fig}.log",
-    conda:
-        "../envs/figures.yaml"
     script:
         "../scripts/fig12.py"
 
@@ -260,14 +260,14 @@ rule fig13:
             category="Figures",
         ),
         svg="results/figures/{fig}.svg",
+    log:
+        "logs/figures/{fig}.log",
+    wildcard_constraints:
+        fig="fig13",
+    conda:
+        "../envs/figures.yaml"
     params:
         spec=figure_spec,
         code=library_code("figures", "tables"),
-    wildcard_constraints:
-        fig="fig13",
-    log:
-        "logs/figures/{fig}.log",
-    conda:
-        "../envs/figures.yaml"
     script:
         "../scripts/fig13.py"

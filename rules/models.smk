@@ -4,14 +4,15 @@ rule materialise_model:
         base=model_base,
     output:
         directory("results/models/{model}"),
-    params:
-        spec=model_spec,
-        code=library_code("models", "io"),
     log:
         "logs/models/{model}.log",
     conda:
         "../envs/torch.yaml"
     resources:
-        mem_mb=8000,
+        mem_mb=model_mem_mb,
+        runtime=30,
+    params:
+        spec=model_spec,
+        code=library_code("models", "io"),
     script:
         "../scripts/materialise_model.py"

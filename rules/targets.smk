@@ -4,16 +4,17 @@ rule targets:
         unpack(target_inputs),
     output:
         "results/targets/{family}/{model}.arrow",
-    params:
-        settings=target_settings,
-        unit=config["entropy_unit"],
-        seed=config["seed"],
-        code=library_code("targets", "families", "infotheory"),
     log:
         "logs/targets/{family}/{model}.log",
     conda:
         "../envs/torch.yaml"
     resources:
-        mem_mb=4000,
+        mem_mb=model_mem_mb,
+        runtime=30,
+    params:
+        settings=target_settings,
+        unit=config["entropy_unit"],
+        seed=config["seed"],
+        code=library_code("targets", "families", "infotheory"),
     script:
         "../scripts/targets.py"

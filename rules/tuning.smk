@@ -5,6 +5,15 @@ rule tune_shard:
         targets=experiment_targets,
     output:
         "results/tuning/{experiment}/{model}/{method}/shard-{shard}.arrow",
+    log:
+        "logs/tuning/{experiment}/{model}/{method}/shard-{shard}.log",
+    conda:
+        "../envs/torch.yaml"
+    threads: tuning_threads
+    resources:
+        gpu=1,
+        mem_mb=model_mem_mb,
+        runtime=model_runtime,
     params:
         tuning=tuning_settings,
         experiment=experiment_spec,
@@ -12,13 +21,5 @@ rule tune_shard:
         dtype=config["dtype"],
         device=config["device"],
         code=library_code("engine", "shards", "models", "targets", "infotheory"),
-    log:
-        "logs/tuning/{experiment}/{model}/{method}/shard-{shard}.log",
-    threads: tuning_threads
-    resources:
-        gpu=1,
-        mem_mb=8000,
-    conda:
-        "../envs/torch.yaml"
     script:
         "../scripts/tune_shard.py"

@@ -4,12 +4,12 @@ rule vocab:
         model="results/models/{model}",
     output:
         "results/vocab/{model}.arrow",
-    params:
-        code=library_code("vocab", "io"),
     log:
         "logs/vocab/{model}.log",
     conda:
         "../envs/torch.yaml"
+    params:
+        code=library_code("vocab", "io"),
     script:
         "../scripts/vocab.py"
 
@@ -20,15 +20,15 @@ rule pos_tag:
         vocab="results/vocab/{model}.arrow",
     output:
         "results/pos/{model}.arrow",
-    params:
-        settings=config["pos"],
-        code=library_code("pos", "io"),
     log:
         "logs/pos/{model}.log",
+    conda:
+        "../envs/pos.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../envs/pos.yaml"
+    params:
+        settings=config["pos"],
+        code=library_code("pos", "io"),
     script:
         "../scripts/pos_tag.py"

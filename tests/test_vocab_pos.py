@@ -147,7 +147,7 @@ def fake_pos(n_noun=250, n_adj=40, vocab=600):
 
 
 def test_pos_uniform_targets_are_uniform_over_distinct_tokens_of_one_pos():
-    from distreach.pos import pos_uniform_targets
+    from distreach.families import pos_uniform_targets
     from distreach.targets import logprobs
 
     pos = fake_pos()
@@ -168,7 +168,7 @@ def test_pos_uniform_targets_are_uniform_over_distinct_tokens_of_one_pos():
 
 
 def test_pos_uniform_needs_enough_tokens():
-    from distreach.pos import pos_uniform_targets
+    from distreach.families import pos_uniform_targets
 
     with pytest.raises(DistreachError, match="POS ADJ: only 40 tokens of this POS in the vocabulary, 100 asked for"):
         pos_uniform_targets(fake_pos(), 600, ["ADJ"], n_tokens=100, draws=1, unit="nats")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -212,3 +214,66 @@ def test_default_config_is_valid_and_plans_every_figure(tmp_path):
     jobs = planned_jobs(snakemake(tmp_path, config, "-n"))
     assert {f"fig{n:02d}" for n in (1, 4, 5, 6, 7, 8, 9, 10, 11)} <= set(jobs)
     assert jobs["materialise_model"] == 4 and jobs["collect"] == len(config["experiments"])
+
+
+def copy_workflow(dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    for part in ("Snakefile", "rules", "scripts", "schemas", "envs", "report"):
+        src = REPO / part
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / part)
+    return dest
+
+
+@pytest.mark.slow
+def test_partial_reruns(tmp_path, tiny_sources):
+    """Editing one figure's script reruns that figure only; changing one experiment's tuning
+    settings reruns that experiment's shards and what depends on them, nothing else."""
+    wf = copy_workflow(tmp_path / "wf")
+    cfg = {
+        "models": {"tiny": {"source": {"local": tiny_sources["llama"]}}},
+        "targets": {"coarse": {"grid": {"step": 3.0}, "per_level": 1}},
+        "tuning": {"max_steps": 5, "patience": 5},
+        "experiments": {
+            "a": {"targets": "coarse", "models": ["tiny"], "inits": 1, "shards": 2},
+            "b": {"targets": "coarse", "models": ["tiny"], "inits": 1, "shards": 2},
+        },
+        "figures": {"fig01": {"experiment": "a"}, "fig05": {"experiment": "b", "model": "tiny"}},
+    }
+    run = [sys.executable, "-m", "snakemake", "-s", str(wf / "Snakefile"), "--configfile", "config.yaml"]
+
+    def smk(*args):
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+        proc = subprocess.run([*run, *args], cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return proc
+
+    smk("--cores", "2")
+    assert "Nothing to be done" in smk("-n").stdout
+    script = wf / "scripts" / "fig05.py"
+    script.write_text(script.read_text() + "\n# a changed line\n")
+    assert planned_jobs(smk("-n")) == {"fig05": 1, "all": 1}
+    smk("--cores", "2")
+    cfg["experiments"]["b"]["tuning"] = {"lr": 0.05}
+    assert planned_jobs(smk("-n")) == {"tune_shard": 2, "collect": 1, "fig05": 1, "all": 1}
+
+
+def test_lint_and_format_are_clean():
+    for extra in ([], ["--configfile", "configs/paper.yaml", "--replace-workflow-config"]):
+        proc = subprocess.run([*SNAKEMAKE, "--lint", *extra], cwd=REPO, capture_output=True, text=True)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode == 0 and "Congratulations, your workflow is in a good condition!" in out, out[-3000:]
+    fmt = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "."], cwd=REPO, capture_output=True, text=True)
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
+
+
+def test_slurm_profile_plans_the_paper_study_without_the_hub(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", "slurm", "-n", "--directory", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    jobs = planned_jobs(proc)
+    assert jobs["materialise_model"] == 11 and jobs["tune_shard"] == 150 and jobs["pos_tag"] == 11
+    assert {f"fig{n:02d}" for n in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)} <= set(jobs)
+    assert not any(tmp_path.joinpath("results").rglob("*"))

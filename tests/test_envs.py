@@ -1,0 +1,115 @@
+"""Static checks of the per-rule conda envs (conda channels are not reachable where tests run):
+every rule declares a log and an env, each env pins its packages, and each env provides every
+third-party package imported by the code its rule runs (script + the distreach modules it reaches)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from distreach.codeinfo import closure
+
+REPO = Path(__file__).resolve().parents[1]
+RULE = re.compile(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", re.S | re.M)
+# import name -> distribution name, where they differ
+DISTRIBUTION = {"yaml": "pyyaml", "vl_convert": "vl-convert-python", "sklearn": "scikit-learn"}
+# packages a library loads without our code importing them
+RUNTIME = {"altair": {"vl-convert-python"}, "transformers": {"safetensors", "tokenizers"}}
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def directive(body: str, name: str) -> str | None:
+    m = re.search(rf"^\s+{name}:\n\s+\"([^\"]+)\"", body, re.M)
+    return m.group(1) if m else None
+
+
+def rules() -> dict[str, str]:
+    out = {}
+    for smk in sorted((REPO / "rules").glob("*.smk")):
+        for name, body in RULE.findall(smk.read_text()):
+            out[name] = body
+    return out
+
+
+def project_requirements(extras: list[str]) -> set[str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = list(project["dependencies"])
+    todo = list(extras)
+    while todo:
+        extra = todo.pop()
+        for r in project["optional-dependencies"][extra]:
+            m = re.match(r"distreach\[(.*)\]", r)
+            if m:
+                todo += m.group(1).split(",")
+            else:
+                reqs.append(r)
+    return {norm(re.split(r"[<>=!~ \[;]", r)[0]) for r in reqs}
+
+
+def env_packages(path: Path) -> tuple[set[str], dict]:
+    env = yaml.safe_load(path.read_text())
+    pkgs = set()
+    for dep in env["dependencies"]:
+        if isinstance(dep, str):
+            pkgs.add(norm(re.split(r"[<>=! ]", dep)[0]))
+            continue
+        for line in dep["pip"]:
+            if line.startswith("-e "):
+                m = re.match(r"-e \.\.(?:\[(.*)\])?$", line)
+                assert m, f"{path.name}: editable install must be the project itself: {line}"
+                pkgs |= project_requirements(m.group(1).split(",") if m.group(1) else [])
+                pkgs.add("distreach")
+            elif line.startswith("https://"):
+                pkgs.add(norm(Path(line).name.split("-")[0]))
+            else:
+                assert "==" in line, f"{path.name}: {line} is not pinned"
+                pkgs.add(norm(line.split("==")[0]))
+    return pkgs, env
+
+
+ALL_RULES = rules()
+
+
+def test_every_rule_has_log_and_conda_env():
+    assert {"vocab", "pos_tag", "tune_shard", "collect", "fig01", "fig13"} <= set(ALL_RULES)
+    for name, body in ALL_RULES.items():
+        if name == "all":
+            continue
+        assert directive(body, "conda"), f"rule {name} has no conda env"
+        assert re.search(r"^\s+log:", body, re.M), f"rule {name} has no log"
+        assert (REPO / "rules" / directive(body, "conda")).is_file(), name
+
+
+@pytest.mark.parametrize("env", sorted(p.name for p in (REPO / "envs").glob("*.yaml")))
+def test_env_is_pinned_on_conda_forge(env):
+    pkgs, spec = env_packages(REPO / "envs" / env)
+    assert spec["channels"] == ["conda-forge", "nodefaults"]
+    assert "python" in pkgs and "distreach" in pkgs
+
+
+@pytest.mark.parametrize("rule", sorted(r for r in ALL_RULES if r != "all"))
+def test_env_provides_every_import_of_the_rule(rule):
+    body = ALL_RULES[rule]
+    script = REPO / "rules" / directive(body, "script")
+    env = REPO / "rules" / directive(body, "conda")
+    pkgs, _ = env_packages(env)
+    _, imports = closure([script])
+    needed = {norm(DISTRIBUTION.get(m, m)) for m in imports}
+    for m in list(imports):
+        needed |= RUNTIME.get(m, set())
+    missing = sorted(needed - pkgs)
+    assert not missing, f"rule {rule}: {env.name} lacks {missing}"
+
+
+def test_pos_env_keeps_numpy_below_2_and_torch_out():
+    pkgs, spec = env_packages(REPO / "envs" / "pos.yaml")
+    pins = {norm(line.split("==")[0]): line.split("==")[1] for line in spec["dependencies"][-1]["pip"] if "==" in line}
+    assert int(pins["numpy"].split(".")[0]) < 2 and "scispacy" in pkgs
+    assert "torch" not in pkgs and "transformers" not in pkgs
