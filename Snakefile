@@ -13,6 +13,7 @@ include: "rules/targets.smk"
 include: "rules/tuning.smk"
 include: "rules/collect.smk"
 include: "rules/figures.smk"
+include: "rules/report.smk"
 
 
 report: "report/workflow.rst"

@@ -142,4 +142,4 @@ def all_outputs():
         for fig in FIGURES
         for ext in (".html", ".png", ".svg")
     ]
-    return tables + figures
+    return tables + figures + ["results/report/claims.md", "results/report/claims.html"]

@@ -1,0 +1,23 @@
+rule claims:
+    """The paper's findings C1-C7 re-tested on this run's tables (distreach.claims)."""
+    input:
+        tables=expand(
+            "results/collected/{experiment}.arrow", experiment=config["experiments"]
+        ),
+    output:
+        md=report(
+            "results/report/claims.md",
+            caption="../report/claims.rst",
+            category="Claims",
+        ),
+        html="results/report/claims.html",
+    log:
+        "logs/report/claims.log",
+    conda:
+        "../envs/figures.yaml"
+    params:
+        figures=FIGURES,
+        twins=FIGURES.get("fig06", {}).get("pairs", {}),
+        code=library_code("claims"),
+    script:
+        "../scripts/claims.py"

@@ -1,0 +1,10 @@
+"""Snakemake entry point: the claims report (distreach.claims)."""
+
+from distreach import claims
+from distreach.figures import read_tables
+from distreach.io import logging_to
+
+with logging_to(snakemake.log[0]):
+    table = claims.check(read_tables(snakemake.input.tables), snakemake.params.figures, snakemake.params.twins)
+    claims.write_report(table, snakemake.output.md, snakemake.output.html)
+    print(claims.to_markdown(table))
