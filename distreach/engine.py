@@ -34,8 +34,11 @@ failed batch from its inits (rows never depend on their batch, so nothing change
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -250,6 +253,39 @@ class _Batch:
         self.changed = torch.zeros(n, dtype=torch.bool)  # a hard token changed in this sweep
         self.converged = torch.zeros(n, dtype=torch.bool)
 
+    STATE = ("kl_min", "q_ent", "best_step", "steps", "early", "since", "best_soft", "best_ids", "active",
+             "ids", "changed", "converged")
+
+    def state(self) -> dict:
+        """Everything the rest of this batch's tuning depends on (for a checkpoint)."""
+        out = {name: getattr(self, name).detach().cpu().clone() for name in self.STATE}
+        out["theta"] = self.theta.detach().cpu().clone()
+        out["status"] = list(self.status)
+        if self.curve is not None:
+            out["curve"] = self.curve.clone()
+        if self.opt is not None and self.opt.state.get(self.theta):
+            out["adamw"] = {k: v.detach().cpu().clone() for k, v in self.opt.state[self.theta].items()}
+        return out
+
+    def load(self, state: dict) -> None:
+        """Continue from :meth:`state` of the same rows."""
+        for name in self.STATE:
+            value = state[name]
+            setattr(self, name, value.to(self.device) if name == "ids" else value)
+        self.status = list(state["status"])
+        if "curve" in state:
+            self.curve = state["curve"]
+        self.theta = torch.nn.Parameter(state["theta"].to(self.device))
+        if self.opt is not None:
+            self.opt = torch.optim.AdamW([self.theta], lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+            if "adamw" in state:
+                self.opt.state[self.theta] = {k: v.to(self.device) if k != "step" else v for k, v in state["adamw"].items()}
+
+    def result(self) -> dict:
+        return {"kl_min": self.kl_min, "q_ent": self.q_ent, "best_step": self.best_step, "steps": self.steps,
+                "early": self.early, "best_soft": self.best_soft, "best_ids": self.best_ids,
+                "status": list(self.status), **({"curve": self.curve} if self.curve is not None else {})}
+
     def inputs(self, soft, hard_emb):
         cols, s, h = [], 0, 0
         for is_soft in self.mask:
@@ -367,13 +403,22 @@ def tune(
     cfg: TuneConfig,
     on_step: Callable[[int, int], None] | None = None,
     record_curve: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_seconds: float = 60.0,
 ) -> TuneResult:
     """Tune one prefix per row; row i targets ``target_probs[i]`` from ``init_seeds[i]``.
 
     ``loaded`` is a :class:`distreach.models.LoadedModel`; ``target_probs`` is
     [n, |V|] (probabilities, rows summing to 1). ``on_step(step, n_active)`` is
     called after every step of every batch with the rows still being tuned.
-    ``record_curve`` keeps every row's KL at every step."""
+    ``record_curve`` keeps every row's KL at every step.
+
+    With ``checkpoint`` (a file path), the whole tuning state (finished batches, and the
+    current batch's prefixes, AdamW moments, best-so-far values and counters) is saved
+    there at most every ``checkpoint_seconds`` (0: after every step); a later call with the
+    same inputs resumes from it and ends with results bit-identical to an uninterrupted
+    run (on the CPU). A checkpoint of other inputs is ignored. The caller removes the file
+    once the results are stored."""
     model = loaded.model
     fast_last_logits(model)
     weight = loaded.embeddings
@@ -404,14 +449,31 @@ def tune(
 
     bs = cfg.batch_size or AUTO_BATCH.get(torch.device(device).type, 64)
     parts, lo = [], 0
+    key = _checkpoint_key(loaded, target, init_seeds, cfg, record_curve)
+    resume = _read_checkpoint(checkpoint, key)
+    if resume is not None:
+        parts, lo, bs = resume["parts"], resume["lo"], resume["bs"]
+        log.info("resuming from %s: %d rows done, batch at row %d from step %s", checkpoint, lo, lo,
+                 resume["step"] + 1 if resume.get("batch") else 0)
+    last_save = time.monotonic()
     while lo < n:
         sl = slice(lo, lo + bs)
         try:
             batch = _Batch(model, target[sl].to(device), soft[sl], ids[sl], bos_embed, allowed, cfg, record_curve)
-            for step in range(cfg.max_steps):
+            first = 0
+            if resume is not None and resume.get("batch") is not None:
+                batch.load(resume["batch"])
+                first = resume["step"] + 1
+            resume = None
+            for step in range(first, cfg.max_steps):
+                if not len(batch.active):
+                    break
                 keep = batch.step(step)
                 if on_step is not None:
                     on_step(step, int(keep.sum()))
+                if checkpoint is not None and time.monotonic() - last_save >= checkpoint_seconds:
+                    _write_checkpoint(checkpoint, {"key": key, "parts": parts, "lo": lo, "bs": bs, "step": step, "batch": batch.state()})
+                    last_save = time.monotonic()
                 if not keep.any():
                     break
         except torch.OutOfMemoryError:
@@ -423,11 +485,14 @@ def tune(
             bs = max(1, bs // 2)
             log.warning("out of memory: retrying rows %d.. with batch size %d", lo, bs)
             continue
-        parts.append(batch)
+        parts.append(batch.result())
         lo += bs
+        if checkpoint is not None and lo < n:
+            _write_checkpoint(checkpoint, {"key": key, "parts": parts, "lo": lo, "bs": bs, "step": -1, "batch": None})
+            last_save = time.monotonic()
 
     def cat(name):
-        return torch.cat([getattr(b, name) for b in parts]).numpy()
+        return torch.cat([b[name] for b in parts]).numpy()
 
     return TuneResult(
         kl_min=cat("kl_min"),
@@ -435,11 +500,43 @@ def tune(
         best_step=cat("best_step"),
         steps=cat("steps"),
         early_stopped=cat("early"),
-        status=[s for b in parts for s in b.status],
+        status=[s for b in parts for s in b["status"]],
         best_soft=cat("best_soft"),
         best_ids=cat("best_ids"),
         curve=cat("curve") if record_curve else None,
     )
+
+
+def _checkpoint_key(loaded, target: torch.Tensor, seeds, cfg: TuneConfig, record_curve: bool) -> str:
+    """What a checkpoint must have been made from to be resumed: model, dtype, device,
+    targets, seeds and settings."""
+    h = hashlib.sha256()
+    h.update(repr((loaded.name, str(loaded.embeddings.dtype), str(loaded.embeddings.device), cfg, record_curve)).encode())
+    h.update(str((getattr(loaded, "manifest", None) or {}).get("weights_sha256")).encode())
+    h.update(target.numpy().tobytes())
+    h.update(np.asarray(seeds, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _read_checkpoint(path, key: str) -> dict | None:
+    if path is None or not Path(path).is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a torn or foreign file: start over
+        log.warning("ignoring unreadable checkpoint %s (%s)", path, exc)
+        return None
+    if not isinstance(state, dict) or state.get("key") != key:
+        log.warning("ignoring checkpoint %s: made from other inputs or settings", path)
+        return None
+    return state
+
+
+def _write_checkpoint(path, state: dict) -> None:
+    from .io import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ import json
 import logging
 import platform
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -53,8 +54,16 @@ def run_shard(
     dtype: str = "fp32",
     device: str = "auto",
     threads: int | None = None,
+    checkpoint_seconds: float = 60.0,
 ) -> pa.Table:
-    """Tune one shard of an experiment on one model and write it atomically to ``out_path``."""
+    """Tune one shard of an experiment on one model and write it atomically to ``out_path``.
+
+    The tuning state is checkpointed next to ``out_path`` (``.<name>.ckpt``) every
+    ``checkpoint_seconds``, so a killed shard started again resumes (bit-identical on the
+    CPU); the checkpoint is removed once the shard is written. Rows whose KL becomes NaN or
+    inf in a low-precision dtype are tuned again in fp32 (their ``dtype`` column says so and
+    ``retry`` says why); rows that fail in fp32 too get a ``failed: ...`` status and a NaN
+    ``kl_min``, so they never reach a figure as a number."""
     if threads:
         torch.set_num_threads(int(threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -74,7 +83,26 @@ def run_shard(
             log.info("step %d: %d rows still tuning", step, active)
 
     pick = [t for t, _ in rows]
-    res = tune(loaded, probs[pick], seeds, tuning, on_step=progress)
+    ckpt = Path(out_path).with_name(f".{Path(out_path).name}.ckpt")
+    res = tune(loaded, probs[pick], seeds, tuning, on_step=progress, checkpoint=ckpt, checkpoint_seconds=checkpoint_seconds)
+    row_dtype, retry = [dtype] * len(rows), [None] * len(rows)
+    bad = [i for i, s in enumerate(res.status) if s != "ok"]
+    if bad and dtype != "fp32":
+        log.warning("%d rows had a non-finite KL in %s: tuning them again in fp32", len(bad), dtype)
+        loaded32, _ = load_materialised(model_dir, dtype="fp32", device=device)
+        again = tune(loaded32, probs[[pick[i] for i in bad]], [seeds[i] for i in bad], tuning)
+        for j, i in enumerate(bad):
+            retry[i] = f"{res.status[i]} in {dtype}"
+            row_dtype[i] = "fp32"
+            for name in ("kl_min", "q_entropy", "best_step", "steps", "early_stopped", "best_soft", "best_ids"):
+                getattr(res, name)[i] = getattr(again, name)[j]
+            res.status[i] = again.status[j]
+        del loaded32
+    for i, s in enumerate(res.status):
+        if s != "ok":
+            res.status[i] = f"failed: {s}" + (f" (in fp32 too, after {retry[i]})" if retry[i] else "")
+            res.kl_min[i] = np.nan
+            res.q_entropy[i] = np.nan
     hard = hard_prompt_columns(loaded, tuning, res, probs[pick])
 
     def col(name):
@@ -108,7 +136,8 @@ def run_shard(
             "kl_roundtrip": pa.array(to_unit(np.asarray(hard["kl_roundtrip"], dtype=float), unit), pa.float64()),
             "shard": pa.array([shard] * n, pa.int64()),
             "bos": pa.array([tuning.bos] * n, pa.string()),
-            "dtype": pa.array([dtype] * n, pa.string()),
+            "dtype": pa.array(row_dtype, pa.string()),
+            "retry": pa.array(retry, pa.string()),
             "device": pa.array([dev] * n, pa.string()),
             "model_source": pa.array([json.dumps(manifest["source"], sort_keys=True)] * n, pa.string()),
             "model_sha256": pa.array([manifest["weights_sha256"]] * n, pa.string()),
@@ -130,6 +159,7 @@ def run_shard(
         "packages": package_versions(),
     }
     write_arrow(table, out_path, provenance)
+    ckpt.unlink(missing_ok=True)
     return table
 
 

@@ -1,0 +1,126 @@
+"""Faults during tuning: a shard killed with SIGKILL resumes to bit-identical results; NaN/inf
+rows are retried in fp32 or marked failed, never left as a silent number."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from distreach import shards
+from distreach.io import read_arrow, write_arrow
+from distreach.shards import run_shard, tuning_config
+from distreach.targets import EntropyGrid, VanillaSettings, vanilla_targets
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = """
+import logging, sys
+logging.basicConfig(level=logging.INFO)
+from distreach.shards import run_shard, tuning_config
+run_shard(model_dir=sys.argv[1], targets_path=sys.argv[2], out_path=sys.argv[3], experiment="e", method="hybrid",
+          tuning=tuning_config({"method": "hybrid", "max_steps": 400, "patience": 400, "batch_size": 6, "prefix_len": 4, "n_soft": 2}),
+          inits=2, shard=0, n_shards=1, device="cpu", dtype="fp32", threads=1, checkpoint_seconds=float(sys.argv[4]))
+"""
+
+
+def targets_file(tmp_path) -> Path:
+    path = tmp_path / "t.arrow"
+    write_arrow(vanilla_targets(93, EntropyGrid(step=2.0, unit="bits"), VanillaSettings(per_level=1)), path)
+    return path
+
+
+def shard(model_dir, targets, out, every="60"):
+    return subprocess.Popen([sys.executable, "-c", RUN, str(model_dir), str(targets), str(out), every], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_sigkilled_shard_resumes_to_identical_results(tiny_dirs, tmp_path):
+    targets = targets_file(tmp_path)
+    reference = tmp_path / "reference.arrow"
+    assert shard(tiny_dirs["llama"], targets, reference).wait() == 0
+
+    out = tmp_path / "resumed.arrow"
+    ckpt = out.with_name(f".{out.name}.ckpt")
+    proc = shard(tiny_dirs["llama"], targets, out, every="0")
+    deadline = time.monotonic() + 120
+    while not ckpt.exists() and time.monotonic() < deadline:  # wait for a checkpoint, then a few more steps
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert proc.poll() is None, "the shard finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()  # no partial result for a later rule to read
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".resumed.arrow.") and p != ckpt]
+
+    done = shard(tiny_dirs["llama"], targets, out)
+    log, _ = done.communicate()
+    assert done.returncode == 0, log
+    assert "resuming from" in log
+    assert not ckpt.exists()
+    a, b = read_arrow(reference), read_arrow(out)
+    assert a.num_rows == b.num_rows > 6  # several batches
+    assert pl.from_arrow(a).equals(pl.from_arrow(b)), "resumed shard differs from the uninterrupted one"  # NaN == NaN
+
+
+def test_a_checkpoint_of_other_inputs_is_ignored(tiny_dirs, tmp_path, caplog):
+    targets = targets_file(tmp_path)
+    out = tmp_path / "s.arrow"
+    out.with_name(f".{out.name}.ckpt").write_bytes(b"not a checkpoint")
+    cfg = tuning_config({"max_steps": 5})
+    run_shard(model_dir=str(tiny_dirs["llama"]), targets_path=str(targets), out_path=str(out), experiment="e",
+              method="soft", tuning=cfg, inits=1, shard=0, n_shards=1, device="cpu", dtype="fp32")
+    assert "ignoring unreadable checkpoint" in caplog.text
+    assert read_arrow(out).num_rows > 0 and not out.with_name(f".{out.name}.ckpt").exists()
+
+
+def poison(monkeypatch, when):
+    """Make the model's logits NaN for the first row in its first forward pass when ``when(dtype)``."""
+    real = shards.load_materialised
+
+    def load(folder, dtype="fp32", device="auto", with_model=True):
+        loaded, tok = real(folder, dtype=dtype, device=device, with_model=with_model)
+        if when(dtype):
+            calls = []
+
+            def hook(module, args, output):
+                calls.append(1)
+                if len(calls) > 1:
+                    return output
+                output = output.clone()
+                output[0] = float("nan")
+                return output
+
+            loaded.model.get_output_embeddings().register_forward_hook(hook)
+        return loaded, tok
+
+    monkeypatch.setattr(shards, "load_materialised", load)
+
+
+@pytest.mark.parametrize("fp32_too", [False, True])
+def test_non_finite_rows_are_retried_in_fp32_or_marked_failed(tiny_dirs, tmp_path, monkeypatch, fp32_too):
+    poison(monkeypatch, (lambda d: True) if fp32_too else (lambda d: d == "bf16"))
+    targets = targets_file(tmp_path)
+    out = tmp_path / "s.arrow"
+    table = run_shard(model_dir=str(tiny_dirs["llama"]), targets_path=str(targets), out_path=str(out), experiment="e",
+                      method="soft", tuning=tuning_config({"max_steps": 5, "batch_size": 4}), inits=1, shard=0,
+                      n_shards=1, device="cpu", dtype="bf16")
+    status, dtype, retry = (table.column(c).to_pylist() for c in ("status", "dtype", "retry"))
+    kl = np.asarray(table.column("kl_min").to_pylist(), dtype=float)
+    hit = [i for i, r in enumerate(retry) if r is not None]
+    assert hit == [0] and retry[0] == "non-finite KL at step 0 in bf16"
+    assert all(dtype[i] == "fp32" for i in hit) and all(d == "bf16" for i, d in enumerate(dtype) if i not in hit)
+    if fp32_too:
+        assert all(status[i].startswith("failed: non-finite KL") and "in fp32 too" in status[i] for i in hit)
+        assert np.isnan(kl[hit]).all()
+    else:
+        assert all(s == "ok" for s in status) and np.isfinite(kl).all()
+    ok = [i for i in range(len(status)) if i not in hit]
+    assert np.isfinite(kl[ok]).all()
