@@ -63,6 +63,7 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     manifest: dict = field(default_factory=dict)
+    folder: str | None = None  # the materialised folder it was loaded from
 
     @property
     def vocab_size(self) -> int:
@@ -258,4 +259,4 @@ def load_materialised(folder: str | os.PathLike, dtype: str = "fp32", device: st
             folder, dtype=resolve_dtype(dtype, device), use_safetensors=True, trust_remote_code=trust
         )
         model.to(device).eval().requires_grad_(False)
-    return LoadedModel(manifest["name"], model, tok, manifest), tok
+    return LoadedModel(manifest["name"], model, tok, manifest, str(folder)), tok

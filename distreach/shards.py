@@ -21,7 +21,7 @@ from .engine import TuneConfig, prompt_kl, tune
 from .errors import DistreachError
 from .infotheory import to_unit
 from .io import package_versions, write_arrow
-from .models import auto_dtype, load_materialised, resolve_device
+from .models import DTYPES, auto_dtype, load_materialised, resolve_device
 from .seeds import derive_seed
 from .targets import TARGET_COLUMNS, read_targets
 
@@ -41,7 +41,7 @@ def shard_rows(n_targets: int, inits: int, shard: int, n_shards: int) -> list[tu
 
 def run_shard(
     *,
-    model_dir: str,
+    model_dir: str | None,
     targets_path: str,
     out_path: str,
     experiment: str,
@@ -55,6 +55,8 @@ def run_shard(
     device: str = "auto",
     threads: int | None = None,
     checkpoint_seconds: float = 60.0,
+    loaded=None,
+    progress=None,
 ) -> pa.Table:
     """Tune one shard of an experiment on one model and write it atomically to ``out_path``.
 
@@ -63,13 +65,21 @@ def run_shard(
     CPU); the checkpoint is removed once the shard is written. Rows whose KL becomes NaN or
     inf in a low-precision dtype are tuned again in fp32 (their ``dtype`` column says so and
     ``retry`` says why); rows that fail in fp32 too get a ``failed: ...`` status and a NaN
-    ``kl_min``, so they never reach a figure as a number."""
+    ``kl_min``, so they never reach a figure as a number.
+
+    ``loaded`` (a LoadedModel) is used instead of loading ``model_dir``; ``progress(step,
+    active)`` is called after every step of every batch."""
     if threads:
         torch.set_num_threads(int(threads))
     torch.use_deterministic_algorithms(True, warn_only=True)
-    device = resolve_device(device)
-    dtype = auto_dtype(device) if dtype == "auto" else dtype
-    loaded, _ = load_materialised(model_dir, dtype=dtype, device=device)
+    if loaded is None:
+        device = resolve_device(device)
+        dtype = auto_dtype(device) if dtype == "auto" else dtype
+        loaded, _ = load_materialised(model_dir, dtype=dtype, device=device)
+    else:
+        device = str(loaded.embeddings.device)
+        dtype = {v: k for k, v in DTYPES.items()}[loaded.embeddings.dtype]
+        model_dir = loaded.folder
     meta, probs = read_targets(targets_path, loaded.vocab_size)
     unit = meta.column("entropy_unit")[0].as_py()
     rows = shard_rows(meta.num_rows, inits, shard, n_shards)
@@ -78,13 +88,15 @@ def run_shard(
     dev = str(loaded.embeddings.device)
     log.info("shard %d/%d of %s on %s: %d rows, %s on %s", shard, n_shards, experiment, loaded.name, len(rows), dtype, dev)
 
-    def progress(step, active):
+    def on_step(step, active):
         if step % 25 == 0 or active == 0:
             log.info("step %d: %d rows still tuning", step, active)
+        if progress is not None:
+            progress(step, active)
 
     pick = [t for t, _ in rows]
     ckpt = Path(out_path).with_name(f".{Path(out_path).name}.ckpt")
-    res = tune(loaded, probs[pick], seeds, tuning, on_step=progress, checkpoint=ckpt, checkpoint_seconds=checkpoint_seconds)
+    res = tune(loaded, probs[pick], seeds, tuning, on_step=on_step, checkpoint=ckpt, checkpoint_seconds=checkpoint_seconds)
     row_dtype, retry = [dtype] * len(rows), [None] * len(rows)
     bad = [i for i, s in enumerate(res.status) if s != "ok"]
     if bad and dtype != "fp32":

