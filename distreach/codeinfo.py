@@ -44,13 +44,22 @@ def closure(entry: list[str | Path]) -> tuple[list[str], set[str]]:
     """The distreach modules reachable from ``entry`` (module names or script paths), sorted,
     and every third-party top-level module they import."""
     todo, seen, external = [], set(), set()
-    for e in entry:
-        if isinstance(e, Path) or str(e).endswith(".py"):
-            internal, ext = _imports(Path(e))
-            todo += internal
-            external |= ext
-        else:
-            todo.append(str(e))
+    scripts = [Path(e) for e in entry if isinstance(e, Path) or str(e).endswith(".py")]
+    todo = [str(e) for e in entry if not (isinstance(e, Path) or str(e).endswith(".py"))]
+    done_scripts = set()
+    while scripts:  # a script and the sibling modules it imports (scripts/_repo.py)
+        path = scripts.pop()
+        if path in done_scripts:
+            continue
+        done_scripts.add(path)
+        internal, ext = _imports(path)
+        todo += internal
+        for name in ext:
+            sibling = path.with_name(f"{name}.py")
+            if sibling.is_file():
+                scripts.append(sibling)
+            else:
+                external.add(name)
     while todo:
         name = todo.pop()
         if name in seen:

@@ -329,11 +329,11 @@ def fig13(df: pl.DataFrame, pairs: dict | None = None) -> alt.Chart:
                 x=alt.X("pos:N", sort=order, title="part of speech"),
                 xOffset=alt.XOffset("model:N", sort=members),
                 y=alt.Y("kl_min:Q", title=f"min KL(p‖q) over inits ({unit})"),
-                color=alt.Color("model:N", title="model", sort=members),
+                color=alt.Color("model:N", title="model", sort=members, legend=alt.Legend() if len(members) > 1 else None),
             )
             .properties(width=70 * len(order), height=280, title=title)
         )
-    return alt.hconcat(*charts).resolve_scale(color="independent")
+    return alt.hconcat(*charts).resolve_scale(color="independent", y="shared")
 
 
 def save(chart, stem: str | Path) -> list[Path]:

@@ -1,5 +1,12 @@
+import importlib.util
+import sys
+
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+
+# snakemake run from an env without distreach installed: use this checkout's
+if importlib.util.find_spec("distreach") is None:
+    sys.path.insert(0, workflow.basedir)
 
 from distreach.codeinfo import fingerprint
 from distreach.config import check_references, schema_error_line

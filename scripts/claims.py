@@ -1,5 +1,7 @@
 """Snakemake entry point: the claims report (distreach.claims)."""
 
+import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
+
 from distreach import claims
 from distreach.figures import read_tables
 from distreach.io import logging_to

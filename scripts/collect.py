@@ -1,5 +1,7 @@
 """Snakemake entry point: concatenate an experiment's shards (distreach.shards.collect)."""
 
+import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
+
 from distreach.io import logging_to
 from distreach.tables import collect
 

@@ -1,5 +1,7 @@
 """Snakemake entry point: paper Fig. 10 (distreach.figures.fig10)."""
 
+import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
+
 from distreach import figures
 from distreach.io import logging_to
 

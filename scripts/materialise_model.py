@@ -1,5 +1,7 @@
 """Snakemake entry point: materialise one configured model (distreach.models.materialise)."""
 
+import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
+
 import torch
 
 from distreach.io import logging_to

@@ -1,5 +1,7 @@
 """Snakemake entry point: POS tags of a vocabulary's English tokens (distreach.pos.pos_table)."""
 
+import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
+
 from distreach.io import logging_to
 from distreach.pos import write_pos
 

@@ -1,5 +1,7 @@
 """Snakemake entry point: one target family for one model's vocabulary (distreach.families.make_family)."""
 
+import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
+
 import torch
 
 from distreach.families import make_family

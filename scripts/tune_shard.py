@@ -1,5 +1,7 @@
 """Snakemake entry point: tune one shard (distreach.shards.run_shard)."""
 
+import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
+
 from distreach.io import logging_to
 from distreach.shards import run_shard, tuning_config
 

@@ -1,5 +1,7 @@
 """Snakemake entry point: a model's vocabulary table (distreach.vocab.vocab_table)."""
 
+import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
+
 from distreach.io import logging_to
 from distreach.vocab import write_vocab
 
