@@ -94,14 +94,20 @@ def tuning_threads(wildcards):
     return config["models"][wildcards.model].get("cpus") or max(1, workflow.cores or 1)
 
 
-def model_mem_mb(wildcards):
-    """Memory of a job that loads the model (config models.<name>.mem_mb)."""
-    return config["models"][wildcards.model].get("mem_mb", 8000)
+def tuning_cpus(wildcards, threads):
+    """Slurm cpus_per_task of a tuning job: its threads (the profile's default is 1)."""
+    return threads
 
 
-def model_runtime(wildcards):
-    """Wall-clock minutes of one tuning shard on this model (config models.<name>.runtime)."""
-    return config["models"][wildcards.model].get("runtime", 60)
+def model_mem_mb(wildcards, attempt):
+    """Memory of a job that loads the model (config models.<name>.mem_mb), doubled on a retry."""
+    return config["models"][wildcards.model].get("mem_mb", 8000) * attempt
+
+
+def model_runtime(wildcards, attempt):
+    """Minutes of one tuning shard on this model (config models.<name>.runtime), more on a retry
+    (a shard that hit its time limit resumes from its checkpoint)."""
+    return config["models"][wildcards.model].get("runtime", 60) * attempt
 
 
 def shard_files(experiment):

@@ -14,6 +14,7 @@ rule tune_shard:
         gpu=1,
         mem_mb=model_mem_mb,
         runtime=model_runtime,
+        cpus_per_task=tuning_cpus,
     params:
         tuning=tuning_settings,
         experiment=experiment_spec,

@@ -104,3 +104,25 @@ def test_tiny_dag_under_slurm(tmp_path):
     # a second run finds nothing to do
     again = subprocess.run([*cmd, "-n"], cwd=REPO, capture_output=True, text=True)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_grouped_shards_run_in_one_submission_on_one_gpu(tmp_path):
+    """The profile's grouping option: two tuning shards in one Slurm job asking for one GPU."""
+    assert slurm_up(), "DISTREACH_REQUIRE_SLURM=1 but no Slurm cluster answers `scontrol ping`"
+    sources = {"llama": str(save_tiny(tmp_path / "src-llama", "llama"))}
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(slurm_config(sources)))
+    cmd = [
+        sys.executable, "-m", "snakemake", "results/collected/vanilla.arrow", "--profile", "slurm",
+        "--workflow-profile", "tests/slurm/profile", "--configfile", str(cfg), "--directory", str(tmp_path / "run"),
+        "--groups", "tune_shard=tuning", "--group-components", "tuning=2", "--resources", "gpu=1",
+        "--set-resource-scopes", "gpu=local",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    jobs = {jid: scontrol(jid) for jid in re.findall(r"submitted with SLURM jobid (\d+)", log)}
+    tuning = [info for info in jobs.values() if info.get("Comment", "").startswith("rule_tuning_tune_shard")]
+    assert len(tuning) == 1, jobs  # both shards of 'vanilla' in one submission
+    assert tuning[0].get("TresPerJob") == "gres:gpu:1" and tuning[0].get("JobState") == "COMPLETED"
+    assert len(list((tmp_path / "run/results/tuning/vanilla/tiny/soft").glob("shard-*.arrow"))) == 2
