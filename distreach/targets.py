@@ -7,6 +7,7 @@ log-probabilities as a float32 fixed-size list of length |V|.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -18,6 +19,8 @@ from .errors import DistreachError
 from .infotheory import check_unit, entropy, from_unit, max_entropy, to_unit
 from .io import read_arrow
 from .seeds import derive_seed
+
+log = logging.getLogger(__name__)
 
 TARGET_COLUMNS = (
     "target_id",
@@ -191,6 +194,10 @@ def read_targets(path, vocab_size: int | None = None) -> tuple[pa.Table, np.ndar
     if off.any():
         i = int(off.argmax())
         raise DistreachError(f"{path}: target {ids[i]} sums to {sums[i]:.6f}, not 1")
+    drift = np.abs(sums - 1) > 1e-6
+    if drift.any():
+        log.info("%s: %d target(s) sum to within 1e-3 of 1 (largest gap %.2g); renormalised",
+                 path, int(drift.sum()), float(np.abs(sums - 1).max()))
     probs /= sums[:, None]
     return table.drop_columns(["logprobs"]), probs.astype(np.float32)
 
