@@ -81,104 +81,87 @@ def _means(best: pl.DataFrame, by: str) -> dict[str, float]:
     return dict(best.group_by(by).agg(pl.col("kl_min").mean()).iter_rows())
 
 
+def method_order(sub: pl.DataFrame, unit: str) -> tuple[str, str]:
+    """C3: mean min KL by method, methods ordered from most to fewest soft positions."""
+    soft_n = dict(sub.group_by("method").agg(pl.col("n_soft").first()).iter_rows())
+    means = _means(sub, "method")
+    seq = [(m, means[m]) for m in sorted(means, key=lambda m: -soft_n[m])]
+    stat = " <= ".join(f"{m} {v:.3g}" for m, v in seq) + f" ({unit}, mean over targets)"
+    return (NO_DATA if len(seq) < 2 else HOLDS if ordered(seq, False) else FAILS), stat
+
+
+def outliers_easier(sub: pl.DataFrame, unit: str) -> tuple[str, str]:
+    """C4: outlier against vanilla means, level by level."""
+    per = sub.group_by("target_entropy", "target_kind").agg(pl.col("kl_min").mean()).pivot(
+        "target_kind", index="target_entropy", values="kl_min"
+    )
+    if not {"outlier", "vanilla"} <= set(per.columns):
+        return NO_DATA, "needs outlier and vanilla targets"
+    per = per.drop_nulls(["outlier", "vanilla"]).sort("target_entropy")
+    wins = int((per["outlier"] < per["vanilla"]).sum())
+    stat = f"outlier lower at {wins} of {per.height} levels; means {per['outlier'].mean():.3g} vs {per['vanilla'].mean():.3g} {unit}"
+    return (NO_DATA if per.height == 0 else HOLDS if wins > per.height / 2 else FAILS), stat
+
+
+def lm_easier(sub: pl.DataFrame, unit: str) -> tuple[str, str]:
+    """C5: lm < shuffled < matched with soft prompts, lm < matched with hard ones (where present)."""
+    parts, ok, enough = [], True, False
+    for method, kinds in (("soft", ("lm", "shuffled", "matched")), ("hard", ("lm", "matched"))):
+        means = _means(sub.filter(pl.col("method") == method), "target_kind")
+        seq = [(k, means[k]) for k in kinds if k in means]
+        if len(seq) == len(kinds):
+            enough = True
+            ok &= ordered(seq, True)
+            parts.append(f"{method}: " + " < ".join(f"{k} {v:.3g}" for k, v in seq))
+    return ((HOLDS if ok else FAILS) if enough else NO_DATA), "; ".join(parts) or "missing target kinds"
+
+
+def migrated_easier(sub: pl.DataFrame, unit: str) -> tuple[str, str]:
+    """C6: migrated against matched vanilla means."""
+    means = _means(sub, "target_kind")
+    if not {"migrated", "matched"} <= set(means):
+        return NO_DATA, "needs migrated and matched targets"
+    stat = f"migrated {means['migrated']:.3g} < matched {means['matched']:.3g} {unit}"
+    return (HOLDS if means["migrated"] < means["matched"] else FAILS), stat
+
+
+def _soft_vanilla(best: pl.DataFrame) -> pl.DataFrame:
+    return best.filter((pl.col("method") == "soft") & (pl.col("target_kind") == "vanilla"))
+
+
 def check(df: pl.DataFrame, figures: dict, twins: dict | None = None) -> pl.DataFrame:
-    """One row per (claim, model): claim, model, statistic, verdict, rule source (figure)."""
-    rows = []
+    """One row per (claim, model): claim, finding, model, figure, statistic, verdict."""
+    unit = df["entropy_unit"][0] if df.height else "nats"
+    twin_models = sorted(set((twins or {}).values()))
 
-    def add(claim, model, verdict_stat, fig):
-        verdict, stat = verdict_stat
-        rows.append({"claim": claim, "finding": CLAIMS[claim], "model": model, "figure": fig, "statistic": stat, "verdict": verdict})
-
-    def table(fig):
-        spec = figures.get(fig)
-        if not spec:
-            return None
-        exps = spec.get("experiments") or [spec.get("experiment")]
+    def table(figs):
+        exps = [e for f in figs if figures.get(f) for e in (figures[f].get("experiments") or [figures[f].get("experiment")])]
         sub = df.filter(pl.col("experiment").is_in(exps))
         return min_over_inits(sub) if not sub.is_empty() else None
 
-    unit = df["entropy_unit"][0] if df.height else "nats"
-    twin_models = set((twins or {}).values())
-
-    best = table("fig01")
-    if best is None:
-        add("C1", "-", (NO_DATA, "fig01 is not configured"), "fig01")
-        add("C2", "-", (NO_DATA, "fig01 is not configured"), "fig01")
-    else:
-        soft = best.filter((pl.col("method") == "soft") & (pl.col("target_kind") == "vanilla"))
-        for model in sorted(soft["model"].unique()):
-            sub = soft.filter(pl.col("model") == model)
-            add("C1", model, unimodal(sub, unit), "fig01")
-            add("C2", model, near_zero(sub, unit), "fig01")
-
-    best = table("fig04")
-    if best is None:
-        add("C3", "-", (NO_DATA, "fig04 is not configured"), "fig04")
-    else:
-        for model in sorted(best["model"].unique()):
-            sub = best.filter(pl.col("model") == model)
-            soft_n = dict(sub.group_by("method").agg(pl.col("n_soft").first()).iter_rows())
-            means = _means(sub, "method")
-            order = sorted(means, key=lambda m: -soft_n[m])
-            seq = [(m, means[m]) for m in order]
-            stat = " <= ".join(f"{m} {v:.3g}" for m, v in seq) + f" ({unit}, mean over targets)"
-            add("C3", model, (NO_DATA, stat) if len(seq) < 2 else (HOLDS if ordered(seq, False) else FAILS, stat), "fig04")
-
-    best = table("fig07")
-    if best is None:
-        add("C4", "-", (NO_DATA, "fig07 is not configured"), "fig07")
-    else:
-        for model in sorted(best["model"].unique()):
-            sub = best.filter(pl.col("model") == model)
-            per = sub.group_by("target_entropy", "target_kind").agg(pl.col("kl_min").mean()).pivot(
-                "target_kind", index="target_entropy", values="kl_min"
-            )
-            if not {"outlier", "vanilla"} <= set(per.columns):
-                add("C4", model, (NO_DATA, "needs outlier and vanilla targets"), "fig07")
-                continue
-            per = per.drop_nulls(["outlier", "vanilla"]).sort("target_entropy")
-            wins = int((per["outlier"] < per["vanilla"]).sum())
-            stat = f"outlier lower at {wins} of {per.height} levels; means {per['outlier'].mean():.3g} vs {per['vanilla'].mean():.3g} {unit}"
-            verdict = NO_DATA if per.height == 0 else (HOLDS if wins > per.height / 2 else FAILS)
-            add("C4", model, (verdict, stat), "fig07")
-
-    soft9, hard8 = table("fig09"), table("fig08")
-    if soft9 is None and hard8 is None:
-        add("C5", "-", (NO_DATA, "fig08 and fig09 are not configured"), "fig08, fig09")
-    else:
-        models = sorted(set(soft9["model"] if soft9 is not None else []) | set(hard8["model"] if hard8 is not None else []))
-        for model in models:
-            parts, ok, enough = [], True, False
-            for best, method, kinds in ((soft9, "soft", ("lm", "shuffled", "matched")), (hard8, "hard", ("lm", "matched"))):
-                if best is None:
-                    continue
-                means = _means(best.filter((pl.col("model") == model) & (pl.col("method") == method)), "target_kind")
-                seq = [(k, means[k]) for k in kinds if k in means]
-                if len(seq) == len(kinds):
-                    enough = True
-                    ok &= ordered(seq, True)
-                    parts.append(f"{method}: " + " < ".join(f"{k} {v:.3g}" for k, v in seq))
-            add("C5", model, ((HOLDS if ok else FAILS) if enough else NO_DATA, "; ".join(parts) or "missing target kinds"), "fig08, fig09")
-
-    best = table("fig10")
-    if best is None:
-        add("C6", "-", (NO_DATA, "fig10 is not configured"), "fig10")
-    else:
-        for model in sorted(best["model"].unique()):
-            means = _means(best.filter(pl.col("model") == model), "target_kind")
-            if not {"migrated", "matched"} <= set(means):
-                add("C6", model, (NO_DATA, "needs migrated and matched targets"), "fig10")
-                continue
-            stat = f"migrated {means['migrated']:.3g} < matched {means['matched']:.3g} {unit}"
-            add("C6", model, (HOLDS if means["migrated"] < means["matched"] else FAILS, stat), "fig10")
-
-    best = table("fig06")
-    if best is None or not twin_models:
-        add("C7", "-", (NO_DATA, "fig06 is not configured"), "fig06")
-    else:
-        soft = best.filter((pl.col("method") == "soft") & pl.col("model").is_in(list(twin_models)))
-        for model in sorted(twin_models):
-            add("C7", model, unimodal(soft.filter(pl.col("model") == model), unit), "fig06")
+    # (claim, figures whose data it uses, rows it looks at, rule, models: None = every model there)
+    plan = [
+        ("C1", ["fig01"], _soft_vanilla, unimodal, None),
+        ("C2", ["fig01"], _soft_vanilla, near_zero, None),
+        ("C3", ["fig04"], None, method_order, None),
+        ("C4", ["fig07"], None, outliers_easier, None),
+        ("C5", ["fig08", "fig09"], None, lm_easier, None),
+        ("C6", ["fig10"], None, migrated_easier, None),
+        ("C7", ["fig06"], _soft_vanilla, unimodal, twin_models),
+    ]
+    rows = []
+    for claim, figs, select, rule, models in plan:
+        best = table(figs)
+        where = ", ".join(figs)
+        if best is not None and select is not None:
+            best = select(best)
+        if best is None or models == []:
+            found = [("-", (NO_DATA, f"{' and '.join(figs)} {'is' if len(figs) == 1 else 'are'} not configured"))]
+        else:
+            names = models if models is not None else sorted(best["model"].unique())
+            found = [(m, rule(best.filter(pl.col("model") == m), unit)) for m in names]
+        for model, (verdict, stat) in found:
+            rows.append({"claim": claim, "finding": CLAIMS[claim], "model": model, "figure": where, "statistic": stat, "verdict": verdict})
     return pl.DataFrame(rows)
 
 

@@ -35,21 +35,7 @@ case "$FAKE_GPUS" in 0|1) ;; *) die "SLURM_FAKE_GPUS must be 0 or 1" ;; esac
 t0=$(date +%s.%N)
 elapsed() { awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }
 
-# alive PIDFILE COMM -> true if the pid file names a live process with that command name
-alive() {
-  local pid
-  [ -s "$1" ] || return 1
-  pid=$(cat "$1")
-  kill -0 "$pid" 2>/dev/null && [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = "$2" ]
-}
-stop_pidfile() {
-  local pf=$1 name=$2 pid i
-  alive "$pf" "$name" || { rm -f "$pf"; return 0; }
-  pid=$(cat "$pf"); kill -TERM "$pid"
-  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-  rm -f "$pf"; log "stopped $name (pid $pid)"
-}
+. "$(dirname "$(readlink -f "$0")")/lib.sh"
 
 # ---- 1. packages -------------------------------------------------------------
 missing=""
