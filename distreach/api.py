@@ -75,18 +75,15 @@ def model_source(model: str) -> tuple[str, dict]:
 
 def load_model(model: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False):
     """Materialise ``model`` once into the cache (safetensors) and load it: a LoadedModel."""
-    from .models import ModelSpec, load_materialised, materialise, read_manifest
+    from .models import MANIFEST, ModelSpec, auto_dtype, load_materialised, materialise, resolve_device
 
+    dev = resolve_device(device)  # a device that is not there fails before any work
     name, source = model_source(model)
     key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:12]
     folder = cache_dir() / f"{name}-{key}"
-    if not (folder / "distreach_model.json").is_file():
+    if not (folder / MANIFEST).is_file():
         log.info("materialising %s into %s (once)", model, folder)
         materialise(ModelSpec(name, source, trust_remote_code), folder)
-    read_manifest(folder)
-    from .models import auto_dtype, resolve_device
-
-    dev = resolve_device(device)
     return load_materialised(folder, dtype=auto_dtype(dev) if dtype == "auto" else dtype, device=dev)[0]
 
 
@@ -127,12 +124,8 @@ def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table
     - ``.npy``: probabilities, shape [|V|] or [n, |V|];
     - ``.json``: ``{"token string": probability}``; tokens not named get 0. Every string must be
       one token of this model (the error names those that are not)."""
-    path = Path(path)
+    path = check_target_path(path)
     vocab = loaded.vocab_size
-    if not path.is_file():
-        raise DistreachError(f"--target {path}: no such file")
-    if path.stat().st_size == 0:
-        raise DistreachError(f"--target {path}: the file is empty")
     suffix = path.suffix.lower()
     if suffix == ".arrow":
         from .targets import read_targets
@@ -172,7 +165,23 @@ def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table
             raise DistreachError(f"--target {path}: two strings are the same token of {loaded.name}")
         probs = _finite_probabilities(probs, f"--target {path}")
         return _table(probs[None], [path.stem], unit)
-    raise DistreachError(f"--target {path}: unknown format {suffix or '(none)'}; use .arrow, .npy or .json")
+    raise AssertionError(suffix)  # check_target_path admits only the formats above
+
+
+TARGET_FORMATS = (".arrow", ".npy", ".json")
+
+
+def check_target_path(path: str | os.PathLike) -> Path:
+    """The target file's path if it exists, is not empty and has a known format (checked
+    before any model is loaded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistreachError(f"--target {path}: no such file")
+    if path.stat().st_size == 0:
+        raise DistreachError(f"--target {path}: the file is empty")
+    if path.suffix.lower() not in TARGET_FORMATS:
+        raise DistreachError(f"--target {path}: unknown format {path.suffix or '(none)'}; use .arrow, .npy or .json")
+    return path
 
 
 def token_ids(tokenizer, strings: list[str], vocab: int, where: str) -> list[int]:

@@ -120,6 +120,7 @@ def cmd_tune(args) -> int:
         raise DistreachError(f"--out {args.out}: the result file must end in .arrow")
     if args.n_soft is not None and args.method != "hybrid":
         raise DistreachError("--n-soft is for --method hybrid only")
+    api.check_target_path(args.target)  # before the model is loaded
     loaded = api.load_model(args.model, dtype=args.dtype, device=args.device)
     target = api.read_target(args.target, loaded, args.unit)
     extra = {"n_soft": args.n_soft} if args.n_soft is not None else {}

@@ -99,7 +99,7 @@ def run_shard(
     res = tune(loaded, probs[pick], seeds, tuning, on_step=on_step, checkpoint=ckpt, checkpoint_seconds=checkpoint_seconds)
     row_dtype, retry = [dtype] * len(rows), [None] * len(rows)
     bad = [i for i, s in enumerate(res.status) if s != "ok"]
-    if bad and dtype != "fp32":
+    if bad and dtype != "fp32" and model_dir is not None:
         log.warning("%d rows had a non-finite KL in %s: tuning them again in fp32", len(bad), dtype)
         loaded32, _ = load_materialised(model_dir, dtype="fp32", device=device)
         again = tune(loaded32, probs[[pick[i] for i in bad]], [seeds[i] for i in bad], tuning)
