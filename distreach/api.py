@@ -130,8 +130,10 @@ def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table
     if suffix == ".arrow":
         from .targets import read_targets
 
-        meta, probs = read_targets(path, vocab)
-        return _table(probs, meta.column("target_id").to_pylist(), meta.column("entropy_unit")[0].as_py())
+        meta, probs = read_targets(path, vocab)  # checked and renormalised; kind, requested entropy
+        with np.errstate(divide="ignore"):     # and family columns kept as they are
+            logp = np.log(probs).reshape(-1)
+        return meta.append_column("logprobs", pa.FixedSizeListArray.from_arrays(pa.array(logp, pa.float32()), vocab))
     if suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
@@ -144,28 +146,27 @@ def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table
             raise DistreachError(f"--target {path}: shape {arr.shape}, expected [{vocab}] or [n, {vocab}] for model {loaded.name}")
         probs = np.stack([_finite_probabilities(r, f"--target {path} row {i}") for i, r in enumerate(arr)])
         return _table(probs, [f"{path.stem}-{i}" for i in range(len(probs))], unit)
-    if suffix == ".json":
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DistreachError(f"--target {path}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict) or not data:
-            raise DistreachError(f"--target {path}: expected a non-empty object {{\"token string\": probability}}")
-        for key, value in data.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise DistreachError(f"--target {path}: token {key!r} has probability {value!r}, not a number")
-            if not math.isfinite(value):
-                raise DistreachError(f"--target {path}: token {key!r} has probability {value} (NaN or infinite)")
-            if value < 0:
-                raise DistreachError(f"--target {path}: token {key!r} has a negative probability ({value})")
-        ids = token_ids(loaded.tokenizer, list(data), vocab, str(path))
-        probs = np.zeros(vocab)
-        probs[ids] = [float(v) for v in data.values()]
-        if len(set(ids)) != len(ids):
-            raise DistreachError(f"--target {path}: two strings are the same token of {loaded.name}")
-        probs = _finite_probabilities(probs, f"--target {path}")
-        return _table(probs[None], [path.stem], unit)
-    raise AssertionError(suffix)  # check_target_path admits only the formats above
+    # .json (check_target_path admits nothing else)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DistreachError(f"--target {path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or not data:
+        raise DistreachError(f"--target {path}: expected a non-empty object {{\"token string\": probability}}")
+    for key, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DistreachError(f"--target {path}: token {key!r} has probability {value!r}, not a number")
+        if not math.isfinite(value):
+            raise DistreachError(f"--target {path}: token {key!r} has probability {value} (NaN or infinite)")
+        if value < 0:
+            raise DistreachError(f"--target {path}: token {key!r} has a negative probability ({value})")
+    ids = token_ids(loaded.tokenizer, list(data), vocab, str(path))
+    probs = np.zeros(vocab)
+    probs[ids] = [float(v) for v in data.values()]
+    if len(set(ids)) != len(ids):
+        raise DistreachError(f"--target {path}: two strings are the same token of {loaded.name}")
+    probs = _finite_probabilities(probs, f"--target {path}")
+    return _table(probs[None], [path.stem], unit)
 
 
 TARGET_FORMATS = (".arrow", ".npy", ".json")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import polars as pl
 import pytest
@@ -47,11 +49,7 @@ def sentencepiece_tokenizer():
     for piece, _ in sorted(learned.items(), key=lambda kv: kv[1]):
         if piece not in vocab:
             vocab[piece] = len(vocab)
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in base.model.get_merges()] if hasattr(base.model, "get_merges") else []
-    if not merges:
-        import json
-
-        merges = [tuple(m) if not isinstance(m, str) else tuple(m.split(" ")) for m in json.loads(base.to_str())["model"]["merges"]]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in json.loads(base.to_str())["model"]["merges"]]
     tok = Tokenizer(models.BPE(vocab, merges, byte_fallback=True, unk_token=None))
     tok.normalizer = normalizers.Replace(" ", "▁")
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
