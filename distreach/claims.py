@@ -25,6 +25,7 @@ import math
 
 import polars as pl
 
+from .figreg import figure_experiments
 from .tables import min_over_inits
 
 HOLDS, FAILS, NO_DATA = "holds", "does not hold", "not enough data"
@@ -135,7 +136,7 @@ def check(df: pl.DataFrame, figures: dict, twins: dict | None = None) -> pl.Data
     twin_models = sorted(set((twins or {}).values()))
 
     def table(figs):
-        exps = [e for f in figs if figures.get(f) for e in (figures[f].get("experiments") or [figures[f].get("experiment")])]
+        exps = [e for f in figs if figures.get(f) for e in figure_experiments(figures[f])]
         sub = df.filter(pl.col("experiment").is_in(exps))
         return min_over_inits(sub) if not sub.is_empty() else None
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from .errors import DistreachError
+from .figreg import figure_experiments
 
 
 def _where(path) -> str:
@@ -72,7 +73,7 @@ def check_references(config: dict) -> None:
                 if m not in models:
                     raise DistreachError(f"config key figures.fig12.models[{i}]: unknown model {m!r}")
             continue
-        names = spec.get("experiments") or [spec.get("experiment")]
+        names = figure_experiments(spec)
         for i, exp in enumerate(names):
             if exp not in experiments:
                 key = f"figures.{fig}.experiments[{i}]" if "experiments" in spec else f"figures.{fig}.experiment"

@@ -13,10 +13,25 @@ import polars as pl
 from scipy import stats
 
 from .errors import DistreachError
+from .figreg import FIGURES
 from .io import atomic_path
 from .tables import min_over_inits
 
 FORMATS = (".html", ".png", ".svg")
+DRAW = {}  # figure number -> function(data, spec) -> chart; what each draws: distreach.figreg.FIGURES
+
+
+def figure(fig: str):
+    """Register a drawing function ``(data, spec) -> chart`` for figure ``fig``: ``data`` is what
+    the figure reads (collected tables, or POS tables), ``spec`` its entry in the config's
+    ``figures``. Its docstring is the figure's caption."""
+
+    def register(draw):
+        draw.__doc__ = FIGURES[fig].caption
+        DRAW[fig] = draw
+        return draw
+
+    return register
 
 
 def summarise(df: pl.DataFrame, value: str, by: list[str], level: float | None = None) -> pl.DataFrame:
@@ -80,8 +95,8 @@ def _best(df: pl.DataFrame, model: str | None, fig: str, method: str | None = No
     return min_over_inits(sub)
 
 
-def fig01(df: pl.DataFrame) -> alt.Chart:
-    """Minimum KL vs target entropy, one line per model, standard-error bands."""
+@figure("fig01")
+def fig01(df: pl.DataFrame, spec: dict) -> alt.Chart:
     unit = _unit(df)
     s = summarise(_best(df, None, "fig01", "soft"), "kl_min", ["model", "target_entropy"])
     return line_with_band(
@@ -93,8 +108,9 @@ def fig01(df: pl.DataFrame) -> alt.Chart:
     )
 
 
-def fig05(df: pl.DataFrame, model: str) -> alt.Chart:
-    """Minimum KL and the entropy of q at that minimum vs target entropy, 95% intervals."""
+@figure("fig05")
+def fig05(df: pl.DataFrame, spec: dict) -> alt.Chart:
+    model = spec["model"]
     best = _best(df, model, "fig05", "soft")
     unit = _unit(best)
     kl = summarise(best, "kl_min", ["target_entropy"], level=0.95)
@@ -109,9 +125,9 @@ def fig05(df: pl.DataFrame, model: str) -> alt.Chart:
     return alt.hconcat(left, right + diag)
 
 
-def fig04(df: pl.DataFrame, model: str) -> alt.Chart:
-    """Hard, hybrid and soft prompts on one model: every init as a point, the minimum over
-    inits (mean over targets) as a line, one panel per method."""
+@figure("fig04")
+def fig04(df: pl.DataFrame, spec: dict) -> alt.Chart:
+    model = spec["model"]
     sub = _model(df, model, "fig04").filter(pl.col("status") == "ok")
     unit = _unit(sub)
     order = sub.select("method", "n_soft").unique().sort("n_soft")
@@ -138,8 +154,9 @@ def fig04(df: pl.DataFrame, model: str) -> alt.Chart:
     ).resolve_scale(y="shared")
 
 
-def fig06(df: pl.DataFrame, pairs: dict) -> alt.Chart:
-    """Each pretrained model against its randomly initialised twin, one panel per model."""
+@figure("fig06")
+def fig06(df: pl.DataFrame, spec: dict) -> alt.Chart:
+    pairs = spec["pairs"]
     unit = _unit(df)
     rows = []
     for pre, rnd in pairs.items():
@@ -157,8 +174,9 @@ def fig06(df: pl.DataFrame, pairs: dict) -> alt.Chart:
     ).resolve_scale(y="independent")
 
 
-def fig11(df: pl.DataFrame, model: str) -> alt.Chart:
-    """Soft-prompt minimum KL vs target entropy for several prefix lengths on one model."""
+@figure("fig11")
+def fig11(df: pl.DataFrame, spec: dict) -> alt.Chart:
+    model = spec["model"]
     best = _best(df, model, "fig11", "soft")
     unit = _unit(best)
     s = summarise(best, "kl_min", ["prefix_len", "target_entropy"])
@@ -177,9 +195,9 @@ def _with_diagonal(chart, data: pl.DataFrame):
     return chart + diag
 
 
-def fig07(df: pl.DataFrame, model: str) -> alt.Chart:
-    """Soft prompts on outlier targets (one line per k) against vanilla targets of the same
-    entropies: (a) mean minimum KL, (b) entropy of q at the minimum; 95% intervals."""
+@figure("fig07")
+def fig07(df: pl.DataFrame, spec: dict) -> alt.Chart:
+    model = spec["model"]
     best = _best(df, model, "fig07", "soft")
     if "n_outliers" not in best.columns:
         raise DistreachError("fig07: none of its experiments has outlier targets")
@@ -222,9 +240,9 @@ def _scatter_fit(best: pl.DataFrame, by: str, unit: str, title: str):
     return (points + line).properties(width=380, height=280, title=title)
 
 
-def fig08(df: pl.DataFrame, model: str) -> alt.Chart:
-    """Hard prompts on LM-generated and matched vanilla targets: (a) minimum KL with a fitted
-    line and its R² per kind, (b) achieved against target entropy."""
+@figure("fig08")
+def fig08(df: pl.DataFrame, spec: dict) -> alt.Chart:
+    model = spec["model"]
     best = _best(df, model, "fig08", "hard")
     unit = _unit(best)
     best = _fit_label(best.with_columns(pl.col("target_kind").alias("targets")), "targets")
@@ -238,15 +256,16 @@ def fig08(df: pl.DataFrame, model: str) -> alt.Chart:
     return alt.hconcat(left, right)
 
 
-def fig09(df: pl.DataFrame, model: str) -> alt.Chart:
-    """Soft prompts on LM-generated, shuffled LM-generated and matched vanilla targets."""
+@figure("fig09")
+def fig09(df: pl.DataFrame, spec: dict) -> alt.Chart:
+    model = spec["model"]
     best = _best(df, model, "fig09", "soft")
     best = _fit_label(best.with_columns(pl.col("target_kind").alias("targets")), "targets")
     return _scatter_fit(best, "targets", _unit(best), f"{model}, soft prompts: LM-generated, shuffled and matched vanilla")
 
 
-def fig10(df: pl.DataFrame) -> alt.Chart:
-    """Soft prompts on targets migrated from another model, with matched vanilla, one panel per tuning model."""
+@figure("fig10")
+def fig10(df: pl.DataFrame, spec: dict) -> alt.Chart:
     best = _best(df, None, "fig10", "soft")
     unit = _unit(best)
     src = pl.col("source_model") if "source_model" in best.columns else pl.lit(None)
@@ -285,8 +304,9 @@ def pos_shares(pos: pl.DataFrame, top: int = 8) -> tuple[pl.DataFrame, list[str]
     return shares.filter(pl.col("pos").is_in(keep)).sort("model", "pos"), keep
 
 
-def fig12(pos: pl.DataFrame, top: int = 8) -> alt.Chart:
-    """POS distribution of the English tokens of each model's vocabulary, models side by side."""
+@figure("fig12")
+def fig12(pos: pl.DataFrame, spec: dict) -> alt.Chart:
+    top = spec.get("top", 8)
     shares, order = pos_shares(pos, top)
     return (
         alt.Chart(shares)
@@ -302,16 +322,16 @@ def fig12(pos: pl.DataFrame, top: int = 8) -> alt.Chart:
     )
 
 
-def fig13(df: pl.DataFrame, pairs: dict | None = None) -> alt.Chart:
-    """Box plots of soft-prompt minimum KL on POS-uniform targets per POS; a base model and its
-    instruction-tuned variant (``pairs``) share a panel, other models get one each."""
+@figure("fig13")
+def fig13(df: pl.DataFrame, spec: dict) -> alt.Chart:
     best = _best(df, None, "fig13", "soft")
     if "pos" not in best.columns:
         raise DistreachError("fig13: the experiment's targets have no pos column (use a pos target family)")
     unit = _unit(best)
     models = best["model"].unique().sort().to_list()
     panels, placed = [], set()
-    for base, instruct in (pairs or {}).items():
+    # a model and its instruction-tuned twin (``pairs``: base -> instruct) share a panel
+    for base, instruct in spec.get("pairs", {}).items():
         panels.append((f"{base} vs {instruct}", [base, instruct]))
         placed |= {base, instruct}
     panels += [(m, [m]) for m in models if m not in placed]
@@ -334,6 +354,19 @@ def fig13(df: pl.DataFrame, pairs: dict | None = None) -> alt.Chart:
             .properties(width=70 * len(order), height=280, title=title)
         )
     return alt.hconcat(*charts).resolve_scale(color="independent", y="shared")
+
+
+def read_inputs(inputs: dict) -> pl.DataFrame:
+    """What a figure draws from its input files (``distreach.figreg.figure_inputs``)."""
+    if "pos" in inputs:
+        return read_pos_tables(inputs["pos"])
+    return read_tables(inputs["tables"])
+
+
+def draw(fig: str, inputs: dict, spec: dict, stem: str | Path) -> list[Path]:
+    """Figure ``fig`` drawn from ``inputs`` (``{"tables": [...]}`` or ``{"pos": [...]}``) with
+    its config entry ``spec``, written as ``stem``.html/.png/.svg."""
+    return save(DRAW[fig](read_inputs(inputs), spec), stem)
 
 
 def save(chart, stem: str | Path) -> list[Path]:

@@ -9,6 +9,6 @@ rule collect:
     conda:
         "../envs/figures.yaml"
     params:
-        code=library_code("tables"),
+        code=script_code("collect"),
     script:
         "../scripts/collect.py"

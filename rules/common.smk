@@ -1,5 +1,6 @@
 import importlib.util
 import sys
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
@@ -8,6 +9,7 @@ from snakemake.utils import validate
 if importlib.util.find_spec("distreach") is None:
     sys.path.insert(0, workflow.basedir)
 
+from distreach import figreg
 from distreach.codeinfo import fingerprint
 from distreach.config import check_references, schema_error_line
 from distreach.errors import DistreachError
@@ -37,10 +39,10 @@ wildcard_constraints:
     shard=r"\d+",
 
 
-def library_code(*modules):
-    """Fingerprint of the distreach modules a rule runs (and all they import); as a param,
-    editing any of them reruns the rule."""
-    return fingerprint(*modules)
+def script_code(script):
+    """Fingerprint of the distreach modules scripts/<script>.py reaches through its imports
+    (followed transitively); as a param, editing any of them reruns the rule."""
+    return fingerprint(Path(workflow.basedir) / "scripts" / f"{script}.py")
 
 
 def model_base(wildcards):
@@ -124,23 +126,23 @@ def experiment_shards(wildcards):
     return shard_files(wildcards.experiment)
 
 
-def figure_experiments(fig):
-    spec = FIGURES[fig]
-    return spec.get("experiments") or [spec["experiment"]]
-
-
-def figure_tables(wildcards):
-    """The collected tables a figure draws."""
-    return [f"results/collected/{e}.arrow" for e in figure_experiments(wildcards.fig)]
-
-
-def figure_pos_tables(wildcards):
-    """The POS tables Fig. 12 compares."""
-    return [f"results/pos/{m}.arrow" for m in FIGURES[wildcards.fig]["models"]]
+def figure_inputs(wildcards):
+    """The files a figure draws from: its experiments' collected tables, or for a figure of
+    vocabularies (Fig. 12) its models' POS tables (distreach.figreg)."""
+    if wildcards.fig not in FIGURES:
+        raise WorkflowError(
+            f"{wildcards.fig} is not in the config's figures section (configured: {', '.join(FIGURES)})"
+        )
+    return figreg.figure_inputs(wildcards.fig, FIGURES[wildcards.fig])
 
 
 def figure_spec(wildcards):
     return FIGURES[wildcards.fig]
+
+
+def figure_caption(wildcards):
+    """The report caption of a figure (report/figure.rst renders it)."""
+    return figreg.FIGURES[wildcards.fig].caption
 
 
 def all_outputs():

@@ -13,6 +13,6 @@ rule materialise_model:
         runtime=30,
     params:
         spec=model_spec,
-        code=library_code("models", "io"),
+        code=script_code("materialise_model"),
     script:
         "../scripts/materialise_model.py"

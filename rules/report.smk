@@ -18,6 +18,6 @@ rule claims:
     params:
         figures=FIGURES,
         twins=FIGURES.get("fig06", {}).get("pairs", {}),
-        code=library_code("claims"),
+        code=script_code("claims"),
     script:
         "../scripts/claims.py"

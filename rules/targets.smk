@@ -15,6 +15,6 @@ rule targets:
         settings=target_settings,
         unit=config["entropy_unit"],
         seed=config["seed"],
-        code=library_code("targets", "families", "infotheory"),
+        code=script_code("targets"),
     script:
         "../scripts/targets.py"

@@ -21,6 +21,6 @@ rule tune_shard:
         seed=config["seed"],
         dtype=config["dtype"],
         device=config["device"],
-        code=library_code("engine", "shards", "models", "targets", "infotheory"),
+        code=script_code("tune_shard"),
     script:
         "../scripts/tune_shard.py"

@@ -9,7 +9,7 @@ rule vocab:
     conda:
         "../envs/torch.yaml"
     params:
-        code=library_code("vocab", "io"),
+        code=script_code("vocab"),
     script:
         "../scripts/vocab.py"
 
@@ -29,6 +29,6 @@ rule pos_tag:
         mem_mb=2000,
     params:
         settings=config["pos"],
-        code=library_code("pos", "io"),
+        code=script_code("pos_tag"),
     script:
         "../scripts/pos_tag.py"

@@ -78,13 +78,16 @@ ALL_RULES = rules()
 
 
 def test_every_rule_has_log_and_conda_env():
-    assert {"vocab", "pos_tag", "tune_shard", "collect", "fig01", "fig13"} <= set(ALL_RULES)
+    assert {"vocab", "pos_tag", "tune_shard", "collect", "figure", "claims"} <= set(ALL_RULES)
     for name, body in ALL_RULES.items():
         if name == "all":
             continue
         assert directive(body, "conda"), f"rule {name} has no conda env"
         assert re.search(r"^\s+log:", body, re.M), f"rule {name} has no log"
         assert (REPO / "rules" / directive(body, "conda")).is_file(), name
+        # its rerun trigger is the import closure of the script it runs
+        script = Path(directive(body, "script")).stem
+        assert f'code=script_code("{script}")' in body, f"rule {name}: code param is not script_code({script!r})"
 
 
 @pytest.mark.parametrize("env", sorted(p.name for p in (REPO / "envs").glob("*.yaml")))

@@ -111,20 +111,20 @@ def test_single_figure_plans_only_what_it_needs(tmp_path, tiny_sources):
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig01.png")
     jobs = planned_jobs(proc)
     # two models of the 'vanilla' experiment, 2 shards each; nothing of 'twins', no fig05
-    assert jobs == {"materialise_model": 2, "targets": 2, "tune_shard": 4, "collect": 1, "fig01": 1}
+    assert jobs == {"materialise_model": 2, "targets": 2, "tune_shard": 4, "collect": 1, "figure": 1}
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig06.png")
     # fig06 pairs tiny (from 'vanilla') with its random twin (from 'twins')
-    assert planned_jobs(proc) == {"materialise_model": 3, "targets": 3, "tune_shard": 5, "collect": 2, "fig06": 1}
+    assert planned_jobs(proc) == {"materialise_model": 3, "targets": 3, "tune_shard": 5, "collect": 2, "figure": 1}
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig10.png")
     # migrated targets need tiny-gpt2's LM-generated targets, then the matched vanilla ones
-    assert planned_jobs(proc) == {"materialise_model": 2, "targets": 3, "tune_shard": 2, "collect": 2, "fig10": 1}
+    assert planned_jobs(proc) == {"materialise_model": 2, "targets": 3, "tune_shard": 2, "collect": 2, "figure": 1}
     for fig, families in (("fig07", 2), ("fig08", 2), ("fig09", 3)):  # one model, its own targets only
         proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", f"results/figures/{fig}.png")
-        expected = {"materialise_model": 1, "targets": families, "tune_shard": families, "collect": families, fig: 1}
+        expected = {"materialise_model": 1, "targets": families, "tune_shard": families, "collect": families, "figure": 1}
         assert planned_jobs(proc) == expected, fig
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig12.png")
     # vocabulary and POS jobs only: no targets, no tuning
-    assert planned_jobs(proc) == {"materialise_model": 2, "vocab": 2, "pos_tag": 2, "fig12": 1}
+    assert planned_jobs(proc) == {"materialise_model": 2, "vocab": 2, "pos_tag": 2, "figure": 1}
 
 
 @pytest.mark.slow
@@ -212,13 +212,13 @@ def test_gpu_benchmark_script_runs_at_tiny_size_on_the_cpu(tmp_path):
 def test_default_config_is_valid_and_plans_every_figure(tmp_path):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     jobs = planned_jobs(snakemake(tmp_path, config, "-n"))
-    assert {f"fig{n:02d}" for n in (1, 4, 5, 6, 7, 8, 9, 10, 11)} <= set(jobs)
+    assert jobs["figure"] == len(config["figures"]) == 11
     assert jobs["materialise_model"] == 4 and jobs["collect"] == len(config["experiments"])
 
 
 def copy_workflow(dest: Path) -> Path:
     dest.mkdir(parents=True)
-    for part in ("Snakefile", "rules", "scripts", "schemas", "envs", "report"):
+    for part in ("Snakefile", "rules", "scripts", "schemas", "envs", "report", "distreach"):
         src = REPO / part
         (shutil.copytree if src.is_dir() else shutil.copy)(src, dest / part)
     return dest
@@ -226,8 +226,9 @@ def copy_workflow(dest: Path) -> Path:
 
 @pytest.mark.slow
 def test_partial_reruns(tmp_path, tiny_sources):
-    """Editing one figure's script reruns that figure only; changing one experiment's tuning
-    settings reruns that experiment's shards and what depends on them, nothing else."""
+    """Editing a library module reruns the rules whose scripts reach it, through any chain of
+    imports; changing one figure's config entry reruns that figure; changing one experiment's
+    tuning settings reruns that experiment's shards and what depends on them, nothing else."""
     wf = copy_workflow(tmp_path / "wf")
     cfg = {
         "models": {"tiny": {"source": {"local": tiny_sources["llama"]}}},
@@ -240,22 +241,34 @@ def test_partial_reruns(tmp_path, tiny_sources):
         "figures": {"fig01": {"experiment": "a"}, "fig05": {"experiment": "b", "model": "tiny"}},
     }
     run = [sys.executable, "-m", "snakemake", "-s", str(wf / "Snakefile"), "--configfile", "config.yaml"]
+    env = {**os.environ, "PYTHONPATH": str(wf)}  # the copy's distreach, here and in every job
 
     def smk(*args):
         (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-        proc = subprocess.run([*run, *args], cwd=tmp_path, capture_output=True, text=True)
+        proc = subprocess.run([*run, *args], cwd=tmp_path, capture_output=True, text=True, env=env)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         return proc
 
     smk("--cores", "2")
     assert "Nothing to be done" in smk("-n").stdout
-    script = wf / "scripts" / "fig05.py"
-    script.write_text(script.read_text() + "\n# a changed line\n")
-    assert planned_jobs(smk("-n")) == {"fig05": 1, "all": 1}
-    smk("--cores", "2")
+    # the claims report reaches distreach.figures only through scripts/claims.py's imports
+    module = wf / "distreach" / "figures.py"
+    source = module.read_text()
+    module.write_text(source.replace("def read_tables(paths)", "def read_tables(paths, changed=None)"))
+    assert planned_jobs(smk("-n")) == {"figure": 2, "claims": 1, "all": 1}
+    module.write_text(source)
+    # a module the tuning shards reach through distreach.shards
+    module = wf / "distreach" / "infotheory.py"
+    module.write_text(module.read_text() + "\n# a changed line\n")
+    assert planned_jobs(smk("-n"))["tune_shard"] == 4
+    module.write_text(module.read_text().removesuffix("\n# a changed line\n"))
+    assert "Nothing to be done" in smk("-n").stdout
+    cfg["figures"]["fig05"]["experiment"] = "a"
+    assert planned_jobs(smk("-n")) == {"figure": 1, "claims": 1, "all": 1}
+    cfg["figures"]["fig05"]["experiment"] = "b"
     cfg["experiments"]["b"]["tuning"] = {"lr": 0.05}
     # ... and the claims report, which reads every table
-    assert planned_jobs(smk("-n")) == {"tune_shard": 2, "collect": 1, "fig05": 1, "claims": 1, "all": 1}
+    assert planned_jobs(smk("-n")) == {"tune_shard": 2, "collect": 1, "figure": 1, "claims": 1, "all": 1}
 
 
 def test_lint_and_format_are_clean():
@@ -276,5 +289,5 @@ def test_slurm_profile_plans_the_paper_study_without_the_hub(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     jobs = planned_jobs(proc)
     assert jobs["materialise_model"] == 11 and jobs["tune_shard"] == 150 and jobs["pos_tag"] == 11
-    assert {f"fig{n:02d}" for n in (1, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13)} <= set(jobs)
+    assert jobs["figure"] == 11
     assert not any(tmp_path.joinpath("results").rglob("*"))
