@@ -34,16 +34,15 @@ failed batch from its inits (rows never depend on their batch, so nothing change
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from .checkpoint import Checkpoint, checkpoint_key
 from .errors import DistreachError
 from .infotheory import entropy, kl
 
@@ -221,8 +220,33 @@ def _slice_adamw(opt: torch.optim.AdamW, param: torch.Tensor, keep: torch.Tensor
     return new, new_opt
 
 
+def _new_records(n: int, soft: torch.Tensor, ids: torch.Tensor, max_steps: int, record_curve: bool) -> TuneResult:
+    """The records of n rows before their first step (torch tensors while they are tuned)."""
+    return TuneResult(
+        kl_min=torch.full((n,), float("inf"), dtype=torch.float64),
+        q_entropy=torch.full((n,), float("nan"), dtype=torch.float64),
+        best_step=torch.full((n,), -1, dtype=torch.long),
+        steps=torch.zeros(n, dtype=torch.long),
+        early_stopped=torch.zeros(n, dtype=torch.bool),
+        status=["ok"] * n,
+        best_soft=soft.clone(),
+        best_ids=ids.clone(),
+        curve=torch.full((n, max_steps), float("nan")) if record_curve else None,
+    )
+
+
+def _copy(value):
+    return value.detach().cpu().clone() if isinstance(value, torch.Tensor) else list(value) if isinstance(value, list) else value
+
+
 class _Batch:
-    """The rows of one batch while they are tuned."""
+    """The rows of one batch while they are tuned.
+
+    ``rec`` holds the rows' records (a :class:`TuneResult` of tensors, indexed by row of the
+    batch); the rest is the working state of the rows still tuned (``active``)."""
+
+    # working state saved in a checkpoint besides ``rec``, ``theta`` and the AdamW moments
+    WORK = ("since", "active", "ids", "changed", "converged")
 
     def __init__(self, model, target_p, soft, ids, bos_embed, allowed, cfg: TuneConfig, record_curve: bool):
         self.model, self.cfg, self.bos = model, cfg, bos_embed
@@ -236,55 +260,37 @@ class _Batch:
         self.hard_pos = [i for i, s in enumerate(self.mask) if not s]
         self.blocked = ~allowed.to(self.device)
         n = target_p.shape[0]
-        self.kl_min = torch.full((n,), float("inf"), dtype=torch.float64)
-        self.q_ent = torch.full((n,), float("nan"), dtype=torch.float64)
-        self.best_step = torch.full((n,), -1, dtype=torch.long)
-        self.steps = torch.zeros(n, dtype=torch.long)
-        self.early = torch.zeros(n, dtype=torch.bool)
-        self.status = ["ok"] * n
-        self.since = torch.zeros(n, dtype=torch.long)
-        self.best_soft = soft.clone()
-        self.best_ids = ids.clone()
-        self.curve = torch.full((n, cfg.max_steps), float("nan")) if record_curve else None
+        self.rec = _new_records(n, soft, ids, cfg.max_steps, record_curve)
+        self.since = torch.zeros(n, dtype=torch.long)  # steps since the best KL last gained min_delta
         self.active = torch.arange(n)
         self.theta = torch.nn.Parameter(soft.to(self.device, copy=True))
-        self.opt = torch.optim.AdamW([self.theta], lr=cfg.lr, weight_decay=cfg.weight_decay) if self.soft_pos else None
+        self.opt = self._adamw() if self.soft_pos else None
         self.ids = ids.to(self.device, copy=True)
         self.changed = torch.zeros(n, dtype=torch.bool)  # a hard token changed in this sweep
         self.converged = torch.zeros(n, dtype=torch.bool)
 
-    STATE = ("kl_min", "q_ent", "best_step", "steps", "early", "since", "best_soft", "best_ids", "active",
-             "ids", "changed", "converged")
+    def _adamw(self):
+        return torch.optim.AdamW([self.theta], lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
     def state(self) -> dict:
         """Everything the rest of this batch's tuning depends on (for a checkpoint)."""
-        out = {name: getattr(self, name).detach().cpu().clone() for name in self.STATE}
-        out["theta"] = self.theta.detach().cpu().clone()
-        out["status"] = list(self.status)
-        if self.curve is not None:
-            out["curve"] = self.curve.clone()
+        out = {name: _copy(getattr(self, name)) for name in self.WORK}
+        out["rec"] = {name: _copy(value) for name, value in vars(self.rec).items()}
+        out["theta"] = _copy(self.theta)
         if self.opt is not None and self.opt.state.get(self.theta):
-            out["adamw"] = {k: v.detach().cpu().clone() for k, v in self.opt.state[self.theta].items()}
+            out["adamw"] = {k: _copy(v) for k, v in self.opt.state[self.theta].items()}
         return out
 
     def load(self, state: dict) -> None:
         """Continue from :meth:`state` of the same rows."""
-        for name in self.STATE:
-            value = state[name]
-            setattr(self, name, value.to(self.device) if name == "ids" else value)
-        self.status = list(state["status"])
-        if "curve" in state:
-            self.curve = state["curve"]
+        for name in self.WORK:
+            setattr(self, name, state[name].to(self.device) if name == "ids" else state[name])
+        self.rec = TuneResult(**state["rec"])
         self.theta = torch.nn.Parameter(state["theta"].to(self.device))
         if self.opt is not None:
-            self.opt = torch.optim.AdamW([self.theta], lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+            self.opt = self._adamw()
             if "adamw" in state:
                 self.opt.state[self.theta] = {k: v.to(self.device) if k != "step" else v for k, v in state["adamw"].items()}
-
-    def result(self) -> dict:
-        return {"kl_min": self.kl_min, "q_ent": self.q_ent, "best_step": self.best_step, "steps": self.steps,
-                "early": self.early, "best_soft": self.best_soft, "best_ids": self.best_ids,
-                "status": list(self.status), **({"curve": self.curve} if self.curve is not None else {})}
 
     def inputs(self, soft, hard_emb):
         cols, s, h = [], 0, 0
@@ -301,38 +307,17 @@ class _Batch:
         return x
 
     def losses(self, x, rows):
+        """The forward pass: per-row KL(p || q) of the next token after inputs ``x``, and log q."""
         logits = self.model(inputs_embeds=x, logits_to_keep=1).logits[:, -1].float()
         logq = torch.log_softmax(logits, -1)
         return kl(self.target[rows], logq), logq
 
     def step(self, step: int) -> torch.Tensor:
         """One forward/backward/update of the active rows; returns the mask of rows kept."""
-        cfg, act = self.cfg, self.active
-        rows = act.to(self.device)
+        rows = self.active.to(self.device)
         hard_emb = self.embed(self.ids).detach().requires_grad_(bool(self.hard_pos))
         loss_rows, logq = self.losses(self.inputs(self.theta, hard_emb), rows)
-        with torch.no_grad():
-            lc = loss_rows.detach().double().cpu()
-            finite = torch.isfinite(lc)
-            improved = finite & (lc < self.kl_min[act])
-            gained = finite & (lc < self.kl_min[act] * (1 - cfg.min_delta))
-            if improved.any():
-                idx, dev_idx = act[improved], improved.to(self.device)
-                self.kl_min[idx] = lc[improved]
-                self.q_ent[idx] = entropy(logq[dev_idx]).double().cpu()
-                self.best_step[idx] = step
-                self.best_soft[idx] = self.theta.detach()[dev_idx].float().cpu()
-                self.best_ids[idx] = self.ids[dev_idx].cpu()
-            if self.curve is not None:
-                self.curve[act, step] = lc.float()
-            self.since[act] = torch.where(gained, 0, self.since[act] + 1)
-            self.steps[act] += 1
-            for r in act[~finite].tolist():
-                self.status[r] = f"non-finite KL at step {step}"
-            reached = self.kl_min[act] <= cfg.stop_kl_nats
-            stop = ~finite | (self.since[act] >= cfg.patience) | self.converged[act] | reached
-            self.early[act[stop & finite]] = True
-            keep = ~stop
+        keep = self._record(step, loss_rows.detach(), logq)
         if not keep.any():
             return keep
         keep_dev = keep.to(self.device)
@@ -345,6 +330,32 @@ class _Batch:
         if not keep.all():
             self._drop(keep, keep_dev)
         return keep
+
+    @torch.no_grad()
+    def _record(self, step: int, loss_rows: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+        """Update the active rows' records with this step's KL; returns the mask of rows kept."""
+        cfg, act, rec = self.cfg, self.active, self.rec
+        lc = loss_rows.double().cpu()
+        finite = torch.isfinite(lc)
+        improved = finite & (lc < rec.kl_min[act])
+        gained = finite & (lc < rec.kl_min[act] * (1 - cfg.min_delta))
+        if improved.any():
+            idx, dev_idx = act[improved], improved.to(self.device)
+            rec.kl_min[idx] = lc[improved]
+            rec.q_entropy[idx] = entropy(logq[dev_idx]).double().cpu()
+            rec.best_step[idx] = step
+            rec.best_soft[idx] = self.theta.detach()[dev_idx].float().cpu()
+            rec.best_ids[idx] = self.ids[dev_idx].cpu()
+        if rec.curve is not None:
+            rec.curve[act, step] = lc.float()
+        self.since[act] = torch.where(gained, 0, self.since[act] + 1)
+        rec.steps[act] += 1
+        for r in act[~finite].tolist():
+            rec.status[r] = f"non-finite KL at step {step}"
+        reached = rec.kl_min[act] <= cfg.stop_kl_nats
+        stop = ~finite | (self.since[act] >= cfg.patience) | self.converged[act] | reached
+        rec.early_stopped[act[stop & finite]] = True
+        return ~stop
 
     @torch.no_grad()
     def _hard_update(self, step, grad, current, rows):
@@ -396,6 +407,24 @@ class _Batch:
         self.active = self.active[keep]
 
 
+@dataclass
+class _Run:
+    """What every batch of one :func:`tune` call shares: the model's side, the rows' targets
+    and starting prefixes, and the checkpoint."""
+
+    model: object
+    device: torch.device
+    target: torch.Tensor  # [n, |V|] on the CPU
+    soft: torch.Tensor  # [n, n_soft, d] starting soft positions
+    ids: torch.Tensor  # [n, n_hard] starting hard tokens
+    bos_embed: torch.Tensor | None
+    allowed: torch.Tensor
+    cfg: TuneConfig
+    record_curve: bool
+    checkpoint: Checkpoint
+    on_step: Callable[[int, int], None] | None = None
+
+
 def tune(
     loaded,
     target_probs,
@@ -419,11 +448,21 @@ def tune(
     same inputs resumes from it and ends with results bit-identical to an uninterrupted
     run (on the CPU). A checkpoint of other inputs is ignored. The caller removes the file
     once the results are stored."""
-    model = loaded.model
-    fast_last_logits(model)
-    weight = loaded.embeddings
-    embed = model.get_input_embeddings()
-    device = weight.device
+    fast_last_logits(loaded.model)
+    target = _checked_targets(loaded, target_probs, init_seeds)
+    weight, embed = loaded.embeddings, loaded.model.get_input_embeddings()
+    bos_embed = _bos_embedding(loaded, cfg)
+    allowed = allowed_tokens(loaded.tokenizer, weight.shape[0], cfg)
+    if target.shape[0] == 0:
+        return _empty_result(cfg, weight.shape[1])
+    soft, ids = init_rows(embed, weight, allowed, init_seeds, cfg)
+    ckpt = Checkpoint(checkpoint, checkpoint_key(loaded, target, init_seeds, cfg, record_curve), checkpoint_seconds)
+    run = _Run(loaded.model, weight.device, target, soft, ids, bos_embed, allowed, cfg, record_curve, ckpt, on_step)
+    bs = cfg.batch_size or AUTO_BATCH.get(torch.device(weight.device).type, 64)
+    return _concat(_run_batches(run, bs))
+
+
+def _checked_targets(loaded, target_probs, init_seeds) -> torch.Tensor:
     target = torch.as_tensor(np.asarray(target_probs), dtype=torch.float32)
     if target.ndim != 2 or target.shape[1] != loaded.vocab_size:
         raise DistreachError(
@@ -431,112 +470,94 @@ def tune(
         )
     if len(init_seeds) != target.shape[0]:
         raise DistreachError(f"{len(init_seeds)} init seeds for {target.shape[0]} target rows")
-    bos_embed = None
-    if cfg.bos == "bos":
-        bos_id = loaded.tokenizer.bos_token_id
-        if bos_id is None:
-            raise DistreachError(f"tuning.bos: model {loaded.name} has no BOS token; use bos: none")
-        with torch.no_grad():
-            bos_embed = embed(torch.tensor([[bos_id]], device=device))
-    allowed = allowed_tokens(loaded.tokenizer, weight.shape[0], cfg)
-    n = target.shape[0]
-    if n == 0:
-        empty = np.zeros(0)
-        return TuneResult(empty, empty, empty.astype(int), empty.astype(int), empty.astype(bool), [],
-                          np.zeros((0, cfg.n_soft_positions, weight.shape[1]), np.float32),
-                          np.zeros((0, cfg.prefix_len - cfg.n_soft_positions), np.int64))
-    soft, ids = init_rows(embed, weight, allowed, init_seeds, cfg)
+    return target
 
-    bs = cfg.batch_size or AUTO_BATCH.get(torch.device(device).type, 64)
-    parts, lo = [], 0
-    key = _checkpoint_key(loaded, target, init_seeds, cfg, record_curve)
-    resume = _read_checkpoint(checkpoint, key)
+
+def _bos_embedding(loaded, cfg: TuneConfig) -> torch.Tensor | None:
+    """The [1, 1, d] input embedding of the BOS token, or None with ``bos: none``."""
+    if cfg.bos != "bos":
+        return None
+    bos_id = loaded.tokenizer.bos_token_id
+    if bos_id is None:
+        raise DistreachError(f"tuning.bos: model {loaded.name} has no BOS token; use bos: none")
+    with torch.no_grad():
+        return loaded.model.get_input_embeddings()(torch.tensor([[bos_id]], device=loaded.embeddings.device))
+
+
+def _empty_result(cfg: TuneConfig, d: int) -> TuneResult:
+    empty = np.zeros(0)
+    return TuneResult(empty, empty, empty.astype(int), empty.astype(int), empty.astype(bool), [],
+                      np.zeros((0, cfg.n_soft_positions, d), np.float32),
+                      np.zeros((0, cfg.prefix_len - cfg.n_soft_positions), np.int64))
+
+
+def _run_batches(run: _Run, bs: int) -> list[TuneResult]:
+    """Tune the rows in batches of ``bs`` (resuming from the checkpoint if there is one);
+    the records of each batch."""
+    n = run.target.shape[0]
+    parts, lo, resume = [], 0, run.checkpoint.read()
     if resume is not None:
-        parts, lo, bs = resume["parts"], resume["lo"], resume["bs"]
-        log.info("resuming from %s: %d rows done, batch at row %d from step %s", checkpoint, lo, lo,
+        parts, lo, bs = [TuneResult(**p) for p in resume["parts"]], resume["lo"], resume["bs"]
+        log.info("resuming from %s: %d rows done, batch at row %d from step %s", run.checkpoint.path, lo, lo,
                  resume["step"] + 1 if resume.get("batch") else 0)
-    last_save = time.monotonic()
     while lo < n:
-        sl = slice(lo, lo + bs)
+        done = [vars(p) for p in parts]
+        rec, bs = _halving_on_oom(lambda size: _run_batch(run, lo, size, done, resume), bs, lo)
+        resume = None
+        parts.append(rec)
+        lo += bs
+        if lo < n:
+            run.checkpoint.save({"parts": [vars(p) for p in parts], "lo": lo, "bs": bs, "step": -1, "batch": None})
+    return parts
+
+
+def _halving_on_oom(attempt: Callable[[int], TuneResult], bs: int, lo: int) -> tuple[TuneResult, int]:
+    """``attempt(bs)``, and on CUDA out-of-memory again with half the batch size: rows are
+    independent of their batch, so the batch restarts from its inits and nothing changes."""
+    while True:
         try:
-            batch = _Batch(model, target[sl].to(device), soft[sl], ids[sl], bos_embed, allowed, cfg, record_curve)
-            first = 0
-            if resume is not None and resume.get("batch") is not None:
-                batch.load(resume["batch"])
-                first = resume["step"] + 1
-            resume = None
-            for step in range(first, cfg.max_steps):
-                if not len(batch.active):
-                    break
-                keep = batch.step(step)
-                if on_step is not None:
-                    on_step(step, int(keep.sum()))
-                if checkpoint is not None and time.monotonic() - last_save >= checkpoint_seconds:
-                    _write_checkpoint(checkpoint, {"key": key, "parts": parts, "lo": lo, "bs": bs, "step": step, "batch": batch.state()})
-                    last_save = time.monotonic()
-                if not keep.any():
-                    break
+            return attempt(bs), bs
         except torch.OutOfMemoryError:
             if bs == 1:
                 raise
-            # rows are independent of their batch, so the batch restarts from its inits at half size
-            batch = None
             torch.cuda.empty_cache()
             bs = max(1, bs // 2)
             log.warning("out of memory: retrying rows %d.. with batch size %d", lo, bs)
-            continue
-        parts.append(batch.result())
-        lo += bs
-        if checkpoint is not None and lo < n:
-            _write_checkpoint(checkpoint, {"key": key, "parts": parts, "lo": lo, "bs": bs, "step": -1, "batch": None})
-            last_save = time.monotonic()
+
+
+def _run_batch(run: _Run, lo: int, bs: int, done: list[dict], resume: dict | None) -> TuneResult:
+    """Tune rows ``lo .. lo + bs`` to the end (from the checkpointed step of ``resume`` if it
+    holds this batch); ``done`` are the records of the batches before, for checkpoints."""
+    sl = slice(lo, lo + bs)
+    batch = _Batch(run.model, run.target[sl].to(run.device), run.soft[sl], run.ids[sl], run.bos_embed, run.allowed,
+                   run.cfg, run.record_curve)
+    first = 0
+    if resume is not None and resume.get("batch") is not None and resume["lo"] == lo and resume["bs"] == bs:
+        batch.load(resume["batch"])
+        first = resume["step"] + 1
+    for step in range(first, run.cfg.max_steps):
+        if not len(batch.active):
+            break
+        keep = batch.step(step)
+        if run.on_step is not None:
+            run.on_step(step, int(keep.sum()))
+        run.checkpoint.save_if_due(
+            lambda: {"parts": done, "lo": lo, "bs": bs, "step": step, "batch": batch.state()})
+        if not keep.any():
+            break
+    return batch.rec
+
+
+def _concat(parts: list[TuneResult]) -> TuneResult:
+    """One result of the records of all batches, as numpy arrays."""
 
     def cat(name):
-        return torch.cat([b[name] for b in parts]).numpy()
+        values = [getattr(p, name) for p in parts]
+        if name == "status":
+            return [s for v in values for s in v]
+        return None if values[0] is None else torch.cat(values).numpy()
 
-    return TuneResult(
-        kl_min=cat("kl_min"),
-        q_entropy=cat("q_ent"),
-        best_step=cat("best_step"),
-        steps=cat("steps"),
-        early_stopped=cat("early"),
-        status=[s for b in parts for s in b["status"]],
-        best_soft=cat("best_soft"),
-        best_ids=cat("best_ids"),
-        curve=cat("curve") if record_curve else None,
-    )
-
-
-def _checkpoint_key(loaded, target: torch.Tensor, seeds, cfg: TuneConfig, record_curve: bool) -> str:
-    """What a checkpoint must have been made from to be resumed: model, dtype, device,
-    targets, seeds and settings."""
-    h = hashlib.sha256()
-    h.update(repr((loaded.name, str(loaded.embeddings.dtype), str(loaded.embeddings.device), cfg, record_curve)).encode())
-    h.update(str((getattr(loaded, "manifest", None) or {}).get("weights_sha256")).encode())
-    h.update(target.numpy().tobytes())
-    h.update(np.asarray(seeds, dtype=np.int64).tobytes())
-    return h.hexdigest()
-
-
-def _read_checkpoint(path, key: str) -> dict | None:
-    if path is None or not Path(path).is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a torn or foreign file: start over
-        log.warning("ignoring unreadable checkpoint %s (%s)", path, exc)
-        return None
-    if not isinstance(state, dict) or state.get("key") != key:
-        log.warning("ignoring checkpoint %s: made from other inputs or settings", path)
-        return None
-    return state
-
-
-def _write_checkpoint(path, state: dict) -> None:
-    from .io import atomic_path
-
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    return TuneResult(**{f.name: cat(f.name) for f in fields(TuneResult)})
 
 
 @torch.no_grad()
