@@ -222,21 +222,31 @@ def tune_target(loaded, target: pa.Table, method: str = "soft", prefix_len: int 
     return pl.from_arrow(table)
 
 
-def make_target(kind: str, vocab_size: int, entropy: float, unit: str = "bits", k: int = 1, n: int = 1, seed: int = 0) -> pa.Table:
-    """``n`` vanilla (Eq. 1) or outlier (``k`` outlier tokens, Eq. 2-3) targets of the given entropy."""
+def make_target(kind: str, vocab_size: int, entropy: float, unit: str = "bits", k: int = 1, n: int = 1, seed: int = 0,
+                tokenizer=None) -> pa.Table:
+    """``n`` vanilla (Eq. 1) or outlier (``k`` outlier tokens, Eq. 2-3) targets of the given entropy
+    over ``vocab_size`` output rows. With the model's ``tokenizer``, probability goes only to its
+    |V| tokens (rows past them are padding) and outlier tokens are usable ones
+    (:mod:`distreach.tokens`)."""
     from .families import OutlierSettings, outlier_targets
     from .infotheory import check_unit
-    from .targets import EntropyGrid, VanillaSettings, vanilla_targets
+    from .targets import EntropyGrid, VanillaSettings, pad_rows, vanilla_targets
+    from .tokens import usable_ids, vocab_support
 
     check_unit(unit)
+    width = vocab_size
+    pool = None
+    if tokenizer is not None:
+        vocab_size = vocab_support(tokenizer, width)
+        pool = usable_ids(tokenizer, vocab_size)
     top = math.log(vocab_size) / (math.log(2) if unit == "bits" else 1)
     if not 0 <= entropy <= top + 1e-9:
         raise DistreachError(f"--entropy {entropy}: must be within 0..{top:.4g} {unit} (log |V| of this model)")
     if kind == "vanilla":
         grid = EntropyGrid(start=entropy, stop=entropy, step=1.0, include_max=False, unit=unit)
-        return vanilla_targets(vocab_size, grid, VanillaSettings(per_level=n, seed=seed))
+        return pad_rows(vanilla_targets(vocab_size, grid, VanillaSettings(per_level=n, seed=seed)), width)
     if kind == "outlier":
         if not 1 <= k < vocab_size:
             raise DistreachError(f"--k {k}: must be between 1 and |V| - 1 = {vocab_size - 1}")
-        return outlier_targets(vocab_size, [entropy], unit, OutlierSettings(per_level=n, ks=(k,), seed=seed))
+        return pad_rows(outlier_targets(vocab_size, [entropy], unit, OutlierSettings(per_level=n, ks=(k,), seed=seed), pool), width)
     raise DistreachError(f"target kind {kind!r}: use vanilla or outlier")

@@ -67,6 +67,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=_positive(float), default=0.1, help="AdamW learning rate of soft positions (default 0.1)")
     t.add_argument("--patience", type=_positive(int), default=20, help="stop after this many steps without gain (default 20)")
     t.add_argument("--seed", type=int, default=0, help="seed of the prompt initialisations (default 0)")
+    t.add_argument("--bos", choices=("auto", "bos", "none"), default="auto",
+                   help="BOS token before the prompt: auto = the tokenizer's if it has one (default), bos = required, none")
     t.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--unit", choices=("bits", "nats"), default="bits", help="unit of entropies and KL (default bits)")
@@ -129,7 +131,7 @@ def cmd_tune(args) -> int:
     try:
         df = api.tune_target(loaded, target, method=args.method, prefix_len=args.prefix_len, inits=args.inits,
                              out=args.out, seed=args.seed, progress=bar, max_steps=args.max_steps, lr=args.lr,
-                             patience=args.patience, **extra)
+                             patience=args.patience, bos=args.bos, **extra)
     finally:
         bar.close()
     best = min_over_inits(df)
@@ -155,10 +157,13 @@ def cmd_target(args) -> int:
     if not args.out.endswith(".arrow"):
         raise DistreachError(f"--out {args.out}: the target file must end in .arrow")
     loaded = api.load_model(args.model, dtype="fp32", device="cpu")
-    table = api.make_target(args.kind, loaded.vocab_size, args.entropy, args.unit, args.k, args.n, args.seed)
+    table = api.make_target(args.kind, loaded.vocab_size, args.entropy, args.unit, args.k, args.n, args.seed,
+                            tokenizer=loaded.tokenizer)
     write_arrow(table, args.out, {"model": loaded.name, "kind": args.kind, "entropy": args.entropy, "unit": args.unit})
     achieved = ", ".join(f"{h:.4g}" for h in table.column("achieved_entropy").to_pylist())
-    print(f"wrote {table.num_rows} {args.kind} target(s) over {loaded.vocab_size} tokens to {args.out}; entropy {achieved} {args.unit}")
+    support = loaded.support
+    pad = f" (+{loaded.vocab_size - support} padding rows at 0)" if support < loaded.vocab_size else ""
+    print(f"wrote {table.num_rows} {args.kind} target(s) over {support} tokens{pad} to {args.out}; entropy {achieved} {args.unit}")
     return 0
 
 

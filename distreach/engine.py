@@ -45,6 +45,7 @@ import torch
 from .checkpoint import Checkpoint, checkpoint_key
 from .errors import DistreachError
 from .infotheory import entropy, kl
+from .tokens import BOS_POLICIES, resolve_bos, usable_mask, vocab_support
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ METHODS = ("soft", "hard", "hybrid")
 # small model; a GPU takes hundreds) and halve on CUDA out-of-memory
 AUTO_BATCH = {"cpu": 64, "cuda": 1024}
 INITS = ("vocab", "normal")
-BOS_POLICIES = ("bos", "none")
 
 
 @dataclass(frozen=True)
@@ -69,11 +69,11 @@ class TuneConfig:
     min_delta: float = 1e-4  # relative gain over the best KL a step needs to reset patience
     stop_kl_nats: float = 0.0  # a row whose KL reaches this has found its target and stops
     candidates: int = 1  # hard update: 1 = argmin of the linear score (paper); k = best of k exact
-    exclude_special: bool = True  # hard tokens and vocab inits never use special tokens
+    exclude_special: bool = True  # hard tokens and vocab inits never use special or reserved tokens
     exclude_untypable: bool = False  # ... nor tokens that do not survive decode -> encode
     init: str = "vocab"  # soft: embeddings of random vocabulary tokens, or a scaled normal
     init_scale: float = 1.0  # normal init: std = init_scale * std of the embedding table
-    bos: str = "bos"  # put the tokenizer's BOS token before the prefix, or nothing
+    bos: str = "auto"  # BOS before the prefix: auto (the tokenizer's, if any), bos (required), none
     batch_size: int = 0  # rows tuned together; 0 = automatic (see AUTO_BATCH)
 
     def __post_init__(self):
@@ -147,11 +147,11 @@ class TuneResult:
 
 
 def allowed_tokens(tokenizer, n_embed: int, cfg: TuneConfig) -> torch.Tensor:
-    """Bool mask over input-embedding rows a hard position (or a vocab init) may use."""
-    ok = torch.zeros(n_embed, dtype=torch.bool)
-    ok[: min(len(tokenizer), n_embed)] = True  # rows past the tokenizer are padding
-    if cfg.exclude_special:
-        ok[[i for i in tokenizer.all_special_ids if i < n_embed]] = False
+    """Bool mask over input-embedding rows a hard position (or a vocab init) may use: the
+    usable tokens of :mod:`distreach.tokens` (never padding rows; with ``exclude_special``
+    never special or reserved tokens), and with ``exclude_untypable`` only tokens that
+    survive decode -> encode."""
+    ok = torch.from_numpy(usable_mask(tokenizer, n_embed, cfg.exclude_special))
     if cfg.exclude_untypable:
         ids = ok.nonzero().flatten().tolist()
         texts = tokenizer.batch_decode([[i] for i in ids])
@@ -470,16 +470,21 @@ def _checked_targets(loaded, target_probs, init_seeds) -> torch.Tensor:
         )
     if len(init_seeds) != target.shape[0]:
         raise DistreachError(f"{len(init_seeds)} init seeds for {target.shape[0]} target rows")
+    support = vocab_support(loaded.tokenizer, target.shape[1])
+    if support < target.shape[1] and (target[:, support:] > 0).any():
+        raise DistreachError(
+            f"targets put probability on output rows {support}.. of model {loaded.name}, which are padding "
+            f"past its tokenizer's {support} tokens"
+        )
     return target
 
 
 def _bos_embedding(loaded, cfg: TuneConfig) -> torch.Tensor | None:
-    """The [1, 1, d] input embedding of the BOS token, or None with ``bos: none``."""
-    if cfg.bos != "bos":
-        return None
-    bos_id = loaded.tokenizer.bos_token_id
+    """The [1, 1, d] input embedding of the BOS token the policy puts first, or None
+    (:func:`distreach.tokens.resolve_bos`)."""
+    bos_id = resolve_bos(loaded.tokenizer, cfg.bos, loaded.name)
     if bos_id is None:
-        raise DistreachError(f"tuning.bos: model {loaded.name} has no BOS token; use bos: none")
+        return None
     with torch.no_grad():
         return loaded.model.get_input_embeddings()(torch.tensor([[bos_id]], device=loaded.embeddings.device))
 
@@ -561,14 +566,15 @@ def _concat(parts: list[TuneResult]) -> TuneResult:
 
 
 @torch.no_grad()
-def prompt_kl(loaded, target_probs, prompts: list[list[int]], bos: str = "bos") -> np.ndarray:
+def prompt_kl(loaded, target_probs, prompts: list[list[int]], bos: str = "auto") -> np.ndarray:
     """KL(p_i || q_i) in nats where q_i is the model's next-token distribution after the
     token ids ``prompts[i]`` (with the BOS policy), e.g. a hard prompt typed back in."""
     model = loaded.model
     device = loaded.embeddings.device
     out = np.empty(len(prompts))
+    bos_id = resolve_bos(loaded.tokenizer, bos, loaded.name)
     for i, ids in enumerate(prompts):
-        ids = ([loaded.tokenizer.bos_token_id] if bos == "bos" else []) + list(ids)
+        ids = ([] if bos_id is None else [bos_id]) + list(ids)
         if not ids:
             out[i] = float("nan")
             continue

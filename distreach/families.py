@@ -17,8 +17,10 @@ import torch
 from .errors import DistreachError
 from .infotheory import check_unit, entropy, from_unit, to_unit
 from .seeds import derive_seed
+from .tokens import bos_used, resolve_bos, usable_ids, usable_mask, vocab_support
 from .vocab import surface_forms
-from .targets import EntropyGrid, VanillaSettings, entropy_matched_targets, logprobs, targets_table, vanilla_targets
+from .targets import (EntropyGrid, VanillaSettings, entropy_matched_targets, logprobs, pad_rows, targets_table,
+                      vanilla_targets)
 
 
 # ---------------------------------------------------------------- outlier targets
@@ -63,10 +65,12 @@ class OutlierSettings:
     seed: int = 0
 
 
-def outlier_targets(vocab_size: int, levels: list[float], unit: str, settings: OutlierSettings) -> pa.Table:
-    """Outlier targets for every entropy level (in ``unit``), every k and ``per_level`` draws.
+def outlier_targets(vocab_size: int, levels: list[float], unit: str, settings: OutlierSettings, pool=None) -> pa.Table:
+    """Outlier targets over ``vocab_size`` tokens for every entropy level (in ``unit``), every
+    k and ``per_level`` draws.
 
-    The outlier tokens are drawn at random (seed recorded). The logits start random with the
+    The outlier tokens are drawn at random (seed recorded) from ``pool`` (the usable token ids
+    of :mod:`distreach.tokens`; default every id). The logits start random with the
     outliers raised to hold mass m together: from random logits alone the outliers' mass
     gradient, m(1 - m), vanishes and the descent settles on other tokens. With k outliers an
     entropy below log k needs them unequal, so they keep their random differences."""
@@ -79,14 +83,17 @@ def outlier_targets(vocab_size: int, levels: list[float], unit: str, settings: O
     ]
     logps, achieved, seeds, masses = [], [], [], []
     tol = from_unit(settings.tolerance, unit)
+    pool = torch.arange(vocab_size) if pool is None else torch.as_tensor(np.asarray(pool), dtype=torch.long)
+    if len(pool) and int(pool.max()) >= vocab_size:
+        raise DistreachError(f"outlier targets: token id {int(pool.max())} outside the vocabulary of {vocab_size}")
     for tid, h, k in rows:
-        if not 1 <= k < vocab_size:
-            raise DistreachError(f"target {tid}: {k} outliers in a vocabulary of {vocab_size}")
+        if not 1 <= k < vocab_size or k > len(pool):
+            raise DistreachError(f"target {tid}: {k} outliers in a vocabulary of {vocab_size} ({len(pool)} usable tokens)")
         h_nats = from_unit(h, unit)
         m = math.floor(max_outlier_mass(h_nats, vocab_size) * 100) / 100
         seed = derive_seed(settings.seed, "outlier", tid)
         gen = torch.Generator().manual_seed(seed)
-        outliers = torch.randperm(vocab_size, generator=gen)[:k]
+        outliers = pool[torch.randperm(len(pool), generator=gen)[:k]]
         z = torch.randn(vocab_size, generator=gen)
         rest = torch.ones(vocab_size, dtype=torch.bool)
         rest[outliers] = False
@@ -124,36 +131,50 @@ def outlier_targets(vocab_size: int, levels: list[float], unit: str, settings: O
 
 
 @torch.no_grad()
-def lm_generated(loaded, n: int, prompt_len: int, unit: str, seed: int = 0, kind: str = "lm") -> pa.Table:
-    """The model's next-token distributions after ``n`` prompts of random token ids."""
+def lm_generated(loaded, n: int, prompt_len: int, unit: str, seed: int = 0, kind: str = "lm", bos: str = "auto") -> pa.Table:
+    """The model's next-token distributions after ``n`` prompts of ``prompt_len`` random usable
+    token ids, after a BOS token as the tuning's BOS policy ``bos`` puts one (so targets and
+    tuned prompts share one input convention). Output rows past the tokenizer (padding) get
+    probability 0: the distribution is renormalised over |V|. The columns ``lm_prompt_len``,
+    ``lm_bos`` (``bos`` or ``none``: what went first) and ``lm_bos_policy`` record this."""
     vocab = loaded.vocab_size
-    n_in = min(len(loaded.tokenizer), loaded.embeddings.shape[0])
-    special = set(loaded.tokenizer.all_special_ids)
-    pool = torch.tensor([i for i in range(n_in) if i not in special])
+    support = vocab_support(loaded.tokenizer, vocab)
+    pool = torch.from_numpy(usable_ids(loaded.tokenizer, loaded.embeddings.shape[0]))
+    bos_id = resolve_bos(loaded.tokenizer, bos, loaded.name)
+    head = [] if bos_id is None else [bos_id]
     ids, seeds, logps = [], [], []
     for r in range(n):
         s = derive_seed(seed, kind, r)
         gen = torch.Generator().manual_seed(s)
-        prompt = pool[torch.randint(0, len(pool), (prompt_len,), generator=gen)]
+        prompt = torch.cat([torch.tensor(head, dtype=torch.long), pool[torch.randint(0, len(pool), (prompt_len,), generator=gen)]])
         logits = loaded.model(prompt[None].to(loaded.embeddings.device), logits_to_keep=1).logits[0, -1].float()
-        logps.append(torch.log_softmax(logits, -1).cpu().numpy())
+        if logits.shape[0] != vocab:
+            raise DistreachError(f"model {loaded.name}: output has {logits.shape[0]} entries, expected {vocab}")
+        logp = torch.full((vocab,), float("-inf"))
+        logp[:support] = torch.log_softmax(logits[:support], -1).cpu()
+        logps.append(logp.numpy())
         ids.append(f"{kind}-{r:04d}")
         seeds.append(s)
     logp = np.stack(logps)
-    if logp.shape[1] != vocab:
-        raise DistreachError(f"model {loaded.name}: output has {logp.shape[1]} entries, expected {vocab}")
     ent = to_unit(entropy(torch.from_numpy(logp)).numpy(), unit)
-    return targets_table(ids, kind, ent, ent, unit, seeds, logp)
+    table = targets_table(ids, kind, ent, ent, unit, seeds, logp)
+    return (
+        table.append_column("lm_prompt_len", pa.array([prompt_len] * n, pa.int64()))
+        .append_column("lm_bos", pa.array([bos_used(bos_id)] * n, pa.string()))
+        .append_column("lm_bos_policy", pa.array([bos] * n, pa.string()))
+    )
 
 
-def shuffled(table: pa.Table, copies: int, seed: int = 0) -> pa.Table:
-    """``copies`` permutations of each target's token ids, probabilities kept."""
+def shuffled(table: pa.Table, copies: int, seed: int = 0, support: int | None = None) -> pa.Table:
+    """``copies`` permutations of each target's token ids among the first ``support`` ids (|V|;
+    default all), probabilities kept; padding rows past |V| keep probability 0."""
     logp = logprobs(table)
+    support = logp.shape[1] if support is None else support
     ids, src, seeds, out = [], [], [], []
     for i, tid in enumerate(table.column("target_id").to_pylist()):
         for c in range(copies):
             s = derive_seed(seed, "shuffled", tid, c)
-            perm = np.random.default_rng(s).permutation(logp.shape[1])
+            perm = np.concatenate([np.random.default_rng(s).permutation(support), np.arange(support, logp.shape[1])])
             out.append(logp[i][perm])
             ids.append(f"{tid}-shuffled{c}")
             src.append(i)
@@ -207,13 +228,16 @@ DEFAULT_POS_TAGS = ("NOUN", "PROPN", "VERB", "ADJ")
 
 
 def pos_uniform_targets(
-    pos, vocab_size: int, tags: list[str], n_tokens: int, draws: int, unit: str, seed: int = 0
+    pos, vocab_size: int, tags: list[str], n_tokens: int, draws: int, unit: str, seed: int = 0, usable=None
 ) -> pa.Table:
     """For each POS in ``tags``, ``draws`` uniform distributions over ``n_tokens`` distinct
-    tokens of that POS (kept rows of a :func:`distreach.pos.pos_table`), with recorded seeds."""
+    tokens of that POS (kept rows of a :func:`distreach.pos.pos_table` that are usable tokens:
+    ``usable``, a bool mask over ids, default all), with recorded seeds."""
     import polars as pl
 
     kept = pos.filter(pl.col("kept"))
+    if usable is not None:
+        kept = kept.filter(pl.Series(np.asarray(usable)[kept["token_id"].to_numpy()]))
     ids, seeds, rows, tag_col, members = [], [], [], [], []
     for tag in tags:
         pool = np.sort(kept.filter(pl.col("pos") == tag)["token_id"].to_numpy())
@@ -248,48 +272,53 @@ def _pick(settings: dict, keys) -> dict:
     return {k: settings[k] for k in keys if k in settings}
 
 
-def make_family(settings: dict, model_dir, unit: str, seed: int = 0, base=None, source_dir=None) -> pa.Table:
+def make_family(settings: dict, model_dir, unit: str, seed: int = 0, base=None, source_dir=None, bos: str = "auto") -> pa.Table:
     """The targets of one configured family (``settings`` as in the config's ``targets.<name>``)
-    over the vocabulary of the materialised model in ``model_dir``.
+    over the vocabulary of the materialised model in ``model_dir``: probabilities over its
+    |V| tokens, zero on output rows past them (:mod:`distreach.tokens`).
 
     ``base`` is the target file a matched, shuffled or migrated family derives from (for
     migrated: the source model's; for pos: the model's POS table), ``source_dir`` the source
-    model's folder."""
+    model's folder; ``bos`` the tuning's BOS policy (LM-generated targets use the family's
+    ``bos`` setting if it has one, else this)."""
     from .io import read_arrow
     from .models import load_materialised, read_manifest
 
     kind = settings.get("kind", "vanilla")
     vocab = read_manifest(model_dir)["vocab_size"]
+    if kind == "lm":
+        loaded = load_materialised(model_dir, dtype="fp32")[0]
+        return lm_generated(loaded, settings.get("n", 100), settings.get("prompt_len", 10), unit, seed,
+                            bos=settings.get("bos", bos))
+    tok = load_materialised(model_dir, with_model=False)[0].tokenizer
+    support = vocab_support(tok, vocab)
     grid = EntropyGrid(unit=unit, **settings.get("grid", {}))
     if kind == "vanilla":
         vs = VanillaSettings(seed=seed, **_pick(settings, ("per_level", "tolerance", "max_iters", "lr")))
-        return vanilla_targets(vocab, grid, vs)
+        return pad_rows(vanilla_targets(support, grid, vs), vocab)
     if kind == "outlier":
         keys = ("per_level", "alpha", "beta", "delta", "tolerance", "max_iters", "lr")
         os_ = OutlierSettings(seed=seed, **_pick(settings, keys), **({"ks": tuple(settings["ks"])} if "ks" in settings else {}))
-        return outlier_targets(vocab, grid.levels(vocab), unit, os_)
-    if kind == "lm":
-        loaded = load_materialised(model_dir, dtype="fp32")[0]
-        return lm_generated(loaded, settings.get("n", 100), settings.get("prompt_len", 10), unit, seed)
+        return pad_rows(outlier_targets(support, grid.levels(support), unit, os_, usable_ids(tok, support)), vocab)
     if kind == "pos":
         import polars as pl
 
         tags = list(settings.get("tags", DEFAULT_POS_TAGS))
         pos = pl.from_arrow(read_arrow(base))
-        return pos_uniform_targets(pos, vocab, tags, settings.get("n_tokens", 100), settings.get("draws", 100), unit, seed)
+        return pos_uniform_targets(pos, vocab, tags, settings.get("n_tokens", 100), settings.get("draws", 100), unit, seed,
+                                   usable=usable_mask(tok, vocab))
     table = read_arrow(base)
     if kind == "matched":
         vs = VanillaSettings(seed=seed, **_pick(settings, ("tolerance", "max_iters", "lr")))
         ent = table.column("achieved_entropy").to_pylist()
         ids = [f"matched-{t}" for t in table.column("target_id").to_pylist()]
-        return entropy_matched_targets(vocab, ent, ids, unit, vs, kind="matched")
+        return pad_rows(entropy_matched_targets(support, ent, ids, unit, vs, kind="matched"), vocab)
     if kind == "shuffled":
-        return shuffled(table, settings.get("copies", 5), seed)
+        return shuffled(table, settings.get("copies", 5), seed, support)
     if kind == "migrated":
         src = load_materialised(source_dir, with_model=False)[0]
-        dst = load_materialised(model_dir, with_model=False)[0]
         src_ids, dst_ids = migration_map(
-            surface_forms(src.tokenizer, src.manifest["vocab_size"]), surface_forms(dst.tokenizer, vocab)
+            surface_forms(src.tokenizer, src.manifest["vocab_size"]), surface_forms(tok, vocab)
         )
         return migrate(table, src_ids, dst_ids, vocab, src.name)
     raise DistreachError(f"target kind {kind!r} is not known")

@@ -28,6 +28,7 @@ import torch
 
 from .errors import DistreachError
 from .io import atomic_path, package_versions
+from .tokens import vocab_support
 
 MANIFEST = "distreach_model.json"
 SOURCE_KINDS = ("hf", "local", "gguf_file", "gguf_package", "random_init")
@@ -68,6 +69,11 @@ class LoadedModel:
     @property
     def vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
+
+    @property
+    def support(self) -> int:
+        """|V|: the tokenizer's tokens within the output rows (the rest are padding)."""
+        return vocab_support(self.tokenizer, self.vocab_size)
 
     @property
     def embeddings(self) -> torch.Tensor:
@@ -197,6 +203,7 @@ def materialise(spec: ModelSpec, out_dir: str | os.PathLike, base_dir: str | os.
             "vocab_size": int(model.get_output_embeddings().weight.shape[0]),
             "hidden_size": int(model.get_input_embeddings().weight.shape[1]),
             "n_parameters": int(sum(p.numel() for p in model.parameters())),
+            "vocab_support": vocab_support(tok, model.get_output_embeddings().weight.shape[0]),
             "bos_token_id": tok.bos_token_id,
             "packages": package_versions(),
         }
@@ -209,6 +216,17 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     if not path.is_file():
         raise DistreachError(f"{folder}: not a materialised model folder (no {MANIFEST})")
     return json.loads(path.read_text())
+
+
+def support_of(folder: str | os.PathLike) -> int:
+    """|V| of a materialised model folder (the manifest's, or counted from its tokenizer)."""
+    manifest = read_manifest(folder)
+    if "vocab_support" in manifest:
+        return int(manifest["vocab_support"])
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=bool(manifest.get("trust_remote_code")))
+    return vocab_support(tok, manifest["vocab_size"])
 
 
 def cpu_has_bf16() -> bool:

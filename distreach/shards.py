@@ -24,6 +24,7 @@ from .io import package_versions, write_arrow
 from .models import DTYPES, auto_dtype, load_materialised, resolve_device
 from .seeds import derive_seed
 from .targets import TARGET_COLUMNS, read_targets
+from .tokens import bos_used, resolve_bos
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ def run_shard(
 
     n = len(rows)
     manifest = loaded.manifest
+    bos_id = resolve_bos(loaded.tokenizer, tuning.bos, loaded.name)
     table = pa.table(
         {
             "experiment": pa.array([experiment] * n, pa.string()),
@@ -147,7 +149,9 @@ def run_shard(
             "prompt_text": pa.array(hard["text"], pa.string()),
             "kl_roundtrip": pa.array(to_unit(np.asarray(hard["kl_roundtrip"], dtype=float), unit), pa.float64()),
             "shard": pa.array([shard] * n, pa.int64()),
-            "bos": pa.array([tuning.bos] * n, pa.string()),
+            "bos": pa.array([bos_used(bos_id)] * n, pa.string()),
+            "bos_policy": pa.array([tuning.bos] * n, pa.string()),
+            "bos_token_id": pa.array([bos_id] * n, pa.int64()),
             "dtype": pa.array(row_dtype, pa.string()),
             "retry": pa.array(retry, pa.string()),
             "device": pa.array([dev] * n, pa.string()),

@@ -163,6 +163,23 @@ def targets_table(target_ids, kind, requested, achieved, unit, seeds, logprobs: 
     )
 
 
+def pad_rows(table: pa.Table, width: int) -> pa.Table:
+    """The target table widened to ``width`` output rows, the added (padding) rows at
+    probability 0 (see :mod:`distreach.tokens` for how |V| is counted)."""
+    logp = logprobs(table)
+    if logp.shape[1] == width:
+        return table
+    if logp.shape[1] > width:
+        raise DistreachError(f"targets over {logp.shape[1]} tokens do not fit {width} output rows")
+    out = np.full((table.num_rows, width), -np.inf, dtype=np.float32)
+    out[:, : logp.shape[1]] = logp
+    flat = pa.array(out.reshape(-1))
+    i = table.column_names.index("logprobs")
+    table = table.set_column(i, "logprobs", pa.FixedSizeListArray.from_arrays(flat, width))
+    j = table.column_names.index("vocab_size")
+    return table.set_column(j, "vocab_size", pa.array([width] * table.num_rows, pa.int64()))
+
+
 def logprobs(table: pa.Table) -> np.ndarray:
     """The ``logprobs`` column of a target table as an [n, |V|] array."""
     col = table.column("logprobs").combine_chunks()

@@ -13,6 +13,8 @@ import re
 import numpy as np
 import polars as pl
 
+from .tokens import special_ids
+
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _ENGLISH = re.compile(r"^[A-Za-z]+$")
 
@@ -36,12 +38,6 @@ _BYTES = _byte_decoder()
 def is_byte_level(pieces: list[str | None]) -> bool:
     """Whether the pieces use GPT-2's byte-level alphabet rather than sentencepiece markers."""
     return sum(1 for p in pieces if p and p.startswith("Ġ")) > sum(1 for p in pieces if p and p.startswith("▁"))
-
-
-def special_ids(tokenizer) -> set[int]:
-    """The tokenizer's special tokens and its added tokens marked special (Gemma's <unusedN>)."""
-    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    return set(tokenizer.all_special_ids) | {i for i, t in added.items() if getattr(t, "special", False)}
 
 
 def token_bytes(tokenizer, size: int) -> tuple[list[str | None], list[bytes | None], np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ rule targets:
         settings=target_settings,
         unit=config["entropy_unit"],
         seed=config["seed"],
+        bos=config.get("tuning", {}).get("bos", "auto"),
         code=script_code("targets"),
     script:
         "../scripts/targets.py"

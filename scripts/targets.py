@@ -17,6 +17,7 @@ with logging_to(snakemake.log[0]):
         snakemake.params.seed,
         base=snakemake.input.get("base"),
         source_dir=snakemake.input.get("source"),
+        bos=snakemake.params.bos,
     )
     meta = {"model": snakemake.wildcards.model, "family": snakemake.wildcards.family, "settings": settings}
     write_arrow(table, snakemake.output[0], meta)
