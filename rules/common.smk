@@ -53,6 +53,15 @@ def model_base(wildcards):
     return []
 
 
+def model_twin(wildcards):
+    """The twin folder a model's local source names when the workflow writes it (config twins)."""
+    local = config["models"][wildcards.model]["source"].get("local", "")
+    prefix = "results/twins/"
+    if local.startswith(prefix) and local[len(prefix):].rstrip("/") in config.get("twins", {}):
+        return local.rstrip("/")
+    return []
+
+
 def model_spec(wildcards):
     return config["models"][wildcards.model]
 

@@ -1,7 +1,24 @@
+rule twin_model:
+    """A tiny random twin of a paper model (distreach.twins): same transformers class and
+    special-token layout, tokenizer trained on the fly; config twins.<name>."""
+    output:
+        directory("results/twins/{twin}"),
+    log:
+        "logs/twins/{twin}.log",
+    conda:
+        "../envs/torch.yaml"
+    params:
+        spec=lambda wildcards: config["twins"][wildcards.twin],
+        code=library_code("twins", "io"),
+    script:
+        "../scripts/make_twin.py"
+
+
 rule materialise_model:
     """Write a configured model once as a local safetensors folder with its tokenizer."""
     input:
         base=model_base,
+        twin=model_twin,
     output:
         directory("results/models/{model}"),
     log:
