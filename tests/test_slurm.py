@@ -6,6 +6,7 @@ skipped without one, unless DISTREACH_REQUIRE_SLURM=1 (as in CI), where it fails
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -126,3 +127,41 @@ def test_grouped_shards_run_in_one_submission_on_one_gpu(tmp_path):
     assert len(tuning) == 1, jobs  # both shards of 'vanilla' in one submission
     assert tuning[0].get("TresPerJob") == "gres:gpu:1" and tuning[0].get("JobState") == "COMPLETED"
     assert len(list((tmp_path / "run/results/tuning/vanilla/tiny/soft").glob("shard-*.arrow"))) == 2
+
+
+def test_paper_twins_dag_under_slurm(tmp_path):
+    """configs/paper-twins.yaml, the paper study on tiny twins of its models, runs end to end
+    through the Slurm profile: every rule as Slurm jobs, every figure, the claims report, and a
+    model of every paper architecture."""
+    assert slurm_up(), "DISTREACH_REQUIRE_SLURM=1 but no Slurm cluster answers `scontrol ping`"
+    cfg = yaml.safe_load((REPO / "configs/paper-twins.yaml").read_text())
+    workdir = tmp_path / "run"
+    cmd = [
+        sys.executable, "-m", "snakemake", "--profile", "slurm", "--workflow-profile", "tests/slurm/profile",
+        "--configfile", "configs/paper-twins.yaml", "--directory", str(workdir),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
+    log = proc.stdout + proc.stderr
+    print(log[-5000:])
+    assert proc.returncode == 0, log[-3000:]
+    for fig in cfg["figures"]:
+        for ext in ("html", "png", "svg"):
+            assert (workdir / f"results/figures/{fig}.{ext}").stat().st_size > 1000, fig
+    claims = (workdir / "results/report/claims.md").read_text()
+    assert "C1" in claims
+    submitted = re.findall(r"submitted with SLURM jobid (\d+)", log)
+    ran = {scontrol(j).get("Comment", "").removeprefix("rule_").split("_wildcards")[0] for j in submitted}
+    rules = set(re.findall(r"^rule (\w+):", "".join(p.read_text() for p in (REPO / "rules").glob("*.smk")), re.M))
+    missing = {r for r in rules if not any(c == r or c.startswith(f"{r}_") for c in ran)}
+    assert not missing, f"rules that ran no Slurm job: {sorted(missing)}"
+    archs = {json.loads((workdir / f"results/models/{m}/distreach_model.json").read_text())["architecture"]
+             for m in cfg["models"]}
+    assert archs == {"GPT2LMHeadModel", "LlamaForCausalLM", "FalconForCausalLM", "Qwen2ForCausalLM"}, archs
+    # Qwen2 twins ran without a BOS token, the others with one
+    import polars as pl
+
+    from distreach.io import read_arrow
+
+    pos = pl.from_arrow(read_arrow(workdir / "results/collected/pos.arrow"))
+    bos = dict(pos.group_by("model").agg(pl.col("bos").unique()).iter_rows())
+    assert all(v == (["none"] if m.startswith("qwen") else ["bos"]) for m, v in bos.items()), bos
