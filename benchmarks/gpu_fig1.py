@@ -46,6 +46,9 @@ class VocabOnly:
     def __len__(self) -> int:
         return self.size
 
+    def convert_ids_to_tokens(self, ids) -> list[str]:
+        return [f"t{i}" for i in ids]
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
