@@ -9,7 +9,7 @@ rule twin_model:
         "../envs/torch.yaml"
     params:
         spec=lambda wildcards: config["twins"][wildcards.twin],
-        code=library_code("twins", "io"),
+        code=script_code("make_twin"),
     script:
         "../scripts/make_twin.py"
 

@@ -150,7 +150,10 @@ def test_paper_twins_dag_under_slurm(tmp_path):
     claims = (workdir / "results/report/claims.md").read_text()
     assert "C1" in claims
     submitted = re.findall(r"submitted with SLURM jobid (\d+)", log)
-    ran = {scontrol(j).get("Comment", "").removeprefix("rule_").split("_wildcards")[0] for j in submitted}
+    comments = [scontrol(j).get("Comment", "") for j in submitted]
+    ran = {c.removeprefix("rule_").split("_wildcards")[0] for c in comments}
+    for fig in cfg["figures"]:
+        assert any(c.startswith("rule_figure") and c.endswith(fig) for c in comments), (fig, comments)
     rules = set(re.findall(r"^rule (\w+):", "".join(p.read_text() for p in (REPO / "rules").glob("*.smk")), re.M))
     missing = {r for r in rules if not any(c == r or c.startswith(f"{r}_") for c in ran)}
     assert not missing, f"rules that ran no Slurm job: {sorted(missing)}"
