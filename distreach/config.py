@@ -36,6 +36,18 @@ def schema_error_line(config: dict, schema_path: str | Path) -> str | None:
     return f"config key {_where(error.absolute_path)}: {error.message}"
 
 
+def check_config(config: dict, schema_path: str | Path, validate) -> None:
+    """Check a workflow config: ``validate(config, schema=...)`` (the workflow's schema validator,
+    which also fills in defaults; any exception it raises means a schema violation), then the
+    references between sections. Raises DistreachError with one line naming the key."""
+    try:
+        validate(config, schema=str(schema_path))
+    except Exception as exc:  # the validator's own error type (the library imports no Snakemake)
+        line = schema_error_line(config, schema_path)
+        raise DistreachError(line or " ".join(str(exc).split())) from None
+    check_references(config)
+
+
 def check_references(config: dict) -> None:
     """Names used in experiments, figures and random_init sources must be defined."""
     models = config.get("models", {})

@@ -1,8 +1,8 @@
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 # snakemake run from an env without distreach installed: use this checkout's
@@ -11,21 +11,21 @@ if importlib.util.find_spec("distreach") is None:
 
 from distreach import figreg
 from distreach.codeinfo import fingerprint
-from distreach.config import check_references, schema_error_line
+from distreach.config import check_config
 from distreach.errors import DistreachError
 
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
 
 try:
-    validate(config, schema="../schemas/config.schema.yaml")
-    check_references(config)
-except (WorkflowError, DistreachError) as exc:
-    line = (
-        schema_error_line(config, SCHEMA)
-        if isinstance(exc, WorkflowError)
-        else str(exc)
+    check_config(config, SCHEMA, validate)
+except DistreachError as exc:
+    # one line, exit status 2, before any job (as the distreach CLI does)
+    where = (
+        ", ".join(dict.fromkeys(os.path.abspath(f) for f in workflow.configfiles))
+        or "config"
     )
-    raise WorkflowError(line or str(exc).splitlines()[0]) from None
+    print(f"distreach: error: {where}: {exc}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 FIGURES = config["figures"]
