@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from .errors import DistreachError
+from .errors import DistreachError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +137,10 @@ def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table
     if suffix == ".npy":
         try:
             arr = np.load(path, allow_pickle=False)
-        except ValueError as exc:
-            raise DistreachError(f"--target {path}: not a plain numeric .npy array ({exc})") from None
-        if not np.issubdtype(arr.dtype, np.number):
-            raise DistreachError(f"--target {path}: array of {arr.dtype}, expected numbers")
+        except Exception as exc:  # numpy's value, OS and EOF errors of a corrupt or truncated file
+            raise DistreachError(f"--target {path}: not a plain numeric .npy array ({one_line(exc)})") from None
+        if not isinstance(arr, np.ndarray) or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+            raise DistreachError(f"--target {path}: array of {getattr(arr, 'dtype', type(arr).__name__)}, expected real numbers")
         arr = np.atleast_2d(arr.astype(np.float64))
         if arr.ndim != 2 or arr.shape[1] != vocab:
             raise DistreachError(f"--target {path}: shape {arr.shape}, expected [{vocab}] or [n, {vocab}] for model {loaded.name}")
@@ -148,15 +148,15 @@ def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table
         return _table(probs, [f"{path.stem}-{i}" for i in range(len(probs))], unit)
     # .json (check_target_path admits nothing else)
     try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DistreachError(f"--target {path}: not valid JSON ({exc})") from None
+        data = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors; nesting too deep
+        raise DistreachError(f"--target {path}: not valid JSON ({one_line(exc)})") from None
     if not isinstance(data, dict) or not data:
         raise DistreachError(f"--target {path}: expected a non-empty object {{\"token string\": probability}}")
     for key, value in data.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise DistreachError(f"--target {path}: token {key!r} has probability {value!r}, not a number")
-        if not math.isfinite(value):
+        if not math.isfinite(value if isinstance(value, float) or abs(value) < 2**1000 else math.inf):
             raise DistreachError(f"--target {path}: token {key!r} has probability {value} (NaN or infinite)")
         if value < 0:
             raise DistreachError(f"--target {path}: token {key!r} has a negative probability ({value})")

@@ -3,3 +3,9 @@
 
 class DistreachError(Exception):
     """Bad input or an unsatisfiable request; the message is meant for the user as is."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type name if it has none), at most 300 characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from .errors import DistreachError
+from .errors import DistreachError, one_line
 
 PROVENANCE_PACKAGES = ("distreach", "torch", "transformers", "numpy", "pyarrow", "polars", "gguf")
 
@@ -34,12 +34,14 @@ def package_versions() -> dict[str, str]:
 def atomic_path(path: str | os.PathLike, is_dir: bool = False):
     """Yield a temporary sibling path; on success rename it onto ``path``.
 
-    On any error the temporary file or folder is removed, so readers never see
-    a partial result."""
+    On any error the temporary file or folder is removed, and so are the folders made
+    for it, so readers never see a partial result."""
     path = Path(path)
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # deepest first
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     target = tmp if is_dir else tmp / path.name
+    done = False
     try:
         yield target
         if is_dir:
@@ -48,8 +50,14 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False):
             os.replace(tmp, path)
         else:
             os.replace(target, path)
+        done = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created if not done else ():  # the folders made for it, if still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def write_arrow(table: pa.Table, path: str | os.PathLike, metadata_json: dict | None = None) -> None:
@@ -69,8 +77,8 @@ def read_arrow(path: str | os.PathLike) -> pa.Table:
             return ipc.open_file(source).read_all()
     except FileNotFoundError:
         raise DistreachError(f"{path}: file not found") from None
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DistreachError(f"{path}: not a readable Arrow IPC file ({exc})") from None
+    except (pa.ArrowException, OSError, ValueError) as exc:  # a corrupt or truncated file
+        raise DistreachError(f"{path}: not a readable Arrow IPC file ({one_line(exc)})") from None
 
 
 def arrow_metadata(table: pa.Table) -> dict:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import DistreachError
+from .errors import DistreachError, one_line
 from .io import atomic_path, package_versions
 from .tokens import vocab_support
 
@@ -126,21 +126,81 @@ def resolve_gguf(spec: ModelSpec, workdir: Path) -> Path:
     return path
 
 
+def check_gguf(path: Path) -> None:
+    """A user's GGUF file must be one gguf's reader can read through (header, metadata, every
+    tensor's extent); transformers reads it with the same reader, whose errors are not one line."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(path)
+        if not reader.tensors:
+            raise ValueError("no tensors")
+    except Exception as exc:  # struct, numpy, overflow and value errors of a corrupt or truncated file
+        raise DistreachError(f"{path}: not a readable GGUF file, truncated or corrupt ({one_line(exc)})") from None
+
+
+MODEL_JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+def check_model_folder(folder: Path) -> None:
+    """The files of a user's model folder, each readable as what it claims to be: the JSON
+    files JSON objects, every .safetensors file a complete safetensors file."""
+    from safetensors import safe_open
+
+    for name in MODEL_JSON_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_bytes())
+        except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors
+            raise DistreachError(f"{path}: not valid JSON ({one_line(exc)})") from None
+        if not isinstance(data, dict):
+            raise DistreachError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(path, "pt") as fh:
+                for key in fh.keys():
+                    fh.get_slice(key).get_shape()
+        except Exception as exc:  # safetensors' own error type, and OS errors
+            raise DistreachError(f"{path}: not a readable safetensors file ({one_line(exc)})") from None
+
+
 def _load_hf(source: str, trust_remote_code: bool, revision=None, gguf_file=None, dtype=torch.float32):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Config, tokenizer and weights of a user's model (a folder, an id or a GGUF file): any
+    error reading them is one line naming the source and the part that failed."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     kw = dict(revision=revision, trust_remote_code=trust_remote_code)
     if gguf_file is not None:
         kw["gguf_file"] = gguf_file
+        from transformers import modeling_gguf_pytorch_utils as gguf_utils
+        from transformers.utils import logging as hf_logging
+
+        gguf_utils.tqdm = hf_logging.tqdm  # its conversion bar then obeys disable_progress_bar() as the others do
     else:
         kw["use_safetensors"] = True
+    what = f"{source}/{gguf_file}" if gguf_file else source
+    part = "config.json" if gguf_file is None else "metadata"
     try:
+        config = AutoConfig.from_pretrained(source, **{k: v for k, v in kw.items() if k != "use_safetensors"})
+        part = "tokenizer"
         tok = AutoTokenizer.from_pretrained(source, **kw)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kw)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        what = f"{source}/{gguf_file}" if gguf_file else source
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise DistreachError(f"cannot load model from {what}: {first}") from None
+        part = "weights"
+        model, info = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype, output_loading_info=True, **kw)
+    except Exception as exc:  # transformers, tokenizers, safetensors and gguf raise many types
+        text = one_line(exc)
+        if "ignore_mismatched_sizes" in text:
+            text = "tensor shapes differ from those its config gives (a config or weights of another model?)"
+        raise DistreachError(f"cannot load model from {what}: {part}: {text}") from None
+    if gguf_file is None:
+        missing, unexpected = info.get("missing_keys") or [], info.get("unexpected_keys") or []
+        if missing or unexpected:
+            keys = sorted(missing or unexpected)
+            what_is_wrong = ("its config needs {} tensor(s) the weights lack" if missing
+                             else "the weights hold {} tensor(s) its config does not use").format(len(keys))
+            raise DistreachError(f"cannot load model from {what}: weights: {what_is_wrong}, e.g. {keys[0]} "
+                                 "(a config or weights of another model?)")
     return model, tok
 
 
@@ -165,6 +225,7 @@ def materialise(spec: ModelSpec, out_dir: str | os.PathLike, base_dir: str | os.
         source_hash = None
         if kind in ("gguf_file", "gguf_package"):
             gguf = resolve_gguf(spec, tmp)
+            check_gguf(gguf)
             source_hash = src.get("sha256") or sha256_file(gguf)
             model, tok = _load_hf(str(gguf.parent), spec.trust_remote_code, gguf_file=gguf.name)
             _drop_quantizer(model)
@@ -174,6 +235,8 @@ def materialise(spec: ModelSpec, out_dir: str | os.PathLike, base_dir: str | os.
             where = src.get("hf") or str(Path(src["local"]).expanduser())
             if kind == "local" and not Path(where).is_dir():
                 raise DistreachError(f"models.{spec.name}.source.local: {where} is not a folder")
+            if kind == "local":
+                check_model_folder(Path(where))
             model, tok = _load_hf(where, spec.trust_remote_code, revision=src.get("revision"))
             source_hash = getattr(model.config, "_commit_hash", None)
         else:  # random_init

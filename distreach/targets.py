@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .errors import DistreachError
+from .errors import DistreachError, one_line
 from .infotheory import check_unit, entropy, from_unit, max_entropy, to_unit
 from .io import read_arrow
 from .seeds import derive_seed
@@ -32,6 +32,15 @@ TARGET_COLUMNS = (
     "vocab_size",
     "logprobs",
 )
+
+
+_STRING = (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), pa.string())
+_NUMBER = (lambda t: pa.types.is_integer(t) or pa.types.is_floating(t), pa.float64())
+COLUMN_TYPES = {  # column: (which Arrow types a target file may give, the type it is read as)
+    "target_id": _STRING, "kind": _STRING, "entropy_unit": _STRING,
+    "requested_entropy": _NUMBER, "achieved_entropy": _NUMBER,
+    "seed": (pa.types.is_integer, pa.int64()), "vocab_size": (pa.types.is_integer, pa.int64()),
+}
 
 
 @dataclass(frozen=True)
@@ -194,9 +203,21 @@ def read_targets(path, vocab_size: int | None = None) -> tuple[pa.Table, np.ndar
         raise DistreachError(f"{path}: missing target column(s) {', '.join(missing)}")
     if table.num_rows == 0:
         raise DistreachError(f"{path}: no targets in the file")
+    for name, (accepts, as_type) in COLUMN_TYPES.items():  # another tool's types, where they mean the same
+        if not accepts(table.schema.field(name).type):
+            raise DistreachError(f"{path}: column {name} is {table.schema.field(name).type}, expected {as_type}")
+        try:
+            table = table.set_column(table.column_names.index(name), name, table.column(name).cast(as_type))
+        except pa.ArrowException as exc:  # values out of range of the type
+            raise DistreachError(f"{path}: column {name}: {one_line(exc)}") from None
     col = table.column("logprobs").combine_chunks()
-    if not pa.types.is_fixed_size_list(col.type):
+    if not (pa.types.is_fixed_size_list(col.type) and pa.types.is_floating(col.type.value_type)):
         raise DistreachError(f"{path}: column logprobs must be a fixed-size list of float32")
+    if table.column("target_id").null_count or table.column("entropy_unit").null_count:
+        raise DistreachError(f"{path}: columns target_id and entropy_unit must have no nulls")
+    units = set(table.column("entropy_unit").to_pylist()) - {"bits", "nats"}
+    if units:
+        raise DistreachError(f"{path}: column entropy_unit has {sorted(units)[0]!r}, expected bits or nats")
     v = col.type.list_size
     if vocab_size is not None and v != vocab_size:
         raise DistreachError(f"{path}: targets have {v} entries but the model's vocabulary has {vocab_size}")
