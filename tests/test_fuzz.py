@@ -129,7 +129,6 @@ def corruptions(data: bytes, header_end: int, flips: bool = True):
 
 def check_case(capsys, tmp, code, err, named, case, before, after, must_fail, cache):
     event(f"exit {code}")
-    open("/tmp/i15/ev.log", "a").write(f"{code} {case}\n")
     if code == 0 and not must_fail:  # the flip left a valid file: the run succeeded
         assert "Traceback" not in err
         shutil.rmtree(cache, ignore_errors=True)
@@ -314,28 +313,137 @@ def arrow_target_cases(table: pa.Table):
     )
 
 
-def target_cases(work):
-    good_json = json.loads((work["root"] / "good.json").read_text())
-    good_npy = np.load(work["root"] / "good.npy")
-    table = pa.ipc.open_file(pa.memory_map(str(work["root"] / "good.arrow"))).read_all()
-    return st.one_of(
-        json_target_cases(good_json).map(lambda c: ("t.json", *c, True)),
-        npy_target_cases(good_npy).map(lambda c: ("t.npy", *c)),
-        arrow_target_cases(table).map(lambda c: ("t.arrow", *c)),
-    )
+def target_cases(work, suffix):
+    if suffix == ".json":
+        return json_target_cases(json.loads((work["root"] / "good.json").read_text())).map(lambda c: (*c, True))
+    if suffix == ".npy":
+        return npy_target_cases(np.load(work["root"] / "good.npy"))
+    return arrow_target_cases(pa.ipc.open_file(pa.memory_map(str(work["root"] / "good.arrow"))).read_all())
 
 
-def test_corrupt_target_files(work, capsys, tmp_path):
+@pytest.mark.parametrize("suffix", [".json", ".npy", ".arrow"])
+def test_corrupt_target_files(work, capsys, tmp_path, suffix):
     """The model is already in the cache: nothing may be added to it, or next to the target."""
-    @settings(FUZZ, max_examples=60)
-    @given(case=target_cases(work))
+    @settings(FUZZ, max_examples=40)
+    @given(case=target_cases(work, suffix))
     def prop(case):
-        name, what, data, must_fail = case
+        what, data, must_fail = case
         tmp = tmp_path / "case"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(work["warm"], tmp / "cache")
-        (tmp / name).write_bytes(data)
-        code, err, before, after = tune(capsys, tmp, work["model"], tmp / name, tmp / "cache", tmp / "out.arrow")
-        check_case(capsys, tmp, code, err, tmp / name, f"{name} {what}", before, after, must_fail, tmp / "cache")
+        target = tmp / f"target{suffix}"
+        target.write_bytes(data)
+        code, err, before, after = tune(capsys, tmp, work["model"], target, tmp / "cache", tmp / "out.arrow")
+        check_case(capsys, tmp, code, err, target, f"{target.name} {what}", before, after, must_fail, tmp / "cache")
 
     prop()
+
+
+# --- the workflow's config ---------------------------------------------------------------------
+
+def _paths(node, prefix=()):
+    """Every key path of a config (dict keys and list indices)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        yield (*prefix, key)
+        yield from _paths(value, (*prefix, key))
+
+
+def _get(config, path):
+    for key in path:
+        config = config[key]
+    return config
+
+
+JSON_VALUES = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=5)),
+                           lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=4), inner, max_size=3)),
+                           max_leaves=6)
+
+
+def config_cases(config):
+    paths = list(_paths(config))
+    dict_paths = [()] + [p for p in paths if isinstance(_get(config, p), dict)]
+
+    def replace(pv):
+        path, value = pv
+        return f"{'.'.join(map(str, path))} = {value!r}"[:120], [("set", path, value)]
+
+    return st.one_of(
+        st.tuples(st.sampled_from(paths), JSON_VALUES).filter(lambda pv: type(pv[1]) is not type(_get(config, pv[0]))).map(replace),
+        st.sampled_from(paths).map(lambda p: (f"without {'.'.join(map(str, p))}", [("del", p, None)])),
+        st.tuples(st.sampled_from(dict_paths), st.text(min_size=1, max_size=8), JSON_VALUES).map(
+            lambda t: (f"{'.'.join(map(str, t[0]))} + {t[1]!r}", [("set", (*t[0], t[1]), t[2])])),
+    )
+
+
+def mutate(config, ops):
+    config = copy.deepcopy(config)
+    for op, path, value in ops:
+        parent = _get(config, path[:-1])
+        if op == "del":
+            del parent[path[-1]]
+        elif isinstance(parent, dict) or (isinstance(parent, list) and path[-1] < len(parent)):
+            parent[path[-1]] = value
+    return config
+
+
+def test_fuzzed_configs_fail_with_one_line_naming_the_key(tmp_path):
+    """The workflow's config check (what rules/common.smk runs before any job) on fuzzed configs:
+    either accepted or one DistreachError line naming a config key; never another exception."""
+    from snakemake.utils import validate
+
+    from .test_workflow import tiny_config
+
+    base = tiny_config({"llama": str(tmp_path / "llama"), "gpt2": str(tmp_path / "gpt2")})
+    schema = REPO / "schemas" / "config.schema.yaml"
+    check_config(copy.deepcopy(base), schema, validate)  # the unbroken config passes
+
+    @settings(FUZZ, max_examples=80)
+    @given(case=config_cases(base))
+    def prop(case):
+        what, ops = case
+        config = mutate(base, ops)
+        try:
+            check_config(config, schema, validate)
+        except DistreachError as exc:
+            message = str(exc)
+            assert "\n" not in message and message.startswith("config key "), f"{what}: {message}"
+            event("rejected")
+        else:
+            event("accepted")
+
+    prop()
+
+
+@pytest.mark.parametrize("text,code,message", [
+    (None, 2, "config key experiments.vanilla.tuning.patiense: unknown key"),
+    (None, 2, "config key targets.vanilla.grid.step: 'two' is not of type 'number'"),
+    # not YAML at all: Snakemake reads --configfile before the workflow runs; its own one-line error
+    ("models: [1,\n", 1, "Config file is not valid JSON or YAML"),
+    ("models: {}\n\tseed: 1\n", 1, "Config file is not valid JSON or YAML"),
+])
+def test_bad_config_through_snakemake(tmp_path, text, code, message):
+    """End to end: one error line naming the config file (ours) and what is wrong, no traceback,
+    nothing written."""
+    from .test_workflow import tiny_config
+
+    if text is None:
+        config = tiny_config({"llama": "l", "gpt2": "g"})
+        if "patiense" in message:
+            config["experiments"]["vanilla"]["tuning"] = {"patiense": 3}
+        else:
+            config["targets"]["vanilla"]["grid"]["step"] = "two"
+        text = yaml.safe_dump(config)
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    before = listing(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--configfile", str(path),
+                           "-n"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert [p for p in listing(tmp_path) if not p.startswith(".snakemake")] == before
+    if code == 2:
+        errors = [ln for ln in proc.stderr.splitlines() if "error" in ln.lower()]
+        assert len(errors) == 1 and errors[0].startswith(f"distreach: error: {path}: {message}"), proc.stderr
+    else:
+        assert message in proc.stdout + proc.stderr
