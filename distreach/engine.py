@@ -503,8 +503,9 @@ def _run_batches(run: _Run, bs: int) -> list[TuneResult]:
     parts, lo, resume = [], 0, run.checkpoint.read()
     if resume is not None:
         parts, lo, bs = [TuneResult(**p) for p in resume["parts"]], resume["lo"], resume["bs"]
-        log.info("resuming from %s: %d rows done, batch at row %d from step %s", run.checkpoint.path, lo, lo,
-                 resume["step"] + 1 if resume.get("batch") else 0)
+        step = resume["step"] + 1 if resume.get("batch") else 0
+        log.info("resuming from checkpoint %s: %d of %d rows done, the batch from row %d at step %d", run.checkpoint.path,
+                 lo, n, lo, step, extra={"announce": True})
     while lo < n:
         done = [vars(p) for p in parts]
         rec, bs = _halving_on_oom(lambda size: _run_batch(run, lo, size, done, resume), bs, lo)

@@ -97,8 +97,10 @@ def write_json(obj, path: str | os.PathLike) -> None:
 def logging_to(path: str | os.PathLike):
     """Send logging, stdout and stderr to ``path`` for a workflow step.
 
-    A :class:`DistreachError` is logged as its one-line message and the step exits
-    with status 1; anything else keeps its traceback in the log."""
+    Records logged with ``extra={"announce": True}`` (a shard resuming from its checkpoint)
+    also go to the step's own stderr, which Snakemake shows. A :class:`DistreachError` is
+    logged as its one-line message and the step exits with status 1; anything else keeps
+    its traceback in the log."""
     import logging
     import sys
 
@@ -106,8 +108,12 @@ def logging_to(path: str | os.PathLike):
     with open(path, "w", buffering=1) as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
         handler = logging.StreamHandler(fh)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        echo = logging.StreamHandler(sys.__stderr__)
+        echo.setFormatter(logging.Formatter("distreach: %(message)s"))
+        echo.addFilter(lambda record: getattr(record, "announce", False))
         root = logging.getLogger()
         root.addHandler(handler)
+        root.addHandler(echo)
         root.setLevel(logging.INFO)
         try:
             yield
@@ -120,3 +126,4 @@ def logging_to(path: str | os.PathLike):
             raise
         finally:
             root.removeHandler(handler)
+            root.removeHandler(echo)

@@ -21,5 +21,6 @@ with logging_to(snakemake.log[0]):
         dtype=snakemake.params.dtype,
         device=snakemake.params.device,
         threads=snakemake.threads,
+        checkpoint_seconds=snakemake.config.get("checkpoint_seconds", 60),  # not a rerun trigger
     )
     print(f"{table.num_rows} rows tuned")
