@@ -189,7 +189,7 @@ def _json_mutations(name: str, text: str):
         cases.append(st.one_of(NOT_AN_OBJECT, st.text(max_size=3)).map(
             lambda v: (f"tokenizer.json model = {v!r}", name, json.dumps({**obj, "model": v}).encode(), True)))
     if name == "tokenizer_config.json":
-        cases.append(st.one_of(st.integers(), st.lists(st.text(max_size=2), max_size=2), st.text(min_size=1, max_size=4).map(lambda s: "No" + s)).map(
+        cases.append(st.one_of(st.integers(), st.lists(st.text(max_size=2), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(), max_size=1)).map(  # a name of no class may load (fallback)
             lambda v: (f"tokenizer_config.json tokenizer_class = {v!r}", name, json.dumps({**obj, "tokenizer_class": v}).encode(), True)))
     return cases
 
@@ -219,8 +219,11 @@ def test_corrupt_model_folders(work, capsys, tmp_path):
         (tmp / "model" / name).write_bytes(data)
         cache = tmp / "cache"
         code, err, before, after = tune(capsys, tmp, tmp / "model", work["root"] / "good.json", cache, tmp / "out.arrow")
-        # the line names the file, or the folder for what only the loader sees (types in config.json)
-        check_case(capsys, tmp, code, err, tmp / "model", what, before, after, must_fail, cache)
+        # the line names the broken file, or the folder where only the loader can tell (a value's type)
+        loader = what.startswith(("config.json num", "config.json hidden", "config.json vocab", "config.json inter",
+                                  "tokenizer.json model =", "tokenizer_config.json tokenizer_class ="))
+        named = tmp / "model" if loader else tmp / "model" / name
+        check_case(capsys, tmp, code, err, named, what, before, after, must_fail, cache)
 
     prop()
 
