@@ -154,6 +154,8 @@ def test_corrupt_gguf_files(work, capsys, tmp_path):
         cache = tmp / "cache"
         code, err, before, after = tune(capsys, tmp, path, work["root"] / "uniform-gguf.npy", cache, tmp / "out.arrow")
         check_case(capsys, tmp, code, err, path, f"gguf {what}", before, after, must_fail, cache)
+        if must_fail:  # truncated, empty, garbage after the header: caught reading the file, not later
+            assert "not a readable GGUF file" in err, err
 
     prop()
 
@@ -184,7 +186,8 @@ def _json_mutations(name: str, text: str):
 
         layers = st.tuples(st.just("num_hidden_layers"), WRONG_TYPES)  # huge: the model would be built first
         sized = st.tuples(st.sampled_from(SHAPE_KEYS[:-1]), st.one_of(WRONG_TYPES, HUGE))
-        cases.append(st.one_of(layers, sized).map(put))
+        other = st.sampled_from([("num_hidden_layers", 1), ("num_hidden_layers", 3), ("model_type", "gpt2")])  # another model's
+        cases.append(st.one_of(layers, sized, other).map(put))
     if name == "tokenizer.json":
         cases.append(st.one_of(NOT_AN_OBJECT, st.text(max_size=3)).map(
             lambda v: (f"tokenizer.json model = {v!r}", name, json.dumps({**obj, "model": v}).encode(), True)))
@@ -220,7 +223,7 @@ def test_corrupt_model_folders(work, capsys, tmp_path):
         cache = tmp / "cache"
         code, err, before, after = tune(capsys, tmp, tmp / "model", work["root"] / "good.json", cache, tmp / "out.arrow")
         # the line names the broken file, or the folder where only the loader can tell (a value's type)
-        loader = what.startswith(("config.json num", "config.json hidden", "config.json vocab", "config.json inter",
+        loader = what.startswith(("config.json num", "config.json hidden", "config.json vocab", "config.json inter", "config.json model",
                                   "tokenizer.json model =", "tokenizer_config.json tokenizer_class ="))
         named = tmp / "model" if loader else tmp / "model" / name
         check_case(capsys, tmp, code, err, named, what, before, after, must_fail, cache)
