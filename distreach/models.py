@@ -136,7 +136,7 @@ def check_gguf(path: Path) -> None:
         if not reader.tensors:
             raise ValueError("no tensors")
     except Exception as exc:  # struct, numpy, overflow and value errors of a corrupt or truncated file
-        raise DistreachError(f"{path}: not a readable GGUF file, truncated or corrupt ({one_line(exc)})") from None
+        raise DistreachError(f"{path}: not a GGUF file, or a truncated or corrupt one ({one_line(exc)})") from None
 
 
 MODEL_JSON_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")

@@ -53,7 +53,7 @@ def test_bad_sources_are_named(tmp_path):
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
     with pytest.raises(DistreachError, match="models.g.source.sha256: .* config pins"):
         materialise(ModelSpec.from_config("g", {"source": {"gguf_file": str(tmp_path / "junk.gguf"), "sha256": "0" * 64}}), tmp_path / "o")
-    with pytest.raises(DistreachError, match="junk.gguf: not a readable GGUF file"):
+    with pytest.raises(DistreachError, match="junk.gguf: not a GGUF file, or a truncated or corrupt one"):
         materialise(ModelSpec.from_config("g", {"source": {"gguf_file": str(tmp_path / "junk.gguf")}}), tmp_path / "o")
     with pytest.raises(DistreachError, match="GGUF package 'no_such_pkg' is not installed"):
         materialise(ModelSpec.from_config("g", {"source": {"gguf_package": "no_such_pkg", "file": "a.gguf"}}), tmp_path / "o")
