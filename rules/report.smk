@@ -1,5 +1,5 @@
 rule claims:
-    """The paper's findings C1-C7 re-tested on this run's tables (distreach.claims)."""
+    """The paper's findings C1-C9 re-tested on this run's tables (distreach.claims)."""
     input:
         tables=expand(
             "results/collected/{experiment}.arrow", experiment=config["experiments"]
