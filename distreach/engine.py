@@ -164,6 +164,21 @@ def allowed_tokens(tokenizer, n_embed: int, cfg: TuneConfig) -> torch.Tensor:
     return ok
 
 
+def _draw_ids(pool: torch.Tensor, seed, prefix_len: int):
+    gen = torch.Generator().manual_seed(int(seed))
+    return gen, pool[torch.randint(0, len(pool), (prefix_len,), generator=gen)]
+
+
+def init_token_ids(allowed: torch.Tensor, seeds, prefix_len: int) -> torch.Tensor:
+    """[n, prefix_len] allowed token ids, row i drawn from ``seeds[i]``: the tokens
+    :func:`init_rows` starts from. A longer prefix from the same seed starts with the same
+    tokens as a shorter one, so rows that share a seed (every method and prefix length on one
+    target) share their init tokens as far as shapes allow."""
+    pool = allowed.nonzero().flatten()
+    out = [_draw_ids(pool, seed, prefix_len)[1] for seed in seeds]
+    return torch.stack(out) if out else torch.zeros((0, prefix_len), dtype=torch.long)
+
+
 def init_rows(embed, weight, allowed: torch.Tensor, seeds, cfg: TuneConfig):
     """Starting prefixes: soft part [n, n_soft, d] float32 and hard token ids [n, n_hard].
 
@@ -177,8 +192,7 @@ def init_rows(embed, weight, allowed: torch.Tensor, seeds, cfg: TuneConfig):
     soft, hard = [], []
     std = weight.float().std().item() * cfg.init_scale
     for seed in seeds:
-        gen = torch.Generator().manual_seed(int(seed))
-        ids = pool[torch.randint(0, len(pool), (cfg.prefix_len,), generator=gen)]
+        gen, ids = _draw_ids(pool, seed, cfg.prefix_len)
         if cfg.init == "vocab":
             with torch.no_grad():
                 vec = embed(ids.to(weight.device)).float().cpu()

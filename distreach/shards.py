@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .engine import TuneConfig, prompt_kl, tune
+from .engine import TuneConfig, allowed_tokens, init_token_ids, prompt_kl, tune
 from .errors import DistreachError
 from .infotheory import to_unit
 from .io import package_versions, write_arrow
@@ -85,7 +85,9 @@ def run_shard(
     unit = meta.column("entropy_unit")[0].as_py()
     rows = shard_rows(meta.num_rows, inits, shard, n_shards)
     tids = meta.column("target_id").to_pylist()
-    seeds = [derive_seed(seed, experiment, loaded.name, method, tids[t], i) for t, i in rows]
+    # init seeds name only the target and the init: every method, prefix length and experiment on a
+    # target starts from the same tokens (paired comparisons)
+    seeds = [derive_seed(seed, "init", tids[t], i) for t, i in rows]
     dev = str(loaded.embeddings.device)
     log.info("shard %d/%d of %s on %s: %d rows, %s on %s", shard, n_shards, experiment, loaded.name, len(rows), dtype, dev)
 
@@ -122,6 +124,7 @@ def run_shard(
         return meta.column(name).take(pa.array(pick, pa.int64()))
 
     n = len(rows)
+    init_ids = init_token_ids(allowed_tokens(loaded.tokenizer, loaded.embeddings.shape[0], tuning), seeds, tuning.prefix_len)
     manifest = loaded.manifest
     bos_id = resolve_bos(loaded.tokenizer, tuning.bos, loaded.name)
     table = pa.table(
@@ -137,6 +140,7 @@ def run_shard(
             "target_seed": col("seed"),
             "init_index": pa.array([i for _, i in rows], pa.int64()),
             "init_seed": pa.array(seeds, pa.int64()),
+            "init_ids": pa.array(init_ids.tolist(), pa.list_(pa.int64())),
             "prefix_len": pa.array([tuning.prefix_len] * n, pa.int64()),
             "n_soft": pa.array([tuning.n_soft_positions] * n, pa.int64()),
             "kl_min": pa.array(to_unit(res.kl_min, unit), pa.float64()),

@@ -3,6 +3,7 @@ import pytest
 
 from distreach.errors import DistreachError
 from distreach.io import read_arrow, write_arrow
+from distreach.models import load_materialised
 from distreach.shards import run_shard, shard_rows, tuning_config
 from distreach.tables import RESULT_COLUMNS, collect, min_over_inits
 from distreach.targets import EntropyGrid, VanillaSettings, vanilla_targets
@@ -55,3 +56,27 @@ def test_a_shard_with_no_rows_writes_an_empty_table(tiny_dirs, tmp_path):
                       experiment="e", method="soft", tuning=tuning_config({"max_steps": 3}), inits=1, shard=n_rows, n_shards=n_rows + 1, device="cpu")
     assert table.num_rows == 0 and set(RESULT_COLUMNS) <= set(table.column_names)
     assert read_arrow(tmp_path / "s.arrow").num_rows == 0
+
+
+def test_methods_and_prefix_lengths_on_a_target_share_their_init_tokens(tiny_dirs, tmp_path):
+    """Paired designs: soft, hybrid and hard rows (and shorter prefixes, in other experiments) on
+    the same target and init start from the same recorded tokens."""
+    targets = vanilla_targets(93, EntropyGrid(step=8.0, unit="bits"), VanillaSettings(per_level=2))
+    write_arrow(targets, tmp_path / "t.arrow")
+    runs = {
+        "soft": ("e1", {}), "hybrid": ("e2", {"method": "hybrid", "n_soft": 2}), "hard": ("e3", {"method": "hard"}),
+        "short": ("e4", {"prefix_len": 3}),
+    }
+    got = {}
+    loaded, _ = load_materialised(str(tiny_dirs["llama"]), dtype="fp32", device="cpu")
+    for name, (experiment, over) in runs.items():
+        table = run_shard(model_dir=None, loaded=loaded, targets_path=str(tmp_path / "t.arrow"), out_path=str(tmp_path / f"{name}.arrow"),
+                          experiment=experiment, method=name, tuning=tuning_config({"max_steps": 2}, over), inits=2, shard=0, n_shards=1,
+                          device="cpu")
+        got[name] = pl.from_arrow(table).sort("target_id", "init_index")
+    soft = got["soft"]
+    assert soft.select("target_id", "init_ids").unique("init_ids").height == soft.height  # rows differ from each other
+    for name in ("hybrid", "hard"):
+        assert got[name]["init_ids"].to_list() == soft["init_ids"].to_list()
+        assert got[name]["init_seed"].to_list() == soft["init_seed"].to_list()
+    assert [ids[:3] for ids in soft["init_ids"].to_list()] == got["short"]["init_ids"].to_list()
