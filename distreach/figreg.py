@@ -19,50 +19,60 @@ class Figure:
 
 FIGURES: dict[str, Figure] = {
     "fig01": Figure(
-        "Minimum KL divergence between target and prompted next-token distribution against target entropy, "
-        "one line per model, with standard-error bands over targets (paper Fig. 1)."
+        "Minimum KL divergence (over inits) between target and prompted next-token distribution against "
+        "target entropy, one line per model: mean over the targets of each entropy level with a band of ±"
+        " one standard error over those targets (paper Fig. 1)."
     ),
     "fig04": Figure(
-        "Minimum KL against target entropy on one model for hard, hybrid (several numbers of soft positions) "
-        "and soft prompts; small points are single inits, lines the minimum over inits (paper Fig. 4)."
+        "Minimum KL against target entropy on one model for hard, hybrid (several numbers of soft "
+        "positions) and soft prompts; small points are single inits, lines the mean over targets of the "
+        "minimum over inits (paper Fig. 4)."
     ),
     "fig05": Figure(
-        "Minimum KL and the entropy of the prompted distribution at that minimum against target entropy on "
-        "one model, with 95% confidence intervals (paper Fig. 5)."
+        "Minimum KL (over inits) and the entropy of the prompted distribution at that minimum against "
+        "target entropy on one model: mean over the targets of each level with a 95% t-interval over "
+        "those targets (paper Fig. 5)."
     ),
     "fig06": Figure(
-        "Minimum KL against target entropy for each pretrained model and its randomly initialised twin, "
-        "one panel per model (paper Fig. 6)."
+        "Minimum KL (over inits) against target entropy for each pretrained model and its randomly "
+        "initialised twin on the same targets, one panel per model: mean over targets with a band of ± "
+        "one standard error over targets (paper Fig. 6)."
     ),
     "fig07": Figure(
-        "Mean minimum KL (a) and entropy of the prompted distribution (b) for targets with k outlier tokens "
-        "and for vanilla targets of the same entropies, with 95% confidence intervals (paper Fig. 7)."
+        "Mean minimum KL (a) and entropy of the prompted distribution (b) for targets with k outlier "
+        "tokens and for vanilla targets of the same entropies, with 95% t-intervals over the targets of "
+        "each level (paper Fig. 7)."
     ),
     "fig08": Figure(
-        "Hard-prompt minimum KL on the model's own next-token distributions and on vanilla targets of "
-        "matched entropy, with least-squares lines and their R² (a), and the achieved entropy (b) "
-        "(paper Fig. 8)."
+        "Hard-prompt minimum KL (over inits, one point per target) on the model's own next-token "
+        "distributions and on vanilla targets of matched entropy, with least-squares lines and their R² "
+        "(a), and the achieved entropy (b) (paper Fig. 8)."
     ),
     "fig09": Figure(
-        "Soft-prompt minimum KL on LM-generated targets, on their token-shuffled copies and on vanilla "
+        "Soft-prompt minimum KL (over inits, one point per target) on LM-generated targets, on the "
+        "minimum over each one's token-shuffled copies (single copies as grey points) and on vanilla "
         "targets of matched entropy, with least-squares lines and R² (paper Fig. 9)."
     ),
     "fig10": Figure(
-        "Soft-prompt minimum KL on next-token distributions of another model mapped onto the tuning model's "
-        "vocabulary, against vanilla targets of matched entropy, one panel per tuning model (paper Fig. 10)."
+        "Soft-prompt minimum KL (over inits, one point per target) on next-token distributions of another"
+        " model mapped onto the tuning model's vocabulary, and on the vanilla targets matched to them "
+        "(one series per source model), with least-squares lines and R², one panel per tuning model "
+        "(paper Fig. 10)."
     ),
     "fig11": Figure(
-        "Soft-prompt minimum KL against target entropy for several prefix lengths on one model, with "
-        "standard-error bands (paper Fig. 11)."
+        "Soft-prompt minimum KL (over inits) against target entropy for several prefix lengths on one "
+        "model: mean over targets with a band of ± one standard error over targets (paper Fig. 11)."
     ),
     "fig12": Figure(
         "Share of each of the most common parts of speech among the English tokens of each model's "
-        "vocabulary that spaCy tags as one token with one unambiguous POS (paper Fig. 12).",
+        "vocabulary that spaCy tags as one token with one unambiguous POS: bars are shares per model "
+        "(paper Fig. 12).",
         reads="pos",
     ),
     "fig13": Figure(
-        "Minimum KL over inits of soft prompts on uniform distributions over tokens of one part of speech, "
-        "per POS and model, base and instruction-tuned variants side by side (paper Fig. 13)."
+        "Minimum KL over inits of soft prompts on uniform distributions over tokens of one part of "
+        "speech, per POS and model, base and instruction-tuned variants side by side: boxes are the "
+        "quartiles over targets, whiskers 1.5 times the interquartile range (paper Fig. 13)."
     ),
 }
 

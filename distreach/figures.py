@@ -115,12 +115,12 @@ def fig05(df: pl.DataFrame, spec: dict) -> alt.Chart:
     unit = _unit(best)
     kl = summarise(best, "kl_min", ["target_entropy"], level=0.95)
     ent = summarise(best, "q_entropy", ["target_entropy"], level=0.95)
-    left = line_with_band(kl, f"target entropy ({unit})", f"min KL(p‖q) ({unit})", None, f"(a) {model}: minimum KL, 95% CI")
+    left = line_with_band(kl, f"target entropy ({unit})", f"min KL(p‖q) ({unit})", None, f"(a) {model}: minimum KL, mean and 95% t-interval over targets")
     diag = alt.Chart(ent.select(pl.col("target_entropy"), pl.col("target_entropy").alias("mean"))).mark_line(
         strokeDash=[4, 4], color="gray"
     ).encode(x="target_entropy:Q", y="mean:Q")
     right = line_with_band(
-        ent, f"target entropy ({unit})", f"entropy of q at the minimum ({unit})", None, f"(b) {model}: achieved entropy (dashed: y = x), 95% CI"
+        ent, f"target entropy ({unit})", f"entropy of q at the minimum ({unit})", None, f"(b) {model}: achieved entropy (dashed: y = x), mean and 95% t-interval over targets"
     )
     return alt.hconcat(left, right + diag)
 
@@ -210,8 +210,8 @@ def fig07(df: pl.DataFrame, spec: dict) -> alt.Chart:
     kl = summarise(best, "kl_min", ["targets", "target_entropy"], level=0.95)
     ent = summarise(best, "q_entropy", ["targets", "target_entropy"], level=0.95)
     x = f"target entropy ({unit})"
-    left = line_with_band(kl, x, f"min KL(p‖q) ({unit})", "targets", f"(a) {model}: minimum KL, 95% CI")
-    right = line_with_band(ent, x, f"entropy of q at the minimum ({unit})", "targets", "(b) achieved entropy (dashed: y = x), 95% CI")
+    left = line_with_band(kl, x, f"min KL(p‖q) ({unit})", "targets", f"(a) {model}: minimum KL, mean and 95% t-interval over targets")
+    right = line_with_band(ent, x, f"entropy of q at the minimum ({unit})", "targets", "(b) achieved entropy (dashed: y = x), mean and 95% t-interval over targets")
     return alt.hconcat(left, _with_diagonal(right, ent))
 
 
@@ -246,38 +246,77 @@ def fig08(df: pl.DataFrame, spec: dict) -> alt.Chart:
     best = _best(df, model, "fig08", "hard")
     unit = _unit(best)
     best = _fit_label(best.with_columns(pl.col("target_kind").alias("targets")), "targets")
-    left = _scatter_fit(best, "targets", unit, f"(a) {model}, hard prompts: minimum KL")
+    left = _scatter_fit(best, "targets", unit, f"(a) {model}, hard prompts: points = targets (min over inits), lines = least-squares fits")
     pts = alt.Chart(best.select("targets", "target_entropy", "q_entropy")).mark_circle(size=35, opacity=0.6).encode(
         x=alt.X("target_entropy:Q", title=f"target entropy ({unit})"),
         y=alt.Y("q_entropy:Q", title=f"entropy of q at the minimum ({unit})"),
         color=alt.Color("targets:N", title=None),
     )
-    right = _with_diagonal(pts, best).properties(width=380, height=280, title="(b) achieved entropy (dashed: y = x)")
+    right = _with_diagonal(pts, best).properties(width=380, height=280, title="(b) achieved entropy at the minimum, one point per target (dashed: y = x)")
     return alt.hconcat(left, right)
+
+
+SHUFFLED_MIN = "shuffled (min over copies)"
+
+
+def min_over_shuffles(best: pl.DataFrame) -> pl.DataFrame:
+    """One row per LM target for its shuffled copies (``<id>-shuffled<c>``): the copy with the
+    lowest minimum KL (paper Fig. 9: the minimum loss across shuffled variants)."""
+    shuf = best.filter(pl.col("target_kind") == "shuffled")
+    return (
+        shuf.with_columns(target_id=pl.col("target_id").str.replace(r"-shuffled\d+$", ""))
+        .sort("kl_min", "target_id")
+        .group_by("model", "method", "target_id", maintain_order=True)
+        .first()
+        .sort("target_id")
+    )
 
 
 @figure("fig09")
 def fig09(df: pl.DataFrame, spec: dict) -> alt.Chart:
     model = spec["model"]
     best = _best(df, model, "fig09", "soft")
-    best = _fit_label(best.with_columns(pl.col("target_kind").alias("targets")), "targets")
-    return _scatter_fit(best, "targets", _unit(best), f"{model}, soft prompts: LM-generated, shuffled and matched vanilla")
+    unit = _unit(best)
+    copies = best.filter(pl.col("target_kind") == "shuffled")
+    main = pl.concat([best.filter(pl.col("target_kind") != "shuffled"), min_over_shuffles(best)], how="diagonal_relaxed")
+    main = main.with_columns(targets=pl.col("target_kind").replace({"shuffled": SHUFFLED_MIN}))
+    chart = _scatter_fit(
+        _fit_label(main, "targets"), "targets", unit,
+        f"{model}, soft prompts: points = targets (min over inits), lines = least-squares fits; grey = single shuffled copies",
+    )
+    if copies.is_empty():
+        return chart
+    layer = alt.Chart(copies.select("target_entropy", "kl_min", "target_id")).mark_circle(size=15, opacity=0.25, color="gray").encode(
+        x="target_entropy:Q", y="kl_min:Q", tooltip=["target_id:N", "kl_min:Q"]
+    )
+    return layer + chart
+
+
+def migrated_series(best: pl.DataFrame) -> pl.DataFrame:
+    """Fig. 10's series (column ``targets``): migrated targets by source model, and each matched
+    vanilla target in the series of the migrated target it matches (named ``matched-<id>``), so
+    every source model has its own matched series."""
+    if "source_model" not in best.columns:
+        raise DistreachError("fig10: none of its experiments has migrated targets")
+    source = dict(best.filter(pl.col("target_kind") == "migrated").select("target_id", "source_model").unique().iter_rows())
+    src = pl.col("target_id").str.replace(r"^matched-", "").replace_strict(source, default=None)
+    return best.with_columns(
+        targets=pl.when(pl.col("target_kind") == "migrated")
+        .then(pl.format("migrated from {}", pl.col("source_model")))
+        .when(src.is_not_null())
+        .then(pl.format("matched to migrated from {}", src))
+        .otherwise(pl.col("target_kind"))
+    )
 
 
 @figure("fig10")
 def fig10(df: pl.DataFrame, spec: dict) -> alt.Chart:
-    best = _best(df, None, "fig10", "soft")
+    best = migrated_series(_best(df, None, "fig10", "soft"))
     unit = _unit(best)
-    src = pl.col("source_model") if "source_model" in best.columns else pl.lit(None)
-    best = best.with_columns(
-        targets=pl.when(pl.col("target_kind") == "migrated")
-        .then(pl.format("migrated from {}", src))
-        .otherwise(pl.col("target_kind"))
-    )
     panels = []
     for model in best["model"].unique().sort().to_list():
         sub = _fit_label(best.filter(pl.col("model") == model), "targets")
-        panels.append(_scatter_fit(sub, "targets", unit, f"tuned on {model}"))
+        panels.append(_scatter_fit(sub, "targets", unit, f"tuned on {model}: points = targets (min over inits), lines = least-squares fits"))
     return alt.hconcat(*panels).resolve_scale(color="independent")
 
 
@@ -318,7 +357,7 @@ def fig12(pos: pl.DataFrame, spec: dict) -> alt.Chart:
             color=alt.Color("model:N", title="model"),
             tooltip=["model:N", "pos:N", "tokens:Q", alt.Tooltip("share:Q", format=".1%")],
         )
-        .properties(width=60 * len(order), height=280, title=f"POS of English vocabulary tokens ({top} most common tags)")
+        .properties(width=60 * len(order), height=280, title=f"POS of English vocabulary tokens ({top} most common tags): bars = share of each model's tagged tokens")
     )
 
 
@@ -351,7 +390,8 @@ def fig13(df: pl.DataFrame, spec: dict) -> alt.Chart:
                 y=alt.Y("kl_min:Q", title=f"min KL(p‖q) over inits ({unit})"),
                 color=alt.Color("model:N", title="model", sort=members, legend=alt.Legend() if len(members) > 1 else None),
             )
-            .properties(width=70 * len(order), height=280, title=title)
+            .properties(width=70 * len(order), height=280,
+                        title=f"{title}: boxes = quartiles over targets (min over inits), whiskers = 1.5 IQR")
         )
     return alt.hconcat(*charts).resolve_scale(color="independent", y="shared")
 
