@@ -396,6 +396,13 @@ def fig13(df: pl.DataFrame, spec: dict) -> alt.Chart:
     return alt.hconcat(*charts).resolve_scale(color="independent", y="shared")
 
 
+SAVE_OPTIONS = {
+    ".html": {"inline": True},  # Vega, Vega-Lite and vega-embed inside the page (from vl-convert): opens offline
+    ".png": {"scale_factor": 2},
+    ".svg": {},
+}
+
+
 def read_inputs(inputs: dict) -> pl.DataFrame:
     """What a figure draws from its input files (``distreach.figreg.figure_inputs``)."""
     if "pos" in inputs:
@@ -410,13 +417,13 @@ def draw(fig: str, inputs: dict, spec: dict, stem: str | Path) -> list[Path]:
 
 
 def save(chart, stem: str | Path) -> list[Path]:
-    """Write ``stem``.html/.png/.svg, each atomically."""
+    """Write ``stem``.html/.png/.svg, each atomically; the HTML needs no network."""
     stem = Path(stem)
     written = []
     for ext in FORMATS:
         path = stem.with_suffix(ext)
         with atomic_path(path) as tmp:
-            chart.save(str(tmp), format=ext[1:], **({"scale_factor": 2} if ext == ".png" else {}))
+            chart.save(str(tmp), format=ext[1:], **SAVE_OPTIONS[ext])
         written.append(path)
     return written
 
