@@ -45,6 +45,13 @@ def test_unimodal_holds_and_monotone_two_peaked_flat_fail_and_small_is_inconclus
         + curve("mono", [0.0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4], 3)
         + curve("two-peaks", [0.0, 2.0, 4.0, 1.0, 0.5, 1.0, 4.3, 2.0, 0.5], 3)
         + curve("flat", [1.0] * 9, 3, noise=0.3)
+        # rises and falls cleanly, but the peak level's mean rests on one target: not above the ends
+        + curve("spike", [1, 2, 3, 4, 5, 6, 7, 0.4, 7, 6, 5, 4, 3, 2, 1], 3, noise=0.05)
+        + rows("spike", "vanilla", "soft", 5, [("vanilla-L007-r9", 14.0, 60.0)])
+        # a peak well above both ends, but after it the loss creeps up again (within 2 s.e. per step)
+        + rows("creep", "vanilla", "soft", 5, [(f"v-{li}-{r}", 2.0 * li, m + d)
+                                               for li, m in enumerate([1, 5, 10] + [1.5 + 0.2 * i for i in range(9)])
+                                               for r, d in enumerate((-1, 0, 1))])
         + curve("short", [0.0, 3.0, 0.5], 2)  # an interior peak, too few targets per side for Spearman
         + curve("one-each", hump, 1)
     )
@@ -54,8 +61,12 @@ def test_unimodal_holds_and_monotone_two_peaked_flat_fail_and_small_is_inconclus
     assert got[("C1", "mono")] == "does not hold"
     assert got[("C1", "two-peaks")] == "does not hold"
     assert got[("C1", "flat")] == "does not hold"
+    assert got[("C1", "spike")] == "does not hold"
+    assert got[("C1", "creep")] == "does not hold"
     assert got[("C1", "short")] == "inconclusive"
     assert got[("C1", "one-each")] == "inconclusive"
+    mono = t.filter((pl.col("claim") == "C1") & (pl.col("model") == "mono")).row(0, named=True)
+    assert "(peak at an end)" in mono["statistic"]
     row = t.filter((pl.col("claim") == "C1") & (pl.col("model") == "hump")).row(0, named=True)
     assert "bootstrap: shape holds in" in row["statistic"] and "95% CI" in row["interval"] and row["n"] == ", ".join(["3"] * 9)
     again = claims.check(pl.DataFrame(data), FIG01)
@@ -133,8 +144,8 @@ def test_migrated_and_outliers():
             for r in range(per_level):
                 v = 1.0 + li + 0.1 * r
                 out += rows("m", "vanilla", "soft", 5, [(f"vanilla-L{li:03d}-r{r}", h, v)])
-                for k in (1, 5):
-                    out += rows("m", "outlier", "soft", 5, [(f"outlier-k{k}-L{li:03d}-r{r}", h, v * factor)], n_outliers=k)
+                for k, spread in ((1, 0.4), (5, 1.6)):  # the mean over k is factor * v
+                    out += rows("m", "outlier", "soft", 5, [(f"outlier-k{k}-L{li:03d}-r{r}", h, v * factor * spread)], n_outliers=k)
         return pl.DataFrame(out, infer_schema_length=None)
 
     fig7 = {"fig07": {"experiments": ["e"], "model": "m"}}
