@@ -19,6 +19,7 @@ RESULT_COLUMNS = (
     "target_entropy",
     "entropy_unit",
     "init_seed",
+    "init_ids",
     "prefix_len",
     "n_soft",
     "kl_min",
