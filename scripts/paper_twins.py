@@ -3,9 +3,9 @@
     python scripts/paper_twins.py [configs/paper.yaml [configs/paper-twins.yaml]]
 """
 
-import sys
+import _repo  # noqa: F401  (this checkout's distreach)
 
-import _repo  # noqa: F401
+import sys
 
 from distreach.twins import write_twins_config
 
