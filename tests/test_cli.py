@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from distreach import cli
+from distreach.errors import DistreachError
 from distreach.io import read_arrow, write_arrow
 from distreach.targets import EntropyGrid, VanillaSettings, vanilla_targets
 
@@ -187,3 +188,14 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(env, capsys, argv, messa
     assert len(lines) == 1 and "Traceback" not in err
     assert sorted(p.name for p in env["root"].iterdir()) == before  # no output, no temp files
     assert not list((env["root"] / "cache").glob(".*")) if (env["root"] / "cache").exists() else True
+
+
+def test_target_file_errors_are_about_the_data_and_the_cli_names_the_flag(env, capsys):
+    from distreach.targets import check_target_path
+
+    missing = env["t"]["missing.json"]
+    with pytest.raises(DistreachError) as exc:
+        check_target_path(missing)
+    assert str(exc.value) == f"{missing}: no such file"
+    assert cli.main(["tune", "--model", env["model"], "--target", env["t"]["sum.json"]]) == 2
+    assert f"distreach: error: --target {env['t']['sum.json']}: probabilities sum to 0.5, not 1" in capsys.readouterr().err

@@ -83,3 +83,15 @@ def test_gguf_file_is_materialised_as_plain_safetensors(tmp_path):
     lm, tok = load_materialised(tmp_path / "g", device="cpu")
     assert torch.equal(lm.embeddings, torch.from_numpy(emb))
     assert tok.decode(tok(" the").input_ids) == " the"
+
+
+def test_an_embedded_source_stands_for_its_registered_source():
+    from distreach.config import check_references
+    from distreach.embedded import EMBEDDED
+
+    spec = ModelSpec.from_config("lm", {"source": {"embedded": "smollm2"}})
+    assert spec.source == EMBEDDED["smollm2"]["source"] and spec.kind == "gguf_package"
+    with pytest.raises(DistreachError, match=r"models.lm.source.embedded: 'nosuch' is not an embedded model \(smollm2, gemma3\)"):
+        ModelSpec.from_config("lm", {"source": {"embedded": "nosuch"}})
+    with pytest.raises(DistreachError, match="config key models.lm.source.embedded: 'nosuch' is not an embedded model"):
+        check_references({"models": {"lm": {"source": {"embedded": "nosuch"}}}})

@@ -80,3 +80,24 @@ def test_methods_and_prefix_lengths_on_a_target_share_their_init_tokens(tiny_dir
         assert got[name]["init_ids"].to_list() == soft["init_ids"].to_list()
         assert got[name]["init_seed"].to_list() == soft["init_seed"].to_list()
     assert [ids[:3] for ids in soft["init_ids"].to_list()] == got["short"]["init_ids"].to_list()
+
+
+def test_tune_rows_is_a_shard_without_files(tiny_dirs, tmp_path, monkeypatch):
+    from distreach.models import load_materialised
+    from distreach.shards import tune_rows
+    from distreach.targets import target_probs
+
+    targets = vanilla_targets(93, EntropyGrid(step=3.0, unit="bits"), VanillaSettings(per_level=1))
+    write_arrow(targets, tmp_path / "t.arrow")
+    cfg = tuning_config({"method": "hybrid", "max_steps": 6, "patience": 3})
+    args = dict(experiment="e", method="hybrid", tuning=cfg, inits=2, shard=1, n_shards=2)
+    written = run_shard(model_dir=str(tiny_dirs["llama"]), targets_path=str(tmp_path / "t.arrow"),
+                        out_path=str(tmp_path / "s.arrow"), device="cpu", **args)
+    loaded, _ = load_materialised(tiny_dirs["llama"], dtype="fp32", device="cpu")
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    table = tune_rows(loaded, *target_probs(targets, 93), **args)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    assert pl.from_arrow(table).equals(pl.from_arrow(read_arrow(tmp_path / "s.arrow")))
+    assert pl.from_arrow(table).equals(pl.from_arrow(written))
+    assert table.schema.metadata[b"distreach"] == read_arrow(tmp_path / "s.arrow").schema.metadata[b"distreach"]
