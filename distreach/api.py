@@ -53,18 +53,50 @@ def model_source(model: str) -> tuple[str, dict]:
     return model.replace("/", "--"), {"hf": model}
 
 
+def _cache_folder(model: str) -> tuple[str, dict, Path]:
+    name, source = model_source(model)
+    key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:12]
+    return name, source, cache_dir() / f"{name}-{key}"
+
+
 def load_model(model: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False):
     """Materialise ``model`` once into the cache (safetensors) and load it: a LoadedModel."""
     from .models import MANIFEST, ModelSpec, auto_dtype, load_materialised, materialise, resolve_device
 
     dev = resolve_device(device)  # a device that is not there fails before any work
-    name, source = model_source(model)
-    key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:12]
-    folder = cache_dir() / f"{name}-{key}"
+    name, source, folder = _cache_folder(model)
     if not (folder / MANIFEST).is_file():
-        log.info("materialising %s into %s (once)", model, folder)
         materialise(ModelSpec(name, source, trust_remote_code), folder)
+        log.info("converted %s into %s (once; later runs reuse it)", model, folder)
     return load_materialised(folder, dtype=auto_dtype(dev) if dtype == "auto" else dtype, device=dev)[0]
+
+
+def model_vocab(model: str):
+    """``model``'s name, tokenizer and vocabulary size (what :func:`read_target` checks a target
+    against) without loading weights or writing anything: read from a model folder or from the
+    model's entry in the cache. None when the model must be converted first (an embedded model
+    used for the first time, a .gguf file, a Hugging Face id) or its folder cannot be read this way."""
+    from types import SimpleNamespace
+
+    from .models import MANIFEST
+
+    name, source, folder = _cache_folder(model)
+    try:
+        if (folder / MANIFEST).is_file():
+            where, vocab = folder, json.loads((folder / MANIFEST).read_text())["vocab_size"]
+        elif "local" in source:
+            config = json.loads((Path(source["local"]) / "config.json").read_text())
+            where, vocab = Path(source["local"]), config.get("vocab_size") or config["text_config"]["vocab_size"]
+        else:
+            return None
+        from transformers import AutoTokenizer
+
+        from .tokens import vocab_support
+
+        tok = AutoTokenizer.from_pretrained(where)
+        return SimpleNamespace(name=name, tokenizer=tok, vocab_size=int(vocab), support=vocab_support(tok, int(vocab)))
+    except Exception:  # an unusual folder: the full load checks it and says what is wrong
+        return None
 
 
 def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table:

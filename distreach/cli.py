@@ -134,19 +134,29 @@ def cmd_tune(args) -> int:
     import polars as pl
 
     from . import api
-    from .engine import AUTO_BATCH
+    from .engine import AUTO_BATCH, TuneConfig
+    from .models import resolve_device
     from .tables import min_over_inits
 
     if args.out and not args.out.endswith(".arrow"):
         raise DistreachError(f"--out {args.out}: the result file must end in .arrow")
     if args.n_soft is not None and args.method != "hybrid":
         raise DistreachError("--n-soft is for --method hybrid only")
-    with _about("--target"):
-        api.check_target_path(args.target)  # before the model is loaded
-    loaded = api.load_model(args.model, dtype=args.dtype, device=args.device)
-    with _about("--target"):
-        target = api.read_target(args.target, loaded, args.unit)
     extra = {"n_soft": args.n_soft} if args.n_soft is not None else {}
+    # before any model is converted or loaded: the settings, the device, the target file (its
+    # format always; its length and tokens when the model's vocabulary can be read without converting)
+    TuneConfig(method=args.method, prefix_len=args.prefix_len, max_steps=args.max_steps, lr=args.lr,
+               patience=args.patience, bos=args.bos, **extra)
+    resolve_device(args.device)
+    with _about("--target"):
+        api.check_target_path(args.target)
+    vocab = api.model_vocab(args.model)
+    with _about("--target"):
+        target = api.read_target(args.target, vocab, args.unit) if vocab is not None else None
+    loaded = api.load_model(args.model, dtype=args.dtype, device=args.device)
+    if target is None:
+        with _about("--target"):
+            target = api.read_target(args.target, loaded, args.unit)
     rows = target.num_rows * args.inits
     bar = _Progress(rows, AUTO_BATCH.get(loaded.embeddings.device.type, 64), args.max_steps, args.quiet)
     try:
@@ -177,7 +187,8 @@ def cmd_target(args) -> int:
 
     if not args.out.endswith(".arrow"):
         raise DistreachError(f"--out {args.out}: the target file must end in .arrow")
-    loaded = api.load_model(args.model, dtype="fp32", device="cpu")
+    # the vocabulary from the model folder or the cache when it can be read there: no conversion
+    loaded = api.model_vocab(args.model) or api.load_model(args.model, dtype="fp32", device="cpu")
     table = api.make_target(args.kind, loaded.vocab_size, args.entropy, args.unit, args.k, args.n, args.seed,
                             tokenizer=loaded.tokenizer)
     write_arrow(table, args.out, {"model": loaded.name, "kind": args.kind, "entropy": args.entropy, "unit": args.unit})

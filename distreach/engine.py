@@ -262,8 +262,8 @@ class _Batch:
     # working state saved in a checkpoint besides ``rec``, ``theta`` and the AdamW moments
     WORK = ("since", "active", "ids", "changed", "converged")
 
-    def __init__(self, model, target_p, soft, ids, bos_embed, allowed, cfg: TuneConfig, record_curve: bool):
-        self.model, self.cfg, self.bos = model, cfg, bos_embed
+    def __init__(self, model, target_p, soft, ids, bos_kv, allowed, cfg: TuneConfig, record_curve: bool):
+        self.model, self.cfg, self.bos = model, cfg, bos_kv
         self.embed = model.get_input_embeddings()
         self.weight = self.embed.weight
         self.device = target_p.device
@@ -315,14 +315,20 @@ class _Batch:
             else:
                 cols.append(hard_emb[:, h])
                 h += 1
-        x = torch.stack(cols, 1)
-        if self.bos is not None:
-            x = torch.cat([self.bos.expand(x.shape[0], -1, -1), x], 1)
-        return x
+        return torch.stack(cols, 1)
 
     def losses(self, x, rows):
-        """The forward pass: per-row KL(p || q) of the next token after inputs ``x``, and log q."""
-        logits = self.model(inputs_embeds=x, logits_to_keep=1).logits[:, -1].float()
+        """The forward pass: per-row KL(p || q) of the next token after the prefixes ``x``, and
+        log q. The BOS position (the same in every row and step) enters as its keys and values,
+        computed once (:func:`_bos_cache`) and expanded over the rows."""
+        cache = None
+        if self.bos is not None:
+            from transformers import DynamicCache
+
+            B = x.shape[0]
+            cache = DynamicCache([(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in self.bos],
+                                 config=self.model.config)
+        logits = self.model(inputs_embeds=x, cache=cache, use_cache=cache is not None, logits_to_keep=1).logits[:, -1].float()
         logq = torch.log_softmax(logits, -1)
         return kl(self.target[rows], logq), logq
 
@@ -431,7 +437,7 @@ class _Run:
     target: torch.Tensor  # [n, |V|] on the CPU
     soft: torch.Tensor  # [n, n_soft, d] starting soft positions
     ids: torch.Tensor  # [n, n_hard] starting hard tokens
-    bos_embed: torch.Tensor | None
+    bos_kv: list | None  # the BOS position's keys and values per layer (_bos_cache)
     allowed: torch.Tensor
     cfg: TuneConfig
     record_curve: bool
@@ -465,13 +471,14 @@ def tune(
     fast_last_logits(loaded.model)
     target = _checked_targets(loaded, target_probs, init_seeds)
     weight, embed = loaded.embeddings, loaded.model.get_input_embeddings()
-    bos_embed = _bos_embedding(loaded, cfg)
+    bos_kv = _bos_cache(loaded, cfg)
     allowed = allowed_tokens(loaded.tokenizer, weight.shape[0], cfg)
     if target.shape[0] == 0:
         return _empty_result(cfg, weight.shape[1])
     soft, ids = init_rows(embed, weight, allowed, init_seeds, cfg)
-    ckpt = Checkpoint(checkpoint, checkpoint_key(loaded, target, init_seeds, cfg, record_curve), checkpoint_seconds)
-    run = _Run(loaded.model, weight.device, target, soft, ids, bos_embed, allowed, cfg, record_curve, ckpt, on_step)
+    key = checkpoint_key(loaded, target, init_seeds, cfg, record_curve) if checkpoint is not None else ""
+    ckpt = Checkpoint(checkpoint, key, checkpoint_seconds)
+    run = _Run(loaded.model, weight.device, target, soft, ids, bos_kv, allowed, cfg, record_curve, ckpt, on_step)
     bs = cfg.batch_size or AUTO_BATCH.get(torch.device(weight.device).type, 64)
     return _concat(_run_batches(run, bs))
 
@@ -493,14 +500,15 @@ def _checked_targets(loaded, target_probs, init_seeds) -> torch.Tensor:
     return target
 
 
-def _bos_embedding(loaded, cfg: TuneConfig) -> torch.Tensor | None:
-    """The [1, 1, d] input embedding of the BOS token the policy puts first, or None
-    (:func:`distreach.tokens.resolve_bos`)."""
+def _bos_cache(loaded, cfg: TuneConfig) -> list | None:
+    """The keys and values, per layer ([1, heads, 1, d_head] each), of the BOS token the policy
+    puts first, or None (:func:`distreach.tokens.resolve_bos`)."""
     bos_id = resolve_bos(loaded.tokenizer, cfg.bos, loaded.name)
     if bos_id is None:
         return None
     with torch.no_grad():
-        return loaded.model.get_input_embeddings()(torch.tensor([[bos_id]], device=loaded.embeddings.device))
+        x = loaded.model.get_input_embeddings()(torch.tensor([[bos_id]], device=loaded.embeddings.device))
+        return [(k, v) for k, v, *_ in loaded.model(inputs_embeds=x, use_cache=True).cache]
 
 
 def _empty_result(cfg: TuneConfig, d: int) -> TuneResult:
@@ -549,7 +557,7 @@ def _run_batch(run: _Run, lo: int, bs: int, done: list[dict], resume: dict | Non
     """Tune rows ``lo .. lo + bs`` to the end (from the checkpointed step of ``resume`` if it
     holds this batch); ``done`` are the records of the batches before, for checkpoints."""
     sl = slice(lo, lo + bs)
-    batch = _Batch(run.model, run.target[sl].to(run.device), run.soft[sl], run.ids[sl], run.bos_embed, run.allowed,
+    batch = _Batch(run.model, run.target[sl].to(run.device), run.soft[sl], run.ids[sl], run.bos_kv, run.allowed,
                    run.cfg, run.record_curve)
     first = 0
     if resume is not None and resume.get("batch") is not None and resume["lo"] == lo and resume["bs"] == bs:

@@ -330,6 +330,10 @@ def resolve_device(device: str = "auto") -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise DistreachError(f"device {device!r} requested but CUDA is not available")
+    if device.startswith("cuda:"):
+        index, count = device[5:], torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            raise DistreachError(f"device {device!r} requested but this machine has {count} CUDA device(s)")
     return device
 
 

@@ -4,6 +4,10 @@ line (exit status 2, no traceback) before any work, with nothing written."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from distreach.targets import EntropyGrid, VanillaSettings, vanilla_targets
 
 from .conftest import TINY_WORDS, save_tiny
 
+REPO = Path(__file__).resolve().parents[1]
 V = 93  # the tiny tokenizer: 3 special tokens + 90 words
 
 
@@ -109,7 +114,8 @@ def test_target_then_tune(env, capsys, tmp_path):
     out = tmp_path / "o.arrow"
     code, stdout, err = run(capsys, "target", "outlier", "--model", env["model"], "--entropy", "3", "--k", "2", "--n", "2",
                             "--out", str(out))
-    assert code == 0, err and "wrote 2 outlier target(s) over 93 tokens" in stdout
+    assert code == 0, err
+    assert f"wrote 2 outlier target(s) over 93 tokens to {out}" in stdout
     assert read_arrow(out).column("n_outliers").to_pylist() == [2, 2]
     code, stdout, err = run(capsys, "tune", "--model", env["model"], "--target", str(out), "--inits", "1", "--max-steps", "3", "-q")
     assert code == 0 and stdout.count("kl_min") == 2
@@ -156,7 +162,7 @@ BAD = [
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--out", "{root}/r.csv"], "--out {root}/r.csv: the result file must end in .arrow"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--n-soft", "2"], "--n-soft is for --method hybrid only"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hybrid", "--n-soft", "9"], "tuning.n_soft"),
-    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--device", "cuda"], "device 'cuda' requested but CUDA is not available"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--device", "cuda:99"], "device 'cuda:99' requested but "),
     (["target", "vanilla", "--model", "{model}", "--entropy", "-1", "--out", "{root}/t.arrow"], "argument --entropy: '-1' must be a finite number >= 0"),
     (["target", "vanilla", "--model", "{model}", "--entropy", "inf", "--out", "{root}/t.arrow"], "argument --entropy: 'inf' must be a finite number >= 0"),
     (["target", "vanilla", "--model", "{model}", "--entropy", "9", "--out", "{root}/t.arrow"], "--entropy 9.0: must be within 0..6.539 bits"),
@@ -167,8 +173,13 @@ BAD = [
 ]
 
 
+def listing(*folders):
+    """Every path under the folders (recursive), with file sizes: what a run wrote shows here."""
+    return {str(p): (p.stat().st_size if p.is_file() else -1) for d in folders for p in sorted(d.rglob("*"))}
+
+
 @pytest.mark.parametrize("argv,message", BAD, ids=[f"{i:02d}-{m[:40]}" for i, (_, m) in enumerate(BAD)])
-def test_bad_input_is_one_clear_line_and_writes_nothing(env, capsys, argv, message):
+def test_bad_input_is_one_clear_line_and_writes_nothing(env, tmp_path, argv, message):
     def fill(s):
         if s.startswith("{t:"):
             return env["t"][s[3:-1]]
@@ -176,18 +187,18 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(env, capsys, argv, messa
 
     argv = [fill(a) for a in argv]
     message = fill(message)
-    before = sorted(p.name for p in env["root"].iterdir())
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    out, err = capsys.readouterr()
-    assert code == 2
-    assert message in err, err
-    lines = [ln for ln in err.splitlines() if "error" in ln]
-    assert len(lines) == 1 and "Traceback" not in err
-    assert sorted(p.name for p in env["root"].iterdir()) == before  # no output, no temp files
-    assert not list((env["root"] / "cache").glob(".*")) if (env["root"] / "cache").exists() else True
+    cache, cwd = tmp_path / "cache", tmp_path / "cwd"
+    cache.mkdir()
+    cwd.mkdir()
+    run_env = {**os.environ, "DISTREACH_CACHE": str(cache),
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    before = listing(cache, cwd, env["root"])
+    proc = subprocess.run([sys.executable, "-m", "distreach.cli", *argv], cwd=cwd, env=run_env, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr  # one line: no INFO line, no warning, no traceback
+    assert message in lines[0] and "error: " in lines[0]
+    assert listing(cache, cwd, env["root"]) == before  # no output, no cache entry, no temp files
 
 
 def test_target_file_errors_are_about_the_data_and_the_cli_names_the_flag(env, capsys):

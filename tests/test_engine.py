@@ -67,8 +67,10 @@ def test_kl_decreases_and_stopping_is_recorded(tiny_llama):
     assert (res.steps[early] == res.best_step[early] + 1 + 5).all()
     assert (res.steps[~early] == 100).all()
     assert np.isfinite(res.kl_min).all() and (res.kl_min >= 0).all()
+    # tuning lowers KL: every row ends well below its loss at the first step (the init's KL)
     first = tune(tiny_llama, p, [0, 1, 2, 3], TuneConfig(max_steps=1))
-    assert (res.kl_min <= first.kl_min + 1e-12).all()
+    assert (res.kl_min < 0.9 * first.kl_min).all(), (res.kl_min, first.kl_min)
+    assert (res.best_step > 0).all()
 
 
 def test_same_seed_same_numbers_and_other_seed_differs(tiny_llama):

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from distreach import shards
 from distreach.io import read_arrow, write_arrow
@@ -21,11 +22,23 @@ from distreach.targets import EntropyGrid, VanillaSettings, vanilla_targets
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = """
-import logging, sys
+import logging, os, signal, sys
 logging.basicConfig(level=logging.INFO)
+from distreach import engine
 from distreach.shards import run_shard, tuning_config
+
+if sys.argv[5] == "kill":  # SIGKILL right after the first checkpoint taken mid-batch, with some rows already gone
+    write = engine._write_checkpoint
+
+    def write_then_kill(path, state):
+        write(path, state)
+        batch = state.get("batch")
+        if batch is not None and 0 < len(batch["active"]) < 6 and "adamw" in batch:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    engine._write_checkpoint = write_then_kill
 run_shard(model_dir=sys.argv[1], targets_path=sys.argv[2], out_path=sys.argv[3], experiment="e", method="hybrid",
-          tuning=tuning_config({"method": "hybrid", "max_steps": 400, "patience": 400, "batch_size": 6, "prefix_len": 4, "n_soft": 2}),
+          tuning=tuning_config({"method": "hybrid", "max_steps": 400, "patience": 30, "batch_size": 6, "prefix_len": 4, "n_soft": 2}),
           inits=2, shard=0, n_shards=1, device="cpu", dtype="fp32", threads=1, checkpoint_seconds=float(sys.argv[4]))
 """
 
@@ -36,8 +49,8 @@ def targets_file(tmp_path) -> Path:
     return path
 
 
-def shard(model_dir, targets, out, every="60"):
-    return subprocess.Popen([sys.executable, "-c", RUN, str(model_dir), str(targets), str(out), every], cwd=REPO,
+def shard(model_dir, targets, out, every="60", kill=False):
+    return subprocess.Popen([sys.executable, "-c", RUN, str(model_dir), str(targets), str(out), every, "kill" if kill else "-"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -49,14 +62,11 @@ def test_sigkilled_shard_resumes_to_identical_results(tiny_dirs, tmp_path):
 
     out = tmp_path / "resumed.arrow"
     ckpt = out.with_name(f".{out.name}.ckpt")
-    proc = shard(tiny_dirs["llama"], targets, out, every="0")
-    deadline = time.monotonic() + 120
-    while not ckpt.exists() and time.monotonic() < deadline:  # wait for a checkpoint, then a few more steps
-        time.sleep(0.05)
-    time.sleep(0.5)
-    assert proc.poll() is None, "the shard finished before it could be killed; make it longer"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc = shard(tiny_dirs["llama"], targets, out, every="0", kill=True)
+    assert proc.wait(timeout=300) == -signal.SIGKILL
+    state = torch.load(ckpt, weights_only=True)
+    batch = state["batch"]  # the kill landed mid-batch, after rows had left it (trimmed AdamW state)
+    assert batch is not None and state["step"] > 0 and 0 < len(batch["active"]) < 6 and len(batch["theta"]) == len(batch["active"])
     assert not out.exists()  # no partial result for a later rule to read
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".resumed.arrow.") and p != ckpt]
 
@@ -70,7 +80,7 @@ def test_sigkilled_shard_resumes_to_identical_results(tiny_dirs, tmp_path):
     assert pl.from_arrow(a).equals(pl.from_arrow(b)), "resumed shard differs from the uninterrupted one"  # NaN == NaN
 
 
-def test_a_checkpoint_of_other_inputs_is_ignored(tiny_dirs, tmp_path, caplog):
+def test_an_unreadable_checkpoint_is_ignored(tiny_dirs, tmp_path, caplog):
     targets = targets_file(tmp_path)
     out = tmp_path / "s.arrow"
     out.with_name(f".{out.name}.ckpt").write_bytes(b"not a checkpoint")
@@ -79,6 +89,40 @@ def test_a_checkpoint_of_other_inputs_is_ignored(tiny_dirs, tmp_path, caplog):
               method="soft", tuning=cfg, inits=1, shard=0, n_shards=1, device="cpu", dtype="fp32")
     assert "ignoring unreadable checkpoint" in caplog.text
     assert read_arrow(out).num_rows > 0 and not out.with_name(f".{out.name}.ckpt").exists()
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_checkpoint_of_other_settings_or_targets_is_ignored(tiny_llama, tmp_path, caplog):
+    from distreach.engine import TuneConfig, tune
+
+    g = np.random.default_rng(0)
+    p = g.dirichlet(np.ones(tiny_llama.vocab_size), 5)
+    cfg = TuneConfig(max_steps=30, patience=30, batch_size=3)
+    ckpt = tmp_path / "c.ckpt"
+
+    def stop(step, active):
+        if step == 10:
+            raise Stop
+
+    with pytest.raises(Stop):  # a real mid-batch checkpoint of these inputs
+        tune(tiny_llama, p, list(range(5)), cfg, on_step=stop, checkpoint=ckpt, checkpoint_seconds=0)
+    saved = ckpt.read_bytes()
+    caplog.set_level("INFO")
+    for other_p, other_cfg in ((p, TuneConfig(max_steps=30, patience=30, batch_size=3, lr=0.2)), (p[::-1].copy(), cfg)):
+        ckpt.write_bytes(saved)
+        caplog.clear()
+        got = tune(tiny_llama, other_p, list(range(5)), other_cfg, checkpoint=ckpt)
+        assert "made from other inputs or settings" in caplog.text and "resuming" not in caplog.text
+        fresh = tune(tiny_llama, other_p, list(range(5)), other_cfg)
+        np.testing.assert_array_equal(got.kl_min, fresh.kl_min)
+        np.testing.assert_array_equal(got.steps, fresh.steps)
+    ckpt.write_bytes(saved)  # the same inputs do resume from it
+    caplog.clear()
+    tune(tiny_llama, p, list(range(5)), cfg, checkpoint=ckpt)
+    assert "resuming from" in caplog.text
 
 
 def poison(monkeypatch, when):

