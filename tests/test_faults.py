@@ -3,11 +3,9 @@ rows are retried in fp32 or marked failed, never left as a silent number."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
