@@ -139,7 +139,7 @@ BAD = [
     (["tune", "--model", "{root}/missing", "--target", "{t:good.json}"], "/missing: not a model folder or a .gguf file"),
     (["tune", "--model", "{root}/noconfig", "--target", "{t:good.json}"], "folder has no config.json"),
     (["tune", "--model", "{root}/none.gguf", "--target", "{t:good.json}"], "none.gguf: no such GGUF file"),
-    (["tune", "--model", "{root}/bad.gguf", "--target", "{t:good.json}"], "bad.gguf: not a readable GGUF file"),
+    (["tune", "--model", "{root}/bad.gguf", "--target", "{t:good.json}"], "bad.gguf: not a GGUF file, or a truncated or corrupt one"),
     (["tune", "--model", "{model}", "--target", "{t:missing.json}"], "missing.json: no such file"),
     (["tune", "--model", "{model}", "--target", "{t:empty.json}"], "empty.json: the file is empty"),
     (["tune", "--model", "{model}", "--target", "{t:broken.json}"], "broken.json: not valid JSON"),
