@@ -508,7 +508,8 @@ def _bos_cache(loaded, cfg: TuneConfig) -> list | None:
         return None
     with torch.no_grad():
         x = loaded.model.get_input_embeddings()(torch.tensor([[bos_id]], device=loaded.embeddings.device))
-        return [(k, v) for k, v, *_ in loaded.model(inputs_embeds=x, use_cache=True).cache]
+        # the body only: the BOS position needs no logits
+        return [(k, v) for k, v, *_ in loaded.model.base_model(inputs_embeds=x, use_cache=True).cache]
 
 
 def _empty_result(cfg: TuneConfig, d: int) -> TuneResult:

@@ -22,19 +22,19 @@ REPO = Path(__file__).resolve().parents[1]
 RUN = """
 import logging, os, signal, sys
 logging.basicConfig(level=logging.INFO)
-from distreach import engine
+from distreach.checkpoint import Checkpoint
 from distreach.shards import run_shard, tuning_config
 
 if sys.argv[5] == "kill":  # SIGKILL right after the first checkpoint taken mid-batch, with some rows already gone
-    write = engine._write_checkpoint
+    save = Checkpoint.save
 
-    def write_then_kill(path, state):
-        write(path, state)
+    def save_then_kill(self, state):
+        save(self, state)
         batch = state.get("batch")
         if batch is not None and 0 < len(batch["active"]) < 6 and "adamw" in batch:
             os.kill(os.getpid(), signal.SIGKILL)
 
-    engine._write_checkpoint = write_then_kill
+    Checkpoint.save = save_then_kill
 run_shard(model_dir=sys.argv[1], targets_path=sys.argv[2], out_path=sys.argv[3], experiment="e", method="hybrid",
           tuning=tuning_config({"method": "hybrid", "max_steps": 400, "patience": 30, "batch_size": 6, "prefix_len": 4, "n_soft": 2}),
           inits=2, shard=0, n_shards=1, device="cpu", dtype="fp32", threads=1, checkpoint_seconds=float(sys.argv[4]))
