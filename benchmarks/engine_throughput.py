@@ -35,6 +35,7 @@ import torch
 from distreach.engine import AUTO_BATCH, TuneConfig, allowed_tokens, init_rows, tune
 from distreach.infotheory import kl
 from distreach.models import DTYPES, auto_dtype, cpu_has_bf16, load_materialised
+from distreach.tokens import resolve_bos
 
 
 def say(text: str) -> None:
@@ -80,7 +81,8 @@ def matmul_seconds(model, rows: int, positions: int, dtype: torch.dtype, reps: i
 def plain_loop(lm, p: torch.Tensor, init: torch.Tensor, cfg: TuneConfig) -> tuple[float, int, float]:
     """One row, logits of the last position only: (kl_min, steps, first loss)."""
     model, embed = lm.model, lm.model.get_input_embeddings()
-    bos = embed(torch.tensor([[lm.tokenizer.bos_token_id]])) if cfg.bos == "bos" else None
+    bos_id = resolve_bos(lm.tokenizer, cfg.bos, lm.name)  # the engine's policy: the same inputs on both sides
+    bos = embed(torch.tensor([[bos_id]])) if bos_id is not None else None
     theta = torch.nn.Parameter(init.clone()[None])
     opt = torch.optim.AdamW([theta], lr=cfg.lr, weight_decay=cfg.weight_decay)
     best, since, steps, first = float("inf"), 0, 0, None
