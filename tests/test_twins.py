@@ -125,3 +125,20 @@ def test_cli_tunes_every_prompt_kind_on_twin_folders(folders, tmp_path, capsys, 
         assert cli.main(["tune", "--model", model, "--target", str(target), "--bos", "none", "--inits", "1",
                          "--max-steps", "2", "--out", str(out), "-q"]) == 0
         assert {r["bos"] for r in read_arrow(out).to_pylist()} == {"none"}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama3", "qwen2", "falcon", "gemma3"])
+@pytest.mark.parametrize("bos", ["auto", "none"])
+def test_tuning_loss_equals_a_full_forward_of_the_prompt(folders, arch, bos):
+    """The engine's loss (BOS keys and values computed once and reused, or no BOS) is the KL of a
+    plain forward of BOS + the prompt's tokens, on every paper architecture."""
+    from distreach import api
+    from distreach.engine import TuneConfig, prompt_kl, tune
+
+    lm = api.load_model(str(folders[arch]), dtype="fp32", device="cpu")
+    t = api.make_target("vanilla", lm.vocab_size, entropy=4.0, n=3, tokenizer=lm.tokenizer)  # no mass on padding rows
+    p = np.exp(logprobs(t).astype(np.float64))
+    res = tune(lm, p, [11, 12, 13], TuneConfig(method="hard", prefix_len=4, max_steps=1, bos=bos))
+    assert res.best_step.tolist() == [0, 0, 0]  # the loss of the init prompts
+    full = prompt_kl(lm, p, res.best_ids.tolist(), bos=bos)
+    np.testing.assert_allclose(res.kl_min, full, rtol=1e-4, atol=1e-6)
