@@ -124,15 +124,12 @@ def paired_less(a, b, label: str, seed) -> dict:
     a, b = np.asarray(a, float), np.asarray(b, float)
     d = a - b
     n = len(d)
-    if n < MIN_PAIRS:
-        return result(INCONCLUSIVE, f"{label}: {n} pairs (need {MIN_PAIRS})", n=n)
-    nz = d[d != 0]
-    if len(nz) == 0:
-        p, r = 1.0, 0.0
-    else:
-        p = float(stats.wilcoxon(a, b, alternative="less").pvalue)
-        ranks = stats.rankdata(np.abs(nz))
-        r = float((ranks[nz > 0].sum() - ranks[nz < 0].sum()) / ranks.sum())
+    nz = d[d != 0]  # ties carry no sign: the test can conclude only on the pairs that differ
+    if len(nz) < MIN_PAIRS:
+        return result(INCONCLUSIVE, f"{label}: {len(nz)} of {n} pairs differ (need {MIN_PAIRS})", n=n)
+    p = float(stats.wilcoxon(a, b, alternative="less").pvalue)
+    ranks = stats.rankdata(np.abs(nz))
+    r = float((ranks[nz > 0].sum() - ranks[nz < 0].sum()) / ranks.sum())
     idx = _rng(label, *seed).integers(0, n, (N_BOOT, n))
     lo, hi = np.percentile(d[idx].mean(1), [2.5, 97.5])
     stat = f"{label}: median diff {np.median(d):.3g}, r = {r:+.2f}"
@@ -147,7 +144,7 @@ def rank_sum_less(a, b, label: str) -> dict:
     u = stats.mannwhitneyu(a, b, alternative="less")
     r = 2 * u.statistic / (len(a) * len(b)) - 1  # rank-biserial: -1 = every a below every b
     p = float(u.pvalue)
-    stat = f"{label}: medians {np.median(a):.3g} vs {np.median(b):.3g}, r = {-r:+.2f}"
+    stat = f"{label}: medians {np.median(a):.3g} vs {np.median(b):.3g}, r = {r:+.2f}"
     return result(HOLDS if p < ALPHA else FAILS, stat, f"p = {p:.2g}", f"{len(a)}/{len(b)}")
 
 

@@ -185,3 +185,16 @@ def test_report_is_written(tmp_path):
     assert "| C1 | soft min KL" in md and "| C9 |" in md and "**inconclusive**" in md and "interval or p" in md
     assert "C1 (Fig. 1)" in md and "Wilcoxon" in md  # the rules are stated
     assert "<table>" in (tmp_path / "c.html").read_text()
+
+
+def test_tied_pairs_cannot_conclude_and_effect_sizes_share_one_sign():
+    """Pairs that do not differ carry no sign (too few differing pairs: inconclusive), and both
+    effect sizes are negative when the first group is lower."""
+    a, b = np.arange(8.0), np.arange(8.0) + 1
+    tied = b.copy()
+    tied[:4] = a[:4]  # 4 of 8 pairs differ: fewer than the signed-rank test needs
+    assert claims.paired_less(a, tied, "x", ("t",))["verdict"] == claims.INCONCLUSIVE
+    paired = claims.paired_less(a, b, "x", ("t",))
+    assert paired["verdict"] == claims.HOLDS and "r = -1.00" in paired["statistic"]
+    two = claims.rank_sum_less(a, b + 10, "x")
+    assert two["verdict"] == claims.HOLDS and "r = -1.00" in two["statistic"]
