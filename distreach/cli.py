@@ -137,6 +137,7 @@ def cmd_tune(args) -> int:
     from .engine import AUTO_BATCH, TuneConfig
     from .models import resolve_device
     from .tables import min_over_inits
+    from .tokens import resolve_bos
 
     if args.out and not args.out.endswith(".arrow"):
         raise DistreachError(f"--out {args.out}: the result file must end in .arrow")
@@ -151,6 +152,8 @@ def cmd_tune(args) -> int:
     with _about("--target"):
         api.check_target_path(args.target)
     vocab = api.model_vocab(args.model)
+    if vocab is not None:  # a BOS policy the tokenizer cannot follow fails before any work too
+        resolve_bos(vocab.tokenizer, args.bos, vocab.name)
     with _about("--target"):
         target = api.read_target(args.target, vocab, args.unit) if vocab is not None else None
     loaded = api.load_model(args.model, dtype=args.dtype, device=args.device)

@@ -142,3 +142,20 @@ def test_tuning_loss_equals_a_full_forward_of_the_prompt(folders, arch, bos):
     assert res.best_step.tolist() == [0, 0, 0]  # the loss of the init prompts
     full = prompt_kl(lm, p, res.best_ids.tolist(), bos=bos)
     np.testing.assert_allclose(res.kl_min, full, rtol=1e-4, atol=1e-6)
+
+
+def test_bos_required_on_a_model_without_one_fails_before_any_conversion(folders, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from transformers import AutoConfig
+
+    target = tmp_path / "t.npy"
+    np.save(target, np.eye(1, AutoConfig.from_pretrained(folders["qwen2"]).vocab_size, 7)[0])  # all mass on token 7
+    cache = tmp_path / "cache"
+    env = {**os.environ, "DISTREACH_CACHE": str(cache), "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "distreach.cli", "tune", "--model", str(folders["qwen2"]), "--target", str(target),
+                           "--bos", "bos"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "has no BOS token" in proc.stderr, proc.stderr
+    assert not cache.exists()  # the model was not converted into the cache
