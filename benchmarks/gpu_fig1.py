@@ -134,7 +134,7 @@ def main() -> None:
         "kl_min": to_unit(res.kl_min, "bits"), "q_entropy": to_unit(res.q_entropy, "bits"), "status": res.status,
     })
     df.write_ipc(out / "gpu_fig1.arrow")
-    figures.save(figures.fig01(df), out / "gpu_fig1")
+    figures.save(figures.fig01(df, {"experiment": "gpu_fig1"}), out / "gpu_fig1")
     print(json.dumps({k: v for k, v in report.items() if k != "packages"}))
     assert math.isfinite(float(np.nanmax(res.kl_min)))
 

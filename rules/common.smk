@@ -55,10 +55,9 @@ def model_base(wildcards):
 
 def model_twin(wildcards):
     """The twin folder a model's local source names when the workflow writes it (config twins)."""
-    local = config["models"][wildcards.model]["source"].get("local", "")
-    prefix = "results/twins/"
-    if local.startswith(prefix) and local[len(prefix):].rstrip("/") in config.get("twins", {}):
-        return local.rstrip("/")
+    local = Path(config["models"][wildcards.model]["source"].get("local", ""))
+    if local.parent == Path("results/twins") and local.name in config.get("twins", {}):
+        return str(local)
     return []
 
 
