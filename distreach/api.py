@@ -26,6 +26,7 @@ from .errors import DistreachError
 log = logging.getLogger(__name__)
 INITS = 5  # prompt initialisations per target unless asked otherwise
 
+
 def cache_dir() -> Path:
     return Path(os.environ.get("DISTREACH_CACHE", Path.home() / ".cache" / "distreach")) / "models"
 
@@ -78,12 +79,12 @@ def model_vocab(model: str):
     used for the first time, a .gguf file, a Hugging Face id) or its folder cannot be read this way."""
     from types import SimpleNamespace
 
-    from .models import MANIFEST
+    from .models import MANIFEST, read_manifest
 
     name, source, folder = _cache_folder(model)
     try:
         if (folder / MANIFEST).is_file():
-            where, vocab = folder, json.loads((folder / MANIFEST).read_text())["vocab_size"]
+            where, vocab = folder, read_manifest(folder)["vocab_size"]
         elif "local" in source:
             config = json.loads((Path(source["local"]) / "config.json").read_text())
             where, vocab = Path(source["local"]), config.get("vocab_size") or config["text_config"]["vocab_size"]
