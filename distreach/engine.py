@@ -50,9 +50,11 @@ from .tokens import BOS_POLICIES, resolve_bos, usable_mask, vocab_support
 log = logging.getLogger(__name__)
 
 METHODS = ("soft", "hard", "hybrid")
-# batch_size 0: start at this many rows (CPU throughput saturates well before 64 rows of a
-# small model; a GPU takes hundreds) and halve on CUDA out-of-memory
-AUTO_BATCH = {"cpu": 64, "cuda": 1024}
+# batch_size 0: start at this many rows and halve on CUDA out-of-memory. On a CPU a step costs a
+# fixed part (every weight read once: about 0.2 s for SmolLM2 in fp32) plus a part per row, and a
+# batch runs as long as its slowest row: fewer, larger batches pay the fixed part and the tail of
+# slowly converging rows fewer times (benchmarks/README.md)
+AUTO_BATCH = {"cpu": 256, "cuda": 1024}
 INITS = ("vocab", "normal")
 
 
@@ -141,9 +143,21 @@ class TuneResult:
     best_soft: np.ndarray | None = None  # [n, n_soft, d] float32: soft positions at kl_min
     best_ids: np.ndarray | None = None  # [n, n_hard] int64: hard tokens at kl_min
     curve: np.ndarray | None = None  # [n, max_steps] KL per step (NaN after the row stopped), if asked
+    init_ids: np.ndarray | None = None  # [n, prefix_len] int64: the tokens each row started from
 
     def __len__(self) -> int:
         return len(self.kl_min)
+
+    def take(self, idx) -> "TuneResult":
+        """The records of rows ``idx`` (a slice or index list), as a new result."""
+        idx = list(range(len(self))[idx]) if isinstance(idx, slice) else list(idx)
+
+        def pick(name, value):
+            if value is None:
+                return None
+            return [value[i] for i in idx] if name == "status" else value[idx]
+
+        return TuneResult(**{f.name: pick(f.name, getattr(self, f.name)) for f in fields(TuneResult)})
 
 
 def allowed_tokens(tokenizer, n_embed: int, cfg: TuneConfig) -> torch.Tensor:
@@ -180,7 +194,8 @@ def init_token_ids(allowed: torch.Tensor, seeds, prefix_len: int) -> torch.Tenso
 
 
 def init_rows(embed, weight, allowed: torch.Tensor, seeds, cfg: TuneConfig):
-    """Starting prefixes: soft part [n, n_soft, d] float32 and hard token ids [n, n_hard].
+    """Starting prefixes: soft part [n, n_soft, d] float32, hard token ids [n, n_hard], and
+    the [n, L] tokens drawn (:func:`init_token_ids`), which the result records.
 
     Each row draws L allowed tokens from its own seed; soft positions start at
     those tokens' embeddings (through the embedding module, so models that scale
@@ -189,10 +204,11 @@ def init_rows(embed, weight, allowed: torch.Tensor, seeds, cfg: TuneConfig):
     a soft prompt does, one with none where a hard prompt does."""
     mask = torch.tensor(cfg.soft_mask)
     pool = allowed.nonzero().flatten()
-    soft, hard = [], []
+    soft, hard, drawn = [], [], []
     std = weight.float().std().item() * cfg.init_scale
     for seed in seeds:
         gen, ids = _draw_ids(pool, seed, cfg.prefix_len)
+        drawn.append(ids)
         if cfg.init == "vocab":
             with torch.no_grad():
                 vec = embed(ids.to(weight.device)).float().cpu()
@@ -200,7 +216,7 @@ def init_rows(embed, weight, allowed: torch.Tensor, seeds, cfg: TuneConfig):
             vec = torch.randn(cfg.prefix_len, weight.shape[1], generator=gen) * std
         soft.append(vec[mask])
         hard.append(ids[~mask])
-    return torch.stack(soft), torch.stack(hard)
+    return torch.stack(soft), torch.stack(hard), torch.stack(drawn)
 
 
 def _contiguous_head_input(module, args):
@@ -475,12 +491,14 @@ def tune(
     allowed = allowed_tokens(loaded.tokenizer, weight.shape[0], cfg)
     if target.shape[0] == 0:
         return _empty_result(cfg, weight.shape[1])
-    soft, ids = init_rows(embed, weight, allowed, init_seeds, cfg)
+    soft, ids, drawn = init_rows(embed, weight, allowed, init_seeds, cfg)
     key = checkpoint_key(loaded, target, init_seeds, cfg, record_curve) if checkpoint is not None else ""
     ckpt = Checkpoint(checkpoint, key, checkpoint_seconds)
     run = _Run(loaded.model, weight.device, target, soft, ids, bos_kv, allowed, cfg, record_curve, ckpt, on_step)
     bs = cfg.batch_size or AUTO_BATCH.get(torch.device(weight.device).type, 64)
-    return _concat(_run_batches(run, bs))
+    res = _concat(_run_batches(run, bs))
+    res.init_ids = drawn.numpy()
+    return res
 
 
 def _checked_targets(loaded, target_probs, init_seeds) -> torch.Tensor:
@@ -516,7 +534,8 @@ def _empty_result(cfg: TuneConfig, d: int) -> TuneResult:
     empty = np.zeros(0)
     return TuneResult(empty, empty, empty.astype(int), empty.astype(int), empty.astype(bool), [],
                       np.zeros((0, cfg.n_soft_positions, d), np.float32),
-                      np.zeros((0, cfg.prefix_len - cfg.n_soft_positions), np.int64))
+                      np.zeros((0, cfg.prefix_len - cfg.n_soft_positions), np.int64),
+                      init_ids=np.zeros((0, cfg.prefix_len), np.int64))
 
 
 def _run_batches(run: _Run, bs: int) -> list[TuneResult]:

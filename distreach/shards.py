@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import platform
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from .engine import TuneConfig, allowed_tokens, init_token_ids, prompt_kl, tune
+from .engine import TuneConfig, prompt_kl, tune
 from .errors import DistreachError
 from .infotheory import to_unit
 from .io import package_versions, with_metadata, write_arrow
@@ -40,6 +40,20 @@ def shard_rows(n_targets: int, inits: int, shard: int, n_shards: int) -> list[tu
     return sorted(rows[shard::n_shards])
 
 
+@dataclass(frozen=True)
+class Member:
+    """One experiment's shard in a tuning job: its targets (``meta``: the target columns,
+    ``probs``: [n, |V|], as :func:`distreach.targets.read_targets` returns them), its inits
+    and which shard of its rows (:func:`shard_rows`)."""
+
+    experiment: str
+    meta: pa.Table
+    probs: np.ndarray
+    inits: int
+    shard: int = 0
+    n_shards: int = 1
+
+
 def run_shard(
     *,
     model_dir: str | None,
@@ -59,25 +73,53 @@ def run_shard(
     loaded=None,
     progress=None,
 ) -> pa.Table:
-    """Tune one shard of an experiment on one model (:func:`tune_rows`) and write it
-    atomically to ``out_path``.
+    """Tune one shard of one experiment on one model and write it atomically to ``out_path``
+    (:func:`run_bundle` with one member)."""
+    member = {"experiment": experiment, "targets": targets_path, "out": out_path, "inits": inits, "shard": shard,
+              "n_shards": n_shards}
+    return run_bundle(model_dir=model_dir, members=[member], method=method, tuning=tuning, seed=seed, dtype=dtype,
+                      device=device, threads=threads, checkpoint=checkpoint_path(out_path),
+                      checkpoint_seconds=checkpoint_seconds, loaded=loaded, progress=progress)[0]
 
-    The model is loaded from ``model_dir`` in ``dtype`` on ``device`` unless ``loaded`` (a
-    LoadedModel) is given; the targets are read from ``targets_path``. The tuning state is
-    checkpointed next to ``out_path`` (:func:`checkpoint_path`) every ``checkpoint_seconds``,
-    so a killed shard started again resumes (bit-identical on the CPU); the checkpoint is
-    removed once the shard is written."""
+
+def run_bundle(
+    *,
+    model_dir: str | None,
+    members: list[dict],
+    method: str,
+    tuning: TuneConfig,
+    checkpoint: str | Path,
+    seed: int = 0,
+    dtype: str = "fp32",
+    device: str = "auto",
+    threads: int | None = None,
+    checkpoint_seconds: float = 60.0,
+    loaded=None,
+    progress=None,
+) -> list[pa.Table]:
+    """Tune the shards of several experiments that share a model, method and tuning settings
+    in one batch (:func:`tune_members`), and write each experiment's table atomically.
+
+    ``members``: dicts with ``experiment``, ``targets`` (target file), ``out`` (table to
+    write), ``inits``, ``shard`` and ``n_shards``. The model is loaded from ``model_dir`` in
+    ``dtype`` on ``device`` unless ``loaded`` (a LoadedModel) is given. The tuning state is
+    checkpointed to ``checkpoint`` every ``checkpoint_seconds``, so a killed job started again
+    resumes (bit-identical on the CPU); the checkpoint is removed once every table is written."""
     if threads:
         torch.set_num_threads(int(threads))
     if loaded is None:
         device = resolve_device(device)
         loaded, _ = load_materialised(model_dir, dtype=auto_dtype(device) if dtype == "auto" else dtype, device=device)
-    meta, probs = read_targets(targets_path, loaded.vocab_size)
-    table = tune_rows(loaded, meta, probs, experiment=experiment, method=method, tuning=tuning, inits=inits,
-                      shard=shard, n_shards=n_shards, seed=seed, checkpoint=checkpoint_path(out_path),
-                      checkpoint_seconds=checkpoint_seconds, progress=progress)
-    write_shard(table, out_path)
-    return table
+    parts = []
+    for m in members:
+        meta, probs = read_targets(m["targets"], loaded.vocab_size)
+        parts.append(Member(m["experiment"], meta, probs, m["inits"], m.get("shard", 0), m.get("n_shards", 1)))
+    tables = tune_members(loaded, parts, method=method, tuning=tuning, seed=seed, checkpoint=checkpoint,
+                          checkpoint_seconds=checkpoint_seconds, progress=progress)
+    for table, m in zip(tables, members):
+        write_arrow(table, m["out"])
+    Path(checkpoint).unlink(missing_ok=True)
+    return tables
 
 
 def checkpoint_path(out_path) -> Path:
@@ -107,25 +149,44 @@ def tune_rows(
     checkpoint_seconds: float = 60.0,
     progress=None,
 ) -> pa.Table:
-    """The result table of one shard: the (target, init) rows of :func:`shard_rows`, tuned on
-    ``loaded``, with provenance in the schema metadata (:func:`distreach.io.arrow_metadata`).
+    """The result table of one shard of one experiment (:func:`tune_members` with one member)."""
+    member = Member(experiment, meta, probs, inits, shard, n_shards)
+    return tune_members(loaded, [member], method=method, tuning=tuning, seed=seed, checkpoint=checkpoint,
+                        checkpoint_seconds=checkpoint_seconds, progress=progress)[0]
 
-    ``meta`` holds the target columns of a target table (no ``logprobs``) and ``probs`` the
-    [n, |V|] probabilities (as :func:`distreach.targets.read_targets` returns them). No file
-    is read or written except the engine's ``checkpoint``. Rows whose KL becomes NaN or inf
-    in a low-precision dtype are tuned again in fp32 (their ``dtype`` column says so and
+
+def tune_members(
+    loaded,
+    members: list[Member],
+    *,
+    method: str,
+    tuning: TuneConfig,
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+    checkpoint_seconds: float = 60.0,
+    progress=None,
+) -> list[pa.Table]:
+    """One result table per member: the (target, init) rows of its :func:`shard_rows`, all
+    members' rows tuned together on ``loaded`` (rows never interact, so a row's result is the
+    one it gets alone), with provenance in the schema metadata
+    (:func:`distreach.io.arrow_metadata`).
+
+    No file is read or written except the engine's ``checkpoint``. Rows whose KL becomes NaN
+    or inf in a low-precision dtype are tuned again in fp32 (their ``dtype`` column says so and
     ``retry`` says why); rows that fail in fp32 too get a ``failed: ...`` status and a NaN
-    ``kl_min``, so they never reach a figure as a number. ``progress(step, active)`` is
-    called after every step of every batch."""
+    ``kl_min``, so they never reach a figure as a number. ``progress(step, active)`` is called
+    after every step of every batch."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     dtype = {v: k for k, v in DTYPES.items()}[loaded.embeddings.dtype]
-    rows = shard_rows(meta.num_rows, inits, shard, n_shards)
-    tids = meta.column("target_id").to_pylist()
-    # init seeds name only the target and the init: every method, prefix length and experiment on a
-    # target starts from the same tokens (paired comparisons)
-    seeds = [derive_seed(seed, "init", tids[t], i) for t, i in rows]
-    log.info("shard %d/%d of %s on %s: %d rows, %s on %s", shard, n_shards, experiment, loaded.name, len(rows), dtype,
-             loaded.embeddings.device)
+    plans = []  # (member, rows, seeds) per member
+    for m in members:
+        rows = shard_rows(m.meta.num_rows, m.inits, m.shard, m.n_shards)
+        tids = m.meta.column("target_id").to_pylist()
+        # init seeds name only the target and the init: every method, prefix length and experiment on a
+        # target starts from the same tokens (paired comparisons)
+        plans.append((m, rows, [derive_seed(seed, "init", tids[t], i) for t, i in rows]))
+        log.info("shard %d/%d of %s on %s: %d rows, %s on %s", m.shard, m.n_shards, m.experiment, loaded.name, len(rows),
+                 dtype, loaded.embeddings.device)
 
     def on_step(step, active):
         if step % 25 == 0 or active == 0:
@@ -133,30 +194,38 @@ def tune_rows(
         if progress is not None:
             progress(step, active)
 
-    pick = [t for t, _ in rows]
-    res = tune(loaded, probs[pick], seeds, tuning, on_step=on_step, checkpoint=checkpoint,
+    probs = np.concatenate([m.probs[[t for t, _ in rows]] for m, rows, _ in plans] or [np.zeros((0, loaded.vocab_size))])
+    seeds = [s for _, _, member_seeds in plans for s in member_seeds]
+    res = tune(loaded, probs, seeds, tuning, on_step=on_step, checkpoint=checkpoint,
                checkpoint_seconds=checkpoint_seconds)
-    row_dtype, retry = _retry_in_fp32(loaded, res, probs[pick], seeds, tuning, dtype)
-    columns = {
-        "experiment": pa.array([experiment] * len(rows), pa.string()),
-        "model": pa.array([loaded.name] * len(rows), pa.string()),
-        "method": pa.array([method] * len(rows), pa.string()),
-    }
-    table = _result_table(columns, loaded, meta, rows, seeds, tuning, res, probs[pick], row_dtype, retry, shard)
-    provenance = {
-        "experiment": experiment,
-        "model": loaded.manifest,
-        "tuning": asdict(tuning),
-        "inits": inits,
-        "seed": seed,
-        "shard": [shard, n_shards],
-        "dtype": dtype,
-        "device": str(loaded.embeddings.device),
-        "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "packages": package_versions(),
-    }
-    return with_metadata(table, provenance)
+    row_dtype, retry = _retry_in_fp32(loaded, res, probs, seeds, tuning, dtype)
+    tables, lo = [], 0
+    for m, rows, member_seeds in plans:
+        part = slice(lo, lo + len(rows))
+        lo += len(rows)
+        columns = {
+            "experiment": pa.array([m.experiment] * len(rows), pa.string()),
+            "model": pa.array([loaded.name] * len(rows), pa.string()),
+            "method": pa.array([method] * len(rows), pa.string()),
+        }
+        table = _result_table(columns, loaded, m.meta, rows, member_seeds, tuning, res.take(part), probs[part],
+                              row_dtype[part], retry[part], m.shard)
+        provenance = {
+            "experiment": m.experiment,
+            "model": loaded.manifest,
+            "tuning": asdict(tuning),
+            "inits": m.inits,
+            "seed": seed,
+            "shard": [m.shard, m.n_shards],
+            "tuned_with": [other.experiment for other in members],
+            "dtype": dtype,
+            "device": str(loaded.embeddings.device),
+            "torch_threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(),
+            "packages": package_versions(),
+        }
+        tables.append(with_metadata(table, provenance))
+    return tables
 
 
 def _retry_in_fp32(loaded, res, probs, seeds, tuning: TuneConfig, dtype: str) -> tuple[list, list]:
@@ -195,7 +264,6 @@ def _result_table(columns: dict, loaded, meta, rows, seeds, tuning, res, probs, 
     def col(name):
         return meta.column(name).take(pa.array(pick, pa.int64()))
 
-    init_ids = init_token_ids(allowed_tokens(loaded.tokenizer, loaded.embeddings.shape[0], tuning), seeds, tuning.prefix_len)
     bos_id = resolve_bos(loaded.tokenizer, tuning.bos, loaded.name)
     return pa.table(
         {
@@ -208,7 +276,7 @@ def _result_table(columns: dict, loaded, meta, rows, seeds, tuning, res, probs, 
             "target_seed": col("seed"),
             "init_index": pa.array([i for _, i in rows], pa.int64()),
             "init_seed": pa.array(seeds, pa.int64()),
-            "init_ids": pa.array(init_ids.tolist(), pa.list_(pa.int64())),
+            "init_ids": pa.array(res.init_ids.tolist(), pa.list_(pa.int64())),
             "prefix_len": pa.array([tuning.prefix_len] * n, pa.int64()),
             "n_soft": pa.array([tuning.n_soft_positions] * n, pa.int64()),
             "kl_min": pa.array(to_unit(res.kl_min, unit), pa.float64()),

@@ -9,7 +9,7 @@ from snakemake.utils import validate
 if importlib.util.find_spec("distreach") is None:
     sys.path.insert(0, workflow.basedir)
 
-from distreach import figreg
+from distreach import bundles, figreg
 from distreach.codeinfo import fingerprint
 from distreach.config import check_config
 from distreach.errors import DistreachError
@@ -29,6 +29,7 @@ except DistreachError as exc:
 
 
 FIGURES = config["figures"]
+TUNING_JOBS = bundles.tuning_jobs(config)
 
 
 wildcard_constraints:
@@ -36,6 +37,7 @@ wildcard_constraints:
     experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     family=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     method=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    bundle=r"[A-Za-z0-9][A-Za-z0-9_.,=+-]*",
     shard=r"\d+",
 
 
@@ -61,6 +63,11 @@ def model_twin(wildcards):
     return []
 
 
+def twin_spec(wildcards):
+    """A tiny twin's entry of the config's twins section (distreach.twins)."""
+    return config["twins"][wildcards.twin]
+
+
 def model_spec(wildcards):
     return config["models"][wildcards.model]
 
@@ -83,25 +90,27 @@ def target_settings(wildcards):
     return config["targets"][wildcards.family]
 
 
-def experiment_spec(wildcards):
-    return config["experiments"][wildcards.experiment]
+def tuning_job(wildcards):
+    """The tuning job of a shard folder (distreach.bundles): model, method, settings, members."""
+    key = f"{wildcards.model}/{wildcards.bundle}/shard-{wildcards.shard}"
+    if key not in TUNING_JOBS:
+        raise WorkflowError(f"no experiment of the config is tuned in results/tuning/{key}")
+    return TUNING_JOBS[key]
 
 
-def experiment_targets(wildcards):
-    family = config["experiments"][wildcards.experiment]["targets"]
-    return f"results/targets/{family}/{wildcards.model}.arrow"
-
-
-def tuning_settings(wildcards):
-    """Tuning settings of a shard: the global ones, the experiment's, then the method's (a rerun trigger)."""
-    exp = config["experiments"][wildcards.experiment]
-    method = config["methods"].get(wildcards.method, {"method": wildcards.method})
-    return {**config["tuning"], **exp.get("tuning", {}), **method}
+def tuning_targets(wildcards):
+    """The target file of each experiment a tuning job tunes, in member order."""
+    return [
+        f"results/targets/{m['family']}/{wildcards.model}.arrow"
+        for m in tuning_job(wildcards)["members"]
+    ]
 
 
 def tuning_threads(wildcards):
-    """CPUs of a tuning job: the model's 'cpus' where set (a cluster), else every core given."""
-    return config["models"][wildcards.model].get("cpus") or max(1, workflow.cores or 1)
+    """CPUs of a tuning job: the model's 'cpus' where set (a cluster), else 1: on a CPU two
+    one-thread jobs side by side tune more rows per second than one two-thread job
+    (benchmarks/README.md)."""
+    return config["models"][wildcards.model].get("cpus") or 1
 
 
 def tuning_cpus(wildcards, threads):
@@ -115,23 +124,15 @@ def model_mem_mb(wildcards, attempt):
 
 
 def model_runtime(wildcards, attempt):
-    """Minutes of one tuning shard on this model (config models.<name>.runtime), more on a retry
-    (a shard that hit its time limit resumes from its checkpoint)."""
-    return config["models"][wildcards.model].get("runtime", 60) * attempt
-
-
-def shard_files(experiment):
-    exp = config["experiments"][experiment]
-    return [
-        f"results/tuning/{experiment}/{model}/{method}/shard-{k}.arrow"
-        for model in exp["models"]
-        for method in exp["methods"]
-        for k in range(exp["shards"])
-    ]
+    """Minutes of one tuning job: config models.<name>.runtime per experiment it tunes, more on
+    a retry (a job that hit its time limit resumes from its checkpoint)."""
+    members = len(tuning_job(wildcards)["members"])
+    return config["models"][wildcards.model].get("runtime", 60) * members * attempt
 
 
 def experiment_shards(wildcards):
-    return shard_files(wildcards.experiment)
+    """The tuning-job folders holding an experiment's shards (distreach.bundles)."""
+    return [folder for folder, _ in bundles.experiment_outputs(config, wildcards.experiment)]
 
 
 def figure_inputs(wildcards):
@@ -155,10 +156,12 @@ def figure_caption(wildcards):
 
 def all_outputs():
     tables = [f"results/collected/{e}.arrow" for e in config["experiments"]]
+    tables += [f"results/vocab/{m}.arrow" for m in config["models"]]
+    # a random_init model has its base's tokenizer: its base's POS table is its own
     tables += [
-        f"results/{stage}/{m}.arrow"
-        for stage in ("vocab", "pos")
-        for m in config["models"]
+        f"results/pos/{m}.arrow"
+        for m, entry in config["models"].items()
+        if "random_init" not in entry["source"]
     ]
     figures = [
         f"results/figures/{fig}{ext}"

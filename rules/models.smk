@@ -8,7 +8,7 @@ rule twin_model:
     conda:
         "../envs/torch.yaml"
     params:
-        spec=lambda wildcards: config["twins"][wildcards.twin],
+        spec=twin_spec,
         code=script_code("make_twin"),
     script:
         "../scripts/make_twin.py"

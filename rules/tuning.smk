@@ -1,12 +1,13 @@
 rule tune_shard:
-    """Tune one shard of an experiment's (target x init) rows on one model."""
+    """Tune shard k of the experiments that share a model, method and tuning settings, in one
+    batch (distreach.bundles); one table per experiment."""
     input:
         model="results/models/{model}",
-        targets=experiment_targets,
+        targets=tuning_targets,
     output:
-        "results/tuning/{experiment}/{model}/{method}/shard-{shard}.arrow",
+        directory("results/tuning/{model}/{bundle}/shard-{shard}"),
     log:
-        "logs/tuning/{experiment}/{model}/{method}/shard-{shard}.log",
+        "logs/tuning/{model}/{bundle}/shard-{shard}.log",
     conda:
         "../envs/torch.yaml"
     threads: tuning_threads
@@ -16,8 +17,7 @@ rule tune_shard:
         runtime=model_runtime,
         cpus_per_task=tuning_cpus,
     params:
-        tuning=tuning_settings,
-        experiment=experiment_spec,
+        job=tuning_job,
         seed=config["seed"],
         dtype=config["dtype"],
         device=config["device"],

@@ -1,10 +1,14 @@
-"""Snakemake entry point: concatenate an experiment's shards (distreach.shards.collect)."""
+"""Snakemake entry point: concatenate an experiment's shards (distreach.tables.collect)."""
 
 import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
+
+from pathlib import Path
 
 from distreach.io import logging_to
 from distreach.tables import collect
 
 with logging_to(snakemake.log[0]):
-    df = collect(list(snakemake.input), snakemake.output[0])
-    print(f"{df.height} rows from {len(snakemake.input)} shards")
+    # each input is a tuning job's folder, holding one table per experiment it tuned
+    shards = [str(Path(folder) / f"{snakemake.wildcards.experiment}.arrow") for folder in snakemake.input]
+    df = collect(shards, snakemake.output[0])
+    print(f"{df.height} rows from {len(shards)} shards")

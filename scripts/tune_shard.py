@@ -1,26 +1,31 @@
-"""Snakemake entry point: tune one shard (distreach.shards.run_shard)."""
+"""Snakemake entry point: one tuning job, shard k of the experiments it tunes together
+(distreach.shards.run_bundle), written as one folder of per-experiment tables."""
 
 import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
 
-from distreach.io import logging_to
-from distreach.shards import run_shard, tuning_config
+from pathlib import Path
+
+from distreach.io import atomic_path, logging_to
+from distreach.shards import run_bundle, tuning_config
 
 with logging_to(snakemake.log[0]):
-    exp = snakemake.params.experiment
-    table = run_shard(
-        model_dir=snakemake.input.model,
-        targets_path=snakemake.input.targets,
-        out_path=snakemake.output[0],
-        experiment=snakemake.wildcards.experiment,
-        method=snakemake.wildcards.method,
-        tuning=tuning_config(snakemake.params.tuning),
-        inits=exp["inits"],
-        shard=int(snakemake.wildcards.shard),
-        n_shards=exp["shards"],
-        seed=snakemake.params.seed,
-        dtype=snakemake.params.dtype,
-        device=snakemake.params.device,
-        threads=snakemake.threads,
-        checkpoint_seconds=snakemake.config.get("checkpoint_seconds", 60),  # not a rerun trigger
-    )
-    print(f"{table.num_rows} rows tuned")
+    job = snakemake.params.job
+    out = Path(snakemake.output[0])
+    with atomic_path(out, is_dir=True) as folder:
+        members = [
+            {**member, "targets": targets, "out": str(Path(folder) / f"{member['experiment']}.arrow")}
+            for member, targets in zip(job["members"], snakemake.input.targets)
+        ]
+        tables = run_bundle(
+            model_dir=snakemake.input.model,
+            members=members,
+            method=job["method"],
+            tuning=tuning_config(job["tuning"]),
+            checkpoint=out.with_name(f".{out.name}.ckpt"),
+            seed=snakemake.params.seed,
+            dtype=snakemake.params.dtype,
+            device=snakemake.params.device,
+            threads=snakemake.threads,
+            checkpoint_seconds=snakemake.config.get("checkpoint_seconds", 60),  # not a rerun trigger
+        )
+    print(f"{sum(t.num_rows for t in tables)} rows tuned for {len(tables)} experiment(s)")

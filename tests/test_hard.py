@@ -18,7 +18,7 @@ def test_hard_update_is_the_true_argmin_of_the_linear_scores(tiny_llama):
     p = torch.tensor(targets(lm.vocab_size, 2, seed=1))
     embed = lm.model.get_input_embeddings()
     allowed = allowed_tokens(lm.tokenizer, embed.weight.shape[0], cfg)
-    soft, ids = init_rows(embed, embed.weight, allowed, [5, 6], cfg)
+    soft, ids, _ = init_rows(embed, embed.weight, allowed, [5, 6], cfg)
     bos = embed(torch.tensor([[lm.tokenizer.bos_token_id]]))
     batch = _Batch(lm.model, p, soft, ids, _bos_cache(lm, cfg), allowed, cfg, record_curve=False)
     batch.step(0)
@@ -90,3 +90,19 @@ def test_mask_options_are_checked():
         TuneConfig(method="soft", n_soft=2)
     with pytest.raises(DistreachError, match="tuning.candidates"):
         TuneConfig(method="hard", candidates=0)
+
+
+def test_recorded_init_ids_are_the_tokens_each_row_starts_from(tiny_llama):
+    """A hybrid row's soft positions start at the embeddings of its recorded init tokens and its
+    hard positions at the tokens themselves; tune() records exactly those."""
+    lm = tiny_llama
+    cfg = TuneConfig(method="hybrid", prefix_len=4, n_soft=2, max_steps=1)
+    embed = lm.model.get_input_embeddings()
+    allowed = allowed_tokens(lm.tokenizer, embed.weight.shape[0], cfg)
+    soft, hard, drawn = init_rows(embed, embed.weight, allowed, [3, 4, 5], cfg)
+    mask = torch.tensor(cfg.soft_mask)
+    assert torch.equal(embed(drawn[:, mask]).detach(), soft)
+    assert torch.equal(drawn[:, ~mask], hard)
+    res = tune(lm, targets(lm.vocab_size, 3), [3, 4, 5], cfg)
+    assert res.init_ids.tolist() == drawn.tolist()
+    assert len(set(map(tuple, res.init_ids.tolist()))) == 3

@@ -20,7 +20,7 @@ import yaml
 from .conftest import save_tiny
 
 REPO = Path(__file__).resolve().parents[1]
-SHARD = "results/tuning/a/tiny/soft/shard-0.arrow"
+SHARD = "results/tuning/tiny/a.soft/shard-0"  # the tuning job's folder (distreach.bundles)
 
 
 def config(model: Path) -> dict:
@@ -61,7 +61,7 @@ def test_sigint_to_snakemake_then_rerun_resumes_to_the_same_table(tmp_path):
     finish(snakemake(ref, cfg))
     reference = pl.read_ipc(ref / "results/collected/a.arrow")
 
-    ckpt = run / Path(SHARD).with_name(f".{Path(SHARD).name}.ckpt")
+    ckpt = run / Path(SHARD).with_name(".shard-0.ckpt")
     proc = snakemake(run, cfg)
     deadline = time.monotonic() + 300
     while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -77,7 +77,7 @@ def test_sigint_to_snakemake_then_rerun_resumes_to_the_same_table(tmp_path):
     out = finish(snakemake(run, cfg))
     resumed = [ln for ln in out.splitlines() if "resuming from checkpoint" in ln]
     assert len(resumed) == 1 and str(ckpt.name) in resumed[0] and "rows done" in resumed[0], out[-3000:]
-    job_log = (run / "logs/tuning/a/tiny/soft/shard-0.log").read_text()
+    job_log = (run / "logs/tuning/tiny/a.soft/shard-0.log").read_text()
     assert "resuming from checkpoint" in job_log
     assert not ckpt.exists()
     table = pl.read_ipc(run / "results/collected/a.arrow")

@@ -58,7 +58,7 @@ def test_hard_positions_and_inits_draw_only_usable_tokens():
     allowed = allowed_tokens(tok, rows, cfg)
     assert torch.equal(allowed, torch.from_numpy(usable_mask(tok, rows)))
     embed = torch.nn.Embedding(rows, 4)
-    soft, hard = init_rows(embed, embed.weight, allowed, range(300), cfg)
+    soft, hard, _ = init_rows(embed, embed.weight, allowed, range(300), cfg)
     assert set(hard.flatten().tolist()) <= set(usable_ids(tok, rows).tolist())
 
 

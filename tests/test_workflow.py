@@ -129,8 +129,12 @@ def test_single_figure_plans_only_what_it_needs(tmp_path, tiny_sources):
 
 @pytest.mark.slow
 def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
-    cfg = tiny_config(tiny_sources)
+    cfg = {**tiny_config(tiny_sources), "bundle_experiments": True}  # as the default config.yaml
     snakemake(tmp_path, cfg, "--cores", "2")
+    # bundled: vanilla's shard k shares its job with every soft experiment of the model
+    assert sorted(p.name for p in (tmp_path / "results/tuning/tiny/soft/shard-0").iterdir()) == sorted(
+        f"{e}.arrow" for e in ("vanilla", "methods", "outliers", "outlier-vanilla", "lm-soft", "matched-soft",
+                               "shuffled-soft", "migrated-soft", "migrated-matched-soft", "pos"))
     for fig in ("fig01", "fig04", "fig05", "fig06", "fig07", "fig08", "fig09", "fig10", "fig11", "fig12", "fig13"):
         for ext in ("html", "png", "svg"):
             assert (tmp_path / f"results/figures/{fig}.{ext}").stat().st_size > 1000
@@ -161,10 +165,14 @@ def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
     # nothing changed: nothing to do
     proc = snakemake(tmp_path, cfg, "-n")
     assert "Nothing to be done" in proc.stdout + proc.stderr
-    # a second run from scratch gives bit-identical tables
+    # a second run from scratch, each experiment in jobs of its own, gives bit-identical tables
     again = tmp_path / "again"
-    snakemake(again, cfg, "--cores", "2", "results/collected/vanilla.arrow")
+    wanted = ["results/collected/vanilla.arrow", "results/collected/pos.arrow"]
+    proc = snakemake(again, {**cfg, "bundle_experiments": False}, "-n", *wanted)
+    assert planned_jobs(proc)["tune_shard"] == 2 * 2 + 2  # vanilla: 2 models x 2 shards; pos: 2 models
+    snakemake(again, {**cfg, "bundle_experiments": False}, "--cores", "2", *wanted)
     assert pl.read_ipc(again / "results/collected/vanilla.arrow").equals(df)
+    assert pl.read_ipc(again / "results/collected/pos.arrow").equals(pos)
 
 
 BAD_CONFIGS = [

@@ -1,0 +1,59 @@
+"""Tuning jobs: which experiments' rows are tuned together in one batch.
+
+A tuning job tunes shard k of one or more experiments on one model with one method and one set
+of tuning settings, and writes one table per experiment,
+``results/tuning/<model>/<job>/shard-<k>/<experiment>.arrow``. By default each experiment has
+its own jobs, named ``<experiment>.<method>``. With the config's ``bundle_experiments: true``
+the experiments that share a model, method and tuning settings (they differ only in their
+targets, and rows never interact in the engine) share their jobs, named by the method and the
+experiment's own tuning settings (``soft``, ``soft+prefix_len=3``): one model load and one
+tail of slowly converging rows per job instead of one per experiment (on a CPU a step costs
+nearly as much for one row as for ten; ``benchmarks/README.md``). The price: asking for one
+figure tunes every experiment of its jobs, and editing one experiment reruns its jobs.
+
+Pure functions of the workflow config (after schema defaults); no torch.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def job_name(experiment: str, method: str, overrides: dict, bundled: bool) -> str:
+    """``method`` followed by ``+key=value`` for each of an experiment's own tuning settings,
+    after ``<experiment>.`` unless experiments are bundled."""
+    name = method + "".join(f"+{key}={json.dumps(overrides[key])}" for key in sorted(overrides))
+    return name if bundled else f"{experiment}.{name}"
+
+
+def tuning_jobs(config: dict) -> dict[str, dict]:
+    """Every tuning job of a config, by ``<model>/<bundle>/shard-<k>``: its model, method,
+    effective tuning settings (the config's ``tuning``, the experiment's, then the method's
+    entry) and members (experiment, target family, inits, shard k of n), in config order."""
+    jobs: dict[str, dict] = {}
+    bundled = bool(config.get("bundle_experiments", False))
+    for name, exp in config["experiments"].items():
+        overrides = exp.get("tuning", {})
+        for model in exp["models"]:
+            for method in exp["methods"]:
+                entry = config.get("methods", {}).get(method, {"method": method})
+                for k in range(exp["shards"]):
+                    key = f"{model}/{job_name(name, method, overrides, bundled)}/shard-{k}"
+                    job = jobs.setdefault(key, {
+                        "model": model,
+                        "method": method,
+                        "tuning": {**config.get("tuning", {}), **overrides, **entry},
+                        "members": [],
+                    })
+                    job["members"].append({"experiment": name, "family": exp["targets"], "inits": exp["inits"],
+                                           "shard": k, "n_shards": exp["shards"]})
+    return jobs
+
+
+def experiment_outputs(config: dict, experiment: str) -> list[tuple[str, str]]:
+    """(job folder, table inside it) of each shard of ``experiment``."""
+    return [
+        (f"results/tuning/{key}", f"results/tuning/{key}/{experiment}.arrow")
+        for key, job in tuning_jobs(config).items()
+        if any(m["experiment"] == experiment for m in job["members"])
+    ]
