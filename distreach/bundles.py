@@ -3,7 +3,8 @@
 A tuning job tunes shard k of one or more experiments on one model with one method and one set
 of tuning settings, and writes one table per experiment,
 ``results/tuning/<model>/<job>/shard-<k>/<experiment>.arrow``. By default each experiment has
-its own jobs, named ``<experiment>.<method>``. With the config's ``bundle_experiments: true``
+its own jobs, named ``<experiment>@<method>`` (then ``+key=value`` for each of its own
+tuning settings). With the config's ``bundle_experiments: true``
 the experiments that share a model, method and tuning settings (they differ only in their
 targets, and rows never interact in the engine) share their jobs, named by the method and the
 experiment's own tuning settings (``soft``, ``soft+prefix_len=3``): one model load and one
@@ -16,14 +17,28 @@ Pure functions of the workflow config (after schema defaults); no torch.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+
+from .errors import DistreachError
+
+
+def _value(value) -> str:
+    """A setting's value as it appears in a job name: plain if it is a number, bool or simple
+    word, else a short digest of its JSON (a list, a string with other characters)."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    if re.fullmatch(r"-?[A-Za-z0-9_.]+", text):
+        return text
+    return "h" + hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def job_name(experiment: str, method: str, overrides: dict, bundled: bool) -> str:
     """``method`` followed by ``+key=value`` for each of an experiment's own tuning settings,
-    after ``<experiment>.`` unless experiments are bundled."""
-    name = method + "".join(f"+{key}={json.dumps(overrides[key])}" for key in sorted(overrides))
-    return name if bundled else f"{experiment}.{name}"
+    after ``<experiment>@`` unless experiments are bundled (``@`` is in no config name, so two
+    experiments never share a name by accident)."""
+    name = method + "".join(f"+{key}={_value(overrides[key])}" for key in sorted(overrides))
+    return name if bundled else f"{experiment}@{name}"
 
 
 def tuning_jobs(config: dict) -> dict[str, dict]:
@@ -39,12 +54,12 @@ def tuning_jobs(config: dict) -> dict[str, dict]:
                 entry = config.get("methods", {}).get(method, {"method": method})
                 for k in range(exp["shards"]):
                     key = f"{model}/{job_name(name, method, overrides, bundled)}/shard-{k}"
-                    job = jobs.setdefault(key, {
-                        "model": model,
-                        "method": method,
-                        "tuning": {**config.get("tuning", {}), **overrides, **entry},
-                        "members": [],
-                    })
+                    settings = {**config.get("tuning", {}), **overrides, **entry}
+                    job = jobs.setdefault(key, {"model": model, "method": method, "tuning": settings, "members": []})
+                    if (job["method"], job["tuning"]) != (method, settings):  # a name shared by accident
+                        other = job["members"][0]["experiment"]
+                        raise DistreachError(f"experiments.{name}: its tuning job {key} has the name of experiment "
+                                             f"{other}'s, with other settings; rename one of them")
                     job["members"].append({"experiment": name, "family": exp["targets"], "inits": exp["inits"],
                                            "shard": k, "n_shards": exp["shards"]})
     return jobs

@@ -94,6 +94,7 @@ def run_bundle(
     device: str = "auto",
     threads: int | None = None,
     checkpoint_seconds: float = 60.0,
+    keep_checkpoint: bool = False,
     loaded=None,
     progress=None,
 ) -> list[pa.Table]:
@@ -104,7 +105,8 @@ def run_bundle(
     write), ``inits``, ``shard`` and ``n_shards``. The model is loaded from ``model_dir`` in
     ``dtype`` on ``device`` unless ``loaded`` (a LoadedModel) is given. The tuning state is
     checkpointed to ``checkpoint`` every ``checkpoint_seconds``, so a killed job started again
-    resumes (bit-identical on the CPU); the checkpoint is removed once every table is written."""
+    resumes (bit-identical on the CPU); the checkpoint is removed once every table is written
+    (unless ``keep_checkpoint``: a caller that publishes the tables later removes it then)."""
     if threads:
         torch.set_num_threads(int(threads))
     if loaded is None:
@@ -118,7 +120,8 @@ def run_bundle(
                           checkpoint_seconds=checkpoint_seconds, progress=progress)
     for table, m in zip(tables, members):
         write_arrow(table, m["out"])
-    Path(checkpoint).unlink(missing_ok=True)
+    if not keep_checkpoint:
+        Path(checkpoint).unlink(missing_ok=True)
     return tables
 
 

@@ -208,6 +208,7 @@ def twins_config(paper: dict) -> dict:
 
     cfg = copy.deepcopy(paper)
     cfg["dtype"] = "fp32"
+    cfg["bundle_experiments"] = True  # a few rows per experiment: one tuning job per model and setting
     cfg["twins"] = {}
     for i, (name, entry) in enumerate(paper["models"].items()):
         model = {**entry, **TINY_MODEL}

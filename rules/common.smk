@@ -29,6 +29,9 @@ except DistreachError as exc:
 
 
 FIGURES = config["figures"]
+# models, vocabularies, POS tables and targets before any tuning: a bundled tuning job needs
+# many of them, and should start early rather than last
+PREP_PRIORITY = 100
 TUNING_JOBS = bundles.tuning_jobs(config)
 
 
@@ -37,7 +40,7 @@ wildcard_constraints:
     experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     family=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     method=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    bundle=r"[A-Za-z0-9][A-Za-z0-9_.,=+-]*",
+    bundle=r"[A-Za-z0-9][A-Za-z0-9_.=+@-]*",
     shard=r"\d+",
 
 
@@ -94,8 +97,16 @@ def tuning_job(wildcards):
     """The tuning job of a shard folder (distreach.bundles): model, method, settings, members."""
     key = f"{wildcards.model}/{wildcards.bundle}/shard-{wildcards.shard}"
     if key not in TUNING_JOBS:
-        raise WorkflowError(f"no experiment of the config is tuned in results/tuning/{key}")
+        raise WorkflowError(
+            f"no experiment of the config is tuned in results/tuning/{key}"
+        )
     return TUNING_JOBS[key]
+
+
+def tuning_priority(wildcards):
+    """Jobs that tune more experiments first, so the longest tuning job does not end up running
+    alone at the end (the preparing rules come first of all: PREP_PRIORITY)."""
+    return len(tuning_job(wildcards)["members"])
 
 
 def tuning_targets(wildcards):
@@ -106,11 +117,23 @@ def tuning_targets(wildcards):
     ]
 
 
+def tunes_on_gpu():
+    """Whether tuning jobs run on a GPU here: config device cuda, or auto with an NVIDIA device."""
+    device = config.get("device", "auto")
+    return device.startswith("cuda") or (
+        device == "auto" and Path("/dev/nvidiactl").exists()
+    )
+
+
 def tuning_threads(wildcards):
-    """CPUs of a tuning job: the model's 'cpus' where set (a cluster), else 1: on a CPU two
-    one-thread jobs side by side tune more rows per second than one two-thread job
-    (benchmarks/README.md)."""
-    return config["models"][wildcards.model].get("cpus") or 1
+    """CPUs of a tuning job: the model's 'cpus' where set (a cluster); else, on the CPU, 1 (two
+    one-thread jobs side by side tune more rows per second than one two-thread job;
+    benchmarks/README.md), and on a local GPU every core given, so one job runs at a time.
+    """
+    cpus = config["models"][wildcards.model].get("cpus")
+    if cpus:
+        return cpus
+    return max(1, workflow.cores or 1) if tunes_on_gpu() else 1
 
 
 def tuning_cpus(wildcards, threads):
@@ -132,7 +155,9 @@ def model_runtime(wildcards, attempt):
 
 def experiment_shards(wildcards):
     """The tuning-job folders holding an experiment's shards (distreach.bundles)."""
-    return [folder for folder, _ in bundles.experiment_outputs(config, wildcards.experiment)]
+    return [
+        folder for folder, _ in bundles.experiment_outputs(config, wildcards.experiment)
+    ]
 
 
 def figure_inputs(wildcards):

@@ -23,6 +23,7 @@ rule materialise_model:
         directory("results/models/{model}"),
     log:
         "logs/models/{model}.log",
+    priority: PREP_PRIORITY
     conda:
         "../envs/torch.yaml"
     resources:

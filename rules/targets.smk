@@ -6,6 +6,7 @@ rule targets:
         "results/targets/{family}/{model}.arrow",
     log:
         "logs/targets/{family}/{model}.log",
+    priority: PREP_PRIORITY
     conda:
         "../envs/torch.yaml"
     resources:

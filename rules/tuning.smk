@@ -8,6 +8,7 @@ rule tune_shard:
         directory("results/tuning/{model}/{bundle}/shard-{shard}"),
     log:
         "logs/tuning/{model}/{bundle}/shard-{shard}.log",
+    priority: tuning_priority
     conda:
         "../envs/torch.yaml"
     threads: tuning_threads

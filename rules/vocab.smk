@@ -6,6 +6,7 @@ rule vocab:
         "results/vocab/{model}.arrow",
     log:
         "logs/vocab/{model}.log",
+    priority: PREP_PRIORITY
     conda:
         "../envs/torch.yaml"
     params:
@@ -22,6 +23,7 @@ rule pos_tag:
         "results/pos/{model}.arrow",
     log:
         "logs/pos/{model}.log",
+    priority: PREP_PRIORITY
     conda:
         "../envs/pos.yaml"
     threads: 1

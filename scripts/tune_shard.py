@@ -11,6 +11,7 @@ from distreach.shards import run_bundle, tuning_config
 with logging_to(snakemake.log[0]):
     job = snakemake.params.job
     out = Path(snakemake.output[0])
+    checkpoint = out.with_name(f".{out.name}.ckpt")
     with atomic_path(out, is_dir=True) as folder:
         members = [
             {**member, "targets": targets, "out": str(Path(folder) / f"{member['experiment']}.arrow")}
@@ -21,11 +22,13 @@ with logging_to(snakemake.log[0]):
             members=members,
             method=job["method"],
             tuning=tuning_config(job["tuning"]),
-            checkpoint=out.with_name(f".{out.name}.ckpt"),
+            checkpoint=checkpoint,
             seed=snakemake.params.seed,
             dtype=snakemake.params.dtype,
             device=snakemake.params.device,
             threads=snakemake.threads,
             checkpoint_seconds=snakemake.config.get("checkpoint_seconds", 60),  # not a rerun trigger
+            keep_checkpoint=True,
         )
+    checkpoint.unlink(missing_ok=True)  # only once the folder is in place
     print(f"{sum(t.num_rows for t in tables)} rows tuned for {len(tables)} experiment(s)")

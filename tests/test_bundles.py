@@ -1,6 +1,11 @@
 """Which experiments share a tuning job (distreach.bundles), and the workflow's plan of them."""
 
+import re
+
+import pytest
+
 from distreach.bundles import experiment_outputs, tuning_jobs
+from distreach.errors import DistreachError
 
 from .test_workflow import planned_jobs, snakemake, tiny_config, tiny_sources  # noqa: F401 (a fixture)
 
@@ -9,25 +14,28 @@ def config(bundled: bool) -> dict:
     exp = {"models": ["m"], "methods": ["soft"], "inits": 1, "shards": 1}
     return {
         "bundle_experiments": bundled,
-        "tuning": {"lr": 0.1},
-        "methods": {"hybrid-1": {"method": "hybrid", "n_soft": 1}},
+        "tuning": {"lr": 0.1, "prefix_len": 5},
+        "methods": {"hybrid-1": {"method": "hybrid", "n_soft": 1}, "short": {"method": "soft", "prefix_len": 2}},
         "experiments": {
             "a": {**exp, "targets": "t1", "shards": 2},
             "b": {**exp, "targets": "t2", "methods": ["soft", "hybrid-1"]},
             "c": {**exp, "targets": "t1", "tuning": {"prefix_len": 3}},
             "d": {**exp, "targets": "t3", "models": ["m", "n"]},
+            "e": {**exp, "targets": "t3", "methods": ["short"], "tuning": {"prefix_len": 3, "lr": 0.05}},
         },
     }
 
 
 def test_bundled_experiments_share_jobs_of_the_same_model_method_and_settings():
     jobs = tuning_jobs(config(True))
-    assert sorted(jobs) == ["m/hybrid-1/shard-0", "m/soft+prefix_len=3/shard-0", "m/soft/shard-0", "m/soft/shard-1",
-                            "n/soft/shard-0"]
+    assert sorted(jobs) == ["m/hybrid-1/shard-0", "m/short+lr=0.05+prefix_len=3/shard-0", "m/soft+prefix_len=3/shard-0",
+                            "m/soft/shard-0", "m/soft/shard-1", "n/soft/shard-0"]
     assert [m["experiment"] for m in jobs["m/soft/shard-0"]["members"]] == ["a", "b", "d"]
     assert [(m["experiment"], m["shard"], m["n_shards"]) for m in jobs["m/soft/shard-1"]["members"]] == [("a", 1, 2)]
-    assert jobs["m/hybrid-1/shard-0"]["tuning"] == {"lr": 0.1, "method": "hybrid", "n_soft": 1}
+    assert jobs["m/hybrid-1/shard-0"]["tuning"] == {"lr": 0.1, "prefix_len": 5, "method": "hybrid", "n_soft": 1}
     assert jobs["m/soft+prefix_len=3/shard-0"]["tuning"] == {"lr": 0.1, "prefix_len": 3, "method": "soft"}
+    # settings apply global, then the experiment's, then the method's
+    assert jobs["m/short+lr=0.05+prefix_len=3/shard-0"]["tuning"] == {"lr": 0.05, "prefix_len": 2, "method": "soft"}
     assert experiment_outputs(config(True), "a") == [
         ("results/tuning/m/soft/shard-0", "results/tuning/m/soft/shard-0/a.arrow"),
         ("results/tuning/m/soft/shard-1", "results/tuning/m/soft/shard-1/a.arrow"),
@@ -36,14 +44,29 @@ def test_bundled_experiments_share_jobs_of_the_same_model_method_and_settings():
 
 def test_unbundled_experiments_have_jobs_of_their_own():
     jobs = tuning_jobs(config(False))
-    assert sorted(jobs) == ["m/a.soft/shard-0", "m/a.soft/shard-1", "m/b.hybrid-1/shard-0", "m/b.soft/shard-0",
-                            "m/c.soft+prefix_len=3/shard-0", "m/d.soft/shard-0", "n/d.soft/shard-0"]
+    assert sorted(jobs) == ["m/a@soft/shard-0", "m/a@soft/shard-1", "m/b@hybrid-1/shard-0", "m/b@soft/shard-0",
+                            "m/c@soft+prefix_len=3/shard-0", "m/d@soft/shard-0", "m/e@short+lr=0.05+prefix_len=3/shard-0",
+                            "n/d@soft/shard-0"]
     assert all(len(job["members"]) == 1 for job in jobs.values())
+
+
+def test_job_names_are_path_safe_and_never_shared_by_jobs_of_other_settings():
+    cfg = config(True)
+    cfg["experiments"]["c"]["tuning"] = {"init": "normal", "soft_positions": [0, 2], "stop_kl_nats": 0.001}
+    names = [key.split("/")[1] for key in tuning_jobs(cfg)]
+    assert "soft+init=normal+soft_positions=h" in " ".join(names)
+    assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=+@-]*", n) for n in names), names  # rules/common.smk's pattern
+    cfg["experiments"]["b"]["tuning"] = {"init": "1"}
+    cfg["experiments"]["d"]["tuning"] = {"init": 1}  # the same name, other settings
+    with pytest.raises(DistreachError, match="experiments.d: its tuning job m/soft\\+init=1/shard-0"):
+        tuning_jobs(cfg)
 
 
 def test_the_workflow_plans_one_tune_job_per_bundle(tmp_path, tiny_sources):  # noqa: F811
     # bundled: tiny and tiny-gpt2 soft (2 shards each), tiny hybrid-1, hard, soft+prefix_len=2, tiny-random soft;
     # each experiment on its own: 20 (vanilla 2 models x 2 shards, methods 3, migrated 2, pos 2, nine more)
     for bundled, jobs in ((True, 8), (False, 20)):
-        proc = snakemake(tmp_path / str(bundled), {**tiny_config(tiny_sources), "bundle_experiments": bundled}, "-n")
+        cfg = {**tiny_config(tiny_sources), "bundle_experiments": bundled}
+        cfg["experiments"]["twins"]["tuning"] = {"init": "normal", "bos": "none"}  # settings in the job's name
+        proc = snakemake(tmp_path / str(bundled), cfg, "-n")
         assert planned_jobs(proc)["tune_shard"] == jobs

@@ -16,8 +16,10 @@ REPO = Path(__file__).resolve().parents[1]
 def test_every_figure_is_registered_drawn_and_configurable():
     schema = yaml.safe_load((REPO / "schemas/config.schema.yaml").read_text())
     assert set(figures.DRAW) == set(figreg.FIGURES) == set(schema["properties"]["figures"]["properties"])
-    for fig, draw in figures.DRAW.items():
-        assert draw.__doc__ == figreg.FIGURES[fig].caption
+    # every caption names its paper figure and what a band, bar, box or point stands for
+    spread = ("standard error", "t-interval", "quartiles", "one point per target", "single inits", "shares per model")
+    for fig, entry in figreg.FIGURES.items():
+        assert entry.caption.endswith(f"(paper Fig. {int(fig[3:])}).") and any(s in entry.caption for s in spread), fig
 
 
 def test_figure_inputs():

@@ -20,7 +20,7 @@ import yaml
 from .conftest import save_tiny
 
 REPO = Path(__file__).resolve().parents[1]
-SHARD = "results/tuning/tiny/a.soft/shard-0"  # the tuning job's folder (distreach.bundles)
+SHARD = "results/tuning/tiny/a@soft/shard-0"  # the tuning job's folder (distreach.bundles)
 
 
 def config(model: Path) -> dict:
@@ -77,7 +77,7 @@ def test_sigint_to_snakemake_then_rerun_resumes_to_the_same_table(tmp_path):
     out = finish(snakemake(run, cfg))
     resumed = [ln for ln in out.splitlines() if "resuming from checkpoint" in ln]
     assert len(resumed) == 1 and str(ckpt.name) in resumed[0] and "rows done" in resumed[0], out[-3000:]
-    job_log = (run / "logs/tuning/tiny/a.soft/shard-0.log").read_text()
+    job_log = (run / "logs/tuning/tiny/a@soft/shard-0.log").read_text()
     assert "resuming from checkpoint" in job_log
     assert not ckpt.exists()
     table = pl.read_ipc(run / "results/collected/a.arrow")
