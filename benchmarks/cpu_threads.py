@@ -72,14 +72,15 @@ def main() -> None:
         worker(args.model, args.threads, batches[0])
         return
     n = args.threads
-    print(f"| batch | 1 process x {n} threads | {n} processes x 1 thread | ratio |")
-    print("|---|---|---|---|")
+    print(f"| batch | s per step, 1 process x {n} threads | prompt-steps/s, 1 process x {n} threads "
+          f"| prompt-steps/s, {n} processes x 1 thread | ratio |")
+    print("|---|---|---|---|---|")
     ratios = []
     for batch in batches:
         together = measure(args.model, n, batch, 1)
         apart = measure(args.model, 1, batch, n)
         ratios.append(apart / together)
-        print(f"| {batch} | {together:.1f} | {apart:.1f} | {apart / together:.2f} |", flush=True)
+        print(f"| {batch} | {batch / together:.3f} | {together:.1f} | {apart:.1f} | {apart / together:.2f} |", flush=True)
     print(f"side_by_side_over_threads={ratios[len(ratios) // 2]:.2f}")
 
 

@@ -1,5 +1,6 @@
 import importlib.util
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -118,10 +119,10 @@ def tuning_targets(wildcards):
 
 
 def tunes_on_gpu():
-    """Whether tuning jobs run on a GPU here: config device cuda, or auto with an NVIDIA device."""
+    """Whether tuning jobs run on a GPU here: config device cuda, or auto with an NVIDIA driver."""
     device = config.get("device", "auto")
     return device.startswith("cuda") or (
-        device == "auto" and Path("/dev/nvidiactl").exists()
+        device == "auto" and shutil.which("nvidia-smi") is not None
     )
 
 
