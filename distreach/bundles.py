@@ -65,10 +65,16 @@ def tuning_jobs(config: dict) -> dict[str, dict]:
     return jobs
 
 
-def experiment_outputs(config: dict, experiment: str) -> list[tuple[str, str]]:
-    """(job folder, table inside it) of each shard of ``experiment``."""
+def table_path(folder, experiment: str) -> str:
+    """The table of ``experiment`` in a tuning job's folder."""
+    return f"{folder}/{experiment}.arrow"
+
+
+def experiment_outputs(jobs: dict[str, dict], experiment: str) -> list[tuple[str, str]]:
+    """(job folder, table inside it) of each shard of ``experiment``, of the jobs of
+    :func:`tuning_jobs`."""
     return [
-        (f"results/tuning/{key}", f"results/tuning/{key}/{experiment}.arrow")
-        for key, job in tuning_jobs(config).items()
+        (f"results/tuning/{key}", table_path(f"results/tuning/{key}", experiment))
+        for key, job in jobs.items()
         if any(m["experiment"] == experiment for m in job["members"])
     ]

@@ -148,16 +148,9 @@ class TuneResult:
     def __len__(self) -> int:
         return len(self.kl_min)
 
-    def take(self, idx) -> "TuneResult":
-        """The records of rows ``idx`` (a slice or index list), as a new result."""
-        idx = list(range(len(self))[idx]) if isinstance(idx, slice) else list(idx)
-
-        def pick(name, value):
-            if value is None:
-                return None
-            return [value[i] for i in idx] if name == "status" else value[idx]
-
-        return TuneResult(**{f.name: pick(f.name, getattr(self, f.name)) for f in fields(TuneResult)})
+    def take(self, rows: slice) -> "TuneResult":
+        """The records of a slice of rows, as a new result."""
+        return TuneResult(**{f.name: None if (v := getattr(self, f.name)) is None else v[rows] for f in fields(TuneResult)})
 
 
 def allowed_tokens(tokenizer, n_embed: int, cfg: TuneConfig) -> torch.Tensor:

@@ -157,7 +157,8 @@ def model_runtime(wildcards, attempt):
 def experiment_shards(wildcards):
     """The tuning-job folders holding an experiment's shards (distreach.bundles)."""
     return [
-        folder for folder, _ in bundles.experiment_outputs(config, wildcards.experiment)
+        folder
+        for folder, _ in bundles.experiment_outputs(TUNING_JOBS, wildcards.experiment)
     ]
 
 

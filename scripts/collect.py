@@ -2,13 +2,12 @@
 
 import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
 
-from pathlib import Path
-
+from distreach.bundles import table_path
 from distreach.io import logging_to
 from distreach.tables import collect
 
 with logging_to(snakemake.log[0]):
     # each input is a tuning job's folder, holding one table per experiment it tuned
-    shards = [str(Path(folder) / f"{snakemake.wildcards.experiment}.arrow") for folder in snakemake.input]
+    shards = [table_path(folder, snakemake.wildcards.experiment) for folder in snakemake.input]
     df = collect(shards, snakemake.output[0])
     print(f"{df.height} rows from {len(shards)} shards")

@@ -5,6 +5,7 @@ import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
 
 from pathlib import Path
 
+from distreach.bundles import table_path
 from distreach.io import atomic_path, logging_to
 from distreach.shards import run_bundle, tuning_config
 
@@ -14,7 +15,7 @@ with logging_to(snakemake.log[0]):
     checkpoint = out.with_name(f".{out.name}.ckpt")
     with atomic_path(out, is_dir=True) as folder:
         members = [
-            {**member, "targets": targets, "out": str(Path(folder) / f"{member['experiment']}.arrow")}
+            {**member, "targets": targets, "out": table_path(folder, member["experiment"])}
             for member, targets in zip(job["members"], snakemake.input.targets)
         ]
         tables = run_bundle(

@@ -36,7 +36,7 @@ def test_bundled_experiments_share_jobs_of_the_same_model_method_and_settings():
     assert jobs["m/soft+prefix_len=3/shard-0"]["tuning"] == {"lr": 0.1, "prefix_len": 3, "method": "soft"}
     # settings apply global, then the experiment's, then the method's
     assert jobs["m/short+lr=0.05+prefix_len=3/shard-0"]["tuning"] == {"lr": 0.05, "prefix_len": 2, "method": "soft"}
-    assert experiment_outputs(config(True), "a") == [
+    assert experiment_outputs(tuning_jobs(config(True)), "a") == [
         ("results/tuning/m/soft/shard-0", "results/tuning/m/soft/shard-0/a.arrow"),
         ("results/tuning/m/soft/shard-1", "results/tuning/m/soft/shard-1/a.arrow"),
     ]
