@@ -50,6 +50,10 @@ from .tokens import BOS_POLICIES, resolve_bos, usable_mask, vocab_support
 log = logging.getLogger(__name__)
 
 METHODS = ("soft", "hard", "hybrid")
+# why a row stopped (TuneResult.stop_reason holds the index): it ran all max_steps; its best KL gained
+# less than min_delta for patience steps; its KL reached stop_kl_nats; a pure hard row's sweep changed
+# nothing; its KL became NaN or inf
+STOP_REASONS = ("step cap", "patience", "target reached", "converged", "non-finite")
 # batch_size 0: start at this many rows and halve on CUDA out-of-memory. On a CPU a step costs a
 # fixed part (every weight read once: about 0.2 s for SmolLM2 in fp32) plus a part per row, and a
 # batch runs as long as its slowest row: fewer, larger batches pay the fixed part and the tail of
@@ -139,6 +143,7 @@ class TuneResult:
     best_step: np.ndarray
     steps: np.ndarray  # forward evaluations of the row
     early_stopped: np.ndarray  # stopped by patience or convergence rather than max_steps
+    stop_reason: np.ndarray  # index into STOP_REASONS
     status: list = field(default_factory=list)  # "ok" or why the row failed
     best_soft: np.ndarray | None = None  # [n, n_soft, d] float32: soft positions at kl_min
     best_ids: np.ndarray | None = None  # [n, n_hard] int64: hard tokens at kl_min
@@ -251,6 +256,7 @@ def _new_records(n: int, soft: torch.Tensor, ids: torch.Tensor, max_steps: int, 
         best_step=torch.full((n,), -1, dtype=torch.long),
         steps=torch.zeros(n, dtype=torch.long),
         early_stopped=torch.zeros(n, dtype=torch.bool),
+        stop_reason=torch.zeros(n, dtype=torch.long),
         status=["ok"] * n,
         best_soft=soft.clone(),
         best_ids=ids.clone(),
@@ -382,8 +388,12 @@ class _Batch:
         for r in act[~finite].tolist():
             rec.status[r] = f"non-finite KL at step {step}"
         reached = rec.kl_min[act] <= cfg.stop_kl_nats
-        stop = ~finite | (self.since[act] >= cfg.patience) | self.converged[act] | reached
+        stale = self.since[act] >= cfg.patience
+        stop = ~finite | stale | self.converged[act] | reached
         rec.early_stopped[act[stop & finite]] = True
+        # where several apply, the last of this order is recorded: non-finite, target reached, converged, patience
+        for code, why in ((1, stale), (3, self.converged[act]), (2, reached), (4, ~finite)):
+            rec.stop_reason[act[stop & why]] = code
         return ~stop
 
     @torch.no_grad()
@@ -525,7 +535,7 @@ def _bos_cache(loaded, cfg: TuneConfig) -> list | None:
 
 def _empty_result(cfg: TuneConfig, d: int) -> TuneResult:
     empty = np.zeros(0)
-    return TuneResult(empty, empty, empty.astype(int), empty.astype(int), empty.astype(bool), [],
+    return TuneResult(empty, empty, empty.astype(int), empty.astype(int), empty.astype(bool), empty.astype(int), [],
                       np.zeros((0, cfg.n_soft_positions, d), np.float32),
                       np.zeros((0, cfg.prefix_len - cfg.n_soft_positions), np.int64),
                       init_ids=np.zeros((0, cfg.prefix_len), np.int64))

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .engine import TuneConfig, prompt_kl, tune
+from .engine import STOP_REASONS, TuneConfig, prompt_kl, tune
 from .errors import DistreachError
 from .infotheory import to_unit
 from .io import package_versions, with_metadata, write_arrow
@@ -243,7 +243,8 @@ def _retry_in_fp32(loaded, res, probs, seeds, tuning: TuneConfig, dtype: str) ->
         for j, i in enumerate(bad):
             retry[i] = f"{res.status[i]} in {dtype}"
             row_dtype[i] = "fp32"
-            for name in ("kl_min", "q_entropy", "best_step", "steps", "early_stopped", "best_soft", "best_ids"):
+            for name in ("kl_min", "q_entropy", "best_step", "steps", "early_stopped", "stop_reason", "best_soft",
+                         "best_ids"):
                 getattr(res, name)[i] = getattr(again, name)[j]
             res.status[i] = again.status[j]
         del loaded32
@@ -287,6 +288,7 @@ def _result_table(columns: dict, loaded, meta, rows, seeds, tuning, res, probs, 
             "best_step": pa.array(res.best_step, pa.int64()),
             "steps": pa.array(res.steps, pa.int64()),
             "early_stopped": pa.array(res.early_stopped, pa.bool_()),
+            "stop_reason": pa.array([STOP_REASONS[i] for i in res.stop_reason], pa.string()),
             "status": pa.array(res.status, pa.string()),
             "prompt_ids": pa.array(hard["ids"], pa.list_(pa.int64())),
             "prompt_text": pa.array(hard["text"], pa.string()),

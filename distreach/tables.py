@@ -26,6 +26,7 @@ RESULT_COLUMNS = (
     "q_entropy",
     "steps",
     "early_stopped",
+    "stop_reason",
 )
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy import stats
 
-from distreach.engine import TuneConfig, tune
+from distreach.engine import STOP_REASONS, TuneConfig, tune
 from distreach.errors import DistreachError
 
 
@@ -66,6 +66,8 @@ def test_kl_decreases_and_stopping_is_recorded(tiny_llama):
     assert early.any()
     assert (res.steps[early] == res.best_step[early] + 1 + 5).all()
     assert (res.steps[~early] == 100).all()
+    reasons = np.array(STOP_REASONS)[res.stop_reason]
+    assert (reasons[early] == "patience").all() and (reasons[~early] == "step cap").all()
     assert np.isfinite(res.kl_min).all() and (res.kl_min >= 0).all()
     # tuning lowers KL: every row ends well below its loss at the first step (the init's KL)
     first = tune(tiny_llama, p, [0, 1, 2, 3], TuneConfig(max_steps=1))
@@ -144,3 +146,14 @@ def test_auto_dtype_follows_the_hardware(monkeypatch):
     assert models.resolve_dtype("auto", "cpu") == torch.float32
     with pytest.raises(DistreachError, match="dtype must be one of"):
         models.resolve_dtype("int8")
+
+
+def test_stop_reason_names_each_way_a_row_stops(tiny_llama):
+    """A KL at the stop threshold, a hard sweep that changed nothing and the step cap are told apart."""
+    p = targets(tiny_llama.vocab_size, 3, seed=2)
+    reached = tune(tiny_llama, p, [0, 1, 2], TuneConfig(max_steps=50, stop_kl_nats=100.0))
+    assert [STOP_REASONS[i] for i in reached.stop_reason] == ["target reached"] * 3 and (reached.steps == 1).all()
+    hard = tune(tiny_llama, p, [0, 1, 2], TuneConfig(method="hard", candidates=8, max_steps=200, patience=200))
+    why = [STOP_REASONS[i] for i in hard.stop_reason]
+    assert set(why) <= {"converged", "step cap"} and "converged" in why
+    assert all((s < 200) == (w == "converged") for s, w in zip(hard.steps, why))
