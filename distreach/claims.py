@@ -1,80 +1,84 @@
-"""The paper's findings re-tested on a run's collected tables, each with its statistic, an
-interval or p-value and a three-valued verdict from a stated rule.
+"""The paper's findings re-tested on a run's collected tables, each with its statistic, p-value and
+one of four outcomes (:mod:`distreach.verdicts`): holds, contradicted, not shown (with the minimum
+detectable effect) or too few data.
 
-Every statistic is on the minimum KL over inits of each target (rows with status ``ok``). The
-data of each claim is the data of the figure that shows it (the config's ``figures`` section),
-so a claim is tested on exactly what is drawn. Verdicts:
-
-- ``holds``: the test concludes the claim at alpha = 0.05 (one-sided, in the claimed direction).
-- ``does not hold``: there are enough targets for the test to conclude, and it does not (the
-  statistic says whether the data point the other way or are merely not clear).
-- ``inconclusive``: too few targets or levels for the test to reach p < 0.05 whatever the data
-  (for example fewer than 5 pairs for a signed-rank test, fewer than 4 targets per group for a
-  rank-sum test), or the data the claim needs are not configured.
-
-A claim made of several comparisons holds when every comparison holds (an intersection-union
-test, so each is at alpha without correction), does not hold when any comparison with enough
-targets does not, and is inconclusive otherwise. Bootstraps resample targets (2000 resamples,
-seeded, so a report is the same every time it is made from the same tables).
+Every statistic is on the minimum KL over inits of each target (rows with status ``ok``), in the
+table's entropy unit. The data of each claim is the data of the figure that shows it (the config's
+``figures`` section), so a claim is tested on exactly what is drawn. One-sided tests at alpha =
+0.05; a claim made of several comparisons holds when all hold (intersection-union) and is
+contradicted when one concludes the opposite at alpha / k. Each row also gives its p-value
+adjusted by Holm over all the report's rows (the family-wise view), and how its rows stopped
+tuning (step cap, patience, stop threshold; median steps; dtypes): when more than 10% of a
+claim's rows ran into the step cap, the verdict may reflect the optimisation budget. Permutation
+tests and bootstraps are seeded, so a report is the same every time it is made from the same
+tables. Each rule's calibration (how often it says holds when its claim is false, at the least
+favourable case) is measured by simulation in ``tests/test_calibration.py``.
 
 Rules:
 
-- C1 (Fig. 1) soft min KL vs target entropy rises then falls. Needs >= 3 entropy levels and >= 2
-  targets per level. Holds when (a) the level with the highest mean (the peak) is neither end;
-  (b) the peak minus the higher of the two ends has a 95% bootstrap interval above 0; (c) KL rises
-  up to the peak and falls after it (Spearman rho over the targets of those levels, one-sided
-  p < 0.05 each); (d) no neighbouring levels reverse that direction by more than 2 standard
-  errors of their difference. A monotone curve fails (a), a flat noisy one (b)/(c), a two-peaked
-  one (d). Inconclusive when a side has too few targets for Spearman's test to reach p < 0.05
-  even for a perfectly monotone side. Also reported: the share of bootstrap resamples whose mean
-  curve has an interior peak above both ends and no 2-s.e. reversal.
-- C2 (Fig. 1) near-zero loss with aligned entropy at low target entropy: at every level up to
-  2 bits, the one-sided 95% t upper bound of the mean min KL is below 0.01 nats and that of the
-  mean |H(q) - H(p)| below 0.1 nats (constants of this module, not the run's stop criterion;
-  KL below the run's ``stop_kl_nats`` is not resolved, so a stop criterion above 0.01 nats makes
-  this claim fail). Needs >= 2 targets at each such level.
+- C1 (Fig. 1) soft min KL rises with target entropy up to a point, then falls. The targets,
+  ordered by entropy, are dealt alternately into two halves (two targets per level: one in each
+  half; one per level: every other level). One half picks the peak (its level with the highest
+  mean); the other half tests it: KL rises up to the peak and falls after it (Spearman's rank
+  correlation by permutation, one-sided, each side; both must conclude). Both ways round, the
+  smaller p doubled (Bonferroni). The peak is never tested on the data that chose it, so a curve
+  that rises and then stays flat says holds at most 5% of the time. Contradicted: an end level's
+  targets are above those of the interior level with the highest mean (Welch's t, one-sided,
+  either end at alpha / 2). MDE: the fall from the peak to the last level (tent-shaped curves with
+  the observed rise and spread, 100 seeded simulations per amplitude). Too few data: no choice of
+  peak lets both sides reach p < alpha / 2 (at least 3 levels).
+- C2 (Fig. 1) near-zero loss with aligned entropy at low target entropy: the levels up to 2 bits,
+  in bins of consecutive levels holding at least 5 targets each; in every bin the median min KL
+  is below 5% of the model's Fig. 1 peak (the highest level mean above 2 bits: the scale on which
+  the paper shows "near zero", from targets not tested here) and the median |H(q) - H(p)| below 5%
+  of the highest target entropy (log |V|, the scale of Fig. 5): exact sign tests, an equivalence
+  test (holds: below the threshold; contradicted: above it).
 - C3 (Fig. 4) more soft positions, lower loss: for methods ordered by their number of soft
   positions, each one's min KL is below the next one's on the same targets (Wilcoxon signed-rank,
-  one-sided, paired by target; all methods start from the same init tokens).
-- C4 (Fig. 7) outlier targets easier than vanilla targets of the same entropy: per (level, draw),
-  the mean over k of the outlier targets' min KL against the vanilla target of that level and
-  draw (Wilcoxon signed-rank, one-sided).
-- C5 (Figs. 8, 9) LM-generated targets easier than their own entropy-matched vanilla targets,
-  with soft prompts (Fig. 9) and hard ones (Fig. 8), and shuffled ones too (the minimum over a
-  target's shuffled copies, as Fig. 9 reads them) with soft prompts: each against its matched
-  target (Wilcoxon signed-rank, one-sided, paired by target).
+  paired by target; all methods start from the same init tokens).
+- C4 (Fig. 7) outlier targets easier than vanilla targets of the same entropy: within each (level,
+  draw), the vanilla target's rank among it and the outlier targets (one per k); the sum of ranks
+  against its exact permutation distribution.
+- C5 (Figs. 8, 9) LM-generated targets easier than their own entropy-matched vanilla targets, with
+  soft prompts (Fig. 9) and hard ones (Fig. 8), and their shuffled copies too with soft prompts:
+  LM against matched by Wilcoxon signed-rank, paired by target; shuffled copies by the matched
+  target's rank among it and the target's copies (exact permutation distribution; every copy
+  counts, so more copies do not make holds more likely: Fig. 9 draws the minimum over copies, a
+  test must not).
 - C6 (Fig. 10) migrated targets easier than their own matched vanilla targets, per tuning model
-  (Wilcoxon signed-rank, one-sided, paired by target).
-- C7 (Fig. 6) random-init twins also unimodal: the C1 rule on each twin.
-- C8 (Fig. 13) instruction-tuned models have higher loss on POS-uniform targets than their base
-  models (the ``pairs`` of figure fig13): paired by target (Wilcoxon signed-rank, one-sided).
+  (Wilcoxon signed-rank).
+- C7 (Fig. 6) random-init twins also unimodal: the C1 rule on each twin (``figures.fig06.pairs``).
+- C8 (Fig. 13) instruction-tuned variants have higher loss on POS-uniform targets than their base
+  models (``figures.fig13.pairs``): Wilcoxon signed-rank, paired by target.
 - C9 (Fig. 13) adjectives are the easiest part of speech: ADJ targets' min KL below each other
-  tag's (Mann-Whitney U, one-sided, per tag; targets of different tags are different draws).
+  tag's (Mann-Whitney U per tag; targets of different tags are different draws).
 
-Paired statistics: n pairs, median difference, 95% bootstrap interval of the mean difference,
-the rank-biserial correlation r (effect size, -1..1; negative = the first lower) and the p-value.
+MDEs of the rank tests are normal-theory approximations (the t-test's, scaled by the rank test's
+asymptotic efficiency), in the claim's unit; the statistic column names what each one measures.
 """
 
 from __future__ import annotations
 
 import html
 import math
-import re
 
 import numpy as np
 import polars as pl
 from scipy import stats
 
 from .figreg import figure_experiments
+from .infotheory import from_unit, to_unit
+from .io import atomic_path
 from .seeds import derive_seed
 from .tables import min_over_inits
+from .verdicts import (ALPHA, CONTRADICTED, HOLDS, MIN_PAIRS, NOT_SHOWN, OUTCOMES, POWER, TOO_FEW, Test, combine, holm,
+                       missing, paired_less, rank_sum_less, rank_within, sign_below, trend_min_p, trend_p, PERM_MAX_N)
 
-HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
-ALPHA = 0.05
-N_BOOT = 2000
-NEAR_ZERO_KL_NATS = 0.01
-ENTROPY_GAP_NATS = 0.1
-LOW_ENTROPY_BITS = 2.0
+__all__ = ["check", "write_report", "OUTCOMES", "HOLDS", "CONTRADICTED", "NOT_SHOWN", "TOO_FEW"]
+
+LOW_ENTROPY_BITS = 2.0  # C2: "low entropy" is up to this many bits
+NEAR_ZERO_SHARE = 0.05  # C2: "near zero" is below this share of the figure's scale
+BUDGET_SHARE = 0.10  # a claim whose rows ran into the step cap more often than this may reflect the budget
 CLAIMS = {
     "C1": "soft min KL vs target entropy rises then falls (unimodal)",
     "C2": "near-zero min KL and aligned entropy up to 2 bits",
@@ -88,76 +92,8 @@ CLAIMS = {
 }
 
 
-def _nats(value: float, unit: str) -> float:
-    return value * math.log(2) if unit == "bits" else value
-
-
-def _bits(value: float, unit: str) -> float:
-    return value / math.log(2) if unit == "nats" else value
-
-
 def _rng(*parts) -> np.random.Generator:
     return np.random.default_rng(derive_seed("claims", *parts))
-
-
-def combine(verdicts: list[str]) -> str:
-    """Intersection-union: holds when all hold, does not hold when any does not."""
-    if not verdicts:
-        return INCONCLUSIVE
-    if FAILS in verdicts:
-        return FAILS
-    return HOLDS if all(v == HOLDS for v in verdicts) else INCONCLUSIVE
-
-
-def result(verdict: str, statistic: str, interval: str = "-", n: int | str = "-") -> dict:
-    return {"verdict": verdict, "statistic": statistic, "interval": interval, "n": str(n)}
-
-
-# ---------------------------------------------------------------- paired and two-sample tests
-
-MIN_PAIRS = next(n for n in range(1, 64) if 0.5**n < ALPHA)  # exact signed-rank: min p = 2^-n
-MIN_PER_GROUP = next(n for n in range(1, 64) if 1 / math.comb(2 * n, n) < ALPHA)  # rank-sum, equal n
-
-
-def paired_less(a, b, label: str, seed) -> dict:
-    """Is ``a`` below ``b`` on the same targets? One-sided Wilcoxon signed-rank test."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    d = a - b
-    n = len(d)
-    nz = d[d != 0]  # ties carry no sign: the test can conclude only on the pairs that differ
-    if len(nz) < MIN_PAIRS:
-        return result(INCONCLUSIVE, f"{label}: {len(nz)} of {n} pairs differ (need {MIN_PAIRS})", n=n)
-    p = float(stats.wilcoxon(a, b, alternative="less").pvalue)
-    ranks = stats.rankdata(np.abs(nz))
-    r = float((ranks[nz > 0].sum() - ranks[nz < 0].sum()) / ranks.sum())
-    idx = _rng(label, *seed).integers(0, n, (N_BOOT, n))
-    lo, hi = np.percentile(d[idx].mean(1), [2.5, 97.5])
-    stat = f"{label}: median diff {np.median(d):.3g}, r = {r:+.2f}"
-    return result(HOLDS if p < ALPHA else FAILS, stat, f"mean diff 95% CI [{lo:.3g}, {hi:.3g}]; p = {p:.2g}", n)
-
-
-def rank_sum_less(a, b, label: str) -> dict:
-    """Are ``a``'s values below ``b``'s (different targets)? One-sided Mann-Whitney U test."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if min(len(a), len(b)) < MIN_PER_GROUP:
-        return result(INCONCLUSIVE, f"{label}: {len(a)} vs {len(b)} targets (need {MIN_PER_GROUP} each)", n=f"{len(a)}/{len(b)}")
-    u = stats.mannwhitneyu(a, b, alternative="less")
-    r = 2 * u.statistic / (len(a) * len(b)) - 1  # rank-biserial: -1 = every a below every b
-    p = float(u.pvalue)
-    stat = f"{label}: medians {np.median(a):.3g} vs {np.median(b):.3g}, r = {r:+.2f}"
-    return result(HOLDS if p < ALPHA else FAILS, stat, f"p = {p:.2g}", f"{len(a)}/{len(b)}")
-
-
-def merge(parts: list[dict]) -> dict:
-    """Several comparisons as one claim row."""
-    if not parts:
-        return result(INCONCLUSIVE, "no comparison has data")
-    return result(
-        combine([p["verdict"] for p in parts]),
-        "; ".join(p["statistic"] for p in parts),
-        "; ".join(f"{p['interval']}" for p in parts),
-        ", ".join(p["n"] for p in parts),
-    )
 
 
 def _pairs(left: pl.DataFrame, right: pl.DataFrame, key: str = "pair") -> tuple[np.ndarray, np.ndarray]:
@@ -168,249 +104,374 @@ def _pairs(left: pl.DataFrame, right: pl.DataFrame, key: str = "pair") -> tuple[
 # ---------------------------------------------------------------- C1, C7: unimodal
 
 
-def _levels(best: pl.DataFrame) -> tuple[list[float], list[np.ndarray]]:
-    g = best.group_by("target_entropy").agg(pl.col("kl_min")).sort("target_entropy")
-    return g["target_entropy"].to_list(), [np.asarray(v, float) for v in g["kl_min"].to_list()]
+def halves(n: int) -> np.ndarray:
+    """Half (0 or 1) of each of n targets ordered by (entropy, target id): dealt alternately."""
+    return np.arange(n) % 2
 
 
-def _spearman(groups: list[np.ndarray], direction: str) -> tuple[float, float, float]:
-    """rho and one-sided p over the pooled targets of consecutive levels, and the smallest p a
-    perfectly monotone side with these counts could reach."""
-    x = np.concatenate([np.full(len(g), i) for i, g in enumerate(groups)])
-    y = np.concatenate(groups)
-    res = stats.spearmanr(x, y, alternative=direction)
-    ideal = np.arange(len(x)) * (1 if direction == "greater" else -1)
-    best_p = stats.spearmanr(x, ideal, alternative=direction).pvalue
-    rho = float(res.statistic) if np.isfinite(res.statistic) else 0.0
-    p = float(res.pvalue) if np.isfinite(res.pvalue) else 1.0
-    return rho, p, float(best_p)
+def _peak(h: np.ndarray, y: np.ndarray) -> float:
+    """The entropy level with the highest mean of y (the lowest such level on a tie)."""
+    levels = np.unique(h)
+    means = [y[h == v].mean() for v in levels]
+    return float(levels[int(np.argmax(means))])
 
 
-def _reversals(means: np.ndarray, ses: np.ndarray, peak: int) -> list[int]:
-    """Neighbouring levels i, i+1 that go against the rise (before the peak) or the fall (after it)
-    by more than 2 standard errors of their difference."""
-    out = []
-    for i in range(len(means) - 1):
-        d = means[i + 1] - means[i]
-        se = math.hypot(ses[i], ses[i + 1])
-        if (i < peak and d < -2 * se) or (i >= peak and d > 2 * se):
-            out.append(i)
-    return out
+def split_p(h: np.ndarray, y: np.ndarray, rng, b: int | None = None) -> tuple[float, list[tuple[float, float, float]]]:
+    """C1's p-value: each half picks the peak, the other tests rise and fall; the smaller p of the
+    two ways doubled. Also (peak, p rise, p fall) of each way."""
+    half = halves(len(h))
+    kw = {} if b is None else {"b": b}
+    ways = []
+    for sel in (0, 1):
+        s, t = half == sel, half != sel
+        peak = _peak(h[s], y[s])
+        up, down = t & (h <= peak), t & (h >= peak)
+        ways.append((peak, trend_p(h[up], y[up], True, rng, **kw), trend_p(h[down], y[down], False, rng, **kw)))
+    return min(1.0, 2 * min(max(pr, pf) for _, pr, pf in ways)), ways
 
 
-def _shape_ok(means: np.ndarray, ses: np.ndarray) -> bool:
-    p = int(np.argmax(means))
-    return 0 < p < len(means) - 1 and means[p] > max(means[0], means[-1]) and not _reversals(means, ses, p)
+def _split_min_p(h: np.ndarray) -> float:
+    """The smallest p-value :func:`split_p` can give for these entropies, over every peak."""
+    half = halves(len(h))
+    best, floor = 1.0, trend_min_p([0.0, 1.0] * (PERM_MAX_N + 1))  # no p is below the floor
+    for sel in (0, 1):
+        t = half != sel
+        for peak in np.unique(h[half == sel]):
+            best = min(best, max(trend_min_p(h[t & (h <= peak)]), trend_min_p(h[t & (h >= peak)])))
+            if best <= floor:
+                return min(1.0, 2 * best)
+    return min(1.0, 2 * best)
 
 
-def unimodal(best: pl.DataFrame, unit: str, seed=()) -> dict:
-    levels, groups = _levels(best)
+def _end_above_p(levels: np.ndarray, groups: list[np.ndarray]) -> float:
+    """Contradiction of C1: an end level above the interior level with the highest mean (Welch's
+    t, one-sided), the smaller p of the two ends doubled; 1 where a group has fewer than 2 targets."""
+    if len(levels) < 3:
+        return 1.0
+    inner = max(groups[1:-1], key=lambda g: g.mean())
+    ps = [stats.ttest_ind(end, inner, equal_var=False, alternative="greater").pvalue
+          if min(len(end), len(inner)) >= 2 else 1.0 for end in (groups[0], groups[-1])]
+    ps = [p if np.isfinite(p) else 1.0 for p in ps]
+    return min(1.0, 2 * min(ps))
+
+
+def _residuals(h: np.ndarray, y: np.ndarray, levels: np.ndarray, means: np.ndarray) -> np.ndarray:
+    """Scatter of targets around the curve: about their level's mean, or, with one target per
+    level, about the median of it and its neighbours."""
+    res = y - means[np.searchsorted(levels, h)]
+    if np.any(res != 0):
+        return res
+    smooth = np.array([np.median(means[max(0, i - 1): i + 2]) for i in range(len(means))])
+    return means - smooth
+
+
+class Hump:
+    """C1's effect and its simulation: the curve of level means as the straight line joining its
+    end levels plus a hump; the effect is the hump's height (the highest level mean above that
+    line). Curves with the observed shape and another height, with the observed scatter of
+    targets around their level's mean, give the power of C1's rule at that height."""
+
+    SIMS = 100
+
+    def __init__(self, h: np.ndarray, y: np.ndarray, rng):
+        self.levels = np.unique(h)
+        self.means = np.array([y[h == v].mean() for v in self.levels])
+        lv, m = self.levels, self.means
+        self.line = m[0] + (m[-1] - m[0]) * (lv - lv[0]) / (lv[-1] - lv[0])
+        bump = m - self.line
+        self.height = float(bump.max())
+        self.shape = bump / self.height if self.height > 0 else np.zeros_like(bump)
+        self.res = _residuals(h, y, lv, m)
+        self.per_level = max(1, round(len(h) / len(lv)))
+        self.rng = rng
+
+    def power(self, height: float, per_level: int | None = None) -> float:
+        k = per_level or self.per_level
+        h = np.repeat(self.levels, k)
+        curve = np.repeat(self.line + height * self.shape, k)
+        hits = sum(split_p(h, np.clip(curve + self.rng.choice(self.res, len(h)), 0, None), self.rng, b=499)[0] < ALPHA
+                   for _ in range(self.SIMS))
+        return hits / self.SIMS
+
+    def mde(self) -> float:
+        """The smallest height shown with POWER (bisection up to twice the observed height); minus
+        that bound if even it is not."""
+        lo, hi = 0.0, 2 * max(self.height, 1e-12)
+        if self.power(hi) < POWER:
+            return -hi
+        for _ in range(7):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if self.power(mid) >= POWER else (mid, hi)
+        return hi
+
+    def power_per_level(self, k: int) -> float | None:
+        """Power at the observed height with k targets per level (up to 8; None beyond)."""
+        return self.power(self.height, k) if k <= 8 else None
+
+
+def unimodal(best: pl.DataFrame, unit: str, rng, mde: bool = True) -> Test:
+    """C1 (module doc) on one model's soft vanilla targets."""
+    d = best.sort("target_entropy", "target_id")
+    h, y = d["target_entropy"].to_numpy().astype(float), d["kl_min"].to_numpy().astype(float)
+    levels = np.unique(h)
+    groups = [y[h == v] for v in levels]
     n = ", ".join(str(len(g)) for g in groups) or "0"
     if len(levels) < 3:
-        return result(INCONCLUSIVE, f"{len(levels)} entropy levels (need 3)", n=n)
-    if min(len(g) for g in groups) < 2:
-        return result(INCONCLUSIVE, "a level has fewer than 2 targets (no standard error)", n=n)
+        return Test("rise then fall", math.nan, math.nan, False, f"{len(levels)} entropy levels (need 3)", n=n)
     means = np.array([g.mean() for g in groups])
-    ses = np.array([g.std(ddof=1) / math.sqrt(len(g)) for g in groups])
+    p, ways = split_p(h, y, rng)
+    p_opp = _end_above_p(levels, groups)
     peak = int(np.argmax(means))
-    stat = f"peak {means[peak]:.3g} {unit} at H = {levels[peak]:.3g}; ends {means[0]:.3g} and {means[-1]:.3g}"
-    rng = _rng("unimodal", *seed)
-    boot_means = np.stack([g[rng.integers(0, len(g), (N_BOOT, len(g)))].mean(1) for g in groups], 1)
-    boot_ses = np.stack([g.std(ddof=1) / math.sqrt(len(g)) * np.ones(N_BOOT) for g in groups], 1)
-    share = float(np.mean([_shape_ok(m, s) for m, s in zip(boot_means, boot_ses)]))
-    if peak in (0, len(levels) - 1):
-        return result(FAILS, stat + f" (peak at an end); bootstrap: shape holds in {share:.0%}", "-", n)
-    gap = boot_means[:, peak] - np.maximum(boot_means[:, 0], boot_means[:, -1])
-    lo, hi = np.percentile(gap, [2.5, 97.5])
-    up, down = groups[: peak + 1], groups[peak:]
-    rho_up, p_up, best_up = _spearman(up, "greater")
-    rho_down, p_down, best_down = _spearman(down, "less")
-    rev = _reversals(means, ses, peak)
-    stat += (
-        f"; rise rho = {rho_up:+.2f}, fall rho = {rho_down:+.2f}; reversals > 2 s.e.: "
-        + (", ".join(f"H {levels[i]:.3g}->{levels[i + 1]:.3g}" for i in rev) or "none")
-        + f"; bootstrap: shape holds in {share:.0%}"
-    )
-    interval = f"peak - higher end 95% CI [{lo:.3g}, {hi:.3g}]; p rise = {p_up:.2g}, p fall = {p_down:.2g}"
-    if rev:
-        return result(FAILS, stat, interval, n)
-    if max(best_up, best_down) >= ALPHA:
-        return result(INCONCLUSIVE, stat + " (too few targets on a side for Spearman's test)", interval, n)
-    ok = lo > 0 and rho_up > 0 and p_up < ALPHA and rho_down < 0 and p_down < ALPHA
-    return result(HOLDS if ok else FAILS, stat, interval, n)
+    hump = Hump(h, y, rng)
+    stat = (f"peak {means[peak]:.3g} {unit} at H = {levels[peak]:.3g}; ends {means[0]:.3g} and {means[-1]:.3g}; "
+            + "; ".join(f"half {w} picks H = {pk:.3g}, the other rises p = {pr:.2g}, falls p = {pf:.2g}"
+                        for w, (pk, pr, pf) in zip("AB", ways)))
+    t = Test("rise then fall", p, p_opp, _split_min_p(h) < ALPHA, stat,
+             f"p = {p:.2g}; an end above the peak level p = {p_opp:.2g}", n,
+             mde_of="height of the peak above the line joining the end levels", effect=hump.height,
+             n80_of="targets per level", smallest=1, power_at=hump.power_per_level)
+    if mde and t.verdict == NOT_SHOWN:
+        t.mde = hump.mde()
+    return t
 
 
 # ---------------------------------------------------------------- C2: near zero at low entropy
 
 
-def near_zero(best: pl.DataFrame, unit: str, seed=()) -> dict:
-    low = best.filter(pl.col("target_entropy") <= (LOW_ENTROPY_BITS if unit == "bits" else LOW_ENTROPY_BITS * math.log(2)) + 1e-9)
-    levels, _ = _levels(low)
-    if not levels:
-        return result(INCONCLUSIVE, f"no level up to {LOW_ENTROPY_BITS:g} bits")
-    parts, verdicts, counts = [], [], []
-    for h in levels:
-        at = low.filter(pl.col("target_entropy") == h)
-        kl = np.array([_nats(v, unit) for v in at["kl_min"]])
-        gap = np.array([_nats(abs(q - p), unit) for q, p in zip(at["q_entropy"], at["target_entropy_achieved"])])
-        counts.append(str(len(kl)))
-        if len(kl) < 2:
-            verdicts.append(INCONCLUSIVE)
-            parts.append(f"H = {h:.3g}: 1 target")
-            continue
-        t = stats.t.ppf(1 - ALPHA, len(kl) - 1)
-        ub_kl = kl.mean() + t * kl.std(ddof=1) / math.sqrt(len(kl))
-        ub_gap = gap.mean() + t * gap.std(ddof=1) / math.sqrt(len(gap))
-        verdicts.append(HOLDS if ub_kl < NEAR_ZERO_KL_NATS and ub_gap < ENTROPY_GAP_NATS else FAILS)
-        parts.append(f"H = {h:.3g}: KL {kl.mean():.2g} (95% upper {ub_kl:.2g}) nats, |H(q)-H(p)| {gap.mean():.2g} (upper {ub_gap:.2g}) nats")
-    return result(
-        combine(verdicts), "; ".join(parts),
-        f"thresholds: KL < {NEAR_ZERO_KL_NATS} nats, |H(q)-H(p)| < {ENTROPY_GAP_NATS} nats", ", ".join(counts),
-    )
+def _low_bins(levels: np.ndarray, counts: np.ndarray, min_n: int) -> list[np.ndarray]:
+    """Consecutive levels grouped so that each bin holds at least ``min_n`` targets (the last bin
+    takes what is left)."""
+    bins, cur, size = [], [], 0
+    for v, c in zip(levels, counts):
+        cur.append(v)
+        size += c
+        if size >= min_n:
+            bins.append(np.array(cur))
+            cur, size = [], 0
+    if cur:
+        if bins:
+            bins[-1] = np.concatenate([bins[-1], cur])
+        else:
+            bins.append(np.array(cur))
+    return bins
+
+
+def near_zero(best: pl.DataFrame, unit: str, rng=None) -> list[Test]:
+    """C2 (module doc) on one model's soft vanilla targets."""
+    low_top = to_unit(from_unit(LOW_ENTROPY_BITS, "bits"), unit) + 1e-9
+    above = best.filter(pl.col("target_entropy") > low_top)
+    low = best.filter(pl.col("target_entropy") <= low_top)
+    if low.is_empty():
+        return [missing(f"no level up to {LOW_ENTROPY_BITS:g} bits")]
+    if above.is_empty():
+        return [missing(f"no level above {LOW_ENTROPY_BITS:g} bits to set the scale")]
+    peak = float(above.group_by("target_entropy").agg(pl.col("kl_min").mean())["kl_min"].max())
+    thr_kl = NEAR_ZERO_SHARE * peak
+    thr_gap = NEAR_ZERO_SHARE * float(best["target_entropy"].max())
+    h = low["target_entropy"].to_numpy()
+    kl = low["kl_min"].to_numpy()
+    gap = (low["q_entropy"] - low["target_entropy_achieved"]).abs().to_numpy()
+    levels, counts = np.unique(h, return_counts=True)
+    out = []
+    for b in _low_bins(levels, counts, MIN_PAIRS):
+        at = np.isin(h, b)
+        where = f"H {b[0]:.3g}" + (f"-{b[-1]:.3g}" if len(b) > 1 else "")
+        out.append(sign_below(kl[at], thr_kl, f"KL at {where} < 5% of peak {peak:.3g}", unit))
+        out.append(sign_below(gap[at], thr_gap, f"|H(q)-H(p)| at {where} < 5% of log|V|", unit))
+    return out
 
 
 # ---------------------------------------------------------------- C3-C6, C8, C9: comparisons
 
 
-def method_order(sub: pl.DataFrame, unit: str, seed=()) -> dict:
+def method_order(sub: pl.DataFrame, unit: str, rng) -> list[Test]:
     """C3: each method against the one with the next fewer soft positions, paired by target."""
     soft_n = dict(sub.group_by("method").agg(pl.col("n_soft").first()).iter_rows())
     order = sorted(soft_n, key=lambda m: -soft_n[m])
     if len(order) < 2:
-        return result(INCONCLUSIVE, f"{len(order)} method(s) (need 2)")
+        return [missing(f"{len(order)} method(s) (need 2)")]
     by = {m: sub.filter(pl.col("method") == m).with_columns(pair=pl.col("target_id")) for m in order}
-    return merge([paired_less(*_pairs(by[a], by[b]), f"{a} < {b}", seed) for a, b in zip(order, order[1:])])
+    return [paired_less(*_pairs(by[a], by[b]), f"{a} < {b}", unit, rng) for a, b in zip(order, order[1:])]
 
 
 def _draw_index(df: pl.DataFrame, by: list[str]) -> pl.DataFrame:
     return df.sort("target_id").with_columns(draw=pl.col("target_id").cum_count().over(by))
 
 
-def outliers_easier(sub: pl.DataFrame, unit: str, seed=()) -> dict:
-    """C4: per (level, draw), the mean over k of outlier min KL against the vanilla target's."""
+def outliers_easier(sub: pl.DataFrame, unit: str, rng) -> list[Test]:
+    """C4: within each (level, draw), the vanilla target's rank among it and the outlier targets."""
     out = sub.filter(pl.col("target_kind") == "outlier")
     van = sub.filter(pl.col("target_kind") == "vanilla")
     if out.is_empty() or van.is_empty():
-        return result(INCONCLUSIVE, "needs outlier and vanilla targets")
+        return [missing("needs outlier and vanilla targets")]
     k = ["n_outliers"] if "n_outliers" in out.columns else []
-    out = _draw_index(out, ["target_entropy", *k]).group_by("target_entropy", "draw").agg(pl.col("kl_min").mean())
-    van = _draw_index(van, ["target_entropy"])
-    key = pl.format("{}/{}", pl.col("target_entropy"), pl.col("draw")).alias("pair")
-    return paired_less(*_pairs(out.with_columns(key), van.with_columns(key)), "outlier < vanilla", seed)
+    out = _draw_index(out, ["target_entropy", *k]).group_by("target_entropy", "draw").agg(pl.col("kl_min").alias("others"))
+    van = _draw_index(van, ["target_entropy"]).select("target_entropy", "draw", "kl_min")
+    j = van.join(out, on=["target_entropy", "draw"]).sort("target_entropy", "draw")
+    return [rank_within(j["kl_min"].to_numpy(), [np.asarray(o) for o in j["others"].to_list()], "outlier < vanilla", unit)]
 
 
 def _base_id(col: str = "target_id") -> pl.Expr:
     return pl.col(col).str.replace(r"^matched-", "").str.replace(r"-shuffled\d+$", "")
 
 
-def _against_matched(sub: pl.DataFrame, kind: str, label: str, seed) -> dict | None:
-    own = sub.filter(pl.col("target_kind") == kind)
+def _against_matched(sub: pl.DataFrame, kind: str, label: str, unit: str, rng) -> Test | None:
+    own = sub.filter(pl.col("target_kind") == kind).with_columns(pair=_base_id())
     matched = sub.filter(pl.col("target_kind") == "matched").with_columns(pair=_base_id())
-    if own.is_empty() and matched.is_empty():
+    if own.is_empty():
         return None
-    own = own.with_columns(pair=_base_id()).group_by("pair").agg(pl.col("kl_min").min())  # min over shuffles
-    return paired_less(*_pairs(own, matched), label, seed)
+    if kind != "shuffled":
+        return paired_less(*_pairs(own, matched), label, unit, rng)
+    copies = own.group_by("pair").agg(pl.col("kl_min").alias("copies"))
+    j = matched.select("pair", "kl_min").join(copies, on="pair").sort("pair")
+    return rank_within(j["kl_min"].to_numpy(), [np.asarray(c) for c in j["copies"].to_list()], label, unit)
 
 
-def lm_easier(sub: pl.DataFrame, unit: str, seed=()) -> dict:
-    """C5: lm and shuffled (soft), lm (hard), each against its own matched vanilla target."""
+def lm_easier(sub: pl.DataFrame, unit: str, rng) -> list[Test]:
+    """C5: lm and shuffled copies (soft), lm (hard), each against its own matched vanilla target."""
     parts = []
     for method, kinds in (("soft", ("lm", "shuffled")), ("hard", ("lm",))):
         m = sub.filter(pl.col("method") == method)
-        for kind in kinds:
-            if m.filter(pl.col("target_kind") == kind).is_empty():
-                continue
-            parts.append(_against_matched(m, kind, f"{method}: {kind} < matched", seed) or {})
-    return merge([p for p in parts if p])
+        parts += [t for kind in kinds if (t := _against_matched(m, kind, f"{method}: {kind} < matched", unit, rng))]
+    return parts or [missing("needs LM-generated and matched targets")]
 
 
-def migrated_easier(sub: pl.DataFrame, unit: str, seed=()) -> dict:
+def migrated_easier(sub: pl.DataFrame, unit: str, rng) -> list[Test]:
     """C6: migrated against its own matched vanilla target."""
-    got = _against_matched(sub, "migrated", "migrated < matched", seed)
-    return got or result(INCONCLUSIVE, "needs migrated and matched targets")
+    return [_against_matched(sub, "migrated", "migrated < matched", unit, rng) or missing("needs migrated and matched targets")]
 
 
-def instruct_harder(sub: pl.DataFrame, base: str, instruct: str, seed=()) -> dict:
+def instruct_harder(sub: pl.DataFrame, base: str, instruct: str, unit: str, rng) -> list[Test]:
     """C8: base below its instruction-tuned variant on the same POS-uniform targets."""
     key = pl.col("target_id").alias("pair")
     b = sub.filter(pl.col("model") == base).with_columns(key)
     i = sub.filter(pl.col("model") == instruct).with_columns(key)
-    return paired_less(*_pairs(b, i), f"{base} < {instruct}", seed)
+    return [paired_less(*_pairs(b, i), f"{base} < {instruct}", unit, rng)]
 
 
-def adjectives_easiest(sub: pl.DataFrame, unit: str, seed=()) -> dict:
+def adjectives_easiest(sub: pl.DataFrame, unit: str, rng) -> list[Test]:
     """C9: ADJ targets against each other tag's."""
     if "pos" not in sub.columns or "ADJ" not in set(sub["pos"]):
-        return result(INCONCLUSIVE, "no ADJ targets")
-    others = sorted(set(sub["pos"]) - {"ADJ"})
+        return [missing("no ADJ targets")]
     adj = sub.filter(pl.col("pos") == "ADJ")["kl_min"]
-    return merge([rank_sum_less(adj, sub.filter(pl.col("pos") == t)["kl_min"], f"ADJ < {t}") for t in others])
+    return [rank_sum_less(adj, sub.filter(pl.col("pos") == t)["kl_min"], f"ADJ < {t}", unit)
+            for t in sorted(set(sub["pos"]) - {"ADJ"})]
+
+
+# ---------------------------------------------------------------- convergence
+
+
+def convergence(rows: pl.DataFrame) -> dict:
+    """How a claim's tuning rows (every init) stopped: shares by reason, median steps, dtypes."""
+    out = {"stopped_cap": math.nan, "stopped_patience": math.nan, "stopped_target": math.nan,
+           "median_steps": math.nan, "dtype": "", "note": ""}
+    if rows.is_empty():
+        return out
+    out["median_steps"] = float(rows["steps"].median())
+    out["dtype"] = ", ".join(sorted(set(rows["dtype"].drop_nulls()))) if "dtype" in rows.columns else ""
+    if "stop_reason" in rows.columns:
+        why = rows["stop_reason"]
+        cap = float((why == "step cap").mean())
+        out.update(stopped_cap=cap, stopped_patience=float(why.is_in(["patience", "converged"]).mean()),
+                   stopped_target=float((why == "target reached").mean()))
+        if cap > BUDGET_SHARE:
+            out["note"] = f"{cap:.0%} of rows ran into the step cap: the verdict may reflect the optimisation budget"
+    return out
 
 
 # ---------------------------------------------------------------- the report
 
 
-def _soft_vanilla(best: pl.DataFrame) -> pl.DataFrame:
-    return best.filter((pl.col("method") == "soft") & (pl.col("target_kind") == "vanilla"))
+def _soft_vanilla(df: pl.DataFrame) -> pl.DataFrame:
+    return df.filter((pl.col("method") == "soft") & (pl.col("target_kind") == "vanilla"))
 
 
-def _soft(best: pl.DataFrame) -> pl.DataFrame:
-    return best.filter(pl.col("method") == "soft")
+def _soft(df: pl.DataFrame) -> pl.DataFrame:
+    return df.filter(pl.col("method") == "soft")
 
 
-def check(df: pl.DataFrame, figures: dict, twins: dict | None = None) -> pl.DataFrame:
-    """One row per (claim, model): claim, finding, model, figure, n, statistic, interval, verdict."""
+def _unimodal_rule(sub, unit, rng):
+    return [unimodal(sub, unit, rng)]
+
+
+# (claim, figures whose data it uses, rows it looks at, rule)
+PLAN = [
+    ("C1", ["fig01"], _soft_vanilla, _unimodal_rule),
+    ("C2", ["fig01"], _soft_vanilla, near_zero),
+    ("C3", ["fig04"], None, method_order),
+    ("C4", ["fig07"], _soft, outliers_easier),
+    ("C5", ["fig08", "fig09"], None, lm_easier),
+    ("C6", ["fig10"], _soft, migrated_easier),
+    ("C7", ["fig06"], _soft_vanilla, _unimodal_rule),
+    ("C8", ["fig13"], _soft, None),
+    ("C9", ["fig13"], _soft, adjectives_easiest),
+]
+COLUMNS = ("claim", "finding", "model", "figure", "n", "statistic", "interval", "p", "p_holm", "mde", "n80", "stopped_cap",
+           "stopped_patience", "stopped_target", "median_steps", "dtype", "verdict", "note")
+
+
+def _groups(claim: str, rows: pl.DataFrame, figures: dict) -> list[tuple[str, list[str]]]:
+    """(label, models) of each row of a claim: one per model, per twin (C7) or per base/instruct pair (C8)."""
+    if claim == "C7":
+        return [(m, [m]) for m in sorted(set((figures.get("fig06") or {}).get("pairs", {}).values()))]
+    if claim == "C8":
+        return [(f"{b} vs {i}", [b, i]) for b, i in ((figures.get("fig13") or {}).get("pairs") or {}).items()]
+    return [(m, [m]) for m in sorted(rows["model"].unique())]
+
+
+def check(df: pl.DataFrame, figures: dict) -> pl.DataFrame:
+    """One row per (claim, model) with the columns of :data:`COLUMNS`."""
     unit = df["entropy_unit"][0] if df.height else "nats"
-    twin_models = sorted(set((twins or {}).values()))
-    pos_pairs = (figures.get("fig13") or {}).get("pairs") or {}
-
-    def table(figs):
+    out = []
+    for claim, figs, select, rule in PLAN:
         exps = [e for f in figs if figures.get(f) for e in figure_experiments(figures[f])]
-        sub = df.filter(pl.col("experiment").is_in(exps))
-        return min_over_inits(sub) if not sub.is_empty() else None
-
-    # (claim, figures whose data it uses, rows it looks at, rule, models: None = every model there)
-    plan = [
-        ("C1", ["fig01"], _soft_vanilla, unimodal, None),
-        ("C2", ["fig01"], _soft_vanilla, near_zero, None),
-        ("C3", ["fig04"], None, method_order, None),
-        ("C4", ["fig07"], _soft, outliers_easier, None),
-        ("C5", ["fig08", "fig09"], None, lm_easier, None),
-        ("C6", ["fig10"], _soft, migrated_easier, None),
-        ("C7", ["fig06"], _soft_vanilla, unimodal, twin_models),
-        ("C8", ["fig13"], _soft, None, None),
-        ("C9", ["fig13"], _soft, adjectives_easiest, None),
-    ]
-    rows = []
-    for claim, figs, select, rule, models in plan:
-        best = table(figs)
+        rows = df.filter(pl.col("experiment").is_in(exps))
+        if select is not None:
+            rows = select(rows)
         where = ", ".join(figs)
-        if best is not None and select is not None:
-            best = select(best)
-        if best is None or models == []:
-            found = [("-", result(INCONCLUSIVE, f"{' and '.join(figs)} {'is' if len(figs) == 1 else 'are'} not configured"))]
-        elif claim == "C8":
-            found = [(f"{b} vs {i}", instruct_harder(best, b, i, (claim, b, i))) for b, i in pos_pairs.items()]
-            found = found or [("-", result(INCONCLUSIVE, "no base/instruct pairs in figures.fig13.pairs"))]
-        else:
-            names = models if models is not None else sorted(best["model"].unique())
-            found = [(m, rule(best.filter(pl.col("model") == m), unit, (claim, m))) for m in names]
-        for model, res in found:
-            rows.append({"claim": claim, "finding": CLAIMS[claim], "model": model, "figure": where, **res})
-    return pl.DataFrame(rows).select("claim", "finding", "model", "figure", "n", "statistic", "interval", "verdict")
+        groups = _groups(claim, rows, figures) if not rows.is_empty() else []
+        if not groups:
+            why = (f"{' and '.join(figs)} {'is' if len(figs) == 1 else 'are'} not configured" if not exps
+                   else "no base/instruct pairs in figures.fig13.pairs" if claim == "C8"
+                   else "no pretrained/random-init pairs in figures.fig06.pairs" if claim == "C7" else "no rows")
+            out.append({"claim": claim, "model": "-", "figure": where, **combine([missing(why)]), **convergence(rows.head(0))})
+            continue
+        for label, models in groups:
+            mine = rows.filter(pl.col("model").is_in(models))
+            best = min_over_inits(mine)
+            rng = _rng(claim, label)
+            if claim == "C8":
+                parts = instruct_harder(best, *models, unit, rng)
+            else:
+                parts = rule(best, unit, rng) if not best.is_empty() else [missing(f"no rows of {label}")]
+            out.append({"claim": claim, "model": label, "figure": where, **combine(parts), **convergence(mine)})
+    table = pl.DataFrame(out, infer_schema_length=None).with_columns(finding=pl.col("claim").replace_strict(CLAIMS))
+    table = table.with_columns(p_holm=pl.Series(holm(table["p"].to_list()), dtype=pl.Float64))
+    return table.select(COLUMNS)
 
 
-COLUMNS = ("claim", "finding", "model", "n", "statistic", "interval")
+# ---------------------------------------------------------------- writing it out
+
+SHOWN = ("claim", "finding", "model", "n", "statistic", "interval", "p", "Holm p", "MDE", "stopped: cap / patience / target",
+         "median steps", "dtype")
+
+
+def _cells(r: dict) -> list[str]:
+    def num(v, fmt="{:.2g}"):
+        return "-" if v is None or not np.isfinite(v) else fmt.format(v)
+
+    stopped = ("-" if not np.isfinite(r["stopped_cap"]) else
+               " / ".join(f"{r[k]:.0%}" for k in ("stopped_cap", "stopped_patience", "stopped_target")))
+    return [str(r["claim"]), str(r["finding"]), str(r["model"]), str(r["n"]), str(r["statistic"]), str(r["interval"]),
+            num(r["p"]), num(r["p_holm"]), r["mde"] or "-", stopped, num(r["median_steps"], "{:.0f}"), r["dtype"] or "-"]
 
 
 def to_markdown(claims: pl.DataFrame) -> str:
-    lines = [
-        "| claim | finding | model | n | statistic | interval or p | verdict |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = ["| " + " | ".join(SHOWN) + " | verdict |", "|" + "---|" * (len(SHOWN) + 1)]
     for r in claims.iter_rows(named=True):
-        cells = " | ".join(str(r[c]).replace("|", "\\|") for c in COLUMNS)
-        lines.append(f"| {cells} | **{r['verdict']}** |")
+        cells = " | ".join(c.replace("|", "\\|") for c in _cells(r))
+        note = f" ({r['note']})" if r["note"] else ""
+        lines.append(f"| {cells} | **{r['verdict']}**{note} |")
     return "\n".join(lines) + "\n"
 
 
@@ -418,26 +479,41 @@ def rules_text() -> str:
     return (__doc__ or "").split("\n\n", 1)[1].strip()
 
 
-def write_report(claims: pl.DataFrame, md_path, html_path) -> None:
-    """The claims table as Markdown and as a standalone HTML page, each written atomically."""
-    from .io import atomic_path
+OUTCOMES_TEXT = (
+    "Outcomes: **holds**: the rule's test concludes the claim at alpha = 0.05 in the claimed direction; "
+    "**contradicted**: the data conclude the opposite at the same alpha; **not shown**: the test could "
+    "conclude with this data and concludes neither way (MDE: the smallest effect this data would detect "
+    "with 80% power); **too few data**: the test cannot reach alpha whatever the values, or the data "
+    "the claim needs are not configured. Holm p: adjusted over all rows of this report."
+)
 
+
+def write_report(claims: pl.DataFrame, md_path, html_path, table_path=None) -> None:
+    """The claims table as Markdown, as a standalone HTML page and (``table_path``) as Arrow,
+    each written atomically."""
     rules = rules_text()
-    md = "# The paper's findings on this run\n\n" + to_markdown(claims) + "\nHow the verdicts are reached (distreach.claims):\n\n" + rules + "\n"
+    md = ("# The paper's findings on this run\n\n" + OUTCOMES_TEXT + "\n\n" + to_markdown(claims)
+          + "\nHow the verdicts are reached (distreach.claims):\n\n" + rules + "\n")
     with atomic_path(md_path) as tmp:
         tmp.write_text(md)
-    cells = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in COLUMNS)
-        + f"<td class='{re.sub(' ', '-', r['verdict'])}'><b>{html.escape(r['verdict'])}</b></td></tr>\n"
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in _cells(r))
+        + f"<td class='{r['verdict'].replace(' ', '-')}'><b>{html.escape(r['verdict'])}</b>"
+        + (f"<br><small>{html.escape(r['note'])}</small>" if r["note"] else "") + "</td></tr>\n"
         for r in claims.iter_rows(named=True)
     )
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in (*SHOWN, "verdict"))
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>distreach: the paper's findings on this run</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}
-.holds{{background:#e6f4ea}}.does-not-hold{{background:#fce8e6}}.inconclusive{{background:#f1f3f4}}</style></head>
-<body><h1>The paper's findings on this run</h1>
-<table><tr><th>claim</th><th>finding</th><th>model</th><th>n</th><th>statistic</th><th>interval or p</th><th>verdict</th></tr>
-{cells}</table><h2>How the verdicts are reached</h2><pre>{html.escape(rules)}</pre></body></html>
+.holds{{background:#e6f4ea}}.contradicted{{background:#fce8e6}}.not-shown{{background:#fef7e0}}.too-few-data{{background:#f1f3f4}}</style></head>
+<body><h1>The paper's findings on this run</h1><p>{html.escape(OUTCOMES_TEXT.replace("**", ""))}</p>
+<table><tr>{head}</tr>
+{rows}</table><h2>How the verdicts are reached</h2><pre>{html.escape(rules)}</pre></body></html>
 """
     with atomic_path(html_path) as tmp:
         tmp.write_text(page)
+    if table_path is not None:
+        from .io import write_arrow
+
+        write_arrow(claims.to_arrow(), table_path)
