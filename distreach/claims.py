@@ -72,7 +72,8 @@ from .io import atomic_path
 from .seeds import derive_seed
 from .tables import min_over_inits
 from .verdicts import (ALPHA, CONTRADICTED, HOLDS, MIN_PAIRS, NOT_SHOWN, OUTCOMES, POWER, TOO_FEW, Test, combine, holm,
-                       missing, paired_less, rank_sum_less, rank_within, sign_below, trend_min_p, trend_p, PERM_MAX_N)
+                       missing, paired_less, rank_sum_less, rank_within, sign_below, sizes_text, trend_min_p, trend_p,
+                       PERM_MAX_N)
 
 __all__ = ["check", "write_report", "OUTCOMES", "HOLDS", "CONTRADICTED", "NOT_SHOWN", "TOO_FEW"]
 
@@ -365,7 +366,7 @@ def convergence(rows: pl.DataFrame) -> dict:
     """How a claim's tuning rows (every init) stopped: shares by reason, median steps, dtypes."""
     out = {"stopped_cap": math.nan, "stopped_patience": math.nan, "stopped_target": math.nan,
            "median_steps": math.nan, "dtype": "", "note": ""}
-    if rows.is_empty():
+    if rows.is_empty() or "steps" not in rows.columns:
         return out
     out["median_steps"] = float(rows["steps"].median())
     out["dtype"] = ", ".join(sorted(set(rows["dtype"].drop_nulls()))) if "dtype" in rows.columns else ""
@@ -434,7 +435,8 @@ def check(df: pl.DataFrame, figures: dict) -> pl.DataFrame:
             why = (f"{' and '.join(figs)} {'is' if len(figs) == 1 else 'are'} not configured" if not exps
                    else "no base/instruct pairs in figures.fig13.pairs" if claim == "C8"
                    else "no pretrained/random-init pairs in figures.fig06.pairs" if claim == "C7" else "no rows")
-            out.append({"claim": claim, "model": "-", "figure": where, **combine([missing(why)]), **convergence(rows.head(0))})
+            out.append({"claim": claim, "model": "-", "figure": where, **combine([missing(why)]), "n80": "",
+                        **convergence(rows.head(0))})
             continue
         for label, models in groups:
             mine = rows.filter(pl.col("model").is_in(models))
@@ -444,7 +446,8 @@ def check(df: pl.DataFrame, figures: dict) -> pl.DataFrame:
                 parts = instruct_harder(best, *models, unit, rng)
             else:
                 parts = rule(best, unit, rng) if not best.is_empty() else [missing(f"no rows of {label}")]
-            out.append({"claim": claim, "model": label, "figure": where, **combine(parts), **convergence(mine)})
+            out.append({"claim": claim, "model": label, "figure": where, **combine(parts), "n80": sizes_text(parts),
+                        **convergence(mine)})
     table = pl.DataFrame(out, infer_schema_length=None).with_columns(finding=pl.col("claim").replace_strict(CLAIMS))
     table = table.with_columns(p_holm=pl.Series(holm(table["p"].to_list()), dtype=pl.Float64))
     return table.select(COLUMNS)

@@ -61,18 +61,24 @@ class Test:
         None when no size up to N80_MAX (or the sizes ``power_at`` tries) does."""
         if self.effect is None or not self.effect > 0 or (self.mde_at is None and self.power_at is None):
             return None
-        for n in range(max(1, self.smallest), N80_MAX + 1):
-            if self.power_at is not None:
+        if self.power_at is not None:
+            for n in range(max(1, self.smallest), N80_MAX + 1):
                 power = self.power_at(n)
-                if power is None:
-                    return None
-                if power >= POWER:
-                    return n
-                continue
+                if power is None or power >= POWER:
+                    return None if power is None else n
+            return None
+
+        def shown(n):
             m = self.mde_at(n)
-            if m is not None and m <= self.effect:
-                return n
-        return None
+            return m is not None and m <= self.effect
+
+        lo, hi = max(2, self.smallest), N80_MAX  # the MDE falls as n grows: bisect
+        if not shown(hi):
+            return None
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if shown(mid) else (mid + 1, hi)
+        return lo
 
     @property
     def verdict(self) -> str:
@@ -112,8 +118,12 @@ def combine(parts: list[Test]) -> dict:
         "interval": "; ".join(t.interval for t in parts),
         "n": ", ".join(t.n for t in parts),
         "mde": "; ".join(mdes) if verdict == NOT_SHOWN else "",
-        "n80": "; ".join(f"{t.label}: {_fmt_n80(t)}" for t in parts if t.effect is not None),
     }
+
+
+def sizes_text(parts: list[Test]) -> str:
+    """For each comparison, the size with which its observed effect is shown with POWER."""
+    return "; ".join(f"{t.label}: {_fmt_n80(t)}" for t in parts if t.effect is not None)
 
 
 def _fmt_mde(t: Test) -> str:

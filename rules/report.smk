@@ -11,13 +11,13 @@ rule claims:
             category="Claims",
         ),
         html="results/report/claims.html",
+        table="results/report/claims.arrow",
     log:
         "logs/report/claims.log",
     conda:
         "../envs/figures.yaml"
     params:
         figures=FIGURES,
-        twins=FIGURES.get("fig06", {}).get("pairs", {}),
         code=script_code("claims"),
     script:
         "../scripts/claims.py"

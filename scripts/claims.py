@@ -7,6 +7,6 @@ from distreach.figures import read_tables
 from distreach.io import logging_to
 
 with logging_to(snakemake.log[0]):
-    table = claims.check(read_tables(snakemake.input.tables), snakemake.params.figures, snakemake.params.twins)
-    claims.write_report(table, snakemake.output.md, snakemake.output.html)
+    table = claims.check(read_tables(snakemake.input.tables), snakemake.params.figures)
+    claims.write_report(table, snakemake.output.md, snakemake.output.html, snakemake.output.table)
     print(claims.to_markdown(table))

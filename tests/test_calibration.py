@@ -40,6 +40,8 @@ def levels_of(cfg: dict, family: str, vocab_bits: float) -> list[float]:
 SIZES = {  # (levels, targets per level) of Fig. 1's data
     "default": (levels_of(DEFAULT, "vanilla", LOG2_V["smollm2"]), DEFAULT["targets"]["vanilla"]["per_level"]),
     "paper": (levels_of(PAPER, "vanilla", LOG2_V["llama"]), PAPER["targets"]["vanilla"]["per_level"]),
+    # where choosing the peak on the data that test it would show (about 8% false holds)
+    "three per level": (levels_of(DEFAULT, "vanilla", LOG2_V["smollm2"]), 3),
 }
 
 
@@ -83,7 +85,7 @@ def tent(h, top=16.0, peak=8.0):
     return np.where(h <= peak, h * 0.5, 4.0 - (h - peak) * 0.5 * 4.0 / (top - peak))
 
 
-@pytest.mark.parametrize("size", ["default", pytest.param("paper", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("size", ["default", pytest.param("paper", marks=pytest.mark.slow), "three per level"])
 def test_c1_rarely_holds_for_a_curve_that_rises_then_stays_flat(size):
     assert rate(c1_outcomes(size, rise_then_flat, noise=0.3, seed=1)) <= LIMIT
 
@@ -213,8 +215,9 @@ def test_c5_rarely_holds_when_shuffled_copies_are_as_hard_as_the_matched_target(
 
 
 def test_c5_holds_when_shuffled_copies_are_clearly_easier():
+    """Power: copies at 15% of their matched target's KL (LM targets at 20%)."""
     n, copies = C5_SIZES[0]
-    assert rate(c5_outcomes(n, copies, 0.3, seed=9)) >= 0.8
+    assert rate(c5_outcomes(n, copies, 0.15, seed=9)) >= 0.8
 
 
 def c9_outcomes(draws, adj_shift, seed):
