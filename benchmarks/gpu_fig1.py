@@ -25,7 +25,7 @@ import torch
 
 from distreach import figures
 from distreach.engine import TuneConfig, tune
-from distreach.infotheory import to_unit
+from distreach.units import to_unit
 from distreach.io import package_versions
 from distreach.models import LoadedModel
 from distreach.targets import EntropyGrid, VanillaSettings, logprobs, vanilla_targets

@@ -143,7 +143,7 @@ def make_target(kind: str, vocab_size: int, entropy: float, unit: str = "bits", 
     |V| tokens (rows past them are padding) and outlier tokens are usable ones
     (:mod:`distreach.tokens`)."""
     from .families import OutlierSettings, outlier_targets
-    from .infotheory import check_unit
+    from .units import check_unit
     from .targets import EntropyGrid, VanillaSettings, pad_rows, vanilla_targets
     from .tokens import usable_ids, vocab_support
 

@@ -67,7 +67,7 @@ import polars as pl
 from scipy import stats
 
 from .figreg import figure_experiments
-from .infotheory import from_unit, to_unit
+from .units import from_unit, to_unit
 from .io import atomic_path
 from .seeds import derive_seed
 from .tables import min_over_inits

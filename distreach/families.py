@@ -15,7 +15,8 @@ import pyarrow as pa
 import torch
 
 from .errors import DistreachError
-from .infotheory import check_unit, entropy, from_unit, to_unit
+from .infotheory import entropy
+from .units import check_unit, from_unit, to_unit
 from .seeds import derive_seed
 from .tokens import bos_used, resolve_bos, usable_ids, usable_mask, vocab_support
 from .vocab import surface_forms

@@ -1,8 +1,4 @@
-"""Entropy and KL divergence on log-probabilities, and the nats/bits unit.
-
-Every quantity is computed in nats; ``to_unit``/``from_unit`` convert at the
-edges, so the unit a user asks for is applied exactly once.
-"""
+"""Entropy and KL divergence on log-probabilities, in nats (``distreach.units`` converts)."""
 
 from __future__ import annotations
 
@@ -11,24 +7,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-UNITS = ("nats", "bits")
-
-
-def check_unit(unit: str) -> str:
-    if unit not in UNITS:
-        raise ValueError(f"entropy unit must be one of {UNITS}, got {unit!r}")
-    return unit
-
-
-def to_unit(value_nats, unit: str):
-    """Convert a value (float, array or tensor) from nats to ``unit``."""
-    return value_nats / math.log(2) if check_unit(unit) == "bits" else value_nats
-
-
-def from_unit(value, unit: str):
-    """Convert a value from ``unit`` to nats."""
-    return value * math.log(2) if check_unit(unit) == "bits" else value
-
+from .units import to_unit
 
 def entropy(logp: torch.Tensor) -> torch.Tensor:
     """Shannon entropy in nats of each row of log-probabilities (last dim)."""

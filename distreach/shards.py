@@ -19,7 +19,7 @@ import torch
 
 from .engine import STOP_REASONS, TuneConfig, prompt_kl, tune
 from .errors import DistreachError
-from .infotheory import to_unit
+from .units import to_unit
 from .io import package_versions, with_metadata, write_arrow
 from .models import DTYPES, auto_dtype, load_materialised, resolve_device
 from .seeds import derive_seed

@@ -19,7 +19,8 @@ import pyarrow as pa
 import torch
 
 from .errors import DistreachError, one_line
-from .infotheory import check_unit, entropy, from_unit, max_entropy, to_unit
+from .infotheory import entropy, max_entropy
+from .units import check_unit, from_unit, to_unit
 from .io import read_arrow
 from .seeds import derive_seed
 

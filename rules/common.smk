@@ -195,8 +195,12 @@ def all_outputs():
         for fig in FIGURES
         for ext in (".html", ".png", ".svg")
     ]
-    return tables + figures + [
-        "results/report/claims.md",
-        "results/report/claims.html",
-        "results/report/claims.arrow",
-    ]
+    return (
+        tables
+        + figures
+        + [
+            "results/report/claims.md",
+            "results/report/claims.html",
+            "results/report/claims.arrow",
+        ]
+    )

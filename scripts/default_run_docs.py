@@ -5,8 +5,8 @@
 
 Reads results/ (the collected tables and results/report/claims.arrow) and Snakemake's log,
 writes docs/default-run/run.json and docs/default-run/claims.arrow (the run's numbers, kept
-with the docs) and rewrites the part of docs/default-run.md between its ``generated`` markers
-from them, and copies the run's Figs. 1 and 13 to docs/. tests/test_docs.py checks that the
+with the docs), rewrites the part of docs/default-run.md between its ``generated`` markers
+with them and copies the run's Figs. 1 and 13 to docs/. tests/test_docs.py checks that the
 page says what those files hold.
 """
 

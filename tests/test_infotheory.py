@@ -5,7 +5,8 @@ import pytest
 import torch
 from scipy import stats
 
-from distreach.infotheory import entropy, from_unit, kl, max_entropy, to_unit
+from distreach.infotheory import entropy, kl, max_entropy
+from distreach.units import from_unit, to_unit
 
 
 def random_dists(n, v, seed, zeros=False):
