@@ -56,8 +56,7 @@ def model_source(model: str) -> tuple[str, dict]:
 
 def _cache_folder(model: str) -> tuple[str, dict, Path]:
     name, source = model_source(model)
-    key = hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:12]
-    return name, source, cache_dir() / f"{name}-{key}"
+    return name, source, cache_dir() / f"{name}-{_source_key(source)}"
 
 
 def load_model(model: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False):
@@ -164,3 +163,210 @@ def make_target(kind: str, vocab_size: int, entropy: float, unit: str = "bits", 
             raise DistreachError(f"--k {k}: must be between 1 and |V| - 1 = {vocab_size - 1}")
         return pad_rows(outlier_targets(vocab_size, [entropy], unit, OutlierSettings(per_level=n, ks=(k,), seed=seed), pool), width)
     raise DistreachError(f"target kind {kind!r}: use vanilla or outlier")
+
+
+# ---------------------------------------------------------------- what a result row produced
+
+# columns a result table needs for show and generate (tables written before prompts and top tokens
+# were kept lack them)
+RESULT_NEEDS = ("experiment", "model", "method", "target_id", "init_index", "kl_min", "model_source", "model_sha256",
+                "p_top_ids", "p_top_probs", "q_on_p_top", "q_top_ids", "q_top_probs", "soft_positions", "soft_prompt")
+
+
+def read_result(path: str | os.PathLike) -> "pl.DataFrame":
+    """A result table (``distreach tune --out``, a collected or a tuning-job table), checked to
+    have what :func:`target_vs_achieved` and :func:`generate` read."""
+    import polars as pl
+
+    from .io import read_arrow
+
+    df = pl.from_arrow(read_arrow(path))
+    missing = [c for c in RESULT_NEEDS if c not in df.columns]
+    if missing:
+        raise DistreachError(f"{path}: not a result table of this version of distreach (no column(s) "
+                             f"{', '.join(missing)}); tune it again")
+    return df
+
+
+def select_rows(df: "pl.DataFrame", where: str, target: str | None = None, init: int | None = None,
+                method: str | None = None, model: str | None = None) -> "pl.DataFrame":
+    """The rows of a result table with the given target id, init index, method and model name
+    (each when given); an error naming what the table has when none matches."""
+    import polars as pl
+
+    for column, value, flag in (("model", model, "--model"), ("method", method, "--method"),
+                                ("target_id", target, "--target"), ("init_index", init, "--init")):
+        if value is None:
+            continue
+        sub = df.filter(pl.col(column) == value)
+        if sub.is_empty():
+            have = df[column].unique(maintain_order=True).to_list()
+            shown = ", ".join(map(str, have[:8])) + (f" and {len(have) - 8} more" if len(have) > 8 else "")
+            raise DistreachError(f"{flag} {value}: {where} has no such row ({column}: {shown})")
+        df = sub
+    return df
+
+
+def _source_key(source: dict) -> str:
+    return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def model_folders(row: dict, near: str | os.PathLike | None = None) -> list[Path]:
+    """Where the model a result row was tuned on may already be materialised, in the order
+    looked at: the workflow's ``results/models/<model>`` of the results folder ``near`` lies in,
+    that of the working directory, and the model cache (the folder ``distreach tune`` converts
+    the same source into)."""
+    out = []
+    if near is not None:
+        for parent in Path(near).resolve().parents:
+            if parent.name == "results":
+                out.append(parent / "models" / row["model"])
+                break
+    out.append(Path.cwd() / "results" / "models" / row["model"])
+    out.append(_row_cache(row))
+    return list(dict.fromkeys(p.resolve() for p in out))
+
+
+def _row_cache(row: dict) -> Path:
+    """The cache folder of a row's model: where ``distreach tune`` converts the same source to."""
+    return cache_dir() / f"{row['model']}-{_source_key(json.loads(row['model_source']))}"
+
+
+def _manifest(folder: Path) -> dict | None:
+    from .models import MANIFEST
+
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def row_tokenizer(row: dict, near: str | os.PathLike | None = None):
+    """The tokenizer of the model a result row names, without loading weights: from a
+    materialised folder of the same source (:func:`model_folders`); else a ``local`` or ``hf``
+    source's own tokenizer; else (a GGUF) the model is converted into the cache first, as
+    ``distreach tune`` does."""
+    from transformers import AutoTokenizer
+
+    source = json.loads(row["model_source"])
+    for folder in model_folders(row, near):
+        manifest = _manifest(folder)
+        if manifest is not None and manifest.get("source") == source:
+            return AutoTokenizer.from_pretrained(folder, trust_remote_code=bool(manifest.get("trust_remote_code")))
+    if "local" in source and Path(source["local"]).is_dir():
+        return AutoTokenizer.from_pretrained(source["local"])
+    if "hf" in source:
+        try:
+            return AutoTokenizer.from_pretrained(source["hf"], revision=source.get("revision"))
+        except Exception as exc:  # no hub access and nothing cached
+            raise DistreachError(f"model {row['model']}: cannot load the tokenizer of {source['hf']} ({exc.__class__.__name__})") from None
+    return _materialised_row_model(row, near, weights=False).tokenizer
+
+
+def _materialised_row_model(row: dict, near, weights: bool, dtype: str = "fp32", device: str = "cpu"):
+    """The materialised model of a row whose weights are the ones it was tuned with (its
+    ``model_sha256``), converted into the cache if no folder of :func:`model_folders` has them."""
+    from .models import ModelSpec, load_materialised, materialise
+
+    name, source, sha = row["model"], json.loads(row["model_source"]), row["model_sha256"]
+    folders = model_folders(row, near)
+    found = [f for f in folders if (m := _manifest(f)) is not None and m.get("weights_sha256") == sha]
+    if not found:
+        cache = _row_cache(row)
+        if "random_init" in source or "local" in source and not Path(source["local"]).is_dir():
+            where = ", ".join(str(f) for f in folders[:-1])
+            raise DistreachError(f"model {name}: no materialised folder with the weights the row was tuned on "
+                                 f"(sha256 {sha[:12]}...) in {where}; run the workflow's materialise_model for it")
+        if _manifest(cache) is not None:
+            raise DistreachError(f"model {name}: the cache folder {cache} holds other weights (sha256 "
+                                 f"{_manifest(cache)['weights_sha256'][:12]}...) than the row was tuned on ({sha[:12]}...)")
+        materialise(ModelSpec(name, source), cache)
+        log.info("converted %s into %s (once; later runs reuse it)", name, cache)
+        if _manifest(cache)["weights_sha256"] != sha:
+            raise DistreachError(f"model {name}: converting its source gave weights sha256 "
+                                 f"{_manifest(cache)['weights_sha256'][:12]}..., not the ones the row was tuned on ({sha[:12]}...)")
+        found = [cache]
+    return load_materialised(found[0], dtype=dtype, device=device, with_model=weights)[0]
+
+
+def row_model(row: dict, near: str | os.PathLike | None = None, dtype: str = "auto", device: str = "auto"):
+    """The model a result row was tuned on, loaded (a LoadedModel) in the row's dtype unless
+    ``dtype`` says otherwise; only a folder with the row's weights (``model_sha256``) is used."""
+    from .models import resolve_device
+
+    dev = resolve_device(device)
+    return _materialised_row_model(row, near, True, row["dtype"] if dtype == "auto" else dtype, dev)
+
+
+def target_vs_achieved(result: str | os.PathLike, target: str | None = None, init: int | None = None,
+                       method: str | None = None, model: str | None = None) -> "pl.DataFrame":
+    """The rows of a result table (filtered by target id, init index, method and model name)
+    with the text of their target's and their achieved distribution's top tokens
+    (``p_top_tokens``, ``q_top_tokens``; :func:`distreach.vocab.token_texts`), read with each
+    model's tokenizer (:func:`row_tokenizer`)."""
+    from .vocab import vocab_table, with_token_texts
+
+    rows = select_rows(read_result(result), str(result), target, init, method, model)
+    vocabs = {}
+    for r in rows.unique("model", maintain_order=True).iter_rows(named=True):
+        tok = row_tokenizer(r, result)
+        vocabs[r["model"]] = vocab_table(tok, len(tok))
+    return with_token_texts(rows, vocabs)
+
+
+def generation_row(result: str | os.PathLike, target: str, init: int | None = None, method: str | None = None,
+                   model: str | None = None) -> dict:
+    """The one row of a result table :func:`generate` uses: the target's (and, when given, the
+    init's, method's and model's) row, the init with the lowest ``kl_min`` when ``init`` is not
+    given; an error when rows of several models, methods or experiments match."""
+    import polars as pl
+
+    rows = select_rows(read_result(result), str(result), target, init, method, model)
+    for column, flag in (("model", "--model"), ("method", "--method"), ("experiment", None), ("prefix_len", None)):
+        values = rows[column].unique(maintain_order=True).to_list()
+        if len(values) > 1:
+            hint = f"; choose one with {flag}" if flag else ""
+            raise DistreachError(f"--target {target}: {result} has rows of {len(values)} {column} values "
+                                 f"({', '.join(map(str, values))}){hint}")
+    ok = rows.filter(pl.col("status") == "ok")
+    if ok.is_empty():
+        raise DistreachError(f"--target {target}: every matching row failed ({rows['status'][0]})")
+    return ok.sort("kl_min", "init_index").row(0, named=True)
+
+
+def generate(result: str | os.PathLike, target: str, init: int | None = None, text: str = "", max_new_tokens: int = 20,
+             samples: int = 5, seed: int = 0, top: int = 10, method: str | None = None, model: str | None = None,
+             dtype: str = "auto", device: str = "auto") -> dict:
+    """Feed a result row's kept prompt (after its BOS policy's token, before ``text``) to the
+    model it was tuned on: the next-token distribution's ``top`` tokens and ``samples``
+    sampled continuations of up to ``max_new_tokens`` tokens (:func:`distreach.prompts.sample`).
+
+    Returns ``row`` (the row used, :func:`generation_row`), ``next_tokens`` (a DataFrame: rank,
+    token_id, token, q, and the target's p where the token is among its recorded top tokens)
+    and ``samples`` (the continuations' text)."""
+    import polars as pl
+
+    from .prompts import Prompt, next_token_logprobs, sample
+    from .vocab import token_texts, vocab_table
+
+    if samples < 0 or max_new_tokens < 1 or top < 1:
+        raise DistreachError("generate: samples must be >= 0, max_new_tokens and top >= 1")
+    row = generation_row(result, target, init, method, model)
+    prompt = Prompt.from_row(row)
+    loaded = row_model(row, result, dtype, device)
+    text_ids = loaded.tokenizer(text, add_special_tokens=False).input_ids if text else []
+    logq = next_token_logprobs(loaded, prompt, text_ids)
+    q = logq.exp()
+    best = q.topk(min(top, q.shape[0]))
+    p_of = dict(zip(row["p_top_ids"], row["p_top_probs"]))
+    ids = best.indices.tolist()
+    table = pl.DataFrame({
+        "rank": list(range(1, len(ids) + 1)),
+        "token_id": ids,
+        "token": token_texts(vocab_table(loaded.tokenizer, loaded.vocab_size), ids),
+        "q": best.values.tolist(),
+        "p": [p_of.get(i) for i in ids],
+    }, schema={"rank": pl.Int64, "token_id": pl.Int64, "token": pl.String, "q": pl.Float64, "p": pl.Float64})
+    seqs = sample(loaded, prompt, text_ids, samples=samples, max_new_tokens=max_new_tokens, seed=seed) if samples else []
+    decoded = [loaded.tokenizer.decode(s, skip_special_tokens=False) for s in seqs]
+    return {"row": row, "text": text, "next_tokens": table, "samples": decoded, "q_on_p_top": q[row["p_top_ids"]].tolist()}

@@ -20,7 +20,7 @@ import torch
 from .io import atomic_path
 
 log = logging.getLogger(__name__)
-FORMAT = 3  # layout of the saved state; a checkpoint of another layout is not resumed
+FORMAT = 4  # layout of the saved state; a checkpoint of another layout is not resumed
 
 
 def checkpoint_key(loaded, target: torch.Tensor, seeds, cfg, record_curve: bool) -> str:

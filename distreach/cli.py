@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
 import sys
@@ -37,6 +38,16 @@ def _positive(kind):
     return parse
 
 
+def _count(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
 def _entropy(text):
     try:
         value = float(text)
@@ -59,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
     )
     quiet = argparse.ArgumentParser(add_help=False)
     quiet.add_argument("-q", "--quiet", action="store_true", help="no progress bar or info messages")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{tune,target,models}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{tune,show,generate,target,models}")
 
     t = sub.add_parser("tune", parents=[quiet], help="tune prompts so the model's next-token distribution approaches a target",
                        description="Tune --inits prompt prefixes per target; report the minimum KL(p||q) over inits.")
@@ -82,7 +93,33 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--unit", choices=("bits", "nats"), default="bits", help="unit of entropies and KL (default bits)")
+    t.add_argument("--top-k", type=_count, default=DEFAULT.top_k,
+                   help=f"tokens of the target and of the achieved distribution recorded per row (default {DEFAULT.top_k})")
     t.add_argument("--out", default=None, help="write every (target, init) row with provenance to this .arrow file")
+
+    rows = argparse.ArgumentParser(add_help=False)
+    rows.add_argument("result", help="a result table: distreach tune --out, or a collected table of the workflow")
+    rows.add_argument("--init", type=_count, default=None, help="init index (default: every init; generate: the best)")
+    rows.add_argument("--method", default=None, help="only rows of this method (soft, hard, hybrid or a named variant)")
+    rows.add_argument("--model", default=None, help="only rows of this model (its name in the table)")
+
+    s = sub.add_parser("show", parents=[quiet, rows], help="what each row's prompt produced: target vs achieved tokens",
+                       description="Per row: the target's most probable tokens beside the achieved distribution's, "
+                                   "with probabilities, KL, both entropies, the BOS used and a hard prompt's text.")
+    s.add_argument("--target", default=None, help="only rows of this target id")
+
+    gen = sub.add_parser("generate", parents=[quiet, rows], help="feed a row's tuned prompt to its model: next tokens and samples",
+                         description="Load the model a result row was tuned on, put the row's kept prompt (after its BOS "
+                                     "token) before --text, print the next-token distribution's top tokens and sampled "
+                                     "continuations (temperature 1, from the full distribution).")
+    gen.add_argument("--target", required=True, help="the row's target id")
+    gen.add_argument("--text", default="", help="text after the prompt (default none)")
+    gen.add_argument("--max-new-tokens", type=_positive(int), default=20, help="tokens per sample (default 20)")
+    gen.add_argument("--samples", type=_count, default=5, help="sampled continuations (default 5)")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    gen.add_argument("--top", type=_positive(int), default=10, help="next tokens shown (default 10)")
+    gen.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="default: the row's dtype")
+    gen.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
     g = sub.add_parser("target", parents=[quiet], help="make vanilla or outlier target distributions over a model's vocabulary",
                        description="Write target distributions of a given entropy (paper Eq. 1 and Eqs. 2-3).")
@@ -147,7 +184,7 @@ def cmd_tune(args) -> int:
     # before any model is converted or loaded: the settings, the device, the target file (its
     # format always; its length and tokens when the model's vocabulary can be read without converting)
     TuneConfig(method=args.method, prefix_len=args.prefix_len, max_steps=args.max_steps, lr=args.lr,
-               patience=args.patience, bos=args.bos, **extra)
+               patience=args.patience, bos=args.bos, top_k=args.top_k, **extra)
     resolve_device(args.device)
     with _about("--target"):
         api.check_target_path(args.target)
@@ -165,7 +202,7 @@ def cmd_tune(args) -> int:
     try:
         df = api.tune_target(loaded, target, inits=args.inits, method=args.method, prefix_len=args.prefix_len,
                              out=args.out, seed=args.seed, progress=bar, max_steps=args.max_steps, lr=args.lr,
-                             patience=args.patience, bos=args.bos, **extra)
+                             patience=args.patience, bos=args.bos, top_k=args.top_k, **extra)
     finally:
         bar.close()
     best = min_over_inits(df)
@@ -181,6 +218,72 @@ def cmd_tune(args) -> int:
         print(f"{failed.height} rows failed: {failed['status'][0]}", file=sys.stderr)
     if args.out:
         print(f"wrote {df.height} rows to {args.out}")
+    return 0
+
+
+def _prob(x) -> str:
+    if x is None or x != x:
+        return "-"
+    return f"{x:.4f}" if x >= 1e-3 else f"{x:.1e}"
+
+
+def _token(text: str) -> str:
+    """A token's text quoted, spaces and control characters visible."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _columns(rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  " + "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+            for r in rows]
+
+
+def _row_title(r: dict) -> str:
+    return f"{r['target_id']} (init {r['init_index']}; {r['model']}, {r['method']}, experiment {r['experiment']})"
+
+
+def cmd_show(args) -> int:
+    from . import api
+
+    df = api.target_vs_achieved(args.result, args.target, args.init, args.method, args.model)
+    for n, r in enumerate(df.iter_rows(named=True)):
+        unit = r["entropy_unit"]
+        bos = "none" if r["bos"] == "none" else f"token {r['bos_token_id']}"
+        print(("\n" if n else "") + f"{_row_title(r)}: KL {r['kl_min']:.4g} {unit}; entropy target "
+              f"{r['target_entropy_achieved']:.4g}, achieved {r['q_entropy']:.4g} {unit}; BOS {bos} (policy {r['bos_policy']})"
+              + ("" if r["status"] == "ok" else f"; {r['status']}"))
+        if r["prompt_text"]:
+            print(f"  prompt: {r['prompt_text']!r}")
+        p_tok, q_tok = r["p_top_tokens"], r["q_top_tokens"]
+        table = [["rank", "target token", "p", "q", "|", "achieved token", "q"]]
+        for i in range(max(len(p_tok), len(q_tok))):
+            left = [_token(p_tok[i]), _prob(r["p_top_probs"][i]), _prob(r["q_on_p_top"][i])] if i < len(p_tok) else ["", "", ""]
+            right = [_token(q_tok[i]), _prob(r["q_top_probs"][i])] if i < len(q_tok) else ["", ""]
+            table.append([str(i + 1), *left, "|", *right])
+        print("\n".join(_columns(table, right={0, 2, 3, 6})))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from . import api
+
+    out = api.generate(args.result, args.target, init=args.init, text=args.text, max_new_tokens=args.max_new_tokens,
+                       samples=args.samples, seed=args.seed, top=args.top, method=args.method, model=args.model,
+                       dtype=args.dtype, device=args.device)
+    r = out["row"]
+    unit = r["entropy_unit"]
+    prompt = f"{r['prefix_len']}-position {r['method']} prompt" + (f" {r['prompt_text']!r}" if r["prompt_text"] else "")
+    print(f"{_row_title(r)}, KL {r['kl_min']:.4g} {unit} when tuned: BOS {'none' if r['bos'] == 'none' else 'token'}, "
+          f"the {prompt}, then {'the text ' + _token(args.text) if args.text else 'no text'}")
+    print("next token (q: after this input; p: the target's probability, for its recorded top tokens):")
+    table = [["rank", "token", "q", "p"]]
+    for t in out["next_tokens"].iter_rows(named=True):
+        table.append([str(t["rank"]), _token(t["token"]), _prob(t["q"]), _prob(t["p"])])
+    print("\n".join(_columns(table, right={0, 2, 3})))
+    if out["samples"]:
+        print(f"samples (seed {args.seed}, up to {args.max_new_tokens} new tokens, temperature 1):")
+        for i, text in enumerate(out["samples"], 1):
+            print(f"  {i}: {_token(text)}")
     return 0
 
 
@@ -230,7 +333,8 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     try:
-        return {"tune": cmd_tune, "target": cmd_target, "models": cmd_models}[args.command](args)
+        commands = {"tune": cmd_tune, "show": cmd_show, "generate": cmd_generate, "target": cmd_target, "models": cmd_models}
+        return commands[args.command](args)
     except DistreachError as exc:
         print(f"distreach: error: {exc}", file=sys.stderr)
         return 2

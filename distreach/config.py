@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from .errors import DistreachError
-from .figreg import figure_experiments
+from .figreg import FIGURES, figure_experiments
 
 
 def _where(path) -> str:
@@ -84,10 +84,14 @@ def check_references(config: dict) -> None:
             if m not in methods:
                 raise DistreachError(f"config key experiments.{ename}.methods[{i}]: unknown method {m!r}")
     for fig, spec in (config.get("figures") or {}).items():
-        if fig == "fig12":
+        if FIGURES[fig].reads == "pos":
             for i, m in enumerate(spec.get("models", [])):
                 if m not in models:
-                    raise DistreachError(f"config key figures.fig12.models[{i}]: unknown model {m!r}")
+                    raise DistreachError(f"config key figures.{fig}.models[{i}]: unknown model {m!r}")
+            continue
+        if FIGURES[fig].reads == "nexttoken":
+            if spec.get("model") not in models:
+                raise DistreachError(f"config key figures.{fig}.model: unknown model {spec.get('model')!r}")
             continue
         names = figure_experiments(spec)
         for i, exp in enumerate(names):

@@ -81,6 +81,7 @@ class TuneConfig:
     init_scale: float = 1.0  # normal init: std = init_scale * std of the embedding table
     bos: str = "auto"  # BOS before the prefix: auto (the tokenizer's, if any), bos (required), none
     batch_size: int = 0  # rows tuned together; 0 = automatic (see AUTO_BATCH)
+    top_k: int = 20  # tokens of p and of q at the best step recorded per row (0: none)
 
     def __post_init__(self):
         if self.soft_positions is not None:
@@ -99,6 +100,7 @@ class TuneConfig:
             (self.init_scale > 0, "init_scale", "must be > 0"),
             (self.bos in BOS_POLICIES, "bos", f"must be one of {BOS_POLICIES}"),
             (self.batch_size >= 0, "batch_size", "must be >= 0"),
+            (self.top_k >= 0, "top_k", "must be >= 0"),
         ]
         for ok, key, why in checks:
             if not ok:
@@ -149,6 +151,12 @@ class TuneResult:
     best_ids: np.ndarray | None = None  # [n, n_hard] int64: hard tokens at kl_min
     curve: np.ndarray | None = None  # [n, max_steps] KL per step (NaN after the row stopped), if asked
     init_ids: np.ndarray | None = None  # [n, prefix_len] int64: the tokens each row started from
+    # the k = min(top_k, |V|) most probable tokens of each row's target p (ties: lower id first), and
+    # at the step of kl_min q's probability of those tokens and q's own k most probable tokens
+    p_top_ids: np.ndarray | None = None  # [n, k] int64
+    q_on_p_top: np.ndarray | None = None  # [n, k] float32
+    q_top_ids: np.ndarray | None = None  # [n, k] int64
+    q_top_probs: np.ndarray | None = None  # [n, k] float32
 
     def __len__(self) -> int:
         return len(self.kl_min)
@@ -248,8 +256,16 @@ def _slice_adamw(opt: torch.optim.AdamW, param: torch.Tensor, keep: torch.Tensor
     return new, new_opt
 
 
-def _new_records(n: int, soft: torch.Tensor, ids: torch.Tensor, max_steps: int, record_curve: bool) -> TuneResult:
+def top_ids(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """[n, k] ids of each row's k most probable tokens, most probable first; equal
+    probabilities in id order (a stable sort), so the ids are the same on every machine."""
+    return torch.sort(probs, dim=-1, descending=True, stable=True).indices[:, :k]
+
+
+def _new_records(n: int, soft: torch.Tensor, ids: torch.Tensor, p_top: torch.Tensor, max_steps: int,
+                 record_curve: bool) -> TuneResult:
     """The records of n rows before their first step (torch tensors while they are tuned)."""
+    k = p_top.shape[1]
     return TuneResult(
         kl_min=torch.full((n,), float("inf"), dtype=torch.float64),
         q_entropy=torch.full((n,), float("nan"), dtype=torch.float64),
@@ -261,6 +277,10 @@ def _new_records(n: int, soft: torch.Tensor, ids: torch.Tensor, max_steps: int, 
         best_soft=soft.clone(),
         best_ids=ids.clone(),
         curve=torch.full((n, max_steps), float("nan")) if record_curve else None,
+        p_top_ids=p_top.clone(),
+        q_on_p_top=torch.full((n, k), float("nan")),
+        q_top_ids=torch.full((n, k), -1, dtype=torch.long),
+        q_top_probs=torch.full((n, k), float("nan")),
     )
 
 
@@ -289,7 +309,8 @@ class _Batch:
         self.hard_pos = [i for i, s in enumerate(self.mask) if not s]
         self.blocked = ~allowed.to(self.device)
         n = target_p.shape[0]
-        self.rec = _new_records(n, soft, ids, cfg.max_steps, record_curve)
+        self.p_top = top_ids(target_p, min(cfg.top_k, target_p.shape[1]))  # [n, k]: the target tokens whose q is recorded
+        self.rec = _new_records(n, soft, ids, self.p_top.cpu(), cfg.max_steps, record_curve)
         self.since = torch.zeros(n, dtype=torch.long)  # steps since the best KL last gained min_delta
         self.active = torch.arange(n)
         self.theta = torch.nn.Parameter(soft.to(self.device, copy=True))
@@ -381,6 +402,12 @@ class _Batch:
             rec.best_step[idx] = step
             rec.best_soft[idx] = self.theta.detach()[dev_idx].float().cpu()
             rec.best_ids[idx] = self.ids[dev_idx].cpu()
+            if rec.q_top_ids.shape[1]:
+                best = logq[dev_idx]
+                top = best.topk(rec.q_top_ids.shape[1], dim=-1)
+                rec.q_top_ids[idx] = top.indices.cpu()
+                rec.q_top_probs[idx] = top.values.exp().cpu()
+                rec.q_on_p_top[idx] = best.gather(1, self.p_top[idx.to(self.device)]).exp().cpu()
         if rec.curve is not None:
             rec.curve[act, step] = lc.float()
         self.since[act] = torch.where(gained, 0, self.since[act] + 1)
@@ -493,7 +520,7 @@ def tune(
     bos_kv = _bos_cache(loaded, cfg)
     allowed = allowed_tokens(loaded.tokenizer, weight.shape[0], cfg)
     if target.shape[0] == 0:
-        return _empty_result(cfg, weight.shape[1])
+        return _empty_result(cfg, weight.shape[1], target.shape[1])
     soft, ids, drawn = init_rows(embed, weight, allowed, init_seeds, cfg)
     key = checkpoint_key(loaded, target, init_seeds, cfg, record_curve) if checkpoint is not None else ""
     ckpt = Checkpoint(checkpoint, key, checkpoint_seconds)
@@ -533,12 +560,15 @@ def _bos_cache(loaded, cfg: TuneConfig) -> list | None:
         return [(k, v) for k, v, *_ in loaded.model.base_model(inputs_embeds=x, use_cache=True).cache]
 
 
-def _empty_result(cfg: TuneConfig, d: int) -> TuneResult:
+def _empty_result(cfg: TuneConfig, d: int, vocab: int) -> TuneResult:
     empty = np.zeros(0)
+    k = min(cfg.top_k, vocab)
     return TuneResult(empty, empty, empty.astype(int), empty.astype(int), empty.astype(bool), empty.astype(int), [],
                       np.zeros((0, cfg.n_soft_positions, d), np.float32),
                       np.zeros((0, cfg.prefix_len - cfg.n_soft_positions), np.int64),
-                      init_ids=np.zeros((0, cfg.prefix_len), np.int64))
+                      init_ids=np.zeros((0, cfg.prefix_len), np.int64),
+                      p_top_ids=np.zeros((0, k), np.int64), q_on_p_top=np.zeros((0, k), np.float32),
+                      q_top_ids=np.zeros((0, k), np.int64), q_top_probs=np.zeros((0, k), np.float32))
 
 
 def _run_batches(run: _Run, bs: int) -> list[TuneResult]:

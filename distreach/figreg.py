@@ -14,10 +14,19 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Figure:
     caption: str
-    reads: str = "collected"  # "collected": its experiments' collected tables; "pos": its models' POS tables
+    # "collected": its experiments' collected tables; "pos": its models' POS tables; "nexttoken": its
+    # model's table of next-token distributions (distreach.nexttoken)
+    reads: str = "collected"
 
 
 FIGURES: dict[str, Figure] = {
+    "fig03": Figure(
+        "A model's next-token distribution after a short text, an Eq. 1 target of exactly its entropy and, "
+        "unless switched off, the distribution of a soft prompt tuned on that target: (a) the probability of each token by rank,"
+        " one line per distribution, both axes logarithmic; (b) the most probable tokens of each, labelled "
+        "with their text (paper Fig. 3).",
+        reads="nexttoken",
+    ),
     "fig01": Figure(
         "Minimum KL divergence (over inits) between target and prompted next-token distribution against "
         "target entropy, one line per model: mean over the targets of each entropy level with a band of ±"
@@ -87,7 +96,10 @@ def figure_experiments(spec: dict) -> list[str]:
 
 def figure_inputs(fig: str, spec: dict) -> dict[str, list[str]]:
     """The files figure ``fig`` draws from, by kind: ``tables`` (collected tables of its
-    experiments) or ``pos`` (the POS tables of its ``models``)."""
+    experiments), ``pos`` (the POS tables of its ``models``) or ``nexttoken`` (the next-token
+    distributions of its ``model``)."""
     if FIGURES[fig].reads == "pos":
         return {"pos": [f"results/pos/{m}.arrow" for m in spec["models"]]}
+    if FIGURES[fig].reads == "nexttoken":
+        return {"nexttoken": [f"results/nexttoken/{spec['model']}.arrow"]}
     return {"tables": [f"results/collected/{e}.arrow" for e in figure_experiments(spec)]}

@@ -5,6 +5,7 @@ every time it is drawn from the same table."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import altair as alt
@@ -64,7 +65,7 @@ def line_with_band(data: pl.DataFrame, x_title: str, y_title: str, color: str | 
     )
     enc = {"color": alt.Color(f"{color}:N", title=color, sort=sort)} if color else {}
     band = base.mark_area(opacity=0.25).encode(
-        y=alt.Y("lo:Q", title=y_title), y2="hi:Q", **enc
+        y=alt.Y("lo:Q", title=y_title, scale=alt.Scale(domainMin=0)), y2="hi:Q", **enc
     )
     line = base.mark_line(point=True).encode(
         y="mean:Q",
@@ -144,7 +145,8 @@ def fig04(df: pl.DataFrame, spec: dict) -> alt.Chart:
     sort = [labels[m] for m in order["method"]]
     base = alt.Chart(data)
     points = base.mark_circle(size=30, opacity=0.6).encode(
-        x=x, y=alt.Y("kl_min:Q", title=f"KL(p‖q) ({unit})"), color=alt.Color("init_index:N", title="init"),
+        x=x, y=alt.Y("kl_min:Q", title=f"KL(p‖q) ({unit})", scale=alt.Scale(domainMin=0)),
+        color=alt.Color("init_index:N", title="init"),
         tooltip=["target_id:N", "init_index:N", "kl_min:Q", "prompt_text:N"],
     )
     line = base.mark_line(color="black").encode(x=x, y="mean(best_mean):Q")
@@ -167,7 +169,8 @@ def fig06(df: pl.DataFrame, spec: dict) -> alt.Chart:
     data = pl.concat(rows)
     base = alt.Chart(data).encode(x=alt.X("target_entropy:Q", title=f"target entropy ({unit})"),
                                   color=alt.Color("weights:N", title="weights"))
-    band = base.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", title=f"min KL(p‖q) ({unit})"), y2="hi:Q")
+    band = base.mark_area(opacity=0.2).encode(y=alt.Y("lo:Q", title=f"min KL(p‖q) ({unit})", scale=alt.Scale(domainMin=0)),
+                                              y2="hi:Q")
     line = base.mark_line(point=True).encode(y="mean:Q", strokeDash=alt.StrokeDash("weights:N", legend=None))
     return alt.layer(band, line).properties(width=260, height=220).facet(
         facet=alt.Facet("panel:N", title="pretrained vs randomly initialised (mean ± s.e. over targets)"), columns=3
@@ -229,14 +232,23 @@ def _fit_label(best: pl.DataFrame, by: str) -> pl.DataFrame:
     return best.with_columns(pl.col(by).replace_strict(labels).alias(by))
 
 
+def entropy_x(unit: str, title: str = "target entropy") -> alt.X:
+    """A target-entropy axis fitted to the data (not stretched to 0: LM-generated targets start
+    at several bits)."""
+    return alt.X("target_entropy:Q", title=f"{title} ({unit})", scale=alt.Scale(zero=False))
+
+
 def _scatter_fit(best: pl.DataFrame, by: str, unit: str, title: str):
     base = alt.Chart(best.select(by, "target_entropy", "kl_min", "target_id")).encode(
-        x=alt.X("target_entropy:Q", title=f"target entropy ({unit})"), color=alt.Color(f"{by}:N", title=None)
+        x=entropy_x(unit), color=alt.Color(f"{by}:N", title=None, legend=alt.Legend(orient="bottom", direction="vertical"))
     )
     points = base.mark_circle(size=35, opacity=0.6).encode(
-        y=alt.Y("kl_min:Q", title=f"min KL(p‖q) over inits ({unit})"), tooltip=["target_id:N", "kl_min:Q"]
+        y=alt.Y("kl_min:Q", title=f"min KL(p‖q) over inits ({unit})", scale=alt.Scale(domainMin=0)),
+        tooltip=["target_id:N", "kl_min:Q"],
     )
-    line = base.transform_regression("target_entropy", "kl_min", groupby=[by]).mark_line().encode(y="kl_min:Q")
+    # each series' least-squares line over its own targets' entropies (Vega's default extent), cut at
+    # KL = 0 where it would fall below (KL is never negative)
+    line = base.transform_regression("target_entropy", "kl_min", groupby=[by]).mark_line(clip=True).encode(y="kl_min:Q")
     return (points + line).properties(width=380, height=280, title=title)
 
 
@@ -248,9 +260,9 @@ def fig08(df: pl.DataFrame, spec: dict) -> alt.Chart:
     best = _fit_label(best.with_columns(pl.col("target_kind").alias("targets")), "targets")
     left = _scatter_fit(best, "targets", unit, f"(a) {model}, hard prompts: points = targets (min over inits), lines = least-squares fits")
     pts = alt.Chart(best.select("targets", "target_entropy", "q_entropy")).mark_circle(size=35, opacity=0.6).encode(
-        x=alt.X("target_entropy:Q", title=f"target entropy ({unit})"),
-        y=alt.Y("q_entropy:Q", title=f"entropy of q at the minimum ({unit})"),
-        color=alt.Color("targets:N", title=None),
+        x=entropy_x(unit),
+        y=alt.Y("q_entropy:Q", title=f"entropy of q at the minimum ({unit})", scale=alt.Scale(zero=False)),
+        color=alt.Color("targets:N", title=None, legend=alt.Legend(orient="bottom", direction="vertical")),
     )
     right = _with_diagonal(pts, best).properties(width=380, height=280, title="(b) achieved entropy at the minimum, one point per target (dashed: y = x)")
     return alt.hconcat(left, right)
@@ -287,7 +299,7 @@ def fig09(df: pl.DataFrame, spec: dict) -> alt.Chart:
     if copies.is_empty():
         return chart
     layer = alt.Chart(copies.select("target_entropy", "kl_min", "target_id")).mark_circle(size=15, opacity=0.25, color="gray").encode(
-        x="target_entropy:Q", y="kl_min:Q", tooltip=["target_id:N", "kl_min:Q"]
+        x=entropy_x(unit), y="kl_min:Q", tooltip=["target_id:N", "kl_min:Q"]
     )
     return layer + chart
 
@@ -387,13 +399,113 @@ def fig13(df: pl.DataFrame, spec: dict) -> alt.Chart:
             .encode(
                 x=alt.X("pos:N", sort=order, title="part of speech"),
                 xOffset=alt.XOffset("model:N", sort=members),
-                y=alt.Y("kl_min:Q", title=f"min KL(p‖q) over inits ({unit})"),
+                y=alt.Y("kl_min:Q", title=f"min KL(p‖q) over inits ({unit})", scale=alt.Scale(domainMin=0)),
                 color=alt.Color("model:N", title="model", sort=members, legend=alt.Legend() if len(members) > 1 else None),
             )
             .properties(width=70 * len(order), height=280,
                         title=f"{title}: boxes = quartiles over targets (min over inits), whiskers = 1.5 IQR")
         )
     return alt.hconcat(*charts).resolve_scale(color="independent", y="shared")
+
+
+def quoted(text: str) -> str:
+    """A token's text in quotes, spaces and control characters visible."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def rank_curve(logp: np.ndarray, head: int = 100, points: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """(rank, probability) of a distribution's tokens sorted by probability, for a plot with a
+    logarithmic rank axis: every rank up to ``head``, then about ``points`` ranks spaced evenly
+    in log rank, and the last token with probability > 0."""
+    p = np.sort(np.exp(logp.astype(np.float64)))[::-1]
+    n = int((p > 0).sum())
+    if n == 0:
+        raise DistreachError("a distribution with no token of probability > 0")
+    ranks = np.arange(1, min(head, n) + 1)
+    if n > head:
+        tail = np.unique(np.round(np.geomspace(head + 1, n, points)).astype(int))
+        ranks = np.concatenate([ranks, tail])
+    return ranks, p[ranks - 1]
+
+
+
+
+@figure("fig03")
+def fig03(df: pl.DataFrame, spec: dict) -> alt.Chart:
+    top = spec.get("top", 10)
+    order = df["label"].to_list()
+    unit = _unit(df)
+    curves, bars = [], []
+    for r in df.iter_rows(named=True):
+        logp = np.asarray(r["logprobs"], dtype=np.float32)
+        ranks, probs = rank_curve(logp)
+        curves.append(pl.DataFrame({"label": r["label"], "rank": ranks, "p": probs}))
+        ids = r["top_ids"][:top]
+        bars.append(pl.DataFrame({
+            "label": r["label"], "name": r["name"], "rank": list(range(1, len(ids) + 1)),
+            "token": [f"{i + 1}. {quoted(t)}" for i, t in enumerate(r["top_tokens"][:top])],
+            "p": np.exp(logp[ids].astype(np.float64)),
+        }))
+    color = alt.Color("label:N", sort=order, title=None, legend=alt.Legend(orient="bottom", direction="vertical"))
+    curve = alt.Chart(pl.concat(curves)).mark_line().encode(
+        x=alt.X("rank:Q", scale=alt.Scale(type="log"), title="rank of the token (1 = most probable)"),
+        y=alt.Y("p:Q", scale=alt.Scale(type="log"), title="probability"),
+        color=color, tooltip=["label:N", "rank:Q", alt.Tooltip("p:Q", format=".3g")],
+    ).properties(width=560, height=300, title=f"(a) every token's probability by rank; entropies in {unit}")
+    names = df["name"].to_list()
+    tokens = alt.Chart(pl.concat(bars)).mark_bar().encode(
+        x=alt.X("token:N", sort=None, title=None, axis=alt.Axis(labelAngle=-45)),
+        y=alt.Y("p:Q", title="probability"),
+        color=alt.Color("label:N", sort=order, legend=None),
+        tooltip=["name:N", "token:N", alt.Tooltip("p:Q", format=".3g")],
+    ).properties(width=24 * top, height=180).facet(
+        column=alt.Column("name:N", sort=names, title=f"(b) the {top} most probable tokens of each distribution"),
+    ).resolve_scale(x="independent", y="independent")
+    return alt.vconcat(curve, tokens)
+
+
+def achieved_rows(df: pl.DataFrame, per_model: int = 4) -> pl.DataFrame:
+    """A few rows of a collected table to show target against achieved: for each model, the
+    best init (lowest ``kl_min``) of the first target (by id) of ``per_model`` entropy levels
+    spread evenly over its grid, lowest and highest included."""
+    best = _best(df, None, "target vs achieved", "soft")
+    out = []
+    for model in best["model"].unique().sort().to_list():
+        sub = best.filter(pl.col("model") == model).sort("target_entropy", "target_id")
+        first = sub.group_by("target_entropy", maintain_order=True).first()
+        pick = np.unique(np.round(np.linspace(0, first.height - 1, min(per_model, first.height))).astype(int))
+        out.append(first[pick.tolist()])
+    return pl.concat(out, how="diagonal_relaxed")
+
+
+def target_vs_achieved(rows: pl.DataFrame) -> alt.Chart:
+    """Target against achieved for result rows with token texts
+    (:func:`distreach.prompts.with_token_texts`): one panel per row, the target's most probable
+    tokens by rank with their probability under p and under q at the best step, and q's own
+    most probable tokens (log probability axis)."""
+    unit = _unit(rows)
+    points, order = [], []
+    for r in rows.iter_rows(named=True):
+        panel = (f"{r['model']}: target {r['target_id']}, H(p) = {r['target_entropy_achieved']:.2f}, "
+                 f"H(q) = {r['q_entropy']:.2f}, KL = {r['kl_min']:.2f} {unit}")
+        order.append(panel)
+        for series, ids_col, tok_col, prob_col in (("target p", "p_top_ids", "p_top_tokens", "p_top_probs"),
+                                                   ("q on those tokens", "p_top_ids", "p_top_tokens", "q_on_p_top"),
+                                                   ("q's own top tokens", "q_top_ids", "q_top_tokens", "q_top_probs")):
+            for rank, (tok, prob) in enumerate(zip(r[tok_col], r[prob_col]), 1):
+                points.append({"panel": panel, "series": series, "rank": rank, "token": quoted(tok), "p": float(prob)})
+    data = pl.DataFrame(points)
+    series = ["target p", "q on those tokens", "q's own top tokens"]
+    base = alt.Chart(data).encode(
+        x=alt.X("rank:Q", title="rank among the target's (or q's own) most probable tokens", scale=alt.Scale(domainMin=1)),
+        y=alt.Y("p:Q", scale=alt.Scale(type="log"), title="probability"),
+        color=alt.Color("series:N", sort=series, title=None, legend=alt.Legend(orient="bottom")),
+        shape=alt.Shape("series:N", sort=series, legend=None),
+        tooltip=["series:N", "rank:Q", "token:N", alt.Tooltip("p:Q", format=".3g")],
+    )
+    return (base.mark_line(opacity=0.5) + base.mark_point(size=40, filled=True)).properties(width=300, height=200).facet(
+        facet=alt.Facet("panel:N", sort=order, title=None, header=alt.Header(labelFontSize=11)), columns=2
+    ).resolve_scale(y="independent")
 
 
 SAVE_OPTIONS = {
@@ -407,18 +519,29 @@ def read_inputs(inputs: dict) -> pl.DataFrame:
     """What a figure draws from its input files (``distreach.figreg.figure_inputs``)."""
     if "pos" in inputs:
         return read_pos_tables(inputs["pos"])
+    if "nexttoken" in inputs:
+        return read_tables(inputs["nexttoken"])
     return read_tables(inputs["tables"])
 
 
 def draw(fig: str, inputs: dict, spec: dict, stem: str | Path) -> list[Path]:
-    """Figure ``fig`` drawn from ``inputs`` (``{"tables": [...]}`` or ``{"pos": [...]}``) with
+    """Figure ``fig`` drawn from ``inputs`` (``{"tables": [...]}``, ``{"pos": [...]}`` or ``{"nexttoken": [...]}``) with
     its config entry ``spec``, written as ``stem``.html/.png/.svg."""
     return save(DRAW[fig](read_inputs(inputs), spec), stem)
 
 
+def readable(chart):
+    """``chart`` with no legend, axis or header label cut short: Vega-Lite truncates them with an
+    ellipsis past ``labelLimit`` (legends 160 px, axes 180 px); 0 is no limit."""
+    return (chart.configure_legend(labelLimit=0, titleLimit=0)
+            .configure_axis(labelLimit=0, titleLimit=0)
+            .configure_header(labelLimit=0, titleLimit=0))
+
+
 def save(chart, stem: str | Path) -> list[Path]:
-    """Write ``stem``.html/.png/.svg, each atomically; the HTML needs no network."""
+    """Write ``stem``.html/.png/.svg (:func:`readable`), each atomically; the HTML needs no network."""
     stem = Path(stem)
+    chart = readable(chart)
     written = []
     for ext in FORMATS:
         path = stem.with_suffix(ext)

@@ -244,7 +244,7 @@ def _retry_in_fp32(loaded, res, probs, seeds, tuning: TuneConfig, dtype: str) ->
             retry[i] = f"{res.status[i]} in {dtype}"
             row_dtype[i] = "fp32"
             for name in ("kl_min", "q_entropy", "best_step", "steps", "early_stopped", "stop_reason", "best_soft",
-                         "best_ids"):
+                         "best_ids", "q_on_p_top", "q_top_ids", "q_top_probs"):
                 getattr(res, name)[i] = getattr(again, name)[j]
             res.status[i] = again.status[j]
         del loaded32
@@ -293,6 +293,8 @@ def _result_table(columns: dict, loaded, meta, rows, seeds, tuning, res, probs, 
             "prompt_ids": pa.array(hard["ids"], pa.list_(pa.int64())),
             "prompt_text": pa.array(hard["text"], pa.string()),
             "kl_roundtrip": pa.array(to_unit(np.asarray(hard["kl_roundtrip"], dtype=float), unit), pa.float64()),
+            **top_token_columns(res, probs),
+            **soft_prompt_columns(tuning, res),
             "shard": pa.array([shard] * n, pa.int64()),
             "bos": pa.array([bos_used(bos_id)] * n, pa.string()),
             "bos_policy": pa.array([tuning.bos] * n, pa.string()),
@@ -306,6 +308,41 @@ def _result_table(columns: dict, loaded, meta, rows, seeds, tuning, res, probs, 
             **{name: col(name) for name in meta.column_names if name not in TARGET_COLUMNS},
         }
     )
+
+
+def _lists(values: list[np.ndarray], dtype: pa.DataType) -> pa.Array:
+    """A list column of 1-d arrays (row i holds ``values[i]``), built without Python lists per value."""
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in values])]).astype(np.int32)
+    flat = np.concatenate(values) if values else np.zeros(0)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=dtype))
+
+
+def top_token_columns(res, probs: np.ndarray) -> dict:
+    """What each row's target asked for and what the model gave at the row's best step: the
+    target's most probable tokens (those with probability > 0; at most ``top_k``) with their
+    probabilities under p and under q, and q's own most probable tokens."""
+    keep = [p[ids] > 0 for p, ids in zip(probs, res.p_top_ids)]
+    p_top = [ids[k] for ids, k in zip(res.p_top_ids, keep)]
+    return {
+        "p_top_ids": _lists(p_top, pa.int64()),
+        "p_top_probs": _lists([p[ids] for p, ids in zip(probs, p_top)], pa.float32()),
+        "q_on_p_top": _lists([q[k] for q, k in zip(res.q_on_p_top, keep)], pa.float32()),
+        "q_top_ids": _lists(list(res.q_top_ids), pa.int64()),
+        "q_top_probs": _lists(list(res.q_top_probs), pa.float32()),
+    }
+
+
+def soft_prompt_columns(tuning: TuneConfig, res) -> dict:
+    """Each row's best prompt's soft positions (empty for a hard prompt) and their embeddings at
+    the step of ``kl_min`` (float32, position after position: ``len(soft_positions) x d``
+    values), the inputs :mod:`distreach.prompts` feeds back to the model."""
+    positions = [i for i, soft in enumerate(tuning.soft_mask) if soft]
+    soft = np.asarray(res.best_soft, dtype=np.float32)
+    flat = soft.reshape(len(res), soft.shape[1] * soft.shape[2])
+    return {
+        "soft_positions": pa.array([positions] * len(res), pa.list_(pa.int64())),
+        "soft_prompt": _lists(list(flat), pa.float32()),
+    }
 
 
 def tuning_config(defaults: dict, overrides: dict | None = None) -> TuneConfig:

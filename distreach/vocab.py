@@ -111,6 +111,31 @@ def vocab_table(tokenizer, size: int) -> pl.DataFrame:
     )
 
 
+def token_texts(vocab: pl.DataFrame, ids) -> list[str]:
+    """The text of each token id as the vocabulary table ``vocab`` (:func:`vocab_table`) gives it:
+    its surface text, else (special tokens, pieces that are not whole UTF-8 text) its piece; an
+    id past the table or without a piece is a padding row of the output layer."""
+    surface, piece = vocab["surface"], vocab["piece"]
+    out = []
+    for i in ids:
+        i = int(i)
+        text = (surface[i] if surface[i] is not None else piece[i]) if 0 <= i < vocab.height else None
+        out.append(f"<padding {i}>" if text is None else text)
+    return out
+
+
+def with_token_texts(rows: pl.DataFrame, vocabs: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """Result rows with the text (:func:`token_texts`) of their target's and achieved
+    distribution's top tokens (``p_top_tokens``, ``q_top_tokens``); ``vocabs``: each model's
+    vocabulary table by model name."""
+    p_text, q_text = [], []
+    for r in rows.select("model", "p_top_ids", "q_top_ids").iter_rows(named=True):
+        p_text.append(token_texts(vocabs[r["model"]], r["p_top_ids"]))
+        q_text.append(token_texts(vocabs[r["model"]], r["q_top_ids"]))
+    return rows.with_columns(p_top_tokens=pl.Series(p_text, dtype=pl.List(pl.String)),
+                             q_top_tokens=pl.Series(q_text, dtype=pl.List(pl.String)))
+
+
 def write_vocab(model_dir, out) -> pl.DataFrame:
     """The vocabulary table of a materialised model folder, written atomically to ``out``."""
     from .io import package_versions, write_arrow

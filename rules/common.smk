@@ -172,6 +172,16 @@ def figure_inputs(wildcards):
     return figreg.figure_inputs(wildcards.fig, FIGURES[wildcards.fig])
 
 
+def next_token_spec(wildcards):
+    """Fig. 3's settings (figures.fig03, schema defaults filled in) for the model it is drawn on."""
+    spec = FIGURES.get("fig03")
+    if spec is None or spec["model"] != wildcards.model:
+        raise WorkflowError(
+            f"results/nexttoken/{wildcards.model}.arrow: figures.fig03 is not drawn on model {wildcards.model}"
+        )
+    return spec
+
+
 def figure_spec(wildcards):
     return FIGURES[wildcards.fig]
 
@@ -179,6 +189,17 @@ def figure_spec(wildcards):
 def figure_caption(wildcards):
     """The report caption of a figure (report/figure.rst renders it)."""
     return figreg.FIGURES[wildcards.fig].caption
+
+
+def achieved_inputs(wildcards):
+    """The report's target-vs-achieved figure: the collected tables of Fig. 1 and the
+    vocabulary tables of their models (token texts)."""
+    experiments = figreg.figure_experiments(FIGURES["fig01"])
+    models = {m for e in experiments for m in config["experiments"][e]["models"]}
+    return {
+        "tables": [f"results/collected/{e}.arrow" for e in experiments],
+        "vocab": [f"results/vocab/{m}.arrow" for m in sorted(models)],
+    }
 
 
 def all_outputs():
@@ -195,12 +216,7 @@ def all_outputs():
         for fig in FIGURES
         for ext in (".html", ".png", ".svg")
     ]
-    return (
-        tables
-        + figures
-        + [
-            "results/report/claims.md",
-            "results/report/claims.html",
-            "results/report/claims.arrow",
-        ]
-    )
+    pages = [f"results/report/claims.{ext}" for ext in ("md", "html", "arrow")]
+    if "fig01" in FIGURES:  # the report's target vs achieved, for rows of Fig. 1
+        pages += [f"results/report/achieved.{ext}" for ext in ("html", "png", "svg")]
+    return tables + figures + pages

@@ -1,3 +1,32 @@
+rule next_token:
+    """Fig. 3's distributions on one model (distreach.nexttoken): its next-token distribution
+    after the text of figures.fig03, an Eq. 1 target of the same entropy and what a soft prompt
+    tuned on that target produces."""
+    input:
+        model="results/models/{model}",
+    output:
+        "results/nexttoken/{model}.arrow",
+    log:
+        "logs/nexttoken/{model}.log",
+    conda:
+        "../envs/torch.yaml"
+    threads: tuning_threads
+    resources:
+        mem_mb=model_mem_mb,
+        runtime=30,
+        cpus_per_task=tuning_cpus,
+    params:
+        spec=next_token_spec,
+        unit=config["entropy_unit"],
+        seed=config["seed"],
+        tuning=config["tuning"],
+        dtype=config["dtype"],
+        device=config["device"],
+        code=script_code("next_token"),
+    script:
+        "../scripts/next_token.py"
+
+
 rule figure:
     """One of the paper's figures: what it shows, reads and says in its caption is its entry in
     distreach.figreg.FIGURES; distreach.figures.DRAW[fig] draws it."""

@@ -21,3 +21,26 @@ rule claims:
         code=script_code("claims"),
     script:
         "../scripts/claims.py"
+
+
+rule achieved:
+    """Target against achieved for a few rows of Fig. 1 (distreach.figures.achieved_rows): the
+    target's most probable tokens, q on them at the best step, and q's own."""
+    input:
+        unpack(achieved_inputs),
+    output:
+        html="results/report/achieved.html",
+        png=report(
+            "results/report/achieved.png",
+            caption="../report/achieved.rst",
+            category="Claims",
+        ),
+        svg="results/report/achieved.svg",
+    log:
+        "logs/report/achieved.log",
+    conda:
+        "../envs/figures.yaml"
+    params:
+        code=script_code("achieved"),
+    script:
+        "../scripts/achieved.py"

@@ -169,7 +169,7 @@ BAD = [
     (["target", "outlier", "--model", "{model}", "--entropy", "2", "--k", "0", "--out", "{root}/t.arrow"], "argument --k: '0' must be positive"),
     (["target", "uniform", "--model", "{model}", "--entropy", "2", "--out", "{root}/t.arrow"], "argument kind: invalid choice: 'uniform'"),
     (["target", "vanilla", "--model", "{model}", "--entropy", "2", "--out", "{root}/t.txt"], "--out {root}/t.txt: the target file must end in .arrow"),
-    (["nonsense"], "invalid choice: 'nonsense' (choose from 'tune', 'target', 'models')"),
+    (["nonsense"], "invalid choice: 'nonsense' (choose from 'tune', 'show', 'generate', 'target', 'models')"),
 ]
 
 

@@ -3,6 +3,8 @@ and the experiments a figure reads come from one helper; figures read the data a
 
 from __future__ import annotations
 
+import html
+import re
 from pathlib import Path
 
 import polars as pl
@@ -17,7 +19,8 @@ def test_every_figure_is_registered_drawn_and_configurable():
     schema = yaml.safe_load((REPO / "schemas/config.schema.yaml").read_text())
     assert set(figures.DRAW) == set(figreg.FIGURES) == set(schema["properties"]["figures"]["properties"])
     # every caption names its paper figure and what a band, bar, box or point stands for
-    spread = ("standard error", "t-interval", "quartiles", "one point per target", "single inits", "shares per model")
+    spread = ("standard error", "t-interval", "quartiles", "one point per target", "single inits", "shares per model",
+              "one line per distribution")
     for fig, entry in figreg.FIGURES.items():
         assert entry.caption.endswith(f"(paper Fig. {int(fig[3:])}).") and any(s in entry.caption for s in spread), fig
 
@@ -57,3 +60,63 @@ def test_fig10_has_one_matched_series_per_source_model():
     assert got["matched-migrated-a-lm-0000"] == "matched to migrated from a"
     assert got["matched-migrated-b-lm-0000"] == "matched to migrated from b"
     assert got["migrated-b-lm-0000"] == "migrated from b"
+
+
+AXIS = re.compile(r"aria-label=\"([XY])-axis titled '(.*?)' for a (\w+) scale with values from (\S+) to ([^\"]+)\"")
+
+
+def svg_problems(svg: str) -> list[str]:
+    """What makes an SVG figure hard to read at a glance: a label Vega cut short (it ends the
+    text with an ellipsis) and a KL axis reaching below 0 (KL is never negative)."""
+    problems = [f"label cut short: {html.unescape(t)!r}" for t in re.findall(r"<text[^>]*>(.*?)</text>", svg, re.S)
+                if "…" in html.unescape(t)]
+    for axis, title, _, low, _ in AXIS.findall(svg):
+        if "KL" in title and float(html.unescape(low).replace("\u2212", "-").replace(",", "")) < 0:
+            problems.append(f"{axis} axis {title!r} starts at {low}")
+    return problems
+
+
+def lm_table(kinds: dict[str, list[float]], **extra) -> pl.DataFrame:
+    """Result rows of one model (the columns min_over_inits needs), one per target, KL by kind."""
+    rows = []
+    for kind, kls in kinds.items():
+        for i, kl in enumerate(kls):
+            rows.append(dict(experiment="e", model="a-model", method="soft", prefix_len=5, n_soft=5, target_kind=kind,
+                             target_id=f"{kind}-{i:04d}", init_index=0, status="ok", kl_min=kl,
+                             target_entropy=5.0 + i, q_entropy=5.0 + i, entropy_unit="bits",
+                             **{k: v(kind, i) for k, v in extra.items()}))
+    return pl.DataFrame(rows)
+
+
+# least-squares lines that fall below 0 inside the data's range, and legend labels longer than
+# Vega-Lite's default limit of 160 px
+FALLING = [3.0, 0.1, 0.05, 0.02, 0.01, 0.0]
+
+
+def test_fit_figures_show_whole_labels_and_kl_from_0(tmp_path):
+    fig09 = lm_table({"lm": FALLING, "matched": [2.0, 2.5, 3.0, 2.0, 2.2, 2.4], "shuffled": FALLING})
+    fig09 = fig09.with_columns(target_id=pl.when(pl.col("target_kind") == "shuffled")
+                               .then(pl.col("target_id").str.replace("shuffled", "lm") + "-shuffled0")
+                               .otherwise(pl.col("target_id")))
+    source = lambda kind, i: "a-source-model-with-a-long-name" if kind == "migrated" else None  # noqa: E731
+    fig10 = lm_table({"migrated": FALLING, "matched": [2.0, 2.5, 3.0, 2.0, 2.2, 2.4]}, source_model=source)
+    fig10 = fig10.with_columns(target_id=pl.when(pl.col("target_kind") == "matched")
+                               .then(pl.col("target_id").str.replace("matched", "matched-migrated"))
+                               .otherwise(pl.col("target_id")))
+    for fig, data in (("fig09", fig09), ("fig10", fig10)):
+        figures.save(figures.DRAW[fig](data, {"model": "a-model"}), tmp_path / fig)
+        svg = (tmp_path / f"{fig}.svg").read_text()
+        assert "(R² = " in svg, fig
+        assert AXIS.search(svg), "no axis descriptions in the SVG"
+        assert svg_problems(svg) == [], fig
+        # the entropy axis fits the data (5 to 10 bits), not 0 to 10
+        lows = {title: low for _, title, _, low, _ in AXIS.findall(svg) if "entropy" in title}
+        assert lows and all(float(low) >= 4 for low in lows.values()), lows
+
+
+def test_svg_problems_are_found():
+    cut = '<text x="1">shuffled (min over copies) (R² = 0…</text>'
+    axis = "aria-label=\"Y-axis titled 'min KL(p‖q) over inits (bits)' for a linear scale with values from \u22121 to 9\""
+    assert svg_problems(f"<svg><g {axis}>{cut}</g></svg>") == [
+        "label cut short: 'shuffled (min over copies) (R² = 0…'", "Y axis 'min KL(p‖q) over inits (bits)' starts at \u22121"]
+    assert svg_problems("<svg><text>1 &amp; 2</text></svg>") == []

@@ -15,6 +15,7 @@ import yaml
 from distreach.tables import RESULT_COLUMNS
 
 from .conftest import save_tiny
+from .test_figures import svg_problems
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
@@ -67,6 +68,7 @@ def tiny_config(sources) -> dict:
         },
         "figures": {
             "fig01": {"experiment": "vanilla"},
+            "fig03": {"model": "tiny", "text": "the house"},
             "fig04": {"experiments": ["methods"], "model": "tiny"},
             "fig05": {"experiment": "vanilla", "model": "tiny"},
             "fig06": {"experiments": ["vanilla", "twins"], "pairs": {"tiny": "tiny-random"}},
@@ -125,6 +127,9 @@ def test_single_figure_plans_only_what_it_needs(tmp_path, tiny_sources):
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig12.png")
     # vocabulary and POS jobs only: no targets, no tuning
     assert planned_jobs(proc) == {"materialise_model": 2, "vocab": 2, "pos_tag": 2, "figure": 1}
+    proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig03.png")
+    # one model's next-token distributions, computed (and a soft prompt tuned) by one job
+    assert planned_jobs(proc) == {"materialise_model": 1, "next_token": 1, "figure": 1}
 
 
 @pytest.mark.slow
@@ -135,11 +140,19 @@ def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
     assert sorted(p.name for p in (tmp_path / "results/tuning/tiny/soft/shard-0").glob("*.arrow")) == sorted(
         f"{e}.arrow" for e in ("vanilla", "methods", "outliers", "outlier-vanilla", "lm-soft", "matched-soft",
                                "shuffled-soft", "migrated-soft", "migrated-matched-soft", "pos"))
-    for fig in ("fig01", "fig04", "fig05", "fig06", "fig07", "fig08", "fig09", "fig10", "fig11", "fig12", "fig13"):
+    drawn = [f"figures/{fig}" for fig in cfg["figures"]] + ["report/achieved"]
+    assert len(drawn) == 13
+    for stem in drawn:
         for ext in ("html", "png", "svg"):
-            assert (tmp_path / f"results/figures/{fig}.{ext}").stat().st_size > 1000
+            assert (tmp_path / f"results/{stem}.{ext}").stat().st_size > 1000
+        # readable at a glance: no label cut short, no KL axis below 0
+        assert svg_problems((tmp_path / f"results/{stem}.svg").read_text()) == [], stem
     df = pl.read_ipc(tmp_path / "results/collected/vanilla.arrow")
     assert set(RESULT_COLUMNS) <= set(df.columns)
+    # what each row produced: the target's and q's top tokens, and the soft prompt (5 x hidden 32)
+    assert set(df["q_top_ids"].list.len()) == {20} and (df["p_top_ids"].list.len() >= 1).all()
+    assert (df["q_on_p_top"].list.len() == df["p_top_ids"].list.len()).all()
+    assert set(df["soft_prompt"].list.len()) == {5 * 32} and df["soft_positions"].to_list() == [[0, 1, 2, 3, 4]] * df.height
     assert df.height == 2 * 10 * 2  # models x targets (5 levels x 2) x inits
     assert df["kl_min"].is_finite().all() and (df["kl_min"] >= 0).all()
     assert set(df["entropy_unit"]) == {"bits"} and set(df["status"]) == {"ok"}
@@ -151,6 +164,19 @@ def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
     hard = methods.filter(pl.col("method") == "hard")
     assert hard["prompt_text"].str.len_chars().min() > 0 and hard["kl_roundtrip"].is_finite().all()
     assert hard["prompt_ids"].list.len().to_list() == [5] * hard.height
+    kept = dict(methods.group_by("method").agg(pl.col("soft_prompt").list.len().max()).iter_rows())
+    assert kept == {"soft": 5 * 32, "hybrid-1": 32, "hard": 0}
+    fig03 = pl.read_ipc(tmp_path / "results/nexttoken/tiny.arrow")
+    assert fig03["distribution"].to_list() == ["lm", "vanilla", "tuned"]
+    assert fig03["entropy"][0] == pytest.approx(fig03["entropy"][1], abs=0.01)
+    # show and generate find the workflow's model folder beside the collected table
+    env = {**os.environ, "DISTREACH_CACHE": str(tmp_path / "no-cache")}
+    for args in (["show", "--model", "tiny", "--init", "0", "--target", "vanilla-L000-r0"],
+                 ["generate", "--model", "tiny", "--target", "vanilla-L000-r0", "--samples", "1"]):
+        proc = subprocess.run([sys.executable, "-m", "distreach.cli", args[0], "results/collected/vanilla.arrow", *args[1:]],
+                              cwd=tmp_path, capture_output=True, text=True, env=env)
+        assert proc.returncode == 0 and "vanilla-L000-r0 (init 0; tiny, soft, experiment vanilla)" in proc.stdout, proc.stderr
+    assert not (tmp_path / "no-cache").exists()
     outliers = pl.read_ipc(tmp_path / "results/collected/outliers.arrow")
     assert set(outliers["n_outliers"]) == {1, 3} and (outliers["outlier_mass"] > 0).all()
     migrated = pl.read_ipc(tmp_path / "results/collected/migrated-soft.arrow")
@@ -191,6 +217,8 @@ BAD_CONFIGS = [
     (lambda c: c["pos"].update(min_pos_prob=2), "config key pos.min_pos_prob: 2 is greater than the maximum of 1"),
     (lambda c: c["figures"]["fig12"].update(models=["nosuch"]), "config key figures.fig12.models[0]: unknown model 'nosuch'"),
     (lambda c: c["figures"].update(fig13={"experiment": "vanilla"}), "config key figures.fig13.experiment: 'vanilla' tunes on vanilla targets"),
+    (lambda c: c["figures"]["fig03"].update(model="nosuch"), "config key figures.fig03.model: unknown model 'nosuch'"),
+    (lambda c: c["tuning"].update(top_k=-1), "config key tuning.top_k: -1 is less than the minimum of 0"),
 ]
 
 
@@ -230,8 +258,9 @@ def test_gpu_benchmark_script_runs_at_tiny_size_on_the_cpu(tmp_path):
 def test_default_config_is_valid_and_plans_every_figure(tmp_path):
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     jobs = planned_jobs(snakemake(tmp_path, config, "-n"))
-    assert jobs["figure"] == len(config["figures"]) == 11
-    assert jobs["materialise_model"] == len(config["models"]) and jobs["collect"] == len(config["experiments"])
+    assert jobs["figure"] == len(config["figures"]) == 12
+    assert jobs["materialise_model"] == len(config["models"]) == 3 and jobs["collect"] == len(config["experiments"])
+    assert jobs["next_token"] == 1 and jobs["achieved"] == 1
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -307,5 +336,5 @@ def test_slurm_profile_plans_the_paper_study_without_the_hub(tmp_path):
     assert proc.returncode == 0, out[-3000:]
     jobs = planned_jobs(proc)
     assert jobs["materialise_model"] == 11 and jobs["tune_shard"] == 150 and jobs["pos_tag"] == 9
-    assert jobs["figure"] == 11
+    assert jobs["figure"] == 12 and jobs["next_token"] == 1 and jobs["achieved"] == 1
     assert not any(tmp_path.joinpath("results").rglob("*"))

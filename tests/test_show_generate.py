@@ -1,0 +1,139 @@
+"""``distreach show`` and ``distreach generate`` (and their api functions) on a result of ``tune``:
+target against achieved per row, the kept prompt fed back to the model it was tuned on, and the
+model found where ``tune`` put it, only with the weights the row was tuned on."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+
+from distreach import api, cli
+from distreach.io import read_arrow, write_arrow
+
+from .conftest import save_tiny
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    """A tiny model folder, the model cache, and two results of ``distreach tune``."""
+    root = tmp_path_factory.mktemp("show")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DISTREACH_CACHE", str(root / "cache"))
+    model = save_tiny(root / "tiny", "llama")
+    target = root / "t.json"
+    target.write_text(json.dumps({"table": 0.5, "river": 0.3, "Paris": 0.2}))
+    out = {"root": root, "model": str(model)}
+    for method in ("soft", "hybrid"):
+        out[method] = str(root / f"{method}.arrow")
+        assert cli.main(["tune", "--model", str(model), "--target", str(target), "--method", method, "--inits", "2",
+                         "--max-steps", "30", "--out", out[method], "-q"]) == 0
+    yield out
+    mp.undo()
+
+
+def run(capsys, *argv):
+    code = cli.main(list(argv))
+    stdout, err = capsys.readouterr()
+    return code, stdout, err
+
+
+def test_show_prints_target_beside_achieved_for_each_row(env, capsys):
+    code, out, err = run(capsys, "show", env["hybrid"])
+    assert code == 0, err
+    df = pl.read_ipc(env["hybrid"])
+    blocks = out.strip().split("\n\n")
+    assert len(blocks) == df.height == 2
+    for block, r in zip(blocks, df.iter_rows(named=True)):
+        lines = block.splitlines()
+        assert lines[0] == (f"t (init {r['init_index']}; tiny, hybrid, experiment cli): KL {r['kl_min']:.4g} bits; "
+                            f"entropy target {r['target_entropy_achieved']:.4g}, achieved {r['q_entropy']:.4g} bits; "
+                            "BOS token 1 (policy auto)")
+        assert lines[1] == f"  prompt: {r['prompt_text']!r}"
+        # one line per rank: the target's tokens with p and q, then q's own tokens with q
+        table = [line.split() for line in lines[3:]]
+        assert len(table) == len(r["q_top_ids"]) == 20
+        assert [t[1] for t in table[:3]] == ['"table"', '"river"', '"Paris"']
+        assert [float(t[2]) for t in table[:3]] == [0.5, 0.3, 0.2]
+        assert [float(t[3]) for t in table[:3]] == pytest.approx(r["q_on_p_top"], abs=5e-5)
+        assert [float(t[-1]) for t in table] == pytest.approx(r["q_top_probs"], abs=5e-5)
+
+
+def test_show_filters_rows_and_names_what_is_there(env, capsys):
+    code, out, _ = run(capsys, "show", env["soft"], "--init", "1", "--target", "t")
+    assert code == 0 and out.startswith("t (init 1; tiny, soft, experiment cli)") and "\n\n" not in out
+    code, out, err = run(capsys, "show", env["soft"], "--target", "nosuch")
+    assert code == 2 and out == ""
+    assert err == f"distreach: error: --target nosuch: {env['soft']} has no such row (target_id: t)\n"
+
+
+def test_show_reads_the_tokenizer_only(env, capsys, monkeypatch):
+    import transformers
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("show loaded weights")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_weights)
+    code, out, err = run(capsys, "show", env["soft"], "--init", "0")
+    assert code == 0, err
+
+
+def test_generate_feeds_the_kept_prompt_back(env, capsys):
+    df = pl.read_ipc(env["soft"])
+    best = df.sort("kl_min").row(0, named=True)
+    got = api.generate(env["soft"], "t", samples=3, max_new_tokens=4, seed=1, top=20)
+    # the best init by default; the next-token distribution the row recorded at its best step
+    assert got["row"]["init_index"] == best["init_index"]
+    assert got["next_tokens"]["token_id"].to_list() == best["q_top_ids"]
+    np.testing.assert_allclose(got["next_tokens"]["q"], best["q_top_probs"], rtol=1e-4)
+    np.testing.assert_allclose(got["q_on_p_top"], best["q_on_p_top"], rtol=1e-4)
+    assert dict(zip(got["next_tokens"]["token"], got["next_tokens"]["p"]))["table"] == 0.5
+    assert len(got["samples"]) == 3 and all(1 <= len(s.split()) <= 4 for s in got["samples"])
+    again = api.generate(env["soft"], "t", samples=3, max_new_tokens=4, seed=1)
+    other = api.generate(env["soft"], "t", samples=3, max_new_tokens=4, seed=2)
+    assert again["samples"] == got["samples"] != other["samples"]
+    # a text after the prompt changes the next-token distribution
+    after = api.generate(env["soft"], "t", init=best["init_index"], text="the house", samples=0)
+    assert after["next_tokens"]["q"].to_list() != got["next_tokens"]["q"].to_list()[:10] and after["samples"] == []
+
+
+def test_generate_prints_next_tokens_and_samples(env, capsys):
+    code, out, err = run(capsys, "generate", env["hybrid"], "--target", "t", "--init", "0", "--samples", "2",
+                         "--max-new-tokens", "3", "--top", "4")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("t (init 0; tiny, hybrid, experiment cli), KL ") and "hybrid prompt '<soft><soft>" in lines[0]
+    assert lines[1].startswith("next token") and len(lines) == 2 + 5 + 1 + 2
+    assert lines[-3].startswith("samples (seed 0, up to 3 new tokens") and lines[-1].startswith("  2: ")
+
+
+def test_generate_uses_only_the_weights_the_row_was_tuned_on(env, capsys, tmp_path):
+    table = read_arrow(env["soft"])
+    i = table.column_names.index("model_sha256")
+    other = table.set_column(i, "model_sha256", [["0" * 64] * table.num_rows])
+    write_arrow(other, tmp_path / "other.arrow")
+    code, out, err = run(capsys, "generate", str(tmp_path / "other.arrow"), "--target", "t")
+    assert code == 2 and "holds other weights (sha256 " in err and err.count("\n") == 1
+    j = table.column_names.index("model_source")
+    random = table.set_column(j, "model_source", [[json.dumps({"random_init": "base", "seed": 0})] * table.num_rows])
+    write_arrow(random.set_column(i, "model_sha256", [["0" * 64] * table.num_rows]), tmp_path / "random.arrow")
+    code, out, err = run(capsys, "generate", str(tmp_path / "random.arrow"), "--target", "t")
+    assert code == 2 and "no materialised folder with the weights the row was tuned on" in err
+
+
+def test_a_table_without_kept_prompts_is_refused(env, capsys, tmp_path):
+    table = read_arrow(env["soft"])
+    write_arrow(table.drop_columns(["soft_prompt", "q_top_ids"]), tmp_path / "old.arrow")
+    for command in (["show"], ["generate", "--target", "t"]):
+        code, out, err = run(capsys, command[0], str(tmp_path / "old.arrow"), *command[1:])
+        assert code == 2 and err == (f"distreach: error: {tmp_path / 'old.arrow'}: not a result table of this version of "
+                                     "distreach (no column(s) q_top_ids, soft_prompt); tune it again\n")
+
+
+def test_the_workflow_model_folder_is_found_beside_its_results(env, tmp_path):
+    row = pl.read_ipc(env["soft"]).row(0, named=True)
+    results = tmp_path / "results"
+    folders = api.model_folders(row, results / "collected" / "a.arrow")
+    assert folders[0] == (results / "models" / "tiny").resolve() and folders[-1].parent == api.cache_dir().resolve()
