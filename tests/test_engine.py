@@ -124,14 +124,20 @@ def test_out_of_memory_halves_the_batch_and_loses_no_row(tiny_llama, monkeypatch
     assert (got.steps == expected.steps).all()
 
 
-def test_bf16_model_tunes_to_finite_values_close_to_fp32(tiny_dirs):
+def test_bf16_model_is_bf16_and_tunes_to_finite_values_close_to_fp32(tiny_dirs):
     from distreach.models import load_materialised
 
     p = targets(93, 3, seed=12)
     cfg = TuneConfig(max_steps=20)
-    res = {d: tune(load_materialised(tiny_dirs["llama"], dtype=d, device="cpu")[0], p, [0, 1, 2], cfg) for d in ("fp32", "bf16")}
+    models = {d: load_materialised(tiny_dirs["llama"], dtype=d, device="cpu")[0] for d in ("fp32", "bf16", "fp16")}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        assert {p.dtype for p in models[name].model.parameters()} == {dtype}, name
+        assert models[name].embeddings.dtype == dtype
+    res = {d: tune(models[d], p, [0, 1, 2], cfg) for d in ("fp32", "bf16")}
     assert np.isfinite(res["bf16"].kl_min).all()
     np.testing.assert_allclose(res["bf16"].kl_min, res["fp32"].kl_min, rtol=0.05)
+    # tuned in bf16 indeed: bf16 rounding moves every row's minimum off the fp32 one
+    assert (res["bf16"].kl_min != res["fp32"].kl_min).all()
 
 
 def test_auto_dtype_follows_the_hardware(monkeypatch):
