@@ -157,13 +157,18 @@ class TuneResult:
     q_on_p_top: np.ndarray | None = None  # [n, k] float32
     q_top_ids: np.ndarray | None = None  # [n, k] int64
     q_top_probs: np.ndarray | None = None  # [n, k] float32
+    # the work of the tune() call that made the result (not per row): ``row_steps``, the steps of rows
+    # it ran (a row tuned for k steps is k), and ``resumed_from``, None or where it picked up a
+    # checkpoint: ``{"row": r, "step": s}``, batch from row r at step s (rows before r were done)
+    work: dict | None = None
 
     def __len__(self) -> int:
         return len(self.kl_min)
 
     def take(self, rows: slice) -> "TuneResult":
-        """The records of a slice of rows, as a new result."""
-        return TuneResult(**{f.name: None if (v := getattr(self, f.name)) is None else v[rows] for f in fields(TuneResult)})
+        """The records of a slice of rows, as a new result (with the work of the whole call)."""
+        return TuneResult(**{f.name: v if (v := getattr(self, f.name)) is None or f.name == "work" else v[rows]
+                             for f in fields(TuneResult)})
 
 
 def allowed_tokens(tokenizer, n_embed: int, cfg: TuneConfig) -> torch.Tensor:
@@ -489,6 +494,8 @@ class _Run:
     record_curve: bool
     checkpoint: Checkpoint
     on_step: Callable[[int, int], None] | None = None
+    row_steps: int = 0  # steps of rows run so far in this call
+    resumed_from: dict | None = None  # where this call picked up a checkpoint (TuneResult.work)
 
 
 def tune(
@@ -513,14 +520,17 @@ def tune(
     there at most every ``checkpoint_seconds`` (0: after every step); a later call with the
     same inputs resumes from it and ends with results bit-identical to an uninterrupted
     run (on the CPU). A checkpoint of other inputs is ignored. The caller removes the file
-    once the results are stored."""
+    once the results are stored. The result's ``work`` says how many row-steps this call ran
+    and where it resumed."""
     fast_last_logits(loaded.model)
     target = _checked_targets(loaded, target_probs, init_seeds)
     weight, embed = loaded.embeddings, loaded.model.get_input_embeddings()
     bos_kv = _bos_cache(loaded, cfg)
     allowed = allowed_tokens(loaded.tokenizer, weight.shape[0], cfg)
     if target.shape[0] == 0:
-        return _empty_result(cfg, weight.shape[1], target.shape[1])
+        res = _empty_result(cfg, weight.shape[1], target.shape[1])
+        res.work = {"row_steps": 0, "resumed_from": None}
+        return res
     soft, ids, drawn = init_rows(embed, weight, allowed, init_seeds, cfg)
     key = checkpoint_key(loaded, target, init_seeds, cfg, record_curve) if checkpoint is not None else ""
     ckpt = Checkpoint(checkpoint, key, checkpoint_seconds)
@@ -528,6 +538,9 @@ def tune(
     bs = cfg.batch_size or AUTO_BATCH.get(torch.device(weight.device).type, 64)
     res = _concat(_run_batches(run, bs))
     res.init_ids = drawn.numpy()
+    res.work = {"row_steps": run.row_steps, "resumed_from": run.resumed_from}
+    log.info("%d row-steps run%s", run.row_steps, "" if run.resumed_from is None else
+             " after resuming from row {row} at step {step}".format(**run.resumed_from))
     return res
 
 
@@ -579,6 +592,7 @@ def _run_batches(run: _Run, bs: int) -> list[TuneResult]:
     if resume is not None:
         parts, lo, bs = [TuneResult(**p) for p in resume["parts"]], resume["lo"], resume["bs"]
         step = resume["step"] + 1 if resume.get("batch") else 0
+        run.resumed_from = {"row": lo, "step": step}
         log.info("resuming from checkpoint %s: %d of %d rows done, the batch from row %d at step %d", run.checkpoint.path,
                  lo, n, lo, step, extra={"announce": True})
     while lo < n:
@@ -620,6 +634,7 @@ def _run_batch(run: _Run, lo: int, bs: int, done: list[dict], resume: dict | Non
         if not len(batch.active):
             break
         keep = batch.step(step)
+        run.row_steps += len(keep)
         if run.on_step is not None:
             run.on_step(step, int(keep.sum()))
         run.checkpoint.save_if_due(
@@ -636,6 +651,8 @@ def _concat(parts: list[TuneResult]) -> TuneResult:
         values = [getattr(p, name) for p in parts]
         if name == "status":
             return [s for v in values for s in v]
+        if name == "work":
+            return None
         return None if values[0] is None else torch.cat(values).numpy()
 
     return TuneResult(**{f.name: cat(f.name) for f in fields(TuneResult)})

@@ -178,7 +178,9 @@ def tune_members(
     or inf in a low-precision dtype are tuned again in fp32 (their ``dtype`` column says so and
     ``retry`` says why); rows that fail in fp32 too get a ``failed: ...`` status and a NaN
     ``kl_min``, so they never reach a figure as a number. ``progress(step, active)`` is called
-    after every step of every batch."""
+    after every step of every batch. The provenance's ``work`` is the engine's record of the
+    call (:attr:`distreach.engine.TuneResult.work`: row-steps run, fp32 retries included, and
+    where it resumed from a checkpoint), the same in every member's table."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     dtype = {v: k for k, v in DTYPES.items()}[loaded.embeddings.dtype]
     plans = []  # (member, rows, seeds) per member
@@ -221,6 +223,7 @@ def tune_members(
             "seed": seed,
             "shard": [m.shard, m.n_shards],
             "tuned_with": [other.experiment for other in members],
+            "work": res.work,
             "dtype": dtype,
             "device": str(loaded.embeddings.device),
             "torch_threads": torch.get_num_threads(),
@@ -240,6 +243,7 @@ def _retry_in_fp32(loaded, res, probs, seeds, tuning: TuneConfig, dtype: str) ->
         log.warning("%d rows had a non-finite KL in %s: tuning them again in fp32", len(bad), dtype)
         loaded32, _ = load_materialised(loaded.folder, dtype="fp32", device=str(loaded.embeddings.device))
         again = tune(loaded32, probs[bad], [seeds[i] for i in bad], tuning)
+        res.work["row_steps"] += again.work["row_steps"]
         for j, i in enumerate(bad):
             retry[i] = f"{res.status[i]} in {dtype}"
             row_dtype[i] = "fp32"

@@ -94,12 +94,18 @@ def test_tune_with_a_json_target_end_to_end(env, capsys, tmp_path):
     assert "distreach" in (table.schema.metadata or {}).get(b"distreach", b"").decode()  # provenance
 
 
-def test_hard_prompt_summary_shows_the_prompt(env, capsys):
+def test_hard_prompt_summary_shows_the_prompt(env, capsys, tmp_path):
+    """The summary line shows the text of the best init's hard prompt: its tokens' words."""
+    out = tmp_path / "h.arrow"
     code, stdout, err = run(capsys, "tune", "--model", env["model"], "--target", env["t"]["good.json"], "--method", "hard",
-                            "--inits", "1", "--max-steps", "4", "--quiet")
+                            "--inits", "3", "--max-steps", "4", "--out", str(out), "--quiet")
     assert code == 0, err
-    prompt = stdout.split("best prompt ")[1].strip().strip("'")
-    assert prompt and any(w in prompt for w in TINY_WORDS)
+    rows = read_arrow(out).to_pylist()
+    best = min(rows, key=lambda r: r["kl_min"])
+    assert len(best["prompt_ids"]) == 5 and len({r["kl_min"] for r in rows}) == 3
+    words = [TINY_WORDS[i - 3] for i in best["prompt_ids"]]  # ids 0-2 are <unk>, <bos>, <eos>
+    (line,) = [ln for ln in stdout.splitlines() if ln.startswith("good: ")]
+    assert line.endswith(f"; best prompt {''.join(words)!r}"), line
 
 
 def test_nearly_normalised_target_is_renormalised_and_logged(env, capsys, caplog):

@@ -93,6 +93,114 @@ def test_normal_init_and_gpt2(tiny_dirs):
     assert np.isfinite(res.kl_min).all()
 
 
+def test_normal_init_draws_soft_positions_at_the_scaled_embedding_std(tiny_llama):
+    """``init: normal`` starts soft positions at N(0, (init_scale * std of the embedding table)^2),
+    not at token embeddings, and tune() starts from exactly what init_rows draws."""
+    from distreach.engine import allowed_tokens, init_rows
+
+    embed = tiny_llama.model.get_input_embeddings()
+    std = embed.weight.std().item()
+    seeds = list(range(200))
+    for scale in (0.5, 2.0):
+        cfg = TuneConfig(init="normal", init_scale=scale)
+        allowed = allowed_tokens(tiny_llama.tokenizer, embed.weight.shape[0], cfg)
+        soft, _, drawn = init_rows(embed, embed.weight, allowed, seeds, cfg)
+        assert soft.std().item() == pytest.approx(scale * std, rel=0.02)  # 32,000 draws
+        assert abs(soft.mean().item()) < 0.02 * scale * std
+        assert not torch.isclose(soft, embed(drawn).detach()).any()
+    vocab_cfg = TuneConfig()
+    soft, _, drawn = init_rows(embed, embed.weight, allowed_tokens(tiny_llama.tokenizer, 93, vocab_cfg), seeds[:3], vocab_cfg)
+    assert torch.equal(soft, embed(drawn).detach())
+    # one step records the starting prefix as the best so far: the init tune() used
+    cfg = TuneConfig(init="normal", init_scale=0.5, max_steps=1)
+    res = tune(tiny_llama, targets(93, 3, seed=2), [4, 5, 6], cfg)
+    soft, _, _ = init_rows(embed, embed.weight, allowed_tokens(tiny_llama.tokenizer, 93, cfg), [4, 5, 6], cfg)
+    np.testing.assert_array_equal(res.best_soft, soft.numpy())
+
+
+def test_exclude_untypable_keeps_tokens_out_of_hard_positions_and_inits(tiny_llama):
+    """A token whose text encodes to other tokens ("ice cream": two words) is left out with
+    ``exclude_untypable`` and only then."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from distreach.engine import allowed_tokens
+    from distreach.models import LoadedModel
+
+    vocab = dict(tiny_llama.tokenizer.get_vocab())
+    untypable = vocab.pop("house")
+    vocab["ice cream"] = untypable
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+    both = allowed_tokens(tok, 93, TuneConfig())
+    typable = allowed_tokens(tok, 93, TuneConfig(exclude_untypable=True))
+    assert both[untypable] and not typable[untypable]
+    assert torch.equal(typable | torch.nn.functional.one_hot(torch.tensor(untypable), 93).bool(), both)
+    loaded = LoadedModel("stand-in", tiny_llama.model, tok)
+    p = targets(93, 60, seed=8)
+    for exclude in (False, True):
+        cfg = TuneConfig(method="hard", exclude_untypable=exclude, max_steps=3)
+        res = tune(loaded, p, list(range(60)), cfg)
+        used = set(res.init_ids.flatten().tolist()) | set(res.best_ids.flatten().tolist())
+        assert (untypable in used) != exclude, exclude
+
+
+def test_weight_decay_is_the_decoupled_shrink_of_adamw(tiny_llama):
+    """One step with weight decay wd differs from one without by lr * wd * theta (AdamW), and rows
+    left in a batch after another row left it keep their decay: their next step is the one a
+    batch of those rows alone takes."""
+    from distreach.engine import _Batch, _bos_cache, allowed_tokens, init_rows
+
+    embed = tiny_llama.model.get_input_embeddings()
+    p = torch.tensor(targets(93, 3, seed=4))
+
+    def batch(wd, rows):
+        cfg = TuneConfig(lr=0.1, weight_decay=wd)
+        allowed = allowed_tokens(tiny_llama.tokenizer, 93, cfg)
+        soft, ids, _ = init_rows(embed, embed.weight, allowed, [1, 2, 3], cfg)
+        return _Batch(tiny_llama.model, p[rows], soft[rows], ids[rows], _bos_cache(tiny_llama, cfg), allowed, cfg,
+                      record_curve=False), soft
+
+    theta = {}
+    for wd in (0.0, 0.5):
+        b, soft = batch(wd, [0, 1, 2])
+        b.step(0)
+        theta[wd] = b.theta.detach()
+    torch.testing.assert_close(theta[0.0] - theta[0.5], 0.1 * 0.5 * soft, rtol=1e-4, atol=1e-7)
+    full, _ = batch(0.5, [0, 1, 2])
+    part, _ = batch(0.5, [1, 2])
+    full.step(0)
+    part.step(0)
+    keep = torch.tensor([False, True, True])
+    full._drop(keep, keep)  # row 0 leaves the batch
+    full.step(1)
+    part.step(1)
+    torch.testing.assert_close(full.theta.detach(), part.theta.detach(), rtol=1e-5, atol=1e-7)
+
+
+def test_stop_kl_nats_stops_a_row_at_the_first_step_its_kl_reaches_it(tiny_llama):
+    p = targets(93, 4, seed=6)
+    base = dict(max_steps=60, patience=60, lr=0.5)
+    free = tune(tiny_llama, p, [0, 1, 2, 3], TuneConfig(**base), record_curve=True)
+    assert not free.early_stopped.any()
+    # a level between row 2's KLs at steps 10 and 11: some rows reach it sooner, some never
+    level = float(free.curve[2, 10:12].mean())
+    reached = (free.curve <= level).any(1)
+    first = np.where(reached, np.argmax(free.curve <= level, axis=1), 59)  # the first step at or below it
+    assert first[2] == 11 and reached.any() and not reached.all()
+    res = tune(tiny_llama, p, [0, 1, 2, 3], TuneConfig(**base, stop_kl_nats=level))
+    np.testing.assert_array_equal(res.early_stopped, reached)
+    np.testing.assert_array_equal(res.steps, first + 1)
+    assert (res.kl_min[reached] <= level).all() and (res.best_step[reached] == first[reached]).all()
+    np.testing.assert_allclose(res.kl_min[~reached], free.kl_min[~reached], rtol=1e-5)
+    # a KL equal to the level reaches it (one row alone: bit-identical curves)
+    alone = tune(tiny_llama, p[2:3], [2], TuneConfig(**base), record_curve=True)
+    assert (np.diff(alone.curve[0, :11]) < 0).all()  # step 10 is the first at its own KL
+    res = tune(tiny_llama, p[2:3], [2], TuneConfig(**base, stop_kl_nats=float(alone.curve[0, 10])))
+    assert res.steps[0] == 11 and res.best_step[0] == 10 and res.early_stopped[0]
+
+
 def test_bad_input_is_refused(tiny_llama):
     with pytest.raises(DistreachError, match=r"expected \[n, 93\]"):
         tune(tiny_llama, np.ones((2, 10)) / 10, [0, 1], CFG)
@@ -126,14 +234,20 @@ def test_out_of_memory_halves_the_batch_and_loses_no_row(tiny_llama, monkeypatch
     assert (got.steps == expected.steps).all()
 
 
-def test_bf16_model_tunes_to_finite_values_close_to_fp32(tiny_dirs):
+def test_bf16_model_is_bf16_and_tunes_to_finite_values_close_to_fp32(tiny_dirs):
     from distreach.models import load_materialised
 
     p = targets(93, 3, seed=12)
     cfg = TuneConfig(max_steps=20)
-    res = {d: tune(load_materialised(tiny_dirs["llama"], dtype=d, device="cpu")[0], p, [0, 1, 2], cfg) for d in ("fp32", "bf16")}
+    models = {d: load_materialised(tiny_dirs["llama"], dtype=d, device="cpu")[0] for d in ("fp32", "bf16", "fp16")}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        assert {p.dtype for p in models[name].model.parameters()} == {dtype}, name
+        assert models[name].embeddings.dtype == dtype
+    res = {d: tune(models[d], p, [0, 1, 2], cfg) for d in ("fp32", "bf16")}
     assert np.isfinite(res["bf16"].kl_min).all()
     np.testing.assert_allclose(res["bf16"].kl_min, res["fp32"].kl_min, rtol=0.05)
+    # tuned in bf16 indeed: bf16 rounding moves every row's minimum off the fp32 one
+    assert (res["bf16"].kl_min != res["fp32"].kl_min).all()
 
 
 def test_auto_dtype_follows_the_hardware(monkeypatch):

@@ -1,5 +1,6 @@
-"""Faults during tuning: a shard killed with SIGKILL resumes to bit-identical results; NaN/inf
-rows are retried in fp32 or marked failed, never left as a silent number."""
+"""Faults during tuning: a shard killed with SIGKILL resumes to bit-identical results, running
+only the steps that were left; NaN/inf rows are retried in fp32 or marked failed, never left as
+a silent number."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from distreach import shards
-from distreach.io import read_arrow, write_arrow
+from distreach.io import arrow_metadata, read_arrow, write_arrow
 from distreach.shards import run_shard, tuning_config
 from distreach.targets import EntropyGrid, VanillaSettings, vanilla_targets
 
@@ -67,6 +68,7 @@ def test_sigkilled_shard_resumes_to_identical_results(tiny_dirs, tmp_path):
     assert batch is not None and state["step"] > 0 and 0 < len(batch["active"]) < 6 and len(batch["theta"]) == len(batch["active"])
     assert not out.exists()  # no partial result for a later rule to read
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".resumed.arrow.") and p != ckpt]
+    saved_steps = checkpointed_row_steps(state)
 
     done = shard(tiny_dirs["llama"], targets, out)
     log, _ = done.communicate()
@@ -76,6 +78,18 @@ def test_sigkilled_shard_resumes_to_identical_results(tiny_dirs, tmp_path):
     a, b = read_arrow(reference), read_arrow(out)
     assert a.num_rows == b.num_rows > 6  # several batches
     assert pl.from_arrow(a).equals(pl.from_arrow(b)), "resumed shard differs from the uninterrupted one"  # NaN == NaN
+    # the rerun ran only the steps the checkpoint did not hold, from where it was saved
+    fresh, resumed = arrow_metadata(a)["work"], arrow_metadata(b)["work"]
+    assert fresh == {"row_steps": sum(a.column("steps").to_pylist()), "resumed_from": None}
+    assert resumed["resumed_from"] == {"row": state["lo"], "step": state["step"] + 1}
+    assert resumed["row_steps"] == fresh["row_steps"] - saved_steps and saved_steps > 0
+    assert f"{resumed['row_steps']} row-steps run after resuming from row {state['lo']} at step {state['step'] + 1}" in log
+
+
+def checkpointed_row_steps(state: dict) -> int:
+    """The row-steps a checkpoint holds: those of its finished batches and of its current batch."""
+    recs = [p["steps"] for p in state["parts"]] + ([state["batch"]["rec"]["steps"]] if state["batch"] else [])
+    return int(sum(int(r.sum()) for r in recs))
 
 
 def test_an_unreadable_checkpoint_is_ignored(tiny_dirs, tmp_path, caplog):
@@ -119,8 +133,40 @@ def test_a_checkpoint_of_other_settings_or_targets_is_ignored(tiny_llama, tmp_pa
         np.testing.assert_array_equal(got.steps, fresh.steps)
     ckpt.write_bytes(saved)  # the same inputs do resume from it
     caplog.clear()
-    tune(tiny_llama, p, list(range(5)), cfg, checkpoint=ckpt)
+    assert tune(tiny_llama, p, list(range(5)), cfg, checkpoint=ckpt).work["resumed_from"] == {"row": 0, "step": 10}
     assert "resuming from" in caplog.text
+
+
+def test_a_resumed_call_runs_only_the_steps_left_and_ends_as_a_fresh_one(tiny_llama, tmp_path, caplog):
+    """Stopped in its second batch, a call resumes from the checkpointed step of that batch: the
+    finished batch is not tuned again, nor the steps the current one had done."""
+    from distreach.engine import TuneConfig, tune
+
+    p = np.random.default_rng(1).dirichlet(np.ones(tiny_llama.vocab_size), 5)
+    cfg = TuneConfig(max_steps=16, patience=6, min_delta=1e-3, lr=0.3, batch_size=3)
+    fresh = tune(tiny_llama, p, list(range(5)), cfg)
+    assert fresh.work == {"row_steps": int(fresh.steps.sum()), "resumed_from": None}
+    assert fresh.early_stopped[3:].any() and not fresh.early_stopped[3:].all()  # rows stop early and at max_steps
+    ckpt = tmp_path / "c.ckpt"
+    batches = []
+
+    def stop(step, active):
+        batches.extend([step] if step == 0 else [])
+        if len(batches) == 2 and step == 6:  # step 6 of rows 3..4
+            raise Stop
+
+    with pytest.raises(Stop):
+        tune(tiny_llama, p, list(range(5)), cfg, on_step=stop, checkpoint=ckpt, checkpoint_seconds=0)
+    state = torch.load(ckpt, weights_only=True)
+    assert (state["lo"], state["step"]) == (3, 5)  # the last step saved before the stop
+    saved = checkpointed_row_steps(state)
+    caplog.set_level("INFO")
+    resumed = tune(tiny_llama, p, list(range(5)), cfg, checkpoint=ckpt)
+    assert resumed.work == {"row_steps": fresh.work["row_steps"] - saved, "resumed_from": {"row": 3, "step": 6}}
+    assert 0 < resumed.work["row_steps"] < fresh.work["row_steps"] - int(fresh.steps[:3].sum())
+    assert "3 of 5 rows done, the batch from row 3 at step 6" in caplog.text
+    for name in ("kl_min", "q_entropy", "best_step", "steps", "early_stopped", "best_soft", "init_ids"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(fresh, name), err_msg=name)
 
 
 def poison(monkeypatch, when):

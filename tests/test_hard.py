@@ -45,7 +45,8 @@ def test_candidate_mode_never_increases_the_loss(tiny_llama):
         seen = row[~np.isnan(row)]
         assert len(seen) >= 2
         assert np.all(np.diff(seen) <= 1e-6), seen
-    assert np.all(res.kl_min <= res.curve[:, 0] + 1e-9)
+    # ... and swaps tokens that lower it: every row ends below where it started
+    assert (res.kl_min < 0.99 * res.curve[:, 0]).all(), (res.kl_min, res.curve[:, 0])
 
 
 def test_paper_mode_records_the_minimum_of_a_curve_that_may_rise(tiny_llama):

@@ -148,7 +148,9 @@ def test_paper_twins_dag_under_slurm(tmp_path):
         for ext in ("html", "png", "svg"):
             assert (workdir / f"results/figures/{fig}.{ext}").stat().st_size > 1000, fig
     claims = (workdir / "results/report/claims.md").read_text()
-    assert "C1" in claims
+    rows = re.findall(r"^\| (C\d) \| (.*) \| \*\*(holds|does not hold|inconclusive)\*\* \|$", claims, re.M)
+    assert {claim for claim, _, _ in rows} == {f"C{k}" for k in range(1, 10)}, claims  # every claim, with a verdict
+    assert not [row for row in rows if "not configured" in row[1]], claims  # on the figures' data
     submitted = re.findall(r"submitted with SLURM jobid (\d+)", log)
     comments = [scontrol(j).get("Comment", "") for j in submitted]
     ran = {c.removeprefix("rule_").split("_wildcards")[0] for c in comments}
@@ -167,4 +169,5 @@ def test_paper_twins_dag_under_slurm(tmp_path):
 
     pos = pl.from_arrow(read_arrow(workdir / "results/collected/pos.arrow"))
     bos = dict(pos.group_by("model").agg(pl.col("bos").unique()).iter_rows())
+    assert set(bos) == set(cfg["experiments"]["pos"]["models"]) and {m.startswith("qwen") for m in bos} == {True, False}
     assert all(v == (["none"] if m.startswith("qwen") else ["bos"]) for m, v in bos.items()), bos

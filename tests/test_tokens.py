@@ -108,6 +108,12 @@ def test_lm_generated_prompts_policy_and_padding(bos):
     loaded = LoadedModel("stand-in", model, tok)
     table = lm_generated(loaded, n=40, prompt_len=6, unit="nats", seed=3, bos="auto")
     usable = set(usable_ids(tok, rows).tolist())
+    assert len(model.seen) == 40 and len({tuple(ids) for ids in model.seen}) == 40  # one prompt per target
+    p = np.exp(logprobs(table).astype(np.float64))
+    for r, ids in enumerate(model.seen):  # each target is the model's distribution after its prompt, over |V|
+        with torch.no_grad():
+            logits = model.head(model.emb(torch.tensor(ids)).cumsum(0))[-1, : len(tok)]
+        np.testing.assert_allclose(p[r, : len(tok)], torch.softmax(logits.double(), -1).numpy(), rtol=1e-5, atol=1e-7)
     for ids in model.seen:
         if bos:
             assert ids[0] == tok.bos_token_id and len(ids) == 7
@@ -118,7 +124,6 @@ def test_lm_generated_prompts_policy_and_padding(bos):
     assert set(table.column("lm_bos").to_pylist()) == {"bos" if bos else "none"}
     assert set(table.column("lm_bos_policy").to_pylist()) == {"auto"}
     assert set(table.column("lm_prompt_len").to_pylist()) == {6}
-    p = np.exp(logprobs(table).astype(np.float64))
     assert (p[:, len(tok):] == 0).all()
     np.testing.assert_allclose(p.sum(1), 1, atol=1e-5)
     # shuffling keeps the padding rows at 0

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import html
+import json
 import os
+import re
 import shutil
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +16,7 @@ import polars as pl
 import pytest
 import yaml
 
-from distreach.tables import RESULT_COLUMNS
+from distreach.tables import RESULT_COLUMNS, min_over_inits
 
 from .conftest import save_tiny
 from .test_figures import svg_problems
@@ -109,6 +113,25 @@ def planned_jobs(proc) -> dict[str, int]:
     return counts
 
 
+def figure_marks(stem: Path) -> list[tuple[str, dict]]:
+    """The data marks a figure draws (points, line and area segments, bars, ...), as (kind,
+    {field: value}) from the labels of its SVG; its three files must be one chart: the SVG's
+    titles are in the HTML's spec and the PNG is the SVG's picture at twice its size."""
+    svg = stem.with_suffix(".svg").read_text()
+    page = stem.with_suffix(".html").read_text()
+    png = stem.with_suffix(".png").read_bytes()
+    width, height = map(float, re.search(r'<svg [^>]*width="([\d.]+)" height="([\d.]+)"', svg).groups())
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (round(2 * width), round(2 * height))
+    titles = [html.unescape(t) for t in re.findall(r'aria-roledescription="title" aria-label="Title text &#x27;(.*?)&#x27;"', svg)
+              + re.findall(r"aria-roledescription=\"title\" aria-label=\"Title text '(.*?)'\"", svg)]
+    assert titles and all(json.dumps(t)[1:-1] in page for t in titles), (stem.name, titles)
+    marks = []
+    for label, kind in re.findall(r'aria-label="([^"]*)" role="graphics-symbol" aria-roledescription="([^"]*)"', svg):
+        if kind != "title":
+            marks.append((kind, dict(part.split(": ", 1) for part in html.unescape(label).split("; ") if ": " in part)))
+    return marks
+
+
 def test_single_figure_plans_only_what_it_needs(tmp_path, tiny_sources):
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig01.png")
     jobs = planned_jobs(proc)
@@ -147,7 +170,16 @@ def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
             assert (tmp_path / f"results/{stem}.{ext}").stat().st_size > 1000
         # readable at a glance: no label cut short, no KL axis below 0
         assert svg_problems((tmp_path / f"results/{stem}.svg").read_text()) == [], stem
+    marks = {fig: figure_marks(tmp_path / f"results/figures/{fig}")
+             for fig in ("fig01", "fig04", "fig05", "fig06", "fig07", "fig08", "fig09", "fig10", "fig11", "fig12", "fig13")}
+    assert all(marks.values()), [fig for fig, m in marks.items() if not m]
     df = pl.read_ipc(tmp_path / "results/collected/vanilla.arrow")
+    # Fig. 1 draws one point per model and entropy level: the mean over its targets of the minimum over inits
+    means = min_over_inits(df.filter(pl.col("method") == "soft")).group_by("model", "target_entropy").agg(pl.col("kl_min").mean())
+    expected = {(m, round(h, 6)): kl for m, h, kl in means.iter_rows()}
+    points = {(p["model"], round(float(p["target_entropy"]), 6)): float(p["mean"]) for kind, p in marks["fig01"] if kind == "point"}
+    assert len(expected) == 2 * 5 and points.keys() == expected.keys(), (sorted(points), sorted(expected))
+    assert all(points[k] == pytest.approx(expected[k], rel=1e-9) for k in expected), (points, expected)
     assert set(RESULT_COLUMNS) <= set(df.columns)
     # what each row produced: the target's and q's top tokens, and the soft prompt (5 x hidden 32)
     assert set(df["q_top_ids"].list.len()) == {20} and (df["p_top_ids"].list.len() >= 1).all()
