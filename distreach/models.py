@@ -31,7 +31,7 @@ import torch
 
 from .embedded import embedded_source
 from .errors import DistreachError, one_line
-from .io import atomic_path, package_versions
+from .io import atomic_path, package_versions, write_arrow
 from .tokens import vocab_support
 
 MANIFEST = "distreach_model.json"
@@ -376,3 +376,20 @@ def load_materialised(folder: str | os.PathLike, dtype: str = "fp32", device: st
         )
         model.to(device).eval().requires_grad_(False)
     return LoadedModel(manifest["name"], model, tok, manifest, str(folder)), tok
+
+
+def write_vocab(model_dir, out):
+    """The vocabulary table (a polars DataFrame) of a materialised model folder, written
+    atomically to ``out``."""
+    from .vocab import is_byte_level, vocab_table
+
+    loaded, tok = load_materialised(model_dir, with_model=False)
+    df = vocab_table(tok, loaded.manifest["vocab_size"])
+    meta = {
+        "model": loaded.name,
+        "model_source": loaded.manifest.get("source"),
+        "tokenizer": "byte-level BPE" if is_byte_level(df["piece"].to_list()) else "sentencepiece",
+        "packages": package_versions(),
+    }
+    write_arrow(df.to_arrow(), out, meta)
+    return df

@@ -134,20 +134,3 @@ def with_token_texts(rows: pl.DataFrame, vocabs: dict[str, pl.DataFrame]) -> pl.
         q_text.append(token_texts(vocabs[r["model"]], r["q_top_ids"]))
     return rows.with_columns(p_top_tokens=pl.Series(p_text, dtype=pl.List(pl.String)),
                              q_top_tokens=pl.Series(q_text, dtype=pl.List(pl.String)))
-
-
-def write_vocab(model_dir, out) -> pl.DataFrame:
-    """The vocabulary table of a materialised model folder, written atomically to ``out``."""
-    from .io import package_versions, write_arrow
-    from .models import load_materialised
-
-    loaded, tok = load_materialised(model_dir, with_model=False)
-    df = vocab_table(tok, loaded.manifest["vocab_size"])
-    meta = {
-        "model": loaded.name,
-        "model_source": loaded.manifest.get("source"),
-        "tokenizer": "byte-level BPE" if is_byte_level(df["piece"].to_list()) else "sentencepiece",
-        "packages": package_versions(),
-    }
-    write_arrow(df.to_arrow(), out, meta)
-    return df

@@ -1,9 +1,9 @@
-"""Snakemake entry point: a model's vocabulary table (distreach.vocab.vocab_table)."""
+"""Snakemake entry point: a model's vocabulary table (distreach.models.write_vocab)."""
 
 import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
 
 from distreach.io import logging_to
-from distreach.vocab import write_vocab
+from distreach.models import write_vocab
 
 with logging_to(snakemake.log[0]):
     df = write_vocab(snakemake.input.model, snakemake.output[0])
