@@ -1,0 +1,138 @@
+"""benchmarks/gpu_check.py (the one-command GPU check) and gpu_fig1's options, on the CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import yaml
+
+from distreach.io import read_arrow, arrow_metadata
+
+from .test_workflow import REPO, planned_jobs, snakemake
+
+spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+gpu_check = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_check)
+
+
+def test_twins_dag_without_pos_plans_the_tables_and_claims_and_no_pos_tagging(tmp_path):
+    twins = yaml.safe_load((REPO / "configs" / "paper-twins.yaml").read_text())
+    config, dropped = gpu_check.without_pos(twins)
+    assert dropped == ["fig12", "fig13", "pos", "pos-uniform"]
+    assert set(config["experiments"]) == set(twins["experiments"]) - {"pos"}
+    assert set(config["figures"]) == set(twins["figures"]) - {"fig12", "fig13"}
+    assert config["targets"]["from-llama3-8b"] == twins["targets"]["from-llama3-8b"]  # derived from lm: kept
+    targets = gpu_check.dag_targets(config, figures=False)
+    jobs = planned_jobs(snakemake(tmp_path / "nopos", config, "--config", "device=cuda", "-n", *targets))
+    assert "pos_tag" not in jobs and jobs["claims"] == 1 and jobs["collect"] == len(config["experiments"]) == 19
+    assert "figure" not in jobs
+    # the same targets from the whole config need spaCy's POS tables (the bundled tuning jobs read them)
+    jobs = planned_jobs(snakemake(tmp_path / "all", twins, "-n", *gpu_check.dag_targets(twins, figures=False)))
+    assert jobs["pos_tag"] > 0
+
+
+def test_job_seconds_counts_a_job_with_several_outputs_once(tmp_path):
+    meta = tmp_path / ".snakemake" / "metadata"
+    meta.mkdir(parents=True)
+    records = [
+        {"rule": "claims", "job_hash": 7, "starttime": 100.0, "endtime": 103.5},  # claims.md
+        {"rule": "claims", "job_hash": 7, "starttime": 100.1, "endtime": 103.5},  # claims.html
+        {"rule": "tune_shard", "job_hash": 8, "starttime": 10.0, "endtime": 30.0},
+        {"rule": "tune_shard", "job_hash": 9, "starttime": 12.0, "endtime": 17.0},
+    ]
+    for i, rec in enumerate(records):
+        (meta / f"r{i}").write_text(json.dumps(rec))
+    (meta / "broken").write_text("{")  # a record being written: skipped
+    assert gpu_check.job_seconds(tmp_path) == {
+        "claims": {"jobs": 1, "seconds": 3.5},
+        "tune_shard": {"jobs": 2, "seconds": 25.0},
+    }
+
+
+def test_a_part_over_its_budget_is_stopped_with_its_children_and_recorded(tmp_path):
+    pidfile = tmp_path / "child.pid"
+    code = (
+        "import subprocess, sys, time; "
+        f"c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); "
+        f"open({str(pidfile)!r}, 'w').write(str(c.pid)); print('started', flush=True); time.sleep(300)"
+    )
+    start = time.monotonic()
+    part = gpu_check.run_part("slow", [sys.executable, "-c", code], 3, tmp_path / "slow.log", dict(os.environ), tmp_path)
+    assert time.monotonic() - start < 60
+    assert part["status"] == "timeout" and part["exit_code"] != 0 and part["budget_seconds"] == 3
+    assert part["log_tail"] == ["started"]
+    child = int(pidfile.read_text())
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child)
+
+    part = gpu_check.run_part("quick", [sys.executable, "-c", "raise SystemExit(3)"], 30, tmp_path / "q.log",
+                              dict(os.environ), tmp_path)
+    assert part["status"] == "failed" and part["exit_code"] == 3
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
+
+
+def test_gpu_fig1_grid_options_and_no_figure(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/gpu_fig1.py"), "--shape", "tiny", "--step", "2", "--inits", "2",
+         "--max-steps", "20", "--no-figure", "--out", str(tmp_path)],
+        capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_fig1.json").read_text())
+    # levels 0, 2, ..., 10 bits and the maximum, log2(2000) = 10.97
+    assert report["levels"] == 7 and report["rows"] == 14 and report["grid_step_bits"] == 2.0
+    assert report["shape"] == "tiny" and "7 levels every 2 bits" in proc.stdout
+    table = read_arrow(tmp_path / "gpu_fig1.arrow")
+    assert pl.from_arrow(table)["steps"].max() <= 20
+    assert arrow_metadata(table)["row_steps"] == report["row_steps"]
+    assert not list(tmp_path.glob("gpu_fig1.png"))
+
+    bad = subprocess.run([sys.executable, str(REPO / "benchmarks/gpu_fig1.py"), "--tiny", "--step", "0",
+                          "--out", str(tmp_path / "bad")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--step must be > 0" in bad.stderr.splitlines()[-1]
+    assert not (tmp_path / "bad").exists()
+
+
+def test_benchmarks_readme_gpu_table_is_what_the_runs_wrote():
+    """The GPU table of benchmarks/README.md states the numbers of the JSON files the runs wrote."""
+    runs = REPO / "benchmarks" / "results" / "h200"
+    paper = json.loads((runs / "gpu_fig1-paper-grid.json").read_text())
+    checks = [json.loads((runs / f"gpu_check-{i}.json").read_text()) for i in (1, 2)]
+    coarse = [c["parts"]["fig1-llama3.2-1b"]["report"] for c in checks]
+    big = checks[0]["parts"]["fig1-llama3-8b"]["report"]
+    readme = (REPO / "benchmarks" / "README.md").read_text()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in readme.splitlines() if line.startswith("| Llama")}
+
+    def num(x, digits=0):
+        return f"{x:,.{digits}f}"
+
+    assert rows["Llama-3.2-1B shape, paper grid (every 0.05 bits)"] == [
+        f"{paper['levels']} x {paper['inits']}", num(paper["rows"]), num(paper["row_steps"]),
+        f"**{paper['gpu_minutes']}**", num(paper["prompt_steps_per_second"]), num(paper["achieved_tflops"], 1),
+        num(paper["peak_memory_gib"], 1)]
+    assert rows["Llama-3.2-1B shape, every 0.2 bits (two runs)"] == [
+        f"{coarse[0]['levels']} x {coarse[0]['inits']}", num(coarse[0]["rows"]),
+        " / ".join(num(c["row_steps"]) for c in coarse), " / ".join(str(c["gpu_minutes"]) for c in coarse),
+        " / ".join(num(c["prompt_steps_per_second"]) for c in coarse),
+        " / ".join(num(c["achieved_tflops"], 1) for c in coarse), num(coarse[0]["peak_memory_gib"], 1)]
+    assert rows["Llama-3-8B shape, every 1 bit"] == [
+        f"{big['levels']} x {big['inits']}", num(big["rows"]), num(big["row_steps"]), str(big["gpu_minutes"]),
+        num(big["prompt_steps_per_second"]), num(big["achieved_tflops"], 1), num(big["peak_memory_gib"], 1)]
+    assert checks[1]["parts"]["twins-dag"]["status"] == "ok" and f"in {round(checks[1]['parts']['twins-dag']['wall_seconds'])} s" in readme
