@@ -480,7 +480,7 @@ def achieved_rows(df: pl.DataFrame, per_model: int = 4) -> pl.DataFrame:
 
 def target_vs_achieved(rows: pl.DataFrame) -> alt.Chart:
     """Target against achieved for result rows with token texts
-    (:func:`distreach.prompts.with_token_texts`): one panel per row, the target's most probable
+    (:func:`distreach.vocab.with_token_texts`): one panel per row, the target's most probable
     tokens by rank with their probability under p and under q at the best step, and q's own
     most probable tokens (log probability axis)."""
     unit = _unit(rows)
