@@ -107,6 +107,7 @@ def parser() -> argparse.ArgumentParser:
                        description="Per row: the target's most probable tokens beside the achieved distribution's, "
                                    "with probabilities, KL, both entropies, the BOS used and a hard prompt's text.")
     s.add_argument("--target", default=None, help="only rows of this target id")
+    s.add_argument("--top", type=_positive(int), default=None, help="ranks shown (default: every recorded one)")
 
     gen = sub.add_parser("generate", parents=[quiet, rows], help="feed a row's tuned prompt to its model: next tokens and samples",
                          description="Load the model a result row was tuned on, put the row's kept prompt (after its BOS "
@@ -256,7 +257,7 @@ def cmd_show(args) -> int:
             print(f"  prompt: {r['prompt_text']!r}")
         p_tok, q_tok = r["p_top_tokens"], r["q_top_tokens"]
         table = [["rank", "target token", "p", "q", "|", "achieved token", "q"]]
-        for i in range(max(len(p_tok), len(q_tok))):
+        for i in range(min(max(len(p_tok), len(q_tok)), args.top or len(q_tok) + len(p_tok))):
             left = [_token(p_tok[i]), _prob(r["p_top_probs"][i]), _prob(r["q_on_p_top"][i])] if i < len(p_tok) else ["", "", ""]
             right = [_token(q_tok[i]), _prob(r["q_top_probs"][i])] if i < len(q_tok) else ["", ""]
             table.append([str(i + 1), *left, "|", *right])

@@ -64,6 +64,8 @@ def test_show_prints_target_beside_achieved_for_each_row(env, capsys):
 def test_show_filters_rows_and_names_what_is_there(env, capsys):
     code, out, _ = run(capsys, "show", env["soft"], "--init", "1", "--target", "t")
     assert code == 0 and out.startswith("t (init 1; tiny, soft, experiment cli)") and "\n\n" not in out
+    code, out, _ = run(capsys, "show", env["soft"], "--init", "1", "--top", "3")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()[1:]] == ["rank", "1", "2", "3"]
     code, out, err = run(capsys, "show", env["soft"], "--target", "nosuch")
     assert code == 2 and out == ""
     assert err == f"distreach: error: --target nosuch: {env['soft']} has no such row (target_id: t)\n"
