@@ -74,10 +74,13 @@ def load_model(model: str, dtype: str = "auto", device: str = "auto", trust_remo
 def model_vocab(model: str):
     """``model``'s name, tokenizer and vocabulary size (what :func:`read_target` checks a target
     against) without loading weights or writing anything: read from a model folder or from the
-    model's entry in the cache. None when the model must be converted first (an embedded model
-    used for the first time, a .gguf file, a Hugging Face id) or its folder cannot be read this way."""
+    model's entry in the cache. An embedded model used for the first time or a .gguf file gives
+    its vocabulary size only (tokenizer None): from the embedded registry, from the GGUF file's
+    tensor metadata. None for a Hugging Face id not yet converted, or a folder or file that cannot
+    be read this way (the full load then says what is wrong)."""
     from types import SimpleNamespace
 
+    from .embedded import EMBEDDED
     from .models import MANIFEST, read_manifest
 
     name, source, folder = _cache_folder(model)
@@ -87,6 +90,10 @@ def model_vocab(model: str):
         elif "local" in source:
             config = json.loads((Path(source["local"]) / "config.json").read_text())
             where, vocab = Path(source["local"]), config.get("vocab_size") or config["text_config"]["vocab_size"]
+        elif name in EMBEDDED and source == EMBEDDED[name]["source"]:
+            return SimpleNamespace(name=name, tokenizer=None, vocab_size=EMBEDDED[name]["vocab_size"], support=None)
+        elif "gguf_file" in source:
+            return SimpleNamespace(name=name, tokenizer=None, vocab_size=gguf_vocab_size(source["gguf_file"]), support=None)
         else:
             return None
         from transformers import AutoTokenizer
@@ -97,6 +104,15 @@ def model_vocab(model: str):
         return SimpleNamespace(name=name, tokenizer=tok, vocab_size=int(vocab), support=vocab_support(tok, int(vocab)))
     except Exception:  # an unusual folder: the full load checks it and says what is wrong
         return None
+
+
+def gguf_vocab_size(path: str | os.PathLike) -> int:
+    """The rows of a GGUF model's output embedding (its token embedding when the two are tied),
+    from the file's tensor metadata: the vocabulary size the converted model has."""
+    import gguf
+
+    shapes = {t.name: t.shape for t in gguf.GGUFReader(path).tensors}
+    return int(shapes.get("output.weight", shapes["token_embd.weight"])[-1])
 
 
 def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table:

@@ -173,7 +173,7 @@ def cmd_tune(args) -> int:
 
     from . import api
     from .engine import AUTO_BATCH, TuneConfig
-    from .models import resolve_device
+    from .models import gguf_parsed_once, resolve_device
     from .tables import min_over_inits
     from .tokens import resolve_bos
 
@@ -189,12 +189,15 @@ def cmd_tune(args) -> int:
     resolve_device(args.device)
     with _about("--target"):
         api.check_target_path(args.target)
-    vocab = api.model_vocab(args.model)
-    if vocab is not None:  # a BOS policy the tokenizer cannot follow fails before any work too
-        resolve_bos(vocab.tokenizer, args.bos, vocab.name)
-    with _about("--target"):
-        target = api.read_target(args.target, vocab, args.unit) if vocab is not None else None
-    loaded = api.load_model(args.model, dtype=args.dtype, device=args.device)
+    with gguf_parsed_once():  # a .gguf file's metadata is parsed once, for its vocabulary size and its conversion
+        vocab = api.model_vocab(args.model)
+        if vocab is not None and vocab.tokenizer is not None:  # a BOS policy the tokenizer cannot follow fails before any work too
+            resolve_bos(vocab.tokenizer, args.bos, vocab.name)
+        # a .json target's strings need the tokenizer: without one, only a .npy or .arrow target is read now
+        early = vocab is not None and (vocab.tokenizer is not None or not args.target.lower().endswith(".json"))
+        with _about("--target"):
+            target = api.read_target(args.target, vocab, args.unit) if early else None
+        loaded = api.load_model(args.model, dtype=args.dtype, device=args.device)
     if target is None:
         with _about("--target"):
             target = api.read_target(args.target, loaded, args.unit)
@@ -312,7 +315,7 @@ def cmd_models(args) -> int:
 
     print("Embedded models (installed from PyPI with the project; no hub access needed):")
     for name, entry in EMBEDDED.items():
-        print(f"  {name:10s} {entry['about']}")
+        print(f"  {name:10s} |V| = {entry['vocab_size']:<7d} {entry['about']}")
     print("\nAny causal LM works too:")
     print("  --model org/name          a Hugging Face id (downloaded once; needs hub access)")
     print("  --model path/to/folder    a folder written by save_pretrained")

@@ -11,7 +11,9 @@ from .figreg import FIGURES, figure_experiments
 
 
 def _where(path) -> str:
-    parts = [str(p) if not isinstance(p, int) else f"[{p}]" for p in path]
+    """A key's path as messages name it, ``a.b[0].c``; a key with characters that do not print
+    (a newline, say) as its Python literal, so the message stays one line."""
+    parts = [f"[{p}]" if isinstance(p, int) else str(p) if str(p).isprintable() else repr(str(p)) for p in path]
     return ".".join(parts).replace(".[", "[") or "(top level)"
 
 

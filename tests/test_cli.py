@@ -207,6 +207,34 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(env, tmp_path, argv, mes
     assert listing(cache, cwd, env["root"]) == before  # no output, no cache entry, no temp files
 
 
+@pytest.mark.parametrize("kind", ["embedded", "gguf"])
+def test_a_target_of_the_wrong_length_is_refused_before_the_model_is_converted(tmp_path, kind):
+    """With an empty cache, an embedded model (vocabulary size from its registry entry) or a .gguf
+    file (from the file's tensor metadata) is not converted to find that a 7-entry target does not
+    fit: exit 2, one line naming the file and the length expected, the cache folder left empty."""
+    from distreach.embedded import EMBEDDED
+
+    from .conftest import write_tiny_gguf
+
+    if kind == "embedded":
+        model, v, name = "smollm2", EMBEDDED["smollm2"]["vocab_size"], "smollm2"
+    else:
+        model, name = str(tmp_path / "tiny.gguf"), "tiny"
+        v = len(write_tiny_gguf(model))
+    target = tmp_path / "short.npy"
+    np.save(target, np.full(7, 1 / 7))
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    run_env = {**os.environ, "DISTREACH_CACHE": str(cache),
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "distreach.cli", "tune", "--model", model, "--target", str(target)],
+                          cwd=tmp_path, env=run_env, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"distreach: error: --target {target}: shape (1, 7), expected [{v}] or [n, {v}] for model {name}"]
+    assert listing(cache) == {}  # nothing converted, nothing written
+
+
 def test_target_file_errors_are_about_the_data_and_the_cli_names_the_flag(env, capsys):
     from distreach.targets import check_target_path
 

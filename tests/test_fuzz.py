@@ -15,6 +15,7 @@ import copy
 import io
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -366,19 +367,60 @@ JSON_VALUES = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-(2**
                            max_leaves=6)
 
 
+def json_kind(value) -> str:
+    """The JSON type of a value (an int and a float are both numbers)."""
+    for kind, types in (("null", type(None)), ("boolean", bool), ("number", (int, float)), ("string", str), ("array", list)):
+        if isinstance(value, types):
+            return kind
+    return "object"
+
+
+def key_name(path) -> str:
+    """A key's path as an error names it: ``a.b[0].c``, a key that does not print as its literal."""
+    parts = [f"[{p}]" if isinstance(p, int) else p if p.isprintable() else repr(p) for p in path]
+    return ".".join(parts).replace(".[", "[")
+
+
+def _leaves(node):
+    if isinstance(node, dict):
+        node = list(node.values())
+    if isinstance(node, list):
+        return [leaf for value in node for leaf in _leaves(value)]
+    return [node]
+
+
+NAMED = ("models", "targets", "experiments", "methods")  # sections of things other sections refer to by name
+
+
+def referenced(config, path) -> bool:
+    """Whether ``path`` is a named model, target family, experiment or method that the rest of the
+    config refers to (then removing it breaks the config)."""
+    if len(path) != 2 or path[0] not in NAMED:
+        return False
+    rest = copy.deepcopy(config)
+    del rest[path[0]][path[1]]
+    return path[1] in _leaves(rest)
+
+
 def config_cases(config):
+    """(description, ops, must_fail): a value of another JSON type (never valid), a key removed
+    (invalid if other keys refer to it), a key added under any name (either), a key added under a
+    name no key and no name of the config can have (``~...``: never valid)."""
     paths = list(_paths(config))
     dict_paths = [()] + [p for p in paths if isinstance(_get(config, p), dict)]
 
     def replace(pv):
         path, value = pv
-        return f"{'.'.join(map(str, path))} = {value!r}"[:120], [("set", path, value)]
+        return f"{'.'.join(map(str, path))} = {value!r}"[:120], [("set", path, value)], True
+
+    def add(must_fail):
+        return lambda t: (f"{'.'.join(map(str, t[0]))} + {t[1]!r}", [("set", (*t[0], t[1]), t[2])], must_fail)
 
     return st.one_of(
-        st.tuples(st.sampled_from(paths), JSON_VALUES).filter(lambda pv: type(pv[1]) is not type(_get(config, pv[0]))).map(replace),
-        st.sampled_from(paths).map(lambda p: (f"without {'.'.join(map(str, p))}", [("del", p, None)])),
-        st.tuples(st.sampled_from(dict_paths), st.text(min_size=1, max_size=8), JSON_VALUES).map(
-            lambda t: (f"{'.'.join(map(str, t[0]))} + {t[1]!r}", [("set", (*t[0], t[1]), t[2])])),
+        st.tuples(st.sampled_from(paths), JSON_VALUES).filter(lambda pv: json_kind(pv[1]) != json_kind(_get(config, pv[0]))).map(replace),
+        st.sampled_from(paths).map(lambda p: (f"without {'.'.join(map(str, p))}", [("del", p, None)], referenced(config, p))),
+        st.tuples(st.sampled_from(dict_paths), st.text(min_size=1, max_size=8), JSON_VALUES).map(add(False)),
+        st.tuples(st.sampled_from(dict_paths), st.text(max_size=6).map(lambda t: "~" + t), JSON_VALUES).map(add(True)),
     )
 
 
@@ -393,9 +435,31 @@ def mutate(config, ops):
     return config
 
 
+def names_the_key(message: str, config: dict, op: str, path: tuple) -> bool:
+    """Whether a rejection ``config key K: ...`` of the config with ``path`` set or removed names the
+    key that was broken: K is that key or a key inside it; or K is a key above it and the message
+    quotes the key (a name that is not allowed), or is the schema's description of K (a model's
+    source), or says K was left empty by the removal; or the message quotes the removed key or
+    value where another key refers to it."""
+    found = re.match(r"config key (.*?): (.*)$", message)
+    if not found:
+        return False
+    named, what = found.groups()
+    broken = key_name(path)
+    if named == broken or named.startswith((broken + ".", broken + "[")):
+        return True
+    above = broken.startswith((named + ".", named + "[")) or named == "(top level)"
+    quoted = {repr(path[-1])} | ({repr(_get(config, path))} if op == "del" and isinstance(_get(config, path), str) else set())
+    emptied = op == "del" and named == key_name(path[:-1]) and what.endswith("should be non-empty")
+    return (above and (repr(path[-1]) in what or what.startswith("must have exactly one of") or emptied)) or (
+        op == "del" and any(q in what for q in quoted))
+
+
 def test_fuzzed_configs_fail_with_one_line_naming_the_key(tmp_path):
-    """The workflow's config check (what rules/common.smk runs before any job) on fuzzed configs:
-    either accepted or one DistreachError line naming a config key; never another exception."""
+    """The workflow's config check (what rules/common.smk runs before any job) on fuzzed configs: a
+    value of the wrong type or an unknown key is refused, with one DistreachError line naming the
+    key that was broken; a removed or added key may be fine, but if refused, the same holds; never
+    another exception."""
     from snakemake.utils import validate
 
     from .test_workflow import tiny_config
@@ -403,22 +467,33 @@ def test_fuzzed_configs_fail_with_one_line_naming_the_key(tmp_path):
     base = tiny_config({"llama": str(tmp_path / "llama"), "gpt2": str(tmp_path / "gpt2")})
     schema = REPO / "schemas" / "config.schema.yaml"
     check_config(copy.deepcopy(base), schema, validate)  # the unbroken config passes
+    outcomes = []
 
-    @settings(FUZZ, max_examples=80)
+    @settings(FUZZ, max_examples=150)
     @given(case=config_cases(base))
     def prop(case):
-        what, ops = case
+        what, ops, must_fail = case
         config = mutate(base, ops)
         try:
             check_config(config, schema, validate)
         except DistreachError as exc:
             message = str(exc)
             assert "\n" not in message and message.startswith("config key "), f"{what}: {message}"
-            event("rejected")
+            op, path, _ = ops[0]
+            assert names_the_key(message, base, op if path_exists(base, path) else "add", path), f"{what}: {message}"
+            outcomes.append("rejected")
         else:
-            event("accepted")
+            assert not must_fail, f"{what}: accepted"
+            outcomes.append("accepted")
+        event(outcomes[-1])
 
     prop()
+    assert set(outcomes) == {"accepted", "rejected"}  # the cases reach both outcomes
+
+
+def path_exists(config, path) -> bool:
+    parent = _get(config, path[:-1])
+    return path[-1] in parent if isinstance(parent, dict) else path[-1] < len(parent)
 
 
 @pytest.mark.parametrize("text,code,message", [
