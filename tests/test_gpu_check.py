@@ -112,27 +112,28 @@ def test_gpu_fig1_grid_options_and_no_figure(tmp_path):
 def test_benchmarks_readme_gpu_table_is_what_the_runs_wrote():
     """The GPU table of benchmarks/README.md states the numbers of the JSON files the runs wrote."""
     runs = REPO / "benchmarks" / "results" / "h200"
-    paper = json.loads((runs / "gpu_fig1-paper-grid.json").read_text())
-    checks = [json.loads((runs / f"gpu_check-{i}.json").read_text()) for i in (1, 2)]
-    coarse = [c["parts"]["fig1-llama3.2-1b"]["report"] for c in checks]
-    big = checks[0]["parts"]["fig1-llama3-8b"]["report"]
+    checks = {i: json.loads((runs / f"gpu_check-{i}.json").read_text()) for i in (1, 2, 3)}
+    paper = [json.loads((runs / "gpu_fig1-paper-grid.json").read_text()), checks[3]["parts"]["fig1-llama3.2-1b"]["report"]]
+    coarse = [checks[i]["parts"]["fig1-llama3.2-1b"]["report"] for i in (1, 2)]
+    big = [checks[i]["parts"]["fig1-llama3-8b"]["report"] for i in (1, 3)]
     readme = (REPO / "benchmarks" / "README.md").read_text()
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in readme.splitlines() if line.startswith("| Llama")}
 
-    def num(x, digits=0):
-        return f"{x:,.{digits}f}"
+    def cells(reps, bold=False):
+        def both(key, fmt):
+            return " / ".join(dict.fromkeys(fmt(r[key]) for r in reps))  # one value when the runs agree
 
-    assert rows["Llama-3.2-1B shape, paper grid (every 0.05 bits)"] == [
-        f"{paper['levels']} x {paper['inits']}", num(paper["rows"]), num(paper["row_steps"]),
-        f"**{paper['gpu_minutes']}**", num(paper["prompt_steps_per_second"]), num(paper["achieved_tflops"], 1),
-        num(paper["peak_memory_gib"], 1)]
-    assert rows["Llama-3.2-1B shape, every 0.2 bits (two runs)"] == [
-        f"{coarse[0]['levels']} x {coarse[0]['inits']}", num(coarse[0]["rows"]),
-        " / ".join(num(c["row_steps"]) for c in coarse), " / ".join(str(c["gpu_minutes"]) for c in coarse),
-        " / ".join(num(c["prompt_steps_per_second"]) for c in coarse),
-        " / ".join(num(c["achieved_tflops"], 1) for c in coarse), num(coarse[0]["peak_memory_gib"], 1)]
-    assert rows["Llama-3-8B shape, every 1 bit"] == [
-        f"{big['levels']} x {big['inits']}", num(big["rows"]), num(big["row_steps"]), str(big["gpu_minutes"]),
-        num(big["prompt_steps_per_second"]), num(big["achieved_tflops"], 1), num(big["peak_memory_gib"], 1)]
-    assert checks[1]["parts"]["twins-dag"]["status"] == "ok" and f"in {round(checks[1]['parts']['twins-dag']['wall_seconds'])} s" in readme
+        minutes = both("gpu_minutes", str)
+        return [f"{reps[0]['levels']} x {reps[0]['inits']}", both("rows", "{:,}".format), both("row_steps", "{:,}".format),
+                f"**{minutes}**" if bold else minutes, both("prompt_steps_per_second", "{:,.0f}".format),
+                both("achieved_tflops", "{:,.1f}".format), both("peak_memory_gib", "{:,.1f}".format)]
+
+    assert rows["Llama-3.2-1B shape, paper grid (every 0.05 bits; two runs)"] == cells(paper, bold=True)
+    assert rows["Llama-3.2-1B shape, every 0.2 bits (two runs)"] == cells(coarse)
+    assert rows["Llama-3-8B shape, every 1 bit (two runs)"] == cells(big)
+    assert all(r["levels"] == 341 and r["grid_step_bits"] == 0.05 for r in paper)
+    dag = checks[2]["parts"]["twins-dag"]
+    assert dag["status"] == "ok" and f"in {round(dag['wall_seconds'])} s" in readme
+    walls = [round(checks[3]["parts"][p]["wall_seconds"]) for p in ("fig1-llama3.2-1b", "fig1-llama3-8b")]
+    assert f"1B paper grid {walls[0]} s" in readme and f"8B {walls[1]} s" in readme
