@@ -10,7 +10,7 @@ contradicted when one concludes the opposite at alpha / k. Each row also gives i
 adjusted by Holm over all the report's rows (the family-wise view), and how its rows stopped
 tuning (step cap, patience, stop threshold; median steps; dtypes): when more than 10% of a
 claim's rows ran into the step cap, the verdict may reflect the optimisation budget. Permutation
-tests and bootstraps are seeded, so a report is the same every time it is made from the same
+tests and simulations are seeded, so a report is the same every time it is made from the same
 tables. Each rule's calibration (how often it says holds when its claim is false, at the least
 favourable case) is measured by simulation in ``tests/test_calibration.py``.
 
@@ -24,9 +24,11 @@ Rules:
   smaller p doubled (Bonferroni). The peak is never tested on the data that chose it, so a curve
   that rises and then stays flat says holds at most 5% of the time. Contradicted: an end level's
   targets are above those of the interior level with the highest mean (Welch's t, one-sided,
-  either end at alpha / 2). MDE: the fall from the peak to the last level (tent-shaped curves with
-  the observed rise and spread, 100 seeded simulations per amplitude). Too few data: no choice of
-  peak lets both sides reach p < alpha / 2 (at least 3 levels).
+  either end at alpha / 2). MDE: the height of the peak above the straight line joining the end
+  levels' means (curves of the observed shape scaled to other heights, with the observed scatter
+  of targets about their level's mean, 100 seeded simulations per height); sizes for 80% power are
+  searched up to 8 targets per level. Too few data: no choice of peak lets both sides reach
+  p < alpha / 2 (at least 3 levels).
 - C2 (Fig. 1) near-zero loss with aligned entropy at low target entropy: the levels up to 2 bits,
   in bins of consecutive levels holding at least 5 targets each; in every bin the median min KL
   is below 5% of the model's Fig. 1 peak (the highest level mean above 2 bits: the scale on which
@@ -182,8 +184,10 @@ class Hump:
         bump = m - self.line
         self.height = float(bump.max())
         self.shape = bump / self.height if self.height > 0 else np.zeros_like(bump)
-        self.res = _residuals(h, y, lv, m)
         self.per_level = max(1, round(len(h) / len(lv)))
+        self.res = _residuals(h, y, lv, m)
+        if len(h) > len(lv):  # about the level means, which took one degree of freedom per level
+            self.res = self.res * math.sqrt(len(h) / (len(h) - len(lv)))
         self.rng = rng
 
     def power(self, height: float, per_level: int | None = None) -> float:
@@ -205,9 +209,11 @@ class Hump:
             lo, hi = (lo, mid) if self.power(mid) >= POWER else (mid, hi)
         return hi
 
-    def power_per_level(self, k: int) -> float | None:
-        """Power at the observed height with k targets per level (up to 8; None beyond)."""
-        return self.power(self.height, k) if k <= 8 else None
+    MAX_PER_LEVEL = 8  # sizes searched for 80% power
+
+    def power_per_level(self, k: int) -> float:
+        """Power at the observed height with k targets per level."""
+        return self.power(self.height, k)
 
 
 def unimodal(best: pl.DataFrame, unit: str, rng, mde: bool = True) -> Test:
@@ -230,7 +236,7 @@ def unimodal(best: pl.DataFrame, unit: str, rng, mde: bool = True) -> Test:
     t = Test("rise then fall", p, p_opp, _split_min_p(h) < ALPHA, stat,
              f"p = {p:.2g}; an end above the peak level p = {p_opp:.2g}", n,
              mde_of="height of the peak above the line joining the end levels", effect=hump.height,
-             n80_of="targets per level", smallest=1, power_at=hump.power_per_level)
+             n80_of="targets per level", smallest=1, power_at=hump.power_per_level, n80_max=Hump.MAX_PER_LEVEL)
     if mde and t.verdict == NOT_SHOWN:
         t.mde = hump.mde()
     return t
@@ -407,7 +413,8 @@ PLAN = [
     ("C8", ["fig13"], _soft, None),
     ("C9", ["fig13"], _soft, adjectives_easiest),
 ]
-COLUMNS = ("claim", "finding", "model", "figure", "n", "statistic", "interval", "p", "p_holm", "mde", "n80", "stopped_cap",
+COLUMNS = ("claim", "finding", "model", "figure", "n", "statistic", "interval", "p", "p_holm", "p_opposite", "mde", "n80",
+           "stopped_cap",
            "stopped_patience", "stopped_target", "median_steps", "dtype", "verdict", "note")
 
 
@@ -455,8 +462,8 @@ def check(df: pl.DataFrame, figures: dict) -> pl.DataFrame:
 
 # ---------------------------------------------------------------- writing it out
 
-SHOWN = ("claim", "finding", "model", "n", "statistic", "interval", "p", "Holm p", "MDE", "stopped: cap / patience / target",
-         "median steps", "dtype")
+SHOWN = ("claim", "finding", "model", "n", "statistic", "interval", "p", "Holm p", "p opposite", "MDE",
+         "sizes for 80% power", "stopped: cap / patience / target", "median steps", "dtype")
 
 
 def _cells(r: dict) -> list[str]:
@@ -466,7 +473,8 @@ def _cells(r: dict) -> list[str]:
     stopped = ("-" if not np.isfinite(r["stopped_cap"]) else
                " / ".join(f"{r[k]:.0%}" for k in ("stopped_cap", "stopped_patience", "stopped_target")))
     return [str(r["claim"]), str(r["finding"]), str(r["model"]), str(r["n"]), str(r["statistic"]), str(r["interval"]),
-            num(r["p"]), num(r["p_holm"]), r["mde"] or "-", stopped, num(r["median_steps"], "{:.0f}"), r["dtype"] or "-"]
+            num(r["p"]), num(r["p_holm"]), num(r["p_opposite"]), r["mde"] or "-", r["n80"] or "-", stopped,
+            num(r["median_steps"], "{:.0f}"), r["dtype"] or "-"]
 
 
 def to_markdown(claims: pl.DataFrame) -> str:
@@ -487,7 +495,8 @@ OUTCOMES_TEXT = (
     "**contradicted**: the data conclude the opposite at the same alpha; **not shown**: the test could "
     "conclude with this data and concludes neither way (MDE: the smallest effect this data would detect "
     "with 80% power); **too few data**: the test cannot reach alpha whatever the values, or the data "
-    "the claim needs are not configured. Holm p: adjusted over all rows of this report."
+    "the claim needs are not configured. Holm p: adjusted over all rows of this report. p opposite: the "
+    "one-sided p of the opposite direction (Bonferroni over the claim's comparisons), what contradicted rests on."
 )
 
 

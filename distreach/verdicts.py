@@ -53,26 +53,23 @@ class Test:
     n80_of: str = ""
     smallest: int = 2  # the smallest size at which the test can conclude
     power_at: Callable[[int], float] | None = None  # instead of mde_at: the power at the observed effect
+    n80_max: int = 1000  # the largest size searched for 80% power
 
     @property
     def n80(self) -> int | None:
         """The smallest size (``n80_of``) at which an effect as large as the observed one is shown
         with POWER: where the MDE is at most the effect (or the simulated power at least POWER);
-        None when no size up to N80_MAX (or the sizes ``power_at`` tries) does."""
+        None when no size up to ``n80_max`` does."""
         if self.effect is None or not self.effect > 0 or (self.mde_at is None and self.power_at is None):
             return None
         if self.power_at is not None:
-            for n in range(max(1, self.smallest), N80_MAX + 1):
-                power = self.power_at(n)
-                if power is None or power >= POWER:
-                    return None if power is None else n
-            return None
+            return next((n for n in range(max(1, self.smallest), self.n80_max + 1) if self.power_at(n) >= POWER), None)
 
         def shown(n):
             m = self.mde_at(n)
             return m is not None and m <= self.effect
 
-        lo, hi = max(2, self.smallest), N80_MAX  # the MDE falls as n grows: bisect
+        lo, hi = max(2, self.smallest), self.n80_max  # the MDE falls as n grows: bisect
         if not shown(hi):
             return None
         while lo < hi:
@@ -102,6 +99,7 @@ def combine(parts: list[Test]) -> dict:
     ps = [t.p for t in parts]
     p = max(ps) if all(np.isfinite(ps)) else math.nan
     opp = [t.p_opposite for t in parts if np.isfinite(t.p_opposite)]
+    p_opp = min(1.0, k * min(opp)) if opp else math.nan  # Bonferroni over the parts
     if opp and min(opp) < ALPHA / k:
         verdict = CONTRADICTED
     elif not all(t.reachable for t in parts):
@@ -114,6 +112,7 @@ def combine(parts: list[Test]) -> dict:
     return {
         "verdict": verdict,
         "p": p,
+        "p_opposite": p_opp,
         "statistic": "; ".join(t.statistic for t in parts),
         "interval": "; ".join(t.interval for t in parts),
         "n": ", ".join(t.n for t in parts),
@@ -135,10 +134,7 @@ def _fmt_mde(t: Test) -> str:
 def _fmt_n80(t: Test) -> str:
     if not t.effect > 0:
         return "- (the observed effect points the other way)"
-    return f"{'> ' if t.n80 is None else ''}{t.n80 or N80_MAX} {t.n80_of}"
-
-
-N80_MAX = 1000  # sizes searched for 80% power
+    return f"{'> ' if t.n80 is None else ''}{t.n80 or t.n80_max} {t.n80_of}"
 
 
 def holm(p: list[float]) -> list[float]:
@@ -290,7 +286,7 @@ def sign_below(values, threshold: float, label: str, unit: str) -> Test:
     reachable = 0.5**n < ALPHA
     sd = float(v.std(ddof=1)) if len(v) > 1 else math.nan
     mde = None
-    if len(v) > 1 and reachable and max(p, p_opp) >= ALPHA:  # only a result that is not shown needs it
+    if len(v) > 1 and reachable and min(p, p_opp) >= ALPHA:  # only a result that is not shown needs it
         mde = float(stats.norm.ppf(_binom_share(n)) * sd)
     return Test(label, p, p_opp, reachable, stat, f"p = {p:.2g}", str(len(v)), mde, "median below the threshold",
                 float(threshold - np.median(v)) if len(v) > 1 else None,

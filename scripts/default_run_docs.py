@@ -84,13 +84,14 @@ def render(run: dict, claims: pl.DataFrame) -> str:
         + f" (in all {sum(jobs.values()):,} s, two jobs at a time) |",
         "",
         "What the run's claims report (`results/report/claims.md`) concludes, claim by claim (p: the rule's"
-        " one-sided p-value; Holm: adjusted over every row of the report):",
+        " one-sided p-value; Holm: adjusted over every row of the report; p opposite: the opposite direction's,"
+        " Bonferroni over the claim's comparisons):",
         "",
-        "| claim | model | outcome | p | Holm p | MDE (not shown) | sizes for 80% power at the observed effect |",
-        "|---|---|---|---|---|---|---|",
+        "| claim | model | outcome | p | Holm p | p opposite | MDE (not shown) | sizes for 80% power at the observed effect |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in claims.iter_rows(named=True):
-        cells = [f"{r['claim']} {r['finding']}", r["model"], f"**{r['verdict']}**", _p(r["p"]), _p(r["p_holm"]),
+        cells = [f"{r['claim']} {r['finding']}", r["model"], f"**{r['verdict']}**", _p(r["p"]), _p(r["p_holm"]), _p(r["p_opposite"]),
                  r["mde"] or "-", r["n80"] or "-"]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     lines += ["", END]

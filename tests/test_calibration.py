@@ -242,3 +242,38 @@ def test_c9_rarely_holds_when_adjectives_tie_with_one_tag(draws):
 
 def test_c9_holds_when_adjectives_are_clearly_easiest():
     assert rate(c9_outcomes(DEFAULT["targets"]["pos-uniform"]["draws"], 1.5, seed=11)) >= 0.8
+
+
+# ------------------------------------------------------------------ the MDE means what it says
+
+
+def test_t_mde_is_the_normal_theory_formula():
+    """One-sided t-test at alpha 0.05 and 80% power, 9 degrees of freedom: (1.833 + 0.883) s.e."""
+    from distreach.verdicts import _t_mde
+
+    assert _t_mde(2.0, 10, 9) == pytest.approx((1.8331 + 0.8834) * 2.0 / math.sqrt(10), rel=1e-3)
+    assert _t_mde(2.0, 10, 9, 1.1) == pytest.approx(1.1 * _t_mde(2.0, 10, 9), rel=1e-12)
+
+
+@pytest.mark.parametrize("rule", ["paired", "rank sum"])
+def test_an_effect_the_size_of_the_mde_holds_about_80_percent_of_the_time(rule):
+    """The MDE a rule states, from data whose spread is exactly sd: normal data with that true
+    spread and a true effect of that MDE make the rule say holds in about 80% of the data sets
+    (the MDE is a normal-theory approximation)."""
+    from distreach.verdicts import paired_less, rank_sum_less
+
+    rng = np.random.default_rng(31)
+    n, sd = 12, 1.0
+    z = rng.normal(size=n)
+    z = (z - z.mean()) / z.std(ddof=1) * sd  # sample spread exactly sd
+    if rule == "paired":
+        effect = paired_less(z, np.zeros(n), "x", "bits", rng).mde_at(n)
+    else:
+        effect = rank_sum_less(z, z[::-1].copy(), "x", "bits").mde_at(n)
+    hits = 0
+    for _ in range(N_SIM):
+        a, b = rng.normal(-effect, sd, n), rng.normal(0, sd, n)
+        # paired: a are the differences (spread sd), against zeros; rank sum: a against b
+        t = paired_less(a, np.zeros(n), "x", "bits", rng) if rule == "paired" else rank_sum_less(a, b, "x", "bits")
+        hits += t.p < ALPHA
+    assert 0.72 <= hits / N_SIM <= 0.88, (hits / N_SIM, effect)

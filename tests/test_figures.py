@@ -112,6 +112,22 @@ def test_fit_figures_show_whole_labels_and_kl_from_0(tmp_path):
         # the entropy axis fits the data (5 to 10 bits), not 0 to 10
         lows = {title: low for _, title, _, low, _ in AXIS.findall(svg) if "entropy" in title}
         assert lows and all(float(low) >= 4 for low in lows.values()), lows
+        # fit lines that leave the plot (below KL 0) are cut at its edge, not drawn over the axis
+        spec = figures.DRAW[fig](data, {"model": "a-model"}).to_dict()
+        marks = [layer["mark"] for layer in _layers(spec) if "transform" in layer
+                 and any("regression" in t for t in layer["transform"])]
+        assert marks and all(m["clip"] is True for m in marks), marks
+
+
+def _layers(spec: dict):
+    """Every unit spec of a (layered, concatenated or faceted) Vega-Lite spec."""
+    for key in ("layer", "hconcat", "vconcat", "concat"):
+        for sub in spec.get(key, []):
+            yield from _layers(sub)
+    if "spec" in spec:
+        yield from _layers(spec["spec"])
+    if "mark" in spec:
+        yield spec
 
 
 def test_svg_problems_are_found():

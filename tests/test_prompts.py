@@ -39,6 +39,19 @@ def result(request, tiny_llama, targets):
     return request.param, pl.from_arrow(table)
 
 
+@pytest.mark.parametrize("method", ["soft", "hybrid"])
+def test_the_kept_prompt_is_the_best_steps_not_the_last(tiny_llama, targets, method):
+    """A step size so large that KL rises after the first steps: rows stop by patience well after
+    their best step, and the kept prompt still gives kl_min."""
+    meta, probs = targets
+    cfg = tuning_config({"max_steps": 25, "patience": 4, "lr": 300.0, **METHODS[method]})
+    df = pl.from_arrow(tune_rows(tiny_llama, meta, probs, experiment="e", method=cfg.method, tuning=cfg, inits=1))
+    assert (df["best_step"] < df["steps"] - 2).all()
+    for row in df.iter_rows(named=True):
+        kl = prompt_kl(tiny_llama, Prompt.from_row(row), target_of(row, targets)) / np.log(2)
+        assert kl == pytest.approx(row["kl_min"], rel=RTOL, abs=ATOL), row["target_id"]
+
+
 def target_of(row, targets):
     meta, probs = targets
     return probs[meta.column("target_id").to_pylist().index(row["target_id"])]
@@ -124,3 +137,27 @@ def test_input_embeddings_are_bos_prompt_then_text(tiny_llama):
         want = torch.cat([embed(torch.tensor([1])), torch.from_numpy(soft[:1]), embed(torch.tensor([9])),
                           torch.from_numpy(soft[1:]), embed(torch.tensor([4, 5]))])
     torch.testing.assert_close(x, want)
+
+
+def test_samples_come_from_the_kept_prompt(tiny_llama, result):
+    """First tokens sampled after the kept prompt follow q after that prompt (total variation
+    within sampling noise), which is far from q after the BOS token alone. The tiny model's head is
+    sharpened (its weights x 40, untied) so that q depends on the prompt."""
+    import copy
+
+    from distreach.prompts import sample
+
+    method, df = result
+    row = df.sort("kl_min").row(0, named=True)
+    prompt = Prompt.from_row(row)
+    sharp = copy.copy(tiny_llama)
+    sharp.model = copy.deepcopy(tiny_llama.model)
+    sharp.model.lm_head.weight = torch.nn.Parameter(40 * tiny_llama.model.lm_head.weight.detach().clone(), requires_grad=False)
+    q = next_token_logprobs(sharp, prompt).exp().numpy()
+    alone = next_token_logprobs(sharp, None, bos_id=row["bos_token_id"]).exp().numpy()
+    n = 4000
+    first = [seq[0] for seq in sample(sharp, prompt, samples=n, max_new_tokens=1, seed=3)]
+    freq = np.bincount(first, minlength=q.size)[: q.size] / n
+    # sampling noise of the total variation: at most about sqrt(|V| / (2 pi n)) = 0.06 at |V| = 93, n = 4000
+    assert 0.5 * np.abs(freq - q).sum() < 0.08
+    assert 0.5 * np.abs(q - alone).sum() > 0.3, method  # the check above tells the two apart
