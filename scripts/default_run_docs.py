@@ -60,6 +60,9 @@ def run_facts(results: Path, wall: float, log: str) -> dict:
         "row_steps": int(df["steps"].sum()),
         "models": {r["model"]: {"rows": r["rows"], "row_steps": r["row_steps"]} for r in per_model.iter_rows(named=True)},
         "job_seconds": {k: round(v) for k, v in sorted(jobs.items())},
+        "collected_mb": round(sum(p.stat().st_size for p in (results / "collected").glob("*.arrow")) / 1e6, 2),
+        "results_mb": round(sum(p.stat().st_size for p in results.rglob("*") if p.is_file()
+                                and "models" not in p.relative_to(results).parts[:1]) / 1e6, 1),
     }
 
 
@@ -82,6 +85,8 @@ def render(run: dict, claims: pl.DataFrame) -> str:
         + "; ".join(f"{m} {v['rows']} rows, {v['row_steps']:,} row-steps" for m, v in run["models"].items()) + " |",
         "| job time by rule | " + ", ".join(f"{k} {v:,} s" for k, v in sorted(jobs.items(), key=lambda kv: -kv[1]) if v)
         + f" (in all {sum(jobs.values()):,} s, two jobs at a time) |",
+        f"| result files | collected tables {run['collected_mb']} MB (every row's kept prompt and top-20 tokens"
+        f" included); `results/` without the converted models {run['results_mb']} MB |",
         "",
         "What the run's claims report (`results/report/claims.md`) concludes, claim by claim (p: the rule's"
         " one-sided p-value; Holm: adjusted over every row of the report; p opposite: the opposite direction's,"
