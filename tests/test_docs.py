@@ -1,0 +1,65 @@
+"""What the docs say about the default run is what the run wrote (docs/default-run/)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import polars as pl
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "docs" / "default-run"
+
+
+def docs_script():
+    sys.path.insert(0, str(REPO / "scripts"))
+    spec = importlib.util.spec_from_file_location("default_run_docs", REPO / "scripts" / "default_run_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_default_run_page_says_what_the_run_wrote():
+    script = docs_script()
+    run = json.loads((DATA / "run.json").read_text())
+    claims = pl.read_ipc(DATA / "claims.arrow")
+    page = (REPO / "docs" / "default-run.md").read_text()
+    part = page[page.index(script.BEGIN): page.index(script.END) + len(script.END)]
+    assert part == script.render(run, claims), "docs/default-run.md is stale: run python scripts/default_run_docs.py"
+    # every outcome of the claims report is on the page, and the README states the same time
+    assert set(claims["verdict"]) <= {"holds", "contradicted", "not shown", "too few data"}
+    assert all(f"**{v}**" in part for v in claims["verdict"])
+    mins, secs = divmod(run["wall_seconds"], 60)
+    readme = (REPO / "README.md").read_text()
+    assert f"**{mins} min {secs} s**" in readme and run["cpu"] in readme
+    assert all(d in readme for d in run["dtypes"])
+
+
+def test_job_time_is_read_from_snakemakes_log():
+    log = """
+[Fri Dec  4 12:11:42 2026]
+localrule targets:
+    input: results/models/smollm2
+    output: results/targets/vanilla/smollm2.arrow
+    jobid: 7
+    reason: Missing output files
+[Fri Dec  4 12:11:50 2026]
+rule tune_shard:
+    jobid: 3
+[Fri Dec  4 12:11:52 2026]
+Finished jobid: 7 (Rule: targets)
+[Fri Dec  4 12:21:50 2026]
+Finished jobid: 3 (Rule: tune_shard)
+"""
+    assert docs_script().job_seconds(log) == {"targets": 10.0, "tune_shard": 600.0}
+
+
+def test_generated_part_is_replaced_and_nothing_else():
+    script = docs_script()
+    page = f"intro\n{script.BEGIN}\nold\n{script.END}\noutro\n"
+    new = script.rewrite(page, f"{script.BEGIN}\nnew\n{script.END}")
+    assert new == f"intro\n{script.BEGIN}\nnew\n{script.END}\noutro\n"
+    assert re.search("old", new) is None
