@@ -148,7 +148,8 @@ def test_paper_twins_dag_under_slurm(tmp_path):
         for ext in ("html", "png", "svg"):
             assert (workdir / f"results/figures/{fig}.{ext}").stat().st_size > 1000, fig
     claims = (workdir / "results/report/claims.md").read_text()
-    rows = re.findall(r"^\| (C\d) \| (.*) \| \*\*(holds|does not hold|inconclusive)\*\* \|$", claims, re.M)
+    rows = re.findall(r"^\| (C\d) \| (.*) \| \*\*(holds|contradicted|not shown|too few data)\*\*(?: \([^|]*\))? \|$",
+                      claims, re.M)
     assert {claim for claim, _, _ in rows} == {f"C{k}" for k in range(1, 10)}, claims  # every claim, with a verdict
     assert not [row for row in rows if "not configured" in row[1]], claims  # on the figures' data
     submitted = re.findall(r"submitted with SLURM jobid (\d+)", log)
