@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -126,3 +128,24 @@ def write_tiny_gguf(path, seed=0):
     w.write_tensors_to_file()
     w.close()
     return emb
+
+
+@contextlib.contextmanager
+def tiny_cli_home(root):
+    """A tiny Llama model folder under ``root`` and DISTREACH_CACHE set to ``root/cache`` while
+    the block runs (what the CLI tests share); yields the model folder."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DISTREACH_CACHE", str(root / "cache"))
+    try:
+        yield save_tiny(root / "tiny", "llama")
+    finally:
+        mp.undo()
+
+
+def run_cli(capsys, *argv):
+    """``distreach`` in-process: (exit code, stdout, stderr)."""
+    from distreach import cli
+
+    code = cli.main(list(argv))
+    stdout, err = capsys.readouterr()
+    return code, stdout, err

@@ -17,7 +17,7 @@ from distreach.errors import DistreachError
 from distreach.io import read_arrow, write_arrow
 from distreach.targets import EntropyGrid, VanillaSettings, vanilla_targets
 
-from .conftest import TINY_WORDS, save_tiny
+from .conftest import TINY_WORDS, run_cli, tiny_cli_home
 
 REPO = Path(__file__).resolve().parents[1]
 V = 93  # the tiny tokenizer: 3 special tokens + 90 words
@@ -27,60 +27,54 @@ V = 93  # the tiny tokenizer: 3 special tokens + 90 words
 def env(tmp_path_factory):
     """A tiny model folder, the model cache, and target files good and bad."""
     root = tmp_path_factory.mktemp("cli")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DISTREACH_CACHE", str(root / "cache"))
-    model = save_tiny(root / "tiny", "llama")
-    files = root / "in"
-    files.mkdir()
+    with tiny_cli_home(root) as model:
+        files = root / "in"
+        files.mkdir()
 
-    def put(name, content):
-        path = files / name
-        if isinstance(content, bytes):
-            path.write_bytes(content)
-        elif isinstance(content, np.ndarray):
-            np.save(path, content, allow_pickle=True)
-        else:
-            path.write_text(content if isinstance(content, str) else json.dumps(content))
-        return str(path)
+        def put(name, content):
+            path = files / name
+            if isinstance(content, bytes):
+                path.write_bytes(content)
+            elif isinstance(content, np.ndarray):
+                np.save(path, content, allow_pickle=True)
+            else:
+                path.write_text(content if isinstance(content, str) else json.dumps(content))
+            return str(path)
 
-    uniform = np.full(V, 1 / V)
-    t = {
-        "good.json": put("good.json", {"table": 0.5, "river": 0.3, "Paris": 0.2}),
-        "nearly.json": put("nearly.json", {"table": 0.5, "river": 0.3, "Paris": 0.1995}),
-        "empty.json": put("empty.json", ""),
-        "broken.json": put("broken.json", "{not json"),
-        "list.json": put("list.json", [0.5, 0.5]),
-        "string.json": put("string.json", {"table": "half"}),
-        "unknown.json": put("unknown.json", {"table": 0.5, "zebra crossing": 0.5}),
-        "negative.json": put("negative.json", {"table": 1.5, "river": -0.5}),
-        "nan.json": put("nan.json", '{"table": NaN, "river": 1.0}'),
-        "sum.json": put("sum.json", {"table": 0.25, "river": 0.25}),
-        "target.csv": put("target.csv", "table,1.0"),
-        "short.npy": put("short.npy", np.full(5, 0.2)),
-        "nan.npy": put("nan.npy", np.where(np.arange(V) == 3, np.nan, uniform)),
-        "negative.npy": put("negative.npy", np.where(np.arange(V) == 0, -0.1, uniform)),
-        "sum.npy": put("sum.npy", uniform * 3),
-        "object.npy": put("object.npy", np.array([{"a": 1}], dtype=object)),
-        "garbage.arrow": put("garbage.arrow", b"\x00\x01 not arrow"),
-        "no-columns.arrow": put("no-columns.arrow", b""),
-        "missing.json": str(files / "missing.json"),
-    }
-    write_arrow(vanilla_targets(50, EntropyGrid(step=4.0), VanillaSettings(per_level=1)), files / "v50.arrow")
-    t["v50.arrow"] = str(files / "v50.arrow")
-    import pyarrow as pa
+        uniform = np.full(V, 1 / V)
+        t = {
+            "good.json": put("good.json", {"table": 0.5, "river": 0.3, "Paris": 0.2}),
+            "nearly.json": put("nearly.json", {"table": 0.5, "river": 0.3, "Paris": 0.1995}),
+            "empty.json": put("empty.json", ""),
+            "broken.json": put("broken.json", "{not json"),
+            "list.json": put("list.json", [0.5, 0.5]),
+            "string.json": put("string.json", {"table": "half"}),
+            "unknown.json": put("unknown.json", {"table": 0.5, "zebra crossing": 0.5}),
+            "negative.json": put("negative.json", {"table": 1.5, "river": -0.5}),
+            "nan.json": put("nan.json", '{"table": NaN, "river": 1.0}'),
+            "sum.json": put("sum.json", {"table": 0.25, "river": 0.25}),
+            "target.csv": put("target.csv", "table,1.0"),
+            "short.npy": put("short.npy", np.full(5, 0.2)),
+            "nan.npy": put("nan.npy", np.where(np.arange(V) == 3, np.nan, uniform)),
+            "negative.npy": put("negative.npy", np.where(np.arange(V) == 0, -0.1, uniform)),
+            "sum.npy": put("sum.npy", uniform * 3),
+            "object.npy": put("object.npy", np.array([{"a": 1}], dtype=object)),
+            "garbage.arrow": put("garbage.arrow", b"\x00\x01 not arrow"),
+            "no-columns.arrow": put("no-columns.arrow", b""),
+            "missing.json": str(files / "missing.json"),
+        }
+        write_arrow(vanilla_targets(50, EntropyGrid(step=4.0), VanillaSettings(per_level=1)), files / "v50.arrow")
+        t["v50.arrow"] = str(files / "v50.arrow")
+        import pyarrow as pa
 
-    write_arrow(pa.table({"target_id": ["a"]}), files / "cols.arrow")
-    t["cols.arrow"] = str(files / "cols.arrow")
-    (root / "noconfig").mkdir()
-    (root / "bad.gguf").write_bytes(b"GGUX" + bytes(100))
-    yield {"model": str(model), "t": t, "root": root}
-    mp.undo()
+        write_arrow(pa.table({"target_id": ["a"]}), files / "cols.arrow")
+        t["cols.arrow"] = str(files / "cols.arrow")
+        (root / "noconfig").mkdir()
+        (root / "bad.gguf").write_bytes(b"GGUX" + bytes(100))
+        yield {"model": str(model), "t": t, "root": root}
 
 
-def run(capsys, *argv):
-    code = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli
 
 
 def test_tune_with_a_json_target_end_to_end(env, capsys, tmp_path):

@@ -13,31 +13,25 @@ import pytest
 from distreach import api, cli
 from distreach.io import read_arrow, write_arrow
 
-from .conftest import save_tiny
+from .conftest import run_cli, tiny_cli_home
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """A tiny model folder, the model cache, and two results of ``distreach tune``."""
     root = tmp_path_factory.mktemp("show")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DISTREACH_CACHE", str(root / "cache"))
-    model = save_tiny(root / "tiny", "llama")
-    target = root / "t.json"
-    target.write_text(json.dumps({"table": 0.5, "river": 0.3, "Paris": 0.2}))
-    out = {"root": root, "model": str(model)}
-    for method in ("soft", "hybrid"):
-        out[method] = str(root / f"{method}.arrow")
-        assert cli.main(["tune", "--model", str(model), "--target", str(target), "--method", method, "--inits", "2",
-                         "--max-steps", "30", "--out", out[method], "-q"]) == 0
-    yield out
-    mp.undo()
+    with tiny_cli_home(root) as model:
+        target = root / "t.json"
+        target.write_text(json.dumps({"table": 0.5, "river": 0.3, "Paris": 0.2}))
+        out = {"root": root, "model": str(model)}
+        for method in ("soft", "hybrid"):
+            out[method] = str(root / f"{method}.arrow")
+            assert cli.main(["tune", "--model", str(model), "--target", str(target), "--method", method, "--inits", "2",
+                             "--max-steps", "30", "--out", out[method], "-q"]) == 0
+        yield out
 
 
-def run(capsys, *argv):
-    code = cli.main(list(argv))
-    stdout, err = capsys.readouterr()
-    return code, stdout, err
+run = run_cli
 
 
 def test_show_prints_target_beside_achieved_for_each_row(env, capsys):
