@@ -95,6 +95,15 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--unit", choices=("bits", "nats"), default="bits", help="unit of entropies and KL (default bits)")
     t.add_argument("--top-k", type=_count, default=DEFAULT.top_k,
                    help=f"tokens of the target and of the achieved distribution recorded per row (default {DEFAULT.top_k})")
+    g = t.add_argument_group("gcg", "settings of --method gcg (nanoGCG's search_width, topk, n_replace)")
+    g.add_argument("--gcg-width", type=_count, default=DEFAULT.gcg_width,
+                   help="candidate prompts evaluated per prompt and step (default 0: 64 on a CPU, 512 on a GPU)")
+    g.add_argument("--gcg-topk", type=_positive(int), default=DEFAULT.gcg_topk,
+                   help=f"tokens per position, ranked by the gradient, candidates draw from (default {DEFAULT.gcg_topk})")
+    g.add_argument("--gcg-replace", type=_positive(int), default=DEFAULT.gcg_replace,
+                   help=f"positions each candidate changes (default {DEFAULT.gcg_replace})")
+    g.add_argument("--unreadable", dest="readable", action="store_false",
+                   help="also keep prompts whose text does not encode back to their tokens")
     t.add_argument("--out", default=None, help="write every (target, init) row with provenance to this .arrow file")
 
     rows = argparse.ArgumentParser(add_help=False)
@@ -182,6 +191,11 @@ def cmd_tune(args) -> int:
     if args.n_soft is not None and args.method != "hybrid":
         raise DistreachError("--n-soft is for --method hybrid only")
     extra = {"n_soft": args.n_soft} if args.n_soft is not None else {}
+    if args.method == "gcg":
+        extra.update(gcg_width=args.gcg_width, gcg_topk=args.gcg_topk, gcg_replace=args.gcg_replace,
+                     readable=args.readable)
+    elif any(getattr(args, k) != getattr(DEFAULT, k) for k in ("gcg_width", "gcg_topk", "gcg_replace", "readable")):
+        raise DistreachError("--gcg-width, --gcg-topk, --gcg-replace and --unreadable are for --method gcg only")
     # before any model is converted or loaded: the settings, the device, the target file (its
     # format always; its length and tokens when the model's vocabulary can be read without converting)
     TuneConfig(method=args.method, prefix_len=args.prefix_len, max_steps=args.max_steps, lr=args.lr,

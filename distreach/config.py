@@ -74,7 +74,7 @@ def check_references(config: dict) -> None:
                 raise DistreachError(f"config key targets.{name}.of: a family cannot derive from itself")
         if kind == "migrated" and fam.get("source") not in models:
             raise DistreachError(f"config key targets.{name}.source: unknown model {fam.get('source')!r}")
-    methods = {"soft", "hard", "hybrid", *config.get("methods", {})}
+    methods = {"soft", "hard", "hybrid", "gcg", *config.get("methods", {})}
     experiments = config.get("experiments", {})
     for ename, exp in experiments.items():
         for i, m in enumerate(exp.get("models", [])):

@@ -49,7 +49,7 @@ from .tokens import BOS_POLICIES, resolve_bos, usable_mask, vocab_support
 
 log = logging.getLogger(__name__)
 
-METHODS = ("soft", "hard", "hybrid")
+METHODS = ("soft", "hard", "hybrid", "gcg")
 # why a row stopped (TuneResult.stop_reason holds the index): it ran all max_steps; its best KL gained
 # less than min_delta for patience steps; its KL reached stop_kl_nats; a pure hard row's sweep changed
 # nothing; its KL became NaN or inf
@@ -82,6 +82,10 @@ class TuneConfig:
     bos: str = "auto"  # BOS before the prefix: auto (the tokenizer's, if any), bos (required), none
     batch_size: int = 0  # rows tuned together; 0 = automatic (see AUTO_BATCH)
     top_k: int = 20  # tokens of p and of q at the best step recorded per row (0: none)
+    gcg_width: int = 0  # gcg: candidate prompts per row and step; 0 = automatic (distreach.gcg.AUTO_WIDTH)
+    gcg_topk: int = 256  # gcg: tokens per position, by the gradient, that candidates draw from
+    gcg_replace: int = 1  # gcg: positions a candidate changes
+    readable: bool = True  # gcg: only prompts whose text encodes back to their tokens
 
     def __post_init__(self):
         if self.soft_positions is not None:
@@ -101,13 +105,16 @@ class TuneConfig:
             (self.bos in BOS_POLICIES, "bos", f"must be one of {BOS_POLICIES}"),
             (self.batch_size >= 0, "batch_size", "must be >= 0"),
             (self.top_k >= 0, "top_k", "must be >= 0"),
+            (self.gcg_width >= 0, "gcg_width", "must be >= 0"),
+            (self.gcg_topk >= 1, "gcg_topk", "must be >= 1"),
+            (self.gcg_replace >= 1, "gcg_replace", "must be >= 1"),
         ]
         for ok, key, why in checks:
             if not ok:
                 raise DistreachError(f"tuning.{key}: {why} (got {getattr(self, key)!r})")
         L, sp = self.prefix_len, self.soft_positions
         if self.method != "hybrid" and (self.n_soft is not None or sp is not None):
-            want = {"soft": L, "hard": 0}[self.method]
+            want = {"soft": L, "hard": 0, "gcg": 0}[self.method]
             if (self.n_soft is not None and self.n_soft != want) or (sp is not None and len(sp) != want):
                 raise DistreachError(f"tuning.n_soft: a {self.method} prompt has {want} soft positions")
         if sp is not None:
@@ -124,7 +131,7 @@ class TuneConfig:
         L = self.prefix_len
         if self.method == "soft":
             return (True,) * L
-        if self.method == "hard":
+        if self.method in ("hard", "gcg"):
             return (False,) * L
         if self.soft_positions is not None:
             return tuple(i in self.soft_positions for i in range(L))
@@ -496,6 +503,7 @@ class _Run:
     on_step: Callable[[int, int], None] | None = None
     row_steps: int = 0  # steps of rows run so far in this call
     resumed_from: dict | None = None  # where this call picked up a checkpoint (TuneResult.work)
+    make_batch: Callable[[slice], "_Batch"] | None = None  # the batch of rows sl (default: a _Batch)
 
 
 def tune(
@@ -521,7 +529,12 @@ def tune(
     same inputs resumes from it and ends with results bit-identical to an uninterrupted
     run (on the CPU). A checkpoint of other inputs is ignored. The caller removes the file
     once the results are stored. The result's ``work`` says how many row-steps this call ran
-    and where it resumed."""
+    and where it resumed. Method ``gcg`` is
+    :func:`distreach.gcg.tune_gcg`."""
+    if cfg.method == "gcg":
+        from .gcg import tune_gcg
+
+        return tune_gcg(loaded, target_probs, init_seeds, cfg, on_step, record_curve, checkpoint, checkpoint_seconds)
     fast_last_logits(loaded.model)
     target = _checked_targets(loaded, target_probs, init_seeds)
     weight, embed = loaded.embeddings, loaded.model.get_input_embeddings()
@@ -624,8 +637,9 @@ def _run_batch(run: _Run, lo: int, bs: int, done: list[dict], resume: dict | Non
     """Tune rows ``lo .. lo + bs`` to the end (from the checkpointed step of ``resume`` if it
     holds this batch); ``done`` are the records of the batches before, for checkpoints."""
     sl = slice(lo, lo + bs)
-    batch = _Batch(run.model, run.target[sl].to(run.device), run.soft[sl], run.ids[sl], run.bos_kv, run.allowed,
-                   run.cfg, run.record_curve)
+    batch = run.make_batch(sl) if run.make_batch is not None else _Batch(
+        run.model, run.target[sl].to(run.device), run.soft[sl], run.ids[sl], run.bos_kv, run.allowed, run.cfg,
+        run.record_curve)
     first = 0
     if resume is not None and resume.get("batch") is not None and resume["lo"] == lo and resume["bs"] == bs:
         batch.load(resume["batch"])

@@ -7,6 +7,8 @@ quantities (entropies, KL) are in the table's ``entropy_unit``.
 
 from __future__ import annotations
 
+import itertools
+
 import json
 import logging
 import platform
@@ -370,9 +372,10 @@ def hard_prompt_columns(loaded, tuning: TuneConfig, res, probs) -> dict:
     mask = tuning.soft_mask
     ids = [[int(i) for i in row] for row in res.best_ids]
     texts = []
-    for row in ids:
+    for row in ids:  # a run of hard positions is decoded as a whole: its text as typed
         it = iter(row)
-        pieces = ["<soft>" if soft else tok.decode([next(it)]) for soft in mask]
+        pieces = [("<soft>" * len(list(run)) if soft else tok.decode([next(it) for _ in run]))
+                  for soft, run in itertools.groupby(mask)]
         texts.append("".join(pieces))
     if tuning.n_soft_positions == 0:
         retyped = [tok(text, add_special_tokens=False).input_ids for text in texts]

@@ -1,0 +1,184 @@
+"""GCG for distribution targets: a greedy coordinate gradient search over hard prompts (Zou et al.
+2023, as nanoGCG implements it) with KL(p || q) as the loss.
+
+Each step of a row: one forward and backward pass of its current prompt gives the gradient of the
+loss with respect to each position's input embedding; ``(e(x) - e(current)) . grad`` ranks every
+allowed token x at every position (the linear approximation of the change of the loss, as in the
+paper's hard method, Eq. 4), and its ``gcg_topk`` best tokens per position are kept. Then
+``gcg_width`` candidate prompts are drawn, each the current prompt with ``gcg_replace`` positions
+(at random) set to one of their top tokens (at random); every candidate's KL is computed exactly
+(batched forward passes, no gradient) and the row moves to the best candidate, even if it is worse
+than the current prompt (nanoGCG's rule: it lets a search leave a local minimum); the row's answer
+is the lowest KL it has met. Rows stop as in :mod:`distreach.engine` (patience, ``stop_kl_nats``,
+``max_steps``), are batched the same way (a row's trajectory never depends on the other rows: each
+row draws its candidates from its own generator, seeded by its init seed) and checkpointed the same
+way.
+
+With ``readable`` (the default), a prompt must be text: its decoded text encodes back to the same
+token ids (with the same BOS policy) and holds no replacement character (a prompt cut inside a
+multi-byte character decodes to one). Only such candidates are evaluated, and a row starts from
+its init tokens where they are such a prompt, else from the first of its seeded redraws that is,
+so every prompt a row records, its ``prompt_text`` typed back in gives exactly its ``kl_min``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dataclasses import replace
+
+from .engine import AUTO_BATCH, TuneConfig, _Batch, _Run, _bos_cache, _checked_targets, _concat, _empty_result, \
+    _run_batches, allowed_tokens, fast_last_logits, init_token_ids
+from .checkpoint import Checkpoint, checkpoint_key
+from .errors import DistreachError
+
+REDRAWS = 1000  # seeded redraws of a row's init tokens until they are readable text
+AUTO_WIDTH = {"cpu": 64, "cuda": 512}  # gcg_width 0: candidates per row and step
+
+
+def is_text(tokenizer, ids: list[int]) -> bool:
+    """Whether the decoded text of ``ids`` encodes back to ``ids`` and holds no replacement character."""
+    text = tokenizer.decode(ids)
+    return "\ufffd" not in text and tokenizer(text, add_special_tokens=False).input_ids == list(ids)
+
+
+def readable_mask(tokenizer, texts: list[str], ids: torch.Tensor) -> torch.Tensor:
+    """For decoded texts of candidate prompts ``ids`` [n, L], whether each is readable text."""
+    back = tokenizer(texts, add_special_tokens=False).input_ids
+    rows = ids.tolist()
+    return torch.tensor([b == r and "\ufffd" not in t for b, r, t in zip(back, rows, texts)], dtype=torch.bool)
+
+
+def readable_inits(tokenizer, allowed: torch.Tensor, seeds, prefix_len: int) -> torch.Tensor:
+    """[n, prefix_len] init tokens: each row's :func:`distreach.engine.init_token_ids` draw (the
+    tokens every other method starts from), or, where they are not readable text, the first of
+    its seeded redraws that is."""
+    pool = allowed.nonzero().flatten()
+    out = []
+    for seed in seeds:
+        gen = torch.Generator().manual_seed(int(seed))
+        for _ in range(REDRAWS):
+            ids = pool[torch.randint(0, len(pool), (prefix_len,), generator=gen)]
+            if is_text(tokenizer, ids.tolist()):
+                break
+        else:
+            raise DistreachError(f"no readable prompt of {prefix_len} tokens in {REDRAWS} draws from seed {seed}")
+        out.append(ids)
+    return torch.stack(out) if out else torch.zeros((0, prefix_len), dtype=torch.long)
+
+
+class GCGBatch(_Batch):
+    """The rows of one batch while GCG tunes them (every position hard)."""
+
+    WORK = _Batch.WORK + ("gens",)
+
+    def __init__(self, model, target_p, ids, bos_kv, allowed, cfg: TuneConfig, record_curve: bool, tokenizer, seeds):
+        empty = torch.zeros((len(ids), 0, model.get_input_embeddings().weight.shape[1]))
+        super().__init__(model, target_p, empty, ids, bos_kv, allowed, cfg, record_curve)
+        self.tokenizer = tokenizer
+        # each row's own candidate draws, seeded by its init seed: a row's search is the one it has alone
+        self.gens = [torch.Generator().manual_seed(int(s) ^ 0x5EED) for s in seeds]
+        self.forwards = 0  # candidate prompts evaluated
+
+    def state(self) -> dict:
+        out = super().state()
+        out["gens"] = [g.get_state() for g in self.gens]
+        return out
+
+    def load(self, state: dict) -> None:
+        gens = state["gens"]
+        super().load(state)
+        self.gens = [torch.Generator() for _ in gens]
+        for g, s in zip(self.gens, gens):
+            g.set_state(s)
+
+    def step(self, step: int) -> torch.Tensor:
+        rows = self.active.to(self.device)
+        emb = self.embed(self.ids).detach().requires_grad_(True)
+        loss_rows, logq = self.losses(emb, rows)
+        keep = self._record(step, loss_rows.detach(), logq)
+        if not keep.any():
+            return keep
+        loss_rows[keep.to(self.device)].sum().backward()
+        self.ids = self._move(emb.grad.detach(), rows)
+        if not keep.all():
+            self._drop(keep, keep.to(self.device))
+        return keep
+
+    @torch.no_grad()
+    def _move(self, grad: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Each row's best candidate (its current prompt where no candidate is readable)."""
+        cfg = self.cfg
+        B, L = self.ids.shape
+        scores = (grad.to(self.dtype) @ self.weight.T).float()  # [B, L, V_in]: (e(x) - e(cur)) . g up to a constant
+        scores[:, :, self.blocked] = float("inf")
+        k = min(cfg.gcg_topk, int((~self.blocked).sum()))
+        top = scores.topk(k, dim=-1, largest=False).indices.cpu()  # [B, L, k]
+        cand = self._draw(top)  # [B, W, L]
+        W = cand.shape[1]
+        flat = cand.reshape(-1, L)
+        ok = torch.ones(len(flat), dtype=torch.bool)
+        if cfg.readable:
+            ok = readable_mask(self.tokenizer, self.tokenizer.batch_decode(flat.tolist()), flat)
+        loss = torch.full((len(flat),), float("inf"))
+        idx = ok.nonzero().flatten()
+        cand_rows = rows.cpu().repeat_interleave(W)
+        chunk = max(4 * B, AUTO_BATCH.get(torch.device(self.device).type, 64))
+        for lo in range(0, len(idx), chunk):
+            sel = idx[lo: lo + chunk]
+            x = self.embed(flat[sel].to(self.device))
+            loss[sel] = self.losses(x, cand_rows[sel].to(self.device))[0].float().cpu()
+        self.forwards += len(idx)
+        best, arg = loss.view(B, W).min(-1)
+        pick = cand[torch.arange(B), arg]
+        return torch.where(torch.isfinite(best)[:, None], pick, self.ids.cpu()).to(self.device)
+
+    def _draw(self, top: torch.Tensor) -> torch.Tensor:
+        """``gcg_width`` candidates per row: the current prompt with ``gcg_replace`` distinct
+        positions set to one of their top tokens, drawn from the row's own generator."""
+        cfg = self.cfg
+        B, L, k = top.shape
+        r = min(cfg.gcg_replace, L)
+        cur = self.ids.cpu()
+        out = cur[:, None, :].repeat(1, cfg.gcg_width, 1)
+        for b, gen in enumerate(self.gens):
+            pos = torch.rand((cfg.gcg_width, L), generator=gen).argsort(-1)[:, :r]  # [W, r]
+            pick = torch.randint(0, k, (cfg.gcg_width, r), generator=gen)
+            out[b].scatter_(1, pos, top[b][pos, pick])
+        return out
+
+    def _drop(self, keep, keep_dev):
+        super()._drop(keep, keep_dev)
+        self.gens = [g for g, kept in zip(self.gens, keep.tolist()) if kept]
+
+
+def tune_gcg(loaded, target_probs, init_seeds, cfg: TuneConfig, on_step=None, record_curve: bool = False,
+             checkpoint=None, checkpoint_seconds: float = 60.0):
+    """:func:`distreach.engine.tune` for ``cfg.method == "gcg"``."""
+    fast_last_logits(loaded.model)
+    target = _checked_targets(loaded, target_probs, init_seeds)
+    weight = loaded.embeddings
+    bos_kv = _bos_cache(loaded, cfg)
+    allowed = allowed_tokens(loaded.tokenizer, weight.shape[0], cfg)
+    if target.shape[0] == 0:
+        res = _empty_result(cfg, weight.shape[1], target.shape[1])
+        res.work = {"row_steps": 0, "resumed_from": None, "candidates": 0}
+        return res
+    tok = loaded.tokenizer
+    if not cfg.gcg_width:
+        cfg = replace(cfg, gcg_width=AUTO_WIDTH.get(torch.device(weight.device).type, 64))
+    draw = readable_inits if cfg.readable else lambda _, *args: init_token_ids(*args)
+    ids = draw(tok, allowed, init_seeds, cfg.prefix_len)
+    key = checkpoint_key(loaded, target, init_seeds, cfg, record_curve) if checkpoint is not None else ""
+    soft = torch.zeros((len(ids), 0, weight.shape[1]))
+    run = _Run(loaded.model, weight.device, target, soft, ids, bos_kv, allowed, cfg, record_curve,
+               Checkpoint(checkpoint, key, checkpoint_seconds), on_step)
+    seeds = list(init_seeds)
+    run.make_batch = lambda sl: GCGBatch(loaded.model, target[sl].to(weight.device), ids[sl], bos_kv, allowed, cfg,
+                                         record_curve, tok, seeds[sl])
+    bs = cfg.batch_size or AUTO_BATCH.get(torch.device(weight.device).type, 64)
+    res = _concat(_run_batches(run, bs))
+    res.init_ids = ids.numpy()
+    res.work = {"row_steps": run.row_steps, "resumed_from": run.resumed_from}
+    return res
+

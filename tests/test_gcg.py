@@ -1,0 +1,107 @@
+"""The gcg method: readable prompts whose text gives kl_min, rows independent of their batch,
+checkpoints that resume to the same result, and the search itself (gradient-ranked candidates,
+the best one taken)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distreach.engine import TuneConfig, tune
+from distreach.gcg import is_text
+from distreach.shards import hard_prompt_columns
+
+from .conftest import TINY_WORDS
+from .test_engine import targets
+
+CFG = TuneConfig(method="gcg", prefix_len=4, max_steps=12, patience=12, gcg_width=16, gcg_topk=32, bos="bos")
+
+
+@pytest.fixture(scope="module")
+def tiny_bpe(tmp_path_factory):
+    """A tiny Llama with a byte-level BPE tokenizer (merges, multi-byte characters): many token
+    sequences decode to text that encodes to other tokens, or to broken characters."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from distreach.models import ModelSpec, load_materialised, materialise
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<bos>", "<eos>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator([" ".join(TINY_WORDS), "café über naïve 日本語 ünïcödé"] * 3, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                         bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+                                         initializer_range=0.3))  # wide weights: prompts move q a lot
+    root = tmp_path_factory.mktemp("bpe")
+    model.save_pretrained(root / "src", safe_serialization=True)
+    tok.save_pretrained(root / "src")
+    materialise(ModelSpec.from_config("tiny-bpe", {"source": {"local": str(root / "src")}}), root / "m")
+    return load_materialised(root / "m", dtype="fp32", device="cpu")[0]
+
+
+def test_readable_prompts_are_text_that_gives_kl_min(tiny_bpe):
+    p = targets(tiny_bpe.vocab_size, 6, seed=4, temp=3.0)
+    tok = tiny_bpe.tokenizer
+    res = tune(tiny_bpe, p, list(range(6)), CFG)
+    cols = hard_prompt_columns(tiny_bpe, CFG, res, p)
+    for ids, init, text in zip(res.best_ids.tolist(), res.init_ids.tolist(), cols["text"]):
+        assert ids != init  # the search moved
+        assert "\ufffd" not in text and tok(text, add_special_tokens=False).input_ids == ids
+    np.testing.assert_allclose(cols["kl_roundtrip"], res.kl_min, rtol=1e-5, atol=1e-6)
+    # the filter is what makes it so: without it, this tokenizer gives prompts that are not their text
+    loose = tune(tiny_bpe, p, list(range(6)), TuneConfig(**{**CFG.__dict__, "readable": False}))
+    assert not all(is_text(tok, ids) for ids in loose.best_ids.tolist())
+
+
+def test_gcg_lowers_kl_far_below_its_start_and_each_step_takes_the_best_candidate(tiny_bpe):
+    p = targets(tiny_bpe.vocab_size, 4, seed=5, temp=3.0)
+    res = tune(tiny_bpe, p, [0, 1, 2, 3], CFG, record_curve=True)
+    start = res.curve[:, 0]
+    assert (res.kl_min < 0.8 * start).all(), (res.kl_min, start)
+    # a width-1 search takes whatever it draws: its curve is a random walk, not a descent
+    walk = tune(tiny_bpe, p, [0, 1, 2, 3], TuneConfig(**{**CFG.__dict__, "gcg_width": 1}), record_curve=True)
+    assert np.median(res.kl_min) < np.median(walk.kl_min)
+
+
+def test_rows_tuned_together_equal_rows_tuned_alone(tiny_bpe):
+    p = targets(tiny_bpe.vocab_size, 4, seed=6, temp=3.0)
+    seeds = [21, 22, 23, 24]
+    cfg = TuneConfig(**{**CFG.__dict__, "patience": 3, "max_steps": 15})
+    together = tune(tiny_bpe, p, seeds, cfg)
+    assert len(set(together.steps.tolist())) > 1, "rows should stop at different steps"
+    for i in range(4):
+        alone = tune(tiny_bpe, p[i: i + 1], seeds[i: i + 1], cfg)
+        assert alone.best_ids[0].tolist() == together.best_ids[i].tolist()
+        assert (alone.steps[0], alone.best_step[0]) == (together.steps[i], together.best_step[i])
+        np.testing.assert_allclose(alone.kl_min[0], together.kl_min[i], rtol=1e-5)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_stopped_search_resumes_from_its_checkpoint_to_the_same_result(tiny_bpe, tmp_path):
+    p = targets(tiny_bpe.vocab_size, 5, seed=7, temp=3.0)
+    cfg = TuneConfig(**{**CFG.__dict__, "batch_size": 3})
+    fresh = tune(tiny_bpe, p, list(range(5)), cfg)
+    ckpt = tmp_path / "g.ckpt"
+    starts = []
+
+    def stop(step, active):
+        starts.extend([step] if step == 0 else [])
+        if len(starts) == 2 and step == 5:  # mid-way through the second batch
+            raise Stop
+
+    with pytest.raises(Stop):
+        tune(tiny_bpe, p, list(range(5)), cfg, on_step=stop, checkpoint=ckpt, checkpoint_seconds=0)
+    resumed = tune(tiny_bpe, p, list(range(5)), cfg, checkpoint=ckpt)
+    assert resumed.work["resumed_from"] == {"row": 3, "step": 5}
+    for name in ("kl_min", "best_step", "steps", "best_ids", "init_ids", "q_top_ids"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(fresh, name), err_msg=name)
