@@ -88,18 +88,22 @@ def test_tune_with_a_json_target_end_to_end(env, capsys, tmp_path):
     assert "distreach" in (table.schema.metadata or {}).get(b"distreach", b"").decode()  # provenance
 
 
-def test_hard_prompt_summary_shows_the_prompt(env, capsys, tmp_path):
-    """The summary line shows the text of the best init's hard prompt: its tokens' words."""
+@pytest.mark.parametrize("method", [["hard"], ["gcg", "--gcg-width", "4", "--gcg-topk", "8"]])
+def test_hard_prompt_summary_shows_the_prompt(env, capsys, tmp_path, method):
+    """The summary line shows the text of the best init's hard prompt: its tokens' words, as the
+    tokenizer decodes them together (this one puts spaces between words), and that text typed
+    back in gives the row's KL."""
     out = tmp_path / "h.arrow"
-    code, stdout, err = run(capsys, "tune", "--model", env["model"], "--target", env["t"]["good.json"], "--method", "hard",
-                            "--inits", "3", "--max-steps", "4", "--out", str(out), "--quiet")
+    code, stdout, err = run(capsys, "tune", "--model", env["model"], "--target", env["t"]["good.json"], "--method",
+                            *method, "--inits", "3", "--max-steps", "4", "--out", str(out), "--quiet")
     assert code == 0, err
     rows = read_arrow(out).to_pylist()
     best = min(rows, key=lambda r: r["kl_min"])
     assert len(best["prompt_ids"]) == 5 and len({r["kl_min"] for r in rows}) == 3
     words = [TINY_WORDS[i - 3] for i in best["prompt_ids"]]  # ids 0-2 are <unk>, <bos>, <eos>
     (line,) = [ln for ln in stdout.splitlines() if ln.startswith("good: ")]
-    assert line.endswith(f"; best prompt {''.join(words)!r}"), line
+    assert line.endswith(f"; best prompt {' '.join(words)!r}"), line
+    assert best["kl_roundtrip"] == pytest.approx(best["kl_min"], rel=1e-5)
 
 
 def test_nearly_normalised_target_is_renormalised_and_logged(env, capsys, caplog):
@@ -161,6 +165,7 @@ BAD = [
     (["tune", "--model", "{model}", "--target", "{t:v50.arrow}"], "v50.arrow: targets have 50 entries but the model's vocabulary has 93"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--out", "{root}/r.csv"], "--out {root}/r.csv: the result file must end in .arrow"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--n-soft", "2"], "--n-soft is for --method hybrid only"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--gcg-width", "8"], "--gcg-width, --gcg-topk, --gcg-replace and --unreadable are for --method gcg only"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hybrid", "--n-soft", "9"], "tuning.n_soft"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--device", "cuda:99"], "device 'cuda:99' requested but "),
     (["target", "vanilla", "--model", "{model}", "--entropy", "-1", "--out", "{root}/t.arrow"], "argument --entropy: '-1' must be a finite number >= 0"),
