@@ -1,0 +1,230 @@
+"""The gcg method against the paper's hard method and against nanoGCG, on SmolLM2-135M.
+
+``hard``: the capitals target of the README and ``--lm`` LM-generated targets of SmolLM2 (the
+study's ``lm`` family settings: the model's next-token distribution after 10 random tokens), prompts
+of 5 tokens. gcg runs one init per target for ``--steps`` steps of ``--width`` candidates; its
+forward passes per target are counted as steps x (1 + width), an upper bound (candidates that
+are not readable text are not evaluated). The paper's hard method (argmin of the linear score, the
+study's stopping rule) gets the same number of forward passes per target as restarts: inits are
+run in order from the same first init as gcg (same seed, same tokens), and its KL is the minimum
+over the inits whose cumulative steps fit in gcg's budget (a hard step is one forward and one
+backward pass, so hard gets at least as much compute). Soft prompts (one init, same first tokens)
+show the gap a discrete search could close. Every gcg prompt is checked to be text that gives its
+KL when typed back in.
+
+``nanogcg``: ``--targets`` one-token targets (a one-hot p: KL(p || q) is the cross-entropy loss
+nanoGCG minimises), no BOS token (nanoGCG's input is the prompt then the target), prompts of 5
+tokens starting from the same text for both, the same steps, search width, top-k and positions
+changed, so the same number of candidate forward passes (nanoGCG 0.3.0 with ``use_prefix_cache``
+off, there being no prefix, and ``allow_non_ascii`` on, as gcg draws from every usable token).
+nanoGCG tunes one target at a time; gcg all of them in one batch. Both final prompts are scored by
+the same exact forward pass. Needs ``pip install --no-deps nanogcg==0.3.0`` (its pin on
+transformers<=4.47.1 is stricter than the code it runs needs).
+
+    python benchmarks/gcg.py hard --out benchmarks/results/cpu        # about 30 min on 2 AVX2 cores
+    python benchmarks/gcg.py nanogcg --out benchmarks/results/cpu     # about 20 min on 2 AVX2 cores
+
+Each writes ``gcg-<kind>.json`` under ``--out`` and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distreach import api
+from distreach.engine import TuneConfig, prompt_kl, tune
+from distreach.families import lm_generated
+from distreach.gcg import is_text
+from distreach.io import atomic_path, package_versions
+from distreach.seeds import derive_seed
+from distreach.shards import hard_prompt_columns
+from distreach.targets import target_probs
+from distreach.units import to_unit
+
+CAPITALS = {" Paris": 0.5, " London": 0.2, " Berlin": 0.1, " Rome": 0.1, " Madrid": 0.1}  # the README's target
+ONE_TOKEN = [" Paris", " cat", " blue", " seven", " water", " happy", " music", " king", " river", " table",
+             " green", " money"]
+PREFIX_LEN = 5
+
+
+def bits(nats) -> np.ndarray:
+    return to_unit(np.asarray(nats, dtype=float), "bits")
+
+
+def load():
+    torch.manual_seed(0)
+    return api.load_model("smollm2", dtype="fp32", device="cpu")
+
+
+def study_targets(loaded, n_lm: int) -> tuple[list[str], np.ndarray]:
+    """The capitals target and n_lm LM-generated ones: ids and [n, |V|] probabilities."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "capitals.json"
+        path.write_text(json.dumps(CAPITALS))
+        capitals = api.read_target(path, loaded)
+    _, cap = target_probs(capitals, loaded.vocab_size)
+    lm = lm_generated(loaded, n_lm, prompt_len=10, unit="bits", seed=0)
+    _, lmp = target_probs(lm, loaded.vocab_size)
+    return ["capitals", *lm.column("target_id").to_pylist()], np.concatenate([cap, lmp])
+
+
+def hard_at_budget(loaded, probs, seeds0, budget: int, cfg: TuneConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per target: min KL over the hard inits (in order, the first from seeds0) whose cumulative
+    steps fit in ``budget``, the KL of the first init alone, and the hard rows run."""
+    n = len(probs)
+    kls, used, done, rows, k = [[] for _ in range(n)], np.zeros(n, dtype=int), np.zeros(n, dtype=bool), 0, 0
+    while not done.all():
+        open_ = np.flatnonzero(~done)
+        per = max(1, math.ceil((budget - used[open_].min()) / 30))  # a hard init runs about 30 steps or more
+        idx = [int(t) for t in open_ for _ in range(per)]
+        seeds = [seeds0[t] if k == 0 and j == 0 else derive_seed(seeds0[t], "restart", k, j) for t in open_ for j in range(per)]
+        res = tune(loaded, probs[idx], seeds, cfg)
+        rows += len(idx)
+        for r, t in enumerate(idx):
+            if done[t]:
+                continue
+            if used[t] + res.steps[r] > budget:
+                done[t] = True  # this init does not fit: the target's budget is spent
+                continue
+            used[t] += res.steps[r]
+            kls[t].append(res.kl_min[r])
+        k += 1
+    if not all(kls):
+        raise SystemExit(f"a budget of {budget} forward passes is smaller than one hard init: raise --steps or --width")
+    return np.array([min(v) for v in kls]), np.array([v[0] for v in kls]), rows
+
+
+def run_hard(args) -> dict:
+    loaded = load()
+    ids, probs = study_targets(loaded, args.lm)
+    seeds = [derive_seed(0, "init", t, 0) for t in ids]
+    gcg_cfg = TuneConfig(method="gcg", prefix_len=PREFIX_LEN, max_steps=args.steps, patience=args.steps,
+                         gcg_width=args.width, gcg_topk=args.topk)
+    t0 = time.perf_counter()
+    g = tune(loaded, probs, seeds, gcg_cfg)
+    gcg_s = time.perf_counter() - t0
+    text = hard_prompt_columns(loaded, gcg_cfg, g, probs)
+    roundtrip = [is_text(loaded.tokenizer, row) for row in g.best_ids.tolist()]
+    budget = args.steps * (1 + args.width)
+    hard_cfg = TuneConfig(method="hard", prefix_len=PREFIX_LEN, max_steps=500, patience=20)
+    t0 = time.perf_counter()
+    hard_best, hard_first, hard_rows = hard_at_budget(loaded, probs, seeds, budget, hard_cfg)
+    hard_s = time.perf_counter() - t0
+    soft = tune(loaded, probs, seeds, TuneConfig(method="soft", prefix_len=PREFIX_LEN, max_steps=500, patience=20,
+                                                 stop_kl_nats=0.001))
+    rows = [{"target": t, "gcg_bits": float(bits(g.kl_min[i])), "gcg_roundtrip_bits": float(bits(text["kl_roundtrip"][i])),
+             "gcg_is_text": roundtrip[i], "gcg_prompt": text["text"][i], "hard_bits": float(bits(hard_best[i])),
+             "hard_first_init_bits": float(bits(hard_first[i])), "soft_bits": float(bits(soft.kl_min[i]))}
+            for i, t in enumerate(ids)]
+    lm_rows = rows[1:]
+    med = {k: float(np.median([r[k] for r in lm_rows])) for k in ("gcg_bits", "hard_bits", "hard_first_init_bits", "soft_bits")}
+    return {
+        "kind": "hard", "model": "smollm2", "dtype": "fp32", "prefix_len": PREFIX_LEN, "gcg_steps": args.steps,
+        "gcg_width": args.width, "gcg_topk": args.topk, "forward_passes_per_target": budget, "hard_rows": hard_rows,
+        "gcg_seconds": gcg_s, "hard_seconds": hard_s, "rows": rows, "lm_median": med,
+        "lm_median_ratio_hard_over_gcg": med["hard_bits"] / med["gcg_bits"],
+        "capitals_ratio_hard_over_gcg": rows[0]["hard_bits"] / rows[0]["gcg_bits"],
+        "max_roundtrip_diff_bits": float(max(abs(r["gcg_bits"] - r["gcg_roundtrip_bits"]) for r in rows)),
+        "all_text": all(roundtrip), "versions": package_versions(), "threads": torch.get_num_threads(),
+    }
+
+
+def one_token_probs(loaded, words) -> tuple[list[int], np.ndarray]:
+    tok = loaded.tokenizer
+    ids = []
+    for w in words:
+        enc = tok(w, add_special_tokens=False).input_ids
+        if len(enc) != 1:
+            raise SystemExit(f"{w!r} is not one token of SmolLM2")
+        ids.append(enc[0])
+    probs = np.zeros((len(ids), loaded.vocab_size), np.float32)
+    probs[np.arange(len(ids)), ids] = 1.0
+    return ids, probs
+
+
+def run_nanogcg(args) -> dict:
+    import nanogcg
+
+    loaded = load()
+    words = ONE_TOKEN[: args.targets]
+    ids, probs = one_token_probs(loaded, words)
+    seeds = [derive_seed(0, "init", w, 0) for w in words]
+    cfg = TuneConfig(method="gcg", prefix_len=PREFIX_LEN, max_steps=args.steps, patience=args.steps,
+                     gcg_width=args.width, gcg_topk=args.topk, bos="none")
+    t0 = time.perf_counter()
+    g = tune(loaded, probs, seeds, cfg)
+    ours_s = time.perf_counter() - t0
+    tok, model = loaded.tokenizer, loaded.model
+    tok.chat_template = "{{ messages[0]['content'] }}"  # the prompt alone, then the target
+    ng_loss, ng_ids, ng_s = [], [], 0.0
+    for i, w in enumerate(words):
+        init = tok.decode(g.init_ids[i].tolist())
+        ncfg = nanogcg.GCGConfig(num_steps=args.steps, search_width=args.width, topk=args.topk, n_replace=1,
+                                 optim_str_init=init, seed=int(seeds[i]) % 2**31, use_prefix_cache=False,
+                                 allow_non_ascii=True, verbosity="WARNING")
+        t0 = time.perf_counter()
+        r = nanogcg.run(model, tok, "", w, ncfg)
+        ng_s += time.perf_counter() - t0
+        ng_ids.append(tok(r.best_string, add_special_tokens=False).input_ids)
+        ng_loss.append(r.best_loss)
+    ng_exact = prompt_kl(loaded, probs, ng_ids, bos="none")
+    ours_exact = prompt_kl(loaded, probs, g.best_ids.tolist(), bos="none")
+    forwards = args.steps * (1 + args.width) * len(words)  # per side, at most (unreadable candidates are skipped)
+    rows = [{"target": w, "gcg_nats": float(ours_exact[i]), "nanogcg_nats": float(ng_exact[i]),
+             "nanogcg_reported_loss": float(ng_loss[i]), "nanogcg_prompt_tokens": len(ng_ids[i])}
+            for i, w in enumerate(words)]
+    return {
+        "kind": "nanogcg", "model": "smollm2", "dtype": "fp32", "prefix_len": PREFIX_LEN, "steps": args.steps,
+        "search_width": args.width, "topk": args.topk, "targets": len(words), "rows": rows,
+        "gcg_median_nats": float(np.median(ours_exact)), "nanogcg_median_nats": float(np.median(ng_exact)),
+        "gcg_seconds": ours_s, "nanogcg_seconds": ng_s, "forward_passes_bound": forwards,
+        "gcg_ms_per_forward": 1000 * ours_s / forwards, "nanogcg_ms_per_forward": 1000 * ng_s / forwards,
+        "versions": {**package_versions(), "nanogcg": nanogcg.__version__ if hasattr(nanogcg, "__version__") else "0.3.0"},
+        "threads": torch.get_num_threads(),
+    }
+
+
+def table(res: dict) -> str:
+    if res["kind"] == "hard":
+        lines = ["| target | gcg (bits) | hard at equal forwards (bits) | hard, first init (bits) | soft (bits) | gcg prompt |",
+                 "|---|---|---|---|---|---|"]
+        lines += [f"| {r['target']} | {r['gcg_bits']:.3f} | {r['hard_bits']:.3f} | {r['hard_first_init_bits']:.3f} | "
+                  f"{r['soft_bits']:.4f} | {json.dumps(r['gcg_prompt'], ensure_ascii=False)} |" for r in res["rows"]]
+        m = res["lm_median"]
+        lines.append(f"| median of the {len(res['rows']) - 1} LM targets | {m['gcg_bits']:.3f} | {m['hard_bits']:.3f} | "
+                     f"{m['hard_first_init_bits']:.3f} | {m['soft_bits']:.4f} | |")
+        return "\n".join(lines)
+    lines = ["| target | gcg loss (nats) | nanoGCG loss (nats) |", "|---|---|---|"]
+    lines += [f"| {json.dumps(r['target'])} | {r['gcg_nats']:.3f} | {r['nanogcg_nats']:.3f} |" for r in res["rows"]]
+    lines.append(f"| median | {res['gcg_median_nats']:.3f} | {res['nanogcg_median_nats']:.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("kind", choices=("hard", "nanogcg"))
+    p.add_argument("--out", type=Path, required=True, help="folder for gcg-<kind>.json")
+    p.add_argument("--steps", type=int, default=None, help="gcg steps (default: hard 60, nanogcg 40)")
+    p.add_argument("--width", type=int, default=32, help="candidates per step (default 32)")
+    p.add_argument("--topk", type=int, default=256, help="tokens per position candidates draw from (default 256)")
+    p.add_argument("--lm", type=int, default=10, help="hard: LM-generated targets (default 10)")
+    p.add_argument("--targets", type=int, default=10, help="nanogcg: one-token targets (default 10)")
+    args = p.parse_args(argv)
+    args.steps = args.steps or {"hard": 60, "nanogcg": 40}[args.kind]
+    res = run_hard(args) if args.kind == "hard" else run_nanogcg(args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.out / f"gcg-{args.kind}.json") as tmp:
+        Path(tmp).write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
+    print(table(res))
+
+
+if __name__ == "__main__":
+    main()
