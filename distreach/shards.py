@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from .checkpoint import CHECKPOINT_SECONDS
 from .engine import STOP_REASONS, TuneConfig, prompt_kl, tune
 from .errors import DistreachError
 from .units import to_unit
@@ -69,7 +70,7 @@ def run_shard(
     dtype: str = "fp32",
     device: str = "auto",
     threads: int | None = None,
-    checkpoint_seconds: float = 60.0,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
     loaded=None,
     progress=None,
 ) -> pa.Table:
@@ -93,7 +94,7 @@ def run_bundle(
     dtype: str = "fp32",
     device: str = "auto",
     threads: int | None = None,
-    checkpoint_seconds: float = 60.0,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
     keep_checkpoint: bool = False,
     loaded=None,
     progress=None,
@@ -149,7 +150,7 @@ def tune_rows(
     n_shards: int = 1,
     seed: int = 0,
     checkpoint: str | Path | None = None,
-    checkpoint_seconds: float = 60.0,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
     progress=None,
 ) -> pa.Table:
     """The result table of one shard of one experiment (:func:`tune_members` with one member)."""
@@ -166,7 +167,7 @@ def tune_members(
     tuning: TuneConfig,
     seed: int = 0,
     checkpoint: str | Path | None = None,
-    checkpoint_seconds: float = 60.0,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
     progress=None,
 ) -> list[pa.Table]:
     """One result table per member: the (target, init) rows of its :func:`shard_rows`, all
