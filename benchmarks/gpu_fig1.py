@@ -28,7 +28,8 @@ import torch
 from distreach.engine import TuneConfig, tune
 from distreach.io import package_versions, write_arrow, write_json
 from distreach.models import LoadedModel
-from distreach.targets import EntropyGrid, VanillaSettings, logprobs, vanilla_targets
+from distreach.targets import logprobs
+from distreach.vanilla import EntropyGrid, VanillaSettings, vanilla_targets
 from distreach.units import to_unit
 
 # name -> (what it stands for, transformers LlamaConfig arguments, default grid step in bits)

@@ -22,7 +22,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from distreach.targets import EntropyGrid  # noqa: E402
+from distreach.vanilla import EntropyGrid  # noqa: E402
 
 # hub model -> (parameters, |V| = tokenizer tokens, hidden size), from the models' config files
 HUB = {

@@ -15,16 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 from pathlib import Path
 
 import pyarrow as pa
 
 from .errors import DistreachError
+from .schema import default
 
 log = logging.getLogger(__name__)
-INITS = 5  # prompt initialisations per target unless asked otherwise
+INITS = default("experiments.*.inits")  # prompt initialisations per target unless asked otherwise
 
 
 def cache_dir() -> Path:
@@ -117,7 +117,7 @@ def gguf_vocab_size(path: str | os.PathLike) -> int:
 
 def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table:
     """A target table from a .arrow, .npy or .json file (:func:`distreach.targets.read_target`)."""
-    from .targets import read_target
+    from .targetfiles import read_target
 
     return read_target(path, loaded, unit)
 
@@ -125,7 +125,7 @@ def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table
 def check_target_path(path: str | os.PathLike) -> Path:
     """The target file's path if it exists, is not empty and has a known format
     (:func:`distreach.targets.check_target_path`)."""
-    from .targets import check_target_path
+    from .targetfiles import check_target_path
 
     return check_target_path(path)
 
@@ -159,7 +159,9 @@ def make_target(kind: str, vocab_size: int, entropy: float, unit: str = "bits", 
     (:mod:`distreach.tokens`)."""
     from .families import OutlierSettings, outlier_targets
     from .units import check_unit
-    from .targets import EntropyGrid, VanillaSettings, pad_rows, vanilla_targets
+    from .targets import pad_rows
+    from .vanilla import EntropyGrid, VanillaSettings, vanilla_targets
+    from .infotheory import max_entropy
     from .tokens import usable_ids, vocab_support
 
     check_unit(unit)
@@ -168,7 +170,7 @@ def make_target(kind: str, vocab_size: int, entropy: float, unit: str = "bits", 
     if tokenizer is not None:
         vocab_size = vocab_support(tokenizer, width)
         pool = usable_ids(tokenizer, vocab_size)
-    top = math.log(vocab_size) / (math.log(2) if unit == "bits" else 1)
+    top = max_entropy(vocab_size, unit)
     if not 0 <= entropy <= top + 1e-9:
         raise DistreachError(f"--entropy {entropy}: must be within 0..{top:.4g} {unit} (log |V| of this model)")
     if kind == "vanilla":

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 from .io import atomic_path
+from .schema import default
 
 log = logging.getLogger(__name__)
+CHECKPOINT_SECONDS = float(default("checkpoint_seconds"))  # how often a tuning run saves its state, unless told
 FORMAT = 4  # layout of the saved state; a checkpoint of another layout is not resumed
 
 

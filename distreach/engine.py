@@ -42,7 +42,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .checkpoint import Checkpoint, checkpoint_key
+from .checkpoint import CHECKPOINT_SECONDS, Checkpoint, checkpoint_key
 from .errors import DistreachError
 from .infotheory import entropy, kl
 from .tokens import BOS_POLICIES, resolve_bos, usable_mask, vocab_support
@@ -514,7 +514,7 @@ def tune(
     on_step: Callable[[int, int], None] | None = None,
     record_curve: bool = False,
     checkpoint: str | Path | None = None,
-    checkpoint_seconds: float = 60.0,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> TuneResult:
     """Tune one prefix per row; row i targets ``target_probs[i]`` from ``init_seeds[i]``.
 

@@ -2,7 +2,8 @@
 shuffled and migrated LM-generated (Sec. 5.4), uniform over tokens of one part of speech (App. C).
 
 Every family returns a target table as in :mod:`distreach.targets` (log-probabilities over
-one model's vocabulary, with kind, requested and achieved entropy and seed).
+one model's vocabulary, with kind, requested and achieved entropy and seed);
+:mod:`distreach.targetfamily` makes a configured family's targets for a materialised model.
 """
 
 from __future__ import annotations
@@ -18,10 +19,14 @@ from .errors import DistreachError
 from .infotheory import entropy
 from .units import check_unit, from_unit, to_unit
 from .seeds import derive_seed
-from .tokens import bos_used, resolve_bos, usable_ids, usable_mask, vocab_support
-from .vocab import surface_forms
-from .targets import (EntropyGrid, VanillaSettings, entropy_matched_targets, logprobs, pad_rows, targets_table,
-                      vanilla_targets)
+from .tokens import bos_used, resolve_bos, usable_ids, vocab_support
+from .targets import logprobs, targets_table
+from .vanilla import MAX_ITERS, PER_LEVEL, TOLERANCE
+
+# the defaults of the families' counts (the config schema's descriptions of targets.<name> cite them)
+LM_PROMPTS, LM_PROMPT_LEN = 100, 10  # lm: prompts, random tokens per prompt
+SHUFFLED_COPIES = 5  # shuffled: permutations per target
+POS_TOKENS, POS_DRAWS = 100, 100  # pos: tokens per uniform distribution, distributions per tag
 
 
 # ---------------------------------------------------------------- outlier targets
@@ -56,12 +61,12 @@ class OutlierSettings:
     least m - delta (Eq. 2) and H is within ``tolerance`` of h."""
 
     ks: tuple = (1, 5, 10)
-    per_level: int = 5
+    per_level: int = PER_LEVEL
     alpha: float = 100.0
     beta: float = 1.0
     delta: float = 0.01
-    tolerance: float = 0.01  # in the grid's unit
-    max_iters: int = 5000
+    tolerance: float = TOLERANCE  # in the grid's unit
+    max_iters: int = MAX_ITERS
     lr: float = 0.1
     seed: int = 0
 
@@ -263,63 +268,3 @@ def pos_uniform_targets(
     return table.append_column("pos", pa.array(tag_col, pa.string())).append_column(
         "support_ids", pa.array(members, pa.list_(pa.int64()))
     )
-
-
-
-# ---------------------------------------------------------------- one configured family
-
-
-def _pick(settings: dict, keys) -> dict:
-    return {k: settings[k] for k in keys if k in settings}
-
-
-def make_family(settings: dict, model_dir, unit: str, seed: int = 0, base=None, source_dir=None, bos: str = "auto") -> pa.Table:
-    """The targets of one configured family (``settings`` as in the config's ``targets.<name>``)
-    over the vocabulary of the materialised model in ``model_dir``: probabilities over its
-    |V| tokens, zero on output rows past them (:mod:`distreach.tokens`).
-
-    ``base`` is the target file a matched, shuffled or migrated family derives from (for
-    migrated: the source model's; for pos: the model's POS table), ``source_dir`` the source
-    model's folder; ``bos`` the tuning's BOS policy (LM-generated targets use the family's
-    ``bos`` setting if it has one, else this)."""
-    from .io import read_arrow
-    from .models import load_materialised, read_manifest
-
-    kind = settings.get("kind", "vanilla")
-    vocab = read_manifest(model_dir)["vocab_size"]
-    if kind == "lm":
-        loaded = load_materialised(model_dir, dtype="fp32")[0]
-        return lm_generated(loaded, settings.get("n", 100), settings.get("prompt_len", 10), unit, seed,
-                            bos=settings.get("bos", bos))
-    tok = load_materialised(model_dir, with_model=False)[0].tokenizer
-    support = vocab_support(tok, vocab)
-    grid = EntropyGrid(unit=unit, **settings.get("grid", {}))
-    if kind == "vanilla":
-        vs = VanillaSettings(seed=seed, **_pick(settings, ("per_level", "tolerance", "max_iters", "lr")))
-        return pad_rows(vanilla_targets(support, grid, vs), vocab)
-    if kind == "outlier":
-        keys = ("per_level", "alpha", "beta", "delta", "tolerance", "max_iters", "lr")
-        os_ = OutlierSettings(seed=seed, **_pick(settings, keys), **({"ks": tuple(settings["ks"])} if "ks" in settings else {}))
-        return pad_rows(outlier_targets(support, grid.levels(support), unit, os_, usable_ids(tok, support)), vocab)
-    if kind == "pos":
-        import polars as pl
-
-        tags = list(settings.get("tags", DEFAULT_POS_TAGS))
-        pos = pl.from_arrow(read_arrow(base))
-        return pos_uniform_targets(pos, vocab, tags, settings.get("n_tokens", 100), settings.get("draws", 100), unit, seed,
-                                   usable=usable_mask(tok, vocab))
-    table = read_arrow(base)
-    if kind == "matched":
-        vs = VanillaSettings(seed=seed, **_pick(settings, ("tolerance", "max_iters", "lr")))
-        ent = table.column("achieved_entropy").to_pylist()
-        ids = [f"matched-{t}" for t in table.column("target_id").to_pylist()]
-        return pad_rows(entropy_matched_targets(support, ent, ids, unit, vs, kind="matched"), vocab)
-    if kind == "shuffled":
-        return shuffled(table, settings.get("copies", 5), seed, support)
-    if kind == "migrated":
-        src = load_materialised(source_dir, with_model=False)[0]
-        src_ids, dst_ids = migration_map(
-            surface_forms(src.tokenizer, src.manifest["vocab_size"]), surface_forms(tok, vocab)
-        )
-        return migrate(table, src_ids, dst_ids, vocab, src.name)
-    raise DistreachError(f"target kind {kind!r} is not known")

@@ -96,16 +96,14 @@ def write_json(obj, path: str | os.PathLike) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-
-
 @contextlib.contextmanager
 def logging_to(path: str | os.PathLike):
     """Send logging, stdout and stderr to ``path`` for a workflow step.
 
     Records logged with ``extra={"announce": True}`` (a shard resuming from its checkpoint)
     also go to the step's own stderr, which Snakemake shows. A :class:`DistreachError` is
-    logged as its one-line message and the step exits with status 1; anything else keeps
-    its traceback in the log."""
+    logged as its one-line message, anything else with its traceback; either is raised on,
+    for the step to end as it sees fit (the library never exits the process)."""
     import logging
     import sys
 
@@ -124,8 +122,7 @@ def logging_to(path: str | os.PathLike):
             yield
         except DistreachError as exc:
             logging.getLogger("distreach").error("%s", exc)
-            print(f"error: {exc}", file=sys.__stderr__)
-            raise SystemExit(1) from None
+            raise
         except Exception:
             logging.getLogger("distreach").exception("failed")
             raise

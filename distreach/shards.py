@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from .checkpoint import CHECKPOINT_SECONDS
 from .engine import STOP_REASONS, TuneConfig, prompt_kl, tune
 from .errors import DistreachError
 from .units import to_unit
@@ -71,7 +72,7 @@ def run_shard(
     dtype: str = "fp32",
     device: str = "auto",
     threads: int | None = None,
-    checkpoint_seconds: float = 60.0,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
     loaded=None,
     progress=None,
 ) -> pa.Table:
@@ -95,7 +96,7 @@ def run_bundle(
     dtype: str = "fp32",
     device: str = "auto",
     threads: int | None = None,
-    checkpoint_seconds: float = 60.0,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
     keep_checkpoint: bool = False,
     loaded=None,
     progress=None,
@@ -151,7 +152,7 @@ def tune_rows(
     n_shards: int = 1,
     seed: int = 0,
     checkpoint: str | Path | None = None,
-    checkpoint_seconds: float = 60.0,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
     progress=None,
 ) -> pa.Table:
     """The result table of one shard of one experiment (:func:`tune_members` with one member)."""
@@ -168,7 +169,7 @@ def tune_members(
     tuning: TuneConfig,
     seed: int = 0,
     checkpoint: str | Path | None = None,
-    checkpoint_seconds: float = 60.0,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
     progress=None,
 ) -> list[pa.Table]:
     """One result table per member: the (target, init) rows of its :func:`shard_rows`, all
@@ -185,15 +186,7 @@ def tune_members(
     where it resumed from a checkpoint), the same in every member's table."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     dtype = {v: k for k, v in DTYPES.items()}[loaded.embeddings.dtype]
-    plans = []  # (member, rows, seeds) per member
-    for m in members:
-        rows = shard_rows(m.meta.num_rows, m.inits, m.shard, m.n_shards)
-        tids = m.meta.column("target_id").to_pylist()
-        # init seeds name only the target and the init: every method, prefix length and experiment on a
-        # target starts from the same tokens (paired comparisons)
-        plans.append((m, rows, [derive_seed(seed, "init", tids[t], i) for t, i in rows]))
-        log.info("shard %d/%d of %s on %s: %d rows, %s on %s", m.shard, m.n_shards, m.experiment, loaded.name, len(rows),
-                 dtype, loaded.embeddings.device)
+    plans = _plan_rows(loaded, members, seed, dtype)
 
     def on_step(step, active):
         if step % 25 == 0 or active == 0:
@@ -217,23 +210,41 @@ def tune_members(
         }
         table = _result_table(columns, loaded, m.meta, rows, member_seeds, tuning, res.take(part), probs[part],
                               row_dtype[part], retry[part], m.shard)
-        provenance = {
-            "experiment": m.experiment,
-            "model": loaded.manifest,
-            "tuning": asdict(tuning),
-            "inits": m.inits,
-            "seed": seed,
-            "shard": [m.shard, m.n_shards],
-            "tuned_with": [other.experiment for other in members],
-            "work": res.work,
-            "dtype": dtype,
-            "device": str(loaded.embeddings.device),
-            "torch_threads": torch.get_num_threads(),
-            "cpu": platform.processor() or platform.machine(),
-            "packages": package_versions(),
-        }
-        tables.append(with_metadata(table, provenance))
+        tables.append(with_metadata(table, _provenance(loaded, m, members, tuning, seed, res.work, dtype)))
     return tables
+
+
+def _plan_rows(loaded, members: list[Member], seed: int, dtype: str) -> list[tuple]:
+    """(member, its (target, init) rows, their init seeds) for each member."""
+    plans = []
+    for m in members:
+        rows = shard_rows(m.meta.num_rows, m.inits, m.shard, m.n_shards)
+        tids = m.meta.column("target_id").to_pylist()
+        # init seeds name only the target and the init: every method, prefix length and experiment on a
+        # target starts from the same tokens (paired comparisons)
+        plans.append((m, rows, [derive_seed(seed, "init", tids[t], i) for t, i in rows]))
+        log.info("shard %d/%d of %s on %s: %d rows, %s on %s", m.shard, m.n_shards, m.experiment, loaded.name, len(rows),
+                 dtype, loaded.embeddings.device)
+    return plans
+
+
+def _provenance(loaded, m: Member, members: list[Member], tuning: TuneConfig, seed: int, work: dict, dtype: str) -> dict:
+    """The provenance of member ``m``'s table (its schema metadata)."""
+    return {
+        "experiment": m.experiment,
+        "model": loaded.manifest,
+        "tuning": asdict(tuning),
+        "inits": m.inits,
+        "seed": seed,
+        "shard": [m.shard, m.n_shards],
+        "tuned_with": [other.experiment for other in members],
+        "work": work,
+        "dtype": dtype,
+        "device": str(loaded.embeddings.device),
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "packages": package_versions(),
+    }
 
 
 def _retry_in_fp32(loaded, res, probs, seeds, tuning: TuneConfig, dtype: str) -> tuple[list, list]:

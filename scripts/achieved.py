@@ -1,17 +1,16 @@
 """Snakemake entry point: the report's target-vs-achieved figure for a few rows of Fig. 1
 (distreach.figures.achieved_rows, target_vs_achieved)."""
 
-import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
+import _repo  # first: this checkout's distreach under --sdm conda
 
 from pathlib import Path
 
 import polars as pl
 
 from distreach.figures import achieved_rows, read_tables, save, target_vs_achieved
-from distreach.io import logging_to
 from distreach.vocab import with_token_texts
 
-with logging_to(snakemake.log[0]):
+with _repo.step_log(snakemake.log[0]):
     rows = achieved_rows(read_tables(snakemake.input.tables))
     vocabs = {Path(path).stem: pl.read_ipc(path) for path in snakemake.input.vocab}
     save(target_vs_achieved(with_token_texts(rows, vocabs)), snakemake.output.html.removesuffix(".html"))

@@ -1,12 +1,11 @@
 """Snakemake entry point: the claims report (distreach.claims)."""
 
-import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
+import _repo  # first: this checkout's distreach under --sdm conda
 
 from distreach import claims
 from distreach.figures import read_tables
-from distreach.io import logging_to
 
-with logging_to(snakemake.log[0]):
+with _repo.step_log(snakemake.log[0]):
     table = claims.check(read_tables(snakemake.input.tables), snakemake.params.figures)
     claims.write_report(table, snakemake.output.md, snakemake.output.html, snakemake.output.table)
     print(claims.to_markdown(table))

@@ -1,12 +1,11 @@
 """Snakemake entry point: concatenate an experiment's shards (distreach.tables.collect)."""
 
-import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
+import _repo  # first: this checkout's distreach under --sdm conda
 
 from distreach.bundles import table_path
-from distreach.io import logging_to
 from distreach.tables import collect
 
-with logging_to(snakemake.log[0]):
+with _repo.step_log(snakemake.log[0]):
     # each input is a tuning job's folder, holding one table per experiment it tuned
     shards = [table_path(folder, snakemake.wildcards.experiment) for folder in snakemake.input]
     df = collect(shards, snakemake.output[0])

@@ -1,11 +1,10 @@
 """Snakemake entry point: one tiny twin of a paper model (distreach.twins.write_twin)."""
 
-import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
+import _repo  # first: this checkout's distreach under --sdm conda
 
-from distreach.io import logging_to
 from distreach.twins import write_twin
 
-with logging_to(snakemake.log[0]):
+with _repo.step_log(snakemake.log[0]):
     spec = snakemake.params.spec
     write_twin(spec["arch"], snakemake.output[0], int(spec.get("seed", 0)))
     print(f"twin {snakemake.wildcards.twin}: {spec['arch']} written to {snakemake.output[0]}")

@@ -1,13 +1,12 @@
 """Snakemake entry point: materialise one configured model (distreach.models.materialise)."""
 
-import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
+import _repo  # first: this checkout's distreach under --sdm conda
 
 import torch
 
-from distreach.io import logging_to
 from distreach.models import ModelSpec, materialise
 
-with logging_to(snakemake.log[0]):
+with _repo.step_log(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     spec = ModelSpec.from_config(snakemake.wildcards.model, snakemake.params.spec)
     base = str(snakemake.input.base) if snakemake.input.base else None

@@ -1,13 +1,12 @@
 """Snakemake entry point: Fig. 3's distributions on one model (distreach.nexttoken.write_shapes)."""
 
-import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
+import _repo  # first: this checkout's distreach under --sdm conda
 
 import torch
 
-from distreach.io import logging_to
 from distreach.nexttoken import write_shapes
 
-with logging_to(snakemake.log[0]):
+with _repo.step_log(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     spec = snakemake.params.spec
     table = write_shapes(

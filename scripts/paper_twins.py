@@ -1,4 +1,4 @@
-"""Write configs/paper-twins.yaml from configs/paper.yaml (distreach.twins.write_twins_config).
+"""Write configs/paper-twins.yaml from configs/paper.yaml (distreach.paper_twins.write_twins_config).
 
     python scripts/paper_twins.py [configs/paper.yaml [configs/paper-twins.yaml]]
 """
@@ -7,7 +7,7 @@ import _repo  # noqa: F401  (this checkout's distreach)
 
 import sys
 
-from distreach.twins import write_twins_config
+from distreach.paper_twins import write_twins_config
 
 paper = sys.argv[1] if len(sys.argv) > 1 else "configs/paper.yaml"
 out = sys.argv[2] if len(sys.argv) > 2 else "configs/paper-twins.yaml"

@@ -1,13 +1,13 @@
-"""Snakemake entry point: one target family for one model's vocabulary (distreach.families.make_family)."""
+"""Snakemake entry point: one target family for one model's vocabulary (distreach.targetfamily.make_family)."""
 
-import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
+import _repo  # first: this checkout's distreach under --sdm conda
 
 import torch
 
-from distreach.families import make_family
-from distreach.io import logging_to, write_arrow
+from distreach.targetfamily import make_family
+from distreach.io import write_arrow
 
-with logging_to(snakemake.log[0]):
+with _repo.step_log(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     settings = snakemake.params.settings
     table = make_family(

@@ -1,15 +1,15 @@
 """Snakemake entry point: one tuning job, shard k of the experiments it tunes together
 (distreach.shards.run_bundle), written as one folder of per-experiment tables."""
 
-import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
+import _repo  # first: this checkout's distreach under --sdm conda
 
 from pathlib import Path
 
 from distreach.bundles import table_path
-from distreach.io import atomic_path, logging_to
+from distreach.io import atomic_path
 from distreach.shards import run_bundle, tuning_config
 
-with logging_to(snakemake.log[0]):
+with _repo.step_log(snakemake.log[0]):
     job = snakemake.params.job
     out = Path(snakemake.output[0])
     checkpoint = out.with_name(f".{out.name}.ckpt")
@@ -28,7 +28,7 @@ with logging_to(snakemake.log[0]):
             dtype=snakemake.params.dtype,
             device=snakemake.params.device,
             threads=snakemake.threads,
-            checkpoint_seconds=snakemake.config.get("checkpoint_seconds", 60),  # not a rerun trigger
+            checkpoint_seconds=snakemake.config["checkpoint_seconds"],  # a schema default; not a rerun trigger
             keep_checkpoint=True,
         )
     checkpoint.unlink(missing_ok=True)  # only once the folder is in place

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from distreach import claims
-from distreach.targets import EntropyGrid
+from distreach.vanilla import EntropyGrid
 from distreach.verdicts import ALPHA, HOLDS
 
 from pathlib import Path

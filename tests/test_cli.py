@@ -15,7 +15,7 @@ import pytest
 from distreach import cli
 from distreach.errors import DistreachError
 from distreach.io import read_arrow, write_arrow
-from distreach.targets import EntropyGrid, VanillaSettings, vanilla_targets
+from distreach.vanilla import EntropyGrid, VanillaSettings, vanilla_targets
 
 from .conftest import TINY_WORDS, run_cli, tiny_cli_home
 
@@ -235,7 +235,7 @@ def test_a_target_of_the_wrong_length_is_refused_before_the_model_is_converted(t
 
 
 def test_target_file_errors_are_about_the_data_and_the_cli_names_the_flag(env, capsys):
-    from distreach.targets import check_target_path
+    from distreach.targetfiles import check_target_path
 
     missing = env["t"]["missing.json"]
     with pytest.raises(DistreachError) as exc:

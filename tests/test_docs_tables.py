@@ -8,7 +8,8 @@ import polars as pl
 
 from distreach.families import OutlierSettings, lm_generated, migrate, outlier_targets, pos_uniform_targets, shuffled
 from distreach.shards import tune_rows, tuning_config
-from distreach.targets import EntropyGrid, VanillaSettings, target_probs, vanilla_targets
+from distreach.targets import target_probs
+from distreach.vanilla import EntropyGrid, VanillaSettings, vanilla_targets
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "tables.md"
 

@@ -13,8 +13,8 @@ from distreach.families import (
     migration_map,
     outlier_targets,
     shuffled,
-    surface_forms,
 )
+from distreach.vocab import surface_forms
 
 
 def probs(table):

@@ -17,7 +17,7 @@ import torch
 from distreach import shards
 from distreach.io import arrow_metadata, read_arrow, write_arrow
 from distreach.shards import run_shard, tuning_config
-from distreach.targets import EntropyGrid, VanillaSettings, vanilla_targets
+from distreach.vanilla import EntropyGrid, VanillaSettings, vanilla_targets
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = """

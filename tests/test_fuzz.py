@@ -33,7 +33,7 @@ from distreach import cli
 from distreach.config import check_config
 from distreach.errors import DistreachError
 from distreach.io import write_arrow
-from distreach.targets import EntropyGrid, VanillaSettings, vanilla_targets
+from distreach.vanilla import EntropyGrid, VanillaSettings, vanilla_targets
 
 from .conftest import TINY_WORDS, save_tiny, write_tiny_gguf
 

@@ -10,7 +10,8 @@ import torch
 
 from distreach.prompts import Prompt, next_token_logprobs, prompt_kl
 from distreach.shards import tune_rows, tuning_config
-from distreach.targets import EntropyGrid, VanillaSettings, target_probs, vanilla_targets
+from distreach.targets import target_probs
+from distreach.vanilla import EntropyGrid, VanillaSettings, vanilla_targets
 
 # |recomputed - kl_min| in fp32: one forward of the whole prompt against the engine's batched forward
 # with the BOS keys and values computed once differ by float rounding only, a few ulps (float32 eps

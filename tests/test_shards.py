@@ -6,7 +6,7 @@ from distreach.io import read_arrow, write_arrow
 from distreach.models import load_materialised
 from distreach.shards import run_shard, shard_rows, tuning_config
 from distreach.tables import RESULT_COLUMNS, collect, min_over_inits
-from distreach.targets import EntropyGrid, VanillaSettings, vanilla_targets
+from distreach.vanilla import EntropyGrid, VanillaSettings, vanilla_targets
 
 
 def test_shards_partition_the_rows_and_mix_entropies():

@@ -6,7 +6,8 @@ import pytest
 
 from distreach.errors import DistreachError
 from distreach.io import write_arrow
-from distreach.targets import EntropyGrid, VanillaSettings, entropy_matched_targets, read_targets, vanilla_targets
+from distreach.targets import read_targets
+from distreach.vanilla import EntropyGrid, VanillaSettings, entropy_matched_targets, vanilla_targets
 
 V = 500
 FAST = VanillaSettings(per_level=2, seed=3)

@@ -14,7 +14,8 @@ from distreach import cli
 from distreach.io import read_arrow
 from distreach.targets import logprobs
 from distreach.tokens import usable_mask
-from distreach.twins import ARCHITECTURES, twin_model, twin_tokenizer, twins_config, write_twin
+from distreach.paper_twins import twins_config
+from distreach.twins import ARCHITECTURES, twin_model, twin_tokenizer, write_twin
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = yaml.safe_load((REPO / "configs/paper.yaml").read_text())

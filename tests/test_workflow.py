@@ -372,3 +372,6 @@ def test_slurm_profile_plans_the_paper_study_without_the_hub(tmp_path):
     assert jobs["materialise_model"] == 11 and jobs["tune_shard"] == 150 and jobs["pos_tag"] == 9
     assert jobs["figure"] == 12 and jobs["next_token"] == 1 and jobs["achieved"] == 1
     assert not any(tmp_path.joinpath("results").rglob("*"))
+    total = sum(jobs.values())  # docs/cluster.md states the plan's size
+    assert f"plans {total - jobs['all']} jobs (`snakemake --profile slurm -n`; {total}\nwith the `all` target), " \
+           f"{jobs['tune_shard']} of them" in (REPO / "docs" / "cluster.md").read_text()

@@ -1,0 +1,71 @@
+"""The targets of one configured target family (the config's ``targets.<name>``) over the
+vocabulary of a materialised model: loads the model (or its tokenizer) and the file the family
+derives from, then makes the targets with :mod:`distreach.vanilla` or :mod:`distreach.families`."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from .errors import DistreachError
+from .families import (DEFAULT_POS_TAGS, LM_PROMPT_LEN, LM_PROMPTS, POS_DRAWS, POS_TOKENS, SHUFFLED_COPIES,
+                       OutlierSettings, lm_generated, migrate, migration_map, outlier_targets, pos_uniform_targets,
+                       shuffled)
+from .io import read_arrow
+from .models import load_materialised, read_manifest
+from .targets import pad_rows
+from .tokens import usable_ids, usable_mask, vocab_support
+from .vanilla import EntropyGrid, VanillaSettings, entropy_matched_targets, vanilla_targets
+from .vocab import surface_forms
+
+
+def _pick(settings: dict, keys) -> dict:
+    return {k: settings[k] for k in keys if k in settings}
+
+
+def make_family(settings: dict, model_dir, unit: str, seed: int = 0, base=None, source_dir=None, bos: str = "auto") -> pa.Table:
+    """The targets of one configured family (``settings`` as in the config's ``targets.<name>``)
+    over the vocabulary of the materialised model in ``model_dir``: probabilities over its
+    |V| tokens, zero on output rows past them (:mod:`distreach.tokens`).
+
+    ``base`` is the target file a matched, shuffled or migrated family derives from (for
+    migrated: the source model's; for pos: the model's POS table), ``source_dir`` the source
+    model's folder; ``bos`` the tuning's BOS policy (LM-generated targets use the family's
+    ``bos`` setting if it has one, else this)."""
+    kind = settings.get("kind", "vanilla")
+    vocab = read_manifest(model_dir)["vocab_size"]
+    if kind == "lm":
+        loaded = load_materialised(model_dir, dtype="fp32")[0]
+        n, prompt_len = settings.get("n", LM_PROMPTS), settings.get("prompt_len", LM_PROMPT_LEN)
+        return lm_generated(loaded, n, prompt_len, unit, seed, bos=settings.get("bos", bos))
+    tok = load_materialised(model_dir, with_model=False)[0].tokenizer
+    support = vocab_support(tok, vocab)
+    grid = EntropyGrid(unit=unit, **settings.get("grid", {}))
+    if kind == "vanilla":
+        vs = VanillaSettings(seed=seed, **_pick(settings, ("per_level", "tolerance", "max_iters", "lr")))
+        return pad_rows(vanilla_targets(support, grid, vs), vocab)
+    if kind == "outlier":
+        keys = ("per_level", "alpha", "beta", "delta", "tolerance", "max_iters", "lr")
+        os_ = OutlierSettings(seed=seed, **_pick(settings, keys), **({"ks": tuple(settings["ks"])} if "ks" in settings else {}))
+        return pad_rows(outlier_targets(support, grid.levels(support), unit, os_, usable_ids(tok, support)), vocab)
+    if kind == "pos":
+        import polars as pl
+
+        tags = list(settings.get("tags", DEFAULT_POS_TAGS))
+        pos = pl.from_arrow(read_arrow(base))
+        n_tokens, draws = settings.get("n_tokens", POS_TOKENS), settings.get("draws", POS_DRAWS)
+        return pos_uniform_targets(pos, vocab, tags, n_tokens, draws, unit, seed, usable=usable_mask(tok, vocab))
+    table = read_arrow(base)
+    if kind == "matched":
+        vs = VanillaSettings(seed=seed, **_pick(settings, ("tolerance", "max_iters", "lr")))
+        ent = table.column("achieved_entropy").to_pylist()
+        ids = [f"matched-{t}" for t in table.column("target_id").to_pylist()]
+        return pad_rows(entropy_matched_targets(support, ent, ids, unit, vs, kind="matched"), vocab)
+    if kind == "shuffled":
+        return shuffled(table, settings.get("copies", SHUFFLED_COPIES), seed, support)
+    if kind == "migrated":
+        src = load_materialised(source_dir, with_model=False)[0]
+        src_ids, dst_ids = migration_map(
+            surface_forms(src.tokenizer, src.manifest["vocab_size"]), surface_forms(tok, vocab)
+        )
+        return migrate(table, src_ids, dst_ids, vocab, src.name)
+    raise DistreachError(f"target kind {kind!r} is not known")

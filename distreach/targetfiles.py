@@ -1,0 +1,136 @@
+"""A user's target file: .arrow (a target table), .npy (probabilities) or .json
+({token: probability}), read into a target table checked against a model's vocabulary."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .errors import DistreachError, one_line
+from .infotheory import entropy
+from .units import to_unit
+from .targets import RENORMALISE_TOLERANCE, read_targets, targets_table
+log = logging.getLogger(__name__)
+
+TARGET_FORMATS = (".arrow", ".npy", ".json")
+
+
+def check_target_path(path: str | os.PathLike) -> Path:
+    """The target file's path if it exists, is not empty and has a known format (checked
+    before any model is loaded)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistreachError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DistreachError(f"{path}: the file is empty")
+    if path.suffix.lower() not in TARGET_FORMATS:
+        raise DistreachError(f"{path}: unknown format {path.suffix or '(none)'}; use .arrow, .npy or .json")
+    return path
+
+
+def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table:
+    """A target table from a file, checked against the model's vocabulary:
+
+    - ``.arrow``: a target table (``distreach target`` writes one);
+    - ``.npy``: probabilities, shape [|V|] or [n, |V|];
+    - ``.json``: ``{"token string": probability}``; tokens not named get 0. Every string must be
+      one token of this model (the error names those that are not).
+
+    Errors name the file and what is wrong with its data."""
+    path = check_target_path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".arrow":
+        meta, probs = read_targets(path, loaded.vocab_size)  # checked and renormalised; kind, requested
+        with np.errstate(divide="ignore"):                   # entropy and family columns kept as they are
+            logp = np.log(probs).reshape(-1)
+        return meta.append_column("logprobs", pa.FixedSizeListArray.from_arrays(pa.array(logp, pa.float32()), loaded.vocab_size))
+    if suffix == ".npy":
+        return _npy_target(path, loaded, unit)
+    return _json_target(path, loaded, unit)  # check_target_path admits nothing else
+
+
+def _npy_target(path: Path, loaded, unit: str) -> pa.Table:
+    vocab = loaded.vocab_size
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:  # numpy's value, OS and EOF errors of a corrupt or truncated file
+        raise DistreachError(f"{path}: not a plain numeric .npy array ({one_line(exc)})") from None
+    if not isinstance(arr, np.ndarray) or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise DistreachError(f"{path}: array of {getattr(arr, 'dtype', type(arr).__name__)}, expected real numbers")
+    arr = np.atleast_2d(arr.astype(np.float64))
+    if arr.ndim != 2 or arr.shape[1] != vocab:
+        raise DistreachError(f"{path}: shape {arr.shape}, expected [{vocab}] or [n, {vocab}] for model {loaded.name}")
+    probs = np.stack([_finite_probabilities(r, f"{path} row {i}") for i, r in enumerate(arr)])
+    return _user_table(probs, [f"{path.stem}-{i}" for i in range(len(probs))], unit)
+
+
+def _json_target(path: Path, loaded, unit: str) -> pa.Table:
+    vocab = loaded.vocab_size
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors; nesting too deep
+        raise DistreachError(f"{path}: not valid JSON ({one_line(exc)})") from None
+    if not isinstance(data, dict) or not data:
+        raise DistreachError(f"{path}: expected a non-empty object {{\"token string\": probability}}")
+    for key, value in data.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DistreachError(f"{path}: token {key!r} has probability {value!r}, not a number")
+        if not math.isfinite(value if isinstance(value, float) or abs(value) < 2**1000 else math.inf):
+            raise DistreachError(f"{path}: token {key!r} has probability {value} (NaN or infinite)")
+        if value < 0:
+            raise DistreachError(f"{path}: token {key!r} has a negative probability ({value})")
+    ids = token_ids(loaded.tokenizer, list(data), vocab, str(path))
+    probs = np.zeros(vocab)
+    probs[ids] = [float(v) for v in data.values()]
+    if len(set(ids)) != len(ids):
+        raise DistreachError(f"{path}: two strings are the same token of {loaded.name}")
+    probs = _finite_probabilities(probs, str(path))
+    return _user_table(probs[None], [path.stem], unit)
+
+
+def _finite_probabilities(p: np.ndarray, where: str) -> np.ndarray:
+    """Check one probability vector; renormalise a sum within tolerance of 1."""
+    if p.size == 0:
+        raise DistreachError(f"{where}: no probabilities")
+    bad = np.flatnonzero(~np.isfinite(p))
+    if bad.size:
+        raise DistreachError(f"{where}: entry {bad[0]} is {p[bad[0]]} (NaN or infinite)")
+    neg = np.flatnonzero(p < 0)
+    if neg.size:
+        raise DistreachError(f"{where}: entry {neg[0]} is negative ({p[neg[0]]})")
+    total = float(p.sum())
+    if abs(total - 1) > RENORMALISE_TOLERANCE:
+        raise DistreachError(f"{where}: probabilities sum to {total:.6g}, not 1 (tolerance {RENORMALISE_TOLERANCE})")
+    if abs(total - 1) > 1e-9:
+        log.info("%s: probabilities sum to %.9g; renormalised", where, total)
+    return p / total
+
+
+def _user_table(probs: np.ndarray, ids: list[str], unit: str, kind: str = "user") -> pa.Table:
+    with np.errstate(divide="ignore"):
+        logp = np.log(probs.astype(np.float64))
+    ent = to_unit(entropy(torch.from_numpy(logp)).numpy(), unit)
+    return targets_table(ids, kind, ent, ent, unit, [0] * len(ids), logp.astype(np.float32))
+
+
+def token_ids(tokenizer, strings: list[str], vocab: int, where: str) -> list[int]:
+    """The token id of each string (its exact surface text, leading space included)."""
+    from .vocab import surface_forms
+
+    forms = surface_forms(tokenizer, vocab)
+    first: dict[str, int] = {}
+    for i, s in enumerate(forms):
+        if s is not None and s not in first:
+            first[s] = i
+    missing = [s for s in strings if s not in first]
+    if missing:
+        shown = ", ".join(repr(s) for s in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise DistreachError(f"{where}: {len(missing)} string(s) are not single tokens of this model: {shown}")
+    return [first[s] for s in strings]
