@@ -182,7 +182,8 @@ def shuffled(table: pa.Table, copies: int, seed: int = 0, support: int | None = 
             seeds.append(s)
     ent = np.asarray(table.column("achieved_entropy"))[src]
     unit = table.column("entropy_unit")[0].as_py()
-    return targets_table(ids, "shuffled", ent, ent, unit, seeds, np.stack(out))
+    made = targets_table(ids, "shuffled", ent, ent, unit, seeds, np.stack(out))
+    return made.append_column("source_target_id", table.column("target_id").take(pa.array(src, pa.int64())))
 
 
 # ---------------------------------------------------------------- migrated
@@ -313,7 +314,8 @@ def make_family(settings: dict, model_dir, unit: str, seed: int = 0, base=None, 
         vs = VanillaSettings(seed=seed, **_pick(settings, ("tolerance", "max_iters", "lr")))
         ent = table.column("achieved_entropy").to_pylist()
         ids = [f"matched-{t}" for t in table.column("target_id").to_pylist()]
-        return pad_rows(entropy_matched_targets(support, ent, ids, unit, vs, kind="matched"), vocab)
+        made = pad_rows(entropy_matched_targets(support, ent, ids, unit, vs, kind="matched"), vocab)
+        return made.append_column("source_target_id", table.column("target_id"))
     if kind == "shuffled":
         return shuffled(table, settings.get("copies", 5), seed, support)
     if kind == "migrated":

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import polars as pl
 
-from distreach.figures import achieved_rows, read_tables, save, target_vs_achieved
+from distreach.figures import achieved_rows, save, target_vs_achieved
 from distreach.io import logging_to
+from distreach.tables import read_tables
 from distreach.vocab import with_token_texts
 
 with logging_to(snakemake.log[0]):

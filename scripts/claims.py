@@ -3,8 +3,8 @@
 import _repo  # noqa: F401  (this checkout's distreach under --sdm conda)
 
 from distreach import claims
-from distreach.figures import read_tables
 from distreach.io import logging_to
+from distreach.tables import read_tables
 
 with logging_to(snakemake.log[0]):
     table = claims.check(read_tables(snakemake.input.tables), snakemake.params.figures)
