@@ -83,7 +83,8 @@ def test_matched_targets_name_the_target_whose_entropy_they_match(tiny_dirs, tin
 
     lm = lm_generated(tiny_llama, n=3, prompt_len=4, unit="bits", seed=0)
     write_arrow(lm, tmp_path / "lm.arrow")
-    matched = make_family({"kind": "matched", "of": "lm"}, tiny_dirs["llama"], "bits", base=tmp_path / "lm.arrow")
+    settings = {"kind": "matched", "of": "lm", "grid": {"step": 0.05}}  # the schema fills in a grid
+    matched = make_family(settings, tiny_dirs["llama"], "bits", base=tmp_path / "lm.arrow")
     assert matched.column("source_target_id").to_pylist() == lm.column("target_id").to_pylist()
     np.testing.assert_allclose(matched.column("achieved_entropy").to_pylist(), lm.column("achieved_entropy").to_pylist(),
                                atol=0.011)
