@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from distreach import claims, verdicts
+from distreach.errors import DistreachError
 
 FIG01 = {"fig01": {"experiment": "e"}}
 H, C, N, T = verdicts.HOLDS, verdicts.CONTRADICTED, verdicts.NOT_SHOWN, verdicts.TOO_FEW
@@ -311,3 +312,11 @@ def test_combine_is_intersection_union_for_holds_and_bonferroni_for_contradicted
     assert verdicts.combine([t(0.9, 0.01), t(0.01, 0.9), t(0.01, 0.9)])["verdict"] == C
     assert verdicts.combine([t(0.01, 0.9), t(0.2, 0.9, reachable=False)])["verdict"] == T
     assert verdicts.combine([])["verdict"] == T
+
+
+def test_derived_targets_without_their_source_are_refused():
+    """A table of matched or shuffled targets without source_target_id (written before it existed)
+    cannot be paired: one line saying so, not a claim tested on no pairs."""
+    data = [{k: v for k, v in r.items() if k != "source_target_id"} for r in lm_family(BASE * 0.5, BASE, [BASE])]
+    with pytest.raises(DistreachError, match="^results: matched or shuffled targets without source_target_id"):
+        claims.check(pl.DataFrame(data), {"fig09": {"experiments": ["e"], "model": "m"}})
