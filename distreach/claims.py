@@ -68,11 +68,11 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from .figreg import figure_experiments
+from .figreg import FIGURES, claim_figures, figure_experiments
 from .units import from_unit, to_unit
 from .io import atomic_path
 from .seeds import derive_seed
-from .tables import min_over_inits
+from .tables import min_over_inits, source_ids
 from .verdicts import (ALPHA, CONTRADICTED, HOLDS, MIN_PAIRS, NOT_SHOWN, OUTCOMES, POWER, TOO_FEW, Test, combine, holm,
                        missing, paired_less, rank_sum_less, rank_within, sign_below, sizes_text, trend_min_p, trend_p,
                        PERM_MAX_N)
@@ -319,13 +319,12 @@ def outliers_easier(sub: pl.DataFrame, unit: str, rng) -> list[Test]:
     return [rank_within(j["kl_min"].to_numpy(), [np.asarray(o) for o in j["others"].to_list()], "outlier < vanilla", unit)]
 
 
-def _base_id(col: str = "target_id") -> pl.Expr:
-    return pl.col(col).str.replace(r"^matched-", "").str.replace(r"-shuffled\d+$", "")
-
-
 def _against_matched(sub: pl.DataFrame, kind: str, label: str, unit: str, rng) -> Test | None:
-    own = sub.filter(pl.col("target_kind") == kind).with_columns(pair=_base_id())
-    matched = sub.filter(pl.col("target_kind") == "matched").with_columns(pair=_base_id())
+    """Targets of ``kind`` against the matched targets made from them (or, for shuffled copies,
+    from the target they copy): pairs by source target (:func:`distreach.tables.source_ids`)."""
+    sub = sub.with_columns(pair=source_ids(sub))
+    own = sub.filter(pl.col("target_kind") == kind)
+    matched = sub.filter(pl.col("target_kind") == "matched")
     if own.is_empty():
         return None
     if kind != "shuffled":
@@ -402,60 +401,80 @@ def _unimodal_rule(sub, unit, rng):
     return [unimodal(sub, unit, rng)]
 
 
-# (claim, figures whose data it uses, rows it looks at, rule)
+def _instruct_rule(sub, unit, rng, base, instruct):
+    return instruct_harder(sub, base, instruct, unit, rng)
+
+
+# How a claim's rows are grouped into report rows: "model", one per model; "pair member", one per
+# second model of each of its figure's ``pairs`` (alone); "pair", one per pair (both models, and
+# the rule is also given their names)
+# (claim, rows it looks at, rule, grouping); the figures whose data it uses: distreach.figreg
 PLAN = [
-    ("C1", ["fig01"], _soft_vanilla, _unimodal_rule),
-    ("C2", ["fig01"], _soft_vanilla, near_zero),
-    ("C3", ["fig04"], None, method_order),
-    ("C4", ["fig07"], _soft, outliers_easier),
-    ("C5", ["fig08", "fig09"], None, lm_easier),
-    ("C6", ["fig10"], _soft, migrated_easier),
-    ("C7", ["fig06"], _soft_vanilla, _unimodal_rule),
-    ("C8", ["fig13"], _soft, None),
-    ("C9", ["fig13"], _soft, adjectives_easiest),
+    ("C1", _soft_vanilla, _unimodal_rule, "model"),
+    ("C2", _soft_vanilla, near_zero, "model"),
+    ("C3", None, method_order, "model"),
+    ("C4", _soft, outliers_easier, "model"),
+    ("C5", None, lm_easier, "model"),
+    ("C6", _soft, migrated_easier, "model"),
+    ("C7", _soft_vanilla, _unimodal_rule, "pair member"),
+    ("C8", _soft, _instruct_rule, "pair"),
+    ("C9", _soft, adjectives_easiest, "model"),
 ]
 COLUMNS = ("claim", "finding", "model", "figure", "n", "statistic", "interval", "p", "p_holm", "p_opposite", "mde", "n80",
            "stopped_cap",
            "stopped_patience", "stopped_target", "median_steps", "dtype", "verdict", "note")
 
 
-def _groups(claim: str, rows: pl.DataFrame, figures: dict) -> list[tuple[str, list[str]]]:
-    """(label, models) of each row of a claim: one per model, per twin (C7) or per base/instruct pair (C8)."""
-    if claim == "C7":
-        return [(m, [m]) for m in sorted(set((figures.get("fig06") or {}).get("pairs", {}).values()))]
-    if claim == "C8":
-        return [(f"{b} vs {i}", [b, i]) for b, i in ((figures.get("fig13") or {}).get("pairs") or {}).items()]
+def _pairs_of(figs: list[str], figures: dict) -> tuple[dict, str]:
+    """The ``pairs`` of the first of ``figs`` whose registry entry has them, and why there are none
+    (a message) when there are none."""
+    fig = next(f for f in figs if FIGURES[f].pairs is not None)
+    pairs = (figures.get(fig) or {}).get("pairs") or {}
+    return pairs, f"no {FIGURES[fig].pairs.name} pairs in figures.{fig}.pairs"
+
+
+def _groups(grouping: str, rows: pl.DataFrame, pairs: dict) -> list[tuple[str, list[str]]]:
+    """(label, models) of each report row of a claim (grouping: :data:`PLAN`)."""
+    if grouping == "pair member":
+        return [(m, [m]) for m in sorted(set(pairs.values()))]
+    if grouping == "pair":
+        return [(f"{b} vs {i}", [b, i]) for b, i in pairs.items()]
     return [(m, [m]) for m in sorted(rows["model"].unique())]
 
 
-def check(df: pl.DataFrame, figures: dict) -> pl.DataFrame:
-    """One row per (claim, model) with the columns of :data:`COLUMNS`."""
-    unit = df["entropy_unit"][0] if df.height else "nats"
+def _claim_rows(claim, select, rule, grouping, df, figures, unit) -> list[dict]:
+    """The report rows of one claim of :data:`PLAN`."""
+    figs = claim_figures(claim)
+    where = ", ".join(figs)
+    exps = [e for f in figs if figures.get(f) for e in figure_experiments(figures[f])]
+    rows = df.filter(pl.col("experiment").is_in(exps)) if exps else pl.DataFrame()
+    if select is not None and exps:
+        rows = select(rows)
+    pairs, no_pairs = _pairs_of(figs, figures) if grouping != "model" else ({}, "")
+    groups = _groups(grouping, rows, pairs) if not rows.is_empty() else []
+    if not groups:
+        why = (f"{' and '.join(figs)} {'is' if len(figs) == 1 else 'are'} not configured" if not exps
+               else no_pairs or "no rows")
+        return [{"claim": claim, "model": "-", "figure": where, **combine([missing(why)]), "n80": "",
+                 **convergence(rows.head(0))}]
     out = []
-    for claim, figs, select, rule in PLAN:
-        exps = [e for f in figs if figures.get(f) for e in figure_experiments(figures[f])]
-        rows = df.filter(pl.col("experiment").is_in(exps))
-        if select is not None:
-            rows = select(rows)
-        where = ", ".join(figs)
-        groups = _groups(claim, rows, figures) if not rows.is_empty() else []
-        if not groups:
-            why = (f"{' and '.join(figs)} {'is' if len(figs) == 1 else 'are'} not configured" if not exps
-                   else "no base/instruct pairs in figures.fig13.pairs" if claim == "C8"
-                   else "no pretrained/random-init pairs in figures.fig06.pairs" if claim == "C7" else "no rows")
-            out.append({"claim": claim, "model": "-", "figure": where, **combine([missing(why)]), "n80": "",
-                        **convergence(rows.head(0))})
-            continue
-        for label, models in groups:
-            mine = rows.filter(pl.col("model").is_in(models))
-            best = min_over_inits(mine)
-            rng = _rng(claim, label)
-            if claim == "C8":
-                parts = instruct_harder(best, *models, unit, rng)
-            else:
-                parts = rule(best, unit, rng) if not best.is_empty() else [missing(f"no rows of {label}")]
-            out.append({"claim": claim, "model": label, "figure": where, **combine(parts), "n80": sizes_text(parts),
-                        **convergence(mine)})
+    for label, models in groups:
+        mine = rows.filter(pl.col("model").is_in(models))
+        best = min_over_inits(mine)
+        rng = _rng(claim, label)
+        extra = models if grouping == "pair" else []
+        parts = rule(best, unit, rng, *extra) if not best.is_empty() else [missing(f"no rows of {label}")]
+        out.append({"claim": claim, "model": label, "figure": where, **combine(parts), "n80": sizes_text(parts),
+                    **convergence(mine)})
+    return out
+
+
+def check(df: pl.DataFrame, figures: dict) -> pl.DataFrame:
+    """One row per (claim, model) with the columns of :data:`COLUMNS`: the claims of :data:`PLAN`
+    tested on the rows of ``df`` (collected tables) that the figures of ``figures`` (the config's
+    ``figures`` section) draw."""
+    unit = df["entropy_unit"][0] if df.height else "nats"
+    out = [r for claim, select, rule, grouping in PLAN for r in _claim_rows(claim, select, rule, grouping, df, figures, unit)]
     table = pl.DataFrame(out, infer_schema_length=None).with_columns(finding=pl.col("claim").replace_strict(CLAIMS))
     table = table.with_columns(p_holm=pl.Series(holm(table["p"].to_list()), dtype=pl.Float64))
     return table.select(COLUMNS)

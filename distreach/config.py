@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import yaml
 
 from .errors import DistreachError
-from .figreg import FIGURES, figure_experiments
+from .figreg import FIGURES, figure_experiments, figures_schema
 
 
 def _where(path) -> str:
@@ -17,11 +19,19 @@ def _where(path) -> str:
     return ".".join(parts).replace(".[", "[") or "(top level)"
 
 
-def schema_error_line(config: dict, schema_path: str | Path) -> str | None:
-    """The most relevant schema violation of ``config`` as one line naming the key, or None."""
+def config_schema(schema_path: str | Path) -> dict:
+    """The workflow config's JSON schema: the schema file, with each figure's config entry from
+    the figure registry (:func:`distreach.figreg.figures_schema`)."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema["properties"]["figures"].update(figures_schema())
+    return schema
+
+
+def schema_error_line(config: dict, schema: dict) -> str | None:
+    """The most relevant violation of ``schema`` (:func:`config_schema`) by ``config`` as one line
+    naming the key, or None."""
     import jsonschema
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
     error = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if error is None:
@@ -40,13 +50,18 @@ def schema_error_line(config: dict, schema_path: str | Path) -> str | None:
 
 def check_config(config: dict, schema_path: str | Path, validate) -> None:
     """Check a workflow config: ``validate(config, schema=...)`` (the workflow's schema validator,
-    which also fills in defaults; any exception it raises means a schema violation), then the
-    references between sections. Raises DistreachError with one line naming the key."""
-    try:
-        validate(config, schema=str(schema_path))
-    except Exception as exc:  # the validator's own error type (the library imports no Snakemake)
-        line = schema_error_line(config, schema_path)
-        raise DistreachError(line or " ".join(str(exc).split())) from None
+    which takes a schema file and also fills in defaults; any exception it raises means a schema
+    violation) with :func:`config_schema`, then the references between sections. Raises
+    DistreachError with one line naming the key."""
+    schema = config_schema(schema_path)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / Path(schema_path).name
+        path.write_text(json.dumps(schema))
+        try:
+            validate(config, schema=str(path))
+        except Exception as exc:  # the validator's own error type (the library imports no Snakemake)
+            line = schema_error_line(config, schema)
+            raise DistreachError(line or " ".join(str(exc).split())) from None
     check_references(config)
 
 
@@ -86,28 +101,38 @@ def check_references(config: dict) -> None:
             if m not in methods:
                 raise DistreachError(f"config key experiments.{ename}.methods[{i}]: unknown method {m!r}")
     for fig, spec in (config.get("figures") or {}).items():
-        if FIGURES[fig].reads == "pos":
-            for i, m in enumerate(spec.get("models", [])):
-                if m not in models:
-                    raise DistreachError(f"config key figures.{fig}.models[{i}]: unknown model {m!r}")
-            continue
-        if FIGURES[fig].reads == "nexttoken":
-            if spec.get("model") not in models:
-                raise DistreachError(f"config key figures.{fig}.model: unknown model {spec.get('model')!r}")
-            continue
-        names = figure_experiments(spec)
-        for i, exp in enumerate(names):
-            if exp not in experiments:
-                key = f"figures.{fig}.experiments[{i}]" if "experiments" in spec else f"figures.{fig}.experiment"
-                raise DistreachError(f"config key {key}: unknown experiment {exp!r}")
-        used = {m for exp in names for m in experiments[exp]["models"]}
-        wanted = [spec["model"]] if "model" in spec else [m for pair in spec.get("pairs", {}).items() for m in pair]
-        for model in wanted:
-            if model not in used:
-                raise DistreachError(f"config key figures.{fig}: model {model!r} is in none of its experiments {names}")
-        if fig == "fig13":
-            kind = families[experiments[names[0]]["targets"]].get("kind", "vanilla")
-            if kind != "pos":
-                raise DistreachError(
-                    f"config key figures.fig13.experiment: {names[0]!r} tunes on {kind} targets, fig13 needs pos targets"
-                )
+        check_figure(fig, spec, config)
+
+
+def _key(fig: str, spec: dict, name: str, i: int) -> str:
+    """Where the i-th name of a figure entry's list key is (or the key itself, holding one name)."""
+    return f"figures.{fig}.{name}" + (f"[{i}]" if isinstance(spec[name], list) else "")
+
+
+def check_figure(fig: str, spec: dict, config: dict) -> None:
+    """A figure's config entry (``figures.<fig>``) against the rest of the config, as its registry
+    entry (:data:`distreach.figreg.FIGURES`) asks: its experiments exist, tune on the target kinds
+    it needs and hold its model and pairs; its models exist."""
+    entry, models, experiments = FIGURES[fig], config.get("models", {}), config.get("experiments", {})
+    for name in ("model", "models"):
+        for i, m in enumerate([spec[name]] if isinstance(spec.get(name), str) else spec.get(name, [])):
+            if m not in models:
+                raise DistreachError(f"config key {_key(fig, spec, name, i)}: unknown model {m!r}")
+    names = figure_experiments(spec)
+    key = "experiments" if "experiments" in spec else "experiment"
+    for i, exp in enumerate(names):
+        if exp not in experiments:
+            raise DistreachError(f"config key {_key(fig, spec, key, i)}: unknown experiment {exp!r}")
+        kind = config.get("targets", {}).get(experiments[exp]["targets"], {}).get("kind", "vanilla")
+        if entry.target_kinds and kind not in entry.target_kinds:
+            needs = " or ".join(entry.target_kinds)
+            raise DistreachError(
+                f"config key {_key(fig, spec, key, i)}: {exp!r} tunes on {kind} targets, {fig} needs {needs} targets"
+            )
+    if entry.reads != "collected":
+        return
+    used = {m for exp in names for m in experiments[exp]["models"]}
+    wanted = [spec["model"]] if "model" in spec else [m for pair in spec.get("pairs", {}).items() for m in pair]
+    for model in wanted:
+        if model not in used:
+            raise DistreachError(f"config key figures.{fig}: model {model!r} is in none of its experiments {names}")

@@ -187,7 +187,8 @@ def shuffled(table: pa.Table, copies: int, seed: int = 0, support: int | None = 
             seeds.append(s)
     ent = np.asarray(table.column("achieved_entropy"))[src]
     unit = table.column("entropy_unit")[0].as_py()
-    return targets_table(ids, "shuffled", ent, ent, unit, seeds, np.stack(out))
+    made = targets_table(ids, "shuffled", ent, ent, unit, seeds, np.stack(out))
+    return made.append_column("source_target_id", table.column("target_id").take(pa.array(src, pa.int64())))
 
 
 # ---------------------------------------------------------------- migrated

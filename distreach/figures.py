@@ -16,7 +16,7 @@ from scipy import stats
 from .errors import DistreachError
 from .figreg import FIGURES
 from .io import atomic_path
-from .tables import min_over_inits
+from .tables import min_over_inits, min_over_shuffles, read_tables, source_ids
 
 FORMATS = (".html", ".png", ".svg")
 DRAW = {}  # figure number -> function(data, spec) -> chart; what each draws: distreach.figreg.FIGURES
@@ -73,11 +73,6 @@ def line_with_band(data: pl.DataFrame, x_title: str, y_title: str, color: str | 
         **enc,
     )
     return (band + line).properties(width=420, height=280, title=band_title)
-
-
-def read_tables(paths) -> pl.DataFrame:
-    """Collected tables, concatenated (columns missing from one table are null there)."""
-    return pl.concat([pl.read_ipc(p) for p in paths], how="diagonal_relaxed")
 
 
 def _model(df: pl.DataFrame, model: str, fig: str) -> pl.DataFrame:
@@ -271,19 +266,6 @@ def fig08(df: pl.DataFrame, spec: dict) -> alt.Chart:
 SHUFFLED_MIN = "shuffled (min over copies)"
 
 
-def min_over_shuffles(best: pl.DataFrame) -> pl.DataFrame:
-    """One row per LM target for its shuffled copies (``<id>-shuffled<c>``): the copy with the
-    lowest minimum KL (paper Fig. 9: the minimum loss across shuffled variants)."""
-    shuf = best.filter(pl.col("target_kind") == "shuffled")
-    return (
-        shuf.with_columns(target_id=pl.col("target_id").str.replace(r"-shuffled\d+$", ""))
-        .sort("kl_min", "target_id")
-        .group_by("model", "method", "target_id", maintain_order=True)
-        .first()
-        .sort("target_id")
-    )
-
-
 @figure("fig09")
 def fig09(df: pl.DataFrame, spec: dict) -> alt.Chart:
     model = spec["model"]
@@ -306,12 +288,12 @@ def fig09(df: pl.DataFrame, spec: dict) -> alt.Chart:
 
 def migrated_series(best: pl.DataFrame) -> pl.DataFrame:
     """Fig. 10's series (column ``targets``): migrated targets by source model, and each matched
-    vanilla target in the series of the migrated target it matches (named ``matched-<id>``), so
+    vanilla target in the series of the migrated target it matches (its ``source_target_id``), so
     every source model has its own matched series."""
     if "source_model" not in best.columns:
         raise DistreachError("fig10: none of its experiments has migrated targets")
     source = dict(best.filter(pl.col("target_kind") == "migrated").select("target_id", "source_model").unique().iter_rows())
-    src = pl.col("target_id").str.replace(r"^matched-", "").replace_strict(source, default=None)
+    src = source_ids(best).replace_strict(source, default=None)
     return best.with_columns(
         targets=pl.when(pl.col("target_kind") == "migrated")
         .then(pl.format("migrated from {}", pl.col("source_model")))
@@ -330,18 +312,6 @@ def fig10(df: pl.DataFrame, spec: dict) -> alt.Chart:
         sub = _fit_label(best.filter(pl.col("model") == model), "targets")
         panels.append(_scatter_fit(sub, "targets", unit, f"tuned on {model}: points = targets (min over inits), lines = least-squares fits"))
     return alt.hconcat(*panels).resolve_scale(color="independent")
-
-
-def read_pos_tables(paths) -> pl.DataFrame:
-    """POS tables (results/pos/<model>.arrow) concatenated, with the model each one tags."""
-    from .io import arrow_metadata, read_arrow
-
-    frames = []
-    for p in paths:
-        table = read_arrow(p)
-        model = arrow_metadata(table).get("model") or Path(p).stem
-        frames.append(pl.from_arrow(table).with_columns(model=pl.lit(model)))
-    return pl.concat(frames, how="vertical")
 
 
 def pos_shares(pos: pl.DataFrame, top: int = 8) -> tuple[pl.DataFrame, list[str]]:
@@ -518,10 +488,8 @@ SAVE_OPTIONS = {
 def read_inputs(inputs: dict) -> pl.DataFrame:
     """What a figure draws from its input files (``distreach.figreg.figure_inputs``)."""
     if "pos" in inputs:
-        return read_pos_tables(inputs["pos"])
-    if "nexttoken" in inputs:
-        return read_tables(inputs["nexttoken"])
-    return read_tables(inputs["tables"])
+        return read_tables(inputs["pos"], with_model=True)
+    return read_tables(inputs["nexttoken"] if "nexttoken" in inputs else inputs["tables"])
 
 
 def draw(fig: str, inputs: dict, spec: dict, stem: str | Path) -> list[Path]:

@@ -1,9 +1,13 @@
-"""Result tables: collect shards, pick the minimum over inits. Needs no torch.
+"""Result tables: collect shards, read tables, and the shapes figures and claims take of them
+(the minimum over inits, over shuffled copies; the target a derived target was made from).
+Needs no torch and draws nothing.
 
 A collected table has one row per (model, method, target, init) with at least
 :data:`RESULT_COLUMNS`; information quantities are in its ``entropy_unit``."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import polars as pl
 
@@ -47,3 +51,47 @@ def min_over_inits(df: pl.DataFrame) -> pl.DataFrame:
     keys = ["experiment", "model", "method", "prefix_len", "n_soft", "target_kind", "target_id"]
     ok = df.filter(pl.col("status") == "ok")
     return ok.sort("kl_min").group_by(keys, maintain_order=True).first().sort(keys)
+
+
+def read_tables(paths, with_model: bool = False) -> pl.DataFrame:
+    """Arrow tables (collected, POS or next-token tables), concatenated (a column missing from one
+    table is null there); no paths, an empty frame. ``with_model``: add each table's ``model``
+    (from its provenance, else the file name), which a POS table does not hold. A missing or
+    unreadable file is a one-line DistreachError."""
+    frames = []
+    for path in paths:
+        table = read_arrow(path)
+        frame = pl.from_arrow(table)
+        if with_model:
+            frame = frame.with_columns(model=pl.lit(arrow_metadata(table).get("model") or Path(path).stem))
+        frames.append(frame)
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+DERIVED_KINDS = ("matched", "shuffled")  # target kinds made from another target (``source_target_id``)
+
+
+def source_ids(df: pl.DataFrame) -> pl.Expr:
+    """Each row's source: for a derived target (:data:`DERIVED_KINDS`) the target it was made
+    from (``source_target_id``), for any other target its own ``target_id``. Rows of derived
+    targets without a source (a table written before the column existed) are a DistreachError."""
+    derived = df.filter(pl.col("target_kind").is_in(DERIVED_KINDS))
+    if derived.height and ("source_target_id" not in df.columns or derived["source_target_id"].null_count()):
+        raise DistreachError("results: matched or shuffled targets without source_target_id (tuned before that column "
+                             "was written; make their targets and tune them again)")
+    if "source_target_id" not in df.columns:
+        return pl.col("target_id")
+    return pl.when(pl.col("target_kind").is_in(DERIVED_KINDS)).then(pl.col("source_target_id")).otherwise(pl.col("target_id"))
+
+
+def min_over_shuffles(best: pl.DataFrame) -> pl.DataFrame:
+    """One row per LM target for its shuffled copies, under the LM target's id: the copy with the
+    lowest minimum KL (paper Fig. 9: the minimum loss across shuffled variants)."""
+    shuf = best.filter(pl.col("target_kind") == "shuffled")
+    return (
+        shuf.with_columns(target_id=source_ids(shuf))
+        .sort("kl_min", "target_id")
+        .group_by("model", "method", "target_id", maintain_order=True)
+        .first()
+        .sort("target_id")
+    )

@@ -59,7 +59,8 @@ def make_family(settings: dict, model_dir, unit: str, seed: int = 0, base=None, 
         vs = VanillaSettings(seed=seed, **_pick(settings, ("tolerance", "max_iters", "lr")))
         ent = table.column("achieved_entropy").to_pylist()
         ids = [f"matched-{t}" for t in table.column("target_id").to_pylist()]
-        return pad_rows(entropy_matched_targets(support, ent, ids, unit, vs, kind="matched"), vocab)
+        made = pad_rows(entropy_matched_targets(support, ent, ids, unit, vs, kind="matched"), vocab)
+        return made.append_column("source_target_id", table.column("target_id"))
     if kind == "shuffled":
         return shuffled(table, settings.get("copies", SHUFFLED_COPIES), seed, support)
     if kind == "migrated":

@@ -163,8 +163,9 @@ def experiment_shards(wildcards):
 
 
 def figure_inputs(wildcards):
-    """The files a figure draws from: its experiments' collected tables, or for a figure of
-    vocabularies (Fig. 12) its models' POS tables (distreach.figreg)."""
+    """The files a figure draws from: what its registry entry says it reads
+    (distreach.figreg): its experiments' collected tables, its models' POS tables or its
+    model's next-token distributions."""
     if wildcards.fig not in FIGURES:
         raise WorkflowError(
             f"{wildcards.fig} is not in the config's figures section (configured: {', '.join(FIGURES)})"
@@ -173,13 +174,17 @@ def figure_inputs(wildcards):
 
 
 def next_token_spec(wildcards):
-    """Fig. 3's settings (figures.fig03, schema defaults filled in) for the model it is drawn on."""
-    spec = FIGURES.get("fig03")
-    if spec is None or spec["model"] != wildcards.model:
-        raise WorkflowError(
-            f"results/nexttoken/{wildcards.model}.arrow: figures.fig03 is not drawn on model {wildcards.model}"
-        )
-    return spec
+    """The config entry (schema defaults filled in) of the figure of next-token distributions
+    (one that reads 'nexttoken' in distreach.figreg: Fig. 3) drawn on this model."""
+    for fig, spec in FIGURES.items():
+        if (
+            figreg.FIGURES[fig].reads == "nexttoken"
+            and spec["model"] == wildcards.model
+        ):
+            return spec
+    raise WorkflowError(
+        f"results/nexttoken/{wildcards.model}.arrow: no figure of next-token distributions is drawn on model {wildcards.model}"
+    )
 
 
 def figure_spec(wildcards):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import polars as pl
 
-from distreach.figures import achieved_rows, read_tables, save, target_vs_achieved
+from distreach.figures import achieved_rows, save, target_vs_achieved
+from distreach.tables import read_tables
 from distreach.vocab import with_token_texts
 
 with _repo.step_log(snakemake.log[0]):

@@ -3,7 +3,7 @@
 import _repo  # first: this checkout's distreach under --sdm conda
 
 from distreach import claims
-from distreach.figures import read_tables
+from distreach.tables import read_tables
 
 with _repo.step_log(snakemake.log[0]):
     table = claims.check(read_tables(snakemake.input.tables), snakemake.params.figures)

@@ -194,12 +194,14 @@ def c5_outcomes(n, copies, shuffled_factor, seed):
     lm = [f"lm-{i:04d}" for i in range(n)]
     kinds = ["matched"] * n + ["lm"] * n + ["shuffled"] * (n * copies)
     tids = [f"matched-{t}" for t in lm] + lm + [f"{t}-shuffled{c}" for t in lm for c in range(copies)]
+    sources = lm + [None] * n + [t for t in lm for _ in range(copies)]
     out = []
     for _ in range(N_SIM):
         level = rng.uniform(0.5, 2.0, n)  # targets differ in difficulty; a target's variants share it
         kl = np.concatenate([level * lognormal(rng, n), level * 0.2 * lognormal(rng, n),
                              np.repeat(level, copies) * shuffled_factor * lognormal(rng, n * copies)])
-        rows = pl.DataFrame({"method": ["soft"] * len(kinds), "target_kind": kinds, "target_id": tids, "kl_min": kl})
+        rows = pl.DataFrame({"method": ["soft"] * len(kinds), "target_kind": kinds, "target_id": tids, "kl_min": kl,
+                             "source_target_id": sources})
         out.append(claims.combine(claims.lm_easier(rows, "bits", rng))["verdict"])
     return out
 

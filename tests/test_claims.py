@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from distreach import claims, verdicts
+from distreach.errors import DistreachError
 
 FIG01 = {"fig01": {"experiment": "e"}}
 H, C, N, T = verdicts.HOLDS, verdicts.CONTRADICTED, verdicts.NOT_SHOWN, verdicts.TOO_FEW
@@ -137,11 +138,18 @@ def test_method_order_is_paired_by_target(gaps, n, want):
         assert r["mde"].startswith("hybrid-1 < hard: ") and "mean difference" in r["mde"]
 
 
+def derived(kind, method, ids, sources, kls, experiment="e"):
+    """Rows of derived targets (matched, shuffled): each with the target it was made from."""
+    return [r for tid, src, v in zip(ids, sources, kls)
+            for r in rows("m", kind, method, 5, [(tid, 3.0, v)], experiment, source_target_id=src)]
+
+
 def lm_family(lm, matched, shuffled, method="soft", experiment="e"):
-    out = rows("m", "lm", method, 5, [(f"lm-{i:04d}", 3.0, v) for i, v in enumerate(lm)], experiment)
-    out += rows("m", "matched", method, 5, [(f"matched-lm-{i:04d}", 3.0, v) for i, v in enumerate(matched)], experiment)
+    lm_ids = [f"lm-{i:04d}" for i in range(len(lm))]
+    out = rows("m", "lm", method, 5, [(t, 3.0, v) for t, v in zip(lm_ids, lm)], experiment, source_target_id=None)
+    out += derived("matched", method, [f"m{i}" for i in range(len(matched))], lm_ids, matched, experiment)
     for c, s in enumerate(shuffled):
-        out += rows("m", "shuffled", method, 5, [(f"lm-{i:04d}-shuffled{c}", 3.0, v) for i, v in enumerate(s)], experiment)
+        out += derived("shuffled", method, [f"s{i}-{c}" for i in range(len(s))], lm_ids, s, experiment)
     return out
 
 
@@ -174,8 +182,9 @@ def test_hard_prompts_enter_c5():
 
 
 def migrated(factor, n=8):
-    return (rows("m", "migrated", "soft", 5, [(f"migrated-g-lm-{i:04d}", 3.0, v) for i, v in enumerate(BASE[:n] * factor)])
-            + rows("m", "matched", "soft", 5, [(f"matched-migrated-g-lm-{i:04d}", 3.0, v) for i, v in enumerate(BASE[:n])]))
+    ids = [f"migrated-g-lm-{i:04d}" for i in range(n)]
+    return (rows("m", "migrated", "soft", 5, [(t, 3.0, v) for t, v in zip(ids, BASE[:n] * factor)], source_target_id=None)
+            + derived("matched", "soft", [f"m{i}" for i in range(n)], ids, BASE[:n]))
 
 
 @pytest.mark.parametrize("factor, n, want", [(0.8, 8, H), (1.5, 8, C), (0.8, 4, T)])
@@ -303,3 +312,11 @@ def test_combine_is_intersection_union_for_holds_and_bonferroni_for_contradicted
     assert verdicts.combine([t(0.9, 0.01), t(0.01, 0.9), t(0.01, 0.9)])["verdict"] == C
     assert verdicts.combine([t(0.01, 0.9), t(0.2, 0.9, reachable=False)])["verdict"] == T
     assert verdicts.combine([])["verdict"] == T
+
+
+def test_derived_targets_without_their_source_are_refused():
+    """A table of matched or shuffled targets without source_target_id (written before it existed)
+    cannot be paired: one line saying so, not a claim tested on no pairs."""
+    data = [{k: v for k, v in r.items() if k != "source_target_id"} for r in lm_family(BASE * 0.5, BASE, [BASE])]
+    with pytest.raises(DistreachError, match="^results: matched or shuffled targets without source_target_id"):
+        claims.check(pl.DataFrame(data), {"fig09": {"experiments": ["e"], "model": "m"}})

@@ -72,6 +72,22 @@ def test_lm_generated_and_shuffled(tiny_llama):
         for c in range(5):
             np.testing.assert_allclose(np.sort(q[5 * i + c]), np.sort(p[i]), rtol=1e-5)
         assert not np.allclose(q[5 * i], p[i])
+    # each copy names the target it permutes
+    ids = lm.column("target_id").to_pylist()
+    assert sh.column("source_target_id").to_pylist() == [t for t in ids for _ in range(5)]
+
+
+def test_matched_targets_name_the_target_whose_entropy_they_match(tiny_dirs, tiny_llama, tmp_path):
+    from distreach.families import make_family
+    from distreach.io import write_arrow
+
+    lm = lm_generated(tiny_llama, n=3, prompt_len=4, unit="bits", seed=0)
+    write_arrow(lm, tmp_path / "lm.arrow")
+    settings = {"kind": "matched", "of": "lm", "grid": {"step": 0.05}}  # the schema fills in a grid
+    matched = make_family(settings, tiny_dirs["llama"], "bits", base=tmp_path / "lm.arrow")
+    assert matched.column("source_target_id").to_pylist() == lm.column("target_id").to_pylist()
+    np.testing.assert_allclose(matched.column("achieved_entropy").to_pylist(), lm.column("achieved_entropy").to_pylist(),
+                               atol=0.011)
 
 
 class Tok:

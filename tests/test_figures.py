@@ -3,21 +3,26 @@ and the experiments a figure reads come from one helper; figures read the data a
 
 from __future__ import annotations
 
+import copy
 import html
 import re
 from pathlib import Path
 
 import polars as pl
+import pytest
 import yaml
 
-from distreach import figreg, figures
+from distreach import figreg, figures, tables
+from distreach.config import config_schema
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_figure_is_registered_drawn_and_configurable():
-    schema = yaml.safe_load((REPO / "schemas/config.schema.yaml").read_text())
+    schema = config_schema(REPO / "schemas/config.schema.yaml")
     assert set(figures.DRAW) == set(figreg.FIGURES) == set(schema["properties"]["figures"]["properties"])
+    # the schema file's own part of the figures section is kept
+    assert schema["properties"]["figures"]["description"].startswith("which experiments each figure draws")
     # every caption names its paper figure and what a band, bar, box or point stands for
     spread = ("standard error", "t-interval", "quartiles", "one point per target", "single inits", "shares per model",
               "one line per distribution")
@@ -40,21 +45,23 @@ def best_rows(items, **extra):
 def test_fig09_takes_the_minimum_over_each_targets_shuffled_copies():
     best = best_rows([
         dict(target_kind="lm", target_id="lm-0000", kl_min=0.1),
-        dict(target_kind="shuffled", target_id="lm-0000-shuffled0", kl_min=2.0),
-        dict(target_kind="shuffled", target_id="lm-0000-shuffled1", kl_min=1.0),
-        dict(target_kind="shuffled", target_id="lm-0001-shuffled0", kl_min=0.5),
-        dict(target_kind="shuffled", target_id="lm-0001-shuffled1", kl_min=3.0),
+        dict(target_kind="shuffled", target_id="lm-0000-shuffled0", source_target_id="lm-0000", kl_min=2.0),
+        dict(target_kind="shuffled", target_id="lm-0000-shuffled1", source_target_id="lm-0000", kl_min=1.0),
+        dict(target_kind="shuffled", target_id="lm-0001-shuffled0", source_target_id="lm-0001", kl_min=0.5),
+        dict(target_kind="shuffled", target_id="lm-0001-shuffled1", source_target_id="lm-0001", kl_min=3.0),
     ])
-    got = figures.min_over_shuffles(best)
+    got = tables.min_over_shuffles(best)
     assert got.select("target_id", "kl_min").rows() == [("lm-0000", 1.0), ("lm-0001", 0.5)]
 
 
 def test_fig10_has_one_matched_series_per_source_model():
     best = best_rows([
-        dict(target_kind="migrated", target_id="migrated-a-lm-0000", source_model="a", kl_min=0.1),
-        dict(target_kind="migrated", target_id="migrated-b-lm-0000", source_model="b", kl_min=0.2),
-        dict(target_kind="matched", target_id="matched-migrated-a-lm-0000", source_model=None, kl_min=1.0),
-        dict(target_kind="matched", target_id="matched-migrated-b-lm-0000", source_model=None, kl_min=2.0),
+        dict(target_kind="migrated", target_id="migrated-a-lm-0000", source_model="a", source_target_id=None, kl_min=0.1),
+        dict(target_kind="migrated", target_id="migrated-b-lm-0000", source_model="b", source_target_id=None, kl_min=0.2),
+        dict(target_kind="matched", target_id="matched-migrated-a-lm-0000", source_model=None,
+             source_target_id="migrated-a-lm-0000", kl_min=1.0),
+        dict(target_kind="matched", target_id="matched-migrated-b-lm-0000", source_model=None,
+             source_target_id="migrated-b-lm-0000", kl_min=2.0),
     ])
     got = dict(figures.migrated_series(best).select("target_id", "targets").iter_rows())
     assert got["matched-migrated-a-lm-0000"] == "matched to migrated from a"
@@ -97,12 +104,14 @@ def test_fit_figures_show_whole_labels_and_kl_from_0(tmp_path):
     fig09 = lm_table({"lm": FALLING, "matched": [2.0, 2.5, 3.0, 2.0, 2.2, 2.4], "shuffled": FALLING})
     fig09 = fig09.with_columns(target_id=pl.when(pl.col("target_kind") == "shuffled")
                                .then(pl.col("target_id").str.replace("shuffled", "lm") + "-shuffled0")
-                               .otherwise(pl.col("target_id")))
+                               .otherwise(pl.col("target_id")),
+                               source_target_id=pl.col("target_id").str.replace("^(shuffled|matched)", "lm"))
     source = lambda kind, i: "a-source-model-with-a-long-name" if kind == "migrated" else None  # noqa: E731
     fig10 = lm_table({"migrated": FALLING, "matched": [2.0, 2.5, 3.0, 2.0, 2.2, 2.4]}, source_model=source)
     fig10 = fig10.with_columns(target_id=pl.when(pl.col("target_kind") == "matched")
                                .then(pl.col("target_id").str.replace("matched", "matched-migrated"))
-                               .otherwise(pl.col("target_id")))
+                               .otherwise(pl.col("target_id")),
+                               source_target_id=pl.col("target_id").str.replace("matched", "migrated"))
     for fig, data in (("fig09", fig09), ("fig10", fig10)):
         figures.save(figures.DRAW[fig](data, {"model": "a-model"}), tmp_path / fig)
         svg = (tmp_path / f"{fig}.svg").read_text()
@@ -136,3 +145,70 @@ def test_svg_problems_are_found():
     assert svg_problems(f"<svg><g {axis}>{cut}</g></svg>") == [
         "label cut short: 'shuffled (min over copies) (R² = 0…'", "Y axis 'min KL(p‖q) over inits (bits)' starts at \u22121"]
     assert svg_problems("<svg><text>1 &amp; 2</text></svg>") == []
+
+
+def planned_jobs(workdir: Path, config: dict, targets: set[str]) -> list:
+    """The jobs Snakemake plans for ``targets`` (a dry run in this process, so that what the
+    test registered is what the workflow sees)."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
+
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    with SnakemakeApi(OutputSettings(quiet={"all"})) as api:
+        workflow = api.workflow(resource_settings=ResourceSettings(cores=1), snakefile=REPO / "Snakefile", workdir=workdir,
+                                config_settings=ConfigSettings(configfiles=[workdir / "config.yaml"]))
+        workflow.dag(DAGSettings(targets=targets)).execute_workflow(executor="dryrun")
+        return list(workflow._workflow.dag.jobs)
+
+
+def test_a_figure_is_one_registry_entry_and_one_draw_function(tmp_path, monkeypatch):
+    """A figure added through the registry and a draw function alone is configurable (its keys
+    checked), planned with its experiment's table, drawn, captioned, and read by the claims it
+    names."""
+    import altair as alt
+    from snakemake.utils import validate
+
+    from distreach import claims
+    from distreach.config import check_config
+    from distreach.errors import DistreachError
+    from distreach.io import write_arrow
+
+    from .test_workflow import tiny_config
+
+    caption = "Minimum KL of each target against its entropy, one point per target (paper Fig. 99)."
+    monkeypatch.setitem(figreg.FIGURES, "fig99", figreg.Figure(
+        caption, keys={"experiment": figreg.EXPERIMENT, "model": figreg.MODEL}, claims=("C1",)))
+    monkeypatch.setattr(figures, "DRAW", dict(figures.DRAW))
+
+    @figures.figure("fig99")
+    def fig99(df, spec):
+        return alt.Chart(df.filter(pl.col("model") == spec["model"])).mark_point().encode(x="target_entropy:Q", y="kl_min:Q")
+
+    config = tiny_config({"llama": str(tmp_path / "llama"), "gpt2": str(tmp_path / "gpt2")})
+    spec = {"experiment": "prefix-2", "model": "tiny"}
+    config["figures"] = {"fig01": {"experiment": "vanilla"}, "fig99": spec}
+    schema = REPO / "schemas/config.schema.yaml"
+    for bad, message in (({**spec, "colour": "red"}, "config key figures.fig99.colour: unknown key"),
+                         ({"model": "tiny"}, "config key figures.fig99.experiment: missing required key"),
+                         ({**spec, "model": "tiny-gpt2"}, "config key figures.fig99: model 'tiny-gpt2' is in none of its")):
+        with pytest.raises(DistreachError, match=re.escape(message)):
+            check_config({**copy.deepcopy(config), "figures": {"fig99": bad}}, schema, validate)
+    # planned: the figure with its experiment's table; the claims report reads that table too
+    jobs = planned_jobs(tmp_path, config, {"results/figures/fig99.png", "results/report/claims.md"})
+    figure = [j for j in jobs if j.rule.name == "figure"]
+    assert [j.wildcards.fig for j in figure] == ["fig99"] and list(figure[0].input) == ["results/collected/prefix-2.arrow"]
+    assert figure[0].params.caption == caption == fig99.__doc__
+    report = next(j for j in jobs if j.rule.name == "claims")
+    assert "results/collected/prefix-2.arrow" in report.input and report.params.figures["fig99"] == spec
+    assert {j.wildcards.experiment for j in jobs if j.rule.name == "collect"} == {"vanilla", "prefix-2"}
+    # drawn from the planned input
+    rows = [dict(experiment="prefix-2", model=m, method="soft", prefix_len=2, n_soft=2, target_kind="vanilla",
+                 target_id=f"t{i}", init_index=0, status="ok", kl_min=0.1 * i, target_entropy=float(i), q_entropy=float(i),
+                 entropy_unit="bits") for m in ("tiny", "other") for i in range(4)]
+    monkeypatch.chdir(tmp_path)
+    write_arrow(pl.DataFrame(rows).to_arrow(), figure[0].input[0])
+    figures.draw("fig99", dict(figure[0].input.items()), spec, tmp_path / "fig99")
+    assert len(re.findall('role="graphics-symbol" aria-roledescription="point"', (tmp_path / "fig99.svg").read_text())) == 4
+    # and its data is C1's, beside Fig. 1's
+    c1 = claims.check(pl.DataFrame(rows), {"fig99": spec}).filter(pl.col("claim") == "C1")
+    assert c1["figure"].to_list() == ["fig01, fig99"] * 2 and c1["model"].to_list() == ["other", "tiny"]

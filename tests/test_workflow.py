@@ -215,6 +215,10 @@ def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
     assert set(outliers["n_outliers"]) == {1, 3} and (outliers["outlier_mass"] > 0).all()
     migrated = pl.read_ipc(tmp_path / "results/collected/migrated-soft.arrow")
     assert set(migrated["source_model"]) == {"tiny-gpt2"} and (migrated["kept_mass"] > 0).all()
+    # matched targets and shuffled copies name the LM target they were made from
+    lm_ids = set(pl.read_ipc(tmp_path / "results/collected/lm-soft.arrow")["target_id"])
+    for exp in ("matched-soft", "shuffled-soft"):
+        assert set(pl.read_ipc(tmp_path / f"results/collected/{exp}.arrow")["source_target_id"]) == lm_ids, exp
     for model in cfg["models"]:
         vocab = pl.read_ipc(tmp_path / f"results/vocab/{model}.arrow")
         assert vocab.height == 93 and vocab["is_english"].sum() >= 60
@@ -308,8 +312,10 @@ def copy_workflow(dest: Path) -> Path:
 @pytest.mark.slow
 def test_partial_reruns(tmp_path, tiny_sources):
     """Editing a library module reruns the rules whose scripts reach it, through any chain of
-    imports; changing one figure's config entry reruns that figure; changing one experiment's
-    tuning settings reruns that experiment's shards and what depends on them, nothing else."""
+    imports (a chart edit: the figures, not the claims report); changing one figure's config entry
+    reruns that figure, and the claims report if claims are tested on it; changing one
+    experiment's tuning settings reruns that experiment's shards and what depends on them, nothing
+    else."""
     wf = copy_workflow(tmp_path / "wf")
     cfg = {
         "models": {"tiny": {"source": {"local": tiny_sources["llama"]}}},
@@ -332,11 +338,12 @@ def test_partial_reruns(tmp_path, tiny_sources):
 
     smk("--cores", "2")
     assert "Nothing to be done" in smk("-n").stdout
-    # the claims report and the achieved figure reach distreach.figures through their scripts' imports
+    # the figures and the achieved figure reach distreach.figures (the charts) through their scripts'
+    # imports; the claims report does not
     module = wf / "distreach" / "figures.py"
     source = module.read_text()
-    module.write_text(source.replace("def read_tables(paths)", "def read_tables(paths, changed=None)"))
-    assert planned_jobs(smk("-n")) == {"figure": 2, "claims": 1, "achieved": 1, "all": 1}
+    module.write_text(source.replace("def save(chart, stem: str | Path)", "def save(chart, stem: str | Path, changed=None)"))
+    assert planned_jobs(smk("-n")) == {"figure": 2, "achieved": 1, "all": 1}
     module.write_text(source)
     # a module the tuning shards reach through distreach.shards
     module = wf / "distreach" / "infotheory.py"
@@ -344,12 +351,14 @@ def test_partial_reruns(tmp_path, tiny_sources):
     assert planned_jobs(smk("-n"))["tune_shard"] == 4
     module.write_text(module.read_text().removesuffix("\n# a changed line\n"))
     assert "Nothing to be done" in smk("-n").stdout
-    cfg["figures"]["fig05"]["experiment"] = "a"
-    assert planned_jobs(smk("-n")) == {"figure": 1, "claims": 1, "all": 1}
+    cfg["figures"]["fig05"]["experiment"] = "a"  # no claim is tested on Fig. 5
+    assert planned_jobs(smk("-n")) == {"figure": 1, "all": 1}
     cfg["figures"]["fig05"]["experiment"] = "b"
+    cfg["figures"]["fig01"]["experiment"] = "b"  # C1 and C2 are, and the achieved figure shows its rows
+    assert planned_jobs(smk("-n")) == {"figure": 1, "claims": 1, "achieved": 1, "all": 1}
+    cfg["figures"]["fig01"]["experiment"] = "a"
     cfg["experiments"]["b"]["tuning"] = {"lr": 0.05}
-    # ... and the claims report, which reads every table
-    assert planned_jobs(smk("-n")) == {"tune_shard": 2, "collect": 1, "figure": 1, "claims": 1, "all": 1}
+    assert planned_jobs(smk("-n")) == {"tune_shard": 2, "collect": 1, "figure": 1, "all": 1}
 
 
 def test_lint_and_format_are_clean():
