@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 
 from .errors import DistreachError
-from .figreg import FIGURES, figure_experiments, figures_schema
+from .figreg import FIGURES, figure_experiments
+from .schema import load as config_schema  # the schema file with the registry's figure entries
 
 
 def _where(path) -> str:
@@ -17,14 +18,6 @@ def _where(path) -> str:
     (a newline, say) as its Python literal, so the message stays one line."""
     parts = [f"[{p}]" if isinstance(p, int) else str(p) if str(p).isprintable() else repr(str(p)) for p in path]
     return ".".join(parts).replace(".[", "[") or "(top level)"
-
-
-def config_schema(schema_path: str | Path) -> dict:
-    """The workflow config's JSON schema: the schema file, with each figure's config entry from
-    the figure registry (:func:`distreach.figreg.figures_schema`)."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    schema["properties"]["figures"].update(figures_schema())
-    return schema
 
 
 def schema_error_line(config: dict, schema: dict) -> str | None:

@@ -16,11 +16,21 @@ from .errors import DistreachError
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.yaml"
 
 
+def load(path: str | Path = SCHEMA_PATH) -> dict:
+    """The workflow config's JSON schema: the schema file, with each figure's config entry from
+    the figure registry (:func:`distreach.figreg.figures_schema`)."""
+    from .figreg import figures_schema
+
+    out = yaml.safe_load(Path(path).read_text())
+    out["properties"]["figures"].update(figures_schema())
+    return out
+
+
 @functools.cache
 def schema() -> dict:
     if not SCHEMA_PATH.is_file():
         raise DistreachError(f"{SCHEMA_PATH}: the config schema is missing (distreach runs from its checkout)")
-    return yaml.safe_load(SCHEMA_PATH.read_text())
+    return load()
 
 
 def _resolve(node: dict) -> dict:

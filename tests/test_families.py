@@ -78,7 +78,7 @@ def test_lm_generated_and_shuffled(tiny_llama):
 
 
 def test_matched_targets_name_the_target_whose_entropy_they_match(tiny_dirs, tiny_llama, tmp_path):
-    from distreach.families import make_family
+    from distreach.targetfamily import make_family
     from distreach.io import write_arrow
 
     lm = lm_generated(tiny_llama, n=3, prompt_len=4, unit="bits", seed=0)
