@@ -35,9 +35,9 @@ Rules:
   the paper shows "near zero", from targets not tested here) and the median |H(q) - H(p)| below 5%
   of the highest target entropy (log |V|, the scale of Fig. 5): exact sign tests, an equivalence
   test (holds: below the threshold; contradicted: above it).
-- C3 (Fig. 4) more soft positions, lower loss: for methods ordered by their number of soft
-  positions, each one's min KL is below the next one's on the same targets (Wilcoxon signed-rank,
-  paired by target; all methods start from the same init tokens).
+- C3 (Fig. 4) more soft positions, lower loss: for the paper's methods (not gcg) ordered by
+  their number of soft positions, each one's min KL is below the next one's on the same targets
+  (Wilcoxon signed-rank, paired by target; all methods start from the same init tokens).
 - C4 (Fig. 7) outlier targets easier than vanilla targets of the same entropy: within each (level,
   draw), the vanilla target's rank among it and the outlier targets (one per k); the sum of ranks
   against its exact permutation distribution.
@@ -55,6 +55,11 @@ Rules:
 - C9 (Fig. 13) adjectives are the easiest part of speech: ADJ targets' min KL below each other
   tag's (Mann-Whitney U per tag; targets of different tags are different draws).
 
+- G1 (Fig. 4; ours, not the paper's) a GCG search for readable hard prompts (method ``gcg``)
+  reaches lower loss than the paper's hard method on the same targets from the same init tokens
+  (Wilcoxon signed-rank, paired by target); the statistic adds the median over targets of the
+  share of the soft-hard gap it closes, (hard - gcg) / (hard - soft).
+
 MDEs of the rank tests are normal-theory approximations (the t-test's, scaled by the rank test's
 asymptotic efficiency), in the claim's unit; the statistic column names what each one measures.
 """
@@ -63,6 +68,7 @@ from __future__ import annotations
 
 import html
 import math
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -92,6 +98,7 @@ CLAIMS = {
     "C7": "random-init twins also unimodal",
     "C8": "instruction-tuned variants have higher POS-uniform loss than their base",
     "C9": "adjectives are the easiest part of speech",
+    "G1": "ours, not the paper's: a GCG search closes some of the soft-hard gap (gcg < hard)",
 }
 
 
@@ -294,12 +301,29 @@ def near_zero(best: pl.DataFrame, unit: str, rng=None) -> list[Test]:
 
 def method_order(sub: pl.DataFrame, unit: str, rng) -> list[Test]:
     """C3: each method against the one with the next fewer soft positions, paired by target."""
+    sub = sub.filter(pl.col("method") != "gcg")  # the paper's methods; gcg is G1's
     soft_n = dict(sub.group_by("method").agg(pl.col("n_soft").first()).iter_rows())
     order = sorted(soft_n, key=lambda m: -soft_n[m])
     if len(order) < 2:
         return [missing(f"{len(order)} method(s) (need 2)")]
     by = {m: sub.filter(pl.col("method") == m).with_columns(pair=pl.col("target_id")) for m in order}
     return [paired_less(*_pairs(by[a], by[b]), f"{a} < {b}", unit, rng) for a, b in zip(order, order[1:])]
+
+
+def gcg_gap(sub: pl.DataFrame, unit: str, rng) -> list[Test]:
+    """G1 (ours): gcg prompts below hard ones on the same targets (from the same init tokens); the
+    statistic adds the median over targets of the share of the soft-hard gap that gcg closes."""
+    by = {m: sub.filter(pl.col("method") == m).select("target_id", pl.col("kl_min").alias(m)) for m in ("soft", "hard", "gcg")}
+    absent = [m for m, d in by.items() if d.is_empty()]
+    if absent:
+        return [missing(f"no {' or '.join(absent)} rows (configs/gcg.yaml adds gcg)")]
+    j = by["hard"].join(by["gcg"], on="target_id").join(by["soft"], on="target_id").sort("target_id")
+    test = paired_less(j["gcg"].to_numpy(), j["hard"].to_numpy(), "gcg < hard", unit, rng)
+    gap = j.filter(pl.col("hard") > pl.col("soft")).select((pl.col("hard") - pl.col("gcg")) / (pl.col("hard") - pl.col("soft")))
+    if gap.height:
+        share = f"; median share of the soft-hard gap closed {gap.to_series().median():.0%} over {gap.height} targets"
+        test = replace(test, statistic=test.statistic + share)
+    return [test]
 
 
 def _draw_index(df: pl.DataFrame, by: list[str]) -> pl.DataFrame:
@@ -419,6 +443,7 @@ PLAN = [
     ("C7", _soft_vanilla, _unimodal_rule, "pair member"),
     ("C8", _soft, _instruct_rule, "pair"),
     ("C9", _soft, adjectives_easiest, "model"),
+    ("G1", None, gcg_gap, "model"),
 ]
 COLUMNS = ("claim", "finding", "model", "figure", "n", "statistic", "interval", "p", "p_holm", "p_opposite", "mde", "n80",
            "stopped_cap",

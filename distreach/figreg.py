@@ -88,10 +88,11 @@ FIGURES: dict[str, Figure] = {
     ),
     "fig04": Figure(
         "Minimum KL against target entropy on one model for hard, hybrid (several numbers of soft "
-        "positions) and soft prompts; small points are single inits, lines the mean over targets of the "
+        "positions) and soft prompts, and gcg prompts where the run has them (ours: a GCG search for "
+        "readable hard prompts); small points are single inits, lines the mean over targets of the "
         "minimum over inits (paper Fig. 4).",
         keys={"experiments": EXPERIMENTS, "model": MODEL},
-        claims=("C3",),
+        claims=("C3", "G1"),
     ),
     "fig05": Figure(
         "Minimum KL (over inits) and the entropy of the prompted distribution at that minimum against "

@@ -126,7 +126,7 @@ def fig04(df: pl.DataFrame, spec: dict) -> alt.Chart:
     model = spec["model"]
     sub = _model(df, model, "fig04").filter(pl.col("status") == "ok")
     unit = _unit(sub)
-    order = sub.select("method", "n_soft").unique().sort("n_soft")
+    order = sub.select("method", "n_soft").unique().sort("n_soft", "method")
     labels = {r["method"]: f"{r['method']} ({r['n_soft']} soft)" for r in order.to_dicts()}
     sub = sub.with_columns(prompt=pl.col("method").replace_strict(labels))
     best = summarise(min_over_inits(sub), "kl_min", ["method", "target_entropy"])

@@ -138,6 +138,28 @@ def test_method_order_is_paired_by_target(gaps, n, want):
         assert r["mde"].startswith("hybrid-1 < hard: ") and "mean difference" in r["mde"]
 
 
+@pytest.mark.parametrize("gcg_gap, want", [(0.5, H), (-0.5, C), (None, T)])
+def test_gcg_row_is_ours_paired_by_target_and_says_how_much_of_the_gap_it_closes(gcg_gap, want):
+    """G1: gcg against hard on the same targets; half-way between hard and soft closes half the
+    gap. C3 (the paper's methods) is the same with or without gcg rows."""
+    soft = BASE[:8]
+    hard = soft + 1.0 + 0.05 * np.cos(np.arange(8))
+    data = rows("m", "vanilla", "soft", 5, targets("t", soft)) + rows("m", "vanilla", "hard", 0, targets("t", hard))
+    fig04 = {"fig04": {"experiments": ["e"], "model": "m"}}
+    paper = claims.check(pl.DataFrame(data), fig04)
+    if gcg_gap is not None:
+        gcg = np.where(np.arange(8) % 2 == 0, hard - gcg_gap, hard - gcg_gap * (1 + 0.2 * np.sin(np.arange(8))))
+        data += rows("m", "vanilla", "gcg", 0, targets("t", gcg))
+    t = claims.check(pl.DataFrame(data), fig04)
+    r = row(t, "G1", "m")
+    assert r["verdict"] == want and r["finding"].startswith("ours, not the paper's")
+    if want == H:
+        assert "gcg < hard" in r["statistic"] and "median share of the soft-hard gap closed 5" in r["statistic"]
+    if want == T:
+        assert "no gcg rows" in r["note"] + r["statistic"]
+    assert row(t, "C3", "m")["statistic"] == row(paper, "C3", "m")["statistic"]
+
+
 def derived(kind, method, ids, sources, kls, experiment="e"):
     """Rows of derived targets (matched, shuffled): each with the target it was made from."""
     return [r for tid, src, v in zip(ids, sources, kls)
