@@ -208,6 +208,21 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def summary(res: dict) -> str:
+    """The result in one sentence, for benchmarks/README.md."""
+    if res["kind"] == "hard":
+        return (f"Median over the {len(res['rows']) - 1} LM targets: gcg {res['lm_median']['gcg_bits']:.3g} bits, hard at "
+                f"equal forward passes {res['lm_median']['hard_bits']:.3g} bits ({res['lm_median_ratio_hard_over_gcg']:.1f}x); "
+                f"capitals: {res['rows'][0]['gcg_bits']:.3g} against {res['rows'][0]['hard_bits']:.3g} bits "
+                f"({res['capitals_ratio_hard_over_gcg']:.1f}x). Every gcg prompt is text that gives its KL typed back in: "
+                f"{res['all_text']} (largest difference {res['max_roundtrip_diff_bits']:.1g} bits). "
+                f"{res['forward_passes_per_target']} forward passes per target; hard ran {res['hard_rows']} inits.")
+    return (f"Median loss over {res['targets']} one-token targets: gcg {res['gcg_median_nats']:.3g} nats, nanoGCG "
+            f"{res['nanogcg_median_nats']:.3g} nats; wall time per candidate forward pass (at most "
+            f"{res['forward_passes_bound']} each): gcg {res['gcg_ms_per_forward']:.2f} ms, nanoGCG "
+            f"{res['nanogcg_ms_per_forward']:.2f} ms ({res['nanogcg_ms_per_forward'] / res['gcg_ms_per_forward']:.1f}x).")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("kind", choices=("hard", "nanogcg"))
@@ -224,6 +239,7 @@ def main(argv=None) -> None:
     with atomic_path(args.out / f"gcg-{args.kind}.json") as tmp:
         Path(tmp).write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")
     print(table(res))
+    print(summary(res))
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ METHODS = {
     "hybrid": {"method": "hybrid", "n_soft": 2},
     "hybrid-scattered": {"method": "hybrid", "soft_positions": [1, 3]},
     "hard": {"method": "hard"},
+    "gcg": {"method": "gcg", "gcg_width": 8, "gcg_topk": 16},
 }
 
 
@@ -66,7 +67,7 @@ def test_the_kept_prompt_gives_the_rows_kl_min_and_a_perturbed_one_does_not(tiny
         assert len(prompt.soft_positions) == row["n_soft"] and len(prompt.hard_ids) == row["prefix_len"] - row["n_soft"]
         p = target_of(row, targets)
         assert prompt_kl(tiny_llama, prompt, p) / bits == pytest.approx(row["kl_min"], rel=RTOL, abs=ATOL), row["target_id"]
-        if method == "hard":
+        if method in ("hard", "gcg"):
             assert row["soft_prompt"] == [] and row["soft_positions"] == []
             continue
         rng = np.random.default_rng(0)
