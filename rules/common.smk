@@ -1,4 +1,3 @@
-import importlib.util
 import os
 import shutil
 import sys
@@ -6,10 +5,7 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-# snakemake run from an env without distreach installed: use this checkout's
-if importlib.util.find_spec("distreach") is None:
-    sys.path.insert(0, workflow.basedir)
-
+# Snakemake puts the Snakefile's folder on sys.path: this checkout's distreach is importable
 from distreach import bundles, figreg
 from distreach.codeinfo import fingerprint
 from distreach.config import check_config

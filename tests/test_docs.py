@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -15,7 +14,6 @@ DATA = REPO / "docs" / "default-run"
 
 
 def docs_script():
-    sys.path.insert(0, str(REPO / "scripts"))
     spec = importlib.util.spec_from_file_location("default_run_docs", REPO / "scripts" / "default_run_docs.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
