@@ -98,7 +98,7 @@ def test_tiny_dag_under_slurm(tmp_path):
     for fig in ("fig01", "fig06", "fig12", "fig13"):
         assert any(c.startswith("rule_figure_wildcards_") and c.endswith(fig) for c in rules.values()), (fig, rules)
     assert all(Path(path.rstrip(").")).exists() for _, path in submitted)
-    # tuning shards asked for a GPU and were scheduled on the node's (fake) one; nothing else asked
+    # tuning jobs asked for a GPU and were scheduled on the node's (fake) one; nothing else asked
     gpu = {rules[j] for j, info in jobs.items() if "gpu" in info.get("TresPerJob", "")}
     assert gpu and all(c.startswith("rule_tune_shard") for c in gpu), gpu
     assert all(jobs[j].get("JobState") == "COMPLETED" for j in jobs), {j: i.get("JobState") for j, i in jobs.items()}
@@ -108,7 +108,7 @@ def test_tiny_dag_under_slurm(tmp_path):
 
 
 def test_grouped_shards_run_in_one_submission_on_one_gpu(tmp_path):
-    """The profile's grouping option: two tuning shards in one Slurm job asking for one GPU."""
+    """The profile's grouping option: two tuning jobs in one Slurm job asking for one GPU."""
     assert slurm_up(), "DISTREACH_REQUIRE_SLURM=1 but no Slurm cluster answers `scontrol ping`"
     sources = {"llama": str(save_tiny(tmp_path / "src-llama", "llama"))}
     cfg = tmp_path / "tiny.yaml"

@@ -345,7 +345,7 @@ def test_partial_reruns(tmp_path, tiny_sources):
     module.write_text(source.replace("def save(chart, stem: str | Path)", "def save(chart, stem: str | Path, changed=None)"))
     assert planned_jobs(smk("-n")) == {"figure": 2, "achieved": 1, "all": 1}
     module.write_text(source)
-    # a module the tuning shards reach through distreach.tuning
+    # a module the tuning jobs reach through distreach.tuning
     module = wf / "distreach" / "infotheory.py"
     module.write_text(module.read_text() + "\n# a changed line\n")
     assert planned_jobs(smk("-n"))["tune_job"] == 4
