@@ -45,7 +45,7 @@ from distreach.families import lm_generated
 from distreach.gcg import is_text
 from distreach.io import atomic_path, package_versions
 from distreach.seeds import derive_seed
-from distreach.shards import hard_prompt_columns
+from distreach.tuning import hard_prompt_columns
 from distreach.targets import target_probs
 from distreach.units import to_unit
 

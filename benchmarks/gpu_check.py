@@ -1,4 +1,4 @@
-"""One GPU check: Fig. 1 at two paper shapes and the tiny-twin DAG on the GPU, numbers in one JSON.
+"""One GPU check: Fig. 1 at two paper shapes and the stand-ins' DAG on the GPU, numbers in one JSON.
 
 Run by benchmarks/gpu_check.sh (which first installs the carried wheels). Three parts, one after
 another, each in its own process group with a time budget (a part over it is stopped and
@@ -10,7 +10,7 @@ recorded as "timeout"); each part runs whatever happened to the ones before it:
                     1 bit: 18 levels, 5 inits, up to 500 steps) so that it fits its budget;
                     gpu_fig1 scales its time per level to the paper's grid
                     (paper_grid_gpu_minutes: an upper bound, as fewer rows fill smaller batches)
-  twins-dag         the workflow on configs/paper-twins.yaml with device=cuda, up to the collected
+  twins-dag         the workflow on configs/paper-stand-ins.yaml with device=cuda, up to the collected
                     tables and the claims report (and the figures where altair and vl-convert are
                     installed); the POS experiments are left out (spaCy is not carried)
 
@@ -42,10 +42,10 @@ if importlib.util.find_spec("distreach") is None:
 
 import yaml  # noqa: E402
 
-from distreach.figreg import FIGURES, figure_experiments  # noqa: E402
+from distreach.figureregistry import FIGURES, figure_experiments  # noqa: E402
 from distreach.io import write_json  # noqa: E402
 
-TWINS_CONFIG = REPO / "configs" / "paper-twins.yaml"
+STAND_INS_CONFIG = REPO / "configs" / "paper-stand-ins.yaml"
 # part: (seconds on the GPU, seconds in --smoke); the GPU budgets add up to 9.2 minutes
 # (measured on an H200: 199, 87 and 83 s)
 BUDGETS = {"fig1-llama3.2-1b": (280, 900), "fig1-llama3-8b": (120, 900), "twins-dag": (150, 1800)}
@@ -156,13 +156,13 @@ def dag_numbers(workdir: Path, config: dict) -> dict:
     found = [t for t in tables if t.exists()]
     row_steps = int(sum(pl.read_ipc(t)["steps"].sum() for t in found))
     rows = int(sum(pl.read_ipc(t).height for t in found))
-    tuning = rules.get("tune_shard", {}).get("seconds")
+    tuning = rules.get("tune_job", {}).get("seconds")
     return {
         "gpu_minutes": round(tuning / 60, 2) if tuning else None,
         "prompt_steps_per_second": round(row_steps / tuning, 1) if tuning else None,
         "tflops": None,
         "tflops_note": "not counted: tiny random models, jobs dominated by start-up and loading",
-        "gpu_minutes_note": "tune_shard job time (model loading included); the GPU is held for wall_seconds",
+        "gpu_minutes_note": "tune_job job time (model loading included); the GPU is held for wall_seconds",
         "collected_tables": f"{len(found)} of {len(tables)}",
         "rows": rows,
         "row_steps": row_steps,
@@ -272,7 +272,7 @@ def main() -> None:
             part = run_part(name, cmd, budgets[name], work / f"{name}.log", env, REPO)
             part.update(fig1_numbers(folder))
         else:
-            config, dropped = without_pos(yaml.safe_load(TWINS_CONFIG.read_text()))
+            config, dropped = without_pos(yaml.safe_load(STAND_INS_CONFIG.read_text()))
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
             configfile = work / "twins-dag.yaml"

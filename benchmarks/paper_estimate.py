@@ -9,7 +9,7 @@ frozen weights the backward pass to the inputs costs about one forward, so 4 x p
 tokens FLOPs, taken as 6 x parameters x tokens to be on the safe side; every row is counted at
 the maximum of 500 steps (early stopping only lowers it). Hard and hybrid rows add the
 [B, d] x [d, |V|] token scores per step, included. Parameter counts and |V| are the hub models'
-published ones (below); a twin or random model counts as its base.
+published ones (below); a stand-in or random-init copy counts as its base.
 """
 
 from __future__ import annotations

@@ -116,7 +116,7 @@ def gguf_vocab_size(path: str | os.PathLike) -> int:
 
 
 def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table:
-    """A target table from a .arrow, .npy or .json file (:func:`distreach.targets.read_target`)."""
+    """A target table from a .arrow, .npy or .json file (:func:`distreach.targetfiles.read_target`)."""
     from .targetfiles import read_target
 
     return read_target(path, loaded, unit)
@@ -139,7 +139,8 @@ def tune_target(loaded, target: pa.Table, inits: int = INITS, out: str | os.Path
     to it, so a killed run started again resumes)."""
     import polars as pl
 
-    from .shards import checkpoint_path, tune_rows, tuning_config, write_shard
+    from .checkpoint import checkpoint_path
+    from .tuning import tune_rows, tuning_config, write_shard
     from .targets import target_probs
 
     cfg = tuning_config(tuning)

@@ -25,6 +25,12 @@ CHECKPOINT_SECONDS = float(default("checkpoint_seconds"))  # how often a tuning 
 FORMAT = 4  # layout of the saved state; a checkpoint of another layout is not resumed
 
 
+def checkpoint_path(output) -> Path:
+    """Where the tuning that writes ``output`` (a result table, or a tuning job's folder) keeps
+    its checkpoint: ``.<name>.ckpt`` beside it."""
+    return Path(output).with_name(f".{Path(output).name}.ckpt")
+
+
 def checkpoint_key(loaded, target: torch.Tensor, seeds, cfg, record_curve: bool) -> str:
     """What a checkpoint must have been made from to be resumed: model, dtype, device,
     targets, seeds and settings."""

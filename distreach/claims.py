@@ -49,7 +49,7 @@ Rules:
   test must not).
 - C6 (Fig. 10) migrated targets easier than their own matched vanilla targets, per tuning model
   (Wilcoxon signed-rank).
-- C7 (Fig. 6) random-init twins also unimodal: the C1 rule on each twin (``figures.fig06.pairs``).
+- C7 (Fig. 6) random-init copies also unimodal: the C1 rule on each copy (``figures.fig06.pairs``).
 - C8 (Fig. 13) instruction-tuned variants have higher loss on POS-uniform targets than their base
   models (``figures.fig13.pairs``): Wilcoxon signed-rank, paired by target.
 - C9 (Fig. 13) adjectives are the easiest part of speech: ADJ targets' min KL below each other
@@ -74,7 +74,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from .figreg import FIGURES, claim_figures, figure_experiments
+from .figureregistry import FIGURES, claim_figures, figure_experiments
 from .units import from_unit, to_unit
 from .io import atomic_path
 from .seeds import derive_seed
@@ -95,7 +95,7 @@ CLAIMS = {
     "C4": "outlier targets easier than vanilla at moderate entropy",
     "C5": "LM-generated and shuffled targets easier than matched vanilla",
     "C6": "migrated targets easier than matched vanilla",
-    "C7": "random-init twins also unimodal",
+    "C7": "random-init copies also unimodal",
     "C8": "instruction-tuned variants have higher POS-uniform loss than their base",
     "C9": "adjectives are the easiest part of speech",
     "G1": "ours, not the paper's: a GCG search closes some of the soft-hard gap (gcg < hard)",
@@ -432,7 +432,7 @@ def _instruct_rule(sub, unit, rng, base, instruct):
 # How a claim's rows are grouped into report rows: "model", one per model; "pair member", one per
 # second model of each of its figure's ``pairs`` (alone); "pair", one per pair (both models, and
 # the rule is also given their names)
-# (claim, rows it looks at, rule, grouping); the figures whose data it uses: distreach.figreg
+# (claim, rows it looks at, rule, grouping); the figures whose data it uses: distreach.figureregistry
 PLAN = [
     ("C1", _soft_vanilla, _unimodal_rule, "model"),
     ("C2", _soft_vanilla, near_zero, "model"),

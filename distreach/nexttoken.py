@@ -51,7 +51,7 @@ def shapes_table(loaded, text: str, unit: str = "bits", seed: int = 0, bos: str 
     words), ``entropy`` (in ``unit``), ``kl`` (KL(vanilla || this) in ``unit``; null
     for the LM's), ``top_ids`` and ``top_tokens`` (the ``top`` most probable tokens and their
     text), ``logprobs`` (float32, |V| output rows); provenance in the schema metadata."""
-    from .shards import tune_rows
+    from .tuning import tune_rows
 
     tok = loaded.tokenizer
     ids, lm = text_distribution(loaded, text, bos)
@@ -106,7 +106,7 @@ def write_shapes(model_dir, out, *, text: str, unit: str, seed: int, tuning: dic
     (its ``bos`` policy goes before the text and, with ``tune``, the soft prompt's settings)."""
     from .io import write_arrow
     from .models import auto_dtype, load_materialised, resolve_device
-    from .shards import tuning_config
+    from .tuning import tuning_config
 
     cfg = tuning_config(tuning)
     device = resolve_device(device)

@@ -1,7 +1,7 @@
 """Tuned prompts fed back to the model: the next-token distribution after a prompt (and a text),
 the KL of a kept prompt against its target, sampled continuations.
 
-A result row keeps its best prompt (:func:`distreach.shards.soft_prompt_columns`): the soft
+A result row keeps its best prompt (:func:`distreach.tuning.soft_prompt_columns`): the soft
 positions' embeddings (``soft_positions``, ``soft_prompt``), the hard tokens (``prompt_ids``)
 and the BOS token that went first (``bos_token_id``, null for none). The model sees what the
 engine fed it: the BOS token's embedding, then the prompt's positions (a soft position's vector

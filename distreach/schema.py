@@ -18,8 +18,8 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "config.schema.y
 
 def load(path: str | Path = SCHEMA_PATH) -> dict:
     """The workflow config's JSON schema: the schema file, with each figure's config entry from
-    the figure registry (:func:`distreach.figreg.figures_schema`)."""
-    from .figreg import figures_schema
+    the figure registry (:func:`distreach.figureregistry.figures_schema`)."""
+    from .figureregistry import figures_schema
 
     out = yaml.safe_load(Path(path).read_text())
     out["properties"]["figures"].update(figures_schema())

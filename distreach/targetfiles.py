@@ -16,7 +16,7 @@ import torch
 from .errors import DistreachError, one_line
 from .infotheory import entropy
 from .units import to_unit
-from .targets import RENORMALISE_TOLERANCE, read_targets, targets_table
+from .targets import RENORMALISE_TOLERANCE, read_target_matrix, targets_table
 log = logging.getLogger(__name__)
 
 TARGET_FORMATS = (".arrow", ".npy", ".json")
@@ -47,7 +47,7 @@ def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table
     path = check_target_path(path)
     suffix = path.suffix.lower()
     if suffix == ".arrow":
-        meta, probs = read_targets(path, loaded.vocab_size)  # checked and renormalised; kind, requested
+        meta, probs = read_target_matrix(path, loaded.vocab_size)  # checked and renormalised; kind, requested
         with np.errstate(divide="ignore"):                   # entropy and family columns kept as they are
             logp = np.log(probs).reshape(-1)
         return meta.append_column("logprobs", pa.FixedSizeListArray.from_arrays(pa.array(logp, pa.float32()), loaded.vocab_size))

@@ -83,7 +83,7 @@ def logprobs(table: pa.Table) -> np.ndarray:
     return col.flatten().to_numpy(zero_copy_only=False).reshape(table.num_rows, -1)
 
 
-def read_targets(path, vocab_size: int | None = None) -> tuple[pa.Table, np.ndarray]:
+def read_target_matrix(path, vocab_size: int | None = None) -> tuple[pa.Table, np.ndarray]:
     """Read a target file; check shape and values. Returns (metadata columns, probabilities [n, V])."""
     return target_probs(read_arrow(path), vocab_size, str(path))
 

@@ -1,4 +1,3 @@
-import importlib.util
 import os
 import shutil
 import sys
@@ -6,11 +5,8 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-# snakemake run from an env without distreach installed: use this checkout's
-if importlib.util.find_spec("distreach") is None:
-    sys.path.insert(0, workflow.basedir)
-
-from distreach import bundles, figreg
+# Snakemake puts the Snakefile's folder on sys.path: this checkout's distreach is importable
+from distreach import figureregistry, jobs
 from distreach.codeinfo import fingerprint
 from distreach.config import check_config
 from distreach.errors import DistreachError
@@ -30,10 +26,11 @@ except DistreachError as exc:
 
 
 FIGURES = config["figures"]
-# models, vocabularies, POS tables and targets before any tuning: a bundled tuning job needs
+# models, vocabularies, POS tables and targets before any tuning: a tuning job shared by
+# several experiments needs
 # many of them, and should start early rather than last
 PREP_PRIORITY = 100
-TUNING_JOBS = bundles.tuning_jobs(config)
+TUNING_JOBS = jobs.tuning_jobs(config)
 
 
 wildcard_constraints:
@@ -41,7 +38,7 @@ wildcard_constraints:
     experiment=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     family=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
     method=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
-    bundle=r"[A-Za-z0-9][A-Za-z0-9_.=+@-]*",
+    job=r"[A-Za-z0-9][A-Za-z0-9_.=+@-]*",
     shard=r"\d+",
 
 
@@ -57,19 +54,6 @@ def model_base(wildcards):
     if "random_init" in source:
         return f"results/models/{source['random_init']}"
     return []
-
-
-def model_twin(wildcards):
-    """The twin folder a model's local source names when the workflow writes it (config twins)."""
-    local = Path(config["models"][wildcards.model]["source"].get("local", ""))
-    if local.parent == Path("results/twins") and local.name in config.get("twins", {}):
-        return str(local)
-    return []
-
-
-def twin_spec(wildcards):
-    """A tiny twin's entry of the config's twins section (distreach.twins)."""
-    return config["twins"][wildcards.twin]
 
 
 def model_spec(wildcards):
@@ -94,12 +78,17 @@ def target_settings(wildcards):
     return config["targets"][wildcards.family]
 
 
+def job_folder(key):
+    """The folder a tuning job (key ``<model>/<job name>/shard-<k>``, distreach.jobs) writes."""
+    return f"results/tuning/{key}"
+
+
 def tuning_job(wildcards):
-    """The tuning job of a shard folder (distreach.bundles): model, method, settings, members."""
-    key = f"{wildcards.model}/{wildcards.bundle}/shard-{wildcards.shard}"
+    """The tuning job of a job folder (distreach.jobs): model, method, settings, shards."""
+    key = f"{wildcards.model}/{wildcards.job}/shard-{wildcards.shard}"
     if key not in TUNING_JOBS:
         raise WorkflowError(
-            f"no experiment of the config is tuned in results/tuning/{key}"
+            f"no experiment of the config is tuned in {job_folder(key)}"
         )
     return TUNING_JOBS[key]
 
@@ -107,14 +96,14 @@ def tuning_job(wildcards):
 def tuning_priority(wildcards):
     """Jobs that tune more experiments first, so the longest tuning job does not end up running
     alone at the end (the preparing rules come first of all: PREP_PRIORITY)."""
-    return len(tuning_job(wildcards)["members"])
+    return len(tuning_job(wildcards)["shards"])
 
 
 def tuning_targets(wildcards):
-    """The target file of each experiment a tuning job tunes, in member order."""
+    """The target file of each experiment a tuning job tunes, in the order of its shards."""
     return [
         f"results/targets/{m['family']}/{wildcards.model}.arrow"
-        for m in tuning_job(wildcards)["members"]
+        for m in tuning_job(wildcards)["shards"]
     ]
 
 
@@ -150,35 +139,45 @@ def model_mem_mb(wildcards, attempt):
 def model_runtime(wildcards, attempt):
     """Minutes of one tuning job: config models.<name>.runtime per experiment it tunes, more on
     a retry (a job that hit its time limit resumes from its checkpoint)."""
-    members = len(tuning_job(wildcards)["members"])
-    return config["models"][wildcards.model].get("runtime", 60) * members * attempt
+    shards = len(tuning_job(wildcards)["shards"])
+    return config["models"][wildcards.model].get("runtime", 60) * shards * attempt
 
 
 def experiment_shards(wildcards):
-    """The tuning-job folders holding an experiment's shards (distreach.bundles)."""
+    """The folders of the tuning jobs holding an experiment's shards (distreach.jobs)."""
     return [
-        folder
-        for folder, _ in bundles.experiment_outputs(TUNING_JOBS, wildcards.experiment)
+        job_folder(key)
+        for key in jobs.experiment_jobs(TUNING_JOBS, wildcards.experiment)
     ]
+
+
+# the file of each thing a figure reads (distreach.figureregistry.figure_reads), by name
+FIGURE_FILES = {
+    "tables": "results/collected/{}.arrow",
+    "pos": "results/pos/{}.arrow",
+    "nexttoken": "results/nexttoken/{}.arrow",
+}
 
 
 def figure_inputs(wildcards):
     """The files a figure draws from: what its registry entry says it reads
-    (distreach.figreg): its experiments' collected tables, its models' POS tables or its
+    (distreach.figureregistry): its experiments' collected tables, its models' POS tables or its
     model's next-token distributions."""
     if wildcards.fig not in FIGURES:
         raise WorkflowError(
             f"{wildcards.fig} is not in the config's figures section (configured: {', '.join(FIGURES)})"
         )
-    return figreg.figure_inputs(wildcards.fig, FIGURES[wildcards.fig])
+    kind, names = figureregistry.figure_reads(wildcards.fig, FIGURES[wildcards.fig])
+    return {kind: [FIGURE_FILES[kind].format(name) for name in names]}
 
 
 def next_token_spec(wildcards):
     """The config entry (schema defaults filled in) of the figure of next-token distributions
-    (one that reads 'nexttoken' in distreach.figreg: Fig. 3) drawn on this model."""
+    (one that reads 'nexttoken' in distreach.figureregistry: Fig. 3) drawn on this model.
+    """
     for fig, spec in FIGURES.items():
         if (
-            figreg.FIGURES[fig].reads == "nexttoken"
+            figureregistry.FIGURES[fig].reads == "nexttoken"
             and spec["model"] == wildcards.model
         ):
             return spec
@@ -193,13 +192,13 @@ def figure_spec(wildcards):
 
 def figure_caption(wildcards):
     """The report caption of a figure (report/figure.rst renders it)."""
-    return figreg.FIGURES[wildcards.fig].caption
+    return figureregistry.FIGURES[wildcards.fig].caption
 
 
 def achieved_inputs(wildcards):
     """The report's target-vs-achieved figure: the collected tables of Fig. 1 and the
     vocabulary tables of their models (token texts)."""
-    experiments = figreg.figure_experiments(FIGURES["fig01"])
+    experiments = figureregistry.figure_experiments(FIGURES["fig01"])
     models = {m for e in experiments for m in config["experiments"][e]["models"]}
     return {
         "tables": [f"results/collected/{e}.arrow" for e in experiments],

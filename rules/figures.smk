@@ -29,7 +29,7 @@ rule next_token:
 
 rule figure:
     """One of the paper's figures: what it shows, reads and says in its caption is its entry in
-    distreach.figreg.FIGURES; distreach.figures.DRAW[fig] draws it."""
+    distreach.figureregistry.FIGURES; distreach.figures.DRAW[fig] draws it."""
     input:
         unpack(figure_inputs),
     output:
@@ -43,7 +43,7 @@ rule figure:
     log:
         "logs/figures/{fig}.log",
     wildcard_constraints:
-        fig="|".join(figreg.FIGURES),
+        fig="|".join(figureregistry.FIGURES),
     conda:
         "../envs/figures.yaml"
     params:

@@ -1,24 +1,8 @@
-rule twin_model:
-    """A tiny random twin of a paper model (distreach.twins): same transformers class and
-    special-token layout, tokenizer trained on the fly; config twins.<name>."""
-    output:
-        directory("results/twins/{twin}"),
-    log:
-        "logs/twins/{twin}.log",
-    conda:
-        "../envs/torch.yaml"
-    params:
-        spec=twin_spec,
-        code=script_code("make_twin"),
-    script:
-        "../scripts/make_twin.py"
-
-
 rule materialise_model:
-    """Write a configured model once as a local safetensors folder with its tokenizer."""
+    """Write a configured model once as a local safetensors folder with its tokenizer (a
+    stand-in source is built here, a random_init one from its base's folder)."""
     input:
         base=model_base,
-        twin=model_twin,
     output:
         directory("results/models/{model}"),
     log:

@@ -1,11 +1,11 @@
 rule claims:
     """The paper's findings C1-C9 re-tested on this run's tables (distreach.claims): on
-    the data of the figures that the figure registry (distreach.figreg) says each is
+    the data of the figures that the figure registry (distreach.figureregistry) says each is
     tested on."""
     input:
         tables=expand(
             "results/collected/{experiment}.arrow",
-            experiment=figreg.tested_experiments(config),
+            experiment=figureregistry.tested_experiments(config),
         ),
     output:
         md=report(
@@ -20,7 +20,7 @@ rule claims:
     conda:
         "../envs/figures.yaml"
     params:
-        figures=figreg.tested_figures(FIGURES),
+        figures=figureregistry.tested_figures(FIGURES),
         code=script_code("claims"),
     script:
         "../scripts/claims.py"

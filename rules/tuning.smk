@@ -1,13 +1,14 @@
-rule tune_shard:
-    """Tune shard k of the experiments that share a model, method and tuning settings, in one
-    batch (distreach.bundles); one table per experiment."""
+rule tune_job:
+    """A tuning job (distreach.jobs): shard k of each experiment it holds (one, or with
+    share_jobs those sharing a model, method and tuning settings), tuned in one batch; one
+    table per experiment in the job's folder."""
     input:
         model="results/models/{model}",
         targets=tuning_targets,
     output:
-        directory("results/tuning/{model}/{bundle}/shard-{shard}"),
+        directory(job_folder("{model}/{job}/shard-{shard}")),
     log:
-        "logs/tuning/{model}/{bundle}/shard-{shard}.log",
+        "logs/tuning/{model}/{job}/shard-{shard}.log",
     priority: tuning_priority
     conda:
         "../envs/torch.yaml"
@@ -22,6 +23,6 @@ rule tune_shard:
         seed=config["seed"],
         dtype=config["dtype"],
         device=config["device"],
-        code=script_code("tune_shard"),
+        code=script_code("tune_job"),
     script:
-        "../scripts/tune_shard.py"
+        "../scripts/tune_job.py"

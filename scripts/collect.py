@@ -2,7 +2,7 @@
 
 import _repo  # first: this checkout's distreach under --sdm conda
 
-from distreach.bundles import table_path
+from distreach.jobs import table_path
 from distreach.tables import collect
 
 with _repo.step_log(snakemake.log[0]):

@@ -1,4 +1,4 @@
-"""Snakemake entry point: one of the paper's figures (distreach.figreg, distreach.figures.draw)."""
+"""Snakemake entry point: one of the paper's figures (distreach.figureregistry, distreach.figures.draw)."""
 
 import _repo  # first: this checkout's distreach under --sdm conda
 

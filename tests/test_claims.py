@@ -265,7 +265,7 @@ def test_adjectives_easiest():
     assert (got[("C9", "easy")], got[("C9", "noun-easy")], got[("C9", "close")], got[("C9", "small")]) == (H, C, N, T)
 
 
-def test_twins_come_from_fig06_pairs():
+def test_random_init_copies_come_from_fig06_pairs():
     data = curve("pre", HUMP, 2) + curve("pre-random", HUMP, 2, seed=1) + curve("other", HUMP, 2, seed=2)
     fig = {"fig01": {"experiment": "e"}, "fig06": {"experiments": ["e"], "pairs": {"pre": "pre-random"}}}
     t = claims.check(pl.DataFrame(data), fig)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -15,7 +14,6 @@ DATA = REPO / "docs" / "default-run"
 
 
 def docs_script():
-    sys.path.insert(0, str(REPO / "scripts"))
     spec = importlib.util.spec_from_file_location("default_run_docs", REPO / "scripts" / "default_run_docs.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -47,14 +45,14 @@ localrule targets:
     jobid: 7
     reason: Missing output files
 [Fri Dec  4 12:11:50 2026]
-rule tune_shard:
+rule tune_job:
     jobid: 3
 [Fri Dec  4 12:11:52 2026]
 Finished jobid: 7 (Rule: targets)
 [Fri Dec  4 12:21:50 2026]
-Finished jobid: 3 (Rule: tune_shard)
+Finished jobid: 3 (Rule: tune_job)
 """
-    assert docs_script().job_seconds(log) == {"targets": 10.0, "tune_shard": 600.0}
+    assert docs_script().job_seconds(log) == {"targets": 10.0, "tune_job": 600.0}
 
 
 def test_generated_part_is_replaced_and_nothing_else():

@@ -14,9 +14,9 @@ import polars as pl
 import pytest
 import torch
 
-from distreach import shards
+from distreach import tuning
 from distreach.io import arrow_metadata, read_arrow, write_arrow
-from distreach.shards import run_shard, tuning_config
+from distreach.tuning import run_shard, tuning_config
 from distreach.vanilla import EntropyGrid, VanillaSettings, vanilla_targets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,7 +24,7 @@ RUN = """
 import logging, os, signal, sys
 logging.basicConfig(level=logging.INFO)
 from distreach.checkpoint import Checkpoint
-from distreach.shards import run_shard, tuning_config
+from distreach.tuning import run_shard, tuning_config
 
 if sys.argv[5] == "kill":  # SIGKILL right after the first checkpoint taken mid-batch, with some rows already gone
     save = Checkpoint.save
@@ -171,7 +171,7 @@ def test_a_resumed_call_runs_only_the_steps_left_and_ends_as_a_fresh_one(tiny_ll
 
 def poison(monkeypatch, when):
     """Make the model's logits NaN for the first row in its first forward pass when ``when(dtype)``."""
-    real = shards.load_materialised
+    real = tuning.load_materialised
 
     def load(folder, dtype="fp32", device="auto", with_model=True):
         loaded, tok = real(folder, dtype=dtype, device=device, with_model=with_model)
@@ -189,7 +189,7 @@ def poison(monkeypatch, when):
             loaded.model.get_output_embeddings().register_forward_hook(hook)
         return loaded, tok
 
-    monkeypatch.setattr(shards, "load_materialised", load)
+    monkeypatch.setattr(tuning, "load_materialised", load)
 
 
 @pytest.mark.parametrize("fp32_too", [False, True])

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 import yaml
 
-from distreach import figreg, figures, tables
+from distreach import figureregistry, figures, tables
 from distreach.config import config_schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,22 +20,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_every_figure_is_registered_drawn_and_configurable():
     schema = config_schema(REPO / "schemas/config.schema.yaml")
-    assert set(figures.DRAW) == set(figreg.FIGURES) == set(schema["properties"]["figures"]["properties"])
+    assert set(figures.DRAW) == set(figureregistry.FIGURES) == set(schema["properties"]["figures"]["properties"])
     # the schema file's own part of the figures section is kept
     assert schema["properties"]["figures"]["description"].startswith("which experiments each figure draws")
     # every caption names its paper figure and what a band, bar, box or point stands for
     spread = ("standard error", "t-interval", "quartiles", "one point per target", "single inits", "shares per model",
               "one line per distribution")
-    for fig, entry in figreg.FIGURES.items():
+    for fig, entry in figureregistry.FIGURES.items():
         assert entry.caption.endswith(f"(paper Fig. {int(fig[3:])}).") and any(s in entry.caption for s in spread), fig
 
 
 def test_figure_inputs():
-    assert figreg.figure_experiments({"experiment": "a", "model": "m"}) == ["a"]
-    assert figreg.figure_experiments({"experiments": ["a", "b"]}) == ["a", "b"]
-    assert figreg.figure_experiments({"models": ["m"]}) == []
-    assert figreg.figure_inputs("fig05", {"experiment": "a", "model": "m"}) == {"tables": ["results/collected/a.arrow"]}
-    assert figreg.figure_inputs("fig12", {"models": ["m", "n"]}) == {"pos": ["results/pos/m.arrow", "results/pos/n.arrow"]}
+    assert figureregistry.figure_experiments({"experiment": "a", "model": "m"}) == ["a"]
+    assert figureregistry.figure_experiments({"experiments": ["a", "b"]}) == ["a", "b"]
+    assert figureregistry.figure_experiments({"models": ["m"]}) == []
+    assert figureregistry.figure_reads("fig05", {"experiment": "a", "model": "m"}) == ("tables", ["a"])
+    assert figureregistry.figure_reads("fig12", {"models": ["m", "n"]}) == ("pos", ["m", "n"])
+    assert figureregistry.figure_reads("fig03", {"model": "m", "text": "I love"}) == ("nexttoken", ["m"])
 
 
 def best_rows(items, **extra):
@@ -176,8 +177,8 @@ def test_a_figure_is_one_registry_entry_and_one_draw_function(tmp_path, monkeypa
     from .test_workflow import tiny_config
 
     caption = "Minimum KL of each target against its entropy, one point per target (paper Fig. 99)."
-    monkeypatch.setitem(figreg.FIGURES, "fig99", figreg.Figure(
-        caption, keys={"experiment": figreg.EXPERIMENT, "model": figreg.MODEL}, claims=("C1",)))
+    monkeypatch.setitem(figureregistry.FIGURES, "fig99", figureregistry.Figure(
+        caption, keys={"experiment": figureregistry.EXPERIMENT, "model": figureregistry.MODEL}, claims=("C1",)))
     monkeypatch.setattr(figures, "DRAW", dict(figures.DRAW))
 
     @figures.figure("fig99")

@@ -10,7 +10,7 @@ import torch
 
 from distreach.engine import TuneConfig, tune
 from distreach.gcg import is_text
-from distreach.shards import hard_prompt_columns
+from distreach.tuning import hard_prompt_columns
 
 from .conftest import TINY_WORDS
 from .test_engine import targets

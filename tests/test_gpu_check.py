@@ -22,19 +22,19 @@ gpu_check = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(gpu_check)
 
 
-def test_twins_dag_without_pos_plans_the_tables_and_claims_and_no_pos_tagging(tmp_path):
-    twins = yaml.safe_load((REPO / "configs" / "paper-twins.yaml").read_text())
-    config, dropped = gpu_check.without_pos(twins)
+def test_stand_ins_dag_without_pos_plans_the_tables_and_claims_and_no_pos_tagging(tmp_path):
+    stand_ins = yaml.safe_load((REPO / "configs" / "paper-stand-ins.yaml").read_text())
+    config, dropped = gpu_check.without_pos(stand_ins)
     assert dropped == ["fig12", "fig13", "pos", "pos-uniform"]
-    assert set(config["experiments"]) == set(twins["experiments"]) - {"pos"}
-    assert set(config["figures"]) == set(twins["figures"]) - {"fig12", "fig13"}
-    assert config["targets"]["from-llama3-8b"] == twins["targets"]["from-llama3-8b"]  # derived from lm: kept
+    assert set(config["experiments"]) == set(stand_ins["experiments"]) - {"pos"}
+    assert set(config["figures"]) == set(stand_ins["figures"]) - {"fig12", "fig13"}
+    assert config["targets"]["from-llama3-8b"] == stand_ins["targets"]["from-llama3-8b"]  # derived from lm: kept
     targets = gpu_check.dag_targets(config, figures=False)
     jobs = planned_jobs(snakemake(tmp_path / "nopos", config, "--config", "device=cuda", "-n", *targets))
     assert "pos_tag" not in jobs and jobs["claims"] == 1 and jobs["collect"] == len(config["experiments"]) == 19
     assert "figure" not in jobs
-    # the same targets from the whole config need spaCy's POS tables (the bundled tuning jobs read them)
-    jobs = planned_jobs(snakemake(tmp_path / "all", twins, "-n", *gpu_check.dag_targets(twins, figures=False)))
+    # the same targets from the whole config need spaCy's POS tables (the shared tuning jobs read them)
+    jobs = planned_jobs(snakemake(tmp_path / "all", stand_ins, "-n", *gpu_check.dag_targets(stand_ins, figures=False)))
     assert jobs["pos_tag"] > 0
 
 
@@ -44,15 +44,15 @@ def test_job_seconds_counts_a_job_with_several_outputs_once(tmp_path):
     records = [
         {"rule": "claims", "job_hash": 7, "starttime": 100.0, "endtime": 103.5},  # claims.md
         {"rule": "claims", "job_hash": 7, "starttime": 100.1, "endtime": 103.5},  # claims.html
-        {"rule": "tune_shard", "job_hash": 8, "starttime": 10.0, "endtime": 30.0},
-        {"rule": "tune_shard", "job_hash": 9, "starttime": 12.0, "endtime": 17.0},
+        {"rule": "tune_job", "job_hash": 8, "starttime": 10.0, "endtime": 30.0},
+        {"rule": "tune_job", "job_hash": 9, "starttime": 12.0, "endtime": 17.0},
     ]
     for i, rec in enumerate(records):
         (meta / f"r{i}").write_text(json.dumps(rec))
     (meta / "broken").write_text("{")  # a record being written: skipped
     assert gpu_check.job_seconds(tmp_path) == {
         "claims": {"jobs": 1, "seconds": 3.5},
-        "tune_shard": {"jobs": 2, "seconds": 25.0},
+        "tune_job": {"jobs": 2, "seconds": 25.0},
     }
 
 

@@ -21,11 +21,11 @@ def test_materialised_folder_is_safetensors_with_manifest(tiny_dirs):
     assert not any(p.requires_grad for p in lm.model.parameters())
 
 
-def test_random_init_twin_keeps_architecture_and_tokenizer(tiny_dirs, tmp_path):
-    spec = ModelSpec.from_config("twin", {"source": {"random_init": "tiny-llama", "seed": 7}})
+def test_random_init_copy_keeps_architecture_and_tokenizer(tiny_dirs, tmp_path):
+    spec = ModelSpec.from_config("copy", {"source": {"random_init": "tiny-llama", "seed": 7}})
     a = materialise(spec, tmp_path / "a", base_dir=tiny_dirs["llama"])
     b = materialise(spec, tmp_path / "b", base_dir=tiny_dirs["llama"])
-    c = materialise(ModelSpec.from_config("twin", {"source": {"random_init": "tiny-llama", "seed": 8}}), tmp_path / "c", base_dir=tiny_dirs["llama"])
+    c = materialise(ModelSpec.from_config("copy", {"source": {"random_init": "tiny-llama", "seed": 8}}), tmp_path / "c", base_dir=tiny_dirs["llama"])
     base = read_manifest(tiny_dirs["llama"])
     assert a["architecture"] == base["architecture"] and a["vocab_size"] == base["vocab_size"]
     assert a["weights_sha256"] == b["weights_sha256"] != base["weights_sha256"]

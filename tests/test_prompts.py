@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distreach.prompts import Prompt, next_token_logprobs, prompt_kl
-from distreach.shards import tune_rows, tuning_config
+from distreach.tuning import tune_rows, tuning_config
 from distreach.targets import target_probs
 from distreach.vanilla import EntropyGrid, VanillaSettings, vanilla_targets
 

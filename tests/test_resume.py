@@ -24,7 +24,7 @@ from .conftest import save_tiny
 from .test_faults import checkpointed_row_steps
 
 REPO = Path(__file__).resolve().parents[1]
-SHARD = "results/tuning/tiny/a@soft/shard-0"  # the tuning job's folder (distreach.bundles)
+SHARD = "results/tuning/tiny/a@soft/shard-0"  # the tuning job's folder (distreach.jobs)
 
 
 def config(model: Path) -> dict:

@@ -39,7 +39,7 @@ pytestmark = [
 
 
 def slurm_config(sources: dict) -> dict:
-    """Every stage once: models (one random twin), vanilla and POS targets, tuning with two
+    """Every stage once: models (one random-init copy), vanilla and POS targets, tuning with two
     shards, collect, Figs. 1, 6, 12 and 13."""
     small = {"cpus": 1, "mem_mb": 1000, "runtime": 10}
     return {
@@ -56,12 +56,12 @@ def slurm_config(sources: dict) -> dict:
         "tuning": {"max_steps": 10, "patience": 5},
         "experiments": {
             "vanilla": {"targets": "vanilla", "models": ["tiny"], "inits": 1, "shards": 2},
-            "twins": {"targets": "vanilla", "models": ["tiny-random"], "inits": 1},
+            "random-init": {"targets": "vanilla", "models": ["tiny-random"], "inits": 1},
             "pos": {"targets": "pos", "models": ["tiny"], "inits": 1},
         },
         "figures": {
             "fig01": {"experiment": "vanilla"},
-            "fig06": {"experiments": ["vanilla", "twins"], "pairs": {"tiny": "tiny-random"}},
+            "fig06": {"experiments": ["vanilla", "random-init"], "pairs": {"tiny": "tiny-random"}},
             "fig12": {"models": ["tiny"]},
             "fig13": {"experiment": "pos"},
         },
@@ -98,7 +98,7 @@ def test_tiny_dag_under_slurm(tmp_path):
     for fig in ("fig01", "fig06", "fig12", "fig13"):
         assert any(c.startswith("rule_figure_wildcards_") and c.endswith(fig) for c in rules.values()), (fig, rules)
     assert all(Path(path.rstrip(").")).exists() for _, path in submitted)
-    # tuning shards asked for a GPU and were scheduled on the node's (fake) one; nothing else asked
+    # tuning jobs asked for a GPU and were scheduled on the node's (fake) one; nothing else asked
     gpu = {rules[j] for j, info in jobs.items() if "gpu" in info.get("TresPerJob", "")}
     assert gpu and all(c.startswith("rule_tune_shard") for c in gpu), gpu
     assert all(jobs[j].get("JobState") == "COMPLETED" for j in jobs), {j: i.get("JobState") for j, i in jobs.items()}
@@ -108,7 +108,7 @@ def test_tiny_dag_under_slurm(tmp_path):
 
 
 def test_grouped_shards_run_in_one_submission_on_one_gpu(tmp_path):
-    """The profile's grouping option: two tuning shards in one Slurm job asking for one GPU."""
+    """The profile's grouping option: two tuning jobs in one Slurm job asking for one GPU."""
     assert slurm_up(), "DISTREACH_REQUIRE_SLURM=1 but no Slurm cluster answers `scontrol ping`"
     sources = {"llama": str(save_tiny(tmp_path / "src-llama", "llama"))}
     cfg = tmp_path / "tiny.yaml"
@@ -116,7 +116,7 @@ def test_grouped_shards_run_in_one_submission_on_one_gpu(tmp_path):
     cmd = [
         sys.executable, "-m", "snakemake", "results/collected/vanilla.arrow", "--profile", "slurm",
         "--workflow-profile", "tests/slurm/profile", "--configfile", str(cfg), "--directory", str(tmp_path / "run"),
-        "--groups", "tune_shard=tuning", "--group-components", "tuning=2", "--resources", "gpu=1",
+        "--groups", "tune_job=tuning", "--group-components", "tuning=2", "--resources", "gpu=1",
         "--set-resource-scopes", "gpu=local",
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
@@ -129,16 +129,16 @@ def test_grouped_shards_run_in_one_submission_on_one_gpu(tmp_path):
     assert len(list((tmp_path / "run/results/tuning/tiny/vanilla@soft").glob("shard-*/vanilla.arrow"))) == 2
 
 
-def test_paper_twins_dag_under_slurm(tmp_path):
-    """configs/paper-twins.yaml, the paper study on tiny twins of its models, runs end to end
+def test_paper_stand_ins_dag_under_slurm(tmp_path):
+    """configs/paper-stand-ins.yaml, the paper study on stand-ins of its models, runs end to end
     through the Slurm profile: every rule as Slurm jobs, every figure, the claims report, and a
     model of every paper architecture."""
     assert slurm_up(), "DISTREACH_REQUIRE_SLURM=1 but no Slurm cluster answers `scontrol ping`"
-    cfg = yaml.safe_load((REPO / "configs/paper-twins.yaml").read_text())
+    cfg = yaml.safe_load((REPO / "configs/paper-stand-ins.yaml").read_text())
     workdir = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "snakemake", "--profile", "slurm", "--workflow-profile", "tests/slurm/profile",
-        "--configfile", "configs/paper-twins.yaml", "--directory", str(workdir),
+        "--configfile", "configs/paper-stand-ins.yaml", "--directory", str(workdir),
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=3600)
     log = proc.stdout + proc.stderr
@@ -163,7 +163,7 @@ def test_paper_twins_dag_under_slurm(tmp_path):
     archs = {json.loads((workdir / f"results/models/{m}/distreach_model.json").read_text())["architecture"]
              for m in cfg["models"]}
     assert archs == {"GPT2LMHeadModel", "LlamaForCausalLM", "FalconForCausalLM", "Qwen2ForCausalLM"}, archs
-    # Qwen2 twins ran without a BOS token, the others with one
+    # Qwen2 stand-ins ran without a BOS token, the others with one
     import polars as pl
 
     from distreach.io import read_arrow

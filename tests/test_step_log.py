@@ -3,16 +3,12 @@ step_log turns a DistreachError into one line on stderr and exit status 1."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 from distreach.errors import DistreachError
 from distreach.io import logging_to
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import _repo  # noqa: E402
+import _repo  # scripts/ is on pytest's pythonpath (pyproject.toml)
 
 
 def test_library_logs_the_error_and_raises_it_on(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from distreach.errors import DistreachError
 from distreach.io import write_arrow
-from distreach.targets import read_targets
+from distreach.targets import read_target_matrix
 from distreach.vanilla import EntropyGrid, VanillaSettings, entropy_matched_targets, vanilla_targets
 
 V = 500
@@ -26,7 +26,7 @@ def test_grid_runs_from_zero_to_log_v():
 @pytest.mark.parametrize("unit", ["nats", "bits"])
 def test_vanilla_targets_reach_their_entropy(unit):
     table = vanilla_targets(V, EntropyGrid(step=2.0, unit=unit), FAST)
-    meta, probs = read_targets_from(table)
+    meta, probs = read_target_matrix_from(table)
     req = np.array(meta["requested_entropy"])
     got = np.array(meta["achieved_entropy"])
     assert len(req) == 2 * len(EntropyGrid(step=2.0, unit=unit).levels(V))
@@ -40,7 +40,7 @@ def test_vanilla_targets_reach_their_entropy(unit):
     assert len(set(meta["target_id"])) == len(req)
 
 
-def read_targets_from(table):
+def read_target_matrix_from(table):
     rows = table.drop_columns(["logprobs"]).to_pydict()
     logp = table.column("logprobs").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
     return rows, np.exp(logp.astype(np.float64))
@@ -65,23 +65,23 @@ def test_read_targets_checks_the_file(tmp_path):
     table = vanilla_targets(V, EntropyGrid(step=4.0, unit="nats"), VanillaSettings(per_level=1))
     path = tmp_path / "t.arrow"
     write_arrow(table, path)
-    meta, probs = read_targets(path, V)
+    meta, probs = read_target_matrix(path, V)
     assert probs.shape == (table.num_rows, V)
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
     with pytest.raises(DistreachError, match="targets have 500 entries but the model's vocabulary has 49152"):
-        read_targets(path, 49152)
+        read_target_matrix(path, 49152)
     bad = table.to_pydict()
     bad["logprobs"][0][3] = float("nan")
     write_arrow(pa.table(bad, schema=table.schema), tmp_path / "nan.arrow")
     with pytest.raises(DistreachError, match="NaN"):
-        read_targets(tmp_path / "nan.arrow", V)
+        read_target_matrix(tmp_path / "nan.arrow", V)
     bad = table.to_pydict()
     bad["logprobs"][0] = [x + 0.5 for x in bad["logprobs"][0]]
     write_arrow(pa.table(bad, schema=table.schema), tmp_path / "sum.arrow")
     with pytest.raises(DistreachError, match="sums to"):
-        read_targets(tmp_path / "sum.arrow", V)
+        read_target_matrix(tmp_path / "sum.arrow", V)
     with pytest.raises(DistreachError, match="not found"):
-        read_targets(tmp_path / "missing.arrow", V)
+        read_target_matrix(tmp_path / "missing.arrow", V)
     (tmp_path / "junk.arrow").write_text("not arrow")
     with pytest.raises(DistreachError, match="not a readable Arrow"):
-        read_targets(tmp_path / "junk.arrow", V)
+        read_target_matrix(tmp_path / "junk.arrow", V)

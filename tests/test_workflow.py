@@ -57,7 +57,7 @@ def tiny_config(sources) -> dict:
         "experiments": {
             "vanilla": {"targets": "vanilla", "models": ["tiny", "tiny-gpt2"], "inits": 2, "shards": 2},
             "methods": {"targets": "coarse", "models": ["tiny"], "methods": ["soft", "hybrid-1", "hard"], "inits": 2},
-            "twins": {"targets": "coarse", "models": ["tiny-random"], "inits": 1},
+            "random-init": {"targets": "coarse", "models": ["tiny-random"], "inits": 1},
             "prefix-2": {"targets": "coarse", "models": ["tiny"], "inits": 1, "tuning": {"prefix_len": 2}},
             "outliers": {"targets": "outlier", "models": ["tiny"], "inits": 1},
             "outlier-vanilla": {"targets": "outlier-vanilla", "models": ["tiny"], "inits": 1},
@@ -75,7 +75,7 @@ def tiny_config(sources) -> dict:
             "fig03": {"model": "tiny", "text": "the house"},
             "fig04": {"experiments": ["methods"], "model": "tiny"},
             "fig05": {"experiment": "vanilla", "model": "tiny"},
-            "fig06": {"experiments": ["vanilla", "twins"], "pairs": {"tiny": "tiny-random"}},
+            "fig06": {"experiments": ["vanilla", "random-init"], "pairs": {"tiny": "tiny-random"}},
             "fig11": {"experiments": ["prefix-2", "methods"], "model": "tiny"},
             "fig07": {"experiments": ["outliers", "outlier-vanilla"], "model": "tiny"},
             "fig08": {"experiments": ["lm-hard", "matched-hard"], "model": "tiny"},
@@ -135,17 +135,17 @@ def figure_marks(stem: Path) -> list[tuple[str, dict]]:
 def test_single_figure_plans_only_what_it_needs(tmp_path, tiny_sources):
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig01.png")
     jobs = planned_jobs(proc)
-    # two models of the 'vanilla' experiment, 2 shards each; nothing of 'twins', no fig05
-    assert jobs == {"materialise_model": 2, "targets": 2, "tune_shard": 4, "collect": 1, "figure": 1}
+    # two models of the 'vanilla' experiment, 2 shards each; nothing of 'random-init', no fig05
+    assert jobs == {"materialise_model": 2, "targets": 2, "tune_job": 4, "collect": 1, "figure": 1}
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig06.png")
-    # fig06 pairs tiny (from 'vanilla') with its random twin (from 'twins')
-    assert planned_jobs(proc) == {"materialise_model": 3, "targets": 3, "tune_shard": 5, "collect": 2, "figure": 1}
+    # fig06 pairs tiny (from 'vanilla') with its random-init copy (from 'random-init')
+    assert planned_jobs(proc) == {"materialise_model": 3, "targets": 3, "tune_job": 5, "collect": 2, "figure": 1}
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig10.png")
     # migrated targets need tiny-gpt2's LM-generated targets, then the matched vanilla ones
-    assert planned_jobs(proc) == {"materialise_model": 2, "targets": 3, "tune_shard": 2, "collect": 2, "figure": 1}
+    assert planned_jobs(proc) == {"materialise_model": 2, "targets": 3, "tune_job": 2, "collect": 2, "figure": 1}
     for fig, families in (("fig07", 2), ("fig08", 2), ("fig09", 3)):  # one model, its own targets only
         proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", f"results/figures/{fig}.png")
-        expected = {"materialise_model": 1, "targets": families, "tune_shard": families, "collect": families, "figure": 1}
+        expected = {"materialise_model": 1, "targets": families, "tune_job": families, "collect": families, "figure": 1}
         assert planned_jobs(proc) == expected, fig
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig12.png")
     # vocabulary and POS jobs only: no targets, no tuning
@@ -157,9 +157,9 @@ def test_single_figure_plans_only_what_it_needs(tmp_path, tiny_sources):
 
 @pytest.mark.slow
 def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
-    cfg = {**tiny_config(tiny_sources), "bundle_experiments": True}  # as the default config.yaml
+    cfg = {**tiny_config(tiny_sources), "share_jobs": True}  # as the default config.yaml
     snakemake(tmp_path, cfg, "--cores", "2")
-    # bundled: vanilla's shard k shares its job with every soft experiment of the model
+    # shared jobs: vanilla's shard k shares its job with every soft experiment of the model
     assert sorted(p.name for p in (tmp_path / "results/tuning/tiny/soft/shard-0").glob("*.arrow")) == sorted(
         f"{e}.arrow" for e in ("vanilla", "methods", "outliers", "outlier-vanilla", "lm-soft", "matched-soft",
                                "shuffled-soft", "migrated-soft", "migrated-matched-soft", "pos"))
@@ -189,8 +189,8 @@ def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
     assert df["kl_min"].is_finite().all() and (df["kl_min"] >= 0).all()
     assert set(df["entropy_unit"]) == {"bits"} and set(df["status"]) == {"ok"}
     assert {"model_sha256", "model_source", "dtype", "device", "bos"} <= set(df.columns)
-    twins = pl.read_ipc(tmp_path / "results/collected/twins.arrow")
-    assert twins["model"].unique().to_list() == ["tiny-random"]
+    copies = pl.read_ipc(tmp_path / "results/collected/random-init.arrow")
+    assert copies["model"].unique().to_list() == ["tiny-random"]
     methods = pl.read_ipc(tmp_path / "results/collected/methods.arrow")
     assert dict(methods.group_by("method").agg(pl.col("n_soft").first()).iter_rows()) == {"soft": 5, "hybrid-1": 1, "hard": 0}
     hard = methods.filter(pl.col("method") == "hard")
@@ -222,7 +222,7 @@ def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
     for model in cfg["models"]:
         vocab = pl.read_ipc(tmp_path / f"results/vocab/{model}.arrow")
         assert vocab.height == 93 and vocab["is_english"].sum() >= 60
-        # a random twin has its base's tokenizer: no POS table of its own
+        # a random-init copy has its base's tokenizer: no POS table of its own
         assert (tmp_path / f"results/pos/{model}.arrow").exists() == (model != "tiny-random")
     pos = pl.read_ipc(tmp_path / "results/collected/pos.arrow")
     assert set(pos["pos"]) == {"NOUN", "ADJ"} and pos.height == 2 * 2 * 2  # models x tags x draws
@@ -233,9 +233,9 @@ def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
     # a second run from scratch, each experiment in jobs of its own, gives bit-identical tables
     again = tmp_path / "again"
     wanted = ["results/collected/vanilla.arrow", "results/collected/pos.arrow"]
-    proc = snakemake(again, {**cfg, "bundle_experiments": False}, "-n", *wanted)
-    assert planned_jobs(proc)["tune_shard"] == 2 * 2 + 2  # vanilla: 2 models x 2 shards; pos: 2 models
-    snakemake(again, {**cfg, "bundle_experiments": False}, "--cores", "2", *wanted)
+    proc = snakemake(again, {**cfg, "share_jobs": False}, "-n", *wanted)
+    assert planned_jobs(proc)["tune_job"] == 2 * 2 + 2  # vanilla: 2 models x 2 shards; pos: 2 models
+    snakemake(again, {**cfg, "share_jobs": False}, "--cores", "2", *wanted)
     assert pl.read_ipc(again / "results/collected/vanilla.arrow").equals(df)
     assert pl.read_ipc(again / "results/collected/pos.arrow").equals(pos)
 
@@ -345,10 +345,10 @@ def test_partial_reruns(tmp_path, tiny_sources):
     module.write_text(source.replace("def save(chart, stem: str | Path)", "def save(chart, stem: str | Path, changed=None)"))
     assert planned_jobs(smk("-n")) == {"figure": 2, "achieved": 1, "all": 1}
     module.write_text(source)
-    # a module the tuning shards reach through distreach.shards
+    # a module the tuning jobs reach through distreach.tuning
     module = wf / "distreach" / "infotheory.py"
     module.write_text(module.read_text() + "\n# a changed line\n")
-    assert planned_jobs(smk("-n"))["tune_shard"] == 4
+    assert planned_jobs(smk("-n"))["tune_job"] == 4
     module.write_text(module.read_text().removesuffix("\n# a changed line\n"))
     assert "Nothing to be done" in smk("-n").stdout
     cfg["figures"]["fig05"]["experiment"] = "a"  # no claim is tested on Fig. 5
@@ -358,7 +358,7 @@ def test_partial_reruns(tmp_path, tiny_sources):
     assert planned_jobs(smk("-n")) == {"figure": 1, "claims": 1, "achieved": 1, "all": 1}
     cfg["figures"]["fig01"]["experiment"] = "a"
     cfg["experiments"]["b"]["tuning"] = {"lr": 0.05}
-    assert planned_jobs(smk("-n")) == {"tune_shard": 2, "collect": 1, "figure": 1, "all": 1}
+    assert planned_jobs(smk("-n")) == {"tune_job": 2, "collect": 1, "figure": 1, "all": 1}
 
 
 def test_lint_and_format_are_clean():
@@ -378,9 +378,9 @@ def test_slurm_profile_plans_the_paper_study_without_the_hub(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
     jobs = planned_jobs(proc)
-    assert jobs["materialise_model"] == 11 and jobs["tune_shard"] == 150 and jobs["pos_tag"] == 9
+    assert jobs["materialise_model"] == 11 and jobs["tune_job"] == 150 and jobs["pos_tag"] == 9
     assert jobs["figure"] == 12 and jobs["next_token"] == 1 and jobs["achieved"] == 1
     assert not any(tmp_path.joinpath("results").rglob("*"))
     total = sum(jobs.values())  # docs/cluster.md states the plan's size
     assert f"plans {total - jobs['all']} jobs (`snakemake --profile slurm -n`; {total}\nwith the `all` target), " \
-           f"{jobs['tune_shard']} of them" in (REPO / "docs" / "cluster.md").read_text()
+           f"{jobs['tune_job']} of them" in (REPO / "docs" / "cluster.md").read_text()

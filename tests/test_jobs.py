@@ -1,19 +1,19 @@
-"""Which experiments share a tuning job (distreach.bundles), and the workflow's plan of them."""
+"""Which experiments share a tuning job (distreach.jobs), and the workflow's plan of them."""
 
 import re
 
 import pytest
 
-from distreach.bundles import experiment_outputs, tuning_jobs
+from distreach.jobs import experiment_jobs, tuning_jobs
 from distreach.errors import DistreachError
 
 from .test_workflow import planned_jobs, snakemake, tiny_config, tiny_sources  # noqa: F401 (a fixture)
 
 
-def config(bundled: bool) -> dict:
+def config(shared: bool) -> dict:
     exp = {"models": ["m"], "methods": ["soft"], "inits": 1, "shards": 1}
     return {
-        "bundle_experiments": bundled,
+        "share_jobs": shared,
         "tuning": {"lr": 0.1, "prefix_len": 5},
         "methods": {"hybrid-1": {"method": "hybrid", "n_soft": 1}, "short": {"method": "soft", "prefix_len": 2}},
         "experiments": {
@@ -26,28 +26,25 @@ def config(bundled: bool) -> dict:
     }
 
 
-def test_bundled_experiments_share_jobs_of_the_same_model_method_and_settings():
+def test_experiments_sharing_jobs_share_those_of_the_same_model_method_and_settings():
     jobs = tuning_jobs(config(True))
     assert sorted(jobs) == ["m/hybrid-1/shard-0", "m/short+lr=0.05+prefix_len=3/shard-0", "m/soft+prefix_len=3/shard-0",
                             "m/soft/shard-0", "m/soft/shard-1", "n/soft/shard-0"]
-    assert [m["experiment"] for m in jobs["m/soft/shard-0"]["members"]] == ["a", "b", "d"]
-    assert [(m["experiment"], m["shard"], m["n_shards"]) for m in jobs["m/soft/shard-1"]["members"]] == [("a", 1, 2)]
+    assert [m["experiment"] for m in jobs["m/soft/shard-0"]["shards"]] == ["a", "b", "d"]
+    assert [(m["experiment"], m["shard"], m["n_shards"]) for m in jobs["m/soft/shard-1"]["shards"]] == [("a", 1, 2)]
     assert jobs["m/hybrid-1/shard-0"]["tuning"] == {"lr": 0.1, "prefix_len": 5, "method": "hybrid", "n_soft": 1}
     assert jobs["m/soft+prefix_len=3/shard-0"]["tuning"] == {"lr": 0.1, "prefix_len": 3, "method": "soft"}
     # settings apply global, then the experiment's, then the method's
     assert jobs["m/short+lr=0.05+prefix_len=3/shard-0"]["tuning"] == {"lr": 0.05, "prefix_len": 2, "method": "soft"}
-    assert experiment_outputs(tuning_jobs(config(True)), "a") == [
-        ("results/tuning/m/soft/shard-0", "results/tuning/m/soft/shard-0/a.arrow"),
-        ("results/tuning/m/soft/shard-1", "results/tuning/m/soft/shard-1/a.arrow"),
-    ]
+    assert experiment_jobs(tuning_jobs(config(True)), "a") == ["m/soft/shard-0", "m/soft/shard-1"]
 
 
-def test_unbundled_experiments_have_jobs_of_their_own():
+def test_experiments_not_sharing_jobs_have_jobs_of_their_own():
     jobs = tuning_jobs(config(False))
     assert sorted(jobs) == ["m/a@soft/shard-0", "m/a@soft/shard-1", "m/b@hybrid-1/shard-0", "m/b@soft/shard-0",
                             "m/c@soft+prefix_len=3/shard-0", "m/d@soft/shard-0", "m/e@short+lr=0.05+prefix_len=3/shard-0",
                             "n/d@soft/shard-0"]
-    assert all(len(job["members"]) == 1 for job in jobs.values())
+    assert all(len(job["shards"]) == 1 for job in jobs.values())
 
 
 def test_job_names_are_path_safe_and_never_shared_by_jobs_of_other_settings():
@@ -62,11 +59,29 @@ def test_job_names_are_path_safe_and_never_shared_by_jobs_of_other_settings():
         tuning_jobs(cfg)
 
 
-def test_the_workflow_plans_one_tune_job_per_bundle(tmp_path, tiny_sources):  # noqa: F811
-    # bundled: tiny and tiny-gpt2 soft (2 shards each), tiny hybrid-1, hard, soft+prefix_len=2, tiny-random soft;
+def test_the_workflow_plans_one_tune_job_per_job(tmp_path, tiny_sources):  # noqa: F811
+    # shared: tiny and tiny-gpt2 soft (2 shards each), tiny hybrid-1, hard, soft+prefix_len=2, tiny-random soft;
     # each experiment on its own: 20 (vanilla 2 models x 2 shards, methods 3, migrated 2, pos 2, nine more)
-    for bundled, jobs in ((True, 8), (False, 20)):
-        cfg = {**tiny_config(tiny_sources), "bundle_experiments": bundled}
-        cfg["experiments"]["twins"]["tuning"] = {"init": "normal", "bos": "none"}  # settings in the job's name
-        proc = snakemake(tmp_path / str(bundled), cfg, "-n")
-        assert planned_jobs(proc)["tune_shard"] == jobs
+    for shared, jobs in ((True, 8), (False, 20)):
+        cfg = {**tiny_config(tiny_sources), "share_jobs": shared}
+        cfg["experiments"]["random-init"]["tuning"] = {"init": "normal", "bos": "none"}  # settings in the job's name
+        proc = snakemake(tmp_path / str(shared), cfg, "-n")
+        assert planned_jobs(proc)["tune_job"] == jobs
+
+
+@pytest.mark.parametrize("old,new", [("bundle_experiments", "renamed to share_jobs"),
+                                     ("twins", "a stand-in is now a model source: models.<name>.source: {stand_in: ")])
+def test_a_key_of_an_earlier_version_is_refused_naming_its_replacement(tmp_path, old, new):
+    """A config with ``bundle_experiments`` or a ``twins`` section (both renamed) stops before
+    any schema check with one line naming what replaced it."""
+    from snakemake.utils import validate
+
+    from distreach.config import check_config
+    from distreach.schema import SCHEMA_PATH
+
+    cfg = tiny_config({"llama": str(tmp_path / "llama"), "gpt2": str(tmp_path / "gpt2")})
+    check_config(dict(cfg), SCHEMA_PATH, validate)  # the config without the old key passes
+    with pytest.raises(DistreachError) as err:
+        check_config({**cfg, old: True}, SCHEMA_PATH, validate)
+    assert str(err.value).startswith(f"config key {old}: {new}")
+    assert "\n" not in str(err.value)

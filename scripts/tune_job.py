@@ -1,26 +1,27 @@
 """Snakemake entry point: one tuning job, shard k of the experiments it tunes together
-(distreach.shards.run_bundle), written as one folder of per-experiment tables."""
+(distreach.tuning.run_job), written as one folder of per-experiment tables."""
 
 import _repo  # first: this checkout's distreach under --sdm conda
 
 from pathlib import Path
 
-from distreach.bundles import table_path
+from distreach.jobs import table_path
+from distreach.checkpoint import checkpoint_path
 from distreach.io import atomic_path
-from distreach.shards import run_bundle, tuning_config
+from distreach.tuning import run_job, tuning_config
 
 with _repo.step_log(snakemake.log[0]):
     job = snakemake.params.job
     out = Path(snakemake.output[0])
-    checkpoint = out.with_name(f".{out.name}.ckpt")
+    checkpoint = checkpoint_path(out)
     with atomic_path(out, is_dir=True) as folder:
-        members = [
-            {**member, "targets": targets, "out": table_path(folder, member["experiment"])}
-            for member, targets in zip(job["members"], snakemake.input.targets)
+        shards = [
+            {**shard, "targets": targets, "out": table_path(folder, shard["experiment"])}
+            for shard, targets in zip(job["shards"], snakemake.input.targets)
         ]
-        tables = run_bundle(
+        tables = run_job(
             model_dir=snakemake.input.model,
-            members=members,
+            shards=shards,
             method=job["method"],
             tuning=tuning_config(job["tuning"]),
             checkpoint=checkpoint,

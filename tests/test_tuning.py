@@ -4,7 +4,7 @@ import pytest
 from distreach.errors import DistreachError
 from distreach.io import read_arrow, write_arrow
 from distreach.models import load_materialised
-from distreach.shards import run_shard, shard_rows, tuning_config
+from distreach.tuning import run_shard, shard_rows, tuning_config
 from distreach.tables import RESULT_COLUMNS, collect, min_over_inits
 from distreach.vanilla import EntropyGrid, VanillaSettings, vanilla_targets
 
@@ -84,7 +84,7 @@ def test_methods_and_prefix_lengths_on_a_target_share_their_init_tokens(tiny_dir
 
 def test_tune_rows_is_a_shard_without_files(tiny_dirs, tmp_path, monkeypatch):
     from distreach.models import load_materialised
-    from distreach.shards import tune_rows
+    from distreach.tuning import tune_rows
     from distreach.targets import target_probs
 
     targets = vanilla_targets(93, EntropyGrid(step=3.0, unit="bits"), VanillaSettings(per_level=1))

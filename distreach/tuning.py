@@ -19,14 +19,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .checkpoint import CHECKPOINT_SECONDS
+from .checkpoint import CHECKPOINT_SECONDS, checkpoint_path
 from .engine import STOP_REASONS, TuneConfig, prompt_kl, tune
 from .errors import DistreachError
 from .units import to_unit
 from .io import package_versions, with_metadata, write_arrow
 from .models import DTYPES, auto_dtype, load_materialised, resolve_device
 from .seeds import derive_seed
-from .targets import TARGET_COLUMNS, read_targets
+from .targets import TARGET_COLUMNS, read_target_matrix
 from .tokens import bos_used, resolve_bos
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,9 @@ def shard_rows(n_targets: int, inits: int, shard: int, n_shards: int) -> list[tu
 
 
 @dataclass(frozen=True)
-class Member:
+class Shard:
     """One experiment's shard in a tuning job: its targets (``meta``: the target columns,
-    ``probs``: [n, |V|], as :func:`distreach.targets.read_targets` returns them), its inits
+    ``probs``: [n, |V|], as :func:`distreach.targets.read_target_matrix` returns them), its inits
     and which shard of its rows (:func:`shard_rows`)."""
 
     experiment: str
@@ -77,18 +77,18 @@ def run_shard(
     progress=None,
 ) -> pa.Table:
     """Tune one shard of one experiment on one model and write it atomically to ``out_path``
-    (:func:`run_bundle` with one member)."""
-    member = {"experiment": experiment, "targets": targets_path, "out": out_path, "inits": inits, "shard": shard,
-              "n_shards": n_shards}
-    return run_bundle(model_dir=model_dir, members=[member], method=method, tuning=tuning, seed=seed, dtype=dtype,
-                      device=device, threads=threads, checkpoint=checkpoint_path(out_path),
-                      checkpoint_seconds=checkpoint_seconds, loaded=loaded, progress=progress)[0]
+    (:func:`run_job` with one shard)."""
+    one = {"experiment": experiment, "targets": targets_path, "out": out_path, "inits": inits, "shard": shard,
+           "n_shards": n_shards}
+    return run_job(model_dir=model_dir, shards=[one], method=method, tuning=tuning, seed=seed, dtype=dtype,
+                   device=device, threads=threads, checkpoint=checkpoint_path(out_path),
+                   checkpoint_seconds=checkpoint_seconds, loaded=loaded, progress=progress)[0]
 
 
-def run_bundle(
+def run_job(
     *,
     model_dir: str | None,
-    members: list[dict],
+    shards: list[dict],
     method: str,
     tuning: TuneConfig,
     checkpoint: str | Path,
@@ -102,9 +102,9 @@ def run_bundle(
     progress=None,
 ) -> list[pa.Table]:
     """Tune the shards of several experiments that share a model, method and tuning settings
-    in one batch (:func:`tune_members`), and write each experiment's table atomically.
+    in one batch (:func:`tune_shards`), and write each experiment's table atomically.
 
-    ``members``: dicts with ``experiment``, ``targets`` (target file), ``out`` (table to
+    ``shards``: dicts with ``experiment``, ``targets`` (target file), ``out`` (table to
     write), ``inits``, ``shard`` and ``n_shards``. The model is loaded from ``model_dir`` in
     ``dtype`` on ``device`` unless ``loaded`` (a LoadedModel) is given. The tuning state is
     checkpointed to ``checkpoint`` every ``checkpoint_seconds``, so a killed job started again
@@ -116,21 +116,16 @@ def run_bundle(
         device = resolve_device(device)
         loaded, _ = load_materialised(model_dir, dtype=auto_dtype(device) if dtype == "auto" else dtype, device=device)
     parts = []
-    for m in members:
-        meta, probs = read_targets(m["targets"], loaded.vocab_size)
-        parts.append(Member(m["experiment"], meta, probs, m["inits"], m.get("shard", 0), m.get("n_shards", 1)))
-    tables = tune_members(loaded, parts, method=method, tuning=tuning, seed=seed, checkpoint=checkpoint,
-                          checkpoint_seconds=checkpoint_seconds, progress=progress)
-    for table, m in zip(tables, members):
+    for m in shards:
+        meta, probs = read_target_matrix(m["targets"], loaded.vocab_size)
+        parts.append(Shard(m["experiment"], meta, probs, m["inits"], m.get("shard", 0), m.get("n_shards", 1)))
+    tables = tune_shards(loaded, parts, method=method, tuning=tuning, seed=seed, checkpoint=checkpoint,
+                         checkpoint_seconds=checkpoint_seconds, progress=progress)
+    for table, m in zip(tables, shards):
         write_arrow(table, m["out"])
     if not keep_checkpoint:
         Path(checkpoint).unlink(missing_ok=True)
     return tables
-
-
-def checkpoint_path(out_path) -> Path:
-    """Where the tuning state of the rows written to ``out_path`` is checkpointed."""
-    return Path(out_path).with_name(f".{Path(out_path).name}.ckpt")
 
 
 def write_shard(table: pa.Table, out_path) -> None:
@@ -155,15 +150,15 @@ def tune_rows(
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
     progress=None,
 ) -> pa.Table:
-    """The result table of one shard of one experiment (:func:`tune_members` with one member)."""
-    member = Member(experiment, meta, probs, inits, shard, n_shards)
-    return tune_members(loaded, [member], method=method, tuning=tuning, seed=seed, checkpoint=checkpoint,
-                        checkpoint_seconds=checkpoint_seconds, progress=progress)[0]
+    """The result table of one shard of one experiment (:func:`tune_shards` with one shard)."""
+    one = Shard(experiment, meta, probs, inits, shard, n_shards)
+    return tune_shards(loaded, [one], method=method, tuning=tuning, seed=seed, checkpoint=checkpoint,
+                       checkpoint_seconds=checkpoint_seconds, progress=progress)[0]
 
 
-def tune_members(
+def tune_shards(
     loaded,
-    members: list[Member],
+    shards: list[Shard],
     *,
     method: str,
     tuning: TuneConfig,
@@ -172,8 +167,8 @@ def tune_members(
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
     progress=None,
 ) -> list[pa.Table]:
-    """One result table per member: the (target, init) rows of its :func:`shard_rows`, all
-    members' rows tuned together on ``loaded`` (rows never interact, so a row's result is the
+    """One result table per shard: the (target, init) rows of its :func:`shard_rows`, all
+    shards' rows tuned together on ``loaded`` (rows never interact, so a row's result is the
     one it gets alone), with provenance in the schema metadata
     (:func:`distreach.io.arrow_metadata`).
 
@@ -183,10 +178,10 @@ def tune_members(
     ``kl_min``, so they never reach a figure as a number. ``progress(step, active)`` is called
     after every step of every batch. The provenance's ``work`` is the engine's record of the
     call (:attr:`distreach.engine.TuneResult.work`: row-steps run, fp32 retries included, and
-    where it resumed from a checkpoint), the same in every member's table."""
+    where it resumed from a checkpoint), the same in every shard's table."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     dtype = {v: k for k, v in DTYPES.items()}[loaded.embeddings.dtype]
-    plans = _plan_rows(loaded, members, seed, dtype)
+    plans = _plan_rows(loaded, shards, seed, dtype)
 
     def on_step(step, active):
         if step % 25 == 0 or active == 0:
@@ -195,12 +190,12 @@ def tune_members(
             progress(step, active)
 
     probs = np.concatenate([m.probs[[t for t, _ in rows]] for m, rows, _ in plans] or [np.zeros((0, loaded.vocab_size))])
-    seeds = [s for _, _, member_seeds in plans for s in member_seeds]
+    seeds = [s for _, _, shard_seeds in plans for s in shard_seeds]
     res = tune(loaded, probs, seeds, tuning, on_step=on_step, checkpoint=checkpoint,
                checkpoint_seconds=checkpoint_seconds)
     row_dtype, retry = _retry_in_fp32(loaded, res, probs, seeds, tuning, dtype)
     tables, lo = [], 0
-    for m, rows, member_seeds in plans:
+    for m, rows, shard_seeds in plans:
         part = slice(lo, lo + len(rows))
         lo += len(rows)
         columns = {
@@ -208,16 +203,16 @@ def tune_members(
             "model": pa.array([loaded.name] * len(rows), pa.string()),
             "method": pa.array([method] * len(rows), pa.string()),
         }
-        table = _result_table(columns, loaded, m.meta, rows, member_seeds, tuning, res.take(part), probs[part],
+        table = _result_table(columns, loaded, m.meta, rows, shard_seeds, tuning, res.take(part), probs[part],
                               row_dtype[part], retry[part], m.shard)
-        tables.append(with_metadata(table, _provenance(loaded, m, members, tuning, seed, res.work, dtype)))
+        tables.append(with_metadata(table, _provenance(loaded, m, shards, tuning, seed, res.work, dtype)))
     return tables
 
 
-def _plan_rows(loaded, members: list[Member], seed: int, dtype: str) -> list[tuple]:
-    """(member, its (target, init) rows, their init seeds) for each member."""
+def _plan_rows(loaded, shards: list[Shard], seed: int, dtype: str) -> list[tuple]:
+    """(shard, its (target, init) rows, their init seeds) for each shard."""
     plans = []
-    for m in members:
+    for m in shards:
         rows = shard_rows(m.meta.num_rows, m.inits, m.shard, m.n_shards)
         tids = m.meta.column("target_id").to_pylist()
         # init seeds name only the target and the init: every method, prefix length and experiment on a
@@ -228,8 +223,8 @@ def _plan_rows(loaded, members: list[Member], seed: int, dtype: str) -> list[tup
     return plans
 
 
-def _provenance(loaded, m: Member, members: list[Member], tuning: TuneConfig, seed: int, work: dict, dtype: str) -> dict:
-    """The provenance of member ``m``'s table (its schema metadata)."""
+def _provenance(loaded, m: Shard, shards: list[Shard], tuning: TuneConfig, seed: int, work: dict, dtype: str) -> dict:
+    """The provenance of shard ``m``'s table (its schema metadata)."""
     return {
         "experiment": m.experiment,
         "model": loaded.manifest,
@@ -237,7 +232,7 @@ def _provenance(loaded, m: Member, members: list[Member], tuning: TuneConfig, se
         "inits": m.inits,
         "seed": seed,
         "shard": [m.shard, m.n_shards],
-        "tuned_with": [other.experiment for other in members],
+        "tuned_with": [other.experiment for other in shards],
         "work": work,
         "dtype": dtype,
         "device": str(loaded.embeddings.device),

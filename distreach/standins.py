@@ -1,9 +1,9 @@
-"""Tiny twins of the paper's models: a tiny random model of the same ``transformers`` class with
-the same special-token layout, built offline (the tokenizer is trained on the fly on a small
+"""Stand-ins for the paper's hub models: a tiny random model of the same ``transformers`` class
+with the same special-token layout, built offline (the tokenizer is trained on the fly on a small
 English corpus), so that the paper study can run end to end without the hub.
 
 =================  ========================  ====================================================
-twin               class                     special-token layout (as the hub model's)
+stand-in           class                     special-token layout (as the hub model's)
 =================  ========================  ====================================================
 ``gpt2``           GPT2LMHeadModel           BOS = EOS = ``<|endoftext|>``; tied head
 ``llama3``         LlamaForCausalLM          ``<|begin_of_text|>`` BOS, ``<|end_of_text|>``,
@@ -17,8 +17,9 @@ twin               class                     special-token layout (as the hub mo
                                              pieces (``▁``); embeddings scaled by sqrt(d)
 =================  ========================  ====================================================
 
-``write_twin(arch, folder, seed)`` saves one as a model folder (``save_pretrained``) that a
-``local:`` model source or ``distreach --model`` reads.
+A model source ``{stand_in: <arch>, seed: <n>}`` materialises one
+(:func:`distreach.models.materialise`); ``write_stand_in(arch, folder, seed)`` saves one as a
+model folder (``save_pretrained``) that a ``local:`` model source or ``distreach --model`` reads.
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ def _bpe(specials: list[str], metaspace: bool = False, vocab: int = 600):
     return tok
 
 
-def twin_tokenizer(arch: str):
-    """The twin's tokenizer (a ``PreTrainedTokenizerFast``) with the hub model's special tokens."""
+def stand_in_tokenizer(arch: str):
+    """The stand-in's tokenizer (a ``PreTrainedTokenizerFast``) with the hub model's special tokens."""
     from transformers import PreTrainedTokenizerFast
 
     def fast(tok, extra=(), **special):
@@ -113,11 +114,11 @@ def twin_tokenizer(arch: str):
         out = fast(tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>", unk_token="<unk>")
         out.add_tokens(specials[4:], special_tokens=True)
         return out
-    raise DistreachError(f"twin {arch!r}: not one of {', '.join(ARCHITECTURES)}")
+    raise DistreachError(f"stand-in {arch!r}: not one of {', '.join(ARCHITECTURES)}")
 
 
-def twin_model(arch: str, tokenizer, seed: int = 0):
-    """A tiny random model of the twin's class for ``tokenizer``."""
+def stand_in_model(arch: str, tokenizer, seed: int = 0):
+    """A tiny random model of the stand-in's class for ``tokenizer``."""
     import transformers as tf
 
     s = SIZES
@@ -146,18 +147,24 @@ def twin_model(arch: str, tokenizer, seed: int = 0):
         cfg = tf.Gemma3TextConfig(vocab_size=n, intermediate_size=s["ff"], num_key_value_heads=s["kv_heads"], head_dim=8,
                                   sliding_window=16, **common)
         return tf.Gemma3ForCausalLM(cfg)
-    raise DistreachError(f"twin {arch!r}: not one of {', '.join(ARCHITECTURES)}")
+    raise DistreachError(f"stand-in {arch!r}: not one of {', '.join(ARCHITECTURES)}")
 
 
-def write_twin(arch: str, folder, seed: int = 0) -> Path:
-    """Save the twin ``arch`` (random weights from ``seed``) as a model folder, atomically."""
+def build_stand_in(arch: str, seed: int = 0):
+    """The stand-in ``arch`` (random weights from ``seed``): (model, tokenizer)."""
+    tok = stand_in_tokenizer(arch)
+    model = stand_in_model(arch, tok, seed)
+    if type(model).__name__ != ARCHITECTURES[arch]:
+        raise DistreachError(f"stand-in {arch}: built {type(model).__name__}, expected {ARCHITECTURES[arch]}")
+    return model, tok
+
+
+def write_stand_in(arch: str, folder, seed: int = 0) -> Path:
+    """Save the stand-in ``arch`` (random weights from ``seed``) as a model folder, atomically."""
     from .io import atomic_path
 
     folder = Path(folder)
-    tok = twin_tokenizer(arch)
-    model = twin_model(arch, tok, seed)
-    if type(model).__name__ != ARCHITECTURES[arch]:
-        raise DistreachError(f"twin {arch}: built {type(model).__name__}, expected {ARCHITECTURES[arch]}")
+    model, tok = build_stand_in(arch, seed)
     with atomic_path(folder, is_dir=True) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(tmp, safe_serialization=True)

@@ -1,6 +1,7 @@
-"""Tiny twins of the paper's models (distreach.twins) and configs/paper-twins.yaml: every paper
-architecture has a twin with its class and special-token layout, the twins config is the paper
-study, and the CLI tunes on twin folders of every architecture with each row's BOS recorded."""
+"""Stand-ins for the paper's models (distreach.standins) and configs/paper-stand-ins.yaml: every
+paper architecture has a stand-in with its class and special-token layout, a stand_in model
+source materialises it, the stand-ins config is the paper study, and the CLI tunes on stand-in
+folders of every architecture with each row's BOS recorded."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from distreach import cli
 from distreach.io import read_arrow
 from distreach.targets import logprobs
 from distreach.tokens import usable_mask
-from distreach.paper_twins import twins_config
-from distreach.twins import ARCHITECTURES, twin_model, twin_tokenizer, write_twin
+from distreach.models import ModelSpec, materialise
+from distreach.paper_standins import stand_ins_config
+from distreach.schema import schema
+from distreach.standins import ARCHITECTURES, stand_in_model, stand_in_tokenizer, write_stand_in
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = yaml.safe_load((REPO / "configs/paper.yaml").read_text())
-TWINS = yaml.safe_load((REPO / "configs/paper-twins.yaml").read_text())
+STAND_INS = yaml.safe_load((REPO / "configs/paper-stand-ins.yaml").read_text())
 
 # the transformers class of each hub model family of the paper (as its config.json names it)
 HUB_CLASSES = {
@@ -36,50 +39,75 @@ def hub_class(hub_id: str) -> str:
     return found[0]
 
 
-def test_every_paper_model_has_a_twin_of_its_class():
+def test_every_paper_model_has_a_stand_in_of_its_class():
     hub = {name: e["source"]["hf"] for name, e in PAPER["models"].items() if "hf" in e["source"]}
     assert hub, "the paper config names no hub model"
-    for name, hub_id in hub.items():
-        assert TWINS["models"][name]["source"] == {"local": f"results/twins/{name}"}, name
-        arch = TWINS["twins"][name]["arch"]
+    sources = [STAND_INS["models"][name]["source"] for name in hub]
+    for (name, hub_id), source in zip(hub.items(), sources):
+        arch = source["stand_in"]
         assert ARCHITECTURES[arch] == hub_class(hub_id), (name, arch)
         assert arch.endswith("-instruct") == ("instruct" in hub_id.lower()), (name, arch)
-    # two models of one architecture are different twins
-    seeds = [(t["arch"], t["seed"]) for t in TWINS["twins"].values()]
+    # two models of one architecture are different stand-ins
+    seeds = [(s["stand_in"], s["seed"]) for s in sources]
     assert len(set(seeds)) == len(seeds)
 
 
-def test_twins_config_is_the_paper_study():
-    assert twins_config(PAPER) == TWINS, "configs/paper-twins.yaml is stale: run python scripts/paper_twins.py"
-    assert TWINS["figures"] == PAPER["figures"]
-    assert TWINS["experiments"].keys() == PAPER["experiments"].keys()
+def test_the_schema_offers_every_stand_in():
+    source = schema()["definitions"]["source"]["oneOf"]
+    (stand_in,) = [s for s in source if s["required"] == ["stand_in"]]
+    assert stand_in["properties"]["stand_in"]["enum"] == list(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("arch", ["llama3", "qwen2"])
+def test_a_stand_in_source_materialises_the_saved_stand_in(tmp_path, arch):
+    """A stand_in source gives the weights and tokenizer of the stand-in saved with
+    write_stand_in and materialised as a local folder."""
+    write_stand_in(arch, tmp_path / "saved", seed=3)
+    local = materialise(ModelSpec.from_config("a", {"source": {"local": str(tmp_path / "saved")}}), tmp_path / "a")
+    built = materialise(ModelSpec.from_config("b", {"source": {"stand_in": arch, "seed": 3}}), tmp_path / "b")
+    assert built["weights_sha256"] == local["weights_sha256"]
+    assert built["architecture"] == ARCHITECTURES[arch] and built["source_kind"] == "stand_in"
+    from transformers import AutoTokenizer
+
+    a, b = (AutoTokenizer.from_pretrained(tmp_path / name) for name in "ab")
+    assert a.get_vocab() == b.get_vocab() and a.all_special_ids == b.all_special_ids
+    assert (a.bos_token_id, a.eos_token_id) == (b.bos_token_id, b.eos_token_id)
+    assert a("I love the house").input_ids == b("I love the house").input_ids
+    other = materialise(ModelSpec.from_config("c", {"source": {"stand_in": arch, "seed": 4}}), tmp_path / "c")
+    assert other["weights_sha256"] != built["weights_sha256"]
+
+
+def test_stand_ins_config_is_the_paper_study():
+    assert stand_ins_config(PAPER) == STAND_INS, "configs/paper-stand-ins.yaml is stale: run python scripts/paper_standins.py"
+    assert STAND_INS["figures"] == PAPER["figures"]
+    assert STAND_INS["experiments"].keys() == PAPER["experiments"].keys()
     for name, exp in PAPER["experiments"].items():
-        twin = TWINS["experiments"][name]
+        copy = STAND_INS["experiments"][name]
         for key in set(exp) - {"inits", "shards"}:
-            assert twin[key] == exp[key], (name, key)
-    assert TWINS["targets"].keys() == PAPER["targets"].keys()
+            assert copy[key] == exp[key], (name, key)
+    assert STAND_INS["targets"].keys() == PAPER["targets"].keys()
     for name, fam in PAPER["targets"].items():
-        assert TWINS["targets"][name].get("kind") == fam.get("kind"), name
-    assert TWINS["models"].keys() == PAPER["models"].keys()
-    assert all("hf" not in m["source"] for m in TWINS["models"].values())
+        assert STAND_INS["targets"][name].get("kind") == fam.get("kind"), name
+    assert STAND_INS["models"].keys() == PAPER["models"].keys()
+    assert all("hf" not in m["source"] for m in STAND_INS["models"].values())
 
 
-def test_twin_layouts():
-    g = twin_tokenizer("gpt2")
+def test_stand_in_layouts():
+    g = stand_in_tokenizer("gpt2")
     assert g.bos_token == g.eos_token == "<|endoftext|>"
-    ll = twin_tokenizer("llama3")
-    m = twin_model("llama3", ll)
+    ll = stand_in_tokenizer("llama3")
+    m = stand_in_model("llama3", ll)
     assert ll.bos_token == "<|begin_of_text|>" and not m.config.tie_word_embeddings
     reserved = ll.convert_tokens_to_ids(["<|reserved_special_token_0|>", "<|reserved_special_token_7|>"])
     assert not usable_mask(ll, len(ll))[reserved].any()
-    f = twin_tokenizer("falcon")
-    assert f.bos_token is None and type(twin_model("falcon", f)).__name__ == "FalconForCausalLM"
-    q = twin_tokenizer("qwen2")
-    qm = twin_model("qwen2", q)
+    f = stand_in_tokenizer("falcon")
+    assert f.bos_token is None and type(stand_in_model("falcon", f)).__name__ == "FalconForCausalLM"
+    q = stand_in_tokenizer("qwen2")
+    qm = stand_in_model("qwen2", q)
     assert q.bos_token is None and qm.get_output_embeddings().weight.shape[0] > len(q)
-    assert twin_tokenizer("qwen2-instruct").eos_token == "<|im_end|>"
-    gt = twin_tokenizer("gemma3")
-    gm = twin_model("gemma3", gt)
+    assert stand_in_tokenizer("qwen2-instruct").eos_token == "<|im_end|>"
+    gt = stand_in_tokenizer("gemma3")
+    gm = stand_in_model("gemma3", gt)
     assert gt.bos_token == "<bos>" and gt.convert_ids_to_tokens(gt(" house").input_ids)[-1].startswith("▁")
     assert float(gm.get_input_embeddings().embed_scale) == pytest.approx(32**0.5)
     assert not usable_mask(gt, len(gt))[gt.convert_tokens_to_ids(["<unused0>", "<unused5>"])].any()
@@ -87,15 +115,15 @@ def test_twin_layouts():
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("twins")
+    root = tmp_path_factory.mktemp("stand-ins")
     mp = pytest.MonkeyPatch()
     mp.setenv("DISTREACH_CACHE", str(root / "cache"))
-    yield {arch: write_twin(arch, root / arch, seed=1) for arch in ("gpt2", "llama3", "qwen2", "falcon", "gemma3")}
+    yield {arch: write_stand_in(arch, root / arch, seed=1) for arch in ("gpt2", "llama3", "qwen2", "falcon", "gemma3")}
     mp.undo()
 
 
 @pytest.mark.parametrize("arch,bos", [("gpt2", "bos"), ("llama3", "bos"), ("qwen2", "none"), ("falcon", "none"), ("gemma3", "bos")])
-def test_cli_tunes_every_prompt_kind_on_twin_folders(folders, tmp_path, capsys, arch, bos):
+def test_cli_tunes_every_prompt_kind_on_stand_in_folders(folders, tmp_path, capsys, arch, bos):
     model = str(folders[arch])
     target = tmp_path / "t.arrow"
     assert cli.main(["target", "outlier", "--model", model, "--entropy", "3", "--k", "2", "--out", str(target), "-q"]) == 0

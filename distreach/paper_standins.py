@@ -1,6 +1,6 @@
-"""The paper study on tiny twins: configs/paper-twins.yaml is configs/paper.yaml with every hub
-model replaced by a tiny twin of :mod:`distreach.twins` and tiny counts (scripts/paper_twins.py
-writes it)."""
+"""The paper study on stand-ins: configs/paper-stand-ins.yaml is configs/paper.yaml with every hub
+model replaced by a stand-in of :mod:`distreach.standins` and tiny counts
+(scripts/paper_standins.py writes it)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import yaml
 
 from .errors import DistreachError
 from .io import atomic_path
-from .twins import ARCHITECTURES
+from .standins import ARCHITECTURES
 
 
-# a hub model id (lower case) -> its twin's architecture; the first pattern found in the id wins
-HUB_TWINS = (
+# a hub model id (lower case) -> its stand-in's architecture; the first pattern found in the id wins
+HUB_STAND_INS = (
     ("gpt2", "gpt2"),
     ("llama-3", "llama3"),
     ("llama3", "llama3"),
@@ -37,29 +37,27 @@ TINY_TUNING = {"max_steps": 4, "patience": 2}
 TINY_MODEL = {"mem_mb": 2000, "runtime": 10, "cpus": 1}
 
 
-def twin_arch(hub_id: str) -> str:
-    """The twin architecture of a hub model id (e.g. Qwen/Qwen2.5-0.5B-Instruct -> qwen2-instruct)."""
+def stand_in_arch(hub_id: str) -> str:
+    """The stand-in architecture of a hub model id (e.g. Qwen/Qwen2.5-0.5B-Instruct -> qwen2-instruct)."""
     low = hub_id.lower()
-    for pattern, arch in HUB_TWINS:
+    for pattern, arch in HUB_STAND_INS:
         if pattern in low.replace("qwen2.5", "qwen2"):
             if "instruct" in low and f"{arch}-instruct" in ARCHITECTURES:
                 return f"{arch}-instruct"
             return arch
-    raise DistreachError(f"no twin architecture for hub model {hub_id!r} (known: {', '.join(p for p, _ in HUB_TWINS)})")
+    raise DistreachError(f"no stand-in architecture for hub model {hub_id!r} (known: {', '.join(p for p, _ in HUB_STAND_INS)})")
 
 
-def twins_config(paper: dict) -> dict:
-    """The paper config with every hub model replaced by a tiny twin (one seed per model, so two
+def stand_ins_config(paper: dict) -> dict:
+    """The paper config with every hub model replaced by a stand-in (one seed per model, so two
     models of one architecture differ) and tiny counts; experiments, figures and claims kept."""
     cfg = copy.deepcopy(paper)
     cfg["dtype"] = "fp32"
-    cfg["bundle_experiments"] = True  # a few rows per experiment: one tuning job per model and setting
-    cfg["twins"] = {}
+    cfg["share_jobs"] = True  # a few rows per experiment: one tuning job per model and setting
     for i, (name, entry) in enumerate(paper["models"].items()):
         model = {**entry, **TINY_MODEL}
         if "hf" in entry["source"]:
-            cfg["twins"][name] = {"arch": twin_arch(entry["source"]["hf"]), "seed": i}
-            model["source"] = {"local": f"results/twins/{name}"}
+            model["source"] = {"stand_in": stand_in_arch(entry["source"]["hf"]), "seed": i}
         cfg["models"][name] = model
     for name, fam in cfg["targets"].items():
         kind = fam.get("kind", "vanilla")
@@ -74,15 +72,15 @@ def twins_config(paper: dict) -> dict:
     return cfg
 
 
-def write_twins_config(paper_path, out_path) -> dict:
-    """configs/paper-twins.yaml from configs/paper.yaml (atomically); returns the config."""
+def write_stand_ins_config(paper_path, out_path) -> dict:
+    """configs/paper-stand-ins.yaml from configs/paper.yaml (atomically); returns the config."""
     paper = yaml.safe_load(Path(paper_path).read_text())
-    cfg = twins_config(paper)
+    cfg = stand_ins_config(paper)
     head = (
-        f"# GENERATED from {paper_path} by scripts/paper_twins.py; do not edit by hand.\n"
-        "# The paper study on tiny random twins of its models (distreach.twins): same experiments,\n"
+        f"# GENERATED from {paper_path} by scripts/paper_standins.py; do not edit by hand.\n"
+        "# The paper study on stand-ins of its models (distreach.standins): same experiments,\n"
         "# figures and claims, tiny counts, no hub. Runs on the CPU or the local Slurm:\n"
-        "#   snakemake --profile slurm --configfile configs/paper-twins.yaml\n"
+        "#   snakemake --profile slurm --configfile configs/paper-stand-ins.yaml\n"
     )
     with atomic_path(out_path) as tmp:
         Path(tmp).write_text(head + yaml.safe_dump(cfg, sort_keys=False, width=110))

@@ -102,10 +102,10 @@ FIGURES: dict[str, Figure] = {
     ),
     "fig06": Figure(
         "Minimum KL (over inits) against target entropy for each pretrained model and its randomly "
-        "initialised twin on the same targets, one panel per model: mean over targets with a band of ± "
+        "initialised copy on the same targets, one panel per model: mean over targets with a band of ± "
         "one standard error over targets (paper Fig. 6).",
         keys={"experiments": EXPERIMENTS},
-        pairs=Pairs("pretrained/random-init", "pretrained model -> its random_init twin", required=True),
+        pairs=Pairs("pretrained/random-init", "pretrained model -> its random-init copy (a random_init source)", required=True),
         claims=("C7",),
     ),
     "fig07": Figure(
@@ -179,15 +179,15 @@ def figure_experiments(spec: dict) -> list[str]:
     return [spec["experiment"]] if spec.get("experiment") else []
 
 
-def figure_inputs(fig: str, spec: dict) -> dict[str, list[str]]:
-    """The files figure ``fig`` draws from, by kind: ``tables`` (collected tables of its
-    experiments), ``pos`` (the POS tables of its ``models``) or ``nexttoken`` (the next-token
-    distributions of its ``model``)."""
+def figure_reads(fig: str, spec: dict) -> tuple[str, list[str]]:
+    """What figure ``fig`` draws from: ``("tables", experiments)`` (their collected tables),
+    ``("pos", models)`` (their POS tables) or ``("nexttoken", [model])`` (its next-token
+    distributions); the workflow's rules name the files."""
     if FIGURES[fig].reads == "pos":
-        return {"pos": [f"results/pos/{m}.arrow" for m in spec["models"]]}
+        return "pos", list(spec["models"])
     if FIGURES[fig].reads == "nexttoken":
-        return {"nexttoken": [f"results/nexttoken/{spec['model']}.arrow"]}
-    return {"tables": [f"results/collected/{e}.arrow" for e in figure_experiments(spec)]}
+        return "nexttoken", [spec["model"]]
+    return "tables", figure_experiments(spec)
 
 
 def claim_figures(claim: str) -> list[str]:

@@ -1,0 +1,75 @@
+"""Tuning jobs: which experiments' shards are tuned together in one batch.
+
+A tuning job tunes shard k of one or more experiments on one model with one method and one set
+of tuning settings, and writes one table per experiment into its folder (:func:`table_path`).
+A job is known by ``<model>/<job name>/shard-<k>``. By default each experiment has its own
+jobs, named ``<experiment>@<method>`` (then ``+key=value`` for each of its own tuning
+settings). With the config's ``share_jobs: true`` the experiments that share a model, method
+and tuning settings (they differ only in their targets, and rows never interact in the engine)
+share their jobs, named by the method and the experiment's own tuning settings (``soft``,
+``soft+prefix_len=3``): one model load and one tail of slowly converging rows per job instead
+of one per experiment (on a CPU a step costs nearly as much for one row as for ten;
+``benchmarks/README.md``). The price: asking for one figure tunes every experiment of its
+jobs, and editing one experiment reruns its jobs.
+
+Pure functions of the workflow config (after schema defaults); no torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from .errors import DistreachError
+
+
+def _value(value) -> str:
+    """A setting's value as it appears in a job name: plain if it is a number, bool or simple
+    word, else a short digest of its JSON (a list, a string with other characters)."""
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    if re.fullmatch(r"-?[A-Za-z0-9_.]+", text):
+        return text
+    return "h" + hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def job_name(experiment: str, method: str, overrides: dict, shared: bool) -> str:
+    """``method`` followed by ``+key=value`` for each of an experiment's own tuning settings,
+    after ``<experiment>@`` unless experiments share jobs (``@`` is in no config name, so two
+    experiments never share a name by accident)."""
+    name = method + "".join(f"+{key}={_value(overrides[key])}" for key in sorted(overrides))
+    return name if shared else f"{experiment}@{name}"
+
+
+def tuning_jobs(config: dict) -> dict[str, dict]:
+    """Every tuning job of a config, by ``<model>/<job name>/shard-<k>``: its model, method,
+    effective tuning settings (the config's ``tuning``, the experiment's, then the method's
+    entry) and shards (experiment, target family, inits, shard k of n), in config order."""
+    jobs: dict[str, dict] = {}
+    shared = bool(config.get("share_jobs", False))
+    for name, exp in config["experiments"].items():
+        overrides = exp.get("tuning", {})
+        for model in exp["models"]:
+            for method in exp["methods"]:
+                entry = config.get("methods", {}).get(method, {"method": method})
+                for k in range(exp["shards"]):
+                    key = f"{model}/{job_name(name, method, overrides, shared)}/shard-{k}"
+                    settings = {**config.get("tuning", {}), **overrides, **entry}
+                    job = jobs.setdefault(key, {"model": model, "method": method, "tuning": settings, "shards": []})
+                    if (job["method"], job["tuning"]) != (method, settings):  # a name shared by accident
+                        other = job["shards"][0]["experiment"]
+                        raise DistreachError(f"experiments.{name}: its tuning job {key} has the name of experiment "
+                                             f"{other}'s, with other settings; rename one of them")
+                    job["shards"].append({"experiment": name, "family": exp["targets"], "inits": exp["inits"],
+                                          "shard": k, "n_shards": exp["shards"]})
+    return jobs
+
+
+def table_path(folder, experiment: str) -> str:
+    """The table of ``experiment`` in a tuning job's folder."""
+    return f"{folder}/{experiment}.arrow"
+
+
+def experiment_jobs(jobs: dict[str, dict], experiment: str) -> list[str]:
+    """The jobs (keys of :func:`tuning_jobs`) that tune a shard of ``experiment``."""
+    return [key for key, job in jobs.items() if any(s["experiment"] == experiment for s in job["shards"])]
