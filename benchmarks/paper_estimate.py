@@ -8,7 +8,8 @@ prompt-step is one forward and one backward pass over the L prompt positions plu
 frozen weights the backward pass to the inputs costs about one forward, so 4 x parameters x
 tokens FLOPs, taken as 6 x parameters x tokens to be on the safe side; every row is counted at
 the maximum of 500 steps (early stopping only lowers it). Hard and hybrid rows add the
-[B, d] x [d, |V|] token scores per step, included. Parameter counts and |V| are the hub models'
+[B, d] x [d, |V|] token scores per step, included; gcg rows add a forward pass per candidate
+prompt (2 x parameters x tokens each, the GPU default of distreach.gcg.AUTO_WIDTH per step). Parameter counts and |V| are the hub models'
 published ones (below); a stand-in or random-init copy counts as its base.
 """
 
@@ -22,7 +23,10 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from distreach.gcg import AUTO_WIDTH  # noqa: E402
 from distreach.vanilla import EntropyGrid  # noqa: E402
+
+GCG_WIDTH = AUTO_WIDTH["cuda"]  # candidate prompts per gcg step on a GPU
 
 # hub model -> (parameters, |V| = tokenizer tokens, hidden size), from the models' config files
 HUB = {
@@ -84,6 +88,8 @@ def main(path="configs/paper.yaml"):
                 per_step = 6 * params * (L + 1)
                 if method != "soft":
                     per_step += 2 * d * vocab
+                if method == "gcg":  # each candidate prompt: a forward pass (2 x parameters x tokens)
+                    per_step += 2 * params * (L + 1) * GCG_WIDTH
                 total_flops += r * steps * per_step
         total_rows += rows
         counts = sorted({n_targets(cfg, exp["targets"], sizes[m][1]) for m in exp["models"]})
