@@ -67,6 +67,8 @@ def stand_ins_config(paper: dict) -> dict:
     for exp in cfg["experiments"].values():
         exp["inits"] = 1
         exp["shards"] = 1
+        if "tuning" in exp:  # an experiment's own step budget gives way to the tiny one
+            exp["tuning"] = {k: v for k, v in exp["tuning"].items() if k not in TINY_TUNING}
     # the paper's tagger (scispacy en_core_sci_sm) is not on PyPI; the default tagger stands in
     cfg["pos"] = {"min_pos_prob": 0.5}
     return cfg
