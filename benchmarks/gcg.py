@@ -216,7 +216,10 @@ def summary(res: dict) -> str:
                 f"capitals: {res['rows'][0]['gcg_bits']:.3g} against {res['rows'][0]['hard_bits']:.3g} bits "
                 f"({res['capitals_ratio_hard_over_gcg']:.1f}x). Every gcg prompt is text that gives its KL typed back in: "
                 f"{res['all_text']} (largest difference {res['max_roundtrip_diff_bits']:.1g} bits). "
-                f"{res['forward_passes_per_target']} forward passes per target; hard ran {res['hard_rows']} inits.")
+                f"{res['forward_passes_per_target']} forward passes per target; hard ran {res['hard_rows']} inits. "
+                f"Against one hard init from gcg's own tokens: {res['lm_median']['hard_first_init_bits']:.3g} bits, "
+                f"{res['lm_median']['hard_first_init_bits'] / res['lm_median']['gcg_bits']:.1f}x. Wall time: gcg "
+                f"{res['gcg_seconds']:.0f} s for its {len(res['rows'])} rows, the hard restarts {res['hard_seconds']:.0f} s.")
     return (f"Median loss over {res['targets']} one-token targets: gcg {res['gcg_median_nats']:.3g} nats, nanoGCG "
             f"{res['nanogcg_median_nats']:.3g} nats; wall time per candidate forward pass (at most "
             f"{res['forward_passes_bound']} each): gcg {res['gcg_ms_per_forward']:.2f} ms, nanoGCG "
