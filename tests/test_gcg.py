@@ -70,6 +70,7 @@ def test_gcg_lowers_kl_far_below_its_start_and_each_step_takes_the_best_candidat
     assert np.median(res.kl_min) < np.median(walk.kl_min)
 
 
+@pytest.mark.slow
 def test_rows_tuned_together_equal_rows_tuned_alone(tiny_bpe):
     p = targets(tiny_bpe.vocab_size, 4, seed=6, temp=3.0)
     seeds = [21, 22, 23, 24]
@@ -87,6 +88,7 @@ class Stop(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_a_stopped_search_resumes_from_its_checkpoint_to_the_same_result(tiny_bpe, tmp_path):
     p = targets(tiny_bpe.vocab_size, 5, seed=7, temp=3.0)
     cfg = TuneConfig(**{**CFG.__dict__, "batch_size": 3})
