@@ -7,7 +7,7 @@ table's entropy unit. The data of each claim is the data of the figure that show
 ``figures`` section), so a claim is tested on exactly what is drawn. One-sided tests at alpha =
 0.05; a claim made of several comparisons holds when all hold (intersection-union) and is
 contradicted when one concludes the opposite at alpha / k. Each row also gives its p-value
-adjusted by Holm over all the report's rows (the family-wise view), and how its rows stopped
+adjusted by Holm over all the report's rows of the paper's claims (the family-wise view), and how its rows stopped
 tuning (step cap, patience, stop threshold; median steps; dtypes): when more than 10% of a
 claim's rows ran into the step cap, the verdict may reflect the optimisation budget. Permutation
 tests and simulations are seeded, so a report is the same every time it is made from the same
@@ -56,9 +56,12 @@ Rules:
   tag's (Mann-Whitney U per tag; targets of different tags are different draws).
 
 - G1 (Fig. 4; ours, not the paper's) a GCG search for readable hard prompts (method ``gcg``)
-  reaches lower loss than the paper's hard method on the same targets from the same init tokens
-  (Wilcoxon signed-rank, paired by target); the statistic adds the median over targets of the
-  share of the soft-hard gap it closes, (hard - gcg) / (hard - soft).
+  reaches lower loss than the paper's hard method on the same targets, each method's first init
+  (the same init tokens, except where those are not text and gcg starts from a readable redraw):
+  Wilcoxon signed-rank, paired by target; the statistic adds the share of the soft-hard gap it
+  closes, sum(hard - gcg) / sum(hard - soft) over the targets. A gcg step evaluates many candidate
+  prompts: the comparison is at each method's own settings, not at equal compute. Its p-value is
+  not in the Holm family of the paper's claims.
 
 MDEs of the rank tests are normal-theory approximations (the t-test's, scaled by the rank test's
 asymptotic efficiency), in the claim's unit; the statistic column names what each one measures.
@@ -311,18 +314,22 @@ def method_order(sub: pl.DataFrame, unit: str, rng) -> list[Test]:
 
 
 def gcg_gap(sub: pl.DataFrame, unit: str, rng) -> list[Test]:
-    """G1 (ours): gcg prompts below hard ones on the same targets (from the same init tokens); the
-    statistic adds the median over targets of the share of the soft-hard gap that gcg closes."""
-    by = {m: sub.filter(pl.col("method") == m).select("target_id", pl.col("kl_min").alias(m)) for m in ("soft", "hard", "gcg")}
+    """G1 (ours): gcg prompts below hard ones on the same targets, each method's first init (the
+    same init tokens where they are text); the statistic adds the share of the soft-hard gap that
+    gcg closes, summed over targets."""
+    key = ["target_id", "prefix_len"]
+    by = {m: sub.filter(pl.col("method") == m).unique(key, keep="first").select(*key, pl.col("kl_min").alias(m))
+          for m in ("soft", "hard", "gcg")}
     absent = [m for m, d in by.items() if d.is_empty()]
     if absent:
         return [missing(f"no {' or '.join(absent)} rows (configs/gcg.yaml adds gcg)")]
-    j = by["hard"].join(by["gcg"], on="target_id").join(by["soft"], on="target_id").sort("target_id")
+    j = by["hard"].join(by["gcg"], on=key).join(by["soft"], on=key).sort(key)
     test = paired_less(j["gcg"].to_numpy(), j["hard"].to_numpy(), "gcg < hard", unit, rng)
-    gap = j.filter(pl.col("hard") > pl.col("soft")).select((pl.col("hard") - pl.col("gcg")) / (pl.col("hard") - pl.col("soft")))
-    if gap.height:
-        share = f"; median share of the soft-hard gap closed {gap.to_series().median():.0%} over {gap.height} targets"
-        test = replace(test, statistic=test.statistic + share)
+    gap = float((j["hard"] - j["soft"]).sum())
+    if gap > 0:
+        share = float((j["hard"] - j["gcg"]).sum()) / gap
+        test = replace(test, statistic=f"{test.statistic}; share of the soft-hard gap closed {share:.0%} "
+                                       f"(summed over {j.height} targets)")
     return [test]
 
 
@@ -421,6 +428,10 @@ def _soft(df: pl.DataFrame) -> pl.DataFrame:
     return df.filter(pl.col("method") == "soft")
 
 
+def _first_init(df: pl.DataFrame) -> pl.DataFrame:
+    return df.filter(pl.col("init_index") == 0)
+
+
 def _unimodal_rule(sub, unit, rng):
     return [unimodal(sub, unit, rng)]
 
@@ -443,7 +454,7 @@ PLAN = [
     ("C7", _soft_vanilla, _unimodal_rule, "pair member"),
     ("C8", _soft, _instruct_rule, "pair"),
     ("C9", _soft, adjectives_easiest, "model"),
-    ("G1", None, gcg_gap, "model"),
+    ("G1", _first_init, gcg_gap, "model"),
 ]
 COLUMNS = ("claim", "finding", "model", "figure", "n", "statistic", "interval", "p", "p_holm", "p_opposite", "mde", "n80",
            "stopped_cap",
@@ -501,7 +512,10 @@ def check(df: pl.DataFrame, figures: dict) -> pl.DataFrame:
     unit = df["entropy_unit"][0] if df.height else "nats"
     out = [r for claim, select, rule, grouping in PLAN for r in _claim_rows(claim, select, rule, grouping, df, figures, unit)]
     table = pl.DataFrame(out, infer_schema_length=None).with_columns(finding=pl.col("claim").replace_strict(CLAIMS))
-    table = table.with_columns(p_holm=pl.Series(holm(table["p"].to_list()), dtype=pl.Float64))
+    paper = table["claim"].str.starts_with("C")  # Holm over the paper's claims; G1 (ours) is a family of its own
+    p_holm = np.asarray(table["p"].to_list(), dtype=float)
+    p_holm[paper.to_numpy()] = holm(p_holm[paper.to_numpy()].tolist())
+    table = table.with_columns(p_holm=pl.Series(p_holm, dtype=pl.Float64))
     return table.select(COLUMNS)
 
 
@@ -540,7 +554,7 @@ OUTCOMES_TEXT = (
     "**contradicted**: the data conclude the opposite at the same alpha; **not shown**: the test could "
     "conclude with this data and concludes neither way (MDE: the smallest effect this data would detect "
     "with 80% power); **too few data**: the test cannot reach alpha whatever the values, or the data "
-    "the claim needs are not configured. Holm p: adjusted over all rows of this report. p opposite: the "
+    "the claim needs are not configured. Holm p: adjusted over the rows of the paper's claims (C1-C9). p opposite: the "
     "one-sided p of the opposite direction (Bonferroni over the claim's comparisons), what contradicted rests on."
 )
 

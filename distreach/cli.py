@@ -181,7 +181,7 @@ def cmd_tune(args) -> int:
     import polars as pl
 
     from . import api
-    from .engine import AUTO_BATCH, TuneConfig
+    from .engine import AUTO_BATCH, GCG_KEYS, TuneConfig
     from .models import gguf_parsed_once, resolve_device
     from .tables import min_over_inits
     from .tokens import resolve_bos
@@ -194,7 +194,7 @@ def cmd_tune(args) -> int:
     if args.method == "gcg":
         extra.update(gcg_width=args.gcg_width, gcg_topk=args.gcg_topk, gcg_replace=args.gcg_replace,
                      readable=args.readable)
-    elif any(getattr(args, k) != getattr(TuneConfig(), k) for k in ("gcg_width", "gcg_topk", "gcg_replace", "readable")):
+    elif any(getattr(args, k) != getattr(TuneConfig(), k) for k in GCG_KEYS):
         raise DistreachError("--gcg-width, --gcg-topk, --gcg-replace and --unreadable are for --method gcg only")
     # before any model is converted or loaded: the settings, the device, the target file (its
     # format always; its length and tokens when the model's vocabulary can be read without converting)

@@ -50,6 +50,7 @@ from .tokens import BOS_POLICIES, resolve_bos, usable_mask, vocab_support
 log = logging.getLogger(__name__)
 
 METHODS = ("soft", "hard", "hybrid", "gcg")
+GCG_KEYS = ("gcg_width", "gcg_topk", "gcg_replace", "readable")  # TuneConfig fields of method gcg only
 # why a row stopped (TuneResult.stop_reason holds the index): it ran all max_steps; its best KL gained
 # less than min_delta for patience steps; its KL reached stop_kl_nats; a pure hard row's sweep changed
 # nothing; its KL became NaN or inf
@@ -112,6 +113,10 @@ class TuneConfig:
         for ok, key, why in checks:
             if not ok:
                 raise DistreachError(f"tuning.{key}: {why} (got {getattr(self, key)!r})")
+        if self.method != "gcg":
+            for key in GCG_KEYS:
+                if getattr(self, key) != TuneConfig.__dataclass_fields__[key].default:
+                    raise DistreachError(f"tuning.{key}: a setting of method gcg only (method is {self.method})")
         L, sp = self.prefix_len, self.soft_positions
         if self.method != "hybrid" and (self.n_soft is not None or sp is not None):
             want = {"soft": L, "hard": 0, "gcg": 0}[self.method]

@@ -7,11 +7,12 @@ allowed token x at every position (the linear approximation of the change of the
 paper's hard method, Eq. 4), and its ``gcg_topk`` best tokens per position are kept. Then
 ``gcg_width`` candidate prompts are drawn, each the current prompt with ``gcg_replace`` positions
 (at random) set to one of their top tokens (at random); every candidate's KL is computed exactly
-(batched forward passes, no gradient) and the row moves to the best candidate, even if it is worse
+(batched forward passes, no gradient; none after a row's last step, whose move would not be
+recorded) and the row moves to the best candidate, even if it is worse
 than the current prompt (nanoGCG's rule: it lets a search leave a local minimum); the row's answer
 is the lowest KL it has met. Rows stop as in :mod:`distreach.engine` (patience, ``stop_kl_nats``,
-``max_steps``), are batched the same way (a row's trajectory never depends on the other rows: each
-row draws its candidates from its own generator, seeded by its init seed) and checkpointed the same
+``max_steps``), are batched the same way (on the CPU a row's trajectory does not depend on the
+other rows: each row draws its candidates from its own generator, seeded by its init seed) and checkpointed the same
 way.
 
 With ``readable`` (the default), a prompt must be text: its decoded text encodes back to the same
@@ -62,7 +63,8 @@ def readable_inits(tokenizer, allowed: torch.Tensor, seeds, prefix_len: int) -> 
             if is_text(tokenizer, ids.tolist()):
                 break
         else:
-            raise DistreachError(f"no readable prompt of {prefix_len} tokens in {REDRAWS} draws from seed {seed}")
+            raise DistreachError(f"tuning.readable: no readable prompt of {prefix_len} tokens in {REDRAWS} draws from "
+                                 f"seed {seed}; use a shorter prefix_len or readable: false (--unreadable)")
         out.append(ids)
     return torch.stack(out) if out else torch.zeros((0, prefix_len), dtype=torch.long)
 
@@ -72,13 +74,14 @@ class GCGBatch(_Batch):
 
     WORK = _Batch.WORK + ("gens",)
 
-    def __init__(self, model, target_p, ids, bos_kv, allowed, cfg: TuneConfig, record_curve: bool, tokenizer, seeds):
+    def __init__(self, model, target_p, ids, bos_kv, allowed, cfg: TuneConfig, record_curve: bool, tokenizer, seeds,
+                 forwards: list[int]):
         empty = torch.zeros((len(ids), 0, model.get_input_embeddings().weight.shape[1]))
         super().__init__(model, target_p, empty, ids, bos_kv, allowed, cfg, record_curve)
         self.tokenizer = tokenizer
         # each row's own candidate draws, seeded by its init seed: a row's search is the one it has alone
         self.gens = [torch.Generator().manual_seed(int(s) ^ 0x5EED) for s in seeds]
-        self.forwards = 0  # candidate prompts evaluated
+        self.forwards = forwards  # [n]: candidate prompts evaluated by every batch of the call
 
     def state(self) -> dict:
         out = super().state()
@@ -99,10 +102,12 @@ class GCGBatch(_Batch):
         keep = self._record(step, loss_rows.detach(), logq)
         if not keep.any():
             return keep
-        loss_rows[keep.to(self.device)].sum().backward()
-        self.ids = self._move(emb.grad.detach(), rows)
-        if not keep.all():
-            self._drop(keep, keep.to(self.device))
+        keep_dev = keep.to(self.device)
+        loss_rows[keep_dev].sum().backward()
+        if not keep.all():  # rows that stop draw no candidates
+            self._drop(keep, keep_dev)
+        if step + 1 < self.cfg.max_steps:  # a move after the last step would never be recorded
+            self.ids = self._move(emb.grad.detach()[keep_dev], rows[keep_dev])
         return keep
 
     @torch.no_grad()
@@ -123,12 +128,12 @@ class GCGBatch(_Batch):
         loss = torch.full((len(flat),), float("inf"))
         idx = ok.nonzero().flatten()
         cand_rows = rows.cpu().repeat_interleave(W)
-        chunk = max(4 * B, AUTO_BATCH.get(torch.device(self.device).type, 64))
+        chunk = max(4 * B, 64)  # candidates per forward pass: shrinks with the batch when OOM halves it
         for lo in range(0, len(idx), chunk):
             sel = idx[lo: lo + chunk]
             x = self.embed(flat[sel].to(self.device))
             loss[sel] = self.losses(x, cand_rows[sel].to(self.device))[0].float().cpu()
-        self.forwards += len(idx)
+        self.forwards[0] += len(idx)
         best, arg = loss.view(B, W).min(-1)
         pick = cand[torch.arange(B), arg]
         return torch.where(torch.isfinite(best)[:, None], pick, self.ids.cpu()).to(self.device)
@@ -162,7 +167,7 @@ def tune_gcg(loaded, target_probs, init_seeds, cfg: TuneConfig, on_step=None, re
     allowed = allowed_tokens(loaded.tokenizer, weight.shape[0], cfg)
     if target.shape[0] == 0:
         res = _empty_result(cfg, weight.shape[1], target.shape[1])
-        res.work = {"row_steps": 0, "resumed_from": None, "candidates": 0}
+        res.work = {"row_steps": 0, "resumed_from": None, "candidates": 0, "gcg_width": cfg.gcg_width}
         return res
     tok = loaded.tokenizer
     if not cfg.gcg_width:
@@ -173,12 +178,13 @@ def tune_gcg(loaded, target_probs, init_seeds, cfg: TuneConfig, on_step=None, re
     soft = torch.zeros((len(ids), 0, weight.shape[1]))
     run = _Run(loaded.model, weight.device, target, soft, ids, bos_kv, allowed, cfg, record_curve,
                Checkpoint(checkpoint, key, checkpoint_seconds), on_step)
-    seeds = list(init_seeds)
+    seeds, forwards = list(init_seeds), [0]
     run.make_batch = lambda sl: GCGBatch(loaded.model, target[sl].to(weight.device), ids[sl], bos_kv, allowed, cfg,
-                                         record_curve, tok, seeds[sl])
+                                         record_curve, tok, seeds[sl], forwards)
     bs = cfg.batch_size or AUTO_BATCH.get(torch.device(weight.device).type, 64)
     res = _concat(_run_batches(run, bs))
     res.init_ids = ids.numpy()
-    res.work = {"row_steps": run.row_steps, "resumed_from": run.resumed_from}
+    res.work = {"row_steps": run.row_steps, "resumed_from": run.resumed_from, "candidates": forwards[0],
+                "gcg_width": cfg.gcg_width}
     return res
 

@@ -70,7 +70,6 @@ def test_gcg_lowers_kl_far_below_its_start_and_each_step_takes_the_best_candidat
     assert np.median(res.kl_min) < np.median(walk.kl_min)
 
 
-@pytest.mark.slow
 def test_rows_tuned_together_equal_rows_tuned_alone(tiny_bpe):
     p = targets(tiny_bpe.vocab_size, 4, seed=6, temp=3.0)
     seeds = [21, 22, 23, 24]
@@ -88,7 +87,6 @@ class Stop(Exception):
     pass
 
 
-@pytest.mark.slow
 def test_a_stopped_search_resumes_from_its_checkpoint_to_the_same_result(tiny_bpe, tmp_path):
     p = targets(tiny_bpe.vocab_size, 5, seed=7, temp=3.0)
     cfg = TuneConfig(**{**CFG.__dict__, "batch_size": 3})
@@ -107,3 +105,43 @@ def test_a_stopped_search_resumes_from_its_checkpoint_to_the_same_result(tiny_bp
     assert resumed.work["resumed_from"] == {"row": 3, "step": 5}
     for name in ("kl_min", "best_step", "steps", "best_ids", "init_ids", "q_top_ids"):
         np.testing.assert_array_equal(getattr(resumed, name), getattr(fresh, name), err_msg=name)
+
+
+def test_candidates_draw_from_the_tokens_the_gradient_ranks_best_and_change_gcg_replace_positions(tiny_bpe, monkeypatch):
+    """With gcg_topk 1 every candidate holds, at the positions it changes, the argmin over allowed
+    tokens of e(x) . g, the linear score of the paper's hard update; with gcg_replace 2 a candidate
+    differs from the current prompt at 2 positions at most, and some at exactly 2."""
+    from distreach.engine import _bos_cache, allowed_tokens
+    from distreach.gcg import GCGBatch
+    from distreach.infotheory import kl
+
+    lm = tiny_bpe
+    cfg = TuneConfig(**{**CFG.__dict__, "gcg_topk": 1, "gcg_replace": 2, "readable": False})
+    p = torch.tensor(targets(lm.vocab_size, 2, seed=8, temp=3.0))
+    embed = lm.model.get_input_embeddings()
+    allowed = allowed_tokens(lm.tokenizer, embed.weight.shape[0], cfg)
+    ids = torch.tensor([[10, 11, 12, 13], [20, 21, 22, 23]])
+    batch = GCGBatch(lm.model, p, ids, _bos_cache(lm, cfg), allowed, cfg, False, lm.tokenizer, [1, 2], [0])
+    drawn = []
+    real_draw = GCGBatch._draw
+    monkeypatch.setattr(GCGBatch, "_draw", lambda self, top: drawn.append(real_draw(self, top)) or drawn[-1])
+    batch.step(0)
+    bos = embed(torch.tensor([[lm.tokenizer.bos_token_id]]))
+    for r in range(2):
+        e = embed(ids[r: r + 1]).detach().requires_grad_(True)
+        logits = lm.model(inputs_embeds=torch.cat([bos, e], 1)).logits[:, -1]
+        kl(p[r: r + 1], torch.log_softmax(logits, -1)).sum().backward()
+        scores = (e.grad[0] @ embed.weight.T).masked_fill(~allowed, float("inf"))  # [L, V]
+        best = scores.argmin(-1)
+        cand = drawn[0][r]  # [W, L]
+        changed = cand != ids[r]
+        assert (changed.sum(-1) <= 2).all() and (changed.sum(-1) == 2).any()
+        assert (cand[changed] == best.expand_as(cand)[changed]).all()
+
+
+def test_gcg_settings_are_refused_for_other_methods_with_the_key_named():
+    from distreach.errors import DistreachError
+
+    for key, value in (("gcg_width", 8), ("gcg_topk", 4), ("gcg_replace", 2), ("readable", False)):
+        with pytest.raises(DistreachError, match=rf"^tuning\.{key}: a setting of method gcg only \(method is hard\)$"):
+            TuneConfig(method="hard", **{key: value})
