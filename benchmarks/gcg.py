@@ -6,7 +6,8 @@ of 5 tokens. gcg runs one init per target for ``--steps`` steps of ``--width`` c
 forward passes per target are counted as steps x (1 + width), an upper bound (candidates that
 are not readable text are not evaluated). The paper's hard method (argmin of the linear score, the
 study's stopping rule) gets the same number of forward passes per target as restarts: inits are
-run in order from the same first init as gcg (same seed, same tokens), and its KL is the minimum
+run in order from the same first init seed as gcg (the same tokens, unless gcg redrew them to be
+readable text), and its KL is the minimum
 over the inits whose cumulative steps fit in gcg's budget (a hard step is one forward and one
 backward pass, so hard gets at least as much compute). Soft prompts (one init, same first tokens)
 show the gap a discrete search could close. Every gcg prompt is checked to be text that gives its
@@ -216,8 +217,9 @@ def summary(res: dict) -> str:
                 f"capitals: {res['rows'][0]['gcg_bits']:.3g} against {res['rows'][0]['hard_bits']:.3g} bits "
                 f"({res['capitals_ratio_hard_over_gcg']:.1f}x). Every gcg prompt is text that gives its KL typed back in: "
                 f"{res['all_text']} (largest difference {res['max_roundtrip_diff_bits']:.1g} bits). "
-                f"{res['forward_passes_per_target']} forward passes per target; hard ran {res['hard_rows']} inits. "
-                f"Against one hard init from gcg's own tokens: {res['lm_median']['hard_first_init_bits']:.3g} bits, "
+                f"{res['forward_passes_per_target']} forward passes per target; hard ran {res['hard_rows']} inits "
+                f"(those past a target's budget run but not counted). "
+                f"Against the first hard init (gcg's seed): {res['lm_median']['hard_first_init_bits']:.3g} bits, "
                 f"{res['lm_median']['hard_first_init_bits'] / res['lm_median']['gcg_bits']:.1f}x. Wall time: gcg "
                 f"{res['gcg_seconds']:.0f} s for its {len(res['rows'])} rows, the hard restarts {res['hard_seconds']:.0f} s.")
     return (f"Median loss over {res['targets']} one-token targets: gcg {res['gcg_median_nats']:.3g} nats, nanoGCG "
