@@ -31,7 +31,7 @@ def test_stand_ins_dag_without_pos_plans_the_tables_and_claims_and_no_pos_taggin
     assert config["targets"]["from-llama3-8b"] == stand_ins["targets"]["from-llama3-8b"]  # derived from lm: kept
     targets = gpu_check.dag_targets(config, figures=False)
     jobs = planned_jobs(snakemake(tmp_path / "nopos", config, "--config", "device=cuda", "-n", *targets))
-    assert "pos_tag" not in jobs and jobs["claims"] == 1 and jobs["collect"] == len(config["experiments"]) == 19
+    assert "pos_tag" not in jobs and jobs["claims"] == 1 and jobs["collect"] == len(config["experiments"]) == 20
     assert "figure" not in jobs
     # the same targets from the whole config need spaCy's POS tables (the shared tuning jobs read them)
     jobs = planned_jobs(snakemake(tmp_path / "all", stand_ins, "-n", *gpu_check.dag_targets(stand_ins, figures=False)))

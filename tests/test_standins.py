@@ -16,7 +16,7 @@ from distreach.io import read_arrow
 from distreach.targets import logprobs
 from distreach.tokens import usable_mask
 from distreach.models import ModelSpec, materialise
-from distreach.paper_standins import stand_ins_config
+from distreach.paper_standins import TINY_TUNING, stand_ins_config
 from distreach.schema import schema
 from distreach.standins import ARCHITECTURES, stand_in_model, stand_in_tokenizer, write_stand_in
 
@@ -83,8 +83,10 @@ def test_stand_ins_config_is_the_paper_study():
     assert STAND_INS["experiments"].keys() == PAPER["experiments"].keys()
     for name, exp in PAPER["experiments"].items():
         copy = STAND_INS["experiments"][name]
-        for key in set(exp) - {"inits", "shards"}:
+        for key in set(exp) - {"inits", "shards", "tuning"}:
             assert copy[key] == exp[key], (name, key)
+        # an experiment's own settings are kept, except a step budget, which gives way to the tiny one
+        assert copy.get("tuning", {}) == {k: v for k, v in exp.get("tuning", {}).items() if k not in TINY_TUNING}, name
     assert STAND_INS["targets"].keys() == PAPER["targets"].keys()
     for name, fam in PAPER["targets"].items():
         assert STAND_INS["targets"][name].get("kind") == fam.get("kind"), name
