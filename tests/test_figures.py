@@ -213,3 +213,15 @@ def test_a_figure_is_one_registry_entry_and_one_draw_function(tmp_path, monkeypa
     # and its data is C1's, beside Fig. 1's
     c1 = claims.check(pl.DataFrame(rows), {"fig99": spec}).filter(pl.col("claim") == "C1")
     assert c1["figure"].to_list() == ["fig01, fig99"] * 2 and c1["model"].to_list() == ["other", "tiny"]
+
+
+def test_fig04_draws_a_gcg_panel_beside_the_papers_methods():
+    from distreach.figures import DRAW
+
+    rows = [dict(experiment="e", prefix_len=5, model="m", method=m, n_soft=n, target_entropy=h, entropy_unit="bits", kl_min=k + h / 10, init_index=0,
+                 target_id=f"t{h}", status="ok", prompt_text="" if m == "soft" else "a b", target_kind="vanilla")
+            for m, n, k in (("soft", 5, 0.1), ("hard", 0, 3.0), ("gcg", 0, 1.0)) for h in (0.0, 4.0, 8.0)]
+    spec = DRAW["fig04"](pl.DataFrame(rows), {"model": "m", "experiments": ["e"]}).to_dict()
+    assert spec["facet"]["sort"] == ["gcg (0 soft)", "hard (0 soft)", "soft (5 soft)"], spec["facet"]
+    (data,) = spec["datasets"].values()
+    assert {r["prompt"] for r in data} == {"gcg (0 soft)", "hard (0 soft)", "soft (5 soft)"}
