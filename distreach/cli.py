@@ -59,11 +59,6 @@ def _entropy(text):
 
 
 def parser() -> argparse.ArgumentParser:
-    from .api import INITS
-    from .engine import BOS_POLICIES, METHODS, TuneConfig
-    from .models import DTYPES
-
-    DEFAULT = TuneConfig()  # the tuning defaults are the engine's
     p = _Parser(
         prog="distreach",
         description="Which next-token distributions can a causal LM be prompted to produce, and how hard is each?",
@@ -72,6 +67,19 @@ def parser() -> argparse.ArgumentParser:
     quiet.add_argument("-q", "--quiet", action="store_true", help="no progress bar or info messages")
     sub = p.add_subparsers(dest="command", required=True, metavar="{tune,show,generate,target,models}")
 
+    _tune_parser(sub, quiet)
+    _row_parsers(sub, quiet)
+    _target_parser(sub, quiet)
+    sub.add_parser("models", parents=[quiet], help="list the embedded models and how to use any Hugging Face model")
+    return p
+
+
+def _tune_parser(sub, quiet) -> None:
+    from .api import INITS
+    from .engine import BOS_POLICIES, METHODS, TuneConfig
+    from .models import DTYPES
+
+    DEFAULT = TuneConfig()  # the tuning defaults are the engine's
     t = sub.add_parser("tune", parents=[quiet], help="tune prompts so the model's next-token distribution approaches a target",
                        description="Tune --inits prompt prefixes per target; report the minimum KL(p||q) over inits.")
     t.add_argument("--model", required=True, help=MODELS_HELP)
@@ -106,10 +114,15 @@ def parser() -> argparse.ArgumentParser:
                    help="also keep prompts whose text does not encode back to their tokens")
     t.add_argument("--out", default=None, help="write every (target, init) row with provenance to this .arrow file")
 
+
+def _row_parsers(sub, quiet) -> None:
+    """``show`` and ``generate``: they read rows of a result table."""
+    from .models import DTYPES
+
     rows = argparse.ArgumentParser(add_help=False)
     rows.add_argument("result", help="a result table: distreach tune --out, or a collected table of the workflow")
     rows.add_argument("--init", type=_count, default=None, help="init index (default: every init; generate: the best)")
-    rows.add_argument("--method", default=None, help="only rows of this method (soft, hard, hybrid or a named variant)")
+    rows.add_argument("--method", default=None, help="only rows of this method (soft, hard, hybrid, gcg or a named variant)")
     rows.add_argument("--model", default=None, help="only rows of this model (its name in the table)")
 
     s = sub.add_parser("show", parents=[quiet, rows], help="what each row's prompt produced: target vs achieved tokens",
@@ -131,6 +144,8 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="default: the row's dtype")
     gen.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
+
+def _target_parser(sub, quiet) -> None:
     g = sub.add_parser("target", parents=[quiet], help="make vanilla or outlier target distributions over a model's vocabulary",
                        description="Write target distributions of a given entropy (paper Eq. 1 and Eqs. 2-3).")
     g.add_argument("kind", choices=("vanilla", "outlier"))
@@ -141,9 +156,6 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--n", type=_positive(int), default=1, help="how many targets (default 1)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", required=True, help="output .arrow target table")
-
-    sub.add_parser("models", parents=[quiet], help="list the embedded models and how to use any Hugging Face model")
-    return p
 
 
 class _Progress:
