@@ -100,7 +100,7 @@ def test_tiny_dag_under_slurm(tmp_path):
     assert all(Path(path.rstrip(").")).exists() for _, path in submitted)
     # tuning jobs asked for a GPU and were scheduled on the node's (fake) one; nothing else asked
     gpu = {rules[j] for j, info in jobs.items() if "gpu" in info.get("TresPerJob", "")}
-    assert gpu and all(c.startswith("rule_tune_shard") for c in gpu), gpu
+    assert gpu and all(c.startswith("rule_tune_job") for c in gpu), gpu
     assert all(jobs[j].get("JobState") == "COMPLETED" for j in jobs), {j: i.get("JobState") for j, i in jobs.items()}
     # a second run finds nothing to do
     again = subprocess.run([*cmd, "-n"], cwd=REPO, capture_output=True, text=True)
@@ -123,7 +123,7 @@ def test_grouped_shards_run_in_one_submission_on_one_gpu(tmp_path):
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     jobs = {jid: scontrol(jid) for jid in re.findall(r"submitted with SLURM jobid (\d+)", log)}
-    tuning = [info for info in jobs.values() if info.get("Comment", "").startswith("rule_tuning_tune_shard")]
+    tuning = [info for info in jobs.values() if info.get("Comment", "").startswith("rule_tuning_tune_job")]
     assert len(tuning) == 1, jobs  # both shards of 'vanilla' in one submission
     assert tuning[0].get("TresPerJob") == "gres:gpu:1" and tuning[0].get("JobState") == "COMPLETED"
     assert len(list((tmp_path / "run/results/tuning/tiny/vanilla@soft").glob("shard-*/vanilla.arrow"))) == 2
