@@ -187,6 +187,30 @@ def test_c3_holds_when_each_method_is_clearly_below_the_next():
     assert rate(c3_outcomes(methods_targets(DEFAULT, LOG2_V["smollm2"]), 1.0, seed=7)) >= 0.8
 
 
+def g1_outcomes(n, gap, seed):
+    """G1 on n targets: gcg and hard exchangeable (``gap`` 0: the least favourable false claim) or
+    gcg lower by ``gap`` (log scale); soft clearly below both."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(N_SIM):
+        base = lognormal(rng, n, 1.0)
+        hard = base * np.exp(0.3 * rng.standard_normal(n))
+        gcg = base * np.exp(-gap + 0.3 * rng.standard_normal(n))
+        rows = pl.DataFrame({"method": np.repeat(["soft", "hard", "gcg"], n), "target_id": ids[:n] * 3,
+                             "prefix_len": [5] * (3 * n), "kl_min": np.concatenate([base * 0.05, hard, gcg])})
+        out.append(claims.combine(claims.gcg_gap(rows, "bits", rng))["verdict"])
+    return out
+
+
+@pytest.mark.parametrize("n", [10, pytest.param(341, marks=pytest.mark.slow)], ids=["gcg-overlay", "paper"])
+def test_g1_rarely_holds_when_gcg_and_hard_do_equally(n):
+    assert rate(g1_outcomes(n, 0.0, seed=16)) <= LIMIT
+
+
+def test_g1_holds_when_gcg_is_clearly_below_hard():
+    assert rate(g1_outcomes(10, 1.0, seed=17)) >= 0.8
+
+
 def c5_outcomes(n, copies, shuffled_factor, seed):
     """LM targets clearly easier than their matched targets; shuffled copies exchangeable with the
     matched target (factor 1: the least favourable false claim) or easier by ``shuffled_factor``."""
