@@ -28,7 +28,7 @@ import torch
 
 from dataclasses import replace
 
-from .engine import AUTO_BATCH, TuneConfig, _Batch, _Run, _bos_cache, _checked_targets, _concat, _empty_result, \
+from .engine import AUTO_BATCH, TuneConfig, _Batch, _Run, _bos_cache, _checked_targets, _concat, _draw_ids, _empty_result, \
     _run_batches, allowed_tokens, fast_last_logits, init_token_ids
 from .checkpoint import Checkpoint, checkpoint_key
 from .errors import DistreachError
@@ -39,8 +39,7 @@ AUTO_WIDTH = {"cpu": 64, "cuda": 512}  # gcg_width 0: candidates per row and ste
 
 def is_text(tokenizer, ids: list[int]) -> bool:
     """Whether the decoded text of ``ids`` encodes back to ``ids`` and holds no replacement character."""
-    text = tokenizer.decode(ids)
-    return "\ufffd" not in text and tokenizer(text, add_special_tokens=False).input_ids == list(ids)
+    return bool(readable_mask(tokenizer, [tokenizer.decode(ids)], torch.tensor([list(ids)], dtype=torch.long))[0])
 
 
 def readable_mask(tokenizer, texts: list[str], ids: torch.Tensor) -> torch.Tensor:
@@ -57,11 +56,11 @@ def readable_inits(tokenizer, allowed: torch.Tensor, seeds, prefix_len: int) -> 
     pool = allowed.nonzero().flatten()
     out = []
     for seed in seeds:
-        gen = torch.Generator().manual_seed(int(seed))
+        gen, ids = _draw_ids(pool, seed, prefix_len)  # init_token_ids' draw, then the same generator's redraws
         for _ in range(REDRAWS):
-            ids = pool[torch.randint(0, len(pool), (prefix_len,), generator=gen)]
             if is_text(tokenizer, ids.tolist()):
                 break
+            ids = pool[torch.randint(0, len(pool), (prefix_len,), generator=gen)]
         else:
             raise DistreachError(f"tuning.readable: no readable prompt of {prefix_len} tokens in {REDRAWS} draws from "
                                  f"seed {seed}; use a shorter prefix_len or readable: false (--unreadable)")
