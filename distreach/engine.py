@@ -45,6 +45,7 @@ import torch
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint, checkpoint_key
 from .errors import DistreachError
 from .infotheory import entropy, kl
+from .optimrows import keep_rows
 from .tokens import BOS_POLICIES, resolve_bos, usable_mask, vocab_support
 
 log = logging.getLogger(__name__)
@@ -259,20 +260,6 @@ def fast_last_logits(model) -> None:
         head._distreach_contiguous = True
 
 
-def _slice_adamw(opt: torch.optim.AdamW, param: torch.Tensor, keep: torch.Tensor):
-    """A new parameter and AdamW holding only the kept rows, state included."""
-    new = torch.nn.Parameter(param.detach()[keep].clone())
-    new_opt = torch.optim.AdamW([new], **{k: v for k, v in opt.defaults.items() if k in ("lr", "weight_decay", "betas", "eps")})
-    old = opt.state.get(param)
-    if old:
-        new_opt.state[new] = {
-            "step": old["step"].clone(),
-            "exp_avg": old["exp_avg"][keep].clone(),
-            "exp_avg_sq": old["exp_avg_sq"][keep].clone(),
-        }
-    return new, new_opt
-
-
 def top_ids(probs: torch.Tensor, k: int) -> torch.Tensor:
     """[n, k] ids of each row's k most probable tokens, most probable first; equal
     probabilities in id order (a stable sort), so the ids are the same on every machine."""
@@ -483,7 +470,7 @@ class _Batch:
 
     def _drop(self, keep, keep_dev):
         if self.opt is not None:
-            self.theta, self.opt = _slice_adamw(self.opt, self.theta, keep_dev)
+            self.theta, self.opt = keep_rows(self.opt, self.theta, keep_dev)
         else:
             self.theta = torch.nn.Parameter(self.theta.detach()[keep_dev])
         self.ids = self.ids[keep_dev]

@@ -11,6 +11,7 @@ import torch
 
 from .errors import DistreachError
 from .infotheory import entropy, max_entropy
+from .optimrows import keep_rows
 from .units import check_unit, from_unit, to_unit
 from .seeds import derive_seed
 from .targets import targets_table
@@ -61,27 +62,31 @@ class VanillaSettings:
 def _fit_entropy(z: torch.Tensor, h_nats: torch.Tensor, tol_nats: float, max_iters: int, lr: float):
     """Adam on the logits of every row until each row's entropy is within tolerance.
 
-    Rows are independent (Adam is elementwise and the loss is a sum over rows), so
-    a row's result does not depend on the other rows of the chunk. Returns the
-    log-probabilities at the first iteration each row was within tolerance, and a
-    mask of the rows that never got there."""
-    z = z.clone().requires_grad_(True)
+    Rows are independent (Adam is elementwise and the loss is a sum over rows), so a row's
+    result does not depend on the other rows of the chunk, and a row within tolerance leaves
+    the batch (:func:`distreach.optimrows.keep_rows`). Returns the log-probabilities at the
+    first iteration each row was within tolerance, and a mask of the rows that never got there."""
+    z = torch.nn.Parameter(z.clone())
     opt = torch.optim.Adam([z], lr=lr)
     best = torch.empty_like(z)
-    done = torch.zeros(z.shape[0], dtype=torch.bool)
+    active = torch.arange(z.shape[0])
     for _ in range(max_iters + 1):
         logp = torch.log_softmax(z, -1)
         h = entropy(logp)
-        hit = ((h - h_nats).abs() <= tol_nats) & ~done
-        if hit.any():
-            best[hit] = logp.detach()[hit]
-            done |= hit
-        if done.all():
+        hit = (h - h_nats[active]).abs() <= tol_nats
+        best[active[hit]] = logp.detach()[hit]
+        if hit.all():
+            active = active[:0]
             break
         opt.zero_grad(set_to_none=True)
-        ((h - h_nats) ** 2).sum().backward()
+        ((h - h_nats[active]) ** 2).sum().backward()
         opt.step()
-    return best, ~done
+        if hit.any():
+            z, opt = keep_rows(opt, z, ~hit)
+            active = active[~hit]
+    failed = torch.zeros(best.shape[0], dtype=torch.bool)
+    failed[active] = True
+    return best, failed
 
 
 def vanilla_targets(vocab_size: int, grid: EntropyGrid, settings: VanillaSettings, kind: str = "vanilla") -> pa.Table:

@@ -85,3 +85,38 @@ def test_read_targets_checks_the_file(tmp_path):
     (tmp_path / "junk.arrow").write_text("not arrow")
     with pytest.raises(DistreachError, match="not a readable Arrow"):
         read_target_matrix(tmp_path / "junk.arrow", V)
+
+
+def _fit_without_dropping(z, h, tol, max_iters, lr):
+    """Eq. 1's descent on every row until all are within tolerance (no row leaves the batch)."""
+    import torch
+
+    from distreach.infotheory import entropy
+
+    z = z.clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    best, done = torch.empty_like(z), torch.zeros(z.shape[0], dtype=torch.bool)
+    for _ in range(max_iters + 1):
+        logp = torch.log_softmax(z, -1)
+        hit = ((entropy(logp) - h).abs() <= tol) & ~done
+        best[hit], done = logp.detach()[hit], done | hit
+        if done.all():
+            break
+        opt.zero_grad()
+        ((entropy(logp) - h) ** 2).sum().backward()
+        opt.step()
+    return best, ~done
+
+
+def test_rows_within_tolerance_leave_the_descent_without_changing_the_others():
+    import torch
+
+    from distreach.vanilla import _fit_entropy
+
+    z = torch.randn(5, V, generator=torch.Generator().manual_seed(0))
+    h = torch.tensor([0.0, 1.0, 3.0, 5.0, math.log(V) - 0.01])  # rows reach tolerance at different iterations
+    got, failed = _fit_entropy(z, h, 0.01, 5000, 0.5)
+    want, want_failed = _fit_without_dropping(z, h, 0.01, 5000, 0.5)
+    assert torch.equal(got, want) and not failed.any() and not want_failed.any()
+    _, failed = _fit_entropy(z, h, 0.01, 3, 0.5)  # too few iterations: the rows not there are marked
+    assert failed.tolist() == _fit_without_dropping(z, h, 0.01, 3, 0.5)[1].tolist()
