@@ -32,18 +32,17 @@ def worker(model: str, threads: int, batch: int, sync: Path) -> None:
 
     import torch
 
-    from distreach.engine import TuneConfig, _Batch, _bos_cache, allowed_tokens, fast_last_logits, init_rows
+    from distreach.engine import TuneConfig, _Batch, init_rows, tuning_context
     from distreach.models import load_materialised
 
     torch.set_num_threads(threads)
     lm, _ = load_materialised(str(REPO / "results" / "models" / model), dtype="fp32", device="cpu")
-    fast_last_logits(lm.model)
     cfg = TuneConfig()
+    ctx = tuning_context(lm, cfg)  # the model's output layer made fast, BOS and allowed tokens resolved, as tune() does
     embed = lm.model.get_input_embeddings()
-    allowed = allowed_tokens(lm.tokenizer, embed.weight.shape[0], cfg)
     p = torch.softmax(torch.randn(batch, lm.vocab_size, generator=torch.Generator().manual_seed(0)), -1)
-    soft, ids, _ = init_rows(embed, embed.weight, allowed, list(range(batch)), cfg)
-    run = _Batch(lm.model, p, soft, ids, _bos_cache(lm, cfg), allowed, cfg, record_curve=False)
+    soft, ids, _ = init_rows(embed, embed.weight, ctx.allowed, list(range(batch)), cfg)
+    run = _Batch(ctx, p, soft, ids, cfg, record_curve=False)
     for step in range(2):
         run.step(step)
     (sync / f"ready-{os.getpid()}").touch()

@@ -45,6 +45,7 @@ import torch
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint, checkpoint_key
 from .errors import DistreachError
 from .infotheory import entropy, kl
+from .models import dtype_name
 from .optimrows import keep_rows
 from .tokens import BOS_POLICIES, resolve_bos, usable_mask, vocab_support
 
@@ -62,6 +63,8 @@ STOP_REASONS = ("step cap", "patience", "target reached", "converged", "non-fini
 # slowly converging rows fewer times (benchmarks/README.md)
 AUTO_BATCH = {"cpu": 256, "cuda": 1024}
 INITS = ("vocab", "normal")
+# the TuneConfig fields a TuningContext is made from (the BOS token and the allowed tokens)
+CONTEXT_KEYS = ("bos", "exclude_special", "exclude_untypable")
 
 
 @dataclass(frozen=True)
@@ -260,6 +263,60 @@ def fast_last_logits(model) -> None:
         head._distreach_contiguous = True
 
 
+@dataclass(frozen=True, eq=False)
+class TuningContext:
+    """What every row of one tuning shares, resolved once from the model and the settings
+    (:func:`tuning_context`) and passed down: the model, the BOS token id
+    (:func:`distreach.tokens.resolve_bos`) and that token's keys and values (:func:`_bos_cache`),
+    the tokens hard positions and vocab inits may use (:func:`allowed_tokens`), and the device and
+    dtype name (:data:`distreach.models.DTYPES`) the model runs in."""
+
+    loaded: object  # a distreach.models.LoadedModel
+    made_for: dict  # the values of CONTEXT_KEYS it was made from
+    bos_id: int | None
+    allowed: torch.Tensor
+    bos_kv: list | None
+    device: torch.device
+    dtype: str
+
+    def with_weights(self, loaded) -> "TuningContext":
+        """This context on other weights of the same model (its fp32 load, say): the BOS id and
+        the allowed tokens are the tokenizer's and stay; the BOS keys and values are computed anew."""
+        return _on_weights(loaded, self.made_for, self.bos_id, self.allowed)
+
+
+def tuning_context(loaded, cfg: TuneConfig) -> TuningContext:
+    """The :class:`TuningContext` of ``loaded`` (a LoadedModel) under ``cfg``, its model's output
+    layer made fast (:func:`fast_last_logits`); a TuningContext given as ``loaded`` is returned as
+    it is (an error if it was made under other settings)."""
+    made_for = {key: getattr(cfg, key) for key in CONTEXT_KEYS}
+    if isinstance(loaded, TuningContext):
+        if loaded.made_for != made_for:
+            raise DistreachError(f"a tuning context made for {loaded.made_for} used with tuning settings {made_for}")
+        return loaded
+    bos_id = resolve_bos(loaded.tokenizer, cfg.bos, loaded.name)
+    return _on_weights(loaded, made_for, bos_id, allowed_tokens(loaded.tokenizer, loaded.embeddings.shape[0], cfg))
+
+
+def _on_weights(loaded, made_for: dict, bos_id: int | None, allowed: torch.Tensor) -> TuningContext:
+    """The context of ``loaded`` with a resolved BOS id and allowed tokens."""
+    fast_last_logits(loaded.model)
+    weight = loaded.embeddings
+    return TuningContext(loaded, made_for, bos_id, allowed, _bos_cache(loaded, bos_id), weight.device,
+                         dtype_name(weight.dtype))
+
+
+def _bos_cache(loaded, bos_id: int | None) -> list | None:
+    """The keys and values, per layer ([1, heads, 1, d_head] each), of the BOS token ``bos_id``
+    that goes first, or None for none."""
+    if bos_id is None:
+        return None
+    with torch.no_grad():
+        x = loaded.model.get_input_embeddings()(torch.tensor([[bos_id]], device=loaded.embeddings.device))
+        # the body only: the BOS position needs no logits
+        return [(k, v) for k, v, *_ in loaded.model.base_model(inputs_embeds=x, use_cache=True).cache]
+
+
 def top_ids(probs: torch.Tensor, k: int) -> torch.Tensor:
     """[n, k] ids of each row's k most probable tokens, most probable first; equal
     probabilities in id order (a stable sort), so the ids are the same on every machine."""
@@ -301,9 +358,9 @@ class _Batch:
     # working state saved in a checkpoint besides ``rec``, ``theta`` and the AdamW moments
     WORK = ("since", "active", "ids", "changed", "converged")
 
-    def __init__(self, model, target_p, soft, ids, bos_kv, allowed, cfg: TuneConfig, record_curve: bool):
-        self.model, self.cfg, self.bos = model, cfg, bos_kv
-        self.embed = model.get_input_embeddings()
+    def __init__(self, ctx: TuningContext, target_p, soft, ids, cfg: TuneConfig, record_curve: bool):
+        self.model, self.cfg, self.bos = ctx.loaded.model, cfg, ctx.bos_kv
+        self.embed = self.model.get_input_embeddings()
         self.weight = self.embed.weight
         self.device = target_p.device
         self.dtype = self.weight.dtype
@@ -311,7 +368,7 @@ class _Batch:
         self.mask = list(cfg.soft_mask)
         self.soft_pos = [i for i, s in enumerate(self.mask) if s]
         self.hard_pos = [i for i, s in enumerate(self.mask) if not s]
-        self.blocked = ~allowed.to(self.device)
+        self.blocked = ~ctx.allowed.to(self.device)
         n = target_p.shape[0]
         self.p_top = top_ids(target_p, min(cfg.top_k, target_p.shape[1]))  # [n, k]: the target tokens whose q is recorded
         self.rec = _new_records(n, soft, ids, self.p_top.cpu(), cfg.max_steps, record_curve)
@@ -479,16 +536,13 @@ class _Batch:
 
 @dataclass
 class _Run:
-    """What every batch of one :func:`tune` call shares: the model's side, the rows' targets
-    and starting prefixes, and the checkpoint."""
+    """What every batch of one :func:`tune` call shares: the model's side (the tuning context),
+    the rows' targets and starting prefixes, and the checkpoint."""
 
-    model: object
-    device: torch.device
+    ctx: TuningContext
     target: torch.Tensor  # [n, |V|] on the CPU
     soft: torch.Tensor  # [n, n_soft, d] starting soft positions
     ids: torch.Tensor  # [n, n_hard] starting hard tokens
-    bos_kv: list | None  # the BOS position's keys and values per layer (_bos_cache)
-    allowed: torch.Tensor
     cfg: TuneConfig
     record_curve: bool
     checkpoint: Checkpoint
@@ -510,7 +564,8 @@ def tune(
 ) -> TuneResult:
     """Tune one prefix per row; row i targets ``target_probs[i]`` from ``init_seeds[i]``.
 
-    ``loaded`` is a :class:`distreach.models.LoadedModel`; ``target_probs`` is
+    ``loaded`` is a :class:`distreach.models.LoadedModel` or its :class:`TuningContext` under
+    ``cfg`` (:func:`tuning_context`; made here from a LoadedModel); ``target_probs`` is
     [n, |V|] (probabilities, rows summing to 1). ``on_step(step, n_active)`` is
     called after every step of every batch with the rows still being tuned.
     ``record_curve`` keeps every row's KL at every step.
@@ -523,25 +578,23 @@ def tune(
     once the results are stored. The result's ``work`` says how many row-steps this call ran
     and where it resumed. Method ``gcg`` is
     :func:`distreach.gcg.tune_gcg`."""
+    ctx = tuning_context(loaded, cfg)
     if cfg.method == "gcg":
         from .gcg import tune_gcg
 
-        return tune_gcg(loaded, target_probs, init_seeds, cfg, on_step, record_curve, checkpoint, checkpoint_seconds)
-    fast_last_logits(loaded.model)
+        return tune_gcg(ctx, target_probs, init_seeds, cfg, on_step, record_curve, checkpoint, checkpoint_seconds)
+    loaded = ctx.loaded
     target = _checked_targets(loaded, target_probs, init_seeds)
     weight, embed = loaded.embeddings, loaded.model.get_input_embeddings()
-    bos_kv = _bos_cache(loaded, cfg)
-    allowed = allowed_tokens(loaded.tokenizer, weight.shape[0], cfg)
     if target.shape[0] == 0:
         res = _empty_result(cfg, weight.shape[1], target.shape[1])
         res.work = {"row_steps": 0, "resumed_from": None}
         return res
-    soft, ids, drawn = init_rows(embed, weight, allowed, init_seeds, cfg)
+    soft, ids, drawn = init_rows(embed, weight, ctx.allowed, init_seeds, cfg)
     key = checkpoint_key(loaded, target, init_seeds, cfg, record_curve) if checkpoint is not None else ""
     ckpt = Checkpoint(checkpoint, key, checkpoint_seconds)
-    run = _Run(loaded.model, weight.device, target, soft, ids, bos_kv, allowed, cfg, record_curve, ckpt, on_step)
-    bs = cfg.batch_size or AUTO_BATCH.get(torch.device(weight.device).type, 64)
-    res = _concat(_run_batches(run, bs))
+    run = _Run(ctx, target, soft, ids, cfg, record_curve, ckpt, on_step)
+    res = _concat(_run_batches(run, cfg.batch_size or AUTO_BATCH.get(ctx.device.type, 64)))
     res.init_ids = drawn.numpy()
     res.work = {"row_steps": run.row_steps, "resumed_from": run.resumed_from}
     log.info("%d row-steps run%s", run.row_steps, "" if run.resumed_from is None else
@@ -564,18 +617,6 @@ def _checked_targets(loaded, target_probs, init_seeds) -> torch.Tensor:
             f"past its tokenizer's {support} tokens"
         )
     return target
-
-
-def _bos_cache(loaded, cfg: TuneConfig) -> list | None:
-    """The keys and values, per layer ([1, heads, 1, d_head] each), of the BOS token the policy
-    puts first, or None (:func:`distreach.tokens.resolve_bos`)."""
-    bos_id = resolve_bos(loaded.tokenizer, cfg.bos, loaded.name)
-    if bos_id is None:
-        return None
-    with torch.no_grad():
-        x = loaded.model.get_input_embeddings()(torch.tensor([[bos_id]], device=loaded.embeddings.device))
-        # the body only: the BOS position needs no logits
-        return [(k, v) for k, v, *_ in loaded.model.base_model(inputs_embeds=x, use_cache=True).cache]
 
 
 def _empty_result(cfg: TuneConfig, d: int, vocab: int) -> TuneResult:
@@ -630,8 +671,7 @@ def _run_batch(run: _Run, lo: int, bs: int, done: list[dict], resume: dict | Non
     holds this batch); ``done`` are the records of the batches before, for checkpoints."""
     sl = slice(lo, lo + bs)
     batch = run.make_batch(sl) if run.make_batch is not None else _Batch(
-        run.model, run.target[sl].to(run.device), run.soft[sl], run.ids[sl], run.bos_kv, run.allowed, run.cfg,
-        run.record_curve)
+        run.ctx, run.target[sl].to(run.ctx.device), run.soft[sl], run.ids[sl], run.cfg, run.record_curve)
     first = 0
     if resume is not None and resume.get("batch") is not None and resume["lo"] == lo and resume["bs"] == bs:
         batch.load(resume["batch"])
@@ -667,11 +707,17 @@ def _concat(parts: list[TuneResult]) -> TuneResult:
 @torch.no_grad()
 def prompt_kl(loaded, target_probs, prompts: list[list[int]], bos: str = "auto") -> np.ndarray:
     """KL(p_i || q_i) in nats where q_i is the model's next-token distribution after the
-    token ids ``prompts[i]`` (with the BOS policy), e.g. a hard prompt typed back in."""
+    token ids ``prompts[i]`` (with the BOS policy ``bos``), e.g. a hard prompt typed back in.
+    ``loaded`` is a LoadedModel or a :class:`TuningContext` made under ``bos`` (whose BOS id is used)."""
+    if isinstance(loaded, TuningContext):
+        if loaded.made_for["bos"] != bos:
+            raise DistreachError(f"a tuning context made for BOS policy {loaded.made_for['bos']} used with policy {bos}")
+        bos_id, loaded = loaded.bos_id, loaded.loaded
+    else:
+        bos_id = resolve_bos(loaded.tokenizer, bos, loaded.name)
     model = loaded.model
     device = loaded.embeddings.device
     out = np.empty(len(prompts))
-    bos_id = resolve_bos(loaded.tokenizer, bos, loaded.name)
     for i, ids in enumerate(prompts):
         ids = ([] if bos_id is None else [bos_id]) + list(ids)
         if not ids:

@@ -28,8 +28,8 @@ import torch
 
 from dataclasses import replace
 
-from .engine import AUTO_BATCH, TuneConfig, _Batch, _Run, _bos_cache, _checked_targets, _concat, _draw_ids, _empty_result, \
-    _run_batches, allowed_tokens, fast_last_logits, init_token_ids
+from .engine import AUTO_BATCH, TuneConfig, TuningContext, _Batch, _Run, _checked_targets, _concat, _draw_ids, \
+    _empty_result, _run_batches, init_token_ids, tuning_context
 from .checkpoint import Checkpoint, checkpoint_key
 from .errors import DistreachError
 
@@ -73,11 +73,11 @@ class GCGBatch(_Batch):
 
     WORK = _Batch.WORK + ("gens",)
 
-    def __init__(self, model, target_p, ids, bos_kv, allowed, cfg: TuneConfig, record_curve: bool, tokenizer, seeds,
+    def __init__(self, ctx: TuningContext, target_p, ids, cfg: TuneConfig, record_curve: bool, seeds,
                  forwards: list[int]):
-        empty = torch.zeros((len(ids), 0, model.get_input_embeddings().weight.shape[1]))
-        super().__init__(model, target_p, empty, ids, bos_kv, allowed, cfg, record_curve)
-        self.tokenizer = tokenizer
+        empty = torch.zeros((len(ids), 0, ctx.loaded.embeddings.shape[1]))
+        super().__init__(ctx, target_p, empty, ids, cfg, record_curve)
+        self.tokenizer = ctx.loaded.tokenizer
         # each row's own candidate draws, seeded by its init seed: a row's search is the one it has alone
         self.gens = [torch.Generator().manual_seed(int(s) ^ 0x5EED) for s in seeds]
         self.forwards = forwards  # [n]: candidate prompts evaluated by every batch of the call
@@ -158,32 +158,26 @@ class GCGBatch(_Batch):
 
 def tune_gcg(loaded, target_probs, init_seeds, cfg: TuneConfig, on_step=None, record_curve: bool = False,
              checkpoint=None, checkpoint_seconds: float = 60.0):
-    """:func:`distreach.engine.tune` for ``cfg.method == "gcg"``."""
-    fast_last_logits(loaded.model)
-    target = _checked_targets(loaded, target_probs, init_seeds)
-    weight = loaded.embeddings
-    bos_kv = _bos_cache(loaded, cfg)
-    allowed = allowed_tokens(loaded.tokenizer, weight.shape[0], cfg)
+    """:func:`distreach.engine.tune` for ``cfg.method == "gcg"`` (``loaded``: a LoadedModel or its
+    :class:`distreach.engine.TuningContext`)."""
+    ctx = tuning_context(loaded, cfg)
+    target = _checked_targets(ctx.loaded, target_probs, init_seeds)
+    d = ctx.loaded.embeddings.shape[1]
     if target.shape[0] == 0:
-        res = _empty_result(cfg, weight.shape[1], target.shape[1])
+        res = _empty_result(cfg, d, target.shape[1])
         res.work = {"row_steps": 0, "resumed_from": None, "candidates": 0, "gcg_width": cfg.gcg_width}
         return res
-    tok = loaded.tokenizer
     if not cfg.gcg_width:
-        cfg = replace(cfg, gcg_width=AUTO_WIDTH.get(torch.device(weight.device).type, 64))
+        cfg = replace(cfg, gcg_width=AUTO_WIDTH.get(ctx.device.type, 64))
     draw = readable_inits if cfg.readable else lambda _, *args: init_token_ids(*args)
-    ids = draw(tok, allowed, init_seeds, cfg.prefix_len)
-    key = checkpoint_key(loaded, target, init_seeds, cfg, record_curve) if checkpoint is not None else ""
-    soft = torch.zeros((len(ids), 0, weight.shape[1]))
-    run = _Run(loaded.model, weight.device, target, soft, ids, bos_kv, allowed, cfg, record_curve,
+    ids = draw(ctx.loaded.tokenizer, ctx.allowed, init_seeds, cfg.prefix_len)
+    key = checkpoint_key(ctx.loaded, target, init_seeds, cfg, record_curve) if checkpoint is not None else ""
+    run = _Run(ctx, target, torch.zeros((len(ids), 0, d)), ids, cfg, record_curve,
                Checkpoint(checkpoint, key, checkpoint_seconds), on_step)
     seeds, forwards = list(init_seeds), [0]
-    run.make_batch = lambda sl: GCGBatch(loaded.model, target[sl].to(weight.device), ids[sl], bos_kv, allowed, cfg,
-                                         record_curve, tok, seeds[sl], forwards)
-    bs = cfg.batch_size or AUTO_BATCH.get(torch.device(weight.device).type, 64)
-    res = _concat(_run_batches(run, bs))
+    run.make_batch = lambda sl: GCGBatch(ctx, target[sl].to(ctx.device), ids[sl], cfg, record_curve, seeds[sl], forwards)
+    res = _concat(_run_batches(run, cfg.batch_size or AUTO_BATCH.get(ctx.device.type, 64)))
     res.init_ids = ids.numpy()
     res.work = {"row_steps": run.row_steps, "resumed_from": run.resumed_from, "candidates": forwards[0],
                 "gcg_width": cfg.gcg_width}
     return res
-

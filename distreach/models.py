@@ -41,6 +41,11 @@ SOURCE_KINDS = ("hf", "local", "gguf_file", "gguf_package", "random_init", "stan
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """The name :data:`DTYPES` gives a torch dtype (``fp32``, ...); torch's own name for others."""
+    return next((name for name, d in DTYPES.items() if d == dtype), str(dtype).removeprefix("torch."))
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str

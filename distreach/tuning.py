@@ -20,14 +20,14 @@ import pyarrow as pa
 import torch
 
 from .checkpoint import CHECKPOINT_SECONDS, checkpoint_path
-from .engine import STOP_REASONS, TuneConfig, prompt_kl, tune
+from .engine import STOP_REASONS, TuneConfig, prompt_kl, tune, tuning_context
 from .errors import DistreachError
 from .units import to_unit
 from .io import package_versions, with_metadata, write_arrow
-from .models import DTYPES, auto_dtype, load_materialised, resolve_device
+from .models import auto_dtype, load_materialised, resolve_device
 from .seeds import derive_seed
 from .targets import TARGET_COLUMNS, read_target_matrix
-from .tokens import bos_used, resolve_bos
+from .tokens import bos_used
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +170,10 @@ def tune_shards(
     """One result table per shard: the (target, init) rows of its :func:`shard_rows`, all
     shards' rows tuned together on ``loaded`` (rows never interact, so a row's result is the
     one it gets alone), with provenance in the schema metadata
-    (:func:`distreach.io.arrow_metadata`).
+    (:func:`distreach.io.arrow_metadata`). ``loaded`` is a LoadedModel or its
+    :class:`distreach.engine.TuningContext` under ``tuning``: the BOS token, the allowed tokens,
+    the device and the dtype are resolved once and every step below (the fp32 retry included)
+    uses them.
 
     No file is read or written except the engine's ``checkpoint``. Rows whose KL becomes NaN
     or inf in a low-precision dtype are tuned again in fp32 (their ``dtype`` column says so and
@@ -180,8 +183,9 @@ def tune_shards(
     call (:attr:`distreach.engine.TuneResult.work`: row-steps run, fp32 retries included, and
     where it resumed from a checkpoint), the same in every shard's table."""
     torch.use_deterministic_algorithms(True, warn_only=True)
-    dtype = {v: k for k, v in DTYPES.items()}[loaded.embeddings.dtype]
-    plans = _plan_rows(loaded, shards, seed, dtype)
+    ctx = tuning_context(loaded, tuning)
+    loaded = ctx.loaded
+    plans = _plan_rows(ctx, shards, seed)
 
     def on_step(step, active):
         if step % 25 == 0 or active == 0:
@@ -191,9 +195,8 @@ def tune_shards(
 
     probs = np.concatenate([m.probs[[t for t, _ in rows]] for m, rows, _ in plans] or [np.zeros((0, loaded.vocab_size))])
     seeds = [s for _, _, shard_seeds in plans for s in shard_seeds]
-    res = tune(loaded, probs, seeds, tuning, on_step=on_step, checkpoint=checkpoint,
-               checkpoint_seconds=checkpoint_seconds)
-    row_dtype, retry = _retry_in_fp32(loaded, res, probs, seeds, tuning, dtype)
+    res = tune(ctx, probs, seeds, tuning, on_step=on_step, checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds)
+    row_dtype, retry = _retry_in_fp32(ctx, res, probs, seeds, tuning)
     tables, lo = [], 0
     for m, rows, shard_seeds in plans:
         part = slice(lo, lo + len(rows))
@@ -203,13 +206,13 @@ def tune_shards(
             "model": pa.array([loaded.name] * len(rows), pa.string()),
             "method": pa.array([method] * len(rows), pa.string()),
         }
-        table = _result_table(columns, loaded, m.meta, rows, shard_seeds, tuning, res.take(part), probs[part],
+        table = _result_table(columns, ctx, m.meta, rows, shard_seeds, tuning, res.take(part), probs[part],
                               row_dtype[part], retry[part], m.shard)
-        tables.append(with_metadata(table, _provenance(loaded, m, shards, tuning, seed, res.work, dtype)))
+        tables.append(with_metadata(table, _provenance(ctx, m, shards, tuning, seed, res.work)))
     return tables
 
 
-def _plan_rows(loaded, shards: list[Shard], seed: int, dtype: str) -> list[tuple]:
+def _plan_rows(ctx, shards: list[Shard], seed: int) -> list[tuple]:
     """(shard, its (target, init) rows, their init seeds) for each shard."""
     plans = []
     for m in shards:
@@ -218,39 +221,41 @@ def _plan_rows(loaded, shards: list[Shard], seed: int, dtype: str) -> list[tuple
         # init seeds name only the target and the init: every method, prefix length and experiment on a
         # target starts from the same tokens (paired comparisons)
         plans.append((m, rows, [derive_seed(seed, "init", tids[t], i) for t, i in rows]))
-        log.info("shard %d/%d of %s on %s: %d rows, %s on %s", m.shard, m.n_shards, m.experiment, loaded.name, len(rows),
-                 dtype, loaded.embeddings.device)
+        log.info("shard %d/%d of %s on %s: %d rows, %s on %s", m.shard, m.n_shards, m.experiment, ctx.loaded.name,
+                 len(rows), ctx.dtype, ctx.device)
     return plans
 
 
-def _provenance(loaded, m: Shard, shards: list[Shard], tuning: TuneConfig, seed: int, work: dict, dtype: str) -> dict:
+def _provenance(ctx, m: Shard, shards: list[Shard], tuning: TuneConfig, seed: int, work: dict) -> dict:
     """The provenance of shard ``m``'s table (its schema metadata)."""
     return {
         "experiment": m.experiment,
-        "model": loaded.manifest,
+        "model": ctx.loaded.manifest,
         "tuning": asdict(tuning),
         "inits": m.inits,
         "seed": seed,
         "shard": [m.shard, m.n_shards],
         "tuned_with": [other.experiment for other in shards],
         "work": work,
-        "dtype": dtype,
-        "device": str(loaded.embeddings.device),
+        "dtype": ctx.dtype,
+        "device": str(ctx.device),
         "torch_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "packages": package_versions(),
     }
 
 
-def _retry_in_fp32(loaded, res, probs, seeds, tuning: TuneConfig, dtype: str) -> tuple[list, list]:
-    """Tune the rows of ``res`` whose KL became NaN or inf again in fp32 (in place) and mark
-    the rows that still fail; each row's dtype and why it was retried (or None)."""
+def _retry_in_fp32(ctx, res, probs, seeds, tuning: TuneConfig) -> tuple[list, list]:
+    """Tune the rows of ``res`` whose KL became NaN or inf again in fp32 (in place), on the
+    model loaded in fp32 with ``ctx``'s BOS token and allowed tokens, and mark the rows that
+    still fail; each row's dtype and why it was retried (or None)."""
+    dtype = ctx.dtype
     row_dtype, retry = [dtype] * len(res), [None] * len(res)
     bad = [i for i, s in enumerate(res.status) if s != "ok"]
-    if bad and dtype != "fp32" and loaded.folder is not None:
+    if bad and dtype != "fp32" and ctx.loaded.folder is not None:
         log.warning("%d rows had a non-finite KL in %s: tuning them again in fp32", len(bad), dtype)
-        loaded32, _ = load_materialised(loaded.folder, dtype="fp32", device=str(loaded.embeddings.device))
-        again = tune(loaded32, probs[bad], [seeds[i] for i in bad], tuning)
+        loaded32, _ = load_materialised(ctx.loaded.folder, dtype="fp32", device=str(ctx.device))
+        again = tune(ctx.with_weights(loaded32), probs[bad], [seeds[i] for i in bad], tuning)
         res.work["row_steps"] += again.work["row_steps"]
         for j, i in enumerate(bad):
             retry[i] = f"{res.status[i]} in {dtype}"
@@ -268,19 +273,18 @@ def _retry_in_fp32(loaded, res, probs, seeds, tuning: TuneConfig, dtype: str) ->
     return row_dtype, retry
 
 
-def _result_table(columns: dict, loaded, meta, rows, seeds, tuning, res, probs, row_dtype, retry, shard) -> pa.Table:
+def _result_table(columns: dict, ctx, meta, rows, seeds, tuning, res, probs, row_dtype, retry, shard) -> pa.Table:
     """The columns of :data:`distreach.tables.RESULT_COLUMNS` and provenance columns, after
     ``columns`` (experiment, model, method)."""
     pick = [t for t, _ in rows]
     unit = meta.column("entropy_unit")[0].as_py()
-    hard = hard_prompt_columns(loaded, tuning, res, probs)
-    manifest = loaded.manifest
+    hard = hard_prompt_columns(ctx, tuning, res, probs)
+    manifest, bos_id = ctx.loaded.manifest, ctx.bos_id
     n = len(rows)
 
     def col(name):
         return meta.column(name).take(pa.array(pick, pa.int64()))
 
-    bos_id = resolve_bos(loaded.tokenizer, tuning.bos, loaded.name)
     return pa.table(
         {
             **columns,
@@ -313,7 +317,7 @@ def _result_table(columns: dict, loaded, meta, rows, seeds, tuning, res, probs, 
             "bos_token_id": pa.array([bos_id] * n, pa.int64()),
             "dtype": pa.array(row_dtype, pa.string()),
             "retry": pa.array(retry, pa.string()),
-            "device": pa.array([str(loaded.embeddings.device)] * n, pa.string()),
+            "device": pa.array([str(ctx.device)] * n, pa.string()),
             "model_source": pa.array([json.dumps(manifest["source"], sort_keys=True)] * n, pa.string()),
             "model_sha256": pa.array([manifest["weights_sha256"]] * n, pa.string()),
             # family-specific target columns (n_outliers, outlier_mass, source_model, kept_mass, ...)
@@ -370,8 +374,10 @@ def tuning_config(defaults: dict, overrides: dict | None = None) -> TuneConfig:
 
 def hard_prompt_columns(loaded, tuning: TuneConfig, res, probs) -> dict:
     """Token ids and text of each row's best prompt (soft positions shown as ``<soft>``), and for
-    pure hard prompts the KL after a decode -> re-encode round trip (NaN otherwise)."""
-    tok = loaded.tokenizer
+    pure hard prompts the KL after a decode -> re-encode round trip (NaN otherwise).
+    ``loaded``: a LoadedModel or its :class:`distreach.engine.TuningContext` under ``tuning``."""
+    ctx = tuning_context(loaded, tuning)
+    tok = ctx.loaded.tokenizer
     n = len(res)
     if tuning.n_soft_positions == tuning.prefix_len:
         return {"ids": [[] for _ in range(n)], "text": [""] * n, "kl_roundtrip": [float("nan")] * n}
@@ -385,7 +391,7 @@ def hard_prompt_columns(loaded, tuning: TuneConfig, res, probs) -> dict:
         texts.append("".join(pieces))
     if tuning.n_soft_positions == 0:
         retyped = [tok(text, add_special_tokens=False).input_ids for text in texts]
-        kl_rt = prompt_kl(loaded, probs, retyped, tuning.bos)
+        kl_rt = prompt_kl(ctx, probs, retyped, tuning.bos)
     else:
         kl_rt = [float("nan")] * n
     return {"ids": ids, "text": texts, "kl_roundtrip": list(kl_rt)}

@@ -150,17 +150,16 @@ def test_weight_decay_is_the_decoupled_shrink_of_adamw(tiny_llama):
     """One step with weight decay wd differs from one without by lr * wd * theta (AdamW), and rows
     left in a batch after another row left it keep their decay: their next step is the one a
     batch of those rows alone takes."""
-    from distreach.engine import _Batch, _bos_cache, allowed_tokens, init_rows
+    from distreach.engine import _Batch, init_rows, tuning_context
 
     embed = tiny_llama.model.get_input_embeddings()
     p = torch.tensor(targets(93, 3, seed=4))
 
     def batch(wd, rows):
         cfg = TuneConfig(lr=0.1, weight_decay=wd)
-        allowed = allowed_tokens(tiny_llama.tokenizer, 93, cfg)
-        soft, ids, _ = init_rows(embed, embed.weight, allowed, [1, 2, 3], cfg)
-        return _Batch(tiny_llama.model, p[rows], soft[rows], ids[rows], _bos_cache(tiny_llama, cfg), allowed, cfg,
-                      record_curve=False), soft
+        ctx = tuning_context(tiny_llama, cfg)
+        soft, ids, _ = init_rows(embed, embed.weight, ctx.allowed, [1, 2, 3], cfg)
+        return _Batch(ctx, p[rows], soft[rows], ids[rows], cfg, record_curve=False), soft
 
     theta = {}
     for wd in (0.0, 0.5):
@@ -211,6 +210,19 @@ def test_bad_input_is_refused(tiny_llama):
     with pytest.raises(DistreachError, match="tuning.bos"):
         TuneConfig(bos="eos")
 
+
+def test_a_tuning_context_tunes_as_its_model_does_and_is_refused_under_other_settings(tiny_llama):
+    from distreach.engine import prompt_kl, tuning_context
+
+    cfg = TuneConfig(method="hard", prefix_len=2, max_steps=3)
+    p = targets(tiny_llama.vocab_size, 2)
+    ctx = tuning_context(tiny_llama, cfg)
+    assert (ctx.bos_id, ctx.dtype, ctx.device.type) == (tiny_llama.tokenizer.bos_token_id, "fp32", "cpu")
+    np.testing.assert_array_equal(tune(ctx, p, [0, 1], cfg).kl_min, tune(tiny_llama, p, [0, 1], cfg).kl_min)
+    with pytest.raises(DistreachError, match="tuning context made for"):
+        tune(ctx, p, [0, 1], TuneConfig(method="hard", prefix_len=2, max_steps=3, bos="none"))
+    with pytest.raises(DistreachError, match="tuning context made for"):
+        prompt_kl(ctx, p, [[5]], bos="none")
 
 def test_out_of_memory_halves_the_batch_and_loses_no_row(tiny_llama, monkeypatch):
     import distreach.engine as engine

@@ -212,3 +212,35 @@ def test_non_finite_rows_are_retried_in_fp32_or_marked_failed(tiny_dirs, tmp_pat
         assert all(s == "ok" for s in status) and np.isfinite(kl).all()
     ok = [i for i in range(len(status)) if i not in hit]
     assert np.isfinite(kl[ok]).all()
+
+
+@pytest.mark.parametrize("method", ["hard", "gcg"])
+def test_a_tuning_resolves_bos_and_allowed_tokens_once_fp32_retry_included(tiny_dirs, tmp_path, monkeypatch, method):
+    """One tuning context per tuning: the BOS token and the allowed tokens are resolved once for the
+    tuning, the fp32 retry of a non-finite row and the result table (BOS column, round-trip KL); only
+    the BOS keys and values are computed again, on the fp32 weights."""
+    from distreach import engine, tokens
+
+    poison(monkeypatch, lambda d: d == "bf16")
+    calls = {"resolve_bos": 0, "allowed_tokens": 0, "_bos_cache": 0}
+
+    def counting(name, real):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+
+        return counted
+
+    for name, real in (("resolve_bos", tokens.resolve_bos), ("allowed_tokens", engine.allowed_tokens),
+                       ("_bos_cache", engine._bos_cache)):
+        for module in [m for n, m in sys.modules.items() if n.startswith("distreach")]:
+            if getattr(module, name, None) is real:  # the function wherever it is imported
+                monkeypatch.setattr(module, name, counting(name, real))
+    extra = {"gcg_width": 4, "readable": False} if method == "gcg" else {}
+    table = run_shard(model_dir=str(tiny_dirs["llama"]), targets_path=str(targets_file(tmp_path)),
+                      out_path=str(tmp_path / "s.arrow"), experiment="e", method=method,
+                      tuning=tuning_config({"method": method, "prefix_len": 3, "max_steps": 5, "batch_size": 4, **extra}),
+                      inits=1, shard=0, n_shards=1, device="cpu", dtype="bf16")
+    assert table.column("retry").to_pylist()[0] == "non-finite KL at step 0 in bf16"  # the fp32 retry ran
+    assert set(table.column("bos_token_id").to_pylist()) == {1}
+    assert calls == {"resolve_bos": 1, "allowed_tokens": 1, "_bos_cache": 2}

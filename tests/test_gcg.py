@@ -111,7 +111,7 @@ def test_candidates_draw_from_the_tokens_the_gradient_ranks_best_and_change_gcg_
     """With gcg_topk 1 every candidate holds, at the positions it changes, the argmin over allowed
     tokens of e(x) . g, the linear score of the paper's hard update; with gcg_replace 2 a candidate
     differs from the current prompt at 2 positions at most, and some at exactly 2."""
-    from distreach.engine import _bos_cache, allowed_tokens
+    from distreach.engine import tuning_context
     from distreach.gcg import GCGBatch
     from distreach.infotheory import kl
 
@@ -119,9 +119,10 @@ def test_candidates_draw_from_the_tokens_the_gradient_ranks_best_and_change_gcg_
     cfg = TuneConfig(**{**CFG.__dict__, "gcg_topk": 1, "gcg_replace": 2, "readable": False})
     p = torch.tensor(targets(lm.vocab_size, 2, seed=8, temp=3.0))
     embed = lm.model.get_input_embeddings()
-    allowed = allowed_tokens(lm.tokenizer, embed.weight.shape[0], cfg)
+    ctx = tuning_context(lm, cfg)
+    allowed = ctx.allowed
     ids = torch.tensor([[10, 11, 12, 13], [20, 21, 22, 23]])
-    batch = GCGBatch(lm.model, p, ids, _bos_cache(lm, cfg), allowed, cfg, False, lm.tokenizer, [1, 2], [0])
+    batch = GCGBatch(ctx, p, ids, cfg, False, [1, 2], [0])
     drawn = []
     real_draw = GCGBatch._draw
     monkeypatch.setattr(GCGBatch, "_draw", lambda self, top: drawn.append(real_draw(self, top)) or drawn[-1])

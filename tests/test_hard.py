@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from distreach.engine import TuneConfig, _Batch, _bos_cache, allowed_tokens, init_rows, tune
+from distreach.engine import TuneConfig, _Batch, allowed_tokens, init_rows, tune, tuning_context
 from distreach.errors import DistreachError
 from distreach.infotheory import kl
 
@@ -17,10 +17,11 @@ def test_hard_update_is_the_true_argmin_of_the_linear_scores(tiny_llama):
     cfg = TuneConfig(method="hard", prefix_len=3, bos="bos")
     p = torch.tensor(targets(lm.vocab_size, 2, seed=1))
     embed = lm.model.get_input_embeddings()
-    allowed = allowed_tokens(lm.tokenizer, embed.weight.shape[0], cfg)
+    ctx = tuning_context(lm, cfg)
+    allowed = ctx.allowed
     soft, ids, _ = init_rows(embed, embed.weight, allowed, [5, 6], cfg)
     bos = embed(torch.tensor([[lm.tokenizer.bos_token_id]]))
-    batch = _Batch(lm.model, p, soft, ids, _bos_cache(lm, cfg), allowed, cfg, record_curve=False)
+    batch = _Batch(ctx, p, soft, ids, cfg, record_curve=False)
     batch.step(0)
     for r in range(2):
         e = embed(ids[r : r + 1]).detach().requires_grad_(True)
