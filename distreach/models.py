@@ -143,12 +143,18 @@ def resolve_gguf(spec: ModelSpec, workdir: Path) -> Path:
 
 @contextlib.contextmanager
 def gguf_parsed_once():
-    """Within the block, every ``gguf.GGUFReader`` of one file is the same reader: transformers
-    parses a GGUF file's metadata again for its config, its tokenizer and its weights, and a
-    262k-token vocabulary (Gemma-3) takes gguf's reader about 25 s each time."""
-    import gguf
+    """Within the block, a GGUF file is read once: every ``gguf.GGUFReader`` of one file is the
+    same reader, and transformers' metadata parse (``load_gguf_checkpoint`` without tensors,
+    which its config and its tokenizer each ask for) is made once, each caller getting its own
+    copy of the config part. Each parse walks every entry of the vocabulary: for Gemma-3's 262k
+    tokens, gguf's reader and transformers' parse take tens of seconds each on a CPU."""
+    import copy
 
-    made, original = {}, gguf.GGUFReader
+    import gguf
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    made, parsed = {}, {}
+    original, original_parse = gguf.GGUFReader, gguf_utils.load_gguf_checkpoint
 
     def reader(path, mode="r"):
         key = (str(Path(path).resolve()), mode)
@@ -156,11 +162,20 @@ def gguf_parsed_once():
             made[key] = original(path, mode)
         return made[key]
 
-    gguf.GGUFReader = reader
+    def parse(path, return_tensors=False, **kw):
+        if return_tensors or kw:
+            return original_parse(path, return_tensors=return_tensors, **kw)
+        key = str(Path(path).resolve())
+        if key not in parsed:
+            parsed[key] = original_parse(path, return_tensors=False)
+        # its callers here (config, tokenizer) take the "config" part, which they may change
+        return {k: copy.deepcopy(v) if k == "config" else v for k, v in parsed[key].items()}
+
+    gguf.GGUFReader, gguf_utils.load_gguf_checkpoint = reader, parse
     try:
         yield
     finally:
-        gguf.GGUFReader = original
+        gguf.GGUFReader, gguf_utils.load_gguf_checkpoint = original, original_parse
 
 
 def check_gguf(path: Path) -> None:

@@ -102,12 +102,13 @@ def tag_words(nlp, words: list[str], batch_size: int = 2048) -> pl.DataFrame:
 def pos_table(vocab: pl.DataFrame, nlp, min_pos_prob: float = MIN_POS_PROB, batch_size: int = BATCH_SIZE) -> pl.DataFrame:
     """Tag every English token of a vocabulary table with the pipeline ``nlp`` (a name or a
     loaded pipeline); ``kept`` marks single-token words with an unambiguous POS. Rows are the
-    English tokens only."""
+    English tokens only; a word is tagged once however many tokens spell it."""
     if isinstance(nlp, str):
         nlp = load_tagger(nlp)
     english = vocab.filter(pl.col("is_english")).select("token_id", "word", "leading_space")
-    tags = tag_words(nlp, english["word"].to_list(), batch_size)
-    out = pl.concat([english, tags], how="horizontal")
+    words = english["word"].unique(maintain_order=True)  # a word with and without its leading space: tagged once
+    tags = tag_words(nlp, words.to_list(), batch_size).with_columns(word=words)
+    out = english.join(tags, on="word", how="left", maintain_order="left")
     return out.with_columns(kept=pl.col("single_token") & (pl.col("pos_prob") >= min_pos_prob)).select(POS_COLUMNS)
 
 
