@@ -13,13 +13,17 @@ from .families import (DEFAULT_POS_TAGS, LM_PROMPT_LEN, LM_PROMPTS, POS_DRAWS, P
 from .io import read_arrow
 from .models import load_materialised, read_manifest
 from .targets import pad_rows
-from .tokens import usable_ids, usable_mask, vocab_support
+from .tokens import usable_ids, usable_mask
 from .vanilla import EntropyGrid, VanillaSettings, entropy_matched_targets, vanilla_targets
 from .vocab import surface_forms
 
 
 def _pick(settings: dict, keys) -> dict:
     return {k: settings[k] for k in keys if k in settings}
+
+
+def _tokenizer(model_dir):
+    return load_materialised(model_dir, with_model=False)[0].tokenizer
 
 
 def make_family(settings: dict, model_dir, unit: str, seed: int = 0, base=None, source_dir=None, bos: str = "auto") -> pa.Table:
@@ -32,13 +36,13 @@ def make_family(settings: dict, model_dir, unit: str, seed: int = 0, base=None, 
     model's folder; ``bos`` the tuning's BOS policy (LM-generated targets use the family's
     ``bos`` setting if it has one, else this)."""
     kind = settings.get("kind", "vanilla")
-    vocab = read_manifest(model_dir)["vocab_size"]
     if kind == "lm":
         loaded = load_materialised(model_dir, dtype="fp32")[0]
         n, prompt_len = settings.get("n", LM_PROMPTS), settings.get("prompt_len", LM_PROMPT_LEN)
         return lm_generated(loaded, n, prompt_len, unit, seed, bos=settings.get("bos", bos))
-    tok = load_materialised(model_dir, with_model=False)[0].tokenizer
-    support = vocab_support(tok, vocab)
+    manifest = read_manifest(model_dir)
+    vocab = manifest["vocab_size"]
+    support = manifest["vocab_support"]  # |V|: most families need no tokenizer (seconds to load)
     grid = EntropyGrid(unit=unit, **settings.get("grid", {}))
     if kind == "vanilla":
         vs = VanillaSettings(seed=seed, **_pick(settings, ("per_level", "tolerance", "max_iters", "lr")))
@@ -46,14 +50,15 @@ def make_family(settings: dict, model_dir, unit: str, seed: int = 0, base=None, 
     if kind == "outlier":
         keys = ("per_level", "alpha", "beta", "delta", "tolerance", "max_iters", "lr")
         os_ = OutlierSettings(seed=seed, **_pick(settings, keys), **({"ks": tuple(settings["ks"])} if "ks" in settings else {}))
-        return pad_rows(outlier_targets(support, grid.levels(support), unit, os_, usable_ids(tok, support)), vocab)
+        pool = usable_ids(_tokenizer(model_dir), support)
+        return pad_rows(outlier_targets(support, grid.levels(support), unit, os_, pool), vocab)
     if kind == "pos":
         import polars as pl
 
         tags = list(settings.get("tags", DEFAULT_POS_TAGS))
         pos = pl.from_arrow(read_arrow(base))
         n_tokens, draws = settings.get("n_tokens", POS_TOKENS), settings.get("draws", POS_DRAWS)
-        return pos_uniform_targets(pos, vocab, tags, n_tokens, draws, unit, seed, usable=usable_mask(tok, vocab))
+        return pos_uniform_targets(pos, vocab, tags, n_tokens, draws, unit, seed, usable=usable_mask(_tokenizer(model_dir), vocab))
     table = read_arrow(base)
     if kind == "matched":
         vs = VanillaSettings(seed=seed, **_pick(settings, ("tolerance", "max_iters", "lr")))
@@ -66,7 +71,7 @@ def make_family(settings: dict, model_dir, unit: str, seed: int = 0, base=None, 
     if kind == "migrated":
         src = load_materialised(source_dir, with_model=False)[0]
         src_ids, dst_ids = migration_map(
-            surface_forms(src.tokenizer, src.manifest["vocab_size"]), surface_forms(tok, vocab)
+            surface_forms(src.tokenizer, src.manifest["vocab_size"]), surface_forms(_tokenizer(model_dir), vocab)
         )
         return migrate(table, src_ids, dst_ids, vocab, src.name)
     raise DistreachError(f"target kind {kind!r} is not known")

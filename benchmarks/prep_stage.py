@@ -1,0 +1,97 @@
+"""Job time of the default run's preparation stage (models, vocabularies, POS tables, targets),
+for one or more revisions of this repository, measured the same way one after the other.
+
+    python benchmarks/prep_stage.py [--revs 15f61d2 HEAD] [--out benchmarks/results/cpu/prep-stage.json]
+
+Each revision is exported (``git archive``) to a temporary folder and its Snakefile run there
+from an empty ``results/`` with ``snakemake --cores 1`` on ``config.yaml``, for the
+preparation outputs only (every model folder, vocabulary and POS table and target file the
+default run makes). One job at a time, so a job's time is its own. Reported per revision: the
+job seconds per rule (from Snakemake's log, as ``scripts/default_run_docs.py`` reads a run's
+log), their sum, the wall time, and the CPU seconds of all jobs (user + system). The models come
+from the embedded GGUF packages, as in the default run. Run it on a quiet machine: anything else
+running inflates the job seconds (the CPU seconds much less).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "scripts"))
+PREP_RULES = ("materialise_model", "vocab", "pos_tag", "targets")
+
+
+def prep_outputs(checkout: Path) -> list[str]:
+    """The preparation stage's files in the default run's DAG of ``checkout`` (a dry run)."""
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--quiet", "rules", "--summary"],
+                         cwd=checkout, capture_output=True, text=True, check=True).stdout
+    files = []
+    for line in out.splitlines():
+        parts = line.split("\t")
+        if len(parts) > 2 and parts[2] in PREP_RULES:
+            files.append(parts[0])
+    return sorted(set(files))
+
+
+def measure(rev: str) -> dict:
+    from default_run_docs import job_seconds
+
+    with tempfile.TemporaryDirectory(prefix="prep-") as tmp:
+        checkout = Path(tmp)
+        archive = subprocess.run(["git", "archive", rev], cwd=REPO, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive, check=True)
+        sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        files = prep_outputs(checkout)
+        env = {**os.environ, "PYTHONPATH": str(checkout)}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        run = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", *files], cwd=checkout, env=env,
+                             capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if run.returncode:
+            sys.exit(f"{rev}: snakemake failed:\n{run.stderr[-3000:]}")
+        jobs = job_seconds(run.stderr + run.stdout)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"rev": rev, "commit": sha, "files": len(files), "job_seconds": {k: round(v) for k, v in sorted(jobs.items())},
+            "job_seconds_total": round(sum(jobs.values())), "wall_seconds": round(wall), "cpu_seconds": round(cpu)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--revs", nargs="+", default=["HEAD"], help="git revisions to measure, in order")
+    ap.add_argument("--out", type=Path, help="write the results as JSON here")
+    args = ap.parse_args()
+    from distreach.models import cpu_has_bf16
+
+    results = []
+    for rev in args.revs:
+        print(f"{rev}: preparation stage from an empty results/ ...", flush=True)
+        results.append(measure(rev))
+        r = results[-1]
+        print(f"  {r['commit']}: {r['files']} files, job seconds {r['job_seconds_total']} {r['job_seconds']}, "
+              f"wall {r['wall_seconds']} s, CPU {r['cpu_seconds']} s", flush=True)
+    report = {"machine": {"cpu": platform.processor() or platform.machine(), "native_bf16": cpu_has_bf16(),
+                          "cores": os.cpu_count()}, "runs": results}
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if len(results) > 1:
+        first, last = results[0], results[-1]
+        print(f"job_seconds_ratio={first['job_seconds_total'] / last['job_seconds_total']:.2f} "
+              f"cpu_seconds_ratio={first['cpu_seconds'] / last['cpu_seconds']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
