@@ -121,6 +121,9 @@ class TuneConfig:
             for key in GCG_KEYS:
                 if getattr(self, key) != TuneConfig.__dataclass_fields__[key].default:
                     raise DistreachError(f"tuning.{key}: a setting of method gcg only (method is {self.method})")
+        if self.method == "gcg" and self.readable and not self.exclude_special:
+            raise DistreachError("tuning.exclude_special: false puts special-token markup in readable gcg prompts; "
+                                 "set readable: false to search special tokens too")
         L, sp = self.prefix_len, self.soft_positions
         if self.method != "hybrid" and (self.n_soft is not None or sp is not None):
             want = {"soft": L, "hard": 0, "gcg": 0}[self.method]

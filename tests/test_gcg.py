@@ -146,3 +146,7 @@ def test_gcg_settings_are_refused_for_other_methods_with_the_key_named():
     for key, value in (("gcg_width", 8), ("gcg_topk", 4), ("gcg_replace", 2), ("readable", False)):
         with pytest.raises(DistreachError, match=rf"^tuning\.{key}: a setting of method gcg only \(method is hard\)$"):
             TuneConfig(method="hard", **{key: value})
+    # special tokens are markup, not text: a readable search keeps them out
+    with pytest.raises(DistreachError, match=r"^tuning\.exclude_special: false puts special-token markup in readable"):
+        TuneConfig(method="gcg", exclude_special=False)
+    assert not TuneConfig(method="gcg", exclude_special=False, readable=False).readable
