@@ -17,6 +17,7 @@ import torch
 
 from .errors import DistreachError
 from .infotheory import entropy
+from .optimrows import keep_rows
 from .units import check_unit, from_unit, to_unit
 from .seeds import derive_seed
 from .tokens import bos_used, resolve_bos, usable_ids, vocab_support
@@ -87,50 +88,77 @@ def outlier_targets(vocab_size: int, levels: list[float], unit: str, settings: O
         for k in settings.ks
         for r in range(settings.per_level)
     ]
-    logps, achieved, seeds, masses = [], [], [], []
     tol = from_unit(settings.tolerance, unit)
     pool = torch.arange(vocab_size) if pool is None else torch.as_tensor(np.asarray(pool), dtype=torch.long)
     if len(pool) and int(pool.max()) >= vocab_size:
         raise DistreachError(f"outlier targets: token id {int(pool.max())} outside the vocabulary of {vocab_size}")
-    for tid, h, k in rows:
-        if not 1 <= k < vocab_size or k > len(pool):
-            raise DistreachError(f"target {tid}: {k} outliers in a vocabulary of {vocab_size} ({len(pool)} usable tokens)")
-        h_nats = from_unit(h, unit)
-        m = math.floor(max_outlier_mass(h_nats, vocab_size) * 100) / 100
-        seed = derive_seed(settings.seed, "outlier", tid)
-        gen = torch.Generator().manual_seed(seed)
-        outliers = pool[torch.randperm(len(pool), generator=gen)[:k]]
-        z = torch.randn(vocab_size, generator=gen)
-        rest = torch.ones(vocab_size, dtype=torch.bool)
-        rest[outliers] = False
-        start = min(max(m, 1e-6), 1 - 1e-6)
-        # shift the outliers (keeping their random differences, so they can part) to hold mass m
-        z[outliers] += torch.logsumexp(z[rest], 0) - torch.logsumexp(z[outliers], 0) + math.log(start / (1 - start))
-        z.requires_grad_(True)
-        opt = torch.optim.Adam([z], lr=settings.lr)
-        for _ in range(settings.max_iters):
-            logp = torch.log_softmax(z, -1)
-            ent = entropy(logp)
-            mass = logp[outliers].exp().sum()
-            if abs(ent.item() - h_nats) <= tol and mass.item() >= m - settings.delta:
-                break
-            opt.zero_grad()
-            (settings.alpha * (ent - h_nats) ** 2 - settings.beta * mass).backward()
-            opt.step()
-        else:
+    starts = [_outlier_start(tid, from_unit(h, unit), k, vocab_size, pool, settings) for tid, h, k in rows]
+    logps, achieved, seeds, masses = [None] * len(rows), [0.0] * len(rows), [s[0] for s in starts], [0.0] * len(rows)
+    for k in sorted({k for _, _, k in rows}):  # rows with as many outliers descend together
+        group = [i for i, (_, _, kk) in enumerate(rows) if kk == k]
+        got, failed = _fit_outliers(starts, group, [from_unit(rows[i][1], unit) for i in group], tol, settings)
+        if failed:
+            tid, h, _ = rows[group[failed[0]]]
+            m = starts[group[failed[0]]][3]
             raise DistreachError(
                 f"target {tid}: entropy {h} {unit} with {k} outliers holding >= {m - settings.delta:.2f} "
                 f"not reached within {settings.max_iters} iterations; raise max_iters or drop this (h, k)"
             )
-        logps.append(logp.detach().numpy())
-        achieved.append(to_unit(ent.item(), unit))
-        seeds.append(seed)
-        masses.append(mass.item())
+        for j, i in enumerate(group):
+            logps[i], ent, masses[i] = got[j]
+            achieved[i] = to_unit(ent, unit)
     ids = [t for t, _, _ in rows]
     table = targets_table(ids, "outlier", [h for _, h, _ in rows], achieved, unit, seeds, np.stack(logps))
     return table.append_column("n_outliers", pa.array([k for _, _, k in rows], pa.int64())).append_column(
         "outlier_mass", pa.array(masses, pa.float64())
     )
+
+
+def _outlier_start(tid: str, h_nats: float, k: int, vocab_size: int, pool: torch.Tensor, settings: OutlierSettings):
+    """(seed, outlier ids, starting logits, m) of one outlier target: random logits with the
+    outliers raised to hold mass m together (keeping their random differences, so they can part)."""
+    if not 1 <= k < vocab_size or k > len(pool):
+        raise DistreachError(f"target {tid}: {k} outliers in a vocabulary of {vocab_size} ({len(pool)} usable tokens)")
+    m = math.floor(max_outlier_mass(h_nats, vocab_size) * 100) / 100
+    seed = derive_seed(settings.seed, "outlier", tid)
+    gen = torch.Generator().manual_seed(seed)
+    outliers = pool[torch.randperm(len(pool), generator=gen)[:k]]
+    z = torch.randn(vocab_size, generator=gen)
+    rest = torch.ones(vocab_size, dtype=torch.bool)
+    rest[outliers] = False
+    start = min(max(m, 1e-6), 1 - 1e-6)
+    z[outliers] += torch.logsumexp(z[rest], 0) - torch.logsumexp(z[outliers], 0) + math.log(start / (1 - start))
+    return seed, outliers, z, m
+
+
+def _fit_outliers(starts, group: list[int], h_nats: list[float], tol: float, settings: OutlierSettings):
+    """Eq. 3's descent on the rows ``group`` of ``starts`` (same number of outliers), each until
+    its entropy is within ``tol`` of its h and its outliers hold m - delta; a row that gets
+    there leaves the batch (rows are independent: :mod:`distreach.optimrows`). Returns per row
+    (log-probabilities, entropy in nats, outlier mass), and the positions in ``group`` of rows
+    that never got there."""
+    outliers = torch.stack([starts[i][1] for i in group])
+    least = torch.tensor([starts[i][3] - settings.delta for i in group], dtype=torch.float64)
+    h64, h32 = torch.tensor(h_nats, dtype=torch.float64), torch.tensor(h_nats, dtype=torch.float32)
+    z = torch.nn.Parameter(torch.stack([starts[i][2] for i in group]))
+    opt = torch.optim.Adam([z], lr=settings.lr)
+    out, active = [None] * len(group), torch.arange(len(group))
+    for _ in range(settings.max_iters):
+        logp = torch.log_softmax(z, -1)
+        ent = entropy(logp)
+        mass = logp.gather(1, outliers[active]).exp().sum(1)
+        done = ((ent.double() - h64[active]).abs() <= tol) & (mass.double() >= least[active])
+        for j in done.nonzero().flatten().tolist():
+            out[int(active[j])] = (logp[j].detach().numpy().copy(), ent[j].item(), mass[j].item())
+        if done.all():
+            return out, []
+        opt.zero_grad()
+        (settings.alpha * (ent - h32[active]) ** 2 - settings.beta * mass).sum().backward()
+        opt.step()
+        if done.any():
+            z, opt = keep_rows(opt, z, ~done)
+            active = active[~done]
+    return out, active.tolist()
 
 
 # ---------------------------------------------------------------- LM-generated and shuffled

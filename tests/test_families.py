@@ -50,6 +50,43 @@ def test_outlier_targets_hold_their_mass_and_entropy():
     assert outlier_targets(300, [1.0, 3.0, 5.0], "nats", s).equals(table)
 
 
+def _outlier_alone(start, h_nats, tol, s):
+    """Eq. 3's descent on one target by itself (as many iterations as it needs)."""
+    import torch
+
+    from distreach.infotheory import entropy
+
+    _, outliers, z, m = start
+    z = z.clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=s.lr)
+    for _ in range(s.max_iters):
+        logp = torch.log_softmax(z, -1)
+        ent, mass = entropy(logp), logp[outliers].exp().sum()
+        if abs(ent.item() - h_nats) <= tol and mass.item() >= m - s.delta:
+            return logp.detach().numpy(), ent.item(), mass.item()
+        opt.zero_grad()
+        (s.alpha * (ent - h_nats) ** 2 - s.beta * mass).backward()
+        opt.step()
+    raise AssertionError("not reached")
+
+
+def test_outlier_targets_descend_together_as_each_would_alone():
+    """Rows with as many outliers descend in one batch, each leaving it when it is done: every
+    row is the target its own descent makes."""
+    import torch
+
+    from distreach.families import _fit_outliers, _outlier_start
+
+    s = OutlierSettings(ks=(3,), per_level=1, seed=2)
+    hs = [1.0, 3.0, 4.0, 5.0]  # rows done at different iterations
+    starts = [_outlier_start(f"t{i}", h, 3, 300, torch.arange(300), s) for i, h in enumerate(hs)]
+    got, failed = _fit_outliers(starts, [0, 1, 2, 3], hs, 0.01, s)
+    assert failed == []
+    for start, h, (logp, ent, mass) in zip(starts, hs, got):
+        want = _outlier_alone(start, h, 0.01, s)
+        assert np.array_equal(logp, want[0]) and (ent, mass) == want[1:]
+
+
 def test_unreachable_outlier_target_is_an_error_naming_it():
     with pytest.raises(DistreachError, match=r"target outlier-k1-L000-r0: .* not reached within 1 iterations"):
         outlier_targets(300, [2.0], "nats", OutlierSettings(ks=(1,), per_level=1, max_iters=1, alpha=0, beta=0))
