@@ -10,7 +10,7 @@ recorded as "timeout"); each part runs whatever happened to the ones before it:
                     1 bit: 18 levels, 5 inits, up to 500 steps) so that it fits its budget;
                     gpu_fig1 scales its time per level to the paper's grid
                     (paper_grid_gpu_minutes: an upper bound, as fewer rows fill smaller batches)
-  twins-dag         the workflow on configs/paper-stand-ins.yaml with device=cuda, up to the collected
+  standins-dag      the workflow on configs/paper-stand-ins.yaml with device=cuda, up to the collected
                     tables and the claims report (and the figures where altair and vl-convert are
                     installed); the POS experiments are left out (spaCy is not carried)
 
@@ -48,7 +48,7 @@ from distreach.io import write_json  # noqa: E402
 STAND_INS_CONFIG = REPO / "configs" / "paper-stand-ins.yaml"
 # part: (seconds on the GPU, seconds in --smoke); the GPU budgets add up to 9.2 minutes
 # (measured on an H200: 199, 87 and 83 s)
-BUDGETS = {"fig1-llama3.2-1b": (280, 900), "fig1-llama3-8b": (120, 900), "twins-dag": (150, 1800)}
+BUDGETS = {"fig1-llama3.2-1b": (280, 900), "fig1-llama3-8b": (120, 900), "standins-dag": (150, 1800)}
 # grid step in bits per shape on the GPU (the paper's is 0.05: 340 levels), so each fits its budget
 STEPS = {"llama3.2-1b": 0.05, "llama3-8b": 1.0}
 PACKAGES = ("torch", "transformers", "tokenizers", "safetensors", "accelerate", "numpy", "pyarrow",
@@ -275,7 +275,7 @@ def main() -> None:
             config, dropped = without_pos(yaml.safe_load(STAND_INS_CONFIG.read_text()))
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-            configfile = work / "twins-dag.yaml"
+            configfile = work / f"{name}.yaml"
             configfile.write_text(yaml.safe_dump(config, sort_keys=False))
             device = "cpu" if args.smoke else "cuda"
             cmd = [py, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(folder),

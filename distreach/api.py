@@ -132,7 +132,8 @@ def check_target_path(path: str | os.PathLike) -> Path:
 
 def tune_target(loaded, target: pa.Table, inits: int = INITS, out: str | os.PathLike | None = None, seed: int = 0,
                 progress=None, **tuning) -> "pl.DataFrame":
-    """Tune ``inits`` prompts per target of ``target`` on ``loaded``; one result row per
+    """Tune ``inits`` prompts per target of ``target`` on ``loaded`` (a LoadedModel, or its
+    :class:`distreach.engine.TuningContext` under these settings); one result row per
     (target, init), with the columns of a collected table. ``tuning`` are
     :class:`distreach.engine.TuneConfig` fields (``method``, ``prefix_len``, ...; unset ones
     keep its defaults). Written to ``out`` if given (the tuning state is checkpointed next
@@ -140,11 +141,12 @@ def tune_target(loaded, target: pa.Table, inits: int = INITS, out: str | os.Path
     import polars as pl
 
     from .checkpoint import checkpoint_path
+    from .engine import model_of
     from .tuning import tune_rows, tuning_config, write_shard
     from .targets import target_probs
 
     cfg = tuning_config(tuning)
-    meta, probs = target_probs(target, loaded.vocab_size)
+    meta, probs = target_probs(target, model_of(loaded).vocab_size)
     table = tune_rows(loaded, meta, probs, experiment="cli", method=cfg.method, tuning=cfg, inits=inits, seed=seed,
                       checkpoint=checkpoint_path(out) if out is not None else None, progress=progress)
     if out is not None:

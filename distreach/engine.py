@@ -288,6 +288,11 @@ class TuningContext:
         return _on_weights(loaded, self.made_for, self.bos_id, self.allowed)
 
 
+def model_of(loaded):
+    """The :class:`distreach.models.LoadedModel` of ``loaded``: itself, or a TuningContext's model."""
+    return loaded.loaded if isinstance(loaded, TuningContext) else loaded
+
+
 def tuning_context(loaded, cfg: TuneConfig) -> TuningContext:
     """The :class:`TuningContext` of ``loaded`` (a LoadedModel) under ``cfg``, its model's output
     layer made fast (:func:`fast_last_logits`); a TuningContext given as ``loaded`` is returned as
@@ -709,16 +714,18 @@ def _concat(parts: list[TuneResult]) -> TuneResult:
 
 
 @torch.no_grad()
-def prompt_kl(loaded, target_probs, prompts: list[list[int]], bos: str = "auto") -> np.ndarray:
+def prompt_kl(loaded, target_probs, prompts: list[list[int]], bos: str | None = None) -> np.ndarray:
     """KL(p_i || q_i) in nats where q_i is the model's next-token distribution after the
-    token ids ``prompts[i]`` (with the BOS policy ``bos``), e.g. a hard prompt typed back in.
-    ``loaded`` is a LoadedModel or a :class:`TuningContext` made under ``bos`` (whose BOS id is used)."""
+    token ids ``prompts[i]`` (after the BOS token of the policy ``bos``), e.g. a hard prompt typed
+    back in. ``loaded`` is a LoadedModel (``bos`` None: the default policy, ``auto``) or a
+    :class:`TuningContext`, whose BOS id is used (``bos`` None: the policy it was made for; another
+    policy is an error)."""
     if isinstance(loaded, TuningContext):
-        if loaded.made_for["bos"] != bos:
+        if bos is not None and loaded.made_for["bos"] != bos:
             raise DistreachError(f"a tuning context made for BOS policy {loaded.made_for['bos']} used with policy {bos}")
         bos_id, loaded = loaded.bos_id, loaded.loaded
     else:
-        bos_id = resolve_bos(loaded.tokenizer, bos, loaded.name)
+        bos_id = resolve_bos(loaded.tokenizer, TuneConfig.bos if bos is None else bos, loaded.name)
     model = loaded.model
     device = loaded.embeddings.device
     out = np.empty(len(prompts))

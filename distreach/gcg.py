@@ -30,7 +30,7 @@ from dataclasses import replace
 
 from .engine import AUTO_BATCH, TuneConfig, TuningContext, _Batch, _Run, _checked_targets, _concat, _draw_ids, \
     _empty_result, _run_batches, init_token_ids, tuning_context
-from .checkpoint import Checkpoint, checkpoint_key
+from .checkpoint import CHECKPOINT_SECONDS, Checkpoint, checkpoint_key
 from .errors import DistreachError
 
 REDRAWS = 1000  # seeded redraws of a row's init tokens until they are readable text
@@ -157,7 +157,7 @@ class GCGBatch(_Batch):
 
 
 def tune_gcg(loaded, target_probs, init_seeds, cfg: TuneConfig, on_step=None, record_curve: bool = False,
-             checkpoint=None, checkpoint_seconds: float = 60.0):
+             checkpoint=None, checkpoint_seconds: float = CHECKPOINT_SECONDS):
     """:func:`distreach.engine.tune` for ``cfg.method == "gcg"`` (``loaded``: a LoadedModel or its
     :class:`distreach.engine.TuningContext`)."""
     ctx = tuning_context(loaded, cfg)

@@ -100,7 +100,7 @@ def write_json(obj, path: str | os.PathLike) -> None:
 def logging_to(path: str | os.PathLike):
     """Send logging, stdout and stderr to ``path`` for a workflow step.
 
-    Records logged with ``extra={"announce": True}`` (a shard resuming from its checkpoint)
+    Records logged with ``extra={"announce": True}`` (a tuning job resuming from its checkpoint)
     also go to the step's own stderr, which Snakemake shows. A :class:`DistreachError` is
     logged as its one-line message, anything else with its traceback; either is raised on,
     for the step to end as it sees fit (the library never exits the process)."""

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .engine import TuneConfig
+from .engine import TuneConfig, tuning_context
 from .errors import DistreachError
 from .infotheory import entropy, kl, to_unit
 from .io import package_versions, with_metadata
@@ -29,14 +29,14 @@ from .vocab import token_texts, vocab_table
 DISTRIBUTIONS = ("lm", "vanilla", "tuned")
 
 
-def text_distribution(loaded, text: str, bos: str = "auto") -> tuple[list[int], torch.Tensor]:
+def text_distribution(loaded, text: str, bos_id: int | None) -> tuple[list[int], torch.Tensor]:
     """The token ids of ``text`` and the model's next-token log-probabilities after them (after
-    the BOS token the policy ``bos`` puts first), renormalised over |V| (padding rows past the
-    tokenizer get probability 0, as for LM-generated targets)."""
+    the BOS token ``bos_id``, None for none: :func:`distreach.tokens.resolve_bos`), renormalised
+    over |V| (padding rows past the tokenizer get probability 0, as for LM-generated targets)."""
     ids = loaded.tokenizer(text, add_special_tokens=False).input_ids
     if not ids:
         raise DistreachError(f"figures.fig03.text: {text!r} has no tokens for model {loaded.name}")
-    logq = next_token_logprobs(loaded, None, ids, resolve_bos(loaded.tokenizer, bos, loaded.name))
+    logq = next_token_logprobs(loaded, None, ids, bos_id)
     support = loaded.support
     out = torch.full_like(logq, float("-inf"))
     out[:support] = torch.log_softmax(logq[:support], -1)
@@ -50,22 +50,25 @@ def shapes_table(loaded, text: str, unit: str = "bits", seed: int = 0, bos: str 
     ``distribution``, ``name`` and ``label`` (short, and with entropy and KL: the figure's
     words), ``entropy`` (in ``unit``), ``kl`` (KL(vanilla || this) in ``unit``; null
     for the LM's), ``top_ids`` and ``top_tokens`` (the ``top`` most probable tokens and their
-    text), ``logprobs`` (float32, |V| output rows); provenance in the schema metadata."""
+    text), ``logprobs`` (float32, |V| output rows); provenance in the schema metadata. The BOS
+    token is resolved once, for the text and (in the tuning's context) the soft prompt."""
     from .tuning import tune_rows
 
     tok = loaded.tokenizer
-    ids, lm = text_distribution(loaded, text, bos)
+    cfg = None if tuning is None else replace(tuning, method="soft", n_soft=None, soft_positions=None, bos=bos)
+    ctx = None if cfg is None else tuning_context(loaded, cfg)
+    bos_id = resolve_bos(tok, bos, loaded.name) if ctx is None else ctx.bos_id
+    ids, lm = text_distribution(loaded, text, bos_id)
     h = float(to_unit(entropy(lm), unit))
     # the Eq. 1 target over |V| (no mass on padding rows), of the LM distribution's entropy
     vanilla = pad_rows(entropy_matched_targets(loaded.support, [h], ["fig03-vanilla"], unit, VanillaSettings(seed=seed),
                                                kind="vanilla"), loaded.vocab_size)
     rows = {"lm": lm, "vanilla": torch.from_numpy(logprobs(vanilla)[0].copy())}
     meta = {"model": loaded.manifest, "text": text, "text_ids": ids, "unit": unit, "seed": seed,
-            "bos": bos_used(resolve_bos(tok, bos, loaded.name)), "bos_policy": bos, "packages": package_versions()}
-    if tuning is not None:
-        cfg = replace(tuning, method="soft", n_soft=None, soft_positions=None, bos=bos)
+            "bos": bos_used(bos_id), "bos_policy": bos, "packages": package_versions()}
+    if ctx is not None:
         t_meta, probs = target_probs(vanilla, loaded.vocab_size)
-        result = tune_rows(loaded, t_meta, probs, experiment="fig03", method="soft", tuning=cfg, inits=inits, seed=seed)
+        result = tune_rows(ctx, t_meta, probs, experiment="fig03", method="soft", tuning=cfg, inits=inits, seed=seed)
         ok = [r for r in result.to_pylist() if r["status"] == "ok"]
         if not ok:
             raise DistreachError(f"fig03: tuning a soft prompt on the Eq. 1 target failed ({result.column('status')[0]})")

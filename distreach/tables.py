@@ -63,9 +63,24 @@ def read_tables(paths, with_model: bool = False) -> pl.DataFrame:
         table = read_arrow(path)
         frame = pl.from_arrow(table)
         if with_model:
-            frame = frame.with_columns(model=pl.lit(arrow_metadata(table).get("model") or Path(path).stem))
+            frame = frame.with_columns(model=pl.lit(_model(table, path)))
         frames.append(frame)
     return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def tables_by_model(paths) -> dict[str, pl.DataFrame]:
+    """Each Arrow table of ``paths`` (one per model: vocabulary tables, say) by its model, as
+    :func:`read_tables` names it; a missing or unreadable file is a one-line DistreachError."""
+    out = {}
+    for path in paths:
+        table = read_arrow(path)
+        out[_model(table, path)] = pl.from_arrow(table)
+    return out
+
+
+def _model(table, path) -> str:
+    """A table's model: from its provenance, else the file name."""
+    return arrow_metadata(table).get("model") or Path(path).stem
 
 
 DERIVED_KINDS = ("matched", "shuffled")  # target kinds made from another target (``source_target_id``)

@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 
 from .checkpoint import CHECKPOINT_SECONDS, checkpoint_path
-from .engine import STOP_REASONS, TuneConfig, prompt_kl, tune, tuning_context
+from .engine import STOP_REASONS, TuneConfig, model_of, prompt_kl, tune, tuning_context
 from .errors import DistreachError
 from .units import to_unit
 from .io import package_versions, with_metadata, write_arrow
@@ -106,7 +106,8 @@ def run_job(
 
     ``shards``: dicts with ``experiment``, ``targets`` (target file), ``out`` (table to
     write), ``inits``, ``shard`` and ``n_shards``. The model is loaded from ``model_dir`` in
-    ``dtype`` on ``device`` unless ``loaded`` (a LoadedModel) is given. The tuning state is
+    ``dtype`` on ``device`` unless ``loaded`` (a LoadedModel, or its
+    :class:`distreach.engine.TuningContext` under ``tuning``) is given. The tuning state is
     checkpointed to ``checkpoint`` every ``checkpoint_seconds``, so a killed job started again
     resumes (bit-identical on the CPU); the checkpoint is removed once every table is written
     (unless ``keep_checkpoint``: a caller that publishes the tables later removes it then)."""
@@ -117,7 +118,7 @@ def run_job(
         loaded, _ = load_materialised(model_dir, dtype=auto_dtype(device) if dtype == "auto" else dtype, device=device)
     parts = []
     for m in shards:
-        meta, probs = read_target_matrix(m["targets"], loaded.vocab_size)
+        meta, probs = read_target_matrix(m["targets"], model_of(loaded).vocab_size)
         parts.append(Shard(m["experiment"], meta, probs, m["inits"], m.get("shard", 0), m.get("n_shards", 1)))
     tables = tune_shards(loaded, parts, method=method, tuning=tuning, seed=seed, checkpoint=checkpoint,
                          checkpoint_seconds=checkpoint_seconds, progress=progress)
@@ -175,13 +176,15 @@ def tune_shards(
     the device and the dtype are resolved once and every step below (the fp32 retry included)
     uses them.
 
-    No file is read or written except the engine's ``checkpoint``. Rows whose KL becomes NaN
-    or inf in a low-precision dtype are tuned again in fp32 (their ``dtype`` column says so and
-    ``retry`` says why); rows that fail in fp32 too get a ``failed: ...`` status and a NaN
-    ``kl_min``, so they never reach a figure as a number. ``progress(step, active)`` is called
-    after every step of every batch. The provenance's ``work`` is the engine's record of the
-    call (:attr:`distreach.engine.TuneResult.work`: row-steps run, fp32 retries included, and
-    where it resumed from a checkpoint), the same in every shard's table."""
+    No file is written but the engine's ``checkpoint``, and none is read but that and, for an
+    fp32 retry, the model's folder: rows whose KL becomes NaN or inf in a low-precision dtype are
+    tuned again on the model loaded from its folder in fp32 (their ``dtype`` column says so,
+    ``retry`` says why, and their ``kl_roundtrip`` is that model's); rows that fail in fp32 too
+    get a ``failed: ...`` status and a NaN ``kl_min``, so they never reach a figure as a number.
+    ``progress(step, active)`` is called after every step of every batch. The provenance's
+    ``work`` is the engine's record of the call (:attr:`distreach.engine.TuneResult.work`:
+    row-steps run, fp32 retries included, and where it resumed from a checkpoint), the same in
+    every shard's table."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     ctx = tuning_context(loaded, tuning)
     loaded = ctx.loaded
@@ -196,7 +199,9 @@ def tune_shards(
     probs = np.concatenate([m.probs[[t for t, _ in rows]] for m, rows, _ in plans] or [np.zeros((0, loaded.vocab_size))])
     seeds = [s for _, _, shard_seeds in plans for s in shard_seeds]
     res = tune(ctx, probs, seeds, tuning, on_step=on_step, checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds)
-    row_dtype, retry = _retry_in_fp32(ctx, res, probs, seeds, tuning)
+    row_dtype, retry, ctx32 = _retry_in_fp32(ctx, res, probs, seeds, tuning)
+    # a retried row's prompt typed back in runs on the model it was tuned on: the fp32 one
+    hard = hard_prompt_columns(ctx, tuning, res, probs, on=[ctx if r is None else ctx32 for r in retry])
     tables, lo = [], 0
     for m, rows, shard_seeds in plans:
         part = slice(lo, lo + len(rows))
@@ -207,7 +212,7 @@ def tune_shards(
             "method": pa.array([method] * len(rows), pa.string()),
         }
         table = _result_table(columns, ctx, m.meta, rows, shard_seeds, tuning, res.take(part), probs[part],
-                              row_dtype[part], retry[part], m.shard)
+                              row_dtype[part], retry[part], {k: v[part] for k, v in hard.items()}, m.shard)
         tables.append(with_metadata(table, _provenance(ctx, m, shards, tuning, seed, res.work)))
     return tables
 
@@ -245,17 +250,18 @@ def _provenance(ctx, m: Shard, shards: list[Shard], tuning: TuneConfig, seed: in
     }
 
 
-def _retry_in_fp32(ctx, res, probs, seeds, tuning: TuneConfig) -> tuple[list, list]:
+def _retry_in_fp32(ctx, res, probs, seeds, tuning: TuneConfig) -> tuple[list, list, object]:
     """Tune the rows of ``res`` whose KL became NaN or inf again in fp32 (in place), on the
     model loaded in fp32 with ``ctx``'s BOS token and allowed tokens, and mark the rows that
-    still fail; each row's dtype and why it was retried (or None)."""
+    still fail; each row's dtype, why it was retried (or None), and the fp32 context (None
+    without a retry)."""
     dtype = ctx.dtype
-    row_dtype, retry = [dtype] * len(res), [None] * len(res)
+    row_dtype, retry, ctx32 = [dtype] * len(res), [None] * len(res), None
     bad = [i for i, s in enumerate(res.status) if s != "ok"]
     if bad and dtype != "fp32" and ctx.loaded.folder is not None:
         log.warning("%d rows had a non-finite KL in %s: tuning them again in fp32", len(bad), dtype)
-        loaded32, _ = load_materialised(ctx.loaded.folder, dtype="fp32", device=str(ctx.device))
-        again = tune(ctx.with_weights(loaded32), probs[bad], [seeds[i] for i in bad], tuning)
+        ctx32 = ctx.with_weights(load_materialised(ctx.loaded.folder, dtype="fp32", device=str(ctx.device))[0])
+        again = tune(ctx32, probs[bad], [seeds[i] for i in bad], tuning)
         res.work["row_steps"] += again.work["row_steps"]
         for j, i in enumerate(bad):
             retry[i] = f"{res.status[i]} in {dtype}"
@@ -264,21 +270,20 @@ def _retry_in_fp32(ctx, res, probs, seeds, tuning: TuneConfig) -> tuple[list, li
                          "best_ids", "q_on_p_top", "q_top_ids", "q_top_probs"):
                 getattr(res, name)[i] = getattr(again, name)[j]
             res.status[i] = again.status[j]
-        del loaded32
     for i, s in enumerate(res.status):
         if s != "ok":
             res.status[i] = f"failed: {s}" + (f" (in fp32 too, after {retry[i]})" if retry[i] else "")
             res.kl_min[i] = np.nan
             res.q_entropy[i] = np.nan
-    return row_dtype, retry
+    return row_dtype, retry, ctx32
 
 
-def _result_table(columns: dict, ctx, meta, rows, seeds, tuning, res, probs, row_dtype, retry, shard) -> pa.Table:
+def _result_table(columns: dict, ctx, meta, rows, seeds, tuning, res, probs, row_dtype, retry, hard,
+                  shard) -> pa.Table:
     """The columns of :data:`distreach.tables.RESULT_COLUMNS` and provenance columns, after
-    ``columns`` (experiment, model, method)."""
+    ``columns`` (experiment, model, method); ``hard``: the rows' :func:`hard_prompt_columns`."""
     pick = [t for t, _ in rows]
     unit = meta.column("entropy_unit")[0].as_py()
-    hard = hard_prompt_columns(ctx, tuning, res, probs)
     manifest, bos_id = ctx.loaded.manifest, ctx.bos_id
     n = len(rows)
 
@@ -372,12 +377,13 @@ def tuning_config(defaults: dict, overrides: dict | None = None) -> TuneConfig:
 
 
 
-def hard_prompt_columns(loaded, tuning: TuneConfig, res, probs) -> dict:
+def hard_prompt_columns(ctx, tuning: TuneConfig, res, probs, on: list | None = None) -> dict:
     """Token ids and text of each row's best prompt (soft positions shown as ``<soft>``), and for
     pure hard prompts the KL after a decode -> re-encode round trip (NaN otherwise).
-    ``loaded``: a LoadedModel or its :class:`distreach.engine.TuningContext` under ``tuning``."""
-    ctx = tuning_context(loaded, tuning)
-    tok = ctx.loaded.tokenizer
+    ``ctx``: the tuning's :class:`distreach.engine.TuningContext` (its BOS token), or a LoadedModel
+    (the BOS token of ``tuning.bos`` is resolved then, for pure hard prompts only); ``on``: per row,
+    the context (or model) whose forward gives the round-trip KL (default ``ctx``)."""
+    tok = model_of(ctx).tokenizer
     n = len(res)
     if tuning.n_soft_positions == tuning.prefix_len:
         return {"ids": [[] for _ in range(n)], "text": [""] * n, "kl_roundtrip": [float("nan")] * n}
@@ -389,9 +395,12 @@ def hard_prompt_columns(loaded, tuning: TuneConfig, res, probs) -> dict:
         pieces = [("<soft>" * len(list(run)) if soft else tok.decode([next(it) for _ in run]))
                   for soft, run in itertools.groupby(mask)]
         texts.append("".join(pieces))
+    kl_rt = np.full(n, np.nan)
     if tuning.n_soft_positions == 0:
         retyped = [tok(text, add_special_tokens=False).input_ids for text in texts]
-        kl_rt = prompt_kl(ctx, probs, retyped, tuning.bos)
-    else:
-        kl_rt = [float("nan")] * n
-    return {"ids": ids, "text": texts, "kl_roundtrip": list(kl_rt)}
+        groups = {}  # the rows of each context they run on
+        for i, c in enumerate([ctx] * n if on is None else on):
+            groups.setdefault(id(c), (c, []))[1].append(i)
+        for c, rows in groups.values():
+            kl_rt[rows] = prompt_kl(c, np.asarray(probs)[rows], [retyped[i] for i in rows], tuning.bos)
+    return {"ids": ids, "text": texts, "kl_roundtrip": kl_rt.tolist()}

@@ -3,16 +3,12 @@
 
 import _repo  # first: this checkout's distreach under --sdm conda
 
-from pathlib import Path
-
-import polars as pl
-
 from distreach.figures import achieved_rows, save, target_vs_achieved
-from distreach.tables import read_tables
+from distreach.tables import read_tables, tables_by_model
 from distreach.vocab import with_token_texts
 
 with _repo.step_log(snakemake.log[0]):
     rows = achieved_rows(read_tables(snakemake.input.tables))
-    vocabs = {Path(path).stem: pl.read_ipc(path) for path in snakemake.input.vocab}
+    vocabs = tables_by_model(snakemake.input.vocab)
     save(target_vs_achieved(with_token_texts(rows, vocabs)), snakemake.output.html.removesuffix(".html"))
     print(f"target vs achieved for {rows.height} rows")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distreach import api, cli, engine, families, pos, schema, tuning, vanilla
+from distreach import api, cli, engine, families, gcg, pos, schema, tuning, vanilla
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -160,7 +160,7 @@ def test_library_defaults_are_the_schemas():
     seconds = schema.default("checkpoint_seconds")
     assert arg(engine.tune, "checkpoint_seconds") == seconds
     assert all(arg(f, "checkpoint_seconds") == seconds
-               for f in (tuning.run_shard, tuning.run_job, tuning.tune_rows, tuning.tune_shards))
+               for f in (tuning.run_shard, tuning.run_job, tuning.tune_rows, tuning.tune_shards, gcg.tune_gcg))
     inits = schema.default("experiments.*.inits")
     assert arg(api.tune_target, "inits") == inits
     assert cli.parser().parse_args(["tune", "--model", "m", "--target", "t.json"]).inits == inits

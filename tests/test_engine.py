@@ -211,18 +211,45 @@ def test_bad_input_is_refused(tiny_llama):
         TuneConfig(bos="eos")
 
 
-def test_a_tuning_context_tunes_as_its_model_does_and_is_refused_under_other_settings(tiny_llama):
-    from distreach.engine import prompt_kl, tuning_context
+# each setting a tuning context is made from, with a value other than TuneConfig's default
+OTHER_CONTEXT_SETTINGS = {"bos": "none", "exclude_special": False, "exclude_untypable": True}
+
+
+def test_a_tuning_context_holds_its_model_s_bos_and_allowed_tokens_and_is_refused_under_other_settings(tiny_llama):
+    from dataclasses import replace
+
+    from distreach.engine import CONTEXT_KEYS, prompt_kl, tuning_context
+    from distreach.tokens import usable_mask
 
     cfg = TuneConfig(method="hard", prefix_len=2, max_steps=3)
     p = targets(tiny_llama.vocab_size, 2)
     ctx = tuning_context(tiny_llama, cfg)
-    assert (ctx.bos_id, ctx.dtype, ctx.device.type) == (tiny_llama.tokenizer.bos_token_id, "fp32", "cpu")
-    np.testing.assert_array_equal(tune(ctx, p, [0, 1], cfg).kl_min, tune(tiny_llama, p, [0, 1], cfg).kl_min)
-    with pytest.raises(DistreachError, match="tuning context made for"):
-        tune(ctx, p, [0, 1], TuneConfig(method="hard", prefix_len=2, max_steps=3, bos="none"))
+    bos = tiny_llama.tokenizer.bos_token_id
+    assert (ctx.bos_id, ctx.dtype, ctx.device.type) == (bos, "fp32", "cpu") and bos is not None
+    n = tiny_llama.embeddings.shape[0]
+    np.testing.assert_array_equal(ctx.allowed.numpy(), usable_mask(tiny_llama.tokenizer, n, True))
+    # the BOS keys and values: those of an ordinary forward of the BOS token through the whole model
+    with torch.no_grad():
+        layers = tiny_llama.model(torch.tensor([[bos]]), use_cache=True).cache.layers
+    assert len(ctx.bos_kv) == len(layers) > 0
+    for (k, v), layer in zip(ctx.bos_kv, layers):
+        torch.testing.assert_close(k, layer.keys, rtol=0, atol=0)
+        torch.testing.assert_close(v, layer.values, rtol=0, atol=0)
+    none = tuning_context(tiny_llama, replace(cfg, bos="none"))
+    assert none.bos_id is None and none.bos_kv is None
+    np.testing.assert_array_equal(prompt_kl(none, p, [[5]]), prompt_kl(tiny_llama, p, [[5]], bos="none"))
+    everything = tuning_context(tiny_llama, replace(cfg, exclude_special=False)).allowed
+    np.testing.assert_array_equal(everything.numpy(), usable_mask(tiny_llama.tokenizer, n, False))
+    assert everything.sum() > ctx.allowed.sum()
+    # a context is refused under any other value of any setting it was made from
+    assert set(OTHER_CONTEXT_SETTINGS) == set(CONTEXT_KEYS)
+    for key, value in OTHER_CONTEXT_SETTINGS.items():
+        assert getattr(cfg, key) != value
+        with pytest.raises(DistreachError, match="tuning context made for"):
+            tune(ctx, p, [0, 1], replace(cfg, **{key: value}))
     with pytest.raises(DistreachError, match="tuning context made for"):
         prompt_kl(ctx, p, [[5]], bos="none")
+
 
 def test_out_of_memory_halves_the_batch_and_loses_no_row(tiny_llama, monkeypatch):
     import distreach.engine as engine

@@ -214,15 +214,20 @@ def test_non_finite_rows_are_retried_in_fp32_or_marked_failed(tiny_dirs, tmp_pat
     assert np.isfinite(kl[ok]).all()
 
 
-@pytest.mark.parametrize("method", ["hard", "gcg"])
-def test_a_tuning_resolves_bos_and_allowed_tokens_once_fp32_retry_included(tiny_dirs, tmp_path, monkeypatch, method):
+@pytest.mark.parametrize("method, extra", [("hard", {}), ("gcg", {"gcg_width": 4, "readable": False}),
+                                           ("gcg", {"gcg_width": 4, "readable": True})])
+def test_a_tuning_resolves_bos_and_allowed_tokens_once_fp32_retry_included(tiny_dirs, tiny_llama, tmp_path, monkeypatch,
+                                                                           method, extra):
     """One tuning context per tuning: the BOS token and the allowed tokens are resolved once for the
     tuning, the fp32 retry of a non-finite row and the result table (BOS column, round-trip KL); only
-    the BOS keys and values are computed again, on the fp32 weights."""
+    the BOS keys and values are computed again, on the fp32 weights. The retried row's prompt typed
+    back in runs on the fp32 model it was tuned on."""
     from distreach import engine, tokens
+    from distreach.targets import read_target_matrix
+    from distreach.units import to_unit
 
     poison(monkeypatch, lambda d: d == "bf16")
-    calls = {"resolve_bos": 0, "allowed_tokens": 0, "_bos_cache": 0}
+    calls = {"resolve_bos": 0, "allowed_tokens": 0, "usable_mask": 0, "_bos_cache": 0}
 
     def counting(name, real):
         def counted(*args, **kwargs):
@@ -232,15 +237,22 @@ def test_a_tuning_resolves_bos_and_allowed_tokens_once_fp32_retry_included(tiny_
         return counted
 
     for name, real in (("resolve_bos", tokens.resolve_bos), ("allowed_tokens", engine.allowed_tokens),
-                       ("_bos_cache", engine._bos_cache)):
+                       ("usable_mask", tokens.usable_mask), ("_bos_cache", engine._bos_cache)):
         for module in [m for n, m in sys.modules.items() if n.startswith("distreach")]:
             if getattr(module, name, None) is real:  # the function wherever it is imported
                 monkeypatch.setattr(module, name, counting(name, real))
-    extra = {"gcg_width": 4, "readable": False} if method == "gcg" else {}
-    table = run_shard(model_dir=str(tiny_dirs["llama"]), targets_path=str(targets_file(tmp_path)),
+    targets = targets_file(tmp_path)
+    table = run_shard(model_dir=str(tiny_dirs["llama"]), targets_path=str(targets),
                       out_path=str(tmp_path / "s.arrow"), experiment="e", method=method,
                       tuning=tuning_config({"method": method, "prefix_len": 3, "max_steps": 5, "batch_size": 4, **extra}),
                       inits=1, shard=0, n_shards=1, device="cpu", dtype="bf16")
     assert table.column("retry").to_pylist()[0] == "non-finite KL at step 0 in bf16"  # the fp32 retry ran
     assert set(table.column("bos_token_id").to_pylist()) == {1}
-    assert calls == {"resolve_bos": 1, "allowed_tokens": 1, "_bos_cache": 2}
+    assert calls == {"resolve_bos": 1, "allowed_tokens": 1, "usable_mask": 1, "_bos_cache": 2}
+    monkeypatch.undo()
+    row = table.slice(0, 1).to_pylist()[0]
+    meta, probs = read_target_matrix(targets, tiny_llama.vocab_size)
+    p = probs[meta.column("target_id").to_pylist().index(row["target_id"])]
+    fp32 = engine.prompt_kl(tiny_llama, p[None], [row["prompt_ids"]])[0]  # tiny_llama: the same folder in fp32
+    assert row["dtype"] == "fp32" and row["status"] == "ok" and np.isfinite(row["kl_roundtrip"])
+    assert row["kl_roundtrip"] == pytest.approx(float(to_unit(fp32, row["entropy_unit"])), rel=1e-6)

@@ -60,6 +60,27 @@ def test_without_tuning_and_with_a_text_of_no_tokens(tiny_dirs, tmp_path):
     assert not (tmp_path / "b.arrow").exists()
 
 
+@pytest.mark.parametrize("tune", [True, False])
+def test_the_bos_token_is_resolved_once(tiny_dirs, tmp_path, monkeypatch, tune):
+    """The BOS token before the text, in the provenance and before the soft prompt: resolved once."""
+    import sys
+
+    from distreach import tokens
+
+    calls, real = [], tokens.resolve_bos
+
+    def counted(*args, **kwargs):
+        calls.append(args[1:])
+        return real(*args, **kwargs)
+
+    for module in [m for n, m in sys.modules.items() if n.startswith("distreach")]:
+        if getattr(module, "resolve_bos", None) is real:  # the function wherever it is imported
+            monkeypatch.setattr(module, "resolve_bos", counted)
+    df = pl.from_arrow(write_shapes(tiny_dirs["llama"], tmp_path / "s.arrow", text="the house", unit="bits", seed=0,
+                                    tuning={"max_steps": 3, "patience": 3}, tune=tune, device="cpu"))
+    assert len(df) == (3 if tune else 2) and calls == [("auto", "tiny-llama")]
+
+
 def test_fig03_is_drawn_with_its_tokens_labelled(shapes, tmp_path):
     figures.draw("fig03", {"nexttoken": [str(shapes)]}, {"model": "tiny", "top": 8}, tmp_path / "fig03")
     svg = (tmp_path / "fig03.svg").read_text()

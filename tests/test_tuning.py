@@ -101,3 +101,24 @@ def test_tune_rows_is_a_shard_without_files(tiny_dirs, tmp_path, monkeypatch):
     assert pl.from_arrow(table).equals(pl.from_arrow(read_arrow(tmp_path / "s.arrow")))
     assert pl.from_arrow(table).equals(pl.from_arrow(written))
     assert table.schema.metadata[b"distreach"] == read_arrow(tmp_path / "s.arrow").schema.metadata[b"distreach"]
+
+
+def test_a_tuning_context_goes_where_its_model_does(tiny_llama, tmp_path):
+    """run_shard, run_job and api.tune_target take a model's tuning context in place of the model
+    (same table); a context made under other settings is refused in one line."""
+    from distreach import api
+    from distreach.engine import tuning_context
+
+    targets = vanilla_targets(93, EntropyGrid(step=8.0, unit="bits"), VanillaSettings(per_level=1))
+    write_arrow(targets, tmp_path / "t.arrow")
+    settings = {"method": "hard", "prefix_len": 2, "max_steps": 3}
+    cfg = tuning_config(settings)
+    ctx = tuning_context(tiny_llama, cfg)
+    args = dict(model_dir=None, targets_path=str(tmp_path / "t.arrow"), experiment="e", method="hard", tuning=cfg,
+                inits=1, shard=0, n_shards=1)
+    plain = run_shard(loaded=tiny_llama, out_path=str(tmp_path / "a.arrow"), **args)
+    assert pl.from_arrow(run_shard(loaded=ctx, out_path=str(tmp_path / "b.arrow"), **args)).equals(pl.from_arrow(plain))
+    df = api.tune_target(ctx, targets, inits=1, **settings)
+    assert df.equals(api.tune_target(tiny_llama, targets, inits=1, **settings))
+    with pytest.raises(DistreachError, match="^a tuning context made for .* used with tuning settings"):
+        api.tune_target(ctx, targets, inits=1, **settings, bos="none")

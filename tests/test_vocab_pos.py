@@ -171,3 +171,18 @@ def test_pos_uniform_needs_enough_tokens():
 
     with pytest.raises(DistreachError, match="POS ADJ: only 40 tokens of this POS in the vocabulary, 100 asked for"):
         pos_uniform_targets(fake_pos(), 600, ["ADJ"], n_tokens=100, draws=1, unit="nats")
+
+
+def test_vocabulary_tables_by_model_are_named_by_their_provenance_and_a_bad_file_is_one_line(tiny_dirs, tmp_path):
+    from distreach.models import write_vocab
+    from distreach.tables import tables_by_model
+
+    paths = {arch: tmp_path / f"vocab-of-{arch}.arrow" for arch in ("llama", "gpt2")}  # names that are not the model's
+    for arch, path in paths.items():
+        write_vocab(tiny_dirs[arch], path)
+    vocabs = tables_by_model(list(paths.values()))
+    assert sorted(vocabs) == ["tiny-gpt2", "tiny-llama"]
+    assert vocabs["tiny-llama"].equals(pl.read_ipc(paths["llama"])) and vocabs["tiny-gpt2"].height > 0
+    (tmp_path / "bad.arrow").write_bytes(b"not an arrow file")
+    with pytest.raises(DistreachError, match=r"bad.arrow: not a readable Arrow IPC file \("):
+        tables_by_model([tmp_path / "bad.arrow"])
