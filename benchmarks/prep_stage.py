@@ -8,7 +8,8 @@ from an empty ``results/`` with ``snakemake --cores 1`` on ``config.yaml``, for 
 preparation outputs only (every model folder, vocabulary and POS table and target file the
 default run makes). One job at a time, so a job's time is its own. Reported per revision: the
 job seconds per rule (from Snakemake's log, as ``scripts/default_run_docs.py`` reads a run's
-log), their sum, the wall time, and the CPU seconds of all jobs (user + system). The models come
+log), their sum, the wall time, and the CPU seconds of the Snakemake run (its jobs and its own
+DAG building; user + system). The models come
 from the embedded GGUF packages, as in the default run. Run it on a quiet machine: anything else
 running inflates the job seconds (the CPU seconds much less).
 """
@@ -27,7 +28,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
 PREP_RULES = ("materialise_model", "vocab", "pos_tag", "targets")
 
 
@@ -44,6 +44,7 @@ def prep_outputs(checkout: Path) -> list[str]:
 
 
 def measure(rev: str) -> dict:
+    sys.path.insert(0, str(REPO / "scripts"))
     from default_run_docs import job_seconds
 
     with tempfile.TemporaryDirectory(prefix="prep-") as tmp:

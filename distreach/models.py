@@ -162,12 +162,12 @@ def gguf_parsed_once():
             made[key] = original(path, mode)
         return made[key]
 
-    def parse(path, return_tensors=False, **kw):
+    def parse(gguf_checkpoint_path, return_tensors=False, **kw):  # transformers' signature
         if return_tensors or kw:
-            return original_parse(path, return_tensors=return_tensors, **kw)
-        key = str(Path(path).resolve())
+            return original_parse(gguf_checkpoint_path, return_tensors=return_tensors, **kw)
+        key = str(Path(gguf_checkpoint_path).resolve())
         if key not in parsed:
-            parsed[key] = original_parse(path, return_tensors=False)
+            parsed[key] = original_parse(gguf_checkpoint_path, return_tensors=False)
         # its callers here (config, tokenizer) take the "config" part, which they may change
         return {k: copy.deepcopy(v) if k == "config" else v for k, v in parsed[key].items()}
 

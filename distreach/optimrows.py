@@ -1,6 +1,8 @@
 """Dropping rows from a batch under optimisation: rows are independent (the loss is a sum over
 rows and Adam's update is elementwise), so the rows kept follow the same trajectory as in the
-full batch while the finished ones cost nothing more."""
+full batch while the finished ones cost nothing more. Bit for bit at one torch thread (as the
+workflow's jobs run): with several threads torch splits the row sums of a batch of one long row
+(32k entries and more) across threads, which can change their last bits."""
 
 from __future__ import annotations
 

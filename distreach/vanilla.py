@@ -63,8 +63,8 @@ def _fit_entropy(z: torch.Tensor, h_nats: torch.Tensor, tol_nats: float, max_ite
     """Adam on the logits of every row until each row's entropy is within tolerance.
 
     Rows are independent (Adam is elementwise and the loss is a sum over rows), so a row's
-    result does not depend on the other rows of the chunk, and a row within tolerance leaves
-    the batch (:func:`distreach.optimrows.keep_rows`). Returns the log-probabilities at the
+    result does not depend on the other rows of the chunk (bit for bit at one torch thread:
+    :mod:`distreach.optimrows`), and a row within tolerance leaves the batch. Returns the log-probabilities at the
     first iteration each row was within tolerance, and a mask of the rows that never got there."""
     z = torch.nn.Parameter(z.clone())
     opt = torch.optim.Adam([z], lr=lr)

@@ -95,3 +95,32 @@ def test_an_embedded_source_stands_for_its_registered_source():
         ModelSpec.from_config("lm", {"source": {"embedded": "nosuch"}})
     with pytest.raises(DistreachError, match="config key models.lm.source.embedded: 'nosuch' is not an embedded model"):
         check_references({"models": {"lm": {"source": {"embedded": "nosuch"}}}})
+
+
+def test_gguf_metadata_is_parsed_once_per_file_and_the_patch_is_undone(monkeypatch):
+    """Within gguf_parsed_once, transformers' metadata parse of a file runs once (each caller gets
+    its own config), a parse with tensors always runs, and leaving the block (an error too)
+    puts transformers' and gguf's functions back."""
+    import gguf
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from distreach.models import gguf_parsed_once
+
+    calls = []
+
+    def fake(gguf_checkpoint_path, return_tensors=False, **kw):
+        calls.append((gguf_checkpoint_path, return_tensors))
+        return {"config": {"layers": [1]}, "tokenizer": {"tokens": ["x"]}}
+
+    monkeypatch.setattr(gguf_utils, "load_gguf_checkpoint", fake)
+    reader = gguf.GGUFReader
+    with gguf_parsed_once():
+        gguf_utils.load_gguf_checkpoint("/m.gguf")["config"]["layers"].append(2)
+        again = gguf_utils.load_gguf_checkpoint("/m.gguf", return_tensors=False)["config"]
+        gguf_utils.load_gguf_checkpoint("/m.gguf", return_tensors=True)
+    assert calls == [("/m.gguf", False), ("/m.gguf", True)]
+    assert again == {"layers": [1]}  # one caller's change to its config is not the next one's
+    assert gguf_utils.load_gguf_checkpoint is fake and gguf.GGUFReader is reader
+    with pytest.raises(RuntimeError), gguf_parsed_once():
+        raise RuntimeError("inside")
+    assert gguf_utils.load_gguf_checkpoint is fake and gguf.GGUFReader is reader

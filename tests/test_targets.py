@@ -118,5 +118,8 @@ def test_rows_within_tolerance_leave_the_descent_without_changing_the_others():
     got, failed = _fit_entropy(z, h, 0.01, 5000, 0.5)
     want, want_failed = _fit_without_dropping(z, h, 0.01, 5000, 0.5)
     assert torch.equal(got, want) and not failed.any() and not want_failed.any()
-    _, failed = _fit_entropy(z, h, 0.01, 3, 0.5)  # too few iterations: the rows not there are marked
-    assert failed.tolist() == _fit_without_dropping(z, h, 0.01, 3, 0.5)[1].tolist()
+    # fewer iterations than the slowest row needs: the rows done keep their result, the others are marked
+    few = next(n for n in range(1, 5000) if 0 < int(_fit_without_dropping(z, h, 0.01, n, 0.5)[1].sum()) < len(h))
+    got, failed = _fit_entropy(z, h, 0.01, few, 0.5)
+    want, want_failed = _fit_without_dropping(z, h, 0.01, few, 0.5)
+    assert failed.tolist() == want_failed.tolist() and torch.equal(got[~failed], want[~want_failed])

@@ -130,6 +130,21 @@ def test_pos_table_keeps_one_token_one_pos(nlp):
     assert strict["kept"].sum() < df["kept"].sum()
 
 
+def test_a_word_spelled_by_several_tokens_is_tagged_once_as_each_alone(nlp):
+    """Tokens that spell one word (with and without a leading space) get that word's tags, in
+    token order, as when every token is tagged by itself."""
+    from distreach.pos import pos_table, tag_words
+
+    words = ["table", "run", "table", "happy", "run", "table", "Paris"]
+    vocab = pl.DataFrame({"token_id": [7, 3, 5, 1, 0, 9, 2], "word": words,
+                          "leading_space": [True, False, False, True, True, True, False], "is_english": [True] * 7})
+    df = pos_table(vocab, nlp, min_pos_prob=0.5)
+    assert df["token_id"].to_list() == [7, 3, 5, 1, 0, 9, 2] and df["word"].to_list() == words
+    alone = pl.concat([tag_words(nlp, [w]) for w in words])
+    for col in ("pos", "tag", "pos_prob", "single_token"):
+        assert df[col].to_list() == alone[col].to_list(), col
+
+
 def test_unknown_tagger_is_one_clear_error():
     pytest.importorskip("spacy")
     from distreach.pos import load_tagger
