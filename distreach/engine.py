@@ -586,13 +586,12 @@ def tune(
     once the results are stored. The result's ``work`` says how many row-steps this call ran
     and where it resumed. Method ``gcg`` is
     :func:`distreach.gcg.tune_gcg`."""
-    model = loaded.loaded if isinstance(loaded, TuningContext) else loaded
-    target = _checked_targets(model, target_probs, init_seeds)  # bad targets refused before any work
-    ctx = tuning_context(loaded, cfg)
     if cfg.method == "gcg":
         from .gcg import tune_gcg
 
-        return tune_gcg(ctx, target_probs, init_seeds, cfg, on_step, record_curve, checkpoint, checkpoint_seconds)
+        return tune_gcg(loaded, target_probs, init_seeds, cfg, on_step, record_curve, checkpoint, checkpoint_seconds)
+    target = _checked_targets(model_of(loaded), target_probs, init_seeds)  # bad targets refused before any work
+    ctx = tuning_context(loaded, cfg)
     loaded = ctx.loaded
     weight, embed = loaded.embeddings, loaded.model.get_input_embeddings()
     if target.shape[0] == 0:

@@ -29,7 +29,7 @@ import torch
 from dataclasses import replace
 
 from .engine import AUTO_BATCH, TuneConfig, TuningContext, _Batch, _Run, _checked_targets, _concat, _draw_ids, \
-    _empty_result, _run_batches, init_token_ids, tuning_context
+    _empty_result, _run_batches, init_token_ids, model_of, tuning_context
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint, checkpoint_key
 from .errors import DistreachError
 
@@ -160,8 +160,8 @@ def tune_gcg(loaded, target_probs, init_seeds, cfg: TuneConfig, on_step=None, re
              checkpoint=None, checkpoint_seconds: float = CHECKPOINT_SECONDS):
     """:func:`distreach.engine.tune` for ``cfg.method == "gcg"`` (``loaded``: a LoadedModel or its
     :class:`distreach.engine.TuningContext`)."""
+    target = _checked_targets(model_of(loaded), target_probs, init_seeds)  # bad targets refused before any work
     ctx = tuning_context(loaded, cfg)
-    target = _checked_targets(ctx.loaded, target_probs, init_seeds)
     d = ctx.loaded.embeddings.shape[1]
     if target.shape[0] == 0:
         res = _empty_result(cfg, d, target.shape[1])
