@@ -422,20 +422,23 @@ class _Batch:
                 h += 1
         return torch.stack(cols, 1)
 
-    def losses(self, x, rows):
+    def losses(self, x, rows, past=None):
         """The forward pass: per-row KL(p || q) of the next token after the prefixes ``x``, and
         log q. The BOS position (the same in every row and step) enters as its keys and values,
-        computed once (:func:`_bos_cache`) and expanded over the rows."""
-        cache = None
-        if self.bos is not None:
-            from transformers import DynamicCache
-
-            B = x.shape[0]
-            cache = DynamicCache([(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in self.bos],
-                                 config=self.model.config)
+        computed once (:func:`_bos_cache`) and expanded over the rows; ``past`` (keys and values
+        per layer, [B or 1, heads, n, d_head]) replaces them with those of the n positions before ``x``."""
+        cache = self.cache(self.bos if past is None else past, x.shape[0])
         logits = self.model(inputs_embeds=x, cache=cache, use_cache=cache is not None, logits_to_keep=1).logits[:, -1].float()
         logq = torch.log_softmax(logits, -1)
         return kl(self.target[rows], logq), logq
+
+    def cache(self, past, B: int):
+        """A cache holding ``past`` (keys and values per layer) for B rows, or None for no positions."""
+        if not past or not past[0][0].shape[2]:
+            return None
+        from transformers import DynamicCache
+
+        return DynamicCache([(k.expand(B, -1, -1, -1), v.expand(B, -1, -1, -1)) for k, v in past], config=self.model.config)
 
     def step(self, step: int) -> torch.Tensor:
         """One forward/backward/update of the active rows; returns the mask of rows kept."""

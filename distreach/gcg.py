@@ -124,18 +124,43 @@ class GCGBatch(_Batch):
         ok = torch.ones(len(flat), dtype=torch.bool)
         if cfg.readable:
             ok = readable_mask(self.tokenizer, self.tokenizer.batch_decode(flat.tolist()), flat)
-        loss = torch.full((len(flat),), float("inf"))
-        idx = ok.nonzero().flatten()
-        cand_rows = rows.cpu().repeat_interleave(W)
-        chunk = max(4 * B, 64)  # candidates per forward pass: shrinks with the batch when OOM halves it
-        for lo in range(0, len(idx), chunk):
-            sel = idx[lo: lo + chunk]
-            x = self.embed(flat[sel].to(self.device))
-            loss[sel] = self.losses(x, cand_rows[sel].to(self.device))[0].float().cpu()
-        self.forwards[0] += len(idx)
+        loss = self.candidate_losses(flat, ok, rows)
+        self.forwards[0] += int(ok.sum())
         best, arg = loss.view(B, W).min(-1)
         pick = cand[torch.arange(B), arg]
         return torch.where(torch.isfinite(best)[:, None], pick, self.ids.cpu()).to(self.device)
+
+    @torch.no_grad()
+    def candidate_losses(self, flat: torch.Tensor, ok: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """KL of each candidate ``flat`` [B * W, L] (W per row of the batch, in row order) where
+        ``ok``, inf elsewhere. A candidate that first differs from its row's prompt at position j
+        starts from that prompt's keys and values of the positions before j (computed once per
+        step): only positions j.. are computed, the same numbers as the whole prompt's forward pass."""
+        B, L = self.ids.shape
+        W = len(flat) // B
+        of = torch.arange(B).repeat_interleave(W)  # each candidate's row of the batch
+        diff = flat != self.ids.cpu()[of]
+        first = torch.where(diff.any(-1), diff.int().argmax(-1), L - 1)  # unchanged: only its last position
+        kv = self.prompt_kv()
+        loss = torch.full((len(flat),), float("inf"))
+        tokens = max(4 * B, 64) * L  # positions per forward pass: shrink with the batch when OOM halves it
+        for j in range(L):
+            idx = (ok & (first == j)).nonzero().flatten()
+            chunk = tokens // (L - j)
+            for lo in range(0, len(idx), chunk):
+                sel = idx[lo: lo + chunk]
+                b = of[sel].to(self.device)
+                past = [(k[b, :, : k.shape[2] - L + j], v[b, :, : v.shape[2] - L + j]) for k, v in kv]
+                x = self.embed(flat[sel, j:].to(self.device))
+                loss[sel] = self.losses(x, rows[b], past)[0].float().cpu()
+        return loss
+
+    @torch.no_grad()
+    def prompt_kv(self) -> list:
+        """Keys and values per layer ([B, heads, BOS + L, d_head]) of the rows' current prompts."""
+        x = self.embed(self.ids)
+        out = self.model.base_model(inputs_embeds=x, cache=self.cache(self.bos, len(x)), use_cache=True)
+        return [(k, v) for k, v, *_ in out.cache]
 
     def _draw(self, top: torch.Tensor) -> torch.Tensor:
         """``gcg_width`` candidates per row: the current prompt with ``gcg_replace`` distinct

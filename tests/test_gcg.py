@@ -140,6 +140,37 @@ def test_candidates_draw_from_the_tokens_the_gradient_ranks_best_and_change_gcg_
         assert (cand[changed] == best.expand_as(cand)[changed]).all()
 
 
+@pytest.mark.parametrize("bos", ["bos", "none"])
+def test_candidates_scored_from_their_prompts_cached_positions_equal_whole_forward_passes(tiny_bpe, bos):
+    """A candidate's KL, computed from its row's prompt's keys and values of the positions before
+    its first change, equals the KL of a forward pass over the whole candidate, for changes at
+    every position (and none); candidates refused (ok False) get inf."""
+    from distreach.engine import tuning_context
+    from distreach.gcg import GCGBatch
+
+    lm = tiny_bpe
+    cfg = TuneConfig(**{**CFG.__dict__, "bos": bos, "readable": False})
+    ctx = tuning_context(lm, cfg)
+    p = torch.tensor(targets(lm.vocab_size, 3, seed=9, temp=3.0))
+    ids = torch.tensor([[10, 11, 12, 13], [20, 21, 22, 23], [30, 31, 32, 33]])
+    batch = GCGBatch(ctx, p, ids, cfg, False, [1, 2, 3], [0])
+    W, L = 6, ids.shape[1]
+    gen = torch.Generator().manual_seed(0)
+    flat = ids.repeat_interleave(W, 0)
+    for c in range(len(flat)):  # candidate w of a row changes positions w.. (w < L), the last one none
+        w = c % W
+        if w < L:
+            flat[c, w:] = torch.randint(40, 300, (L - w,), generator=gen)
+    ok = torch.ones(len(flat), dtype=torch.bool)
+    ok[[1, 9]] = False
+    rows = torch.arange(3)
+    got = batch.candidate_losses(flat, ok, rows)
+    with torch.no_grad():
+        whole = batch.losses(batch.embed(flat), rows.repeat_interleave(W))[0]
+    assert torch.isinf(got[~ok]).all()
+    torch.testing.assert_close(got[ok], whole[ok].float(), rtol=1e-5, atol=1e-6)
+
+
 def test_gcg_settings_are_refused_for_other_methods_with_the_key_named():
     from distreach.errors import DistreachError
 
