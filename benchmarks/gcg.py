@@ -45,6 +45,7 @@ from distreach.engine import TuneConfig, prompt_kl, tune
 from distreach.families import lm_generated
 from distreach.gcg import is_text
 from distreach.io import atomic_path, package_versions
+from distreach.models import machine
 from distreach.seeds import derive_seed
 from distreach.tuning import hard_prompt_columns
 from distreach.targets import target_probs
@@ -210,7 +211,14 @@ def table(res: dict) -> str:
 
 
 def summary(res: dict) -> str:
-    """The result in one sentence, for benchmarks/README.md."""
+    """The result in a few sentences, for benchmarks/README.md."""
+    m = res["machine"]
+    where = (f" Measured on {m['cpu']}, {m['cores']} cores, {'with' if m['native_bf16'] else 'without'} native bf16, "
+             f"{res['dtype']}, {res['threads']} torch threads.")
+    return _findings(res) + where
+
+
+def _findings(res: dict) -> str:
     if res["kind"] == "hard":
         return (f"Median over the {len(res['rows']) - 1} LM targets: gcg {res['lm_median']['gcg_bits']:.3g} bits, hard at "
                 f"equal forward passes {res['lm_median']['hard_bits']:.3g} bits ({res['lm_median_ratio_hard_over_gcg']:.1f}x); "
@@ -239,7 +247,7 @@ def main(argv=None) -> None:
     p.add_argument("--targets", type=int, default=10, help="nanogcg: one-token targets (default 10)")
     args = p.parse_args(argv)
     args.steps = args.steps or {"hard": 60, "nanogcg": 40}[args.kind]
-    res = run_hard(args) if args.kind == "hard" else run_nanogcg(args)
+    res = {**(run_hard(args) if args.kind == "hard" else run_nanogcg(args)), "machine": machine()}
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / f"gcg-{args.kind}.json") as tmp:
         Path(tmp).write_text(json.dumps(res, indent=1, ensure_ascii=False) + "\n")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -69,17 +68,6 @@ def measure(rev: str) -> dict:
             "job_seconds_total": round(sum(jobs.values())), "wall_seconds": round(wall), "cpu_seconds": round(cpu)}
 
 
-def cpu_model() -> str:
-    """The CPU's model name and family/model numbers (CPUs of one ISA differ severalfold in speed)."""
-    info = {}
-    if Path("/proc/cpuinfo").is_file():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            info.setdefault(key.strip(), value.strip())
-    name = info.get("model name") or platform.processor() or platform.machine()
-    return f"{name} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
-
-
 def table_rows(report: dict) -> list[str]:
     """The README table's rows (markdown) of a report written by this script."""
     rows = []
@@ -95,7 +83,7 @@ def main() -> None:
     ap.add_argument("--revs", nargs="+", default=["HEAD"], help="git revisions to measure, in order")
     ap.add_argument("--out", type=Path, help="write the results as JSON here")
     args = ap.parse_args()
-    from distreach.models import cpu_has_bf16
+    from distreach.models import machine
 
     results = []
     for rev in args.revs:
@@ -104,7 +92,7 @@ def main() -> None:
         r = results[-1]
         print(f"  {r['commit']}: {r['files']} files, job seconds {r['job_seconds_total']} {r['job_seconds']}, "
               f"wall {r['wall_seconds']} s, CPU {r['cpu_seconds']} s", flush=True)
-    report = {"machine": {"cpu": cpu_model(), "native_bf16": cpu_has_bf16(), "cores": os.cpu_count()}, "runs": results}
+    report = {"machine": machine(), "runs": results}
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -26,6 +26,7 @@ import importlib
 import importlib.util
 import json
 import os
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -342,6 +343,22 @@ def read_manifest(folder: str | os.PathLike) -> dict:
     if not path.is_file():
         raise DistreachError(f"{folder}: not a materialised model folder (no {MANIFEST})")
     return json.loads(path.read_text())
+
+
+def cpu_model() -> str:
+    """The CPU's model name and family/model numbers (CPUs of one ISA differ severalfold in speed)."""
+    info = {}
+    if Path("/proc/cpuinfo").is_file():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    name = info.get("model name") or platform.processor() or platform.machine()
+    return f"{name} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
+
+
+def machine() -> dict:
+    """What a benchmark's numbers depend on: the CPU, whether it has native bf16, its cores."""
+    return {"cpu": cpu_model(), "native_bf16": cpu_has_bf16(), "cores": os.cpu_count()}
 
 
 def cpu_has_bf16() -> bool:
