@@ -72,6 +72,7 @@ class GCGBatch(_Batch):
     """The rows of one batch while GCG tunes them (every position hard)."""
 
     WORK = _Batch.WORK + ("gens",)
+    PASS = 64  # candidates per forward pass over whole prompts: at least this, 4 per row in larger batches
 
     def __init__(self, ctx: TuningContext, target_p, ids, cfg: TuneConfig, record_curve: bool, seeds,
                  forwards: list[int]):
@@ -142,15 +143,18 @@ class GCGBatch(_Batch):
         diff = flat != self.ids.cpu()[of]
         first = torch.where(diff.any(-1), diff.int().argmax(-1), L - 1)  # unchanged: only its last position
         kv = self.prompt_kv()
+        n = (self.bos[0][0].shape[2] if self.bos else 0) + L  # BOS and prompt positions
+        if any(k.shape[2] != n for k, _ in kv):  # a layer keeps a sliding window of them only: whole passes
+            first.zero_()
         loss = torch.full((len(flat),), float("inf"))
-        tokens = max(4 * B, 64) * L  # positions per forward pass: shrink with the batch when OOM halves it
+        base = max(4 * B, self.PASS)  # candidates per whole forward pass: shrinks with the batch when OOM halves it
         for j in range(L):
             idx = (ok & (first == j)).nonzero().flatten()
-            chunk = tokens // (L - j)
+            chunk = min(base * L // (L - j), 2 * base)  # shorter passes take more candidates, at most twice as many
             for lo in range(0, len(idx), chunk):
                 sel = idx[lo: lo + chunk]
                 b = of[sel].to(self.device)
-                past = [(k[b, :, : k.shape[2] - L + j], v[b, :, : v.shape[2] - L + j]) for k, v in kv]
+                past = [(k[b, :, : k.shape[2] - L + j], v[b, :, : v.shape[2] - L + j]) for k, v in kv] if j else None
                 x = self.embed(flat[sel, j:].to(self.device))
                 loss[sel] = self.losses(x, rows[b], past)[0].float().cpu()
         return loss

@@ -358,7 +358,8 @@ def cpu_model() -> str:
 
 def machine() -> dict:
     """What a benchmark's numbers depend on: the CPU, whether it has native bf16, its cores."""
-    return {"cpu": cpu_model(), "native_bf16": cpu_has_bf16(), "cores": os.cpu_count()}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # this process's
+    return {"cpu": cpu_model(), "native_bf16": cpu_has_bf16(), "cores": cores}
 
 
 def cpu_has_bf16() -> bool:

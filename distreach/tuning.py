@@ -11,7 +11,6 @@ import itertools
 
 import json
 import logging
-import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from .engine import STOP_REASONS, TuneConfig, model_of, prompt_kl, tune, tuning_
 from .errors import DistreachError
 from .units import to_unit
 from .io import package_versions, with_metadata, write_arrow
-from .models import auto_dtype, load_materialised, resolve_device
+from .models import auto_dtype, cpu_model, load_materialised, resolve_device
 from .seeds import derive_seed
 from .targets import TARGET_COLUMNS, read_target_matrix
 from .tokens import bos_used
@@ -245,7 +244,7 @@ def _provenance(ctx, m: Shard, shards: list[Shard], tuning: TuneConfig, seed: in
         "dtype": ctx.dtype,
         "device": str(ctx.device),
         "torch_threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "packages": package_versions(),
     }
 

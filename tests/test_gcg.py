@@ -140,35 +140,61 @@ def test_candidates_draw_from_the_tokens_the_gradient_ranks_best_and_change_gcg_
         assert (cand[changed] == best.expand_as(cand)[changed]).all()
 
 
+def scored_both_ways(lm, bos: str):
+    """Candidates of 3 rows scored by ``candidate_losses`` (in passes of a few candidates, so a
+    group of first-changed positions takes several) and by whole forward passes."""
+    from distreach.engine import tuning_context
+    from distreach.gcg import GCGBatch
+
+    cfg = TuneConfig(**{**CFG.__dict__, "bos": bos, "readable": False})
+    ctx = tuning_context(lm, cfg)
+    p = torch.tensor(targets(lm.vocab_size, 3, seed=9, temp=3.0))
+    ids = torch.tensor([[10, 11, 12, 13], [20, 21, 22, 23], [30, 31, 32, 33]])
+    batch = GCGBatch(ctx, p, ids[[2, 0, 1]], cfg, False, [1, 2, 3], [0])
+    batch.active = torch.tensor([2, 0, 1])  # batch row r holds target row active[r], as after rows stop
+    batch.PASS = 2  # with 3 rows: 12 candidates per whole pass
+    W, L = 30, ids.shape[1]
+    gen = torch.Generator().manual_seed(0)
+    flat = batch.ids.repeat_interleave(W, 0)
+    for c in range(len(flat)):  # candidate w of a row changes positions w % (L + 1).. (none when that is L)
+        w = c % W % (L + 1)
+        flat[c, w:] = torch.randint(40, 300, (L - w,), generator=gen)
+    ok = torch.ones(len(flat), dtype=torch.bool)
+    ok[[1, 9, 40]] = False
+    got = batch.candidate_losses(flat, ok, batch.active)
+    with torch.no_grad():
+        whole = batch.losses(batch.embed(flat), batch.active.repeat_interleave(W))[0]
+    assert torch.isinf(got[~ok]).all()
+    return got[ok], whole[ok].float()
+
+
 @pytest.mark.parametrize("bos", ["bos", "none"])
 def test_candidates_scored_from_their_prompts_cached_positions_equal_whole_forward_passes(tiny_bpe, bos):
     """A candidate's KL, computed from its row's prompt's keys and values of the positions before
     its first change, equals the KL of a forward pass over the whole candidate, for changes at
     every position (and none); candidates refused (ok False) get inf."""
-    from distreach.engine import tuning_context
-    from distreach.gcg import GCGBatch
+    got, whole = scored_both_ways(tiny_bpe, bos)
+    torch.testing.assert_close(got, whole, rtol=1e-5, atol=1e-6)
 
-    lm = tiny_bpe
-    cfg = TuneConfig(**{**CFG.__dict__, "bos": bos, "readable": False})
-    ctx = tuning_context(lm, cfg)
-    p = torch.tensor(targets(lm.vocab_size, 3, seed=9, temp=3.0))
-    ids = torch.tensor([[10, 11, 12, 13], [20, 21, 22, 23], [30, 31, 32, 33]])
-    batch = GCGBatch(ctx, p, ids, cfg, False, [1, 2, 3], [0])
-    W, L = 6, ids.shape[1]
-    gen = torch.Generator().manual_seed(0)
-    flat = ids.repeat_interleave(W, 0)
-    for c in range(len(flat)):  # candidate w of a row changes positions w.. (w < L), the last one none
-        w = c % W
-        if w < L:
-            flat[c, w:] = torch.randint(40, 300, (L - w,), generator=gen)
-    ok = torch.ones(len(flat), dtype=torch.bool)
-    ok[[1, 9]] = False
-    rows = torch.arange(3)
-    got = batch.candidate_losses(flat, ok, rows)
-    with torch.no_grad():
-        whole = batch.losses(batch.embed(flat), rows.repeat_interleave(W))[0]
-    assert torch.isinf(got[~ok]).all()
-    torch.testing.assert_close(got[ok], whole[ok].float(), rtol=1e-5, atol=1e-6)
+
+def test_a_model_whose_layers_keep_a_sliding_window_scores_whole_candidates(tiny_bpe, tmp_path):
+    """Gemma-3 layers with a sliding window shorter than BOS + prompt keep only its last positions:
+    their keys and values cannot start a candidate, which is then scored by a whole forward pass."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from distreach.models import ModelSpec, load_materialised, materialise
+
+    torch.manual_seed(0)
+    model = Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=tiny_bpe.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, sliding_window=3, layer_types=["sliding_attention", "full_attention"],
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, initializer_range=0.3))
+    model.save_pretrained(tmp_path / "src", safe_serialization=True)
+    tiny_bpe.tokenizer.save_pretrained(tmp_path / "src")
+    materialise(ModelSpec.from_config("tiny-gemma3", {"source": {"local": str(tmp_path / "src")}}), tmp_path / "m")
+    lm = load_materialised(tmp_path / "m", dtype="fp32", device="cpu")[0]
+    got, whole = scored_both_ways(lm, "bos")
+    torch.testing.assert_close(got, whole, rtol=1e-5, atol=1e-6)
 
 
 def test_gcg_settings_are_refused_for_other_methods_with_the_key_named():
