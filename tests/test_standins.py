@@ -175,6 +175,19 @@ def test_tuning_loss_equals_a_full_forward_of_the_prompt(folders, arch, bos):
     np.testing.assert_allclose(res.kl_min, full, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama3", "qwen2", "falcon", "gemma3"])
+@pytest.mark.parametrize("bos", ["auto", "none"])
+def test_gcg_candidates_from_cached_positions_equal_whole_forward_passes(folders, arch, bos):
+    """gcg scores a candidate from its prompt's keys and values of the positions before its first
+    change: the same KL as a forward pass over the whole candidate, on every paper architecture."""
+    from distreach import api
+
+    from .test_gcg import scored_both_ways
+
+    got, whole = scored_both_ways(api.load_model(str(folders[arch]), dtype="fp32", device="cpu"), bos)
+    np.testing.assert_allclose(got.numpy(), whole.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_bos_required_on_a_model_without_one_fails_before_any_conversion(folders, tmp_path):
     import os
     import subprocess
