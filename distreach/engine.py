@@ -319,10 +319,15 @@ def _bos_cache(loaded, bos_id: int | None) -> list | None:
     that goes first, or None for none."""
     if bos_id is None:
         return None
-    with torch.no_grad():
-        x = loaded.model.get_input_embeddings()(torch.tensor([[bos_id]], device=loaded.embeddings.device))
-        # the body only: the BOS position needs no logits
-        return [(k, v) for k, v, *_ in loaded.model.base_model(inputs_embeds=x, use_cache=True).cache]
+    x = loaded.model.get_input_embeddings()(torch.tensor([[bos_id]], device=loaded.embeddings.device))
+    return body_kv(loaded.model, x)
+
+
+@torch.no_grad()
+def body_kv(model, x, cache=None) -> list:
+    """Keys and values per layer of the positions ``x`` (after those ``cache`` holds): the body
+    only, as positions whose keys and values are kept need no logits."""
+    return [(k, v) for k, v, *_ in model.base_model(inputs_embeds=x, cache=cache, use_cache=True).cache]
 
 
 def top_ids(probs: torch.Tensor, k: int) -> torch.Tensor:

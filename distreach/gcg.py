@@ -28,7 +28,7 @@ import torch
 
 from dataclasses import replace
 
-from .engine import AUTO_BATCH, TuneConfig, TuningContext, _Batch, _Run, _checked_targets, _concat, _draw_ids, \
+from .engine import AUTO_BATCH, TuneConfig, body_kv, TuningContext, _Batch, _Run, _checked_targets, _concat, _draw_ids, \
     _empty_result, _run_batches, init_token_ids, model_of, tuning_context
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint, checkpoint_key
 from .errors import DistreachError
@@ -162,9 +162,7 @@ class GCGBatch(_Batch):
     @torch.no_grad()
     def prompt_kv(self) -> list:
         """Keys and values per layer ([B, heads, BOS + L, d_head]) of the rows' current prompts."""
-        x = self.embed(self.ids)
-        out = self.model.base_model(inputs_embeds=x, cache=self.cache(self.bos, len(x)), use_cache=True)
-        return [(k, v) for k, v, *_ in out.cache]
+        return body_kv(self.model, self.embed(self.ids), self.cache(self.bos, len(self.ids)))
 
     def _draw(self, top: torch.Tensor) -> torch.Tensor:
         """``gcg_width`` candidates per row: the current prompt with ``gcg_replace`` distinct
