@@ -116,7 +116,9 @@ def test_gguf_metadata_is_parsed_once_per_file_and_the_patch_is_undone(monkeypat
     reader = gguf.GGUFReader
     with gguf_parsed_once():
         gguf_utils.load_gguf_checkpoint("/m.gguf")["config"]["layers"].append(2)
-        again = gguf_utils.load_gguf_checkpoint("/m.gguf", return_tensors=False)["config"]
+        with gguf_parsed_once():  # within another block (the CLI's, then a conversion's): the outer one serves
+            again = gguf_utils.load_gguf_checkpoint("/m.gguf", return_tensors=False)["config"]
+        assert gguf_utils.load_gguf_checkpoint is not fake
         gguf_utils.load_gguf_checkpoint("/m.gguf", return_tensors=True)
     assert calls == [("/m.gguf", False), ("/m.gguf", True)]
     assert again == {"layers": [1]}  # one caller's change to its config is not the next one's
@@ -124,3 +126,29 @@ def test_gguf_metadata_is_parsed_once_per_file_and_the_patch_is_undone(monkeypat
     with pytest.raises(RuntimeError), gguf_parsed_once():
         raise RuntimeError("inside")
     assert gguf_utils.load_gguf_checkpoint is fake and gguf.GGUFReader is reader
+
+
+def test_the_gguf_reader_within_parsed_once_reads_what_ggufs_reader_reads_from_plain_arrays(tmp_path):
+    """gguf_parsed_once's reader slices a plain array over the file's memory map (a slice of an
+    np.memmap runs Python code, once per vocabulary entry in a parse) and reads every field and
+    tensor as gguf's own reader does."""
+    import gguf
+    import numpy as np
+
+    from distreach.models import gguf_parsed_once
+
+    from .conftest import write_tiny_gguf
+
+    write_tiny_gguf(tmp_path / "tiny.gguf")
+    ref = gguf.GGUFReader(tmp_path / "tiny.gguf")
+    with gguf_parsed_once():
+        got = gguf.GGUFReader(tmp_path / "tiny.gguf")
+    assert list(got.fields) == list(ref.fields) and len(ref.fields["tokenizer.ggml.tokens"].data) == 260
+    for name, field in ref.fields.items():
+        mine = got.fields[name]
+        assert (mine.data, mine.types, mine.offset) == (field.data, field.types, field.offset), name
+        assert len(mine.parts) == len(field.parts) and all(
+            a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(mine.parts, field.parts)), name
+        assert not any(isinstance(p, np.memmap) for p in mine.parts), name
+    assert [(t.name, t.tensor_type, t.data_offset) for t in got.tensors] == [(t.name, t.tensor_type, t.data_offset) for t in ref.tensors]
+    assert all(np.array_equal(a.data, b.data) for a, b in zip(got.tensors, ref.tensors))
