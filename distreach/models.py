@@ -142,13 +142,18 @@ def resolve_gguf(spec: ModelSpec, workdir: Path) -> Path:
     return path
 
 
+_GGUF_BLOCKS = [0]  # gguf_parsed_once blocks entered and not yet left (the patch is process-wide)
+
+
 @contextlib.contextmanager
 def gguf_parsed_once():
     """Within the block, a GGUF file is read once: every ``gguf.GGUFReader`` of one file is the
     same reader, and transformers' metadata parse (``load_gguf_checkpoint`` without tensors,
     which its config and its tokenizer each ask for) is made once, each caller getting its own
-    copy of the config part (a block within another is served by the outer one). Each parse
-    walks every entry of the vocabulary: for Gemma-3's 262k tokens, seconds each on a CPU."""
+    copy of the config part; a block within another is served by the outer one. Each parse walks
+    every entry of the vocabulary (Gemma-3: 262k), many seconds each on a CPU; the reader slices
+    a plain array over the file's memory map, as a slice of an ``np.memmap`` runs Python code
+    (and makes the parse several times slower: benchmarks/README.md, preparation stage)."""
     import copy
 
     import numpy as np
@@ -156,29 +161,31 @@ def gguf_parsed_once():
     import gguf
     from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
-    if getattr(gguf.GGUFReader, "parsed_once", False):  # within an outer block: its reads serve
+    if _GGUF_BLOCKS[0]:
         yield
         return
     made, parsed = {}, {}
     original, original_parse = gguf.GGUFReader, gguf_utils.load_gguf_checkpoint
+    make = original
+    if isinstance(original, type):
 
-    class PlainReader(original):
-        """gguf's reader slicing a plain array over the file's memory map: its parse makes a
-        view per vocabulary entry, and a slice of an ``np.memmap`` runs Python code each time
-        (Gemma-3's file: 26 s to read through, against 10 s; the same fields and tensors)."""
+        class PlainReader(original):
+            """gguf's reader, slicing a plain array over the file's memory map."""
 
-        def _get(self, offset, dtype, count=1, override_order=None):
-            plain = self.__dict__.get("_plain")
-            if plain is None:
-                plain = self._plain = self.data.view(np.ndarray)
-            dtype, count = np.dtype(dtype), int(count)
-            arr = plain[offset: offset + dtype.itemsize * count].view(dtype)[:count]
-            return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+            def _get(self, offset, dtype, count=1, override_order=None):
+                plain = self.__dict__.get("_plain")
+                if plain is None:
+                    plain = self._plain = self.data.view(np.ndarray)
+                dtype, count = np.dtype(dtype), int(count)
+                arr = plain[offset: offset + dtype.itemsize * count].view(dtype)[:count]
+                return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+        make = PlainReader
 
     def reader(path, mode="r"):
         key = (str(Path(path).resolve()), mode)
         if key not in made:
-            made[key] = PlainReader(path, mode)
+            made[key] = make(path, mode)
         return made[key]
 
     def parse(gguf_checkpoint_path, return_tensors=False, **kw):  # transformers' signature
@@ -190,11 +197,12 @@ def gguf_parsed_once():
         # its callers here (config, tokenizer) take the "config" part, which they may change
         return {k: copy.deepcopy(v) if k == "config" else v for k, v in parsed[key].items()}
 
-    reader.parsed_once = True
     gguf.GGUFReader, gguf_utils.load_gguf_checkpoint = reader, parse
+    _GGUF_BLOCKS[0] += 1
     try:
         yield
     finally:
+        _GGUF_BLOCKS[0] -= 1
         gguf.GGUFReader, gguf_utils.load_gguf_checkpoint = original, original_parse
 
 

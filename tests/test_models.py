@@ -116,9 +116,13 @@ def test_gguf_metadata_is_parsed_once_per_file_and_the_patch_is_undone(monkeypat
     reader = gguf.GGUFReader
     with gguf_parsed_once():
         gguf_utils.load_gguf_checkpoint("/m.gguf")["config"]["layers"].append(2)
+        outer = (gguf_utils.load_gguf_checkpoint, gguf.GGUFReader)
         with gguf_parsed_once():  # within another block (the CLI's, then a conversion's): the outer one serves
+            assert (gguf_utils.load_gguf_checkpoint, gguf.GGUFReader) == outer
             again = gguf_utils.load_gguf_checkpoint("/m.gguf", return_tensors=False)["config"]
-        assert gguf_utils.load_gguf_checkpoint is not fake
+        with pytest.raises(RuntimeError), gguf_parsed_once():
+            raise RuntimeError("inside the inner block")
+        assert (gguf_utils.load_gguf_checkpoint, gguf.GGUFReader) == outer  # leaving an inner block undoes nothing
         gguf_utils.load_gguf_checkpoint("/m.gguf", return_tensors=True)
     assert calls == [("/m.gguf", False), ("/m.gguf", True)]
     assert again == {"layers": [1]}  # one caller's change to its config is not the next one's
@@ -126,12 +130,15 @@ def test_gguf_metadata_is_parsed_once_per_file_and_the_patch_is_undone(monkeypat
     with pytest.raises(RuntimeError), gguf_parsed_once():
         raise RuntimeError("inside")
     assert gguf_utils.load_gguf_checkpoint is fake and gguf.GGUFReader is reader
+    with gguf_parsed_once():  # a block after the others patches again
+        assert gguf_utils.load_gguf_checkpoint is not fake and gguf.GGUFReader is not reader
 
 
 def test_the_gguf_reader_within_parsed_once_reads_what_ggufs_reader_reads_from_plain_arrays(tmp_path):
     """gguf_parsed_once's reader slices a plain array over the file's memory map (a slice of an
-    np.memmap runs Python code, once per vocabulary entry in a parse) and reads every field and
-    tensor as gguf's own reader does."""
+    np.memmap runs Python code, once per vocabulary entry in a parse), reads every field and
+    tensor as gguf's own reader does, little- or big-endian; a reader that is no class (a user's
+    wrapper) is still called."""
     import gguf
     import numpy as np
 
@@ -140,15 +147,42 @@ def test_the_gguf_reader_within_parsed_once_reads_what_ggufs_reader_reads_from_p
     from .conftest import write_tiny_gguf
 
     write_tiny_gguf(tmp_path / "tiny.gguf")
-    ref = gguf.GGUFReader(tmp_path / "tiny.gguf")
-    with gguf_parsed_once():
-        got = gguf.GGUFReader(tmp_path / "tiny.gguf")
-    assert list(got.fields) == list(ref.fields) and len(ref.fields["tokenizer.ggml.tokens"].data) == 260
-    for name, field in ref.fields.items():
-        mine = got.fields[name]
-        assert (mine.data, mine.types, mine.offset) == (field.data, field.types, field.offset), name
-        assert len(mine.parts) == len(field.parts) and all(
-            a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(mine.parts, field.parts)), name
-        assert not any(isinstance(p, np.memmap) for p in mine.parts), name
-    assert [(t.name, t.tensor_type, t.data_offset) for t in got.tensors] == [(t.name, t.tensor_type, t.data_offset) for t in ref.tensors]
-    assert all(np.array_equal(a.data, b.data) for a, b in zip(got.tensors, ref.tensors))
+    writer = gguf.GGUFWriter(tmp_path / "big.gguf", "llama", endianess=gguf.GGUFEndian.BIG)
+    writer.add_uint32("test.n", 7)
+    writer.add_array("test.words", ["a", "bc", "déf"])
+    writer.add_tensor("w", np.arange(6, dtype=np.float32).reshape(2, 3))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    for name in ("tiny.gguf", "big.gguf"):
+        ref = gguf.GGUFReader(tmp_path / name)
+        with gguf_parsed_once():
+            got = gguf.GGUFReader(tmp_path / name)
+            assert gguf.GGUFReader(tmp_path / name) is got
+        assert list(got.fields) == list(ref.fields)
+        for key, field in ref.fields.items():
+            mine = got.fields[key]
+            assert (mine.data, mine.types, mine.offset) == (field.data, field.types, field.offset), key
+            assert len(mine.parts) == len(field.parts) and all(
+                a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(mine.parts, field.parts)), key
+            assert not any(isinstance(p, np.memmap) for p in mine.parts), key
+        assert [(t.name, t.tensor_type, t.data_offset) for t in got.tensors] == [(t.name, t.tensor_type, t.data_offset) for t in ref.tensors]
+        assert all(a.data.dtype == b.data.dtype and np.array_equal(a.data, b.data) and not isinstance(a.data, np.memmap)
+                   for a, b in zip(got.tensors, ref.tensors))
+    assert ref.fields["test.n"].parts[-1].dtype.byteorder == ">" and ref.fields["test.words"].contents() == ["a", "bc", "déf"]
+
+    seen, original = [], gguf.GGUFReader
+
+    def wrapper(path, mode="r"):  # a user's patch of gguf's reader: a function, not a class
+        seen.append(path)
+        return original(path, mode)
+
+    gguf.GGUFReader = wrapper
+    try:
+        with gguf_parsed_once():
+            assert type(gguf.GGUFReader(tmp_path / "big.gguf")) is original
+            assert gguf.GGUFReader(tmp_path / "big.gguf").fields.keys() == ref.fields.keys()
+        assert gguf.GGUFReader is wrapper and seen == [tmp_path / "big.gguf"]  # once: the block's reads are cached
+    finally:
+        gguf.GGUFReader = original
