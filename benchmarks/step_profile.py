@@ -1,71 +1,95 @@
-"""Where a tuning step's time goes: torch.profiler over the engine's steps at the default run's
-shapes (soft prompts of 5 positions, a full CPU batch of 64 rows, 1 BOS position), per model
-and dtype, with the operators' own (self) CPU time summed into groups.
+"""Where a tuning step's time goes: torch.profiler over the engine's soft-prompt steps (5
+positions after BOS, ``--rows`` rows, 64 by default), per model and dtype.
 
     python benchmarks/step_profile.py [--models results/models/smollm2 results/models/gemma3]
-                                      [--dtypes fp32] [--steps 3] [--out FILE.json]
+                                      [--dtypes fp32] [--rows 64] [--steps 3] [--out FILE.json]
 
-Each (model, dtype) is warmed up with a 2-step tuning, then a tuning of 64 rows runs under the
-profiler, which records ``--steps`` of its steps after the first two (the tuning's setup, made
-once per batch, is left out; every row runs every step). Groups, by the operator's name:
+Needs the models materialised by the pipeline (``results/models/<name>``). Each (model, dtype)
+is warmed up with a 2-step tuning; then ``--steps`` steps are timed without the profiler (the
+step seconds reported), then a tuning runs under the profiler, which records ``--steps`` of its
+steps after the first two (the tuning's setup, made once per batch, is left out; every row runs
+every step). Two views of the recorded time:
 
-- matmul: ``mm``, ``addmm``, ``bmm``, ``matmul``, ``linear`` (the linear layers, forward and
-  gradient to the inputs, and the output layer);
-- attention: ``scaled_dot_product_attention`` and its kernels;
-- softmax and KL: ``softmax``, ``log_softmax``, ``kl_div``, ``xlogy``, ``logsumexp`` and their
-  backward;
-- optimiser: ``_foreach_*``, ``_fused_adam*``, ``addcdiv``, ``addcmul``, ``lerp`` (AdamW);
-- copies and casts: ``copy_``, ``to``, ``_to_copy``, ``contiguous``, ``clone``, ``cat``, ``index``,
-  ``gather``, ``expand``;
-- other: the rest (norms, activations, elementwise arithmetic, autograd bookkeeping);
-- Python between ops: the self time of the profiler's step spans, time spent in no operator.
-
-The shares are of the summed self CPU time (every operator and the step spans), so they add up
-to 1 up to rounding. One step's seconds are measured by the clock over the recorded steps.
+- **operators**: each operator's own (self) CPU time, by exact name: matmul (``mm``, ``addmm``,
+  ``bmm``, ``matmul``, ``linear``), attention (the scaled-dot-product kernels and their
+  backward), softmax and KL (``log_softmax``, ``softmax``, ``kl_div``, ``xlogy`` and their backward
+  kernels), copies and casts (``copy_``, ``to``, ``_to_copy``, ``contiguous``, ``clone``, ``cat``,
+  ``index``, ``gather``, ``expand``), other operators, and time in no operator (the step spans,
+  autograd's and the optimiser's bookkeeping: Python and dispatch between operators); shares of the
+  recorded time, adding up to 1;
+- **phases** (spans the script opens around the engine's methods): the forward pass and loss
+  (``_Batch.losses``), the per-step records of each row (``_Batch._record``: its best KL so far,
+  q's entropy and top tokens at it), the optimiser's update (``AdamW.step``); shares of the
+  recorded time, inclusive of their operators; the rest is the backward pass and the step's own code.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
 
 import torch
-from torch.profiler import ProfilerActivity, profile, schedule
+from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
+from distreach import engine
 from distreach.engine import TuneConfig, tune
 from distreach.io import atomic_path, package_versions
 from distreach.models import load_materialised, machine
 
-ROWS, PREFIX_LEN = 64, 5
-GROUPS = {
-    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"),
-    "attention": ("scaled_dot_product", "flash_attention", "_efficient_attention", "attention"),
-    "softmax and KL": ("softmax", "kl_div", "xlogy", "logsumexp"),
-    "optimiser": ("_foreach", "_fused_adam", "addcdiv", "addcmul", "lerp"),
-    "copies and casts": ("aten::copy_", "aten::to", "aten::_to_copy", "aten::contiguous", "aten::clone", "aten::cat",
-                         "aten::index", "aten::gather", "aten::expand"),
+PREFIX_LEN = 5
+OPS = {
+    "matmul": {"mm", "addmm", "bmm", "matmul", "linear"},
+    "attention": {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
+                  "_scaled_dot_product_flash_attention_for_cpu_backward", "_scaled_dot_product_attention_math"},
+    "softmax and KL": {"log_softmax", "_log_softmax", "_log_softmax_backward_data", "softmax", "_softmax",
+                       "_softmax_backward_data", "kl_div", "xlogy"},
+    "copies and casts": {"copy_", "to", "_to_copy", "contiguous", "clone", "cat", "index", "gather", "expand"},
 }
+OUTSIDE = "no operator"
+PHASES = {"forward and loss": (engine._Batch, "losses"), "records": (engine._Batch, "_record"),
+          "optimiser": (torch.optim.AdamW, "step")}
 
 
 def group_of(name: str) -> str:
-    if name.startswith("ProfilerStep"):  # the step's own span: time in no operator
-        return "Python between ops"
-    for group, keys in GROUPS.items():
-        if any(k in name for k in keys):
+    """The operator group of a profiler event's name."""
+    if name.startswith(("ProfilerStep", "autograd::", "Optimizer.", "phase: ")):
+        return OUTSIDE
+    op = name.removeprefix("aten::")
+    for group, names in OPS.items():
+        if op in names:
             return group
     return "other"
 
 
-def profile_one(folder: str, dtype: str, steps: int) -> dict:
+@functools.cache
+def _spans() -> None:
+    """Wrap each phase's method in a profiler span named ``phase: <phase>`` (once)."""
+    for phase, (owner, attr) in PHASES.items():
+        method = getattr(owner, attr)
+
+        def spanned(*args, _method=method, _label=f"phase: {phase}", **kw):
+            with record_function(_label):
+                return _method(*args, **kw)
+
+        setattr(owner, attr, functools.wraps(method)(spanned))
+
+
+def profile_one(folder: str, dtype: str, rows: int, steps: int) -> dict:
     lm = load_materialised(folder, dtype=dtype, device="cpu")[0]
     g = torch.Generator().manual_seed(0)
-    p = torch.softmax(torch.randn(ROWS, lm.vocab_size, generator=g) * 2.5, -1).numpy()
-    seeds = list(range(ROWS))
-    tune(lm, p, seeds, TuneConfig(max_steps=2, prefix_len=PREFIX_LEN))  # warm-up
-    cfg = TuneConfig(max_steps=steps + 3, patience=steps + 3, prefix_len=PREFIX_LEN)
+    p = torch.softmax(torch.randn(rows, lm.vocab_size, generator=g) * 2.5, -1).numpy()
+    seeds = list(range(rows))
+    cfg = TuneConfig(max_steps=steps + 2, patience=steps + 2, prefix_len=PREFIX_LEN, batch_size=rows)
+    tune(lm, p, seeds, TuneConfig(max_steps=2, prefix_len=PREFIX_LEN, batch_size=rows))  # warm-up
     marks = []
+    tune(lm, p, seeds, cfg, on_step=lambda step, active: marks.append(time.perf_counter()))
+    step_s = (marks[steps + 1] - marks[1]) / steps  # steps 2 .. steps + 1, as profiled below
+
+    _spans()
+    marks.clear()
 
     def on_step(step, active):  # steps 0 and 1 (with the tuning's setup) are not recorded
         marks.append(time.perf_counter())
@@ -74,31 +98,36 @@ def profile_one(folder: str, dtype: str, steps: int) -> dict:
     with profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=1, warmup=1, active=steps, repeat=1),
                  acc_events=True) as prof:
         tune(lm, p, seeds, cfg, on_step=on_step)
-    wall = marks[steps + 1] - marks[1]  # the recorded steps: 2 .. steps + 1
+    recorded = marks[steps + 1] - marks[1]
     groups: dict[str, float] = {}
-    top: list[tuple[str, float]] = []
+    phases = dict.fromkeys(PHASES, 0.0)
+    top = []
     for ev in prof.key_averages():
-        us = ev.self_cpu_time_total
-        if us <= 0:
-            continue
-        groups[group_of(ev.key)] = groups.get(group_of(ev.key), 0.0) + us
-        top.append((ev.key, us))
+        if ev.key.startswith("phase: "):
+            phases[ev.key[len("phase: "):]] += ev.cpu_time_total / 1e6
+        if ev.self_cpu_time_total > 0:
+            groups[group_of(ev.key)] = groups.get(group_of(ev.key), 0.0) + ev.self_cpu_time_total / 1e6
+            if ev.key.startswith("aten::"):
+                top.append((ev.key, ev.self_cpu_time_total / 1e6))
     total = sum(groups.values())
     top.sort(key=lambda kv: -kv[1])
     return {
-        "model": Path(folder).name, "dtype": dtype, "rows": ROWS, "prefix_len": PREFIX_LEN, "steps": steps,
-        "step_seconds": wall / steps, "profiled_seconds_per_step": total / 1e6 / steps,
-        "shares": {k: v / total for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
-        "top_ops": [{"op": k, "share": v / total} for k, v in top[:12]],
+        "model": Path(folder).name, "dtype": dtype, "rows": rows, "prefix_len": PREFIX_LEN, "steps": steps,
+        "step_seconds": step_s, "profiled_step_seconds": recorded / steps,
+        "operators": {k: v / total for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
+        "phases": {k: v / total for k, v in phases.items()},
+        "top_operators": [{"op": k, "share": v / total} for k, v in top[:12]],
     }
 
 
 def table(runs: list[dict]) -> str:
-    names = [*GROUPS, "other", "Python between ops"]
-    lines = ["| model | dtype | s per step | " + " | ".join(names) + " |", "|---" * (len(names) + 3) + "|"]
+    ops, phases = [*OPS, "other", OUTSIDE], list(PHASES)
+    lines = ["| model | rows | s per step | " + " | ".join(ops) + " | " + " | ".join(f"phase: {p}" for p in phases) + " |",
+             "|---" * (len(ops) + len(phases) + 3) + "|"]
     for r in runs:
-        lines.append(f"| {r['model']} | {r['dtype']} | {r['step_seconds']:.2f} | "
-                     + " | ".join(f"{r['shares'].get(n, 0.0):.2f}" for n in names) + " |")
+        lines.append(f"| {r['model']} ({r['dtype']}) | {r['rows']} | {r['step_seconds']:.2f} | "
+                     + " | ".join(f"{r['operators'].get(n, 0.0):.2f}" for n in ops) + " | "
+                     + " | ".join(f"{r['phases'][p]:.2f}" for p in phases) + " |")
     return "\n".join(lines)
 
 
@@ -106,20 +135,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["results/models/smollm2", "results/models/gemma3"])
     ap.add_argument("--dtypes", nargs="+", default=["fp32"])
+    ap.add_argument("--rows", type=int, default=64)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    runs = []
+    t0, runs = time.perf_counter(), []
     for folder in args.models:
         for dtype in args.dtypes:
-            print(f"{folder} {dtype}: profiling {args.steps} steps of {ROWS} rows ...", flush=True)
-            runs.append(profile_one(folder, dtype, args.steps))
-            print("  top operators:", ", ".join(f"{o['op']} {o['share']:.2f}" for o in runs[-1]["top_ops"][:6]), flush=True)
-    report = {"machine": machine(), "threads": torch.get_num_threads(), "versions": package_versions(), "runs": runs}
+            print(f"{folder} {dtype}: {args.rows} rows, {args.steps} steps timed, then profiled ...", flush=True)
+            runs.append(profile_one(folder, dtype, args.rows, args.steps))
+            print("  top operators:", ", ".join(f"{o['op']} {o['share']:.2f}" for o in runs[-1]["top_operators"][:6]),
+                  flush=True)
+    report = {"machine": machine(), "threads": torch.get_num_threads(), "versions": package_versions(),
+              "seconds": round(time.perf_counter() - t0), "runs": runs}
     if args.out:
         with atomic_path(args.out) as tmp:
             Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
     print(table(runs))
+    print(f"{report['seconds']} s")
 
 
 if __name__ == "__main__":

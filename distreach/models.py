@@ -152,8 +152,7 @@ def gguf_parsed_once():
     which its config and its tokenizer each ask for) is made once, each caller getting its own
     copy of the config part; a block within another is served by the outer one. Each parse walks
     every entry of the vocabulary (Gemma-3: 262k), many seconds each on a CPU; the reader slices
-    a plain array over the file's memory map, as a slice of an ``np.memmap`` runs Python code
-    (and makes the parse several times slower: benchmarks/README.md, preparation stage)."""
+    a plain array over the file's memory map, as a slice of an ``np.memmap`` runs Python code."""
     import copy
 
     import numpy as np

@@ -1,5 +1,5 @@
-"""benchmarks/step_profile.py: the README's table is the one its results file gives, and its
-groups take every operator once."""
+"""benchmarks/step_profile.py: the README's table is the one its results file gives, and
+profiler events go to the groups its docstring names."""
 
 import importlib.util
 import json
@@ -13,17 +13,19 @@ spec.loader.exec_module(step_profile)
 
 def test_readme_table_is_the_results_file():
     report = json.loads((REPO / "benchmarks" / "results" / "cpu" / "step-profile.json").read_text())
-    readme = (REPO / "benchmarks" / "README.md").read_text()
+    readme = " ".join((REPO / "benchmarks" / "README.md").read_text().split())
     assert {(r["model"], r["dtype"]) for r in report["runs"]} == {("smollm2", "fp32"), ("gemma3", "fp32")}
-    assert step_profile.table(report["runs"]) in readme
-    for r in report["runs"]:
-        assert abs(sum(r["shares"].values()) - 1) < 1e-9
+    assert " ".join(step_profile.table(report["runs"]).split()) in readme
+    assert f"{report['seconds']} s in all" in readme
 
 
-def test_operators_are_grouped_by_name():
+def test_profiler_events_are_grouped_by_exact_name():
     group = step_profile.group_of
-    assert [group(n) for n in ("aten::mm", "aten::addmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
-                               "aten::_log_softmax_backward_data", "aten::xlogy", "aten::_foreach_lerp_",
-                               "aten::copy_", "aten::index", "aten::rsqrt", "ProfilerStep#3")] == [
-        "matmul", "matmul", "attention", "softmax and KL", "softmax and KL", "optimiser", "copies and casts",
-        "copies and casts", "other", "Python between ops"]
+    names = {"aten::mm": "matmul", "aten::addmm": "matmul", "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+             "aten::_log_softmax_backward_data": "softmax and KL", "aten::xlogy": "softmax and KL",
+             "aten::copy_": "copies and casts", "aten::index": "copies and casts", "aten::topk": "other",
+             "aten::index_put_": "other", "aten::_index_put_impl_": "other", "aten::index_select": "other",
+             "aten::mul_": "other", "aten::rsqrt": "other", "ProfilerStep*": "no operator",
+             "autograd::engine::evaluate_function: ScaledDotProductFlashAttentionForCpuBackward0": "no operator",
+             "Optimizer.step#AdamW.step": "no operator", "phase: records": "no operator"}
+    assert {n: group(n) for n in names} == names
