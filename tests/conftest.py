@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,3 +151,11 @@ def run_cli(capsys, *argv):
     code = cli.main(list(argv))
     stdout, err = capsys.readouterr()
     return code, stdout, err
+
+
+def load_script(path: Path):
+    """A benchmark's or script's module, loaded from its file (they are not a package)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -3,17 +3,15 @@ sentences are those of the recorded results."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from .conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("bench_gcg", REPO / "benchmarks" / "gcg.py")
-bench = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(bench)
+bench = load_script(REPO / "benchmarks" / "gcg.py")
 
 
 class FakeResult:

@@ -1,13 +1,11 @@
 """benchmarks/prep_stage.py: the README's preparation-stage table is the one its results file gives."""
 
-import importlib.util
 import json
 from pathlib import Path
+from .conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("prep_stage", REPO / "benchmarks" / "prep_stage.py")
-prep_stage = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(prep_stage)
+prep_stage = load_script(REPO / "benchmarks" / "prep_stage.py")
 
 
 def test_readme_table_is_the_results_file():

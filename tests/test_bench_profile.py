@@ -1,14 +1,12 @@
 """benchmarks/step_profile.py: the README's table is the one its results file gives, and
 profiler events go to the groups its docstring names."""
 
-import importlib.util
 import json
 from pathlib import Path
+from .conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("step_profile", REPO / "benchmarks" / "step_profile.py")
-step_profile = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(step_profile)
+step_profile = load_script(REPO / "benchmarks" / "step_profile.py")
 
 
 def test_readme_table_is_the_results_file():

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import polars as pl
+from .conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "docs" / "default-run"
 
 
 def docs_script():
-    spec = importlib.util.spec_from_file_location("default_run_docs", REPO / "scripts" / "default_run_docs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "scripts" / "default_run_docs.py")
 
 
 def test_default_run_page_says_what_the_run_wrote():

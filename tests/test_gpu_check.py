@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,11 +14,10 @@ import yaml
 
 from distreach.io import read_arrow, arrow_metadata
 
+from .conftest import load_script
 from .test_workflow import REPO, planned_jobs, snakemake
 
-spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
-gpu_check = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gpu_check)
+gpu_check = load_script(REPO / "benchmarks" / "gpu_check.py")
 
 
 def test_stand_ins_dag_without_pos_plans_the_tables_and_claims_and_no_pos_tagging(tmp_path):
