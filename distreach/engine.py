@@ -474,13 +474,13 @@ class _Batch:
         gained = finite & (lc < rec.kl_min[act] * (1 - cfg.min_delta))
         if improved.any():
             idx, dev_idx = act[improved], improved.to(self.device)
+            best = logq if improved.all() else logq[dev_idx]  # [improved, |V|]: copied only when some did not
             rec.kl_min[idx] = lc[improved]
-            rec.q_entropy[idx] = entropy(logq[dev_idx]).double().cpu()
+            rec.q_entropy[idx] = entropy(best).double().cpu()
             rec.best_step[idx] = step
             rec.best_soft[idx] = self.theta.detach()[dev_idx].float().cpu()
             rec.best_ids[idx] = self.ids[dev_idx].cpu()
             if rec.q_top_ids.shape[1]:
-                best = logq[dev_idx]
                 top = best.topk(rec.q_top_ids.shape[1], dim=-1)
                 rec.q_top_ids[idx] = top.indices.cpu()
                 rec.q_top_probs[idx] = top.values.exp().cpu()
