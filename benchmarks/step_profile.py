@@ -14,9 +14,9 @@ every step). Two views of the recorded time:
   ``bmm``, ``matmul``, ``linear``), attention (the scaled-dot-product kernels and their
   backward), softmax and KL (``log_softmax``, ``softmax``, ``kl_div``, ``xlogy`` and their backward
   kernels), copies and casts (``copy_``, ``to``, ``_to_copy``, ``contiguous``, ``clone``, ``cat``,
-  ``index``, ``gather``, ``expand``), other operators, and time in no operator (the step spans,
-  autograd's and the optimiser's bookkeeping: Python and dispatch between operators); shares of the
-  recorded time, adding up to 1;
+  ``index``, ``gather``), other ``aten::`` operators, and time in no operator (every event that
+  is not an ``aten::`` operator: the step spans, autograd's nodes and the optimiser's bookkeeping,
+  Python and dispatch between operators); shares of the recorded time, adding up to 1;
 - **phases** (spans the script opens around the engine's methods): the forward pass and loss
   (``_Batch.losses``), the per-step records of each row (``_Batch._record``: its best KL so far,
   q's entropy and top tokens at it), the optimiser's update (``AdamW.step``); shares of the
@@ -26,6 +26,7 @@ every step). Two views of the recorded time:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import time
@@ -46,7 +47,7 @@ OPS = {
                   "_scaled_dot_product_flash_attention_for_cpu_backward", "_scaled_dot_product_attention_math"},
     "softmax and KL": {"log_softmax", "_log_softmax", "_log_softmax_backward_data", "softmax", "_softmax",
                        "_softmax_backward_data", "kl_div", "xlogy"},
-    "copies and casts": {"copy_", "to", "_to_copy", "contiguous", "clone", "cat", "index", "gather", "expand"},
+    "copies and casts": {"copy_", "to", "_to_copy", "contiguous", "clone", "cat", "index", "gather"},
 }
 OUTSIDE = "no operator"
 PHASES = {"forward and loss": (engine._Batch, "losses"), "records": (engine._Batch, "_record"),
@@ -55,7 +56,7 @@ PHASES = {"forward and loss": (engine._Batch, "losses"), "records": (engine._Bat
 
 def group_of(name: str) -> str:
     """The operator group of a profiler event's name."""
-    if name.startswith(("ProfilerStep", "autograd::", "Optimizer.", "phase: ")):
+    if not name.startswith("aten::"):
         return OUTSIDE
     op = name.removeprefix("aten::")
     for group, names in OPS.items():
@@ -64,9 +65,11 @@ def group_of(name: str) -> str:
     return "other"
 
 
-@functools.cache
-def _spans() -> None:
-    """Wrap each phase's method in a profiler span named ``phase: <phase>`` (once)."""
+@contextlib.contextmanager
+def phase_spans():
+    """Within the block, each phase's method runs inside a profiler span ``phase: <phase>``; the
+    methods are put back on leaving."""
+    saved = []
     for phase, (owner, attr) in PHASES.items():
         method = getattr(owner, attr)
 
@@ -74,10 +77,26 @@ def _spans() -> None:
             with record_function(_label):
                 return _method(*args, **kw)
 
+        saved.append((owner, attr, owner.__dict__.get(attr)))
         setattr(owner, attr, functools.wraps(method)(spanned))
+    try:
+        yield
+    finally:
+        for owner, attr, own in reversed(saved):
+            if own is None:
+                delattr(owner, attr)  # inherited: the base class's method shows through again
+            else:
+                setattr(owner, attr, own)
 
 
 def profile_one(folder: str, dtype: str, rows: int, steps: int) -> dict:
+    if steps < 1 or rows < 1:
+        raise SystemExit("--steps and --rows must be at least 1")
+    with phase_spans():  # around the timed steps too: they and the profiled ones run the same code
+        return _profile(folder, dtype, rows, steps)
+
+
+def _profile(folder: str, dtype: str, rows: int, steps: int) -> dict:
     lm = load_materialised(folder, dtype=dtype, device="cpu")[0]
     g = torch.Generator().manual_seed(0)
     p = torch.softmax(torch.randn(rows, lm.vocab_size, generator=g) * 2.5, -1).numpy()
@@ -85,14 +104,18 @@ def profile_one(folder: str, dtype: str, rows: int, steps: int) -> dict:
     cfg = TuneConfig(max_steps=steps + 2, patience=steps + 2, prefix_len=PREFIX_LEN, batch_size=rows)
     tune(lm, p, seeds, TuneConfig(max_steps=2, prefix_len=PREFIX_LEN, batch_size=rows))  # warm-up
     marks = []
-    tune(lm, p, seeds, cfg, on_step=lambda step, active: marks.append(time.perf_counter()))
-    step_s = (marks[steps + 1] - marks[1]) / steps  # steps 2 .. steps + 1, as profiled below
 
-    _spans()
+    def mark(step, active):
+        if active != rows:
+            raise RuntimeError(f"step {step}: {active} of {rows} rows ran")
+        marks.append(time.perf_counter())
+
+    tune(lm, p, seeds, cfg, on_step=mark)
+    step_s = (marks[steps + 1] - marks[1]) / steps  # steps 2 .. steps + 1, as profiled below
     marks.clear()
 
     def on_step(step, active):  # steps 0 and 1 (with the tuning's setup) are not recorded
-        marks.append(time.perf_counter())
+        mark(step, active)
         prof.step()
 
     with profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=1, warmup=1, active=steps, repeat=1),

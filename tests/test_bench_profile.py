@@ -19,7 +19,8 @@ def test_readme_table_is_the_results_file():
 
 def test_profiler_events_are_grouped_by_exact_name():
     group = step_profile.group_of
-    names = {"aten::mm": "matmul", "aten::addmm": "matmul", "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+    names = {"aten::mm": "matmul", "aten::addmm": "matmul", "AddmmBackward0": "no operator", "detach": "no operator",
+             "torch::autograd::AccumulateGrad": "no operator", "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
              "aten::_log_softmax_backward_data": "softmax and KL", "aten::xlogy": "softmax and KL",
              "aten::copy_": "copies and casts", "aten::index": "copies and casts", "aten::topk": "other",
              "aten::index_put_": "other", "aten::_index_put_impl_": "other", "aten::index_select": "other",
@@ -27,3 +28,19 @@ def test_profiler_events_are_grouped_by_exact_name():
              "autograd::engine::evaluate_function: ScaledDotProductFlashAttentionForCpuBackward0": "no operator",
              "Optimizer.step#AdamW.step": "no operator", "phase: records": "no operator"}
     assert {n: group(n) for n in names} == names
+
+
+def test_a_profile_of_a_tiny_model_has_every_group_and_phase(tiny_dirs):
+    """profile_one on a tiny model: time in every phase (the spans are in place), phases inside
+    the recorded time, the matmuls among the operators; the engine's methods put back after."""
+    def methods():  # each phase's method, and whether its class defines it or inherits it
+        return {attr: (getattr(owner, attr), attr in vars(owner)) for owner, attr in step_profile.PHASES.values()}
+
+    before = methods()
+    r = step_profile.profile_one(str(tiny_dirs["llama"]), "fp32", rows=4, steps=2)
+    assert (r["model"], r["rows"], r["steps"]) == ("tiny-llama", 4, 2) and r["step_seconds"] > 0
+    assert all(r["phases"][p] > 0 for p in step_profile.PHASES), r["phases"]
+    assert sum(r["phases"].values()) <= 1.0, r["phases"]
+    assert r["operators"]["matmul"] > 0 and r["operators"][step_profile.OUTSIDE] > 0
+    assert abs(sum(r["operators"].values()) - 1) < 1e-9
+    assert methods() == before
