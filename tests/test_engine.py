@@ -26,6 +26,9 @@ def test_batched_equals_separate(tiny_llama):
         assert alone.best_step[0] == together.best_step[i]
         np.testing.assert_allclose(alone.kl_min[0], together.kl_min[i], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(alone.q_entropy[0], together.q_entropy[i], rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(alone.q_top_ids[0], together.q_top_ids[i])
+        for key in ("q_top_probs", "q_on_p_top"):
+            np.testing.assert_allclose(getattr(alone, key)[0], getattr(together, key)[i], rtol=1e-5, atol=1e-7)
 
 
 def test_small_batches_equal_one_batch(tiny_llama):
