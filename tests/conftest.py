@@ -81,7 +81,7 @@ def tiny_llama(tiny_dirs):
     return load_materialised(tiny_dirs["llama"], dtype="fp32", device="cpu")[0]
 
 
-def write_tiny_gguf(path, seed=0):
+def write_tiny_gguf(path, seed=0, big_endian=False):
     """A tiny Llama GGUF (hidden 32, 2 layers) with a byte-level BPE tokenizer; returns its token embeddings."""
     import gguf
     import numpy as np
@@ -89,7 +89,7 @@ def write_tiny_gguf(path, seed=0):
 
     tokens = ["<|endoftext|>"] + list(bytes_to_unicode().values()) + ["Ġt", "he", "Ġthe"]
     v, d, ff, layers, heads, kv = len(tokens), 32, 64, 2, 4, 2
-    w = gguf.GGUFWriter(str(path), "llama")
+    w = gguf.GGUFWriter(str(path), "llama", endianess=gguf.GGUFEndian.BIG if big_endian else gguf.GGUFEndian.LITTLE)
     w.add_context_length(64)
     w.add_embedding_length(d)
     w.add_block_count(layers)
