@@ -1,5 +1,5 @@
-"""Where a tuning step's time goes: torch.profiler over the engine's soft-prompt steps (5
-positions after BOS, ``--rows`` rows, 64 by default), per model and dtype.
+"""Where a tuning step's time goes: torch.profiler over the engine's soft-prompt steps (its
+default prefix length after BOS, ``--rows`` rows, 64 by default), per model and dtype.
 
     python benchmarks/step_profile.py [--models results/models/smollm2 results/models/gemma3]
                                       [--dtypes fp32] [--rows 64] [--steps 3] [--out FILE.json]
@@ -40,7 +40,6 @@ from distreach.engine import TuneConfig, tune
 from distreach.io import atomic_path, package_versions
 from distreach.models import load_materialised, machine
 
-PREFIX_LEN = 5
 OPS = {
     "matmul": {"mm", "addmm", "bmm", "matmul", "linear"},
     "attention": {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
@@ -101,8 +100,8 @@ def _profile(folder: str, dtype: str, rows: int, steps: int) -> dict:
     g = torch.Generator().manual_seed(0)
     p = torch.softmax(torch.randn(rows, lm.vocab_size, generator=g) * 2.5, -1).numpy()
     seeds = list(range(rows))
-    cfg = TuneConfig(max_steps=steps + 2, patience=steps + 2, prefix_len=PREFIX_LEN, batch_size=rows)
-    tune(lm, p, seeds, TuneConfig(max_steps=2, prefix_len=PREFIX_LEN, batch_size=rows))  # warm-up
+    cfg = TuneConfig(max_steps=steps + 2, patience=steps + 2, batch_size=rows)
+    tune(lm, p, seeds, TuneConfig(max_steps=2, batch_size=rows))  # warm-up
     marks = []
 
     def mark(step, active):
@@ -129,13 +128,14 @@ def _profile(folder: str, dtype: str, rows: int, steps: int) -> dict:
         if ev.key.startswith("phase: "):
             phases[ev.key[len("phase: "):]] += ev.cpu_time_total / 1e6
         if ev.self_cpu_time_total > 0:
-            groups[group_of(ev.key)] = groups.get(group_of(ev.key), 0.0) + ev.self_cpu_time_total / 1e6
+            group, seconds = group_of(ev.key), ev.self_cpu_time_total / 1e6
+            groups[group] = groups.get(group, 0.0) + seconds
             if ev.key.startswith("aten::"):
-                top.append((ev.key, ev.self_cpu_time_total / 1e6))
+                top.append((ev.key, seconds))
     total = sum(groups.values())
     top.sort(key=lambda kv: -kv[1])
     return {
-        "model": Path(folder).name, "dtype": dtype, "rows": rows, "prefix_len": PREFIX_LEN, "steps": steps,
+        "model": Path(folder).name, "dtype": dtype, "rows": rows, "prefix_len": cfg.prefix_len, "steps": steps,
         "step_seconds": step_s, "profiled_step_seconds": recorded / steps,
         "operators": {k: v / total for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
         "phases": {k: v / total for k, v in phases.items()},
