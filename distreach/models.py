@@ -21,6 +21,7 @@ model's config sets it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -152,7 +153,9 @@ def gguf_parsed_once():
     which its config and its tokenizer each ask for) is made once, each caller getting its own
     copy of the config part; a block within another is served by the outer one. Each parse walks
     every entry of the vocabulary (Gemma-3: 262k), many seconds each on a CPU; the reader slices
-    a plain array over the file's memory map, as a slice of an ``np.memmap`` runs Python code."""
+    a plain array over the file's memory map, as a slice of an ``np.memmap`` runs Python code.
+    gguf's tensor-name map of an architecture and layer count is built once (transformers asks
+    for it anew for each of the model's modules, hundreds of times; it only reads it)."""
     import copy
 
     import numpy as np
@@ -164,7 +167,7 @@ def gguf_parsed_once():
         yield
         return
     made, parsed = {}, {}
-    original, original_parse = gguf.GGUFReader, gguf_utils.load_gguf_checkpoint
+    original, original_parse, original_names = gguf.GGUFReader, gguf_utils.load_gguf_checkpoint, gguf.get_tensor_name_map
     make = original
     if isinstance(original, type):
 
@@ -197,12 +200,14 @@ def gguf_parsed_once():
         return {k: copy.deepcopy(v) if k == "config" else v for k, v in parsed[key].items()}
 
     gguf.GGUFReader, gguf_utils.load_gguf_checkpoint = reader, parse
+    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original_names)
     _GGUF_BLOCKS[0] += 1
     try:
         yield
     finally:
         _GGUF_BLOCKS[0] -= 1
         gguf.GGUFReader, gguf_utils.load_gguf_checkpoint = original, original_parse
+        gguf.get_tensor_name_map = original_names
 
 
 def check_gguf(path: Path) -> None:

@@ -134,6 +134,25 @@ def test_gguf_metadata_is_parsed_once_per_file_and_the_patch_is_undone(monkeypat
         assert gguf_utils.load_gguf_checkpoint is not fake and gguf.GGUFReader is not reader
 
 
+def test_ggufs_tensor_name_map_is_built_once_per_architecture_within_parsed_once():
+    """transformers asks gguf for the tensor-name map of an architecture once per module of the
+    model; within the block the map of one architecture and layer count is built once, and
+    gguf's function is put back after."""
+    import gguf
+
+    from distreach.models import gguf_parsed_once
+
+    original = gguf.get_tensor_name_map
+    llama = gguf.MODEL_ARCH.LLAMA
+    with gguf_parsed_once():
+        first = gguf.get_tensor_name_map(llama, 2)
+        assert gguf.get_tensor_name_map(llama, 2) is first
+        assert gguf.get_tensor_name_map(llama, 3) is not first
+        assert first.get_name("model.layers.1.self_attn.q_proj") == "blk.1.attn_q"
+    assert gguf.get_tensor_name_map is original
+    assert original(llama, 2) is not original(llama, 2)  # gguf builds a new one each time
+
+
 def test_the_gguf_reader_within_parsed_once_reads_what_ggufs_reader_reads_from_plain_arrays(tmp_path):
     """gguf_parsed_once's reader slices a plain array over the file's memory map (a slice of an
     np.memmap runs Python code, once per vocabulary entry in a parse), reads every field and
