@@ -174,13 +174,43 @@ def gguf_parsed_once():
         class PlainReader(original):
             """gguf's reader, slicing a plain array over the file's memory map."""
 
-            def _get(self, offset, dtype, count=1, override_order=None):
+            def _plain_array(self):
                 plain = self.__dict__.get("_plain")
                 if plain is None:
                     plain = self._plain = self.data.view(np.ndarray)
+                return plain
+
+            def _get(self, offset, dtype, count=1, override_order=None):
+                plain = self._plain_array()
                 dtype, count = np.dtype(dtype), int(count)
                 arr = plain[offset: offset + dtype.itemsize * count].view(dtype)[:count]
                 return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
+
+            def _get_field_parts(self, orig_offs, raw_type):
+                """gguf's parts of an array of scalars or strings (a vocabulary: one or two
+                parts per entry), made without a call per entry; other fields as gguf makes them."""
+                array, string = gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING
+                if raw_type != array:
+                    return super()._get_field_parts(orig_offs, raw_type)
+                raw_itype = self._get(orig_offs, np.uint32)
+                alen = self._get(orig_offs + 4, np.uint64)
+                itype, n, offs = gguf.GGUFValueType(raw_itype[0]), int(alen[0]), orig_offs + 12
+                nptype = self.gguf_scalar_to_np.get(itype)
+                if n == 0 or (nptype is None and itype != string):  # nested arrays
+                    return super()._get_field_parts(orig_offs, raw_type)
+                parts = [raw_itype, alen]
+                if nptype is not None:  # n scalars: one part each, rows of one array
+                    values = self._get(offs, nptype, n)
+                    parts += list(values.reshape(n, 1))
+                    return 12 + int(values.nbytes), parts, list(range(2, 2 + n)), [array, itype]
+                u64 = np.dtype(np.uint64).newbyteorder(self.byte_order)
+                plain = self._plain_array()
+                for _ in range(n):  # strings: a length, then its bytes
+                    size = plain[offs: offs + 8].view(u64)
+                    count = int(size[0])
+                    parts += (size, plain[offs + 8: offs + 8 + count])
+                    offs += 8 + count
+                return offs - orig_offs, parts, list(range(3, 2 + 2 * n, 2)), [array, string]
 
         make = PlainReader
 

@@ -184,6 +184,20 @@ def test_the_gguf_reader_within_parsed_once_reads_what_ggufs_reader_reads_from_p
                    for a, b in zip(got.tensors, ref.tensors))
     assert ref.fields["llama.block_count"].parts[-1].dtype.byteorder == ">" and ref.fields["tokenizer.ggml.tokens"].contents()[-1] == "Ġthe"
 
+    calls, parts = [], gguf.GGUFReader._get_field_parts
+
+    def counted(self, *args):
+        calls.append(args)
+        return parts(self, *args)
+
+    gguf.GGUFReader._get_field_parts = counted
+    try:
+        with gguf_parsed_once():
+            gguf.GGUFReader(tmp_path / "tiny.gguf")
+    finally:
+        gguf.GGUFReader._get_field_parts = parts
+    assert 0 < len(calls) < len(ref.fields)  # the arrays' entries (the vocabulary: 260) are read without it
+
     seen, original = [], gguf.GGUFReader
 
     def wrapper(path, mode="r"):  # a user's patch of gguf's reader: a function, not a class
