@@ -154,8 +154,9 @@ def gguf_parsed_once():
     copy of the config part; a block within another is served by the outer one. Each parse walks
     every entry of the vocabulary (Gemma-3: 262k), many seconds each on a CPU; the reader slices
     a plain array over the file's memory map, as a slice of an ``np.memmap`` runs Python code.
-    gguf's tensor-name map of an architecture and layer count is built once (transformers asks
-    for it anew for each of the model's modules, hundreds of times; it only reads it)."""
+    ``gguf.get_tensor_name_map`` builds the tensor-name map of an architecture and layer count
+    once (transformers asks it anew for each of the model's modules, hundreds of times, and only
+    reads the map)."""
     import copy
 
     import numpy as np
@@ -187,16 +188,21 @@ def gguf_parsed_once():
                 return arr.view(arr.dtype.newbyteorder(self.byte_order if override_order is None else override_order))
 
             def _get_field_parts(self, orig_offs, raw_type):
-                """gguf's parts of an array of scalars or strings (a vocabulary: one or two
-                parts per entry), made without a call per entry; other fields as gguf makes them."""
+                """gguf's parts of a non-empty array of scalars or strings (a vocabulary: one or
+                two parts per entry), made without a call per entry; other fields (empty and
+                nested arrays too) as gguf makes them. The same parts as gguf's for a well-formed
+                file; an array running past the file's end fails here at once."""
                 array, string = gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.STRING
                 if raw_type != array:
                     return super()._get_field_parts(orig_offs, raw_type)
                 raw_itype = self._get(orig_offs, np.uint32)
                 alen = self._get(orig_offs + 4, np.uint64)
-                itype, n, offs = gguf.GGUFValueType(raw_itype[0]), int(alen[0]), orig_offs + 12
+                n, offs = int(alen[0]), orig_offs + 12
+                if n == 0:  # gguf reads no item type for an empty array
+                    return super()._get_field_parts(orig_offs, raw_type)
+                itype = gguf.GGUFValueType(raw_itype[0])
                 nptype = self.gguf_scalar_to_np.get(itype)
-                if n == 0 or (nptype is None and itype != string):  # nested arrays
+                if nptype is None and itype != string:  # nested arrays
                     return super()._get_field_parts(orig_offs, raw_type)
                 parts = [raw_itype, alen]
                 if nptype is not None:  # n scalars: one part each, rows of one array
@@ -229,10 +235,10 @@ def gguf_parsed_once():
         # its callers here (config, tokenizer) take the "config" part, which they may change
         return {k: copy.deepcopy(v) if k == "config" else v for k, v in parsed[key].items()}
 
-    gguf.GGUFReader, gguf_utils.load_gguf_checkpoint = reader, parse
-    gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original_names)
     _GGUF_BLOCKS[0] += 1
     try:
+        gguf.GGUFReader, gguf_utils.load_gguf_checkpoint = reader, parse
+        gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(original_names)
         yield
     finally:
         _GGUF_BLOCKS[0] -= 1

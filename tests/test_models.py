@@ -113,7 +113,7 @@ def test_gguf_metadata_is_parsed_once_per_file_and_the_patch_is_undone(monkeypat
         return {"config": {"layers": [1]}, "tokenizer": {"tokens": ["x"]}}
 
     monkeypatch.setattr(gguf_utils, "load_gguf_checkpoint", fake)
-    reader = gguf.GGUFReader
+    reader, names = gguf.GGUFReader, gguf.get_tensor_name_map
     with gguf_parsed_once():
         gguf_utils.load_gguf_checkpoint("/m.gguf")["config"]["layers"].append(2)
         outer = (gguf_utils.load_gguf_checkpoint, gguf.GGUFReader)
@@ -123,34 +123,90 @@ def test_gguf_metadata_is_parsed_once_per_file_and_the_patch_is_undone(monkeypat
         with pytest.raises(RuntimeError), gguf_parsed_once():
             raise RuntimeError("inside the inner block")
         assert (gguf_utils.load_gguf_checkpoint, gguf.GGUFReader) == outer  # leaving an inner block undoes nothing
+        assert gguf.get_tensor_name_map is not names
         gguf_utils.load_gguf_checkpoint("/m.gguf", return_tensors=True)
     assert calls == [("/m.gguf", False), ("/m.gguf", True)]
     assert again == {"layers": [1]}  # one caller's change to its config is not the next one's
-    assert gguf_utils.load_gguf_checkpoint is fake and gguf.GGUFReader is reader
+    assert gguf_utils.load_gguf_checkpoint is fake and gguf.GGUFReader is reader and gguf.get_tensor_name_map is names
     with pytest.raises(RuntimeError), gguf_parsed_once():
         raise RuntimeError("inside")
-    assert gguf_utils.load_gguf_checkpoint is fake and gguf.GGUFReader is reader
+    assert gguf_utils.load_gguf_checkpoint is fake and gguf.GGUFReader is reader and gguf.get_tensor_name_map is names
     with gguf_parsed_once():  # a block after the others patches again
         assert gguf_utils.load_gguf_checkpoint is not fake and gguf.GGUFReader is not reader
 
 
-def test_ggufs_tensor_name_map_is_built_once_per_architecture_within_parsed_once():
+def test_ggufs_tensor_name_map_is_built_once_per_architecture_within_parsed_once(monkeypatch):
     """transformers asks gguf for the tensor-name map of an architecture once per module of the
-    model; within the block the map of one architecture and layer count is built once, and
-    gguf's function is put back after."""
+    model it maps; within the block that map is built once (the same mapping), and gguf's
+    function is put back after."""
     import gguf
+    from gguf import tensor_mapping
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
 
     from distreach.models import gguf_parsed_once
 
+    built, init = [], tensor_mapping.TensorNameMap.__init__
+
+    def counted(self, *args, **kw):
+        built.append(args)
+        init(self, *args, **kw)
+
+    monkeypatch.setattr(tensor_mapping.TensorNameMap, "__init__", counted)
+    model = LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                         num_key_value_heads=1, vocab_size=50))
     original = gguf.get_tensor_name_map
-    llama = gguf.MODEL_ARCH.LLAMA
+    ref = gguf_utils.get_gguf_hf_weights_map(model, gguf_utils.TensorProcessor())
+    assert len(built) > 10  # a map per module without the block
+    built.clear()
     with gguf_parsed_once():
-        first = gguf.get_tensor_name_map(llama, 2)
-        assert gguf.get_tensor_name_map(llama, 2) is first
-        assert gguf.get_tensor_name_map(llama, 3) is not first
-        assert first.get_name("model.layers.1.self_attn.q_proj") == "blk.1.attn_q"
+        got = gguf_utils.get_gguf_hf_weights_map(model, gguf_utils.TensorProcessor())
+        assert len(built) == 1
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 3) is not gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+    assert got == ref and got["blk.1.attn_q.weight"] == "model.layers.1.self_attn.q_proj.weight"
     assert gguf.get_tensor_name_map is original
-    assert original(llama, 2) is not original(llama, 2)  # gguf builds a new one each time
+
+
+def _write_gguf(path, fields, big_endian=False):
+    """A GGUF file of metadata ``fields`` ((key, type, value); an array's value is (item type,
+    items)) and one tensor, written byte by byte: gguf's writer makes no empty arrays."""
+    import struct
+
+    import numpy as np
+    from gguf import GGUFValueType as T
+
+    e = ">" if big_endian else "<"
+    fmt = {T.UINT8: "B", T.INT8: "b", T.UINT16: "H", T.INT16: "h", T.UINT32: "I", T.INT32: "i", T.FLOAT32: "f",
+           T.UINT64: "Q", T.INT64: "q", T.FLOAT64: "d", T.BOOL: "?"}
+
+    def value(t, v):
+        if t == T.STRING:
+            return struct.pack(e + "Q", len(v.encode())) + v.encode()
+        if t == T.ARRAY:
+            item, items = v
+            return struct.pack(e + "IQ", item, len(items)) + b"".join(value(item, x) for x in items)
+        return struct.pack(e + fmt[t], v)
+
+    body = b"".join(value(T.STRING, k) + struct.pack(e + "I", t) + value(t, v) for k, t, v in fields)
+    tensor = value(T.STRING, "w") + struct.pack(e + "IQIQ", 1, 4, 0, 0)  # 1 dim of 4, F32, at offset 0
+    data = b"GGUF" + struct.pack(e + "IQQ", 3, 1, len(fields)) + body + tensor
+    data += b"\0" * (-len(data) % 32) + np.arange(4, dtype=e + "f4").tobytes()
+    path.write_bytes(data)
+
+
+def _all_array_kinds():
+    from gguf import GGUFValueType as T
+
+    fields = [("s.u32", T.UINT32, 7), ("s.str", T.STRING, "h\u00e9")]
+    for t, items in ((T.UINT8, [1, 2]), (T.INT8, [-1, 2]), (T.UINT16, [3]), (T.INT16, [-3, 4]), (T.UINT32, [5, 6]),
+                     (T.INT32, [-5]), (T.FLOAT32, [1.5, -2.0]), (T.UINT64, [7, 8]), (T.INT64, [-7]),
+                     (T.FLOAT64, [0.25]), (T.BOOL, [True, False])):
+        fields += [(f"a.{t.name}", T.ARRAY, (t, items)), (f"e.{t.name}", T.ARRAY, (t, []))]
+    return fields + [
+        ("a.str", T.ARRAY, (T.STRING, ["", "ab", "\u0120the", "x" * 300])), ("e.str", T.ARRAY, (T.STRING, [])),
+        ("e.unknown", T.ARRAY, (99, [])),  # an empty array of an item type gguf does not know: it reads no type
+        ("a.nested", T.ARRAY, (T.ARRAY, [(T.INT32, [1, 2]), (T.INT32, []), (T.STRING, ["q", ""])])),
+        ("z.after", T.UINT64, 123456789)]
 
 
 def test_the_gguf_reader_within_parsed_once_reads_what_ggufs_reader_reads_from_plain_arrays(tmp_path):
@@ -167,7 +223,9 @@ def test_the_gguf_reader_within_parsed_once_reads_what_ggufs_reader_reads_from_p
 
     write_tiny_gguf(tmp_path / "tiny.gguf")
     write_tiny_gguf(tmp_path / "big.gguf", big_endian=True)
-    for name in ("tiny.gguf", "big.gguf"):
+    _write_gguf(tmp_path / "arrays.gguf", _all_array_kinds())
+    _write_gguf(tmp_path / "arrays-big.gguf", _all_array_kinds(), big_endian=True)
+    for name in ("arrays.gguf", "arrays-big.gguf", "tiny.gguf", "big.gguf"):
         ref = gguf.GGUFReader(tmp_path / name)
         with gguf_parsed_once():
             got = gguf.GGUFReader(tmp_path / name)
@@ -177,7 +235,7 @@ def test_the_gguf_reader_within_parsed_once_reads_what_ggufs_reader_reads_from_p
             mine = got.fields[key]
             assert (mine.data, mine.types, mine.offset) == (field.data, field.types, field.offset), key
             assert len(mine.parts) == len(field.parts) and all(
-                a.dtype == b.dtype and np.array_equal(a, b) for a, b in zip(mine.parts, field.parts)), key
+                a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b) for a, b in zip(mine.parts, field.parts)), key
             assert not any(isinstance(p, np.memmap) for p in mine.parts), key
         assert [(t.name, t.tensor_type, t.data_offset) for t in got.tensors] == [(t.name, t.tensor_type, t.data_offset) for t in ref.tensors]
         assert all(a.data.dtype == b.data.dtype and np.array_equal(a.data, b.data) and not isinstance(a.data, np.memmap)
@@ -193,10 +251,11 @@ def test_the_gguf_reader_within_parsed_once_reads_what_ggufs_reader_reads_from_p
     gguf.GGUFReader._get_field_parts = counted
     try:
         with gguf_parsed_once():
-            gguf.GGUFReader(tmp_path / "tiny.gguf")
+            tiny = gguf.GGUFReader(tmp_path / "tiny.gguf")
     finally:
         gguf.GGUFReader._get_field_parts = parts
-    assert 0 < len(calls) < len(ref.fields)  # the arrays' entries (the vocabulary: 260) are read without it
+    scalars = [f for k, f in tiny.fields.items() if not k.startswith("GGUF.") and f.types[0] != gguf.GGUFValueType.ARRAY]
+    assert len(calls) == len(scalars)  # an array's entries (the vocabulary: 260) are read without a call each
 
     seen, original = [], gguf.GGUFReader
 
