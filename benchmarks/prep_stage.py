@@ -1,7 +1,7 @@
 """Job time of the default run's preparation stage (models, vocabularies, POS tables, targets),
 for one or more revisions of this repository, measured the same way one after the other.
 
-    python benchmarks/prep_stage.py [--revs 15f61d2 HEAD] [--out benchmarks/results/cpu/prep-stage.json]
+    python benchmarks/prep_stage.py [--revs 15f61d2 HEAD HEAD 15f61d2] [--out benchmarks/results/cpu/prep-stage.json]
 
 Each revision is exported (``git archive``) to a temporary folder and its Snakefile run there
 from an empty ``results/`` with ``snakemake --cores 1`` on ``config.yaml``, for the
@@ -11,7 +11,9 @@ job seconds per rule (from Snakemake's log, as ``scripts/default_run_docs.py`` r
 log), their sum, the wall time, and the CPU seconds of the Snakemake run (its jobs and its own
 DAG building; user + system). The models come
 from the embedded GGUF packages, as in the default run. Run it on a quiet machine: anything else
-running inflates the job seconds (the CPU seconds much less).
+running inflates the job seconds (the CPU seconds much less). A revision named more than once is
+measured each time; the ratio of the first revision to the last one named compares their mean
+seconds, so an order such as A B B A cancels a drift of the machine's speed over the runs.
 """
 
 from __future__ import annotations
@@ -68,6 +70,20 @@ def measure(rev: str) -> dict:
             "job_seconds_total": round(sum(jobs.values())), "wall_seconds": round(wall), "cpu_seconds": round(cpu)}
 
 
+def mean_seconds(report: dict, commit: str) -> tuple[float, float]:
+    """Mean job seconds and mean CPU seconds of a commit's runs in a report."""
+    runs = [r for r in report["runs"] if r["commit"] == commit]
+    return (sum(r["job_seconds_total"] for r in runs) / len(runs), sum(r["cpu_seconds"] for r in runs) / len(runs))
+
+
+def ratios(report: dict) -> tuple[float, float]:
+    """Job-seconds and CPU-seconds ratios (of the means) of the first revision measured to the
+    last one first measured."""
+    commits = list(dict.fromkeys(r["commit"] for r in report["runs"]))
+    first, last = mean_seconds(report, commits[0]), mean_seconds(report, commits[-1])
+    return first[0] / last[0], first[1] / last[1]
+
+
 def table_rows(report: dict) -> list[str]:
     """The README table's rows (markdown) of a report written by this script."""
     rows = []
@@ -96,10 +112,9 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
-    if len(results) > 1:
-        first, last = results[0], results[-1]
-        print(f"job_seconds_ratio={first['job_seconds_total'] / last['job_seconds_total']:.2f} "
-              f"cpu_seconds_ratio={first['cpu_seconds'] / last['cpu_seconds']:.2f}")
+    if len({r["commit"] for r in results}) > 1:
+        jobs, cpu = ratios(report)
+        print(f"job_seconds_ratio={jobs:.2f} cpu_seconds_ratio={cpu:.2f} (mean of each revision's runs)")
 
 
 if __name__ == "__main__":

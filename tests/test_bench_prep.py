@@ -15,7 +15,12 @@ def test_readme_table_is_the_results_file():
     assert len(rows) == len(report["runs"]) >= 2
     for row in rows:
         assert row in readme.splitlines()
-    first, last = report["runs"][0], report["runs"][-1]
+    jobs, cpu = prep_stage.ratios(report)
     text = " ".join(readme.split())
-    assert (f"{first['job_seconds_total'] / last['job_seconds_total']:.2f}x less job time and "
-            f"{first['cpu_seconds'] / last['cpu_seconds']:.2f}x less CPU time") in text
+    assert f"{jobs:.2f}x less job time and {cpu:.2f}x less CPU time" in text
+
+
+def test_ratios_compare_the_mean_runs_of_the_first_and_last_revision():
+    run = lambda commit, jobs, cpu: {"commit": commit, "job_seconds_total": jobs, "cpu_seconds": cpu}
+    report = {"runs": [run("old", 600, 500), run("new", 300, 300), run("new", 340, 320), run("old", 400, 380)]}
+    assert prep_stage.ratios(report) == (500 / 320, 440 / 310)
