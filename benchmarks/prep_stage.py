@@ -12,8 +12,9 @@ log), their sum, the wall time, and the CPU seconds of the Snakemake run (its jo
 DAG building; user + system). The models come
 from the embedded GGUF packages, as in the default run. Run it on a quiet machine: anything else
 running inflates the job seconds (the CPU seconds much less). A revision named more than once is
-measured each time; the ratio of the first revision to the last one named compares their mean
-seconds, so an order such as A B B A cancels a drift of the machine's speed over the runs.
+measured each time (runs grouped by commit); the ratios compare the mean seconds of the first
+revision named with those of the last distinct one, so an order such as A B B A cancels a steady
+drift of the machine's speed over the runs.
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def measure(rev: str) -> dict:
         checkout = Path(tmp)
         archive = subprocess.run(["git", "archive", rev], cwd=REPO, capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(checkout)], input=archive, check=True)
-        sha = subprocess.run(["git", "rev-parse", "--short", rev], cwd=REPO, capture_output=True, text=True,
-                             check=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "--short=7", f"{rev}^{{commit}}"], cwd=REPO, capture_output=True,
+                             text=True, check=True).stdout.strip()
         files = prep_outputs(checkout)
         env = {**os.environ, "PYTHONPATH": str(checkout)}
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -80,6 +81,8 @@ def ratios(report: dict) -> tuple[float, float]:
     """Job-seconds and CPU-seconds ratios (of the means) of the first revision measured to the
     last one first measured."""
     commits = list(dict.fromkeys(r["commit"] for r in report["runs"]))
+    if len(commits) < 2:
+        raise ValueError(f"ratios need two revisions, the report has {len(commits)}")
     first, last = mean_seconds(report, commits[0]), mean_seconds(report, commits[-1])
     return first[0] / last[0], first[1] / last[1]
 
