@@ -8,7 +8,7 @@ configfile: "config.yaml"
 
 include: "rules/common.smk"
 include: "rules/models.smk"
-include: "rules/vocab.smk"
+include: "rules/pos.smk"
 include: "rules/targets.smk"
 include: "rules/tuning.smk"
 include: "rules/collect.smk"

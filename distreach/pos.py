@@ -47,55 +47,120 @@ def load_tagger(name: str):
     keep = [n for n in nlp.pipe_names if n in TAG_COMPONENTS]
     if "tagger" not in keep and "morphologizer" not in keep:
         raise DistreachError(f"tagger {name!r} has no tagger or morphologizer component")
-    return spacy.load(name, exclude=[n for n in nlp.pipe_names if n not in keep])
+    for n in [n for n in nlp.pipe_names if n not in keep]:
+        nlp.remove_pipe(n)
+    return nlp
 
 
-def _tag_to_pos(nlp, component) -> dict[str, str]:
-    """Coarse POS of each fine tag label, as the pipeline's attribute ruler maps it."""
+def _by_label(nlp, component, probe: str) -> dict[str, tuple[str, str]]:
+    """(POS, fine tag) of the one-word Doc ``probe`` tagged with each label, after the
+    attribute ruler (a morphologizer's label names its POS where no ruler sets one)."""
     from spacy.tokens import Doc
 
     out = {}
     for label in component.labels:
-        doc = Doc(nlp.vocab, words=["x"], spaces=[False])
+        doc = Doc(nlp.vocab, words=[probe], spaces=[False])
         doc[0].tag_ = label
         if "attribute_ruler" in nlp.pipe_names:
             doc = nlp.get_pipe("attribute_ruler")(doc)
-        out[label] = doc[0].pos_ or label.split("|")[0].removeprefix("POS=")
+        out[label] = (doc[0].pos_ or label.split("|")[0].removeprefix("POS="), doc[0].tag_)
     return out
 
 
+# token attributes of attribute-ruler patterns that a one-word Doc's tagging sets (not its word)
+_ANNOTATIONS = {"TAG", "DEP", "POS", "MORPH", "IS_SPACE"}
+
+
+def _ruler_reads(nlp, name: str):
+    """A test of whether an attribute-ruler pattern of ``nlp`` may match a one-word Doc by its
+    text, when that (besides its tag and whether it is whitespace) is all the ruler reads of a
+    word: every other one-word Doc gets what the ruler gives a probe word with the same tag.
+    None when the pipeline runs more than tagger and ruler, or a pattern reads more of the word
+    (its shape, a negated set, an optional token ...): then the ruler runs on every Doc."""
+    import re
+
+    if name != "tagger" or [n for n in nlp.pipe_names if n not in ("tok2vec", name)] != ["attribute_ruler"]:
+        return None
+    texts = {"LOWER": set(), "ORTH": set()}
+    regexes = {"LOWER": [], "ORTH": []}
+    for entry in nlp.get_pipe("attribute_ruler").patterns:
+        for pattern in entry["patterns"]:
+            if any("OP" in {k.upper() for k in tok} for tok in pattern):
+                return None
+            if len(pattern) != 1:  # two or more tokens: never a one-word Doc
+                continue
+            for key, value in pattern[0].items():
+                key = {"TEXT": "ORTH"}.get(key.upper(), key.upper())
+                if key in _ANNOTATIONS:
+                    continue
+                if key not in texts:
+                    return None
+                if isinstance(value, str):
+                    texts[key].add(value)
+                elif isinstance(value, dict) and set(value) == {"IN"}:
+                    texts[key] |= {str(v) for v in value["IN"]}
+                elif isinstance(value, dict) and set(value) == {"REGEX"}:
+                    regexes[key].append(re.compile(value["REGEX"]))
+                else:
+                    return None
+
+    def may_match(word: str) -> bool:
+        lower = word.lower()
+        return (word.isspace() or lower in texts["LOWER"] or word in texts["ORTH"]
+                or any(r.search(lower) for r in regexes["LOWER"]) or any(r.search(word) for r in regexes["ORTH"]))
+
+    return may_match
+
+
 def tag_words(nlp, words: list[str], batch_size: int = 2048) -> pl.DataFrame:
-    """pos, tag, pos_prob and single_token for each word, tagged alone (``spaces=[False]``)."""
+    """pos, tag, pos_prob and single_token for each word, tagged alone (``spaces=[False]``).
+
+    A word's Doc is the one spaCy's tokenizer makes of it when that is one token and no special
+    case of the tokenizer (which may set the token's norm), else ``Doc(words=[word])``; the
+    attribute ruler runs only on the words it may match by their text (:func:`_ruler_reads`)."""
     from spacy.tokens import Doc
 
     name = "tagger" if "tagger" in nlp.pipe_names else "morphologizer"
     component = nlp.get_pipe(name)
-    to_pos = _tag_to_pos(nlp, component)
-    labels = list(component.labels)
-    pos_of_label = np.array([to_pos[lab] for lab in labels])
+    ruler_reads = _ruler_reads(nlp, name)
+    probe = "x" if ruler_reads is None else next(w for w in ("x", "qx", "xqz") if not ruler_reads(w))
+    by_label = _by_label(nlp, component, probe)  # (POS, tag) of each label: coarse POS of the fine tags
+    pos_of_label = np.array([by_label[lab][0] for lab in component.labels])
     others = [(n, p) for n, p in nlp.pipeline if n not in (name, "tok2vec")]
     tok2vec = nlp.get_pipe("tok2vec") if "tok2vec" in nlp.pipe_names else None
-    pos, tag, prob, single = [], [], [], []
+    special_cases = nlp.tokenizer.rules or {}
+    pos, tag, prob, single, labels_of = [], [], [], [], {}
     for start in range(0, len(words), batch_size):
         chunk = words[start : start + batch_size]
-        docs = [Doc(nlp.vocab, words=[w], spaces=[False]) for w in chunk]
+        docs = []
+        for w in chunk:
+            doc = nlp.tokenizer(w)
+            single.append(len(doc) == 1)
+            docs.append(doc if len(doc) == 1 and w not in special_cases else Doc(nlp.vocab, words=[w], spaces=[False]))
         if tok2vec is not None:
             tok2vec.set_annotations(docs, tok2vec.predict(docs))
         scores = component.model.predict(docs)
         best = [s.argmax(1) for s in scores]
         component.set_annotations(docs, best)
-        for _, proc in others:
-            docs = [proc(d) for d in docs]
-        for w, d, s in zip(chunk, docs, scores):
+        chosen = []
+        for w, d in zip(chunk, docs):
+            if ruler_reads is not None and not ruler_reads(w):
+                p_, t_ = by_label[d[0].tag_]
+            else:
+                for _, proc in others:
+                    d = proc(d)
+                p_, t_ = d[0].pos_, d[0].tag_
+            chosen.append(p_)
+            tag.append(t_)
+        pos += chosen
+        for s, value in zip(scores, chosen):  # the probability of the labels of the chosen POS
             p = np.asarray(s[0], dtype=np.float64)
             if p.min() < 0 or abs(p.sum() - 1) > 1e-3:  # spaCy >= 3.5 taggers output logits at inference
                 p = np.exp(p - p.max())
             p = p / p.sum()
-            chosen = d[0].pos_
-            pos.append(chosen)
-            tag.append(d[0].tag_)
-            prob.append(float(p[pos_of_label == chosen].sum()))
-            single.append(len(nlp.tokenizer(w)) == 1)
+            if value not in labels_of:
+                labels_of[value] = pos_of_label == value
+            prob.append(float(p[labels_of[value]].sum()))
     return pl.DataFrame({"pos": pos, "tag": tag, "pos_prob": prob, "single_token": single})
 
 

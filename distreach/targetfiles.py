@@ -122,9 +122,9 @@ def _user_table(probs: np.ndarray, ids: list[str], unit: str, kind: str = "user"
 
 def token_ids(tokenizer, strings: list[str], vocab: int, where: str) -> list[int]:
     """The token id of each string (its exact surface text, leading space included)."""
-    from .vocab import surface_forms
+    from .vocab import surface_forms, vocab_table
 
-    forms = surface_forms(tokenizer, vocab)
+    forms = surface_forms(vocab_table(tokenizer, vocab))
     first: dict[str, int] = {}
     for i, s in enumerate(forms):
         if s is not None and s not in first:

@@ -62,22 +62,29 @@ def special_ids(tokenizer) -> set[int]:
     return set(tokenizer.all_special_ids) | {i for i, t in added.items() if getattr(t, "special", False)}
 
 
-def usable_mask(tokenizer, n_rows: int, exclude_special: bool = True) -> np.ndarray:
+def usable_mask(tokenizer, n_rows: int, exclude_special: bool = True, pieces: list | None = None) -> np.ndarray:
     """Bool array over ``n_rows`` ids: True where a prompt may use the token (see module doc).
-    With ``exclude_special=False`` only padding rows are excluded."""
+    With ``exclude_special=False`` only padding rows are excluded. ``pieces``: the tokenizer's
+    pieces of ids 0.. where the caller has them already (``convert_ids_to_tokens``)."""
     n = vocab_support(tokenizer, n_rows)
     ok = np.zeros(int(n_rows), dtype=bool)
     ok[:n] = True  # rows past the tokenizer are padding
     if exclude_special:
         ok[[i for i in special_ids(tokenizer) if 0 <= i < n]] = False
-        pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
+        pieces = tokenizer.convert_ids_to_tokens(list(range(n))) if pieces is None else pieces[:n]
         ok[[i for i, p in enumerate(pieces) if is_reserved(p)]] = False
     return ok
 
 
 def usable_ids(tokenizer, n_rows: int) -> np.ndarray:
     """The usable token ids (ascending); an error if there are none."""
-    ids = np.flatnonzero(usable_mask(tokenizer, n_rows))
+    return ids_of(usable_mask(tokenizer, n_rows))
+
+
+def ids_of(mask) -> np.ndarray:
+    """The ids a usable mask (:func:`usable_mask`, a vocabulary table's ``is_usable``) marks,
+    ascending; an error if there are none."""
+    ids = np.flatnonzero(np.asarray(mask))
     if ids.size == 0:
         raise DistreachError("the tokenizer has no usable token (every token is special, reserved or padding)")
     return ids

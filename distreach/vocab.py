@@ -13,7 +13,7 @@ import re
 import numpy as np
 import polars as pl
 
-from .tokens import special_ids
+from .tokens import special_ids, usable_mask
 
 _BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
 _ENGLISH = re.compile(r"^[A-Za-z]+$")
@@ -79,18 +79,19 @@ def _text(b: bytes | None) -> str | None:
         return None
 
 
-def surface_forms(tokenizer, size: int) -> list[str | None]:
-    """The text each token id stands for; None for special tokens and for tokens that are not
-    whole UTF-8 text (byte-fallback pieces, partial characters)."""
-    _, raw, _, fallback = token_bytes(tokenizer, size)
-    return [None if f else _text(b) for b, f in zip(raw, fallback)]
+def surface_forms(vocab: pl.DataFrame) -> list[str | None]:
+    """The text each token id of a vocabulary table (:func:`vocab_table`) stands for; None for
+    special tokens and for tokens that are not whole UTF-8 text (byte-fallback pieces, partial
+    characters)."""
+    return vocab.select(pl.when(~pl.col("is_byte_fallback")).then(pl.col("surface"))).to_series().to_list()
 
 
 def vocab_table(tokenizer, size: int) -> pl.DataFrame:
     """One row per token id: raw piece, exact bytes, surface text (None where the bytes are not
     whole UTF-8), leading-space flag, the word without that space, special, byte-fallback and
     English flags. English: the word is one or more ASCII letters and the token is not a
-    byte-fallback piece (the tokens Figs. 12 and 13 tag)."""
+    byte-fallback piece (the tokens Figs. 12 and 13 tag). ``is_usable``: a prompt or a drawn target
+    may use the token (:func:`distreach.tokens.usable_mask`)."""
     pieces, raw, special, fallback = token_bytes(tokenizer, size)
     surface = [_text(b) for b in raw]
     lead = [s is not None and s.startswith(" ") for s in surface]
@@ -107,6 +108,7 @@ def vocab_table(tokenizer, size: int) -> pl.DataFrame:
             "is_special": pl.Series(special, dtype=pl.Boolean),
             "is_byte_fallback": pl.Series(fallback, dtype=pl.Boolean),
             "is_english": pl.Series(english, dtype=pl.Boolean),
+            "is_usable": pl.Series(usable_mask(tokenizer, size, pieces=pieces), dtype=pl.Boolean),
         }
     )
 

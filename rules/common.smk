@@ -61,9 +61,13 @@ def model_spec(wildcards):
 
 
 def target_inputs(wildcards):
-    """The model folder, and for derived families the target file (and source model) they come from."""
+    """The model folder, its vocabulary table where the family needs token texts or usable
+    tokens, and for derived families the target file (and source model) they come from.
+    """
     family = config["targets"][wildcards.family]
     inputs = {"model": f"results/models/{wildcards.model}"}
+    if family["kind"] in ("outlier", "pos", "migrated"):  # token texts or usable tokens
+        inputs["vocab"] = f"results/vocab/{wildcards.model}.arrow"
     if family["kind"] in ("matched", "shuffled"):
         inputs["base"] = f"results/targets/{family['of']}/{wildcards.model}.arrow"
     elif family["kind"] == "pos":
@@ -71,6 +75,7 @@ def target_inputs(wildcards):
     elif family["kind"] == "migrated":
         inputs["base"] = f"results/targets/{family['of']}/{family['source']}.arrow"
         inputs["source"] = f"results/models/{family['source']}"
+        inputs["source_vocab"] = f"results/vocab/{family['source']}.arrow"
     return inputs
 
 

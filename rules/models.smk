@@ -1,10 +1,13 @@
 rule materialise_model:
     """Write a configured model once as a local safetensors folder with its tokenizer (a
-    stand-in source is built here, a random_init one from its base's folder)."""
+    stand-in source is built here, a random_init one from its base's folder), and its
+    vocabulary as a table: per token id the surface text, leading space, special, English and
+    usable flags (one job: the table is the tokenizer's, which this job has loaded)."""
     input:
         base=model_base,
     output:
-        directory("results/models/{model}"),
+        model=directory("results/models/{model}"),
+        vocab="results/vocab/{model}.arrow",
     log:
         "logs/models/{model}.log",
     priority: PREP_PRIORITY

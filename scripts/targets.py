@@ -18,6 +18,8 @@ with _repo.step_log(snakemake.log[0]):
         base=snakemake.input.get("base"),
         source_dir=snakemake.input.get("source"),
         bos=snakemake.params.bos,
+        vocab_file=snakemake.input.get("vocab"),
+        source_vocab_file=snakemake.input.get("source_vocab"),
     )
     meta = {"model": snakemake.wildcards.model, "family": snakemake.wildcards.family, "settings": settings}
     write_arrow(table, snakemake.output[0], meta)

@@ -12,9 +12,10 @@ from distreach.families import (
     migrate,
     migration_map,
     outlier_targets,
+    pos_uniform_targets,
     shuffled,
 )
-from distreach.vocab import surface_forms
+from distreach.vocab import surface_forms, vocab_table
 
 
 def probs(table):
@@ -127,6 +128,81 @@ def test_matched_targets_name_the_target_whose_entropy_they_match(tiny_dirs, tin
                                atol=0.011)
 
 
+def test_families_read_token_text_and_usable_tokens_from_the_vocabulary_tables(tiny_dirs, tmp_path):
+    """Outlier, POS-uniform and migrated targets made from the models' vocabulary files (as the
+    workflow makes them, without loading a tokenizer) equal those made from the tokenizers; a
+    vocabulary file of another model is one clear error."""
+    import polars as pl
+
+    from distreach.io import read_arrow, write_arrow
+    from distreach.models import load_materialised, write_vocab
+    from distreach.targetfamily import make_family
+
+    from distreach.tokens import usable_ids, usable_mask
+    from distreach.vocab import token_bytes
+
+    def made_from_files(case):
+        return make_family(case[0], tiny_dirs["llama"], "bits", **case[1], vocab_file=vocab["llama"],
+                           source_vocab_file=vocab["gpt2"])
+
+    vocab = {arch: tmp_path / f"vocab-{arch}.arrow" for arch in tiny_dirs}
+    for arch, path in vocab.items():
+        write_vocab(tiny_dirs[arch], path)
+    gpt2 = load_materialised(tiny_dirs["gpt2"], dtype="fp32", device="cpu")[0]
+    write_arrow(lm_generated(gpt2, n=3, prompt_len=4, unit="bits", seed=0), tmp_path / "lm-gpt2.arrow")
+    words = pl.from_arrow(read_arrow(vocab["llama"]))
+    pos = words.select("token_id", pos=pl.lit("NOUN"), kept=pl.col("token_id") % 3 > 0)  # every third id not kept
+    pos.write_ipc(tmp_path / "pos.arrow")
+    cases = [
+        ({"kind": "outlier", "grid": {"start": 1, "step": 1.0, "stop": 2}, "ks": [1, 2], "per_level": 1}, {}),
+        ({"kind": "pos", "tags": ["NOUN"], "n_tokens": 20, "draws": 3, "grid": {"step": 1.0}},  # the schema
+         {"base": tmp_path / "pos.arrow"}),                                                     # fills in a grid
+        ({"kind": "migrated", "of": "lm", "source": "tiny-gpt2", "grid": {"step": 1.0}},
+         {"base": tmp_path / "lm-gpt2.arrow", "source_dir": tiny_dirs["gpt2"]}),
+    ]
+    for settings, inputs in cases:
+        from_tokenizers = make_family(settings, tiny_dirs["llama"], "bits", **inputs)
+        from_files = make_family(settings, tiny_dirs["llama"], "bits", **inputs, vocab_file=vocab["llama"],
+                                 source_vocab_file=vocab["gpt2"])
+        assert from_files.num_rows > 0 and from_files.equals(from_tokenizers), settings["kind"]
+    # ... and those the families make from the tokenizers themselves (usable ids, surface text)
+    tok, n = load_materialised(tiny_dirs["llama"], with_model=False)[1], words.height
+    support = min(len(tok), n)
+    outlier = outlier_targets(support, [1.0, 2.0], "bits", OutlierSettings(ks=(1, 2), per_level=1), usable_ids(tok, support))
+    assert made_from_files(cases[0]).select(outlier.column_names).equals(outlier)
+    pos_direct = pos_uniform_targets(pos, n, ["NOUN"], 20, 3, "bits", 0, usable=usable_mask(tok, n))
+    assert made_from_files(cases[1]).equals(pos_direct)
+
+    def text(b):
+        try:
+            return b.decode("utf-8")
+        except (AttributeError, UnicodeDecodeError):  # None (special, padding) or not whole UTF-8
+            return None
+
+    def forms(tokenizer, size):  # surface text of whole-text tokens, from the tokenizer
+        _, raw, _, fallback = token_bytes(tokenizer, size)
+        return [None if f else text(b) for b, f in zip(raw, fallback)]
+
+    src_ids, dst_ids = migration_map(forms(gpt2.tokenizer, gpt2.vocab_size), forms(tok, n))
+    migrated = migrate(read_arrow(tmp_path / "lm-gpt2.arrow"), src_ids, dst_ids, n, "tiny-gpt2")
+    assert made_from_files(cases[2]).equals(migrated)
+    # the source's surface text is read from the source's file: other text there, other targets
+    other = pl.from_arrow(read_arrow(vocab["gpt2"])).with_columns(pl.col("surface").reverse())
+    write_arrow(other.to_arrow(), tmp_path / "other.arrow", {"model": "tiny-gpt2"})
+    assert not make_family(cases[2][0], tiny_dirs["llama"], "bits", **cases[2][1], vocab_file=vocab["llama"],
+                           source_vocab_file=tmp_path / "other.arrow").equals(migrated)
+    usable = words["is_usable"].to_numpy()
+    assert not usable.all() and usable.sum() > 20  # the tiny tokenizers' special tokens are not usable
+    pos_targets = make_family(cases[1][0], tiny_dirs["llama"], "bits", **cases[1][1], vocab_file=vocab["llama"])
+    drawn = np.concatenate(pos_targets.column("support_ids").to_pylist())
+    assert pos_targets.num_rows == 3 and usable[drawn].all() and (drawn % 3 > 0).all()
+    with pytest.raises(DistreachError, match=r"vocab-gpt2.arrow: not the vocabulary table of model tiny-llama \(.*\): it is model tiny-gpt2's$"):
+        make_family(cases[0][0], tiny_dirs["llama"], "bits", vocab_file=vocab["gpt2"])
+    write_arrow(read_arrow(vocab["llama"]).drop_columns(["is_usable"]), tmp_path / "old.arrow", {"model": "tiny-llama"})
+    with pytest.raises(DistreachError, match=r"old.arrow: not the vocabulary table .*: missing is_usable$"):
+        make_family(cases[0][0], tiny_dirs["llama"], "bits", vocab_file=tmp_path / "old.arrow")
+
+
 class Tok:
     """A tokenizer with known pieces."""
 
@@ -140,11 +216,16 @@ class Tok:
         return [self.pieces[i] for i in ids]
 
 
+def test_vocabulary_table_marks_placeholders_special_tokens_and_padding_unusable():
+    table = vocab_table(Tok(["<s>", "a", "<unused0>", "b", "<extra_id_3>"], special=[0]), 7)
+    assert table["is_usable"].to_list() == [False, True, False, True, False, False, False]
+
+
 def test_migration_through_shared_surface_strings():
     byte_level = Tok(["<|endoftext|>", "Ġthe", "the", "Ġcat", "é", "Ã©", "xyz"], special=[0])
     sentencepiece = Tok(["<bos>", "▁the", "▁dog", "the", "é", "<0x41>", "▁cat"], special=[0])
-    src = surface_forms(byte_level, 7)
-    dst = surface_forms(sentencepiece, 7)
+    src = surface_forms(vocab_table(byte_level, 7))
+    dst = surface_forms(vocab_table(sentencepiece, 7))
     assert src[:4] == [None, " the", "the", " cat"] and src[5] == "é" and src[4] is None
     assert dst[:4] == [None, " the", " dog", "the"] and dst[5] is None
     s, d = migration_map(src, dst)

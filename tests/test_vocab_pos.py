@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from distreach.errors import DistreachError
+from distreach.tokens import usable_mask
 from distreach.vocab import surface_forms, token_bytes, vocab_table
 
 CORPUS = [
@@ -66,6 +67,7 @@ def test_surface_bytes_round_trip(make):
         assert tok.decode(ids) == text  # the tokenizer agrees
     df = vocab_table(tok, len(tok) + 3)  # padding rows of a larger embedding matrix
     assert df.height == len(tok) + 3 and df["surface"].tail(3).null_count() == 3
+    assert df["is_usable"].to_list() == usable_mask(tok, len(tok) + 3).tolist() and not df["is_usable"].tail(3).any()
     assert df.filter(pl.col("is_special"))["surface"].null_count() == df["is_special"].sum() >= 1
     spaced = df.filter(pl.col("leading_space"))
     assert spaced.height > 0 and all(s == " " + w for s, w in zip(spaced["surface"], spaced["word"]))
@@ -74,7 +76,7 @@ def test_surface_bytes_round_trip(make):
     if make is sentencepiece_tokenizer:
         assert fallback.sum() == 256 and not df.filter(pl.col("is_byte_fallback"))["is_english"].any()
         # migration needs whole tokens: byte pieces have no surface form there
-        assert all(surface_forms(tok, len(tok))[i] is None for i in np.flatnonzero(fallback))
+        assert all(surface_forms(df)[i] is None for i in np.flatnonzero(fallback))
 
 
 @pytest.mark.slow
@@ -143,6 +145,69 @@ def test_a_word_spelled_by_several_tokens_is_tagged_once_as_each_alone(nlp):
     alone = pl.concat([tag_words(nlp, [w]) for w in words])
     for col in ("pos", "tag", "pos_prob", "single_token"):
         assert df[col].to_list() == alone[col].to_list(), col
+
+
+def _alone(nlp, word):
+    """(pos, tag, single_token, pos_prob) of ``word`` run alone through the whole pipeline."""
+    from spacy.tokens import Doc
+
+    doc = Doc(nlp.vocab, words=[word], spaces=[False])
+    for _, proc in nlp.pipeline:
+        doc = proc(doc)
+    tagger = nlp.get_pipe("tagger")
+    logits = np.asarray(tagger.model.predict([doc])[0][0], dtype=np.float64)
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    same_pos = []
+    for i, label in enumerate(tagger.labels):
+        probe = Doc(nlp.vocab, words=["x"], spaces=[False])
+        probe[0].tag_ = label
+        if nlp.get_pipe("attribute_ruler")(probe)[0].pos_ == doc[0].pos_:
+            same_pos.append(i)
+    return doc[0].pos_, doc[0].tag_, len(nlp.tokenizer(word)) == 1, p[same_pos].sum()
+
+
+def _assert_tagged_alone(nlp, words):
+    from distreach.pos import tag_words
+
+    got = tag_words(nlp, words, batch_size=4)
+    for w, row in zip(words, got.iter_rows(named=True)):
+        pos, tag, single, prob = _alone(nlp, w)
+        assert (row["pos"], row["tag"], row["single_token"]) == (pos, tag, single), w
+        assert row["pos_prob"] == pytest.approx(prob, abs=1e-12), w
+    return got
+
+
+def test_each_word_gets_what_the_whole_pipeline_gives_it_alone(nlp):
+    """tag_words' shortcuts (the tokenizer's Doc of a one-token word, the attribute ruler only on
+    words a pattern may match by text) against each word run alone through the whole pipeline:
+    words the ruler maps by text ('that' tagged IN is SCONJ, not ADP), tokenizer special cases
+    that set a norm ('nuff' -> 'enough'), a split word, plain words."""
+    words = ["that", "not", "be", "while", "there", "A", "nuff", "doin", "em", "ll", "cannot", "gonna", "table",
+             "happy", "Paris", "quickly", "xqzv", "run", "yes"]
+    got = _assert_tagged_alone(nlp, words)
+    assert got["pos"][words.index("that")] == "SCONJ"  # set by the ruler, by the word
+
+
+def test_ruler_patterns_on_text_by_regex_and_case_and_patterns_it_cannot_read():
+    """Ruler patterns that match a word by a regex of its lower case, by its exact case (ORTH),
+    and one on the word's shape, which the shortcut cannot read (the ruler then runs on every
+    word): each word still gets what the whole pipeline gives it alone."""
+    pytest.importorskip("spacy")
+    from distreach.pos import _ruler_reads, load_tagger
+
+    custom = load_tagger(TAGGER)
+    ruler = custom.get_pipe("attribute_ruler")
+    ruler.add([[{"LOWER": {"REGEX": "^zz+$"}}]], {"POS": "INTJ"})
+    ruler.add([[{"ORTH": "Qwerty"}]], {"POS": "SYM", "TAG": "SYM"})
+    words = ["zzz", "Zzzz", "zaz", "Qwerty", "qwerty", "table", "that"]
+    got = _assert_tagged_alone(custom, words)
+    assert got["pos"].to_list()[:5] == ["INTJ", "INTJ", got["pos"][2], "SYM", got["pos"][4]] and got["pos"][4] != "SYM"
+    assert _ruler_reads(custom, "tagger") is not None
+    ruler.add([[{"SHAPE": "Xxxxx"}]], {"POS": "X"})
+    assert _ruler_reads(custom, "tagger") is None
+    got = _assert_tagged_alone(custom, words + ["Table", "Hello"])
+    assert got["pos"][-1] == "X"
 
 
 def test_unknown_tagger_is_one_clear_error():

@@ -149,7 +149,7 @@ def test_single_figure_plans_only_what_it_needs(tmp_path, tiny_sources):
         assert planned_jobs(proc) == expected, fig
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig12.png")
     # vocabulary and POS jobs only: no targets, no tuning
-    assert planned_jobs(proc) == {"materialise_model": 2, "vocab": 2, "pos_tag": 2, "figure": 1}
+    assert planned_jobs(proc) == {"materialise_model": 2, "pos_tag": 2, "figure": 1}
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig03.png")
     # one model's next-token distributions, computed (and a soft prompt tuned) by one job
     assert planned_jobs(proc) == {"materialise_model": 1, "next_token": 1, "figure": 1}

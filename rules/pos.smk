@@ -1,20 +1,3 @@
-rule vocab:
-    """One model's vocabulary as a table: surface text, leading space, special and English flags."""
-    input:
-        model="results/models/{model}",
-    output:
-        "results/vocab/{model}.arrow",
-    log:
-        "logs/vocab/{model}.log",
-    priority: PREP_PRIORITY
-    conda:
-        "../envs/torch.yaml"
-    params:
-        code=script_code("vocab"),
-    script:
-        "../scripts/vocab.py"
-
-
 rule pos_tag:
     """Part of speech of every English token of one model's vocabulary (paper App. C)."""
     input:
