@@ -26,6 +26,7 @@ from .vanilla import MAX_ITERS, PER_LEVEL, TOLERANCE
 
 # the defaults of the families' counts (the config schema's descriptions of targets.<name> cite them)
 LM_PROMPTS, LM_PROMPT_LEN = 100, 10  # lm: prompts, random tokens per prompt
+LM_BATCH = 32  # lm: prompts per forward pass
 SHUFFLED_COPIES = 5  # shuffled: permutations per target
 POS_TOKENS, POS_DRAWS = 100, 100  # pos: tokens per uniform distribution, distributions per tag
 
@@ -145,7 +146,7 @@ def _fit_outliers(starts, group: list[int], h_nats: list[float], tol: float, set
     out, active = [None] * len(group), torch.arange(len(group))
     for _ in range(settings.max_iters):
         logp = torch.log_softmax(z, -1)
-        ent = entropy(logp)
+        ent = entropy(logp, finite=True)
         mass = logp.gather(1, outliers[active]).exp().sum(1)
         done = ((ent.double() - h64[active]).abs() <= tol) & (mass.double() >= least[active])
         for j in done.nonzero().flatten().tolist():
@@ -175,21 +176,20 @@ def lm_generated(loaded, n: int, prompt_len: int, unit: str, seed: int = 0, kind
     support = vocab_support(loaded.tokenizer, vocab)
     pool = torch.from_numpy(usable_ids(loaded.tokenizer, loaded.embeddings.shape[0]))
     bos_id = resolve_bos(loaded.tokenizer, bos, loaded.name)
-    head = [] if bos_id is None else [bos_id]
-    ids, seeds, logps = [], [], []
-    for r in range(n):
-        s = derive_seed(seed, kind, r)
-        gen = torch.Generator().manual_seed(s)
-        prompt = torch.cat([torch.tensor(head, dtype=torch.long), pool[torch.randint(0, len(pool), (prompt_len,), generator=gen)]])
-        logits = loaded.model(prompt[None].to(loaded.embeddings.device), logits_to_keep=1).logits[0, -1].float()
-        if logits.shape[0] != vocab:
-            raise DistreachError(f"model {loaded.name}: output has {logits.shape[0]} entries, expected {vocab}")
-        logp = torch.full((vocab,), float("-inf"))
-        logp[:support] = torch.log_softmax(logits[:support], -1).cpu()
-        logps.append(logp.numpy())
-        ids.append(f"{kind}-{r:04d}")
-        seeds.append(s)
-    logp = np.stack(logps)
+    head = torch.tensor([] if bos_id is None else [bos_id], dtype=torch.long)
+    seeds = [derive_seed(seed, kind, r) for r in range(n)]
+    ids = [f"{kind}-{r:04d}" for r in range(n)]
+    prompts = [
+        torch.cat([head, pool[torch.randint(0, len(pool), (prompt_len,), generator=torch.Generator().manual_seed(s))]])
+        for s in seeds
+    ]
+    logp = np.full((n, vocab), -np.inf, dtype=np.float32)
+    for lo in range(0, n, LM_BATCH):  # prompts of one length: one forward pass per batch
+        batch = torch.stack(prompts[lo : lo + LM_BATCH]).to(loaded.embeddings.device)
+        logits = loaded.model(batch, logits_to_keep=1).logits[:, -1].float()
+        if logits.shape[1] != vocab:
+            raise DistreachError(f"model {loaded.name}: output has {logits.shape[1]} entries, expected {vocab}")
+        logp[lo : lo + LM_BATCH, :support] = torch.log_softmax(logits[:, :support], -1).cpu().numpy()
     ent = to_unit(entropy(torch.from_numpy(logp)).numpy(), unit)
     table = targets_table(ids, kind, ent, ent, unit, seeds, logp)
     return (

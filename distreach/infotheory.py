@@ -9,9 +9,13 @@ import torch.nn.functional as F
 
 from .units import to_unit
 
-def entropy(logp: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy in nats of each row of log-probabilities (last dim)."""
-    return -(logp.exp() * logp).nan_to_num(0.0).sum(-1)
+def entropy(logp: torch.Tensor, finite: bool = False) -> torch.Tensor:
+    """Shannon entropy in nats of each row of log-probabilities (last dim). A zero probability
+    (log-probability -inf) contributes 0. ``finite=True`` where no entry is -inf (the
+    log_softmax of finite logits, as in a descent on them): the same values, forward and
+    backward, without the passes that clear 0 * -inf (about a fifth of such a descent's time)."""
+    terms = logp.exp() * logp
+    return -(terms if finite else terms.nan_to_num(0.0)).sum(-1)
 
 
 def kl(p: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:

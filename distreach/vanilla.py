@@ -72,7 +72,7 @@ def _fit_entropy(z: torch.Tensor, h_nats: torch.Tensor, tol_nats: float, max_ite
     active = torch.arange(z.shape[0])
     for _ in range(max_iters + 1):
         logp = torch.log_softmax(z, -1)
-        h = entropy(logp)
+        h = entropy(logp, finite=True)
         hit = (h - h_nats[active]).abs() <= tol_nats
         best[active[hit]] = logp.detach()[hit]
         if hit.all():

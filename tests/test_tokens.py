@@ -94,7 +94,7 @@ class _Recorder(torch.nn.Module):
 
     def forward(self, input_ids=None, inputs_embeds=None, logits_to_keep=1):
         if input_ids is not None:
-            self.seen.append(input_ids[0].tolist())
+            self.seen += input_ids.tolist()  # every prompt of a batch
             inputs_embeds = self.emb(input_ids)
         logits = self.head(inputs_embeds.cumsum(1))[:, -logits_to_keep:]
         return type("Out", (), {"logits": logits})()
@@ -109,6 +109,7 @@ def test_lm_generated_prompts_policy_and_padding(bos):
     table = lm_generated(loaded, n=40, prompt_len=6, unit="nats", seed=3, bos="auto")
     usable = set(usable_ids(tok, rows).tolist())
     assert len(model.seen) == 40 and len({tuple(ids) for ids in model.seen}) == 40  # one prompt per target
+    # ... made in batches of at most LM_BATCH prompts (40: two passes)
     p = np.exp(logprobs(table).astype(np.float64))
     for r, ids in enumerate(model.seen):  # each target is the model's distribution after its prompt, over |V|
         with torch.no_grad():
