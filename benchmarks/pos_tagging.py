@@ -2,7 +2,8 @@
 
     python benchmarks/pos_tagging.py [--models smollm2 gemma3] [--batch 256 2048 8192]
 
-Needs results/vocab/<model>.arrow (the workflow's vocab rule) and the default tagger.
+Needs results/vocab/<model>.arrow (written with the model by the workflow's materialise_model rule)
+and the default tagger.
 """
 
 from __future__ import annotations
