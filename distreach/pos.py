@@ -67,7 +67,8 @@ def _by_label(nlp, component, probe: str) -> dict[str, tuple[str, str]]:
     return out
 
 
-# token attributes of attribute-ruler patterns that a one-word Doc's tagging sets (not its word)
+# token attributes of attribute-ruler patterns that tagging sets (the same for a word and the probe
+# given its tag), and IS_SPACE (a whitespace word always goes through the ruler)
 _ANNOTATIONS = {"TAG", "DEP", "POS", "MORPH", "IS_SPACE"}
 
 
@@ -85,8 +86,8 @@ def _ruler_reads(nlp, name: str):
     regexes = {"LOWER": [], "ORTH": []}
     for entry in nlp.get_pipe("attribute_ruler").patterns:
         for pattern in entry["patterns"]:
-            if any("OP" in {k.upper() for k in tok} for tok in pattern):
-                return None
+            if any(not isinstance(k, str) or k.upper() == "OP" for tok in pattern for k in tok):
+                return None  # an attribute by its id, or an optional token
             if len(pattern) != 1:  # two or more tokens: never a one-word Doc
                 continue
             for key, value in pattern[0].items():
@@ -97,8 +98,8 @@ def _ruler_reads(nlp, name: str):
                     return None
                 if isinstance(value, str):
                     texts[key].add(value)
-                elif isinstance(value, dict) and set(value) == {"IN"}:
-                    texts[key] |= {str(v) for v in value["IN"]}
+                elif isinstance(value, dict) and set(value) == {"IN"} and all(isinstance(v, str) for v in value["IN"]):
+                    texts[key] |= set(value["IN"])
                 elif isinstance(value, dict) and set(value) == {"REGEX"}:
                     regexes[key].append(re.compile(value["REGEX"]))
                 else:
@@ -123,12 +124,14 @@ def tag_words(nlp, words: list[str], batch_size: int = 2048) -> pl.DataFrame:
     name = "tagger" if "tagger" in nlp.pipe_names else "morphologizer"
     component = nlp.get_pipe(name)
     ruler_reads = _ruler_reads(nlp, name)
-    probe = "x" if ruler_reads is None else next(w for w in ("x", "qx", "xqz") if not ruler_reads(w))
+    probe = "x" if ruler_reads is None else next((w for w in ("x", "qx", "xqz") if not ruler_reads(w)), None)
+    if probe is None:  # a pattern may match every probe word: the ruler runs on every word
+        ruler_reads, probe = None, "x"
     by_label = _by_label(nlp, component, probe)  # (POS, tag) of each label: coarse POS of the fine tags
     pos_of_label = np.array([by_label[lab][0] for lab in component.labels])
     others = [(n, p) for n, p in nlp.pipeline if n not in (name, "tok2vec")]
     tok2vec = nlp.get_pipe("tok2vec") if "tok2vec" in nlp.pipe_names else None
-    special_cases = nlp.tokenizer.rules or {}
+    special_cases = getattr(nlp.tokenizer, "rules", None)  # None: not spaCy's tokenizer
     pos, tag, prob, single, labels_of = [], [], [], [], {}
     for start in range(0, len(words), batch_size):
         chunk = words[start : start + batch_size]
@@ -136,7 +139,8 @@ def tag_words(nlp, words: list[str], batch_size: int = 2048) -> pl.DataFrame:
         for w in chunk:
             doc = nlp.tokenizer(w)
             single.append(len(doc) == 1)
-            docs.append(doc if len(doc) == 1 and w not in special_cases else Doc(nlp.vocab, words=[w], spaces=[False]))
+            own = special_cases is not None and len(doc) == 1 and doc[0].text == w and w not in special_cases
+            docs.append(doc if own else Doc(nlp.vocab, words=[w], spaces=[False]))
         if tok2vec is not None:
             tok2vec.set_annotations(docs, tok2vec.predict(docs))
         scores = component.model.predict(docs)

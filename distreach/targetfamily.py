@@ -37,11 +37,10 @@ def _vocab(model_dir, path, manifest: dict):
     of = arrow_metadata(table).get("model")
     missing = sorted({"surface", "is_byte_fallback", "is_usable"} - set(table.column_names))
     if of != manifest["name"] or missing or table.num_rows != size:
-        raise DistreachError(
-            f"{path}: not the vocabulary table of model {manifest['name']} ({model_dir}): "
-            + (f"it is model {of}'s" if of != manifest["name"] else f"missing {', '.join(missing)}" if missing
+        why = ("it names no model" if of is None else f"it is model {of}'s" if of != manifest["name"]
+               else f"missing {', '.join(missing)} (an older distreach's table: delete it and run again)" if missing
                else f"{table.num_rows} rows, the model has {size}")
-        )
+        raise DistreachError(f"{path}: not the vocabulary table of model {manifest['name']} ({model_dir}): {why}")
     return pl.from_arrow(table)
 
 

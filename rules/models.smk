@@ -2,7 +2,8 @@ rule materialise_model:
     """Write a configured model once as a local safetensors folder with its tokenizer (a
     stand-in source is built here, a random_init one from its base's folder), and its
     vocabulary as a table: per token id the surface text, leading space, special, English and
-    usable flags (one job: the table is the tokenizer's, which this job has loaded)."""
+    usable flags (one job, so the table is always that of the tokenizer written beside it;
+    deleting the table alone writes the model again)."""
     input:
         base=model_base,
     output:

@@ -128,7 +128,7 @@ def test_matched_targets_name_the_target_whose_entropy_they_match(tiny_dirs, tin
                                atol=0.011)
 
 
-def test_families_read_token_text_and_usable_tokens_from_the_vocabulary_tables(tiny_dirs, tmp_path):
+def test_families_read_token_text_and_usable_tokens_from_the_vocabulary_tables(tiny_dirs, tmp_path, monkeypatch):
     """Outlier, POS-uniform and migrated targets made from the models' vocabulary files (as the
     workflow makes them, without loading a tokenizer) equal those made from the tokenizers; a
     vocabulary file of another model is one clear error."""
@@ -138,8 +138,13 @@ def test_families_read_token_text_and_usable_tokens_from_the_vocabulary_tables(t
     from distreach.models import load_materialised, write_vocab
     from distreach.targetfamily import make_family
 
+    import transformers
+
     from distreach.tokens import usable_ids, usable_mask
     from distreach.vocab import token_bytes
+
+    def no_tokenizer(*args, **kwargs):
+        raise AssertionError("a tokenizer was loaded")
 
     def made_from_files(case):
         return make_family(case[0], tiny_dirs["llama"], "bits", **case[1], vocab_file=vocab["llama"],
@@ -162,8 +167,10 @@ def test_families_read_token_text_and_usable_tokens_from_the_vocabulary_tables(t
     ]
     for settings, inputs in cases:
         from_tokenizers = make_family(settings, tiny_dirs["llama"], "bits", **inputs)
-        from_files = make_family(settings, tiny_dirs["llama"], "bits", **inputs, vocab_file=vocab["llama"],
-                                 source_vocab_file=vocab["gpt2"])
+        with monkeypatch.context() as m:  # from the files, no tokenizer is loaded
+            m.setattr(transformers.AutoTokenizer, "from_pretrained", no_tokenizer)
+            from_files = make_family(settings, tiny_dirs["llama"], "bits", **inputs, vocab_file=vocab["llama"],
+                                     source_vocab_file=vocab["gpt2"])
         assert from_files.num_rows > 0 and from_files.equals(from_tokenizers), settings["kind"]
     # ... and those the families make from the tokenizers themselves (usable ids, surface text)
     tok, n = load_materialised(tiny_dirs["llama"], with_model=False)[1], words.height
@@ -199,8 +206,14 @@ def test_families_read_token_text_and_usable_tokens_from_the_vocabulary_tables(t
     with pytest.raises(DistreachError, match=r"vocab-gpt2.arrow: not the vocabulary table of model tiny-llama \(.*\): it is model tiny-gpt2's$"):
         make_family(cases[0][0], tiny_dirs["llama"], "bits", vocab_file=vocab["gpt2"])
     write_arrow(read_arrow(vocab["llama"]).drop_columns(["is_usable"]), tmp_path / "old.arrow", {"model": "tiny-llama"})
-    with pytest.raises(DistreachError, match=r"old.arrow: not the vocabulary table .*: missing is_usable$"):
+    with pytest.raises(DistreachError, match=r"old.arrow: not the vocabulary table .*: missing is_usable \(an older distreach's table: delete it and run again\)$"):
         make_family(cases[0][0], tiny_dirs["llama"], "bits", vocab_file=tmp_path / "old.arrow")
+    write_arrow(read_arrow(vocab["llama"]).slice(1), tmp_path / "short.arrow", {"model": "tiny-llama"})
+    with pytest.raises(DistreachError, match=rf"short.arrow: not the vocabulary table .*: {n - 1} rows, the model has {n}$"):
+        make_family(cases[0][0], tiny_dirs["llama"], "bits", vocab_file=tmp_path / "short.arrow")
+    write_arrow(read_arrow(vocab["llama"]).replace_schema_metadata(None), tmp_path / "anonymous.arrow")
+    with pytest.raises(DistreachError, match=r"anonymous.arrow: not the vocabulary table .*: it names no model$"):
+        make_family(cases[0][0], tiny_dirs["llama"], "bits", vocab_file=tmp_path / "anonymous.arrow")
 
 
 class Tok:

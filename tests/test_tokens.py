@@ -3,13 +3,15 @@ special tokens and output rows past the tokenizer, as Llama-3, Gemma and Qwen2.5
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from distreach.engine import TuneConfig, allowed_tokens, init_rows, tune
 from distreach.errors import DistreachError
-from distreach.families import lm_generated, outlier_targets, OutlierSettings, pos_uniform_targets, shuffled
+from distreach.families import LM_BATCH, lm_generated, outlier_targets, OutlierSettings, pos_uniform_targets, shuffled
 from distreach.models import LoadedModel
 from distreach.targets import logprobs
 from distreach.tokens import is_reserved, resolve_bos, usable_ids, usable_mask, vocab_support
@@ -84,7 +86,7 @@ class _Recorder(torch.nn.Module):
         super().__init__()
         self.emb = torch.nn.Embedding(n_rows, d)
         self.head = torch.nn.Linear(d, n_rows, bias=False)
-        self.seen = []
+        self.seen, self.passes = [], 0
 
     def get_input_embeddings(self):
         return self.emb
@@ -95,6 +97,7 @@ class _Recorder(torch.nn.Module):
     def forward(self, input_ids=None, inputs_embeds=None, logits_to_keep=1):
         if input_ids is not None:
             self.seen += input_ids.tolist()  # every prompt of a batch
+            self.passes += 1
             inputs_embeds = self.emb(input_ids)
         logits = self.head(inputs_embeds.cumsum(1))[:, -logits_to_keep:]
         return type("Out", (), {"logits": logits})()
@@ -109,7 +112,7 @@ def test_lm_generated_prompts_policy_and_padding(bos):
     table = lm_generated(loaded, n=40, prompt_len=6, unit="nats", seed=3, bos="auto")
     usable = set(usable_ids(tok, rows).tolist())
     assert len(model.seen) == 40 and len({tuple(ids) for ids in model.seen}) == 40  # one prompt per target
-    # ... made in batches of at most LM_BATCH prompts (40: two passes)
+    assert model.passes == math.ceil(40 / LM_BATCH) == 2  # in batches of at most LM_BATCH prompts
     p = np.exp(logprobs(table).astype(np.float64))
     for r, ids in enumerate(model.seen):  # each target is the model's distribution after its prompt, over |V|
         with torch.no_grad():

@@ -210,6 +210,24 @@ def test_ruler_patterns_on_text_by_regex_and_case_and_patterns_it_cannot_read():
     assert got["pos"][-1] == "X"
 
 
+def test_ruler_patterns_the_shortcut_must_not_take():
+    """A pattern naming a word by its hash in a set, and one that matches every probe word: the
+    ruler then runs on every word; a word with a trailing space is tagged as it is, not as the
+    word the tokenizer makes of it."""
+    pytest.importorskip("spacy")
+    from distreach.pos import load_tagger
+
+    custom = load_tagger(TAGGER)
+    ruler = custom.get_pipe("attribute_ruler")
+    ruler.add([[{"LOWER": {"IN": [custom.vocab.strings.add("zebra")]}}]], {"POS": "INTJ"})
+    got = _assert_tagged_alone(custom, ["zebra", "table", "table ", "run "])
+    assert got["pos"][0] == "INTJ"
+    every = load_tagger(TAGGER)
+    every.get_pipe("attribute_ruler").add([[{"LOWER": {"REGEX": "[xq]"}}]], {"POS": "NUM"})
+    got = _assert_tagged_alone(every, ["x", "quick", "table", "happy"])
+    assert got["pos"].to_list()[:2] == ["NUM", "NUM"] and "NUM" not in got["pos"].to_list()[2:]
+
+
 def test_unknown_tagger_is_one_clear_error():
     pytest.importorskip("spacy")
     from distreach.pos import load_tagger
