@@ -44,7 +44,7 @@ import torch
 
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint, checkpoint_key
 from .errors import DistreachError
-from .infotheory import entropy, kl
+from .infotheory import entropy, kl, neg_entropy
 from .models import dtype_name
 from .optimrows import keep_rows
 from .tokens import BOS_POLICIES, resolve_bos, usable_mask, vocab_support
@@ -378,6 +378,7 @@ class _Batch:
         self.device = target_p.device
         self.dtype = self.weight.dtype
         self.target = target_p
+        self.p_log_p = neg_entropy(target_p)  # the KL's term that q does not change, once per batch
         self.mask = list(cfg.soft_mask)
         self.soft_pos = [i for i, s in enumerate(self.mask) if s]
         self.hard_pos = [i for i, s in enumerate(self.mask) if not s]
@@ -392,6 +393,15 @@ class _Batch:
         self.ids = ids.to(self.device, copy=True)
         self.changed = torch.zeros(n, dtype=torch.bool)  # a hard token changed in this sweep
         self.converged = torch.zeros(n, dtype=torch.bool)
+        self._active_targets()
+
+    def _active_targets(self) -> None:
+        """The active rows' targets and their sum p log p, kept while the rows stay (a batch's
+        step reads them without indexing [B, |V|] every step)."""
+        everyone = len(self.active) == len(self.target)
+        rows = self.active.to(self.device)
+        self.p_active = self.target if everyone else self.target[rows]
+        self.p_log_p_active = self.p_log_p if everyone else self.p_log_p[rows]
 
     def _adamw(self):
         return torch.optim.AdamW([self.theta], lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
@@ -410,6 +420,7 @@ class _Batch:
         for name in self.WORK:
             setattr(self, name, state[name].to(self.device) if name == "ids" else state[name])
         self.rec = TuneResult(**state["rec"])
+        self._active_targets()
         self.theta = torch.nn.Parameter(state["theta"].to(self.device))
         if self.opt is not None:
             self.opt = self._adamw()
@@ -427,15 +438,18 @@ class _Batch:
                 h += 1
         return torch.stack(cols, 1)
 
-    def losses(self, x, rows, past=None):
+    def losses(self, x, rows=None, past=None):
         """The forward pass: per-row KL(p || q) of the next token after the prefixes ``x``, and
-        log q. The BOS position (the same in every row and step) enters as its keys and values,
+        log q; ``rows`` (indices into the batch) are the rows whose targets p the prefixes are
+        scored against, the active rows by default. The BOS position (the same in every row and step) enters as its keys and values,
         computed once (:func:`_bos_cache`) and expanded over the rows; ``past`` (keys and values
         per layer, [B or 1, heads, n, d_head]) replaces them with those of the n positions before ``x``."""
         cache = self.cache(self.bos if past is None else past, x.shape[0])
         logits = self.model(inputs_embeds=x, cache=cache, use_cache=cache is not None, logits_to_keep=1).logits[:, -1].float()
         logq = torch.log_softmax(logits, -1)
-        return kl(self.target[rows], logq), logq
+        if rows is None:
+            return kl(self.p_active, logq, self.p_log_p_active), logq
+        return kl(self.target[rows], logq, self.p_log_p[rows]), logq
 
     def cache(self, past, B: int):
         """A cache holding ``past`` (keys and values per layer) for B rows, or None for no positions."""
@@ -449,7 +463,7 @@ class _Batch:
         """One forward/backward/update of the active rows; returns the mask of rows kept."""
         rows = self.active.to(self.device)
         hard_emb = self.embed(self.ids).detach().requires_grad_(bool(self.hard_pos))
-        loss_rows, logq = self.losses(self.inputs(self.theta, hard_emb), rows)
+        loss_rows, logq = self.losses(self.inputs(self.theta, hard_emb))
         keep = self._record(step, loss_rows.detach(), logq)
         if not keep.any():
             return keep
@@ -476,7 +490,8 @@ class _Batch:
             idx, dev_idx = act[improved], improved.to(self.device)
             best = logq if improved.all() else logq[dev_idx]  # [improved, |V|]: copied only when some did not
             rec.kl_min[idx] = lc[improved]
-            rec.q_entropy[idx] = entropy(best).double().cpu()
+            # improved rows have a finite KL, so every entry of their log q is finite
+            rec.q_entropy[idx] = entropy(best, finite=True).double().cpu()
             rec.best_step[idx] = step
             rec.best_soft[idx] = self.theta.detach()[dev_idx].float().cpu()
             rec.best_ids[idx] = self.ids[dev_idx].cpu()
@@ -548,6 +563,7 @@ class _Batch:
             self.theta = torch.nn.Parameter(self.theta.detach()[keep_dev])
         self.ids = self.ids[keep_dev]
         self.active = self.active[keep]
+        self._active_targets()
 
 
 @dataclass

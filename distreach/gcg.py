@@ -98,7 +98,7 @@ class GCGBatch(_Batch):
     def step(self, step: int) -> torch.Tensor:
         rows = self.active.to(self.device)
         emb = self.embed(self.ids).detach().requires_grad_(True)
-        loss_rows, logq = self.losses(emb, rows)
+        loss_rows, logq = self.losses(emb)
         keep = self._record(step, loss_rows.detach(), logq)
         if not keep.any():
             return keep

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .units import to_unit
 
@@ -18,12 +17,24 @@ def entropy(logp: torch.Tensor, finite: bool = False) -> torch.Tensor:
     return -(terms if finite else terms.nan_to_num(0.0)).sum(-1)
 
 
-def kl(p: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) in nats per row, from probabilities p and log-probabilities q.
+def neg_entropy(p: torch.Tensor) -> torch.Tensor:
+    """sum p log p in nats per row of probabilities p (last dim): minus the entropy, the part of
+    KL(p || q) that does not depend on q; a zero probability contributes exactly 0."""
+    return torch.xlogy(p, p).sum(-1)
 
-    Zero-probability target entries contribute exactly 0 (torch's ``kl_div``
-    uses ``xlogy`` for the target term)."""
-    return F.kl_div(logq, p, reduction="none").sum(-1)
+
+def kl(p: torch.Tensor, logq: torch.Tensor, p_log_p: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(p || q) in nats per row, from probabilities p and log-probabilities q:
+    sum p log p - sum p log q.
+
+    Zero-probability target entries contribute exactly 0 (``xlogy`` in :func:`neg_entropy`;
+    ``p log q`` is 0 there wherever q > 0), as in torch's ``kl_div``, whose sum over the
+    last dim this equals up to rounding. ``p_log_p`` is :func:`neg_entropy` of p where the
+    caller has it: a descent on q computes it once instead of at every step (the gradient to
+    logq, -p, is the same either way)."""
+    if p_log_p is None:
+        p_log_p = neg_entropy(p)
+    return p_log_p - torch.linalg.vecdot(p, logq)
 
 
 def max_entropy(vocab_size: int, unit: str = "nats") -> float:

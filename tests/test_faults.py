@@ -169,6 +169,32 @@ def test_a_resumed_call_runs_only_the_steps_left_and_ends_as_a_fresh_one(tiny_ll
         np.testing.assert_array_equal(getattr(resumed, name), getattr(fresh, name), err_msg=name)
 
 
+
+def test_a_batch_resumed_after_one_of_its_rows_stopped_scores_the_others_against_their_own_targets(tiny_llama, tmp_path):
+    """A checkpoint taken after a row of the batch stopped holds fewer active rows than the batch:
+    the resumed rows are scored against their own targets (not the batch's first ones) and end as
+    in an uninterrupted call."""
+    from distreach.engine import TuneConfig, tune
+
+    p = np.random.default_rng(0).dirichlet(np.full(tiny_llama.vocab_size, 0.3), 3)
+    cfg = TuneConfig(max_steps=16, patience=3, min_delta=1e-3, lr=0.3, batch_size=3)
+    fresh = tune(tiny_llama, p, [0, 1, 2], cfg)
+    first = int(fresh.steps.min())
+    assert fresh.steps.argmin() == 1 and first < int(fresh.steps.max())  # the middle row stops first
+    ckpt = tmp_path / "c.ckpt"
+
+    def stop(step, active):
+        if step == first + 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        tune(tiny_llama, p, [0, 1, 2], cfg, on_step=stop, checkpoint=ckpt, checkpoint_seconds=0)
+    assert len(torch.load(ckpt, weights_only=True)["batch"]["active"]) < 3
+    resumed = tune(tiny_llama, p, [0, 1, 2], cfg, checkpoint=ckpt)
+    assert resumed.work["resumed_from"] == {"row": 0, "step": first + 1}
+    for name in ("kl_min", "q_entropy", "best_step", "steps", "best_soft"):
+        np.testing.assert_array_equal(getattr(resumed, name), getattr(fresh, name), err_msg=name)
+
 def poison(monkeypatch, when):
     """Make the model's logits NaN for the first row in its first forward pass when ``when(dtype)``."""
     real = tuning.load_materialised

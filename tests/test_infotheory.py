@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import stats
 
-from distreach.infotheory import entropy, kl, max_entropy
+from distreach.infotheory import entropy, kl, max_entropy, neg_entropy
 from distreach.units import from_unit, to_unit
 
 
@@ -27,6 +27,23 @@ def test_entropy_and_kl_match_scipy(zeros):
     np.testing.assert_allclose(entropy(tp.log()).numpy(), stats.entropy(p, axis=1), rtol=1e-10)
     np.testing.assert_allclose(kl(tp, tq.log()).numpy(), stats.entropy(p, q, axis=1), rtol=1e-10)
 
+    # sum p log p given by the caller (a descent computes it once): the same values
+    np.testing.assert_allclose(kl(tp, tq.log(), neg_entropy(tp)).numpy(), stats.entropy(p, q, axis=1), rtol=1e-10)
+
+
+def test_kl_in_fp32_is_torchs_kl_div_with_the_same_gradient():
+    """The descents' loss: torch's kl_div summed over the vocabulary up to rounding, and the
+    same gradient to log q bit for bit (-p), zero-probability targets included."""
+    p = torch.tensor(random_dists(4, 3000, 4, zeros=True), dtype=torch.float32)
+    logits = torch.randn(4, 3000, generator=torch.Generator().manual_seed(0)) * 4
+    grads = []
+    for loss_of in (lambda lq: kl(p, lq, neg_entropy(p)), lambda lq: torch.nn.functional.kl_div(lq, p, reduction="none").sum(-1)):
+        logq = torch.log_softmax(logits, -1).requires_grad_()
+        loss = loss_of(logq)
+        (loss * torch.arange(1.0, 5.0)).sum().backward()
+        grads.append((loss.detach(), logq.grad))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-6, atol=1e-6)
+    assert torch.equal(grads[0][1], grads[1][1])
 
 def test_kl_of_identical_is_zero_and_positive_otherwise():
     p = torch.tensor(random_dists(3, 20, 2))

@@ -21,7 +21,8 @@ TUNING = {"max_steps": 30, "patience": 5}
 @pytest.fixture(scope="module")
 def shapes(tiny_dirs, tmp_path_factory):
     out = tmp_path_factory.mktemp("fig03") / "tiny.arrow"
-    write_shapes(tiny_dirs["llama"], out, text="the house", unit="bits", seed=0, tuning=TUNING, top=8, device="cpu")
+    write_shapes(tiny_dirs["llama"], out, text="the house", unit="bits", seed=0, tuning=TUNING, top=8, device="cpu",
+                 dtype="fp32")
     return out
 
 
