@@ -11,8 +11,9 @@ steps after the first two (the tuning's setup, made once per batch, is left out;
 every step). Two views of the recorded time:
 
 - **operators**: each operator's own (self) CPU time, by exact name: matmul (``mm``, ``addmm``,
-  ``bmm``, ``matmul``, ``linear``), attention (the scaled-dot-product kernels and their
-  backward), softmax and KL (``log_softmax``, ``softmax``, ``kl_div``, ``xlogy`` and their backward
+  ``matmul``, ``linear``: the linear layers), attention (the scaled-dot-product kernels and their
+  backward, and ``bmm``: eager attention's products of queries, keys and values, the models'
+  only batched matmuls), softmax and KL (``log_softmax``, ``softmax``, ``kl_div``, ``xlogy`` and their backward
   kernels), copies and casts (``copy_``, ``to``, ``_to_copy``, ``contiguous``, ``clone``, ``cat``,
   ``index``, ``gather``), other ``aten::`` operators, and time in no operator (every event that
   is not an ``aten::`` operator: the step spans, autograd's nodes and the optimiser's bookkeeping,
@@ -41,8 +42,8 @@ from distreach.io import atomic_path, package_versions
 from distreach.models import load_materialised, machine
 
 OPS = {
-    "matmul": {"mm", "addmm", "bmm", "matmul", "linear"},
-    "attention": {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
+    "matmul": {"mm", "addmm", "matmul", "linear"},
+    "attention": {"bmm", "scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
                   "_scaled_dot_product_flash_attention_for_cpu_backward", "_scaled_dot_product_attention_math"},
     "softmax and KL": {"log_softmax", "_log_softmax", "_log_softmax_backward_data", "softmax", "_softmax",
                        "_softmax_backward_data", "kl_div", "xlogy"},

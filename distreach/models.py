@@ -467,6 +467,12 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def attention_for(device: str, dtype: torch.dtype) -> str | None:
+    """The attention implementation a model is loaded with: plain matmuls ("eager") in bf16 on a
+    CPU, where torch's flash-attention kernel takes 10-20% longer per tuning step at the engine's
+    few positions (benchmarks/README.md); otherwise transformers' default (SDPA)."""
+    return "eager" if device == "cpu" and dtype == torch.bfloat16 else None
+
 def load_materialised(folder: str | os.PathLike, dtype: str = "fp32", device: str = "auto", with_model: bool = True):
     """Load a folder written by :func:`materialise`: (LoadedModel, tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -477,8 +483,10 @@ def load_materialised(folder: str | os.PathLike, dtype: str = "fp32", device: st
     model = None
     if with_model:
         device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, device)
         model = AutoModelForCausalLM.from_pretrained(
-            folder, dtype=resolve_dtype(dtype, device), use_safetensors=True, trust_remote_code=trust
+            folder, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust,
+            attn_implementation=attention_for(device, torch_dtype),
         )
         model.to(device).eval().requires_grad_(False)
     return LoadedModel(manifest["name"], model, tok, manifest, str(folder)), tok

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from distreach.errors import DistreachError
-from distreach.models import ModelSpec, load_materialised, materialise, read_manifest
+from distreach.models import DTYPES, ModelSpec, load_materialised, materialise, read_manifest
 
 from .conftest import save_tiny
 
@@ -271,3 +271,11 @@ def test_the_gguf_reader_within_parsed_once_reads_what_ggufs_reader_reads_from_p
         assert gguf.GGUFReader is wrapper and seen == [tmp_path / "big.gguf"]  # once: the block's reads are cached
     finally:
         gguf.GGUFReader = original
+
+
+def test_a_model_in_bf16_on_the_cpu_attends_by_plain_matmuls(tiny_dirs):
+    """torch's flash-attention kernel for the CPU is the slower one in bf16 at the engine's few
+    positions (benchmarks/README.md): bf16 on a CPU loads eager attention, fp32 keeps SDPA."""
+    for dtype, want in (("bf16", "eager"), ("fp32", "sdpa")):
+        lm = load_materialised(tiny_dirs["llama"], dtype=dtype, device="cpu")[0]
+        assert (lm.model.config._attn_implementation, lm.model.dtype) == (want, DTYPES[dtype])
