@@ -47,14 +47,15 @@ def job_seconds(log: str) -> dict[str, float]:
 
 
 def run_facts(results: Path, wall: float, log: str) -> dict:
-    from distreach.models import cpu_has_bf16
+    from distreach.models import cpu_has_bf16, machine
 
     df = pl.concat([pl.read_ipc(p) for p in sorted((results / "collected").glob("*.arrow"))], how="diagonal_relaxed")
     per_model = df.group_by("model").agg(pl.len().alias("rows"), pl.col("steps").sum().alias("row_steps")).sort("model")
     jobs = job_seconds(log)
     return {
         "wall_seconds": round(wall),
-        "cpu": platform.machine() + (" with native bf16" if cpu_has_bf16() else " without native bf16 (AVX2)"),
+        "cpu": f"{machine()['cpu']}, {platform.machine()}"
+               + (" with native bf16" if cpu_has_bf16() else " without native bf16 (AVX2)"),
         "dtypes": sorted(set(df["dtype"].drop_nulls())),
         "rows": df.height,
         "row_steps": int(df["steps"].sum()),

@@ -10,16 +10,18 @@ step_profile = load_script(REPO / "benchmarks" / "step_profile.py")
 
 
 def test_readme_table_is_the_results_file():
-    report = json.loads((REPO / "benchmarks" / "results" / "cpu" / "step-profile.json").read_text())
     readme = " ".join((REPO / "benchmarks" / "README.md").read_text().split())
-    assert {(r["model"], r["dtype"]) for r in report["runs"]} == {("smollm2", "fp32"), ("gemma3", "fp32")}
-    assert " ".join(step_profile.table(report["runs"]).split()) in readme
-    assert f"{report['seconds']} s in all" in readme
+    for name in ("step-profile.json", "step-profile-796fa5a.json"):  # this revision's and the one before
+        report = json.loads((REPO / "benchmarks" / "results" / "cpu" / name).read_text())
+        assert report["machine"]["native_bf16"]
+        assert {(r["model"], r["dtype"]) for r in report["runs"]} == {(m, d) for m in ("smollm2", "gemma3") for d in ("bf16", "fp32")}
+        assert " ".join(step_profile.table(report["runs"]).split()) in readme
+        assert f"`benchmarks/results/cpu/{name}`, {report['seconds']} s in all" in readme
 
 
 def test_profiler_events_are_grouped_by_exact_name():
     group = step_profile.group_of
-    names = {"aten::mm": "matmul", "aten::addmm": "matmul", "AddmmBackward0": "no operator", "detach": "no operator",
+    names = {"aten::mm": "matmul", "aten::addmm": "matmul", "aten::bmm": "attention", "AddmmBackward0": "no operator", "detach": "no operator",
              "torch::autograd::AccumulateGrad": "no operator", "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
              "aten::_log_softmax_backward_data": "softmax and KL", "aten::xlogy": "softmax and KL",
              "aten::copy_": "copies and casts", "aten::index": "copies and casts", "aten::topk": "other",

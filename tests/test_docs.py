@@ -27,10 +27,15 @@ def test_default_run_page_says_what_the_run_wrote():
     # every outcome of the claims report is on the page, and the README states the same time
     assert set(claims["verdict"]) <= {"holds", "contradicted", "not shown", "too few data"}
     assert all(f"**{v}**" in part for v in claims["verdict"])
-    mins, secs = divmod(run["wall_seconds"], 60)
-    readme = (REPO / "README.md").read_text()
-    assert f"**{mins} min {secs} s**" in readme and run["cpu"] in readme
-    assert all(d in readme for d in run["dtypes"])
+    readme = " ".join((REPO / "README.md").read_text().split())
+    # this run's and the earlier AVX2 run's time, CPU and dtype, in the README and (the earlier one) on the page
+    earlier = json.loads((DATA / "avx2-fp32-bc9d3d9.json").read_text())
+    for facts, where in ((run, [readme]), (earlier, [readme, " ".join(page.split())])):
+        mins, secs = divmod(facts["wall_seconds"], 60)
+        for text in where:
+            assert f"{mins} min {secs} s" in text
+        assert f"**{mins} min {secs} s**" in readme and facts["cpu"] in readme
+        assert all(f"`dtype: auto` is {d}" in readme for d in facts["dtypes"])
 
 
 def test_job_time_is_read_from_snakemakes_log():
