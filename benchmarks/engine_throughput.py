@@ -15,7 +15,7 @@ shapes ([B x L, d_in] by [d_in, d_out], and the output layer at [B, d]), in the 
 dtype, timed alone and summed, divided by the measured step time (at most 1 up to noise;
 the rest is attention, norms, softmax, AdamW and Python).
 
-    python benchmarks/engine_throughput.py [--quick] [--model results/models/smollm2] [--dtypes fp32 bf16]
+    python benchmarks/engine_throughput.py [--quick] [--model results/models/smollm2] [--dtypes fp32 bf16] [--out FILE.json]
 
 By default the script runs the dtype ``dtype: auto`` picks on this machine and then the
 other one, except bf16 on a CPU without native bf16 (emulated there, many times slower):
@@ -26,15 +26,18 @@ that leg is skipped, and said so (``--dtypes bf16`` forces it). The last line is
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from distreach.engine import AUTO_BATCH, TuneConfig, allowed_tokens, init_rows, tune
 from distreach.infotheory import kl
-from distreach.models import DTYPES, auto_dtype, cpu_has_bf16, load_materialised
+from distreach.io import atomic_path, package_versions
+from distreach.models import DTYPES, auto_dtype, cpu_has_bf16, load_materialised, machine
 from distreach.tokens import resolve_bos
 
 
@@ -161,6 +164,16 @@ def run(folder: str, dtype: str, rows: int, loop_rows: int, steps: int, seconds:
     }
 
 
+def table(results: list[dict]) -> str:
+    """The markdown table of :func:`run`'s results."""
+    lines = ["| dtype | batch | engine prompt-steps/s | loop prompt-steps/s | speedup | matmul share of the step "
+             "| first-step loss rel. diff | mean kl_min rel. diff |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['dtype']} | {r['batch']} | {r['engine']:.1f} | {r['loop']:.1f} | {r['speedup']:.1f} "
+                     f"| {r['fraction']:.2f} | {r['first_rel_diff']:.1e} | {r['kl_rel_diff']:.1e} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="results/models/smollm2", help="a materialised model folder")
@@ -168,6 +181,7 @@ def main() -> None:
                     help="default: the pipeline's dtype auto choice first, then the other where the CPU has it natively")
     ap.add_argument("--quick", action="store_true", help="fewer rows and steps per timed unit: under 3 minutes on 2 cores")
     ap.add_argument("--seconds", type=float, default=10.0, help="minimum time of each timed repeat (default 10)")
+    ap.add_argument("--out", type=Path, help="write the results (and the machine, threads and package versions) as JSON here")
     args = ap.parse_args()
     if args.dtypes is None:
         first = auto_dtype("cpu")
@@ -182,11 +196,12 @@ def main() -> None:
     for dtype in args.dtypes:
         results.append(run(args.model, dtype, rows, loop_rows, steps, args.seconds))
     say(f"{rows} rows x {steps} steps per engine unit (auto batch); plain loop over the same rows and inits")
-    say("| dtype | batch | engine prompt-steps/s | loop prompt-steps/s | speedup | matmul share of the step | first-step loss rel. diff | mean kl_min rel. diff |")
-    say("|---|---|---|---|---|---|---|---|")
-    for r in results:
-        say(f"| {r['dtype']} | {r['batch']} | {r['engine']:.1f} | {r['loop']:.1f} | {r['speedup']:.1f} "
-            f"| {r['fraction']:.2f} | {r['first_rel_diff']:.1e} | {r['kl_rel_diff']:.1e} |")
+    say(table(results))
+    if args.out:
+        report = {"machine": machine(), "threads": torch.get_num_threads(), "versions": package_versions(),
+                  "model": args.model, "quick": args.quick, "results": results}
+        with atomic_path(args.out) as tmp:
+            Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
     for r in results:
         tight = 1e-4 if r["dtype"] == "fp32" else 2e-2
         if r["first_rel_diff"] > tight or r["kl_rel_diff"] > 0.1:

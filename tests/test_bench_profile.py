@@ -1,4 +1,4 @@
-"""benchmarks/step_profile.py: the README's table is the one its results file gives, and
+"""benchmarks/step_profile.py and engine_throughput.py: the README's tables are the ones their results files give, and
 profiler events go to the groups its docstring names."""
 
 import json
@@ -7,6 +7,7 @@ from .conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 step_profile = load_script(REPO / "benchmarks" / "step_profile.py")
+engine_throughput = load_script(REPO / "benchmarks" / "engine_throughput.py")
 
 
 def test_readme_table_is_the_results_file():
@@ -17,6 +18,15 @@ def test_readme_table_is_the_results_file():
         assert {(r["model"], r["dtype"]) for r in report["runs"]} == {(m, d) for m in ("smollm2", "gemma3") for d in ("bf16", "fp32")}
         assert " ".join(step_profile.table(report["runs"]).split()) in readme
         assert f"`benchmarks/results/cpu/{name}`, {report['seconds']} s in all" in readme
+
+
+
+def test_readme_throughput_table_is_the_results_file():
+    report = json.loads((REPO / "benchmarks" / "results" / "cpu" / "engine-throughput.json").read_text())
+    readme = (REPO / "benchmarks" / "README.md").read_text()
+    section = readme.split("## Engine against a plain loop")[1].split("\n## ")[0]
+    assert report["machine"]["native_bf16"] and [r["dtype"] for r in report["results"]] == ["bf16", "fp32"]
+    assert engine_throughput.table(report["results"]) in section
 
 
 def test_profiler_events_are_grouped_by_exact_name():
