@@ -197,16 +197,16 @@ def main() -> None:
         results.append(run(args.model, dtype, rows, loop_rows, steps, args.seconds))
     say(f"{rows} rows x {steps} steps per engine unit (auto batch); plain loop over the same rows and inits")
     say(table(results))
-    if args.out:
-        report = {"machine": machine(), "threads": torch.get_num_threads(), "versions": package_versions(),
-                  "model": args.model, "quick": args.quick, "results": results}
-        with atomic_path(args.out) as tmp:
-            Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
     for r in results:
         tight = 1e-4 if r["dtype"] == "fp32" else 2e-2
         if r["first_rel_diff"] > tight or r["kl_rel_diff"] > 0.1:
             raise SystemExit(f"engine and loop disagree in {r['dtype']}: first-step loss {r['first_rel_diff']:.1e}, "
                              f"kl_min {r['kl_rel_diff']:.1e}")
+    if args.out:  # only numbers that passed the agreement check
+        report = {"machine": machine(), "threads": torch.get_num_threads(), "versions": package_versions(),
+                  "model": args.model, "quick": args.quick, "results": results}
+        with atomic_path(args.out) as tmp:
+            Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
     first = results[0]
     say(f"speedup_vs_loop={first['speedup']:.2f} matmul_fraction={first['fraction']:.2f} dtype={first['dtype']}")
 

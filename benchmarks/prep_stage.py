@@ -88,11 +88,12 @@ def ratios(report: dict) -> tuple[float, float]:
 
 
 def table_rows(report: dict) -> list[str]:
-    """The README table's rows (markdown) of a report written by this script."""
+    """The README table's rows (markdown) of a report written by this script ("-": a rule with no job
+    in that revision)."""
     rows = []
     for r in report["runs"]:
         jobs = r["job_seconds"]
-        rows.append(f"| `{r['commit']}` | " + " | ".join(str(jobs.get(rule, 0)) for rule in PREP_RULES)
+        rows.append(f"| `{r['commit']}` | " + " | ".join(str(jobs.get(rule, "-")) for rule in PREP_RULES)
                     + f" | {r['job_seconds_total']} | {r['cpu_seconds']} |")
     return rows
 

@@ -19,7 +19,8 @@ every step). Two views of the recorded time:
   is not an ``aten::`` operator: the step spans, autograd's nodes and the optimiser's bookkeeping,
   Python and dispatch between operators); shares of the recorded time, adding up to 1;
 - **phases** (spans the script opens around the engine's methods): the forward pass and loss
-  (``_Batch.losses``), the per-step records of each row (``_Batch._record``: its best KL so far,
+  (``_Batch.losses``), the KL over the vocabulary within it (``distreach.infotheory.kl`` as the
+  engine calls it; its forward only: its backward runs in autograd's nodes), the per-step records of each row (``_Batch._record``: its best KL so far,
   q's entropy and top tokens at it), the optimiser's update (``AdamW.step``); shares of the
   recorded time, inclusive of their operators; the rest is the backward pass and the step's own code.
 """
@@ -50,7 +51,7 @@ OPS = {
     "copies and casts": {"copy_", "to", "_to_copy", "contiguous", "clone", "cat", "index", "gather"},
 }
 OUTSIDE = "no operator"
-PHASES = {"forward and loss": (engine._Batch, "losses"), "records": (engine._Batch, "_record"),
+PHASES = {"forward and loss": (engine._Batch, "losses"), "KL": (engine, "kl"), "records": (engine._Batch, "_record"),
           "optimiser": (torch.optim.AdamW, "step")}
 
 
@@ -151,7 +152,7 @@ def table(runs: list[dict]) -> str:
     for r in runs:
         lines.append(f"| {r['model']} ({r['dtype']}) | {r['rows']} | {r['step_seconds']:.2f} | "
                      + " | ".join(f"{r['operators'].get(n, 0.0):.2f}" for n in ops) + " | "
-                     + " | ".join(f"{r['phases'][p]:.2f}" for p in phases) + " |")
+                     + " | ".join(f"{r['phases'][p]:.2f}" if p in r["phases"] else "-" for p in phases) + " |")
     return "\n".join(lines)
 
 

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from .io import atomic_path
+from .models import attention_of
 from .schema import default
 
 log = logging.getLogger(__name__)
 CHECKPOINT_SECONDS = float(default("checkpoint_seconds"))  # how often a tuning run saves its state, unless told
-FORMAT = 4  # layout of the saved state; a checkpoint of another layout is not resumed
+FORMAT = 5  # layout of the saved state and the loss it was tuned on; a checkpoint of another is not resumed
 
 
 def checkpoint_path(output) -> Path:
@@ -33,9 +34,10 @@ def checkpoint_path(output) -> Path:
 
 def checkpoint_key(loaded, target: torch.Tensor, seeds, cfg, record_curve: bool) -> str:
     """What a checkpoint must have been made from to be resumed: model, dtype, device,
-    targets, seeds and settings."""
+    attention implementation, targets, seeds and settings."""
     h = hashlib.sha256(f"checkpoint format {FORMAT}".encode())
-    h.update(repr((loaded.name, str(loaded.embeddings.dtype), str(loaded.embeddings.device), cfg, record_curve)).encode())
+    h.update(repr((loaded.name, str(loaded.embeddings.dtype), str(loaded.embeddings.device), attention_of(loaded), cfg,
+                   record_curve)).encode())
     h.update(str((getattr(loaded, "manifest", None) or {}).get("weights_sha256")).encode())
     h.update(target.numpy().tobytes())
     h.update(np.asarray(seeds, dtype=np.int64).tobytes())

@@ -44,7 +44,7 @@ import torch
 
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint, checkpoint_key
 from .errors import DistreachError
-from .infotheory import entropy, kl, neg_entropy
+from .infotheory import entropy, kl, log_of
 from .models import dtype_name
 from .optimrows import keep_rows
 from .tokens import BOS_POLICIES, resolve_bos, usable_mask, vocab_support
@@ -378,7 +378,7 @@ class _Batch:
         self.device = target_p.device
         self.dtype = self.weight.dtype
         self.target = target_p
-        self.p_log_p = neg_entropy(target_p)  # the KL's term that q does not change, once per batch
+        self.logp = log_of(target_p)  # the targets' logarithms, once per batch
         self.mask = list(cfg.soft_mask)
         self.soft_pos = [i for i, s in enumerate(self.mask) if s]
         self.hard_pos = [i for i, s in enumerate(self.mask) if not s]
@@ -396,12 +396,12 @@ class _Batch:
         self._active_targets()
 
     def _active_targets(self) -> None:
-        """The active rows' targets and their sum p log p, kept while the rows stay (a batch's
+        """The active rows' targets and their logarithms, kept while the rows stay (a batch's
         step reads them without indexing [B, |V|] every step)."""
         everyone = len(self.active) == len(self.target)
         rows = self.active.to(self.device)
         self.p_active = self.target if everyone else self.target[rows]
-        self.p_log_p_active = self.p_log_p if everyone else self.p_log_p[rows]
+        self.logp_active = self.logp if everyone else self.logp[rows]
 
     def _adamw(self):
         return torch.optim.AdamW([self.theta], lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
@@ -448,8 +448,10 @@ class _Batch:
         logits = self.model(inputs_embeds=x, cache=cache, use_cache=cache is not None, logits_to_keep=1).logits[:, -1].float()
         logq = torch.log_softmax(logits, -1)
         if rows is None:
-            return kl(self.p_active, logq, self.p_log_p_active), logq
-        return kl(self.target[rows], logq, self.p_log_p[rows]), logq
+            if x.shape[0] != len(self.p_active):
+                raise RuntimeError(f"{x.shape[0]} prefixes for {len(self.p_active)} active rows")
+            return kl(self.p_active, logq, self.logp_active), logq
+        return kl(self.target[rows], logq, self.logp[rows]), logq
 
     def cache(self, past, B: int):
         """A cache holding ``past`` (keys and values per layer) for B rows, or None for no positions."""

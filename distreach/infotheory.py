@@ -17,24 +17,26 @@ def entropy(logp: torch.Tensor, finite: bool = False) -> torch.Tensor:
     return -(terms if finite else terms.nan_to_num(0.0)).sum(-1)
 
 
-def neg_entropy(p: torch.Tensor) -> torch.Tensor:
-    """sum p log p in nats per row of probabilities p (last dim): minus the entropy, the part of
-    KL(p || q) that does not depend on q; a zero probability contributes exactly 0."""
-    return torch.xlogy(p, p).sum(-1)
+def log_of(p: torch.Tensor) -> torch.Tensor:
+    """log p where p > 0 and 0 where p = 0: the log-probabilities that KL(p || q) weighs by p (a
+    zero probability's term is 0 whatever its log)."""
+    return torch.where(p > 0, p.log(), 0.0)
 
 
-def kl(p: torch.Tensor, logq: torch.Tensor, p_log_p: torch.Tensor | None = None) -> torch.Tensor:
+def kl(p: torch.Tensor, logq: torch.Tensor, logp: torch.Tensor | None = None) -> torch.Tensor:
     """KL(p || q) in nats per row, from probabilities p and log-probabilities q:
-    sum p log p - sum p log q.
+    sum p (log p - log q), the difference taken term by term, so a small KL (q near p) keeps its
+    precision (a difference of the two sums, each about the entropy of p, would not).
 
-    Zero-probability target entries contribute exactly 0 (``xlogy`` in :func:`neg_entropy`;
-    ``p log q`` is 0 there wherever q > 0), as in torch's ``kl_div``, whose sum over the
-    last dim this equals up to rounding. ``p_log_p`` is :func:`neg_entropy` of p where the
-    caller has it: a descent on q computes it once instead of at every step (the gradient to
-    logq, -p, is the same either way)."""
-    if p_log_p is None:
-        p_log_p = neg_entropy(p)
-    return p_log_p - torch.linalg.vecdot(p, logq)
+    Zero-probability target entries contribute exactly 0 wherever q > 0, as in torch's
+    ``kl_div``, whose sum over the last dim this equals up to rounding, with the same gradient
+    to log q (-p). ``logp`` is :func:`log_of` of p where the caller has it: a descent on q
+    computes it once instead of a logarithm over the vocabulary at every step. Mixed dtypes
+    compute in the wider one."""
+    dtype = torch.result_type(p, logq)
+    if logp is None:
+        logp = log_of(p)
+    return torch.linalg.vecdot(p.to(dtype), logp.to(dtype) - logq.to(dtype))
 
 
 def max_entropy(vocab_size: int, unit: str = "nats") -> float:

@@ -438,9 +438,9 @@ def cpu_has_bf16() -> bool:
 def auto_dtype(device: str) -> str:
     """``dtype: auto``: bf16 where the hardware computes it natively, else fp32.
 
-    On a CPU with AVX512-BF16 the engine runs 2.0-2.2x faster in bf16 than in fp32
+    On a CPU with AVX512-BF16 the engine runs 1.3-2.2x faster in bf16 than in fp32
     for the default models, while the two dtypes' next-token distributions differ by
-    a mean KL of 0.002-0.008 nats (benchmarks/README.md); without native bf16, bf16
+    a mean KL of 0.002-0.012 nats (benchmarks/README.md); without native bf16, bf16
     is emulated and slower."""
     if device.startswith("cuda"):
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
@@ -469,9 +469,15 @@ def resolve_device(device: str = "auto") -> str:
 
 def attention_for(device: str, dtype: torch.dtype) -> str | None:
     """The attention implementation a model is loaded with: plain matmuls ("eager") in bf16 on a
-    CPU, where torch's flash-attention kernel takes 10-20% longer per tuning step at the engine's
-    few positions (benchmarks/README.md); otherwise transformers' default (SDPA)."""
-    return "eager" if device == "cpu" and dtype == torch.bfloat16 else None
+    CPU, where torch's flash-attention kernel took 0.14 of SmolLM2's tuning step at the engine's
+    few positions and plain matmuls take 0.03 (benchmarks/README.md, where a step's time goes);
+    otherwise transformers' default (SDPA)."""
+    return "eager" if torch.device(device).type == "cpu" and dtype == torch.bfloat16 else None
+
+
+def attention_of(loaded) -> str | None:
+    """The attention implementation a loaded model runs (transformers' name), None without a model."""
+    return getattr(getattr(getattr(loaded, "model", None), "config", None), "_attn_implementation", None)
 
 def load_materialised(folder: str | os.PathLike, dtype: str = "fp32", device: str = "auto", with_model: bool = True):
     """Load a folder written by :func:`materialise`: (LoadedModel, tokenizer)."""

@@ -23,7 +23,7 @@ from .engine import STOP_REASONS, TuneConfig, model_of, prompt_kl, tune, tuning_
 from .errors import DistreachError
 from .units import to_unit
 from .io import package_versions, with_metadata, write_arrow
-from .models import auto_dtype, cpu_model, load_materialised, resolve_device
+from .models import attention_of, auto_dtype, cpu_model, load_materialised, resolve_device
 from .seeds import derive_seed
 from .targets import TARGET_COLUMNS, read_target_matrix
 from .tokens import bos_used
@@ -243,6 +243,7 @@ def _provenance(ctx, m: Shard, shards: list[Shard], tuning: TuneConfig, seed: in
         "work": work,
         "dtype": ctx.dtype,
         "device": str(ctx.device),
+        "attention": attention_of(ctx.loaded),
         "torch_threads": torch.get_num_threads(),
         "cpu": cpu_model(),
         "packages": package_versions(),

@@ -12,12 +12,15 @@ engine_throughput = load_script(REPO / "benchmarks" / "engine_throughput.py")
 
 def test_readme_table_is_the_results_file():
     readme = " ".join((REPO / "benchmarks" / "README.md").read_text().split())
+    report_now = json.loads((REPO / "benchmarks" / "results" / "cpu" / "step-profile.json").read_text())
     for name in ("step-profile.json", "step-profile-796fa5a.json"):  # this revision's and the one before
         report = json.loads((REPO / "benchmarks" / "results" / "cpu" / name).read_text())
-        assert report["machine"]["native_bf16"]
-        assert {(r["model"], r["dtype"]) for r in report["runs"]} == {(m, d) for m in ("smollm2", "gemma3") for d in ("bf16", "fp32")}
+        assert {(r["model"], r["dtype"]) for r in report["runs"]} >= {(m, "fp32") for m in ("smollm2", "gemma3")}
         assert " ".join(step_profile.table(report["runs"]).split()) in readme
         assert f"`benchmarks/results/cpu/{name}`, {report['seconds']} s in all" in readme
+    # the README names the machine of this revision's file
+    cpu = report_now["machine"]
+    assert f"{cpu['cpu']}, {'with' if cpu['native_bf16'] else 'without'} native bf16" in readme
 
 
 
@@ -25,8 +28,9 @@ def test_readme_throughput_table_is_the_results_file():
     report = json.loads((REPO / "benchmarks" / "results" / "cpu" / "engine-throughput.json").read_text())
     readme = (REPO / "benchmarks" / "README.md").read_text()
     section = readme.split("## Engine against a plain loop")[1].split("\n## ")[0]
-    assert report["machine"]["native_bf16"] and [r["dtype"] for r in report["results"]] == ["bf16", "fp32"]
     assert engine_throughput.table(report["results"]) in section
+    cpu = report["machine"]
+    assert f"{cpu['cpu']}, {'with' if cpu['native_bf16'] else 'without'} native bf16" in " ".join(section.split())
 
 
 def test_profiler_events_are_grouped_by_exact_name():
@@ -52,7 +56,8 @@ def test_a_profile_of_a_tiny_model_has_every_group_and_phase(tiny_dirs):
     r = step_profile.profile_one(str(tiny_dirs["llama"]), "fp32", rows=4, steps=2)
     assert (r["model"], r["rows"], r["steps"]) == ("tiny-llama", 4, 2) and r["step_seconds"] > 0
     assert all(r["phases"][p] > 0 for p in step_profile.PHASES), r["phases"]
-    assert sum(r["phases"].values()) <= 1.0, r["phases"]
+    outer = {p: v for p, v in r["phases"].items() if p != "KL"}  # the KL runs within the forward pass and loss
+    assert sum(outer.values()) <= 1.0 and r["phases"]["KL"] < r["phases"]["forward and loss"], r["phases"]
     assert r["operators"]["matmul"] > 0 and r["operators"][step_profile.OUTSIDE] > 0
     assert abs(sum(r["operators"].values()) - 1) < 1e-9
     assert methods() == before

@@ -36,6 +36,16 @@ def test_default_run_page_says_what_the_run_wrote():
             assert f"{mins} min {secs} s" in text
         assert f"**{mins} min {secs} s**" in readme and facts["cpu"] in readme
         assert all(f"`dtype: auto` is {d}" in readme for d in facts["dtypes"])
+    # the outcomes that differ between the two runs, as the page states them
+    earlier_claims = pl.read_ipc(DATA / "avx2-fp32-bc9d3d9-claims.arrow")
+
+    def verdict(df, claim, model):
+        return df.filter((pl.col("claim") == claim) & (pl.col("model") == model))["verdict"].item()
+
+    said = (f"had C3 **{verdict(earlier_claims, 'C3', 'smollm2')}** and C9 on SmolLM2 **{verdict(earlier_claims, 'C9', 'smollm2')}**,"
+            f" where this {run['dtypes'][0]} run has C3 **{verdict(claims, 'C3', 'smollm2')}** and C9 on SmolLM2"
+            f" **{verdict(claims, 'C9', 'smollm2')}**")
+    assert said in " ".join(page.split())
 
 
 def test_job_time_is_read_from_snakemakes_log():

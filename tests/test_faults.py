@@ -282,3 +282,21 @@ def test_a_tuning_resolves_bos_and_allowed_tokens_once_fp32_retry_included(tiny_
     fp32 = engine.prompt_kl(tiny_llama, p[None], [row["prompt_ids"]])[0]  # tiny_llama: the same folder in fp32
     assert row["dtype"] == "fp32" and row["status"] == "ok" and np.isfinite(row["kl_roundtrip"])
     assert row["kl_roundtrip"] == pytest.approx(float(to_unit(fp32, row["entropy_unit"])), rel=1e-6)
+
+
+def test_a_checkpoint_of_another_attention_implementation_is_not_resumed(tiny_llama):
+    """Eager attention and SDPA round differently: the checkpoint key names the one the model runs."""
+    from distreach.checkpoint import checkpoint_key
+    from distreach.engine import TuneConfig
+
+    def key():
+        return checkpoint_key(tiny_llama, torch.zeros(1, tiny_llama.vocab_size), [0], TuneConfig(), False)
+
+    before = key()
+    assert tiny_llama.model.config._attn_implementation == "sdpa"
+    tiny_llama.model.set_attn_implementation("eager")
+    try:
+        assert key() != before
+    finally:
+        tiny_llama.model.set_attn_implementation("sdpa")
+    assert key() == before

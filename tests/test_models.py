@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from distreach.errors import DistreachError
-from distreach.models import DTYPES, ModelSpec, load_materialised, materialise, read_manifest
+from distreach.models import DTYPES, ModelSpec, attention_for, load_materialised, materialise, read_manifest
 
 from .conftest import save_tiny
 
@@ -279,3 +279,4 @@ def test_a_model_in_bf16_on_the_cpu_attends_by_plain_matmuls(tiny_dirs):
     for dtype, want in (("bf16", "eager"), ("fp32", "sdpa")):
         lm = load_materialised(tiny_dirs["llama"], dtype=dtype, device="cpu")[0]
         assert (lm.model.config._attn_implementation, lm.model.dtype) == (want, DTYPES[dtype])
+    assert attention_for("cpu:0", DTYPES["bf16"]) == "eager" and attention_for("cuda", DTYPES["bf16"]) is None

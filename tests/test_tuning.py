@@ -2,7 +2,7 @@ import polars as pl
 import pytest
 
 from distreach.errors import DistreachError
-from distreach.io import read_arrow, write_arrow
+from distreach.io import arrow_metadata, read_arrow, write_arrow
 from distreach.models import load_materialised
 from distreach.tuning import run_shard, shard_rows, tuning_config
 from distreach.tables import RESULT_COLUMNS, collect, min_over_inits
@@ -42,6 +42,14 @@ def test_run_shards_and_collect(tiny_dirs, tmp_path):
     assert df.select("target_id", "init_index").unique().height == df.height
     meta = read_arrow(tmp_path / "all.arrow").schema.metadata
     assert b"distreach" in meta and b"torch" in meta[b"distreach"]
+    # each shard's provenance: dtype, device and the attention implementation the model ran
+    shard = arrow_metadata(read_arrow(paths[0]))
+    assert (shard["dtype"], shard["device"], shard["attention"]) == ("fp32", "cpu", "sdpa")
+    run_shard(model_dir=str(tiny_dirs["llama"]), targets_path=str(tmp_path / "t.arrow"), out_path=str(tmp_path / "b.arrow"),
+              experiment="e", method="soft", tuning=tuning_config({"max_steps": 2}), inits=1, shard=0, n_shards=1,
+              dtype="bf16", device="cpu")
+    shard = arrow_metadata(read_arrow(tmp_path / "b.arrow"))
+    assert (shard["dtype"], shard["attention"]) == ("bf16", "eager")
     best = min_over_inits(df)
     assert best.height == targets.num_rows
     expected = df.group_by("target_id").agg(pl.col("kl_min").min()).sort("target_id")
