@@ -8,6 +8,7 @@ import torch
 
 from .units import to_unit
 
+
 def entropy(logp: torch.Tensor, finite: bool = False) -> torch.Tensor:
     """Shannon entropy in nats of each row of log-probabilities (last dim). A zero probability
     (log-probability -inf) contributes 0. ``finite=True`` where no entry is -inf (the

@@ -479,6 +479,7 @@ def attention_of(loaded) -> str | None:
     """The attention implementation a loaded model runs (transformers' name), None without a model."""
     return getattr(getattr(getattr(loaded, "model", None), "config", None), "_attn_implementation", None)
 
+
 def load_materialised(folder: str | os.PathLike, dtype: str = "fp32", device: str = "auto", with_model: bool = True):
     """Load a folder written by :func:`materialise`: (LoadedModel, tokenizer)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

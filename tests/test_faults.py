@@ -195,6 +195,7 @@ def test_a_batch_resumed_after_one_of_its_rows_stopped_scores_the_others_against
     for name in ("kl_min", "q_entropy", "best_step", "steps", "best_soft"):
         np.testing.assert_array_equal(getattr(resumed, name), getattr(fresh, name), err_msg=name)
 
+
 def poison(monkeypatch, when):
     """Make the model's logits NaN for the first row in its first forward pass when ``when(dtype)``."""
     real = tuning.load_materialised

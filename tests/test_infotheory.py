@@ -61,6 +61,7 @@ def test_a_small_kl_over_a_large_vocabulary_keeps_its_precision_in_fp32(scale):
     # mixed dtypes compute in the wider one
     torch.testing.assert_close(kl(logp64.exp(), logq), kl(logp64.exp(), logq.double()))
 
+
 def test_kl_of_identical_is_zero_and_positive_otherwise():
     p = torch.tensor(random_dists(3, 20, 2))
     assert torch.allclose(kl(p, p.log()), torch.zeros(3, dtype=p.dtype), atol=1e-12)
