@@ -444,12 +444,12 @@ class _Batch:
         scored against, the active rows by default. The BOS position (the same in every row and step) enters as its keys and values,
         computed once (:func:`_bos_cache`) and expanded over the rows; ``past`` (keys and values
         per layer, [B or 1, heads, n, d_head]) replaces them with those of the n positions before ``x``."""
+        if rows is None and x.shape[0] != len(self.p_active):
+            raise RuntimeError(f"{x.shape[0]} prefixes for {len(self.p_active)} active rows")
         cache = self.cache(self.bos if past is None else past, x.shape[0])
         logits = self.model(inputs_embeds=x, cache=cache, use_cache=cache is not None, logits_to_keep=1).logits[:, -1].float()
         logq = torch.log_softmax(logits, -1)
         if rows is None:
-            if x.shape[0] != len(self.p_active):
-                raise RuntimeError(f"{x.shape[0]} prefixes for {len(self.p_active)} active rows")
             return kl(self.p_active, logq, self.logp_active), logq
         return kl(self.target[rows], logq, self.logp[rows]), logq
 

@@ -32,12 +32,14 @@ def kl(p: torch.Tensor, logq: torch.Tensor, logp: torch.Tensor | None = None) ->
     Zero-probability target entries contribute exactly 0 wherever q > 0, as in torch's
     ``kl_div``, whose sum over the last dim this equals up to rounding, with the same gradient
     to log q (-p). ``logp`` is :func:`log_of` of p where the caller has it: a descent on q
-    computes it once instead of a logarithm over the vocabulary at every step. Mixed dtypes
-    compute in the wider one."""
+    computes it once instead of a logarithm over the vocabulary at every step, for log q of
+    finite logits. Without ``logp``, a zero probability contributes 0 also where q = 0 (log q
+    = -inf: a target's padding rows). Mixed dtypes compute in the wider one."""
     dtype = torch.result_type(p, logq)
+    p = p.to(dtype)
     if logp is None:
-        logp = log_of(p)
-    return torch.linalg.vecdot(p.to(dtype), logp.to(dtype) - logq.to(dtype))
+        return torch.linalg.vecdot(p, torch.where(p > 0, log_of(p) - logq.to(dtype), 0.0))
+    return torch.linalg.vecdot(p, logp.to(dtype) - logq.to(dtype))
 
 
 def max_entropy(vocab_size: int, unit: str = "nats") -> float:

@@ -438,7 +438,7 @@ def cpu_has_bf16() -> bool:
 def auto_dtype(device: str) -> str:
     """``dtype: auto``: bf16 where the hardware computes it natively, else fp32.
 
-    On a CPU with AVX512-BF16 the engine runs 1.3-2.2x faster in bf16 than in fp32
+    On a CPU with AVX512-BF16 the engine runs faster in bf16 than in fp32
     for the default models, while the two dtypes' next-token distributions differ by
     a mean KL of 0.002-0.012 nats (benchmarks/README.md); without native bf16, bf16
     is emulated and slower."""

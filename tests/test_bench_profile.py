@@ -1,4 +1,4 @@
-"""benchmarks/step_profile.py and engine_throughput.py: the README's tables are the ones their results files give, and
+"""benchmarks/step_profile.py, engine_throughput.py and cpu_dtype.py: the README's tables are the ones their results files give, and
 profiler events go to the groups its docstring names."""
 
 import json
@@ -8,6 +8,7 @@ from .conftest import load_script
 REPO = Path(__file__).resolve().parents[1]
 step_profile = load_script(REPO / "benchmarks" / "step_profile.py")
 engine_throughput = load_script(REPO / "benchmarks" / "engine_throughput.py")
+cpu_dtype = load_script(REPO / "benchmarks" / "cpu_dtype.py")
 
 
 def test_readme_table_is_the_results_file():
@@ -32,6 +33,13 @@ def test_readme_throughput_table_is_the_results_file():
     cpu = report["machine"]
     assert f"{cpu['cpu']}, {'with' if cpu['native_bf16'] else 'without'} native bf16" in " ".join(section.split())
 
+
+
+def test_readme_dtype_table_is_the_results_file():
+    report = json.loads((REPO / "benchmarks" / "results" / "cpu" / "cpu-dtype.json").read_text())
+    section = (REPO / "benchmarks" / "README.md").read_text().split("## fp32 against bf16 on the CPU")[1].split("\n## ")[0]
+    assert cpu_dtype.table(report["rows"]) in section
+    assert f"--batch {report['batch']} --steps {report['steps']}" in section and report["machine"]["cpu"] in section
 
 def test_profiler_events_are_grouped_by_exact_name():
     group = step_profile.group_of

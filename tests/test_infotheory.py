@@ -58,6 +58,9 @@ def test_a_small_kl_over_a_large_vocabulary_keeps_its_precision_in_fp32(scale):
     p, logq = logp64.exp().float(), logq64.float()
     got = kl(p, logq, log_of(p)).double()
     assert (exact > 0).all() and ((got - exact).abs() / exact).max() < 1e-4
+    # a zero probability where q is 0 too (log q = -inf: padding rows) contributes 0
+    p0, logq0 = torch.tensor([[0.5, 0.5, 0.0]]), torch.tensor([[math.log(0.5), math.log(0.5), -math.inf]])
+    assert kl(p0, logq0).item() == 0.0
     # mixed dtypes compute in the wider one
     torch.testing.assert_close(kl(logp64.exp(), logq), kl(logp64.exp(), logq.double()))
 
