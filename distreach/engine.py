@@ -441,9 +441,10 @@ class _Batch:
     def losses(self, x, rows=None, past=None):
         """The forward pass: per-row KL(p || q) of the next token after the prefixes ``x``, and
         log q; ``rows`` (indices into the batch) are the rows whose targets p the prefixes are
-        scored against, the active rows by default. The BOS position (the same in every row and step) enters as its keys and values,
-        computed once (:func:`_bos_cache`) and expanded over the rows; ``past`` (keys and values
-        per layer, [B or 1, heads, n, d_head]) replaces them with those of the n positions before ``x``."""
+        scored against, the active rows by default. The BOS position (the same in every row and
+        step) enters as its keys and values, computed once (:func:`_bos_cache`) and expanded over
+        the rows; ``past`` (keys and values per layer, [B or 1, heads, n, d_head]) replaces them
+        with those of the n positions before ``x``."""
         if rows is None and x.shape[0] != len(self.p_active):
             raise RuntimeError(f"{x.shape[0]} prefixes for {len(self.p_active)} active rows")
         cache = self.cache(self.bos if past is None else past, x.shape[0])
