@@ -19,9 +19,10 @@ def test_readme_table_is_the_results_file():
         assert {(r["model"], r["dtype"]) for r in report["runs"]} >= {(m, "fp32") for m in ("smollm2", "gemma3")}
         assert " ".join(step_profile.table(report["runs"]).split()) in readme
         assert f"`benchmarks/results/cpu/{name}`, {report['seconds']} s in all" in readme
-    # the README names the machine of this revision's file
+    # the README names the machine of this revision's file, beside it
     cpu = report_now["machine"]
-    assert f"{cpu['cpu']}, {'with' if cpu['native_bf16'] else 'without'} native bf16" in readme
+    assert (f"`benchmarks/results/cpu/step-profile.json`, {report_now['seconds']} s in all; 2-core {cpu['cpu']}, "
+            f"{'with' if cpu['native_bf16'] else 'without'} native bf16") in readme
 
 
 
