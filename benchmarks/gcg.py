@@ -14,19 +14,22 @@ show the gap a discrete search could close. Every gcg prompt is checked to be te
 KL when typed back in.
 
 ``nanogcg``: ``--targets`` one-token targets (a one-hot p: KL(p || q) is the cross-entropy loss
-nanoGCG minimises), no BOS token (nanoGCG's input is the prompt then the target), prompts of 5
-tokens starting from the same text for both, the same steps, search width, top-k and positions
-changed, so the same number of candidate forward passes (nanoGCG 0.3.0 with ``use_prefix_cache``
-off, there being no prefix, and ``allow_non_ascii`` on, as gcg draws from every usable token).
-nanoGCG tunes one target at a time; gcg all of them in one batch. Both final prompts are scored by
-the same exact forward pass. Needs ``pip install --no-deps nanogcg==0.3.0`` (its pin on
+nanoGCG minimises), ``--seeds`` runs per target, each from its own init seed; no BOS token
+(nanoGCG's input is the prompt then the target), prompts of 5 tokens, a run starting from the same
+text on both sides, the same steps, search width, top-k and positions changed, so the same number
+of candidate forward passes (nanoGCG 0.3.0 with ``use_prefix_cache`` off, there being no prefix,
+and ``allow_non_ascii`` on, as gcg draws from every usable token). nanoGCG tunes one run at a
+time; gcg all of them in one batch. Both final prompts are scored by the same exact forward pass.
+The two searches are one algorithm with different random draws, and a single run's final loss
+scatters widely: the comparison is per target (the median over its seeds), then the median over
+targets, with a sign test over the runs paired by target and seed. Needs ``pip install --no-deps nanogcg==0.3.0`` (its pin on
 transformers<=4.47.1 is stricter than the code it runs needs).
 
 ``cache``: how much faster a step's candidates are scored from the prompts' cached positions than
 by whole forward passes (the same candidates, the two interleaved).
 
     python benchmarks/gcg.py hard --out benchmarks/results/cpu        # about 30 min on 2 AVX2 cores
-    python benchmarks/gcg.py nanogcg --out benchmarks/results/cpu     # about 20 min on 2 AVX2 cores
+    python benchmarks/gcg.py nanogcg --out benchmarks/results/cpu --steps 20   # about 30 min on 2 Zen 4 cores
     python benchmarks/gcg.py cache --out benchmarks/results/cpu       # about 3 min
 
 Each writes ``gcg-<kind>.json`` under ``--out`` and prints a Markdown table.
@@ -162,40 +165,80 @@ def run_nanogcg(args) -> dict:
     loaded = load()
     words = ONE_TOKEN[: args.targets]
     ids, probs = one_token_probs(loaded, words)
-    seeds = [derive_seed(0, "init", w, 0) for w in words]
+    runs = [(t, s) for t in range(len(words)) for s in range(args.seeds)]  # (target, seed index)
+    seeds = [derive_seed(0, "init", words[t], s) for t, s in runs]
+    run_probs = probs[[t for t, _ in runs]]
     cfg = TuneConfig(method="gcg", prefix_len=PREFIX_LEN, max_steps=args.steps, patience=args.steps,
                      gcg_width=args.width, gcg_topk=args.topk, bos="none")
     t0 = time.perf_counter()
-    g = tune(loaded, probs, seeds, cfg)
+    g = tune(loaded, run_probs, seeds, cfg)
     ours_s = time.perf_counter() - t0
     tok, model = loaded.tokenizer, loaded.model
     tok.chat_template = "{{ messages[0]['content'] }}"  # the prompt alone, then the target
     ng_loss, ng_ids, ng_s = [], [], 0.0
-    for i, w in enumerate(words):
+    for i, (t, _) in enumerate(runs):
         init = tok.decode(g.init_ids[i].tolist())
         ncfg = nanogcg.GCGConfig(num_steps=args.steps, search_width=args.width, topk=args.topk, n_replace=1,
                                  optim_str_init=init, seed=int(seeds[i]) % 2**31, use_prefix_cache=False,
                                  allow_non_ascii=True, verbosity="WARNING")
         t0 = time.perf_counter()
-        r = nanogcg.run(model, tok, "", w, ncfg)
+        r = nanogcg.run(model, tok, "", words[t], ncfg)
         ng_s += time.perf_counter() - t0
         ng_ids.append(tok(r.best_string, add_special_tokens=False).input_ids)
         ng_loss.append(r.best_loss)
-    ng_exact = prompt_kl(loaded, probs, ng_ids, bos="none")
-    ours_exact = prompt_kl(loaded, probs, g.best_ids.tolist(), bos="none")
-    forwards = args.steps * (1 + args.width) * len(words)  # per side, at most (unreadable candidates are skipped)
-    rows = [{"target": w, "gcg_nats": float(ours_exact[i]), "nanogcg_nats": float(ng_exact[i]),
+    ng_exact = prompt_kl(loaded, run_probs, ng_ids, bos="none")
+    ours_exact = prompt_kl(loaded, run_probs, g.best_ids.tolist(), bos="none")
+    forwards = args.steps * (1 + args.width) * len(runs)  # per side, at most (unreadable candidates are skipped)
+    rows = [{"target": words[t], "seed_index": s, "gcg_nats": float(ours_exact[i]), "nanogcg_nats": float(ng_exact[i]),
              "nanogcg_reported_loss": float(ng_loss[i]), "nanogcg_prompt_tokens": len(ng_ids[i])}
-            for i, w in enumerate(words)]
+            for i, (t, s) in enumerate(runs)]
     return {
         "kind": "nanogcg", "model": "smollm2", "dtype": "fp32", "prefix_len": PREFIX_LEN, "steps": args.steps,
-        "search_width": args.width, "topk": args.topk, "targets": len(words), "rows": rows,
-        "gcg_median_nats": float(np.median(ours_exact)), "nanogcg_median_nats": float(np.median(ng_exact)),
-        "gcg_seconds": ours_s, "nanogcg_seconds": ng_s, "forward_passes_bound": forwards,
+        "search_width": args.width, "topk": args.topk, "targets": len(words), "seeds": args.seeds, "rows": rows,
+        **paired(rows), "gcg_seconds": ours_s, "nanogcg_seconds": ng_s, "forward_passes_bound": forwards,
         "gcg_ms_per_forward": 1000 * ours_s / forwards, "nanogcg_ms_per_forward": 1000 * ng_s / forwards,
         "versions": {**package_versions(), "nanogcg": nanogcg.__version__ if hasattr(nanogcg, "__version__") else "0.3.0"},
         "threads": torch.get_num_threads(),
     }
+
+
+def per_target(rows: list[dict]) -> list[dict]:
+    """Per target (in order of first appearance): each side's median loss over its seeds and the
+    runs where gcg's loss is at most nanoGCG's."""
+    out = {}
+    for r in rows:
+        out.setdefault(r["target"], []).append(r)
+    return [{"target": t, "gcg_nats": float(np.median([r["gcg_nats"] for r in rs])),
+             "nanogcg_nats": float(np.median([r["nanogcg_nats"] for r in rs])),
+             "gcg_at_most": sum(r["gcg_nats"] <= r["nanogcg_nats"] for r in rs), "runs": len(rs)} for t, rs in out.items()]
+
+
+def paired(rows: list[dict], resamples: int = 4000) -> dict:
+    """The comparison over targets: the median over targets of each side's per-target median; a
+    95% bootstrap interval of the difference of those two medians (gcg minus nanoGCG; targets
+    resampled, and within each its seeds, a run's two losses kept together; a fixed seed); and a
+    sign test over the runs paired by (target, seed): how many runs gcg ends lower, how many
+    nanoGCG does, and the two-sided exact binomial p-value of that split (ties left out)."""
+    by_target = per_target(rows)
+    seeds = {}
+    for r in rows:
+        seeds.setdefault(r["target"], []).append((r["gcg_nats"], r["nanogcg_nats"]))
+    runs = np.array(list(seeds.values()))  # [targets, seeds, 2]; every target has the same seeds
+    rng = np.random.default_rng(0)
+    t = rng.integers(0, runs.shape[0], (resamples, runs.shape[0]))
+    s = rng.integers(0, runs.shape[1], (resamples, runs.shape[0], runs.shape[1]))
+    drawn = runs[t[..., None], s]  # [resamples, targets, seeds, 2]
+    diff = np.median(np.median(drawn, 2), 1)  # [resamples, 2]: each side's median of per-target medians
+    lo_ci, hi_ci = np.percentile(diff[:, 0] - diff[:, 1], [2.5, 97.5])
+    lower = sum(r["gcg_nats"] < r["nanogcg_nats"] for r in rows)
+    higher = sum(r["gcg_nats"] > r["nanogcg_nats"] for r in rows)
+    n, k = lower + higher, min(lower, higher)
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    gcg_med = float(np.median([r["gcg_nats"] for r in by_target]))
+    nano_med = float(np.median([r["nanogcg_nats"] for r in by_target]))
+    return {"gcg_median_nats": gcg_med, "nanogcg_median_nats": nano_med, "median_diff_nats": gcg_med - nano_med,
+            "median_diff_ci95": [float(lo_ci), float(hi_ci)], "gcg_lower": lower, "nanogcg_lower": higher,
+            "sign_test_p": p}
 
 
 def run_cache(args) -> dict:
@@ -255,9 +298,11 @@ def table(res: dict) -> str:
         lines.append(f"| median of the {len(res['rows']) - 1} LM targets | {m['gcg_bits']:.3f} | {m['hard_bits']:.3f} | "
                      f"{m['hard_first_init_bits']:.3f} | {m['soft_bits']:.4f} | |")
         return "\n".join(lines)
-    lines = ["| target | gcg loss (nats) | nanoGCG loss (nats) |", "|---|---|---|"]
-    lines += [f"| {json.dumps(r['target'])} | {r['gcg_nats']:.3f} | {r['nanogcg_nats']:.3f} |" for r in res["rows"]]
-    lines.append(f"| median | {res['gcg_median_nats']:.3f} | {res['nanogcg_median_nats']:.3f} |")
+    lines = ["| target | gcg loss (nats), median over seeds | nanoGCG loss (nats), median over seeds | runs gcg <= nanoGCG |",
+             "|---|---|---|---|"]
+    lines += [f"| {json.dumps(r['target'])} | {r['gcg_nats']:.3f} | {r['nanogcg_nats']:.3f} | {r['gcg_at_most']} of {r['runs']} |"
+              for r in per_target(res["rows"])]
+    lines.append(f"| median over targets | {res['gcg_median_nats']:.3f} | {res['nanogcg_median_nats']:.3f} | |")
     return "\n".join(lines)
 
 
@@ -286,10 +331,25 @@ def _findings(res: dict) -> str:
                 f"Against the first hard init (gcg's seed): {res['lm_median']['hard_first_init_bits']:.3g} bits, "
                 f"{res['lm_median']['hard_first_init_bits'] / res['lm_median']['gcg_bits']:.1f}x. Wall time: gcg "
                 f"{res['gcg_seconds']:.0f} s for its {len(res['rows'])} rows, the hard restarts {res['hard_seconds']:.0f} s.")
-    return (f"Median loss over {res['targets']} one-token targets: gcg {res['gcg_median_nats']:.3g} nats, nanoGCG "
-            f"{res['nanogcg_median_nats']:.3g} nats; wall time per candidate forward pass (at most "
+    return (f"Median over {res['targets']} one-token targets of each target's median loss over {res['seeds']} seeds: gcg "
+            f"{res['gcg_median_nats']:.3g} nats, nanoGCG {res['nanogcg_median_nats']:.3g} nats; the difference "
+            f"{res['median_diff_nats']:+.2f} nats, 95% bootstrap interval {res['median_diff_ci95'][0]:+.2f} to "
+            f"{res['median_diff_ci95'][1]:+.2f}. Paired by target and seed, gcg "
+            f"ends lower in {res['gcg_lower']} runs, nanoGCG in {res['nanogcg_lower']} (sign test p = {res['sign_test_p']:.2g}). "
+            f"{_verdict(res)} "
+            f"Wall time per candidate forward pass (at most "
             f"{res['forward_passes_bound']} each): gcg {res['gcg_ms_per_forward']:.2f} ms, nanoGCG "
             f"{res['nanogcg_ms_per_forward']:.2f} ms ({res['nanogcg_ms_per_forward'] / res['gcg_ms_per_forward']:.1f}x).")
+
+
+def _verdict(res: dict) -> str:
+    """What the nanoGCG comparison shows about 'gcg no worse than nanoGCG'."""
+    lo, hi = res["median_diff_ci95"]
+    apart = ("The interval holds 0: these runs do not tell the two apart" if lo <= 0 <= hi else
+             "The interval excludes 0: gcg's median is " + ("lower" if hi < 0 else "higher"))
+    worse = res["gcg_median_nats"] > res["nanogcg_median_nats"]
+    return apart + ("; gcg's median is the higher one, so 'no worse' is not shown here." if worse
+                    else "; gcg's median is not the higher one.")
 
 
 def main(argv=None) -> None:
@@ -301,6 +361,7 @@ def main(argv=None) -> None:
     p.add_argument("--topk", type=int, default=256, help="tokens per position candidates draw from (default 256)")
     p.add_argument("--lm", type=int, default=10, help="hard: LM-generated targets (default 10)")
     p.add_argument("--targets", type=int, default=10, help="nanogcg: one-token targets (default 10)")
+    p.add_argument("--seeds", type=int, default=5, help="nanogcg: runs per target, each from its own init seed (default 5)")
     p.add_argument("--reps", type=int, default=5, help="cache: timed repeats of each scoring (default 5)")
     args = p.parse_args(argv)
     args.steps = args.steps or {"hard": 60, "nanogcg": 40}.get(args.kind)

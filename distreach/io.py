@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
 import shutil
-
+import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
@@ -21,13 +22,39 @@ PROVENANCE_PACKAGES = ("distreach", "torch", "transformers", "numpy", "pyarrow",
 
 
 def package_versions() -> dict[str, str]:
+    """Python's and the packages' versions, and the commit of the distreach checkout (where it runs from one)."""
     out = {"python": platform.python_version()}
     for name in PROVENANCE_PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             pass
+    if (commit := source_commit()) is not None:
+        out["distreach_commit"] = commit
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def source_commit() -> str | None:
+    """The :func:`git_commit` of the checkout the distreach package runs from (None for an installed copy)."""
+    return git_commit(Path(__file__).resolve().parents[1])
+
+
+def git_commit(root: Path) -> str | None:
+    """The commit checked out at the top of the git work tree ``root``, with ``+dirty`` where its
+    tracked files differ from it; None where ``root`` is not such a top or git cannot tell."""
+    if not (root / ".git").exists():
+        return None
+
+    def git(*args) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=60,
+                              check=True).stdout.strip()
+
+    try:
+        commit, changes = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if changes else "")
 
 
 @contextlib.contextmanager

@@ -47,13 +47,17 @@ def job_seconds(log: str) -> dict[str, float]:
 
 
 def run_facts(results: Path, wall: float, log: str) -> dict:
+    from distreach.io import arrow_metadata, read_arrow
     from distreach.models import cpu_has_bf16, machine
 
     df = pl.concat([pl.read_ipc(p) for p in sorted((results / "collected").glob("*.arrow"))], how="diagonal_relaxed")
     per_model = df.group_by("model").agg(pl.len().alias("rows"), pl.col("steps").sum().alias("row_steps")).sort("model")
     jobs = job_seconds(log)
+    commits = {arrow_metadata(read_arrow(p))["packages"].get("distreach_commit")
+               for p in sorted((results / "collected").glob("*.arrow"))} - {None}
     return {
         "wall_seconds": round(wall),
+        "commit": (commits.pop() if len(commits) == 1 else sorted(commits)) if commits else None,
         "cpu": f"{machine()['cpu']}, {platform.machine()}"
                + (" with native bf16" if cpu_has_bf16() else " without native bf16 (AVX2)"),
         "dtypes": sorted(set(df["dtype"].drop_nulls())),
@@ -65,6 +69,15 @@ def run_facts(results: Path, wall: float, log: str) -> dict:
         "results_mb": round(sum(p.stat().st_size for p in results.rglob("*") if p.is_file()
                                 and "models" not in p.relative_to(results).parts[:1]) / 1e6, 1),
     }
+
+
+def _at(commit) -> str:
+    """Where the run's code is named: its commit (the collected tables' provenance)."""
+    if not commit:
+        return ""
+    if isinstance(commit, list):
+        return ", code of commits " + ", ".join(f"`{c[:7]}`" for c in commit)
+    return f", code at commit `{commit[:7]}`" + (" with uncommitted changes" if commit.endswith("+dirty") else "")
 
 
 def _p(v) -> str:
@@ -81,7 +94,7 @@ def render(run: dict, claims: pl.DataFrame) -> str:
         "| | |",
         "|---|---|",
         f"| wall time | **{mins} min {secs} s** (`snakemake --cores 2` from an empty `results/`, 2 cores, {run['cpu']}, "
-        f"{' and '.join(run['dtypes'])}) |",
+        f"{' and '.join(run['dtypes'])}{_at(run.get('commit'))}) |",
         f"| tuning | {run['rows']} rows, {run['row_steps']:,} row-steps: "
         + "; ".join(f"{m} {v['rows']} rows, {v['row_steps']:,} row-steps" for m, v in run["models"].items()) + " |",
         "| job time by rule | " + ", ".join(f"{k} {v:,} s" for k, v in sorted(jobs.items(), key=lambda kv: -kv[1]) if v)

@@ -73,3 +73,20 @@ def test_generated_part_is_replaced_and_nothing_else():
     new = script.rewrite(page, f"{script.BEGIN}\nnew\n{script.END}")
     assert new == f"intro\n{script.BEGIN}\nnew\n{script.END}\noutro\n"
     assert re.search("old", new) is None
+
+
+def test_the_run_facts_name_the_commit_its_tables_were_collected_at(tmp_path):
+    from distreach.io import write_arrow
+
+    script = docs_script()
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    table = pl.DataFrame({"model": ["m", "m"], "steps": [3, 4], "dtype": ["fp32", "fp32"]}).to_arrow()
+    for name in ("a", "b"):
+        write_arrow(table, tmp_path / "collected" / f"{name}.arrow", {"packages": {"distreach_commit": commit}})
+    write_arrow(table, tmp_path / "collected" / "old.arrow", {"packages": {}})  # collected by code outside a checkout
+    run = script.run_facts(tmp_path, 61.0, "")
+    assert run["commit"] == commit and run["row_steps"] == 21
+    assert "code at commit `0123456`)" in script.render(run, pl.read_ipc(DATA / "claims.arrow"))
+    write_arrow(table, tmp_path / "collected" / "c.arrow", {"packages": {"distreach_commit": commit + "+dirty"}})
+    assert script.run_facts(tmp_path, 61.0, "")["commit"] == [commit, commit + "+dirty"]
+    assert script._at(commit + "+dirty") == ", code at commit `0123456` with uncommitted changes"

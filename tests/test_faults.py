@@ -239,6 +239,8 @@ def test_non_finite_rows_are_retried_in_fp32_or_marked_failed(tiny_dirs, tmp_pat
         assert all(s == "ok" for s in status) and np.isfinite(kl).all()
     ok = [i for i in range(len(status)) if i not in hit]
     assert np.isfinite(kl[ok]).all()
+    # the provenance names the attention each dtype's rows ran with (bf16 on a CPU: eager; fp32: SDPA)
+    assert arrow_metadata(read_arrow(out))["attention"] == {"bf16": "eager", "fp32": "sdpa"}
 
 
 @pytest.mark.parametrize("method, extra", [("hard", {}), ("gcg", {"gcg_width": 4, "readable": False}),

@@ -1,8 +1,11 @@
+import subprocess
+from pathlib import Path
+
 import polars as pl
 import pytest
 
 from distreach.errors import DistreachError
-from distreach.io import arrow_metadata, read_arrow, write_arrow
+from distreach.io import arrow_metadata, git_commit, package_versions, read_arrow, write_arrow
 from distreach.models import load_materialised
 from distreach.tuning import run_shard, shard_rows, tuning_config
 from distreach.tables import RESULT_COLUMNS, collect, min_over_inits
@@ -44,16 +47,40 @@ def test_run_shards_and_collect(tiny_dirs, tmp_path):
     assert b"distreach" in meta and b"torch" in meta[b"distreach"]
     # each shard's provenance: dtype, device and the attention implementation the model ran
     shard = arrow_metadata(read_arrow(paths[0]))
-    assert (shard["dtype"], shard["device"], shard["attention"]) == ("fp32", "cpu", "sdpa")
+    assert (shard["dtype"], shard["device"], shard["attention"]) == ("fp32", "cpu", {"fp32": "sdpa"})
     run_shard(model_dir=str(tiny_dirs["llama"]), targets_path=str(tmp_path / "t.arrow"), out_path=str(tmp_path / "b.arrow"),
               experiment="e", method="soft", tuning=tuning_config({"max_steps": 2}), inits=1, shard=0, n_shards=1,
               dtype="bf16", device="cpu")
     shard = arrow_metadata(read_arrow(tmp_path / "b.arrow"))
-    assert (shard["dtype"], shard["attention"]) == ("bf16", "eager")
+    assert (shard["dtype"], shard["attention"]) == ("bf16", {"bf16": "eager"})
     best = min_over_inits(df)
     assert best.height == targets.num_rows
     expected = df.group_by("target_id").agg(pl.col("kl_min").min()).sort("target_id")
     assert best.sort("target_id")["kl_min"].to_list() == expected["kl_min"].to_list()
+
+
+def test_provenance_names_the_commit_of_the_checkout_and_whether_it_has_changes(tmp_path):
+    def git(root, *args):
+        return subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    assert git_commit(tmp_path) is None  # not a git work tree
+    git(tmp_path, "init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git(tmp_path, "add", "a.py")
+    git(tmp_path, "commit", "-q", "-m", "a")
+    head = git(tmp_path, "rev-parse", "HEAD")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "new.py").write_text("")  # an untracked file is not a change to the code that ran
+    assert git_commit(tmp_path) == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == head + "+dirty"
+    (tmp_path / "site-packages").mkdir()  # an installed copy in a folder inside some work tree
+    assert git_commit(tmp_path / "site-packages") is None
+    # the package's own checkout, in every result file's package versions
+    repo = Path(__file__).resolve().parents[1]
+    if (repo / ".git").exists():
+        assert package_versions()["distreach_commit"] == git_commit(repo)
 
 
 def test_a_shard_with_no_rows_writes_an_empty_table(tiny_dirs, tmp_path):
