@@ -242,7 +242,7 @@ def cmd_tune(args) -> int:
         line = (f"{r['target_id']}: kl_min {r['kl_min']:.4g} {unit} (min over {args.inits} inits); "
                 f"entropy target {r['target_entropy']:.4g}, achieved {r['q_entropy']:.4g} {unit}")
         if r.get("prompt_text"):
-            line += f"; best prompt {r['prompt_text']!r}"
+            line += f"; best prompt {r['prompt_text']!r}{_typed_back(r, unit)}"
         print(line)
     if failed.height:
         print(f"{failed.height} rows failed: {failed['status'][0]}", file=sys.stderr)
@@ -268,6 +268,14 @@ def _columns(rows: list[list[str]], right: set[int]) -> list[str]:
             for r in rows]
 
 
+def _typed_back(r: dict, unit: str) -> str:
+    """The KL a pure hard prompt's text gives typed back in (its ``kl_roundtrip``: other tokens, and
+    so another KL, where the text does not encode back to the prompt's tokens); nothing for
+    prompts with soft positions, which have no such text."""
+    kl = r.get("kl_roundtrip")
+    return "" if kl is None or kl != kl else f" (its text typed back in gives {kl:.4g} {unit})"
+
+
 def _row_title(r: dict) -> str:
     return f"{r['target_id']} (init {r['init_index']}; {r['model']}, {r['method']}, experiment {r['experiment']})"
 
@@ -283,7 +291,7 @@ def cmd_show(args) -> int:
               f"{r['target_entropy_achieved']:.4g}, achieved {r['q_entropy']:.4g} {unit}; BOS {bos} (policy {r['bos_policy']})"
               + ("" if r["status"] == "ok" else f"; {r['status']}"))
         if r["prompt_text"]:
-            print(f"  prompt: {r['prompt_text']!r}")
+            print(f"  prompt: {r['prompt_text']!r}{_typed_back(r, unit)}")
         p_tok, q_tok = r["p_top_tokens"], r["q_top_tokens"]
         table = [["rank", "target token", "p", "q", "|", "achieved token", "q"]]
         for i in range(min(max(len(p_tok), len(q_tok)), args.top or len(q_tok) + len(p_tok))):

@@ -102,7 +102,7 @@ def test_hard_prompt_summary_shows_the_prompt(env, capsys, tmp_path, method):
     assert len(best["prompt_ids"]) == 5 and len({r["kl_min"] for r in rows}) == 3
     words = [TINY_WORDS[i - 3] for i in best["prompt_ids"]]  # ids 0-2 are <unk>, <bos>, <eos>
     (line,) = [ln for ln in stdout.splitlines() if ln.startswith("good: ")]
-    assert line.endswith(f"; best prompt {' '.join(words)!r}"), line
+    assert line.endswith(f"; best prompt {' '.join(words)!r} (its text typed back in gives {best['kl_roundtrip']:.4g} bits)"), line
     assert best["kl_roundtrip"] == pytest.approx(best["kl_min"], rel=1e-5)
 
 

@@ -18,13 +18,13 @@ from .conftest import run_cli, tiny_cli_home
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    """A tiny model folder, the model cache, and two results of ``distreach tune``."""
+    """A tiny model folder, the model cache, and three results of ``distreach tune``."""
     root = tmp_path_factory.mktemp("show")
     with tiny_cli_home(root) as model:
         target = root / "t.json"
         target.write_text(json.dumps({"table": 0.5, "river": 0.3, "Paris": 0.2}))
         out = {"root": root, "model": str(model)}
-        for method in ("soft", "hybrid"):
+        for method in ("soft", "hybrid", "hard"):
             out[method] = str(root / f"{method}.arrow")
             assert cli.main(["tune", "--model", str(model), "--target", str(target), "--method", method, "--inits", "2",
                              "--max-steps", "30", "--out", out[method], "-q"]) == 0
@@ -53,6 +53,13 @@ def test_show_prints_target_beside_achieved_for_each_row(env, capsys):
         assert [float(t[2]) for t in table[:3]] == [0.5, 0.3, 0.2]
         assert [float(t[3]) for t in table[:3]] == pytest.approx(r["q_on_p_top"], abs=5e-5)
         assert [float(t[-1]) for t in table] == pytest.approx(r["q_top_probs"], abs=5e-5)
+
+
+def test_show_says_what_a_hard_prompts_text_gives_typed_back_in(env, capsys):
+    code, out, err = run(capsys, "show", env["hard"], "--init", "0")
+    assert code == 0, err
+    r = pl.read_ipc(env["hard"]).filter(pl.col("init_index") == 0).row(0, named=True)
+    assert out.splitlines()[1] == f"  prompt: {r['prompt_text']!r} (its text typed back in gives {r['kl_roundtrip']:.4g} bits)"
 
 
 def test_show_filters_rows_and_names_what_is_there(env, capsys):
