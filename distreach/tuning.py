@@ -212,7 +212,8 @@ def tune_shards(
         }
         table = _result_table(columns, ctx, m.meta, rows, shard_seeds, tuning, res.take(part), probs[part],
                               row_dtype[part], retry[part], {k: v[part] for k, v in hard.items()}, m.shard)
-        tables.append(with_metadata(table, _provenance(ctx, m, shards, tuning, seed, res.work, ctx32)))
+        ran = {d: ctx32 if d == "fp32" and ctx32 is not None else ctx for d in row_dtype[part]}  # this shard's rows' dtypes
+        tables.append(with_metadata(table, _provenance(ctx, m, shards, tuning, seed, res.work, ran)))
     return tables
 
 
@@ -230,10 +231,10 @@ def _plan_rows(ctx, shards: list[Shard], seed: int) -> list[tuple]:
     return plans
 
 
-def _provenance(ctx, m: Shard, shards: list[Shard], tuning: TuneConfig, seed: int, work: dict, ctx32=None) -> dict:
-    """The provenance of shard ``m``'s table (its schema metadata); ``ctx32``: the fp32 context of
-    the rows retried in fp32, if any (``attention`` maps each dtype a row ran in, its ``dtype``
-    column, to the attention implementation the model ran with in it)."""
+def _provenance(ctx, m: Shard, shards: list[Shard], tuning: TuneConfig, seed: int, work: dict, ran: dict) -> dict:
+    """The provenance of shard ``m``'s table (its schema metadata); ``ran``: the context of each
+    dtype its rows ran in (their ``dtype`` column; fp32 for rows retried in it), whose attention
+    implementations ``attention`` names (``ctx``'s alone for a shard with no rows)."""
     return {
         "experiment": m.experiment,
         "model": ctx.loaded.manifest,
@@ -245,7 +246,7 @@ def _provenance(ctx, m: Shard, shards: list[Shard], tuning: TuneConfig, seed: in
         "work": work,
         "dtype": ctx.dtype,
         "device": str(ctx.device),
-        "attention": {c.dtype: attention_of(c.loaded) for c in (ctx, ctx32) if c is not None},
+        "attention": {d: attention_of(c.loaded) for d, c in (ran or {ctx.dtype: ctx}).items()},
         "torch_threads": torch.get_num_threads(),
         "cpu": cpu_model(),
         "packages": package_versions(),

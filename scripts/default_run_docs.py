@@ -53,8 +53,12 @@ def run_facts(results: Path, wall: float, log: str) -> dict:
     df = pl.concat([pl.read_ipc(p) for p in sorted((results / "collected").glob("*.arrow"))], how="diagonal_relaxed")
     per_model = df.group_by("model").agg(pl.len().alias("rows"), pl.col("steps").sum().alias("row_steps")).sort("model")
     jobs = job_seconds(log)
-    commits = {arrow_metadata(read_arrow(p))["packages"].get("distreach_commit")
-               for p in sorted((results / "collected").glob("*.arrow"))} - {None}
+    commits = set()  # of the code that tuned each shard and collected each table
+    for path in sorted((results / "collected").glob("*.arrow")):
+        meta = arrow_metadata(read_arrow(path))
+        for packages in (meta.get("packages", {}), *(s.get("packages", {}) for s in meta.get("shards", {}).values())):
+            commits.add(packages.get("distreach_commit"))
+    commits -= {None}
     return {
         "wall_seconds": round(wall),
         "commit": (commits.pop() if len(commits) == 1 else sorted(commits)) if commits else None,
@@ -75,9 +79,12 @@ def _at(commit) -> str:
     """Where the run's code is named: its commit (the collected tables' provenance)."""
     if not commit:
         return ""
+    def named(c: str) -> str:
+        return f"`{c[:7]}`" + (" with uncommitted changes" if c.endswith("+dirty") else "")
+
     if isinstance(commit, list):
-        return ", code of commits " + ", ".join(f"`{c[:7]}`" for c in commit)
-    return f", code at commit `{commit[:7]}`" + (" with uncommitted changes" if commit.endswith("+dirty") else "")
+        return ", its tables made by the code of several commits: " + ", ".join(map(named, commit))
+    return ", code at commit " + named(commit)
 
 
 def _p(v) -> str:

@@ -243,3 +243,10 @@ def test_target_file_errors_are_about_the_data_and_the_cli_names_the_flag(env, c
     assert str(exc.value) == f"{missing}: no such file"
     assert cli.main(["tune", "--model", env["model"], "--target", env["t"]["sum.json"]]) == 2
     assert f"distreach: error: --target {env['t']['sum.json']}: probabilities sum to 0.5, not 1" in capsys.readouterr().err
+
+
+def test_the_typed_back_kl_is_the_rows_round_trip_kl_and_only_where_there_is_one():
+    row = {"kl_min": 1.333, "kl_roundtrip": 1.38637}
+    assert cli._typed_back(row, "bits") == " (its text typed back in gives 1.386 bits)"
+    assert cli._typed_back({"kl_min": 1.0, "kl_roundtrip": float("nan")}, "bits") == ""  # soft positions: no such text
+    assert cli._typed_back({"kl_min": 1.0}, "nats") == ""  # a table from before the column

@@ -75,18 +75,27 @@ def test_generated_part_is_replaced_and_nothing_else():
     assert re.search("old", new) is None
 
 
-def test_the_run_facts_name_the_commit_its_tables_were_collected_at(tmp_path):
+def test_the_run_facts_name_the_commit_of_the_code_that_made_the_tables(tmp_path, monkeypatch):
+    from distreach import tables
     from distreach.io import write_arrow
 
     script = docs_script()
     commit = "0123456789abcdef0123456789abcdef01234567"
-    table = pl.DataFrame({"model": ["m", "m"], "steps": [3, 4], "dtype": ["fp32", "fp32"]}).to_arrow()
-    for name in ("a", "b"):
-        write_arrow(table, tmp_path / "collected" / f"{name}.arrow", {"packages": {"distreach_commit": commit}})
-    write_arrow(table, tmp_path / "collected" / "old.arrow", {"packages": {}})  # collected by code outside a checkout
-    run = script.run_facts(tmp_path, 61.0, "")
-    assert run["commit"] == commit and run["row_steps"] == 21
+    shard = pl.DataFrame({"model": ["m", "m"], "method": ["soft"] * 2, "target_id": ["a", "b"], "init_index": [0, 0],
+                          "steps": [3, 4], "dtype": ["fp32", "fp32"]}).to_arrow()
+    write_arrow(shard, tmp_path / "s.arrow", {"packages": {"distreach_commit": commit}})  # as a tuning job writes it
+
+    def collected(name, at):  # collected by code at commit ``at`` (None: outside a checkout)
+        monkeypatch.setattr(tables, "package_versions", lambda: {"distreach_commit": at} if at else {})
+        tables.collect([str(tmp_path / "s.arrow")], str(tmp_path / "results" / "collected" / f"{name}.arrow"))
+
+    collected("a", None)
+    run = script.run_facts(tmp_path / "results", 61.0, "")
+    assert run["commit"] == commit and run["row_steps"] == 7  # the tuning job's commit, from the shard's provenance
     assert "code at commit `0123456`)" in script.render(run, pl.read_ipc(DATA / "claims.arrow"))
-    write_arrow(table, tmp_path / "collected" / "c.arrow", {"packages": {"distreach_commit": commit + "+dirty"}})
-    assert script.run_facts(tmp_path, 61.0, "")["commit"] == [commit, commit + "+dirty"]
+    collected("b", commit + "+dirty")
+    run = script.run_facts(tmp_path / "results", 61.0, "")
+    assert run["commit"] == [commit, commit + "+dirty"]
+    assert script._at(run["commit"]) == (", its tables made by the code of several commits: `0123456`, "
+                                         "`0123456` with uncommitted changes")
     assert script._at(commit + "+dirty") == ", code at commit `0123456` with uncommitted changes"

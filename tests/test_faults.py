@@ -243,6 +243,20 @@ def test_non_finite_rows_are_retried_in_fp32_or_marked_failed(tiny_dirs, tmp_pat
     assert arrow_metadata(read_arrow(out))["attention"] == {"bf16": "eager", "fp32": "sdpa"}
 
 
+def test_each_shard_names_the_attention_of_the_dtypes_its_own_rows_ran_in(tiny_dirs, tmp_path, monkeypatch):
+    """Two experiments tuned in one bf16 job; the first row (the first experiment's) is retried in fp32."""
+    poison(monkeypatch, lambda d: d == "bf16")
+    targets = targets_file(tmp_path)
+    outs = [tmp_path / "a.arrow", tmp_path / "b.arrow"]
+    tuning.run_job(model_dir=str(tiny_dirs["llama"]), method="soft", tuning=tuning_config({"max_steps": 3}),
+                   checkpoint=tmp_path / "ck", dtype="bf16", device="cpu",
+                   shards=[{"experiment": e, "targets": targets, "out": o, "inits": 1} for e, o in zip("ab", outs)])
+    a, b = (read_arrow(o) for o in outs)
+    assert a.column("dtype").to_pylist()[0] == "fp32" and set(b.column("dtype").to_pylist()) == {"bf16"}
+    assert arrow_metadata(a)["attention"] == {"bf16": "eager", "fp32": "sdpa"}
+    assert arrow_metadata(b)["attention"] == {"bf16": "eager"}
+
+
 @pytest.mark.parametrize("method, extra", [("hard", {}), ("gcg", {"gcg_width": 4, "readable": False}),
                                            ("gcg", {"gcg_width": 4, "readable": True})])
 def test_a_tuning_resolves_bos_and_allowed_tokens_once_fp32_retry_included(tiny_dirs, tiny_llama, tmp_path, monkeypatch,

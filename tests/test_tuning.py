@@ -1,3 +1,4 @@
+import os
 import subprocess
 from pathlib import Path
 
@@ -5,7 +6,7 @@ import polars as pl
 import pytest
 
 from distreach.errors import DistreachError
-from distreach.io import arrow_metadata, git_commit, package_versions, read_arrow, write_arrow
+from distreach.io import arrow_metadata, git_commit, package_versions, read_arrow, source_commit, write_arrow
 from distreach.models import load_materialised
 from distreach.tuning import run_shard, shard_rows, tuning_config
 from distreach.tables import RESULT_COLUMNS, collect, min_over_inits
@@ -59,28 +60,39 @@ def test_run_shards_and_collect(tiny_dirs, tmp_path):
     assert best.sort("target_id")["kl_min"].to_list() == expected["kl_min"].to_list()
 
 
-def test_provenance_names_the_commit_of_the_checkout_and_whether_it_has_changes(tmp_path):
+def test_provenance_names_the_commit_of_the_checkout_and_whether_its_code_has_changes(tmp_path, monkeypatch):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+
     def git(root, *args):
-        return subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
-                              capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", "-c",
+                               "commit.gpgsign=false", *args], capture_output=True, text=True, check=True, env=env).stdout.strip()
 
     assert git_commit(tmp_path) is None  # not a git work tree
     git(tmp_path, "init", "-q")
-    (tmp_path / "a.py").write_text("x = 1\n")
-    git(tmp_path, "add", "a.py")
+    (tmp_path / "distreach").mkdir()
+    (tmp_path / "distreach" / "a.py").write_text("x = 1\n")
+    (tmp_path / "results.json").write_text("{}\n")
+    git(tmp_path, "add", ".")
     git(tmp_path, "commit", "-q", "-m", "a")
     head = git(tmp_path, "rev-parse", "HEAD")
+    monkeypatch.setenv("GIT_DIR", str(tmp_path / "nowhere"))  # a hook's environment does not redirect the check
     assert git_commit(tmp_path) == head
-    (tmp_path / "new.py").write_text("")  # an untracked file is not a change to the code that ran
+    (tmp_path / "results.json").write_text('{"rerun": 1}\n')  # a result file kept in the repository is not code
+    (tmp_path / "notes.txt").write_text("")
     assert git_commit(tmp_path) == head
-    (tmp_path / "a.py").write_text("x = 2\n")
+    (tmp_path / "distreach" / "b.py").write_text("")  # a new module is
+    assert git_commit(tmp_path) == head + "+dirty"
+    (tmp_path / "distreach" / "b.py").unlink()
+    (tmp_path / "distreach" / "a.py").write_text("x = 2\n")  # and so is a changed one
     assert git_commit(tmp_path) == head + "+dirty"
     (tmp_path / "site-packages").mkdir()  # an installed copy in a folder inside some work tree
     assert git_commit(tmp_path / "site-packages") is None
     # the package's own checkout, in every result file's package versions
+    monkeypatch.delenv("GIT_DIR")
     repo = Path(__file__).resolve().parents[1]
     if (repo / ".git").exists():
-        assert package_versions()["distreach_commit"] == git_commit(repo)
+        source_commit.cache_clear()
+        assert package_versions()["distreach_commit"].removesuffix("+dirty") == git(repo, "rev-parse", "HEAD")
 
 
 def test_a_shard_with_no_rows_writes_an_empty_table(tiny_dirs, tmp_path):
