@@ -64,12 +64,12 @@ def test_the_nanogcg_comparison_pairs_runs_by_target_and_seed():
     # target t: gcg ends at t + s, nanoGCG at t + s + 1 (s the seed), except one run of target 0
     gcg = [[t + s for s in range(3)] for t in range(10)]
     nano = [[t + s + 1.0 for s in range(3)] for t in range(10)]
-    nano[0][0] = -5.0
+    nano[0][2] = -10.0  # target 0: nanoGCG's median 1 equals gcg's, yet gcg ends lower in 2 of its 3 runs
     c = bench.paired(runs(gcg, nano))
     assert (c["gcg_lower"], c["nanogcg_lower"]) == (29, 1)
     assert c["sign_test_p"] == pytest.approx(2 * 31 / 2 ** 30)
     per = bench.per_target(runs(gcg, nano))
-    assert [r["diff_nats"] for r in per] == [-1.0] * 10  # per target the median over its seeds: 5 on target 0 is outvoted
+    assert [r["diff_nats"] for r in per] == [-1.0] * 10  # per target the median of its paired differences (-1, -1, +12)
     assert c["median_diff_nats"] == -1.0 and c["median_diff_interval"] == [-1.0, -1.0]
     assert [r["gcg_nats"] for r in per] == [t + 1.0 for t in range(10)]
     assert bench._verdict(c) == "The interval lies below 0: gcg ends lower (better)."
