@@ -195,7 +195,7 @@ def run_nanogcg(args) -> dict:
     return {
         "kind": "nanogcg", "model": "smollm2", "dtype": "fp32", "prefix_len": PREFIX_LEN, "steps": args.steps,
         "search_width": args.width, "topk": args.topk, "targets": len(words), "seeds": args.seeds, "rows": rows,
-        "comparison": paired(rows), "gcg_seconds": ours_s, "nanogcg_seconds": ng_s, "forward_passes_bound": forwards,
+        "comparison": comparison(rows), "gcg_seconds": ours_s, "nanogcg_seconds": ng_s, "forward_passes_bound": forwards,
         "gcg_ms_per_forward": 1000 * ours_s / forwards, "nanogcg_ms_per_forward": 1000 * ng_s / forwards,
         "versions": {**package_versions(), "nanogcg": nanogcg.__version__ if hasattr(nanogcg, "__version__") else "0.3.0"},
         "threads": torch.get_num_threads(),
@@ -243,20 +243,27 @@ def sign_test(lower: int, higher: int) -> float:
 
 
 def paired(rows: list[dict]) -> dict:
-    """The comparison, paired by target and seed: each side's median over targets of its per-target
-    medians (the table's last row); the median over targets of the per-target paired differences
-    (gcg minus nanoGCG) with its distribution-free interval (:func:`median_interval`: targets are
-    the independent units); and a sign test over the runs (within a target, two runs of one search
-    from one start are each as likely to end lower)."""
+    """The comparison, paired by target and seed, targets the independent units: each side's median
+    over targets of its per-target medians (the table's last row, unpaired); the median over
+    targets of the per-target paired differences (gcg minus nanoGCG) with its distribution-free
+    interval (:func:`median_interval`); and a sign test over the targets' differences."""
     by_target = per_target(rows)
     diffs = [r["diff_nats"] for r in by_target]
     lo, hi, cover = median_interval(diffs)
-    lower = sum(r["gcg_nats"] < r["nanogcg_nats"] for r in rows)
-    higher = sum(r["gcg_nats"] > r["nanogcg_nats"] for r in rows)
+    lower, higher = sum(d < 0 for d in diffs), sum(d > 0 for d in diffs)
     return {"gcg_median_nats": float(np.median([r["gcg_nats"] for r in by_target])),
             "nanogcg_median_nats": float(np.median([r["nanogcg_nats"] for r in by_target])),
             "median_diff_nats": float(np.median(diffs)), "median_diff_interval": [lo, hi], "interval_coverage": cover,
-            "gcg_lower": lower, "nanogcg_lower": higher, "sign_test_p": sign_test(lower, higher)}
+            "targets_gcg_lower": lower, "targets_nanogcg_lower": higher, "sign_test_p": sign_test(lower, higher),
+            "runs_gcg_lower": sum(r["gcg_nats"] < r["nanogcg_nats"] for r in rows)}
+
+
+def comparison(rows: list[dict]) -> dict:
+    """:func:`paired`, or what keeps the runs from being compared (the runs are kept either way)."""
+    try:
+        return paired(rows)
+    except ValueError as e:
+        return {"error": str(e)}
 
 
 def run_cache(args) -> dict:
@@ -316,13 +323,13 @@ def table(res: dict) -> str:
         lines.append(f"| median of the {len(res['rows']) - 1} LM targets | {m['gcg_bits']:.3f} | {m['hard_bits']:.3f} | "
                      f"{m['hard_first_init_bits']:.3f} | {m['soft_bits']:.4f} | |")
         return "\n".join(lines)
+    c = _compared(res)
     lines = ["| target | gcg loss (nats), median over seeds | nanoGCG loss (nats), median over seeds | "
              "paired difference (nats), median over seeds | runs gcg ends lower |", "|---|---|---|---|---|"]
     lines += [f"| {json.dumps(r['target'])} | {r['gcg_nats']:.3f} | {r['nanogcg_nats']:.3f} | {r['diff_nats']:+.3f} | "
               f"{r['gcg_lower']} of {r['runs']} |" for r in per_target(res["rows"])]
-    c = res["comparison"]
     lines.append(f"| median over targets | {c['gcg_median_nats']:.3f} | {c['nanogcg_median_nats']:.3f} | "
-                 f"{c['median_diff_nats']:+.3f} | {c['gcg_lower']} of {len(res['rows'])} |")
+                 f"{c['median_diff_nats']:+.3f} | {c['runs_gcg_lower']} of {len(res['rows'])} |")
     return "\n".join(lines)
 
 
@@ -351,27 +358,37 @@ def _findings(res: dict) -> str:
                 f"Against the first hard init (gcg's seed): {res['lm_median']['hard_first_init_bits']:.3g} bits, "
                 f"{res['lm_median']['hard_first_init_bits'] / res['lm_median']['gcg_bits']:.1f}x. Wall time: gcg "
                 f"{res['gcg_seconds']:.0f} s for its {len(res['rows'])} rows, the hard restarts {res['hard_seconds']:.0f} s.")
-    c = res["comparison"]
+    c = _compared(res)
     lo, hi = c["median_diff_interval"]
     return (f"Over {res['targets']} one-token targets, {res['seeds']} seeds each, paired by target and seed: the median "
             f"over targets of the paired difference (gcg minus nanoGCG, per target the median over its seeds) is "
             f"{c['median_diff_nats']:+.2f} nats, {c['interval_coverage']:.1%} interval {lo:+.2f} to {hi:+.2f} "
-            f"(distribution-free, from the targets' order statistics); gcg ends lower in {c['gcg_lower']} runs, "
-            f"nanoGCG in {c['nanogcg_lower']} (sign test p = {c['sign_test_p']:.2g}). {_verdict(c)} Wall time per "
-            f"candidate forward pass (at most {res['forward_passes_bound']} each), with gcg's "
-            f"{len(res['rows'])} runs in one batch: gcg {res['gcg_ms_per_forward']:.2f} ms, nanoGCG "
-            f"{res['nanogcg_ms_per_forward']:.2f} ms ({res['nanogcg_ms_per_forward'] / res['gcg_ms_per_forward']:.1f}x).")
+            f"(distribution-free, from the targets' order statistics); the difference is negative on "
+            f"{c['targets_gcg_lower']} targets, positive on {c['targets_nanogcg_lower']} (sign test p = "
+            f"{c['sign_test_p']:.2g}). {_verdict(c)} Wall time per candidate forward pass (at most "
+            f"{res['forward_passes_bound']} each), with gcg's {len(res['rows'])} runs in one batch: gcg "
+            f"{res['gcg_ms_per_forward']:.2f} ms, nanoGCG {res['nanogcg_ms_per_forward']:.2f} ms "
+            f"({res['nanogcg_ms_per_forward'] / res['gcg_ms_per_forward']:.1f}x).")
+
+
+def _compared(res: dict) -> dict:
+    c = res["comparison"]
+    if "error" in c:
+        raise SystemExit(f"the runs could not be compared: {c['error']}")
+    return c
 
 
 def _verdict(c: dict) -> str:
     """What the interval of :func:`paired`'s comparison ``c`` shows about gcg against nanoGCG."""
     lo, hi = c["median_diff_interval"]
+    if not math.isfinite(lo - hi):
+        return "Too few targets for a 95% interval: nothing is shown."
     if lo > 0:
         return "The interval lies above 0: gcg ends higher (worse)."
     if hi < 0:
         return "The interval lies below 0: gcg ends lower (better)."
-    return (f"The interval holds 0: these runs do not tell the two apart; by its upper end, the median per-target difference "
-            f"is at most {hi:+.2f} nats.")
+    return (f"The interval holds 0: these runs do not tell the two apart; the median per-target difference may lie "
+            f"anywhere from {lo:+.2f} to {hi:+.2f} nats, so 'no worse' is not shown.")
 
 
 def main(argv=None) -> None:

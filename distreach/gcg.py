@@ -19,8 +19,8 @@ With ``readable`` (the default), a prompt must be text: its decoded text encodes
 token ids (with the same BOS policy) and holds no replacement character (a prompt cut inside a
 multi-byte character decodes to one). Only such candidates are evaluated, and a row starts from
 its init tokens where they are such a prompt, else from the first of its seeded redraws that is,
-so every prompt a row records, its ``prompt_text`` typed back in gives its ``kl_min`` (exactly in fp32;
-in bf16 up to the rounding of two differently batched forward passes).
+so every prompt a row records, its ``prompt_text`` typed back in gives its ``kl_min`` (in fp32 up to
+float rounding; in bf16 up to the rounding of two differently batched forward passes).
 """
 
 from __future__ import annotations

@@ -40,25 +40,27 @@ def source_commit() -> str | None:
     return git_commit(Path(__file__).resolve().parents[1])
 
 
-CODE_PATHS = ("distreach", "scripts", "rules", "Snakefile", "benchmarks/*.py", "config.yaml", "configs", "envs",
-              "pyproject.toml", "requirements*.txt")  # what runs; result files kept in the repository are not code
+CODE_PATHS = ("distreach", "scripts", "rules", "Snakefile", "schemas", "benchmarks/*.py", "benchmarks/*.sh", "config.yaml",
+              "configs", "envs", "pyproject.toml", "requirements*.txt")  # what runs; result files kept here are not code
 
 
 def git_commit(root: Path) -> str | None:
     """The commit checked out at the top of the git work tree ``root``, with ``+dirty`` where its
     code (:data:`CODE_PATHS`: changed tracked files or new files) differs from it; None where
-    ``root`` is not such a top or git cannot tell. Read only: no lock taken, git's environment
-    variables (a hook's ``GIT_DIR``, say) left out."""
+    ``root`` is not such a top or git cannot tell. Read only: no lock taken, and git's variables
+    that point it at another repository (a hook's ``GIT_DIR``, say) left out."""
     if not (root / ".git").exists():
         return None
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
 
-    def git(*args) -> str:
+    def git(*args, env=None) -> str:
         return subprocess.run(["git", "--no-optional-locks", "-C", str(root), *args], capture_output=True, text=True,
                               timeout=60, check=True, env=env).stdout.strip()
 
     try:
-        commit, changes = git("rev-parse", "HEAD"), git("status", "--porcelain", "--", *CODE_PATHS)
+        local = set(git("rev-parse", "--local-env-vars").split())
+        env = {k: v for k, v in os.environ.items() if k not in local}
+        commit = git("rev-parse", "HEAD", env=env)
+        changes = git("status", "--porcelain", "--untracked-files=normal", "--", *CODE_PATHS, env=env)
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("+dirty" if changes else "")

@@ -66,16 +66,16 @@ def test_the_nanogcg_comparison_pairs_runs_by_target_and_seed():
     nano = [[t + s + 1.0 for s in range(3)] for t in range(10)]
     nano[0][2] = -10.0  # target 0: nanoGCG's median 1 equals gcg's, yet gcg ends lower in 2 of its 3 runs
     c = bench.paired(runs(gcg, nano))
-    assert (c["gcg_lower"], c["nanogcg_lower"]) == (29, 1)
-    assert c["sign_test_p"] == pytest.approx(2 * 31 / 2 ** 30)
+    assert (c["targets_gcg_lower"], c["targets_nanogcg_lower"], c["runs_gcg_lower"]) == (10, 0, 29)
+    assert c["sign_test_p"] == pytest.approx(2 / 2 ** 10)  # over targets, the independent units
     per = bench.per_target(runs(gcg, nano))
     assert [r["diff_nats"] for r in per] == [-1.0] * 10  # per target the median of its paired differences (-1, -1, +12)
     assert c["median_diff_nats"] == -1.0 and c["median_diff_interval"] == [-1.0, -1.0]
     assert [r["gcg_nats"] for r in per] == [t + 1.0 for t in range(10)]
     assert bench._verdict(c) == "The interval lies below 0: gcg ends lower (better)."
-    # a tie counts for neither side
-    tie = bench.paired(runs([[1.0, 2.0]] * 6, [[1.0, 3.0]] * 6))
-    assert (tie["gcg_lower"], tie["nanogcg_lower"]) == (6, 0)
+    # a target whose paired differences have median 0 counts for neither side
+    tie = bench.paired(runs([[1.0, 2.0, 3.0]] * 6, [[1.0, 2.0, 3.0]] * 3 + [[2.0, 3.0, 4.0]] * 3))
+    assert (tie["targets_gcg_lower"], tie["targets_nanogcg_lower"], tie["sign_test_p"]) == (3, 0, 0.25)
 
 
 def test_the_interval_is_the_order_statistics_with_the_binomial_coverage():
@@ -84,7 +84,9 @@ def test_the_interval_is_the_order_statistics_with_the_binomial_coverage():
     assert (lo, hi) == (2.0, 9.0) and cover == pytest.approx(1 - 22 / 1024)
     assert bench.median_interval([1.0] * 5)[:2] == (-float("inf"), float("inf"))  # 5 values hold no 95% interval
     holds = {"median_diff_interval": [-0.5, 2.0]}
-    assert bench._verdict(holds).startswith("The interval holds 0") and "at most +2.00 nats" in bench._verdict(holds)
+    assert bench._verdict(holds) == ("The interval holds 0: these runs do not tell the two apart; the median per-target "
+                                     "difference may lie anywhere from -0.50 to +2.00 nats, so 'no worse' is not shown.")
+    assert bench._verdict({"median_diff_interval": [-float("inf"), float("inf")]}).startswith("Too few targets")
     assert bench._verdict({"median_diff_interval": [0.1, 2.0]}).startswith("The interval lies above 0: gcg ends higher")
 
 
@@ -95,12 +97,18 @@ def test_the_comparison_refuses_unequal_runs_per_target_and_non_finite_losses():
         bench.paired(runs([[1.0, float("nan")]] * 6, [[1.0, 2.0]] * 6))
     with pytest.raises(ValueError, match="same number of runs per target"):
         bench.paired([])
+    # the benchmark keeps its runs and says why they could not be compared
+    bad = {"kind": "nanogcg", "rows": runs([[1.0, 2.0], [1.0]], [[1.0, 2.0], [1.0]])}
+    bad["comparison"] = bench.comparison(bad["rows"])
+    with pytest.raises(SystemExit, match="could not be compared: the comparison needs the same number"):
+        bench.table(bad)
 
 
 def test_the_interval_excludes_0_at_most_as_often_as_its_level_allows_when_the_searches_are_one():
-    """Calibration in the least favourable case for a claimed difference: both sides' losses from
-    one heavy-tailed distribution, with target effects (two runs of one search); and power: a
-    threefold loss on one side is found most of the time."""
+    """Calibration where the claim 'gcg differs' is false: both sides' losses from one heavy-tailed
+    distribution, with target effects (two runs of one search; the interval's coverage, 97.9% at
+    10 targets, holds for any continuous distribution of independent per-target differences); and
+    power: a threefold loss on one side is found most of the time."""
     rng = np.random.default_rng(5)
 
     def excluded(scale):
@@ -112,5 +120,5 @@ def test_the_interval_excludes_0_at_most_as_often_as_its_level_allows_when_the_s
             hits += not lo <= 0 <= hi
         return hits / 400
 
-    assert excluded(1.0) <= 0.05  # the interval's coverage is 97.9% at 10 targets: at most about 2% expected
+    assert excluded(1.0) <= 0.035  # about 2.1% expected
     assert excluded(3.0) >= 0.5

@@ -60,31 +60,44 @@ def test_run_shards_and_collect(tiny_dirs, tmp_path):
     assert best.sort("target_id")["kl_min"].to_list() == expected["kl_min"].to_list()
 
 
-def test_provenance_names_the_commit_of_the_checkout_and_whether_its_code_has_changes(tmp_path, monkeypatch):
+CODE_FILES = ["distreach/a.py", "scripts/s.py", "rules/r.smk", "Snakefile", "schemas/c.yaml", "benchmarks/b.py",
+              "benchmarks/g.sh", "config.yaml", "configs/p.yaml", "envs/e.yaml", "pyproject.toml", "requirements-x.txt"]
+
+
+@pytest.mark.parametrize("code", CODE_FILES)
+def test_provenance_names_the_commit_of_the_checkout_and_whether_its_code_has_changes(tmp_path, monkeypatch, code):
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
 
     def git(root, *args):
         return subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", "-c",
                                "commit.gpgsign=false", *args], capture_output=True, text=True, check=True, env=env).stdout.strip()
 
+    def write(name, text=""):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+
     assert git_commit(tmp_path) is None  # not a git work tree
     git(tmp_path, "init", "-q")
-    (tmp_path / "distreach").mkdir()
-    (tmp_path / "distreach" / "a.py").write_text("x = 1\n")
-    (tmp_path / "results.json").write_text("{}\n")
+    git(tmp_path, "config", "status.showUntrackedFiles", "no")  # a user's setting does not hide new code
+    for name in CODE_FILES:
+        write(name, "1\n")
+    write("results.json", "{}\n")
+    write(".gitignore", "__pycache__/\n")
     git(tmp_path, "add", ".")
     git(tmp_path, "commit", "-q", "-m", "a")
     head = git(tmp_path, "rev-parse", "HEAD")
     monkeypatch.setenv("GIT_DIR", str(tmp_path / "nowhere"))  # a hook's environment does not redirect the check
     assert git_commit(tmp_path) == head
-    (tmp_path / "results.json").write_text('{"rerun": 1}\n')  # a result file kept in the repository is not code
-    (tmp_path / "notes.txt").write_text("")
+    write("results.json", '{"rerun": 1}\n')  # a result file kept in the repository is not code
+    write("notes.txt")
+    write("distreach/__pycache__/a.cpython-311.pyc")  # nor is an ignored file
     assert git_commit(tmp_path) == head
-    (tmp_path / "distreach" / "b.py").write_text("")  # a new module is
+    write(code, "2\n")  # a changed code file is
     assert git_commit(tmp_path) == head + "+dirty"
-    (tmp_path / "distreach" / "b.py").unlink()
-    (tmp_path / "distreach" / "a.py").write_text("x = 2\n")  # and so is a changed one
-    assert git_commit(tmp_path) == head + "+dirty"
+    git(tmp_path, "checkout", "-q", "--", code)
+    assert git_commit(tmp_path) == head
+    write(str(Path(code).with_name("new-" + Path(code).name)))  # and so is a new one
+    assert git_commit(tmp_path) == head + ("+dirty" if "/" in code else "")  # (a new file beside a top-level one is not code)
     (tmp_path / "site-packages").mkdir()  # an installed copy in a folder inside some work tree
     assert git_commit(tmp_path / "site-packages") is None
     # the package's own checkout, in every result file's package versions
@@ -103,6 +116,7 @@ def test_a_shard_with_no_rows_writes_an_empty_table(tiny_dirs, tmp_path):
                       experiment="e", method="soft", tuning=tuning_config({"max_steps": 3}), inits=1, shard=n_rows, n_shards=n_rows + 1, device="cpu")
     assert table.num_rows == 0 and set(RESULT_COLUMNS) <= set(table.column_names)
     assert read_arrow(tmp_path / "s.arrow").num_rows == 0
+    assert arrow_metadata(read_arrow(tmp_path / "s.arrow"))["attention"] == {"fp32": "sdpa"}  # the dtype it would have run in
 
 
 def test_methods_and_prefix_lengths_on_a_target_share_their_init_tokens(tiny_dirs, tmp_path):
