@@ -36,6 +36,7 @@ def test_default_run_page_says_what_the_run_wrote():
             assert f"{mins} min {secs} s" in text
         assert f"**{mins} min {secs} s**" in readme and facts["cpu"] in readme
         assert all(f"`dtype: auto` is {d}" in readme for d in facts["dtypes"])
+    assert f"of `{run['commit'][:7]}` took **" in readme  # the code the run's tables were made by
     # the outcomes that differ between the two runs, as the page states them
     earlier_claims = pl.read_ipc(DATA / "avx2-fp32-bc9d3d9-claims.arrow")
 
