@@ -9,6 +9,7 @@ REPO = Path(__file__).resolve().parents[1]
 step_profile = load_script(REPO / "benchmarks" / "step_profile.py")
 engine_throughput = load_script(REPO / "benchmarks" / "engine_throughput.py")
 cpu_dtype = load_script(REPO / "benchmarks" / "cpu_dtype.py")
+dtype_floor = load_script(REPO / "benchmarks" / "dtype_floor.py")
 
 
 def test_readme_table_is_the_results_file():
@@ -41,6 +42,16 @@ def test_readme_dtype_table_is_the_results_file():
     section = (REPO / "benchmarks" / "README.md").read_text().split("## fp32 against bf16 on the CPU")[1].split("\n## ")[0]
     assert cpu_dtype.table(report["rows"]) in section
     assert f"--batch {report['batch']} --steps {report['steps']}" in section and report["machine"]["cpu"] in section
+
+def test_readme_dtype_floor_table_is_the_results_file():
+    res = json.loads((REPO / "benchmarks" / "results" / "cpu" / "dtype-floor.json").read_text())
+    section = (REPO / "benchmarks" / "README.md").read_text().split("### How low a KL each dtype reaches")[1].split("\n## ")[0]
+    assert dtype_floor.table(res) in section and dtype_floor.summary(res) in section
+    fake = {**res, "rows": [{"target": "a", "init": 0, "fp32_bits": 0.001, "bf16_bits": 0.002},
+                            {"target": "b", "init": 0, "fp32_bits": 0.004, "bf16_bits": 0.002}]}
+    assert dtype_floor.summary(fake).startswith("bf16 ends higher in 1 of 2 rows, median bf16/fp32 1.2; median kl_min "
+                                                "fp32 0.0025 bits, bf16 0.0020 bits.")
+
 
 def test_profiler_events_are_grouped_by_exact_name():
     group = step_profile.group_of
