@@ -50,12 +50,13 @@ def run_facts(results: Path, wall: float, log: str) -> dict:
     from distreach.io import arrow_metadata, read_arrow
     from distreach.models import cpu_has_bf16, machine
 
-    df = pl.concat([pl.read_ipc(p) for p in sorted((results / "collected").glob("*.arrow"))], how="diagonal_relaxed")
+    tables = [read_arrow(p) for p in sorted((results / "collected").glob("*.arrow"))]
+    df = pl.concat([pl.from_arrow(t) for t in tables], how="diagonal_relaxed")
     per_model = df.group_by("model").agg(pl.len().alias("rows"), pl.col("steps").sum().alias("row_steps")).sort("model")
     jobs = job_seconds(log)
     commits = set()  # of the code that tuned each shard and collected each table
-    for path in sorted((results / "collected").glob("*.arrow")):
-        meta = arrow_metadata(read_arrow(path))
+    for table in tables:
+        meta = arrow_metadata(table)
         for packages in (meta.get("packages", {}), *(s.get("packages", {}) for s in meta.get("shards", {}).values())):
             commits.add(packages.get("distreach_commit"))
     commits -= {None}
@@ -79,6 +80,7 @@ def _at(commit) -> str:
     """Where the run's code is named: its commit (the collected tables' provenance)."""
     if not commit:
         return ""
+
     def named(c: str) -> str:
         return f"`{c[:7]}`" + (" with uncommitted changes" if c.endswith("+dirty") else "")
 
