@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import binom, binomtest
 
 from distreach import api
 from distreach.engine import TuneConfig, prompt_kl, tune
@@ -231,15 +232,14 @@ def median_interval(values, level: float = 0.95) -> tuple[float, float, float]:
     coverage ``1 - 2 P(Binomial(n, 1/2) <= k - 1)`` is at least ``level``; returns (low, high,
     coverage). Fewer than 6 values hold no such 95% interval: (-inf, inf, 1)."""
     x, n = np.sort(np.asarray(values, dtype=float)), len(values)
-    cover = lambda k: 1 - 2 * sum(math.comb(n, i) for i in range(k)) / 2 ** n
+    cover = lambda k: 1 - 2 * float(binom.cdf(k - 1, n, 0.5))
     k = max((k for k in range(1, n // 2 + 1) if cover(k) >= level), default=0)
     return (float(x[k - 1]), float(x[n - k]), cover(k)) if k else (-math.inf, math.inf, 1.0)
 
 
 def sign_test(lower: int, higher: int) -> float:
     """The two-sided exact binomial p-value of ``lower`` against ``higher`` (ties left out)."""
-    n, k = lower + higher, min(lower, higher)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+    return float(binomtest(lower, lower + higher, 0.5).pvalue) if lower + higher else 1.0
 
 
 def paired(rows: list[dict]) -> dict:
