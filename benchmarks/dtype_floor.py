@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +38,8 @@ TARGETS = {
 
 
 def probs_of(loaded) -> np.ndarray:
-    out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, dist in TARGETS.items():
-            path = Path(tmp) / f"{name}.json"
-            path.write_text(json.dumps(dist))
-            out.append(target_probs(api.read_target(path, loaded), loaded.vocab_size)[1])
-    return np.concatenate(out)
+    return np.concatenate([target_probs(api.token_target(dist, loaded, name), loaded.vocab_size)[1]
+                           for name, dist in TARGETS.items()])
 
 
 def run(inits: int) -> dict:

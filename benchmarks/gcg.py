@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import tempfile
 import time
 from pathlib import Path
 
@@ -76,11 +75,7 @@ def load():
 
 def study_targets(loaded, n_lm: int) -> tuple[list[str], np.ndarray]:
     """The capitals target and n_lm LM-generated ones: ids and [n, |V|] probabilities."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "capitals.json"
-        path.write_text(json.dumps(CAPITALS))
-        capitals = api.read_target(path, loaded)
-    _, cap = target_probs(capitals, loaded.vocab_size)
+    _, cap = target_probs(api.token_target(CAPITALS, loaded, "capitals"), loaded.vocab_size)
     lm = lm_generated(loaded, n_lm, prompt_len=10, unit="bits", seed=0)
     _, lmp = target_probs(lm, loaded.vocab_size)
     return ["capitals", *lm.column("target_id").to_pylist()], np.concatenate([cap, lmp])

@@ -3,6 +3,7 @@
 >>> from distreach import api
 >>> loaded = api.load_model("smollm2")                      # embedded, HF id, folder or .gguf
 >>> target = api.read_target("target.json", loaded)        # {"token string": probability, ...}
+>>> target = api.token_target({" Paris": 0.7, " Rome": 0.3}, loaded, "capitals")  # the same, from a dict
 >>> result = api.tune_target(loaded, target, method="soft", inits=2, out="result.arrow")
 >>> result["kl_min"].min()
 
@@ -120,6 +121,14 @@ def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table
     from .targetfiles import read_target
 
     return read_target(path, loaded, unit)
+
+
+def token_target(dist: dict, loaded, name: str = "user", unit: str = "bits") -> pa.Table:
+    """A one-row target table named ``name`` from ``{"token string": probability}`` (what a .json
+    target file holds; :func:`distreach.targetfiles.token_target`)."""
+    from .targetfiles import token_target
+
+    return token_target(dist, loaded, name, unit)
 
 
 def check_target_path(path: str | os.PathLike) -> Path:

@@ -72,27 +72,35 @@ def _npy_target(path: Path, loaded, unit: str) -> pa.Table:
 
 
 def _json_target(path: Path, loaded, unit: str) -> pa.Table:
-    vocab = loaded.vocab_size
     try:
         data = json.loads(path.read_bytes())
     except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors; nesting too deep
         raise DistreachError(f"{path}: not valid JSON ({one_line(exc)})") from None
-    if not isinstance(data, dict) or not data:
-        raise DistreachError(f"{path}: expected a non-empty object {{\"token string\": probability}}")
-    for key, value in data.items():
+    return token_target(data, loaded, path.stem, unit, where=str(path))
+
+
+def token_target(dist: dict, loaded, name: str = "user", unit: str = "bits", where: str | None = None) -> pa.Table:
+    """A one-row target table (target id ``name``) from ``{"token string": probability}``, checked
+    against the model's vocabulary: tokens not named get 0; every string must be one token of this
+    model. Errors start with ``where`` (default: the target's name)."""
+    where = where or f"target {name}"
+    vocab = loaded.vocab_size
+    if not isinstance(dist, dict) or not dist:
+        raise DistreachError(f"{where}: expected a non-empty object {{\"token string\": probability}}")
+    for key, value in dist.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DistreachError(f"{path}: token {key!r} has probability {value!r}, not a number")
+            raise DistreachError(f"{where}: token {key!r} has probability {value!r}, not a number")
         if not math.isfinite(value if isinstance(value, float) or abs(value) < 2**1000 else math.inf):
-            raise DistreachError(f"{path}: token {key!r} has probability {value} (NaN or infinite)")
+            raise DistreachError(f"{where}: token {key!r} has probability {value} (NaN or infinite)")
         if value < 0:
-            raise DistreachError(f"{path}: token {key!r} has a negative probability ({value})")
-    ids = token_ids(loaded.tokenizer, list(data), vocab, str(path))
+            raise DistreachError(f"{where}: token {key!r} has a negative probability ({value})")
+    ids = token_ids(loaded.tokenizer, list(dist), vocab, where)
     probs = np.zeros(vocab)
-    probs[ids] = [float(v) for v in data.values()]
+    probs[ids] = [float(v) for v in dist.values()]
     if len(set(ids)) != len(ids):
-        raise DistreachError(f"{path}: two strings are the same token of {loaded.name}")
-    probs = _finite_probabilities(probs, str(path))
-    return _user_table(probs[None], [path.stem], unit)
+        raise DistreachError(f"{where}: two strings are the same token of {loaded.name}")
+    probs = _finite_probabilities(probs, where)
+    return _user_table(probs[None], [name], unit)
 
 
 def _finite_probabilities(p: np.ndarray, where: str) -> np.ndarray:

@@ -123,3 +123,23 @@ def test_rows_within_tolerance_leave_the_descent_without_changing_the_others():
     got, failed = _fit_entropy(z, h, 0.01, few, 0.5)
     want, want_failed = _fit_without_dropping(z, h, 0.01, few, 0.5)
     assert failed.tolist() == want_failed.tolist() and torch.equal(got[~failed], want[~want_failed])
+
+
+def test_token_target_is_the_json_files_target_and_checks_the_same(tiny_llama, tmp_path):
+    import json
+
+    from distreach import api
+
+    dist = {"table": 0.5, "river": 0.3, "Paris": 0.2}
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(dist))
+    from_dict = api.token_target(dist, tiny_llama, "mine")
+    assert from_dict.equals(api.read_target(path, tiny_llama))
+    assert from_dict.column("target_id").to_pylist() == ["mine"]
+    p = np.exp(np.asarray(from_dict.column("logprobs")[0].as_py()))
+    tok = tiny_llama.tokenizer
+    assert {tok.convert_ids_to_tokens(int(i)): round(float(p[i]), 6) for i in np.flatnonzero(p)} == dist
+    with pytest.raises(DistreachError, match=r"^target mine: token 'river' has a negative probability \(-0\.5\)$"):
+        api.token_target({"table": 1.5, "river": -0.5}, tiny_llama, "mine")
+    with pytest.raises(DistreachError, match=r"^target mine: 1 string\(s\) are not single tokens of this model: 'zebra'$"):
+        api.token_target({"table": 1.0, "zebra": 0.0}, tiny_llama, "mine")
