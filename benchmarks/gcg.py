@@ -28,7 +28,7 @@ transformers<=4.47.1 is stricter than the code it runs needs).
 ``cache``: how much faster a step's candidates are scored from the prompts' cached positions than
 by whole forward passes (the same candidates, the two interleaved).
 
-    python benchmarks/gcg.py hard --out benchmarks/results/cpu        # about 30 min on 2 AVX2 cores, 12 on 2 Zen 4
+    python benchmarks/gcg.py hard --out benchmarks/results/cpu        # about 12 min on 2 Zen 4 cores, 45 on 2 AVX2 ones
     python benchmarks/gcg.py nanogcg --out benchmarks/results/cpu    # about 20 min on 2 Zen 4 cores
     python benchmarks/gcg.py cache --out benchmarks/results/cpu       # about 3 min
 

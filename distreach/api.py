@@ -125,7 +125,8 @@ def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table
 
 def token_target(dist: dict, loaded, name: str = "user", unit: str = "bits") -> pa.Table:
     """A one-row target table named ``name`` from ``{"token string": probability}`` (what a .json
-    target file holds; :func:`distreach.targetfiles.token_target`)."""
+    target file holds; each string exactly one token, leading space included:
+    :func:`distreach.targetfiles.token_target`)."""
     from .targetfiles import token_target
 
     return token_target(dist, loaded, name, unit)

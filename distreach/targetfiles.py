@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 import os
 from pathlib import Path
 
@@ -81,24 +82,23 @@ def _json_target(path: Path, loaded, unit: str) -> pa.Table:
 
 def token_target(dist: dict, loaded, name: str = "user", unit: str = "bits", where: str | None = None) -> pa.Table:
     """A one-row target table (target id ``name``) from ``{"token string": probability}``, checked
-    against the model's vocabulary: tokens not named get 0; every string must be one token of this
-    model. Errors start with ``where`` (default: the target's name)."""
+    against the model's vocabulary: tokens not named get 0; every string must be exactly one token
+    of this model, leading space included (``" Paris"``, not ``"Paris"``); probabilities are real
+    numbers (Python's or numpy's). Errors start with ``where`` (default: ``target NAME``)."""
     where = where or f"target {name}"
     vocab = loaded.vocab_size
     if not isinstance(dist, dict) or not dist:
         raise DistreachError(f"{where}: expected a non-empty object {{\"token string\": probability}}")
     for key, value in dist.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise DistreachError(f"{where}: token {key!r} has probability {value!r}, not a number")
-        if not math.isfinite(value if isinstance(value, float) or abs(value) < 2**1000 else math.inf):
+        if not math.isfinite(math.inf if isinstance(value, int) and abs(value) >= 2**1000 else float(value)):
             raise DistreachError(f"{where}: token {key!r} has probability {value} (NaN or infinite)")
         if value < 0:
             raise DistreachError(f"{where}: token {key!r} has a negative probability ({value})")
     ids = token_ids(loaded.tokenizer, list(dist), vocab, where)
     probs = np.zeros(vocab)
     probs[ids] = [float(v) for v in dist.values()]
-    if len(set(ids)) != len(ids):
-        raise DistreachError(f"{where}: two strings are the same token of {loaded.name}")
     probs = _finite_probabilities(probs, where)
     return _user_table(probs[None], [name], unit)
 

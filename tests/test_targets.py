@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -126,8 +127,6 @@ def test_rows_within_tolerance_leave_the_descent_without_changing_the_others():
 
 
 def test_token_target_is_the_json_files_target_and_checks_the_same(tiny_llama, tmp_path):
-    import json
-
     from distreach import api
 
     dist = {"table": 0.5, "river": 0.3, "Paris": 0.2}
@@ -139,6 +138,13 @@ def test_token_target_is_the_json_files_target_and_checks_the_same(tiny_llama, t
     p = np.exp(np.asarray(from_dict.column("logprobs")[0].as_py()))
     tok = tiny_llama.tokenizer
     assert {tok.convert_ids_to_tokens(int(i)): round(float(p[i]), 6) for i in np.flatnonzero(p)} == dist
+    as_numpy = dict(zip(dist, np.array(list(dist.values()), np.float32)))  # probabilities from an array
+    assert np.allclose(np.asarray(api.token_target(as_numpy, tiny_llama, "mine").column("logprobs")[0].as_py()),
+                       np.asarray(from_dict.column("logprobs")[0].as_py()), atol=1e-6)
+    with pytest.raises(DistreachError, match=r"^target mine: token 'table' has probability (np\.True_|True), not a number$"):
+        api.token_target({"table": np.bool_(True)}, tiny_llama, "mine")
+    with pytest.raises(DistreachError, match=r"^target mine: token 'table' has probability True, not a number$"):
+        api.token_target({"table": True}, tiny_llama, "mine")  # an int to Python, not a probability
     with pytest.raises(DistreachError, match=r"^target mine: token 'river' has a negative probability \(-0\.5\)$"):
         api.token_target({"table": 1.5, "river": -0.5}, tiny_llama, "mine")
     with pytest.raises(DistreachError, match=r"^target mine: 1 string\(s\) are not single tokens of this model: 'zebra'$"):
