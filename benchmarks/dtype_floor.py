@@ -8,14 +8,15 @@ study's verdicts compare KLs far above that; a user after the smallest KLs sets 
 
     python benchmarks/dtype_floor.py [--inits 2] [--out FILE.json]
 
-Needs results/models/smollm2 (materialised by the pipeline). bf16 on a CPU without native bf16
-is emulated and slow, but gives the same numbers.
+The model is loaded as ``distreach tune --model smollm2`` loads it (converted once into the
+cache). bf16 on a CPU without native bf16 is emulated and slow, but gives the same numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +25,16 @@ import torch
 from distreach import api
 from distreach.engine import TuneConfig, tune
 from distreach.io import atomic_path, package_versions
-from distreach.models import load_materialised, machine
+from distreach.models import machine
 from distreach.seeds import derive_seed
 from distreach.targets import target_probs
 from distreach.units import to_unit
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gcg import CAPITALS  # noqa: E402  (the README's target, as benchmarks/gcg.py holds it)
+
 TARGETS = {
-    "capitals": {" Paris": 0.5, " London": 0.2, " Berlin": 0.1, " Rome": 0.1, " Madrid": 0.1},
+    "capitals": CAPITALS,
     "colours": {" red": 0.4, " blue": 0.3, " green": 0.2, " yellow": 0.1},
     "numbers": {" one": 0.25, " two": 0.25, " three": 0.25, " four": 0.25},
     "animals": {" cat": 0.6, " dog": 0.3, " horse": 0.1},
@@ -48,7 +52,7 @@ def run(inits: int) -> dict:
     kls = {}
     for dtype in ("fp32", "bf16"):
         torch.manual_seed(0)
-        lm = load_materialised("results/models/smollm2", dtype=dtype, device="cpu")[0]
+        lm = api.load_model("smollm2", dtype=dtype, device="cpu")
         probs = probs_of(lm)[[list(TARGETS).index(t) for t, _ in rows]]
         kls[dtype] = to_unit(tune(lm, probs, seeds, TuneConfig()).kl_min, "bits").tolist()
     return {"model": "smollm2", "inits": inits,

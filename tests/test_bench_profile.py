@@ -43,6 +43,7 @@ def test_readme_dtype_table_is_the_results_file():
     assert cpu_dtype.table(report["rows"]) in section
     assert f"--batch {report['batch']} --steps {report['steps']}" in section and report["machine"]["cpu"] in section
 
+
 def test_readme_dtype_floor_table_is_the_results_file():
     res = json.loads((REPO / "benchmarks" / "results" / "cpu" / "dtype-floor.json").read_text())
     section = (REPO / "benchmarks" / "README.md").read_text().split("### How low a KL each dtype reaches")[1].split("\n## ")[0]
