@@ -1,6 +1,6 @@
 """One tuning process with every thread against one process per core: rows tuned per second.
 
-    python benchmarks/cpu_threads.py [--model smollm2] [--batches 1,16,64] [--threads 2]
+    python benchmarks/cpu_threads.py [--model smollm2] [--batches 1,16,64] [--threads 2] [--out FILE.json]
 
 For each batch size, the soft-prompt step of the engine (distreach.engine._Batch, prefix 5,
 fp32, BOS cached, output layer on the last position only) is timed in one process with
@@ -9,12 +9,14 @@ fp32, BOS cached, output layer on the last position only) is timed in one proces
 then the processes time the same 10 s window (they start it together once all are warm, and
 end it together). Prints prompt-steps/s (the rows still tuned at each step, per second, summed
 over the processes) and the ratio; the last line is ``side_by_side_over_threads=<ratio at the
-middle batch size>``. Needs the model materialised by the pipeline (results/models/<name>).
+middle batch size>``; ``--out`` writes the rows, the machine and the package versions as JSON.
+Needs the model materialised by the pipeline (results/models/<name>).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -87,6 +89,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--batches", default="1,16,64")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--sync", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -94,17 +97,38 @@ def main() -> None:
     if args.worker:
         worker(args.model, args.threads, batches[0], args.sync)
         return
-    n = args.threads
-    print(f"| batch | s per step, 1 process x {n} threads | prompt-steps/s, 1 process x {n} threads "
-          f"| prompt-steps/s, {n} processes x 1 thread | ratio |")
-    print("|---|---|---|---|---|")
-    ratios = []
+    rows = []
     for batch in batches:
-        together = measure(args.model, n, batch, 1)
-        apart = measure(args.model, 1, batch, n)
-        ratios.append(apart / together)
-        print(f"| {batch} | {batch / together:.3f} | {together:.1f} | {apart:.1f} | {apart / together:.2f} |", flush=True)
-    print(f"side_by_side_over_threads={ratios[len(ratios) // 2]:.2f}")
+        together = measure(args.model, args.threads, batch, 1)
+        apart = measure(args.model, 1, batch, args.threads)
+        rows.append({"batch": batch, "together": together, "apart": apart})
+        print(f"batch {batch}: {together:.1f} prompt-steps/s in 1 process, {apart:.1f} side by side", flush=True)
+    res = {"model": args.model, "threads": args.threads, "rows": rows, **provenance()}
+    print(table(res))
+    print(f"side_by_side_over_threads={rows[len(rows) // 2]['apart'] / rows[len(rows) // 2]['together']:.2f}")
+    if args.out:
+        from distreach.io import atomic_path
+
+        with atomic_path(args.out) as tmp:
+            Path(tmp).write_text(json.dumps(res, indent=1) + "\n")
+
+
+def provenance() -> dict:
+    from distreach.io import package_versions
+    from distreach.models import machine
+
+    return {"machine": machine(), "versions": package_versions()}
+
+
+def table(res: dict) -> str:
+    """The Markdown table of a results file's rows."""
+    n = res["threads"]
+    lines = [f"| batch | s per step, 1 process x {n} threads | prompt-steps/s, 1 process x {n} threads "
+             f"| prompt-steps/s, {n} processes x 1 thread | ratio |", "|---|---|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['batch']} | {r['batch'] / r['together']:.3f} | {r['together']:.1f} | {r['apart']:.1f} "
+                     f"| {r['apart'] / r['together']:.2f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,7 @@ def main(path="configs/paper.yaml"):
     cfg = yaml.safe_load(Path(path).read_text())
     sizes = model_sizes(cfg)
     tuning = cfg.get("tuning", {})
-    total_rows = total_flops = 0.0
+    total_rows = total_flops = gcg_flops = 0.0
     print("| experiment | models x methods | targets per model | inits | rows |")
     print("|---|---|---|---|---|")
     for name, exp in cfg["experiments"].items():
@@ -90,15 +90,16 @@ def main(path="configs/paper.yaml"):
                     per_step += 2 * d * vocab
                 if method == "gcg":  # each candidate prompt: a forward pass (2 x parameters x tokens)
                     per_step += 2 * params * (L + 1) * GCG_WIDTH
+                    gcg_flops += r * steps * per_step
                 total_flops += r * steps * per_step
         total_rows += rows
         counts = sorted({n_targets(cfg, exp["targets"], sizes[m][1]) for m in exp["models"]})
         print(f"| {name} | {len(exp['models'])} x {len(methods)} | {'-'.join(map(str, counts))} | {exp['inits']} | {rows:,} |")
     print(f"\nrows: {total_rows:,.0f}")
-    print(f"tuning FLOPs (estimate, every row at max_steps): {total_flops:.2e}")
+    print(f"tuning FLOPs (estimate, every row at max_steps): {total_flops:.2e}, {gcg_flops / total_flops:.0%} of them gcg rows'")
     for tflops in (200, 20):
         print(f"  = {total_flops / (tflops * 1e12) / 3600:,.1f} GPU-hours at a sustained {tflops} TFLOP/s")
-    return total_rows, total_flops
+    return {"rows": int(total_rows), "flops": total_flops, "gcg_flops": gcg_flops}
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def _tune_parser(sub, quiet) -> None:
     t = sub.add_parser("tune", parents=[quiet], help="tune prompts so the model's next-token distribution approaches a target",
                        description="Tune --inits prompt prefixes per target; report the minimum KL(p||q) over inits.")
     t.add_argument("--model", required=True, help=MODELS_HELP)
-    t.add_argument("--target", required=True, help=".arrow target table, .npy probabilities ([|V|] or [n, |V|]) or .json {token: p}")
+    t.add_argument("--target", required=True, help=".arrow target table, .npy probabilities ([V] or [n, V], V = the model's output rows) or .json {token: p}")
     t.add_argument("--method", choices=METHODS, default=DEFAULT.method, help=f"prompt kind (default {DEFAULT.method})")
     t.add_argument("--prefix-len", type=_positive(int), default=DEFAULT.prefix_len,
                    help=f"prompt positions (default {DEFAULT.prefix_len})")

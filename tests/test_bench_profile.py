@@ -1,4 +1,4 @@
-"""benchmarks/step_profile.py, engine_throughput.py and cpu_dtype.py: the README's tables are the ones their results files give, and
+"""benchmarks/step_profile.py, engine_throughput.py, cpu_dtype.py, dtype_floor.py, cpu_threads.py and pos_tagging.py: the README's tables are the ones their results files give, and
 profiler events go to the groups its docstring names."""
 
 import json
@@ -10,6 +10,8 @@ step_profile = load_script(REPO / "benchmarks" / "step_profile.py")
 engine_throughput = load_script(REPO / "benchmarks" / "engine_throughput.py")
 cpu_dtype = load_script(REPO / "benchmarks" / "cpu_dtype.py")
 dtype_floor = load_script(REPO / "benchmarks" / "dtype_floor.py")
+cpu_threads = load_script(REPO / "benchmarks" / "cpu_threads.py")
+pos_tagging = load_script(REPO / "benchmarks" / "pos_tagging.py")
 
 
 def test_readme_table_is_the_results_file():
@@ -82,3 +84,28 @@ def test_a_profile_of_a_tiny_model_has_every_group_and_phase(tiny_dirs):
     assert r["operators"]["matmul"] > 0 and r["operators"][step_profile.OUTSIDE] > 0
     assert abs(sum(r["operators"].values()) - 1) < 1e-9
     assert methods() == before
+
+
+def test_readme_threads_table_is_the_results_file():
+    res = json.loads((REPO / "benchmarks" / "results" / "cpu" / "cpu-threads.json").read_text())
+    section = (REPO / "benchmarks" / "README.md").read_text().split("## Tuning jobs side by side on the CPU")[1].split("\n## ")[0]
+    assert cpu_threads.table(res) in section and res["machine"]["cpu"] in section
+    mid = res["rows"][len(res["rows"]) // 2]
+    assert f"`side_by_side_over_threads={mid['apart'] / mid['together']:.2f}`" in section
+    # what docs/workflow.md rests on: one-thread jobs side by side beat one job with every thread
+    assert all(r["apart"] > r["together"] for r in res["rows"])
+
+
+def test_pos_tagging_table_and_counts_are_the_results_file():
+    res = json.loads((REPO / "benchmarks" / "results" / "cpu" / "pos-tagging.json").read_text())
+    section = (REPO / "benchmarks" / "README.md").read_text().split("## POS tagging of whole vocabularies")[1].split("\n## ")[0]
+    assert pos_tagging.table(res) in section and res["machine"]["cpu"] in section
+    # docs/targets.md's counts: tokens, words and the kept tokens of the five largest POS
+    first = {r["model"]: r for r in reversed(res["rows"])}
+    assert len({(r["model"], r["kept"]) for r in res["rows"]}) == len(first)  # every batch size keeps the same tokens
+    sm, gm, pos = first["smollm2"], first["gemma3"], res["kept_pos"]["smollm2"]
+    said = (f"SmolLM2's {sm['english']:,} English tokens are {sm['words']:,} words, Gemma-3's {gm['english']:,} are "
+            f"{gm['words']:,}; ")
+    top = ", ".join(f"{k} {v:,}" for k, v in list(pos.items())[:5])
+    page = " ".join((REPO / "docs" / "targets.md").read_text().split())
+    assert said in page and f"English tokens {sm['kept']:,} keep one POS: {top}." in page

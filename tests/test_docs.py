@@ -47,6 +47,17 @@ def test_default_run_page_says_what_the_run_wrote():
             f" where this {run['dtypes'][0]} run has C3 **{verdict(claims, 'C3', 'smollm2')}** and C9 on SmolLM2"
             f" **{verdict(claims, 'C9', 'smollm2')}**")
     assert said in " ".join(page.split())
+    # the same tuning code with the dtype forced to fp32 on the bf16 run's CPU: its time and outcomes
+    forced = json.loads((DATA / "fp32-forced-fad61e3.json").read_text())
+    forced_claims = pl.read_ipc(DATA / "fp32-forced-fad61e3-claims.arrow")
+    assert forced["cpu"] == run["cpu"] and forced["dtypes"] == ["fp32"] and forced["commit"].startswith("fad61e3")
+    mins, secs = divmod(forced["wall_seconds"], 60)
+    assert f"forced to fp32 (`--config dtype=fp32`) on the same AMD EPYC took **{mins} min {secs} s**" in readme
+    c9 = forced_claims.filter((pl.col("claim") == "C9") & (pl.col("model") == "smollm2"))
+    said = (f"(`fad61e3`, {mins} min {secs} s; `docs/default-run/fp32-forced-fad61e3.json` and `fp32-forced-fad61e3-claims.arrow`)"
+            f" has C3 **{verdict(forced_claims, 'C3', 'smollm2')}** and C9 on SmolLM2 **{c9['verdict'].item()}**"
+            f" (its p = {script._p(c9['p'].item())}).")
+    assert said in " ".join(page.split())
 
 
 def test_job_time_is_read_from_snakemakes_log():
@@ -100,3 +111,31 @@ def test_the_run_facts_name_the_commit_of_the_code_that_made_the_tables(tmp_path
     assert script._at(run["commit"]) == (", its tables made by the code of several commits: `0123456`, "
                                          "`0123456` with uncommitted changes")
     assert script._at(commit + "+dirty") == ", code at commit `0123456` with uncommitted changes"
+
+
+def test_command_line_examples_show_what_their_commands_printed():
+    """README.md's and docs/api.md's command-line examples are the commands scripts/readme_examples.py
+    runs, with the output it recorded from running them (docs/readme-examples.json)."""
+    script = load_script(REPO / "scripts" / "readme_examples.py")
+    data = json.loads(script.DATA.read_text())
+    assert {name: ex["commands"] for name, ex in data["examples"].items()} == \
+        {name: commands for name, (commands, _) in script.EXAMPLES.items()}, "rerun scripts/readme_examples.py"
+    made = script.parts(data)
+    readme, api = (script.page_parts(p.read_text()) for p in script.PAGES)
+    assert set(readme) == set(made) and set(api) == {"soft"}
+    for name, text in [*readme.items(), *api.items()]:
+        assert text == made[name], f"the {name} example is stale: run scripts/readme_examples.py"
+    # the recorded output is the command line's own (its summary line, its last line)
+    assert all(ex["output"].startswith("capitals") for ex in data["examples"].values())
+    assert data["examples"]["soft"]["output"].endswith("wrote 2 rows to result.arrow\n")
+
+
+def test_cluster_page_states_the_paper_studys_estimate():
+    """docs/cluster.md's rows and compute of the paper study are what benchmarks/paper_estimate.py computes."""
+    est = load_script(REPO / "benchmarks" / "paper_estimate.py").main(str(REPO / "configs" / "paper.yaml"))
+    page = " ".join((REPO / "docs" / "cluster.md").read_text().split())
+    mantissa, exponent = f"{est['flops']:.1e}".split("e")
+    hours = [est["flops"] / (tflops * 1e12) / 3600 for tflops in (200, 20)]
+    assert f"{est['rows']:,} (target, init) rows on 11 models" in page
+    assert f"{mantissa} × 10{''.join('⁰¹²³⁴⁵⁶⁷⁸⁹'[int(c)] for c in str(int(exponent)))} FLOPs, about {hours[0]:.1f} GPU-hours at a " \
+           f"sustained 200 TFLOP/s or {hours[1]:.0f} at 20 TFLOP/s ({est['gcg_flops'] / est['flops']:.0%} of it the gcg series" in page

@@ -384,3 +384,8 @@ def test_slurm_profile_plans_the_paper_study_without_the_hub(tmp_path):
     total = sum(jobs.values())  # docs/cluster.md states the plan's size
     assert f"plans {total - jobs['all']} jobs (`snakemake --profile slurm -n`; {total}\nwith the `all` target), " \
            f"{jobs['tune_job']} of them" in (REPO / "docs" / "cluster.md").read_text()
+    # and the GPU-hours its tuning jobs request (their runtime limits, minutes)
+    minutes = [int(re.search(r"runtime=(\d+)", job).group(1)) for job in re.split(r"\n(?=(?:local)?rule \w+:)", proc.stdout)
+               if job.startswith("rule tune_job:")]
+    assert len(minutes) == jobs["tune_job"]
+    assert f"the profile requests at most {sum(minutes) / 60:.0f} GPU-hours" in " ".join((REPO / "docs" / "cluster.md").read_text().split())

@@ -1,0 +1,132 @@
+"""Run the command-line examples of README.md and docs/api.md and write their real output there.
+
+    .venv/bin/python scripts/readme_examples.py     # about 5 minutes on 2 cores
+
+Runs every command of ``EXAMPLES`` in order, as a user types it, in a fresh temporary folder with
+a fresh model cache (so the first command's time includes converting the embedded model), and
+keeps what each printed (stdout) and its seconds in ``docs/readme-examples.json`` with the
+machine, the dtype the rows were tuned in and the package versions. Then it rewrites the parts of
+the pages between ``<!-- readme-example NAME -->`` and ``<!-- end readme-example -->`` from that
+file; tests/test_docs.py checks that the pages say what the file holds and that the file's
+commands are these.
+"""
+
+import _repo  # noqa: F401  (this checkout's distreach)
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "docs" / "readme-examples.json"
+PAGES = [REPO / "README.md", REPO / "docs" / "api.md"]
+BIN = ".venv/bin/"  # how the pages name the project's commands
+CAPITALS = """echo '{" Paris": 0.5, " London": 0.2, " Berlin": 0.1, " Rome": 0.1, " Madrid": 0.1}' > capitals.json"""
+TUNE = f"{BIN}distreach tune --model smollm2 --target capitals.json"
+
+# name -> (commands, style): "comment" shows the commands, then their output as # comments;
+# "prompt" shows each command after "$ ", then its output
+EXAMPLES = {
+    "soft": ([CAPITALS, f"{TUNE} --method soft --inits 2 --out result.arrow"], "comment"),
+    "gcg": ([f"{TUNE} --method gcg --inits 2 --out gcg.arrow"], "comment"),
+    "hard": ([f"{TUNE} --method hard --inits 2 --out hard.arrow"], "comment"),
+    "show": ([f"{BIN}distreach show result.arrow --init 0 --top 8"], "prompt"),
+    "generate": ([f"{BIN}distreach generate result.arrow --target capitals --samples 3 --max-new-tokens 12"], "prompt"),
+}
+TABLES = {"soft": "result.arrow", "gcg": "gcg.arrow", "hard": "hard.arrow"}  # the rows each example tuned
+BEGIN = "<!-- readme-example {} -->"
+END = "<!-- end readme-example -->"
+
+
+def run_examples() -> dict:
+    import polars as pl
+
+    from distreach.io import package_versions
+    from distreach.models import machine
+
+    binary = str(Path(sys.executable).parent) + "/"
+    out = {}
+    with tempfile.TemporaryDirectory() as work:
+        env = {**os.environ, "DISTREACH_CACHE": str(Path(work) / "cache")}
+        for name, (commands, _) in EXAMPLES.items():
+            t0, printed = time.perf_counter(), []
+            for command in commands:
+                done = subprocess.run(command.replace(BIN, binary), shell=True, cwd=work, env=env, text=True,
+                                      capture_output=True)
+                if done.returncode:
+                    raise SystemExit(f"{name}: {command!r} failed:\n{done.stderr}")
+                printed.append(done.stdout)
+            out[name] = {"commands": commands, "output": "".join(printed), "seconds": round(time.perf_counter() - t0, 1)}
+            if name in TABLES:
+                out[name]["dtypes"] = sorted(set(pl.read_ipc(Path(work) / TABLES[name])["dtype"]))
+    return {"examples": out, "machine": machine(), "versions": package_versions()}
+
+
+def block(name: str, data: dict) -> str:
+    """The Markdown code block of example ``name`` as recorded in ``data``."""
+    ex, style = data["examples"][name], EXAMPLES[name][1]
+    output = ex["output"].rstrip("\n").split("\n")
+    if style == "comment":
+        lines = ["```bash", *ex["commands"], *(f"# {line}" for line in output), "```"]
+    else:
+        lines = ["```", *(f"$ {c}" for c in ex["commands"]), *output, "```"]
+    return "\n".join(lines)
+
+
+def run_sentence(data: dict) -> str:
+    """Where and how the recorded outputs were made."""
+    m, ex = data["machine"], data["examples"]
+    dtypes = sorted({d for e in ex.values() for d in e.get("dtypes", [])})
+    commit = data["versions"].get("distreach_commit", "an installed copy")
+    kind = "with native bf16" if m["native_bf16"] else "without native bf16"
+    return (f"The outputs shown are of one run of these commands in order (`.venv/bin/python scripts/readme_examples.py`, "
+            f"recorded in `docs/readme-examples.json`, code at commit `{commit[:7]}`) on {m['cores']} cores of "
+            f"{m['cpu']} ({kind}), where `dtype: auto` is {' and '.join(dtypes)}: soft {ex['soft']['seconds']:.0f} s "
+            f"(converting the embedded model once included; later runs load it in under a second), gcg "
+            f"{ex['gcg']['seconds']:.0f} s, hard {ex['hard']['seconds']:.0f} s.")
+
+
+def parts(data: dict) -> dict[str, str]:
+    """Every generated part, by name: the examples' blocks and the sentence on the run."""
+    return {**{name: block(name, data) for name in EXAMPLES}, "run": run_sentence(data)}
+
+
+def rewrite(page: str, data: dict) -> str:
+    """``page`` with each of its generated parts made from ``data``."""
+    made = parts(data)
+
+    def one(m: re.Match) -> str:
+        name = m.group(1)
+        if name not in made:
+            raise SystemExit(f"unknown readme-example part {name!r}")
+        return f"{BEGIN.format(name)}\n{made[name]}\n{END}"
+
+    return re.sub(r"<!-- readme-example (\w+) -->\n.*?\n<!-- end readme-example -->", one, page, flags=re.S)
+
+
+def page_parts(page: str) -> dict[str, str]:
+    """The generated parts a page holds now, by name."""
+    return {m.group(1): m.group(2) for m in re.finditer(r"<!-- readme-example (\w+) -->\n(.*?)\n<!-- end readme-example -->",
+                                                         page, flags=re.S)}
+
+
+def main() -> None:
+    if len(sys.argv) > 1:
+        raise SystemExit(__doc__)
+    data = run_examples()
+    tmp = DATA.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    tmp.replace(DATA)
+    for page in PAGES:
+        page.write_text(rewrite(page.read_text(), data))
+    print(f"wrote {DATA.relative_to(REPO)} and the examples of " + ", ".join(str(p.relative_to(REPO)) for p in PAGES))
+    print(run_sentence(data))
+
+
+if __name__ == "__main__":
+    main()
