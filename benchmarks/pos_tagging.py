@@ -4,7 +4,8 @@
 
 Needs results/vocab/<model>.arrow (written with the model by the workflow's materialise_model rule)
 and the default tagger. ``--out`` writes the table's rows, the kept tokens per POS (of the first
-batch size's run) and the machine and package versions as JSON.
+batch size's run), the tagger's version, the machine and the package versions (spaCy's among them)
+as JSON.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from pathlib import Path
 import polars as pl
 
 from distreach.io import atomic_path, package_versions
-from distreach.models import machine
 from distreach.pos import load_tagger, pos_table
 
 
@@ -45,7 +45,12 @@ def main():
             if model not in kept_pos:
                 counts = df.filter(pl.col("kept")).group_by("pos").len().sort("len", descending=True)
                 kept_pos[model] = dict(zip(counts["pos"].to_list(), counts["len"].to_list()))
-    res = {"tagger": args.tagger, "rows": rows, "kept_pos": kept_pos, "machine": machine(), "versions": package_versions()}
+    import spacy
+
+    from distreach.models import machine  # torch: only when the run is done
+
+    res = {"tagger": args.tagger, "tagger_version": nlp.meta.get("version"), "rows": rows, "kept_pos": kept_pos,
+           "machine": machine(), "versions": {**package_versions(), "spacy": spacy.__version__}}
     print(table(res))
     if args.out:
         with atomic_path(args.out) as tmp:

@@ -40,7 +40,7 @@ def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table
     """A target table from a file, checked against the model's vocabulary:
 
     - ``.arrow``: a target table (``distreach target`` writes one);
-    - ``.npy``: probabilities, shape [|V|] or [n, |V|];
+    - ``.npy``: probabilities, shape [V] or [n, V], V the model's output rows (``vocab_size``);
     - ``.json``: ``{"token string": probability}``; tokens not named get 0. Every string must be
       one token of this model (the error names those that are not).
 

@@ -1,14 +1,16 @@
 """Run the command-line examples of README.md and docs/api.md and write their real output there.
 
-    .venv/bin/python scripts/readme_examples.py     # about 5 minutes on 2 cores
+    .venv/bin/python scripts/readme_examples.py     # about 3 minutes on 2 cores
 
 Runs every command of ``EXAMPLES`` in order, as a user types it, in a fresh temporary folder with
 a fresh model cache (so the first command's time includes converting the embedded model), and
 keeps what each printed (stdout) and its seconds in ``docs/readme-examples.json`` with the
-machine, the dtype the rows were tuned in and the package versions. Then it rewrites the parts of
+machine, the dtype ``auto`` picks on it and the package versions (the code's commit among them:
+it refuses to run from a checkout whose code has uncommitted changes). Then it rewrites the parts of
 the pages between ``<!-- readme-example NAME -->`` and ``<!-- end readme-example -->`` from that
 file; tests/test_docs.py checks that the pages say what the file holds and that the file's
-commands are these.
+commands are these. A command that fails stops it before anything is written; the file and the
+pages are each replaced whole (written beside, then renamed).
 """
 
 import _repo  # noqa: F401  (this checkout's distreach)
@@ -47,7 +49,11 @@ def run_examples() -> dict:
     import polars as pl
 
     from distreach.io import package_versions
-    from distreach.models import machine
+    from distreach.models import auto_dtype, machine
+
+    versions = package_versions()
+    if versions.get("distreach_commit", "").endswith("+dirty"):
+        raise SystemExit("the code has uncommitted changes: commit them first, so the outputs name the code that made them")
 
     binary = str(Path(sys.executable).parent) + "/"
     out = {}
@@ -64,7 +70,7 @@ def run_examples() -> dict:
             out[name] = {"commands": commands, "output": "".join(printed), "seconds": round(time.perf_counter() - t0, 1)}
             if name in TABLES:
                 out[name]["dtypes"] = sorted(set(pl.read_ipc(Path(work) / TABLES[name])["dtype"]))
-    return {"examples": out, "machine": machine(), "versions": package_versions()}
+    return {"examples": out, "machine": machine(), "auto_dtype": auto_dtype("cpu"), "versions": versions}
 
 
 def block(name: str, data: dict) -> str:
@@ -81,13 +87,14 @@ def block(name: str, data: dict) -> str:
 def run_sentence(data: dict) -> str:
     """Where and how the recorded outputs were made."""
     m, ex = data["machine"], data["examples"]
-    dtypes = sorted({d for e in ex.values() for d in e.get("dtypes", [])})
-    commit = data["versions"].get("distreach_commit", "an installed copy")
+    commit = data["versions"].get("distreach_commit")
+    code = f"code at commit `{commit[:7]}`" if commit else f"distreach {data['versions'].get('distreach', '')} installed"
     kind = "with native bf16" if m["native_bf16"] else "without native bf16"
+    retried = sorted({d for e in ex.values() for d in e.get("dtypes", [])} - {data["auto_dtype"]})
     return (f"The outputs shown are of one run of these commands in order (`.venv/bin/python scripts/readme_examples.py`, "
-            f"recorded in `docs/readme-examples.json`, code at commit `{commit[:7]}`) on {m['cores']} cores of "
-            f"{m['cpu']} ({kind}), where `dtype: auto` is {' and '.join(dtypes)}: soft {ex['soft']['seconds']:.0f} s "
-            f"(converting the embedded model once included; later runs load it in under a second), gcg "
+            f"recorded in `docs/readme-examples.json`, {code}) on {m['cores']} cores of {m['cpu']} ({kind}), where "
+            f"`dtype: auto` is {data['auto_dtype']}" + (f" (rows retried in {', '.join(retried)} among them)" if retried else "")
+            + f": soft {ex['soft']['seconds']:.0f} s (converting the embedded model once included), gcg "
             f"{ex['gcg']['seconds']:.0f} s, hard {ex['hard']['seconds']:.0f} s.")
 
 
@@ -118,12 +125,13 @@ def page_parts(page: str) -> dict[str, str]:
 def main() -> None:
     if len(sys.argv) > 1:
         raise SystemExit(__doc__)
+    from distreach.io import atomic_path
+
     data = run_examples()
-    tmp = DATA.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-    tmp.replace(DATA)
-    for page in PAGES:
-        page.write_text(rewrite(page.read_text(), data))
+    texts = {page: rewrite(page.read_text(), data) for page in PAGES}  # every page made before any is written
+    for path, text in [(DATA, json.dumps(data, indent=1, ensure_ascii=False) + "\n"), *texts.items()]:
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text(text)
     print(f"wrote {DATA.relative_to(REPO)} and the examples of " + ", ".join(str(p.relative_to(REPO)) for p in PAGES))
     print(run_sentence(data))
 

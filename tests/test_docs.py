@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import polars as pl
+import yaml
 from .conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,12 +52,20 @@ def test_default_run_page_says_what_the_run_wrote():
     forced = json.loads((DATA / "fp32-forced-fad61e3.json").read_text())
     forced_claims = pl.read_ipc(DATA / "fp32-forced-fad61e3-claims.arrow")
     assert forced["cpu"] == run["cpu"] and forced["dtypes"] == ["fp32"] and forced["commit"].startswith("fad61e3")
+    for report, dtype in ((forced_claims, "fp32"), (earlier_claims, "fp32"), (claims, run["dtypes"][0])):
+        assert set(report["dtype"]) - {""} == {dtype}  # each report's rows were tuned in the dtype it is named by
     mins, secs = divmod(forced["wall_seconds"], 60)
     assert f"forced to fp32 (`--config dtype=fp32`) on the same AMD EPYC took **{mins} min {secs} s**" in readme
-    c9 = forced_claims.filter((pl.col("claim") == "C9") & (pl.col("model") == "smollm2"))
+
+    def c9_p(report):
+        return script._p(report.filter((pl.col("claim") == "C9") & (pl.col("model") == "smollm2"))["p"].item())
+
     said = (f"(`fad61e3`, {mins} min {secs} s; `docs/default-run/fp32-forced-fad61e3.json` and `fp32-forced-fad61e3-claims.arrow`)"
-            f" has C3 **{verdict(forced_claims, 'C3', 'smollm2')}** and C9 on SmolLM2 **{c9['verdict'].item()}**"
-            f" (its p = {script._p(c9['p'].item())}).")
+            f" has C3 **{verdict(forced_claims, 'C3', 'smollm2')}** and C9 on SmolLM2 **{verdict(forced_claims, 'C9', 'smollm2')}**"
+            f" (its p = {c9_p(forced_claims)}, the AVX2 fp32 run's {c9_p(earlier_claims)}, this bf16 run's {c9_p(claims)}):"
+            f" with 6 targets per POS, C9's outcome on SmolLM2 holds in bf16 only")
+    assert verdict(claims, "C9", "smollm2") == "holds" and run["dtypes"] == ["bf16"]
+    assert verdict(earlier_claims, "C9", "smollm2") != "holds" != verdict(forced_claims, "C9", "smollm2")
     assert said in " ".join(page.split())
 
 
@@ -125,9 +134,13 @@ def test_command_line_examples_show_what_their_commands_printed():
     assert set(readme) == set(made) and set(api) == {"soft"}
     for name, text in [*readme.items(), *api.items()]:
         assert text == made[name], f"the {name} example is stale: run scripts/readme_examples.py"
-    # the recorded output is the command line's own (its summary line, its last line)
-    assert all(ex["output"].startswith("capitals") for ex in data["examples"].values())
-    assert data["examples"]["soft"]["output"].endswith("wrote 2 rows to result.arrow\n")
+    # the outputs are of one run: each tuning wrote its table, and show and generate read the soft one
+    ex = {name: e["output"] for name, e in data["examples"].items()}
+    for name, table in script.TABLES.items():
+        assert ex[name].startswith("capitals: kl_min ") and ex[name].endswith(f"wrote 2 rows to {table}\n")
+    soft_kl = ex["soft"].split()[2]
+    assert ex["show"].startswith(f"capitals (init 0; smollm2, soft, experiment cli): KL {soft_kl} bits;")
+    assert ex["generate"].startswith(f"capitals (init 0; smollm2, soft, experiment cli), KL {soft_kl} bits when tuned")
 
 
 def test_cluster_page_states_the_paper_studys_estimate():
@@ -136,6 +149,7 @@ def test_cluster_page_states_the_paper_studys_estimate():
     page = " ".join((REPO / "docs" / "cluster.md").read_text().split())
     mantissa, exponent = f"{est['flops']:.1e}".split("e")
     hours = [est["flops"] / (tflops * 1e12) / 3600 for tflops in (200, 20)]
-    assert f"{est['rows']:,} (target, init) rows on 11 models" in page
+    models = yaml.safe_load((REPO / "configs" / "paper.yaml").read_text())["models"]
+    assert f"{est['rows']:,} (target, init) rows on {len(models)} models" in page
     assert f"{mantissa} × 10{''.join('⁰¹²³⁴⁵⁶⁷⁸⁹'[int(c)] for c in str(int(exponent)))} FLOPs, about {hours[0]:.1f} GPU-hours at a " \
            f"sustained 200 TFLOP/s or {hours[1]:.0f} at 20 TFLOP/s ({est['gcg_flops'] / est['flops']:.0%} of it the gcg series" in page
