@@ -90,8 +90,10 @@ def test_readme_threads_table_is_the_results_file():
     res = json.loads((REPO / "benchmarks" / "results" / "cpu" / "cpu-threads.json").read_text())
     section = (REPO / "benchmarks" / "README.md").read_text().split("## Tuning jobs side by side on the CPU")[1].split("\n## ")[0]
     assert cpu_threads.table(res) in section and res["machine"]["cpu"] in section
-    mid = res["rows"][len(res["rows"]) // 2]
+    first = [r for r in res["rows"] if r["dtype"] == res["rows"][0]["dtype"]]  # the last line: the first dtype's middle batch
+    mid = first[len(first) // 2]
     assert f"`side_by_side_over_threads={mid['apart'] / mid['together']:.2f}`" in section
+    assert {r["dtype"] for r in res["rows"]} == {"fp32", "bf16"}  # docs/workflow.md's one-thread jobs, in either dtype
     # what docs/workflow.md rests on: one-thread jobs side by side beat one job with every thread
     assert all(r["apart"] > r["together"] for r in res["rows"])
 
