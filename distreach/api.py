@@ -373,8 +373,12 @@ def generate(result: str | os.PathLike, target: str, init: int | None = None, te
     sampled continuations of up to ``max_new_tokens`` tokens (:func:`distreach.prompts.sample`).
 
     Returns ``row`` (the row used, :func:`generation_row`), ``next_tokens`` (a DataFrame: rank,
-    token_id, token, q, and the target's p where the token is among its recorded top tokens)
-    and ``samples`` (the continuations' text)."""
+    token_id, token, q, and the target's p where the token is among its recorded top tokens),
+    ``samples`` (the continuations' text) and ``kl``: KL(p || q) of this pass, in the row's
+    unit, where the target's recorded top tokens hold all its mass (within 1e-6; a target of at
+    most the row's ``top_k`` tokens), else None. Without ``text`` it is the kept prompt's KL
+    computed anew, to set beside ``kl_min`` (the lowest value the tuning met: in bf16 a new pass
+    rounds differently)."""
     import polars as pl
 
     from .prompts import Prompt, next_token_logprobs, sample
@@ -400,4 +404,20 @@ def generate(result: str | os.PathLike, target: str, init: int | None = None, te
     }, schema={"rank": pl.Int64, "token_id": pl.Int64, "token": pl.String, "q": pl.Float64, "p": pl.Float64})
     seqs = sample(loaded, prompt, text_ids, samples=samples, max_new_tokens=max_new_tokens, seed=seed) if samples else []
     decoded = [loaded.tokenizer.decode(s, skip_special_tokens=False) for s in seqs]
-    return {"row": row, "text": text, "next_tokens": table, "samples": decoded, "q_on_p_top": q[row["p_top_ids"]].tolist()}
+    return {"row": row, "text": text, "next_tokens": table, "samples": decoded, "q_on_p_top": q[row["p_top_ids"]].tolist(),
+            "kl": _recorded_kl(row, logq)}
+
+
+def _recorded_kl(row: dict, logq) -> float | None:
+    """KL(p || q) in the row's unit over the target's recorded top tokens, where they hold all of
+    p's mass (within 1e-6), else None."""
+    import torch
+
+    from .infotheory import kl
+    from .units import to_unit
+
+    p = torch.tensor(row["p_top_probs"], dtype=torch.float64)
+    if abs(float(p.sum()) - 1.0) > 1e-6:
+        return None
+    nats = kl(p[None], logq.double()[row["p_top_ids"]][None])
+    return float(to_unit(float(nats[0]), row["entropy_unit"]))

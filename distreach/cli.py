@@ -313,6 +313,8 @@ def cmd_generate(args) -> int:
     prompt = f"{r['prefix_len']}-position {r['method']} prompt" + (f" {r['prompt_text']!r}" if r["prompt_text"] else "")
     print(f"{_row_title(r)}, KL {r['kl_min']:.4g} {unit} when tuned: BOS {'none' if r['bos'] == 'none' else 'token'}, "
           f"the {prompt}, then {'the text ' + _token(args.text) if args.text else 'no text'}")
+    if out["kl"] is not None:
+        print(f"KL(p || q) of this pass: {out['kl']:.4g} {unit}")
     print("next token (q: after this input; p: the target's probability, for its recorded top tokens):")
     table = [["rank", "token", "q", "p"]]
     for t in out["next_tokens"].iter_rows(named=True):

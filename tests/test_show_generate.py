@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import polars as pl
 import pytest
 
@@ -108,7 +109,8 @@ def test_generate_prints_next_tokens_and_samples(env, capsys):
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0].startswith("t (init 0; tiny, hybrid, experiment cli), KL ") and "hybrid prompt '<soft><soft>" in lines[0]
-    assert lines[1].startswith("next token") and len(lines) == 2 + 5 + 1 + 2
+    assert lines[1].startswith("KL(p || q) of this pass: ")  # the target's 3 tokens are all recorded
+    assert lines[2].startswith("next token") and len(lines) == 3 + 5 + 1 + 2
     assert lines[-3].startswith("samples (seed 0, up to 3 new tokens") and lines[-1].startswith("  2: ")
 
 
@@ -140,3 +142,24 @@ def test_the_workflow_model_folder_is_found_beside_its_results(env, tmp_path):
     results = tmp_path / "results"
     folders = api.model_folders(row, results / "collected" / "a.arrow")
     assert folders[0] == (results / "models" / "tiny").resolve() and folders[-1].parent == api.cache_dir().resolve()
+
+
+def test_generate_computes_the_kept_prompts_kl_anew_where_the_record_holds_all_of_p(env, capsys):
+    best = pl.read_ipc(env["soft"]).sort("kl_min").row(0, named=True)
+    got = api.generate(env["soft"], "t", samples=0)
+    # fp32, the same prompt: the new pass gives the KL the tuning recorded at its best step
+    assert got["kl"] == pytest.approx(best["kl_min"], rel=1e-3)
+    code, out, err = run(capsys, "generate", env["soft"], "--target", "t", "--samples", "0")
+    assert code == 0 and out.splitlines()[1] == f"KL(p || q) of this pass: {got['kl']:.4g} bits", err
+    # with a text after the prompt: another distribution, another KL
+    assert api.generate(env["soft"], "t", samples=0, text=" the")["kl"] != pytest.approx(got["kl"], rel=1e-3)
+    # a target whose recorded top tokens miss some of its mass: no KL, and no line
+    wide = read_arrow(env["soft"])
+    probs = wide.column("p_top_probs").to_pylist()
+    cut = wide.set_column(wide.schema.get_field_index("p_top_probs"), "p_top_probs",
+                          pa.array([[v * 0.99 for v in row] for row in probs], type=wide.schema.field("p_top_probs").type))
+    path = env["root"] / "cut.arrow"
+    write_arrow(cut, path)
+    assert api.generate(str(path), "t", samples=0)["kl"] is None
+    code, out, _ = run(capsys, "generate", str(path), "--target", "t", "--samples", "0")
+    assert code == 0 and "KL(p || q) of this pass" not in out
