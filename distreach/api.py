@@ -376,7 +376,7 @@ def generate(result: str | os.PathLike, target: str, init: int | None = None, te
     token_id, token, q, and the target's p where the token is among its recorded top tokens),
     ``samples`` (the continuations' text) and ``kl``: KL(p || q) of this pass, in the row's
     unit, where the target's recorded top tokens hold all its mass (within 1e-6; a target of at
-    most the row's ``top_k`` tokens), else None. Without ``text`` it is the kept prompt's KL
+    most the tuning's ``top_k`` tokens, default 20), else None. Without ``text`` it is the kept prompt's KL
     computed anew, to set beside ``kl_min`` (the lowest value the tuning met: in bf16 a new pass
     rounds differently)."""
     import polars as pl
@@ -419,5 +419,6 @@ def _recorded_kl(row: dict, logq) -> float | None:
     p = torch.tensor(row["p_top_probs"], dtype=torch.float64)
     if abs(float(p.sum()) - 1.0) > 1e-6:
         return None
+    p = p / p.sum()  # the rounding of the stored probabilities: a KL is never below 0
     nats = kl(p[None], logq.double()[row["p_top_ids"]][None])
     return float(to_unit(float(nats[0]), row["entropy_unit"]))

@@ -133,7 +133,8 @@ def _row_parsers(sub, quiet) -> None:
 
     gen = sub.add_parser("generate", parents=[quiet, rows], help="feed a row's tuned prompt to its model: next tokens and samples",
                          description="Load the model a result row was tuned on, put the row's kept prompt (after its BOS "
-                                     "token) before --text, print the next-token distribution's top tokens and sampled "
+                                     "token) before --text, print the KL of this pass (where the target's recorded top "
+                                     "tokens hold all of it), the next-token distribution's top tokens and sampled "
                                      "continuations (temperature 1, from the full distribution).")
     gen.add_argument("--target", required=True, help="the row's target id")
     gen.add_argument("--text", default="", help="text after the prompt (default none)")
