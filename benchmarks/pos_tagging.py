@@ -65,5 +65,6 @@ def table(res: dict) -> str:
                      f"| {r['words'] / r['seconds']:,.0f} | {r['kept']:,} |")
     return "\n".join(lines)
 
+
 if __name__ == "__main__":
     main()

@@ -43,6 +43,7 @@ EXAMPLES = {
 TABLES = {"soft": "result.arrow", "gcg": "gcg.arrow", "hard": "hard.arrow"}  # the rows each example tuned
 BEGIN = "<!-- readme-example {} -->"
 END = "<!-- end readme-example -->"
+PART = re.compile(re.escape(BEGIN).replace(r"\{\}", r"(\w+)") + r"\n(.*?)\n" + re.escape(END), re.S)  # a generated part
 
 
 def run_examples() -> dict:
@@ -118,13 +119,12 @@ def rewrite(page: str, data: dict) -> str:
             raise SystemExit(f"unknown readme-example part {name!r}")
         return f"{BEGIN.format(name)}\n{made[name]}\n{END}"
 
-    return re.sub(r"<!-- readme-example (\w+) -->\n.*?\n<!-- end readme-example -->", one, page, flags=re.S)
+    return PART.sub(one, page)
 
 
 def page_parts(page: str) -> dict[str, str]:
     """The generated parts a page holds now, by name."""
-    return {m.group(1): m.group(2) for m in re.finditer(r"<!-- readme-example (\w+) -->\n(.*?)\n<!-- end readme-example -->",
-                                                         page, flags=re.S)}
+    return {m.group(1): m.group(2) for m in PART.finditer(page)}
 
 
 def main() -> None:
