@@ -84,7 +84,7 @@ def matmul_seconds(model, rows: int, positions: int, dtype: torch.dtype, reps: i
 def plain_loop(lm, p: torch.Tensor, init: torch.Tensor, cfg: TuneConfig) -> tuple[float, int, float]:
     """One row, logits of the last position only: (kl_min, steps, first loss)."""
     model, embed = lm.model, lm.model.get_input_embeddings()
-    bos_id = resolve_bos(lm.tokenizer, cfg.bos, lm.name)  # the engine's policy: the same inputs on both sides
+    bos_id = resolve_bos(lm.tokenizer.bos_token_id, cfg.bos, lm.name)  # the engine's policy: the same inputs on both sides
     bos = embed(torch.tensor([[bos_id]])) if bos_id is not None else None
     theta = torch.nn.Parameter(init.clone()[None])
     opt = torch.optim.AdamW([theta], lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -219,7 +219,7 @@ def cmd_tune(args) -> int:
     with gguf_parsed_once():  # a .gguf file's metadata is parsed once, for its vocabulary size and its conversion
         vocab = api.model_vocab(args.model)
         if vocab is not None and vocab.tokenizer is not None:  # a BOS policy the tokenizer cannot follow fails before any work too
-            resolve_bos(vocab.tokenizer, args.bos, vocab.name)
+            resolve_bos(vocab.tokenizer.bos_token_id, args.bos, vocab.name)
         # a .json target's strings need the tokenizer: without one, only a .npy or .arrow target is read now
         early = vocab is not None and (vocab.tokenizer is not None or not args.target.lower().endswith(".json"))
         with _about("--target"):

@@ -302,7 +302,7 @@ def tuning_context(loaded, cfg: TuneConfig) -> TuningContext:
         if loaded.made_for != made_for:
             raise DistreachError(f"a tuning context made for {loaded.made_for} used with tuning settings {made_for}")
         return loaded
-    bos_id = resolve_bos(loaded.tokenizer, cfg.bos, loaded.name)
+    bos_id = resolve_bos(loaded.tokenizer.bos_token_id, cfg.bos, loaded.name)
     return _on_weights(loaded, made_for, bos_id, allowed_tokens(loaded.tokenizer, loaded.embeddings.shape[0], cfg))
 
 
@@ -751,7 +751,7 @@ def prompt_kl(loaded, target_probs, prompts: list[list[int]], bos: str | None = 
             raise DistreachError(f"a tuning context made for BOS policy {loaded.made_for['bos']} used with policy {bos}")
         bos_id, loaded = loaded.bos_id, loaded.loaded
     else:
-        bos_id = resolve_bos(loaded.tokenizer, TuneConfig.bos if bos is None else bos, loaded.name)
+        bos_id = resolve_bos(loaded.tokenizer.bos_token_id, TuneConfig.bos if bos is None else bos, loaded.name)
     model = loaded.model
     device = loaded.embeddings.device
     out = np.empty(len(prompts))

@@ -20,7 +20,7 @@ from .infotheory import entropy
 from .optimrows import keep_rows
 from .units import check_unit, from_unit, to_unit
 from .seeds import derive_seed
-from .tokens import bos_used, resolve_bos, usable_ids, vocab_support
+from .tokens import bos_used, ids_of, resolve_bos, usable_ids, vocab_support
 from .targets import logprobs, targets_table
 from .vanilla import MAX_ITERS, PER_LEVEL, TOLERANCE
 
@@ -166,16 +166,26 @@ def _fit_outliers(starts, group: list[int], h_nats: list[float], tol: float, set
 
 
 @torch.no_grad()
-def lm_generated(loaded, n: int, prompt_len: int, unit: str, seed: int = 0, kind: str = "lm", bos: str = "auto") -> pa.Table:
+def lm_generated(loaded, n: int, prompt_len: int, unit: str, seed: int = 0, kind: str = "lm", bos: str = "auto",
+                 usable=None) -> pa.Table:
     """The model's next-token distributions after ``n`` prompts of ``prompt_len`` random usable
     token ids, after a BOS token as the tuning's BOS policy ``bos`` puts one (so targets and
     tuned prompts share one input convention). Output rows past the tokenizer (padding) get
     probability 0: the distribution is renormalised over |V|. The columns ``lm_prompt_len``,
-    ``lm_bos`` (``bos`` or ``none``: what went first) and ``lm_bos_policy`` record this."""
+    ``lm_bos`` (``bos`` or ``none``: what went first) and ``lm_bos_policy`` record this.
+
+    ``usable``: the model's vocabulary table's ``is_usable`` column
+    (:func:`distreach.models.write_vocab`), read instead of the tokenizer, which ``loaded`` may
+    then lack (loading a large one takes seconds): the BOS token and |V| come from its manifest."""
     vocab = loaded.vocab_size
-    support = vocab_support(loaded.tokenizer, vocab)
-    pool = torch.from_numpy(usable_ids(loaded.tokenizer, loaded.embeddings.shape[0]))
-    bos_id = resolve_bos(loaded.tokenizer, bos, loaded.name)
+    if usable is None:
+        tok = loaded.tokenizer
+        support, pool, bos_token = vocab_support(tok, vocab), usable_ids(tok, loaded.embeddings.shape[0]), tok.bos_token_id
+    else:
+        support, bos_token = loaded.manifest["vocab_support"], loaded.manifest["bos_token_id"]
+        pool = ids_of(np.asarray(usable)[: loaded.embeddings.shape[0]])
+    pool = torch.from_numpy(pool)
+    bos_id = resolve_bos(bos_token, bos, loaded.name)
     head = torch.tensor([] if bos_id is None else [bos_id], dtype=torch.long)
     seeds = [derive_seed(seed, kind, r) for r in range(n)]
     ids = [f"{kind}-{r:04d}" for r in range(n)]

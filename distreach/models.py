@@ -480,13 +480,15 @@ def attention_of(loaded) -> str | None:
     return getattr(getattr(getattr(loaded, "model", None), "config", None), "_attn_implementation", None)
 
 
-def load_materialised(folder: str | os.PathLike, dtype: str = "fp32", device: str = "auto", with_model: bool = True):
-    """Load a folder written by :func:`materialise`: (LoadedModel, tokenizer)."""
+def load_materialised(folder: str | os.PathLike, dtype: str = "fp32", device: str = "auto", with_model: bool = True,
+                      with_tokenizer: bool = True):
+    """Load a folder written by :func:`materialise`: (LoadedModel, tokenizer); the tokenizer is
+    None with ``with_tokenizer=False``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     manifest = read_manifest(folder)
     trust = bool(manifest.get("trust_remote_code", False))
-    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust)
+    tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust) if with_tokenizer else None
     model = None
     if with_model:
         device = resolve_device(device)

@@ -57,7 +57,7 @@ def shapes_table(loaded, text: str, unit: str = "bits", seed: int = 0, bos: str 
     tok = loaded.tokenizer
     cfg = None if tuning is None else replace(tuning, method="soft", n_soft=None, soft_positions=None, bos=bos)
     ctx = None if cfg is None else tuning_context(loaded, cfg)
-    bos_id = resolve_bos(tok, bos, loaded.name) if ctx is None else ctx.bos_id
+    bos_id = resolve_bos(tok.bos_token_id, bos, loaded.name) if ctx is None else ctx.bos_id
     ids, lm = text_distribution(loaded, text, bos_id)
     h = float(to_unit(entropy(lm), unit))
     # the Eq. 1 target over |V| (no mass on padding rows), of the LM distribution's entropy

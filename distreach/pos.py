@@ -38,8 +38,13 @@ def load_tagger(name: str):
             import scispacy  # noqa: F401  (registers scispacy's components)
         except ImportError:
             raise DistreachError(f"tagger {name} is a scispacy model: install scispacy (envs/pos.yaml)") from None
+    from thinc.api import use_ops
+
     try:
-        nlp = spacy.load(name)
+        # numpy's matrix products (its BLAS) instead of thinc's default BLIS ones: the same tags
+        # (tested), faster (benchmarks/README.md, preparation stage)
+        with use_ops("numpy", use_blis=False):
+            nlp = spacy.load(name)
     except OSError:
         raise DistreachError(
             f"tagger {name!r} is not installed (a spaCy pipeline package; see envs/pos.yaml)"

@@ -90,13 +90,13 @@ def ids_of(mask) -> np.ndarray:
     return ids
 
 
-def resolve_bos(tokenizer, policy: str, model: str = "the model") -> int | None:
-    """The token id to put before every prompt under ``policy``, or None for nothing."""
+def resolve_bos(bos: int | None, policy: str, model: str = "the model") -> int | None:
+    """The token id to put before every prompt under ``policy``, or None for nothing (``bos``:
+    the tokenizer's BOS token id, None where it has none)."""
     if policy not in BOS_POLICIES:
         raise DistreachError(f"tuning.bos: must be one of {BOS_POLICIES} (got {policy!r})")
     if policy == "none":
         return None
-    bos = tokenizer.bos_token_id
     if bos is None and policy == "bos":
         raise DistreachError(f"tuning.bos: model {model} has no BOS token; use bos: auto or none")
     return bos

@@ -66,7 +66,8 @@ def target_inputs(wildcards):
     """
     family = config["targets"][wildcards.family]
     inputs = {"model": f"results/models/{wildcards.model}"}
-    if family["kind"] in ("outlier", "pos", "migrated"):  # token texts or usable tokens
+    # token texts or usable tokens (and no tokenizer loaded)
+    if family["kind"] in ("lm", "outlier", "pos", "migrated"):
         inputs["vocab"] = f"results/vocab/{wildcards.model}.arrow"
     if family["kind"] in ("matched", "shuffled"):
         inputs["base"] = f"results/targets/{family['of']}/{wildcards.model}.arrow"

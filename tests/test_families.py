@@ -1,4 +1,6 @@
+import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from distreach.families import (
     pos_uniform_targets,
     shuffled,
 )
+from distreach.models import MANIFEST
 from distreach.vocab import surface_forms, vocab_table
 
 
@@ -129,9 +132,10 @@ def test_matched_targets_name_the_target_whose_entropy_they_match(tiny_dirs, tin
 
 
 def test_families_read_token_text_and_usable_tokens_from_the_vocabulary_tables(tiny_dirs, tmp_path, monkeypatch):
-    """Outlier, POS-uniform and migrated targets made from the models' vocabulary files (as the
-    workflow makes them, without loading a tokenizer) equal those made from the tokenizers; a
-    vocabulary file of another model is one clear error."""
+    """Outlier, POS-uniform, migrated and LM-generated targets made from the models' vocabulary
+    files (as the workflow makes them, without loading a tokenizer; LM-generated ones take the BOS
+    token from the model's manifest) equal those made from the tokenizers; a vocabulary file of
+    another model is one clear error."""
     import polars as pl
 
     from distreach.io import read_arrow, write_arrow
@@ -164,6 +168,7 @@ def test_families_read_token_text_and_usable_tokens_from_the_vocabulary_tables(t
          {"base": tmp_path / "pos.arrow"}),                                                     # fills in a grid
         ({"kind": "migrated", "of": "lm", "source": "tiny-gpt2", "grid": {"step": 1.0}},
          {"base": tmp_path / "lm-gpt2.arrow", "source_dir": tiny_dirs["gpt2"]}),
+        ({"kind": "lm", "n": 4, "prompt_len": 3}, {}),
     ]
     for settings, inputs in cases:
         from_tokenizers = make_family(settings, tiny_dirs["llama"], "bits", **inputs)
@@ -198,6 +203,14 @@ def test_families_read_token_text_and_usable_tokens_from_the_vocabulary_tables(t
     write_arrow(other.to_arrow(), tmp_path / "other.arrow", {"model": "tiny-gpt2"})
     assert not make_family(cases[2][0], tiny_dirs["llama"], "bits", **cases[2][1], vocab_file=vocab["llama"],
                            source_vocab_file=tmp_path / "other.arrow").equals(migrated)
+    lm = make_family(cases[3][0], tiny_dirs["llama"], "bits")
+    assert set(lm.column("lm_bos").to_pylist()) == {"bos"}  # the BOS token the manifest names went first
+    older = tmp_path / "older-manifest"  # a manifest without the BOS token: the tokenizer is loaded
+    shutil.copytree(tiny_dirs["llama"], older)
+    manifest = json.loads((older / MANIFEST).read_text())
+    del manifest["bos_token_id"]
+    (older / MANIFEST).write_text(json.dumps(manifest))
+    assert make_family(cases[3][0], older, "bits", vocab_file=vocab["llama"]).equals(lm)
     usable = words["is_usable"].to_numpy()
     assert not usable.all() and usable.sum() > 20  # the tiny tokenizers' special tokens are not usable
     pos_targets = make_family(cases[1][0], tiny_dirs["llama"], "bits", **cases[1][1], vocab_file=vocab["llama"])

@@ -66,15 +66,15 @@ def test_hard_positions_and_inits_draw_only_usable_tokens():
 
 def test_resolve_bos_policies():
     with_bos, without = placeholder_tokenizer(), placeholder_tokenizer(bos=False)
-    assert resolve_bos(with_bos, "auto") == with_bos.bos_token_id == 1
-    assert resolve_bos(with_bos, "bos") == 1
-    assert resolve_bos(with_bos, "none") is None
-    assert resolve_bos(without, "auto") is None
-    assert resolve_bos(without, "none") is None
+    assert resolve_bos(with_bos.bos_token_id, "auto") == with_bos.bos_token_id == 1
+    assert resolve_bos(with_bos.bos_token_id, "bos") == 1
+    assert resolve_bos(with_bos.bos_token_id, "none") is None
+    assert resolve_bos(without.bos_token_id, "auto") is None
+    assert resolve_bos(without.bos_token_id, "none") is None
     with pytest.raises(DistreachError, match="has no BOS token; use bos: auto or none"):
-        resolve_bos(without, "bos", "qwen")
+        resolve_bos(without.bos_token_id, "bos", "qwen")
     with pytest.raises(DistreachError, match="tuning.bos: must be one of"):
-        resolve_bos(with_bos, "yes")
+        resolve_bos(with_bos.bos_token_id, "yes")
     with pytest.raises(DistreachError, match="tuning.bos"):
         TuneConfig(bos="always")
 
