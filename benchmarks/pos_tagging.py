@@ -10,6 +10,11 @@ as JSON.
 
 from __future__ import annotations
 
+import os
+
+# one BLAS thread, as rule pos_tag runs (Snakemake sets OPENBLAS_NUM_THREADS to a rule's threads: 1)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import argparse
 import json
 import time
@@ -50,7 +55,7 @@ def main():
     from distreach.models import machine
 
     res = {"tagger": args.tagger, "tagger_version": nlp.meta.get("version"), "rows": rows, "kept_pos": kept_pos,
-           "machine": machine(), "versions": {**package_versions(), "spacy": spacy.__version__}}
+           "blas_threads": int(os.environ["OPENBLAS_NUM_THREADS"]), "machine": machine(), "versions": {**package_versions(), "spacy": spacy.__version__}}
     print(table(res))
     if args.out:
         with atomic_path(args.out) as tmp:
