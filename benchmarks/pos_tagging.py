@@ -10,23 +10,19 @@ as JSON.
 
 from __future__ import annotations
 
-import os
-
-# one BLAS thread, as rule pos_tag runs (Snakemake sets OPENBLAS_NUM_THREADS to a rule's threads: 1)
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
-import polars as pl
-
-from distreach.io import atomic_path, package_versions
-from distreach.pos import load_tagger, pos_table
-
 
 def main():
+    import polars as pl  # after the BLAS thread setting below
+
+    from distreach.io import atomic_path, package_versions
+    from distreach.pos import load_tagger, pos_table
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["smollm2", "gemma3"])
     ap.add_argument("--batch", nargs="+", type=int, default=[256, 2048, 8192])
@@ -55,7 +51,7 @@ def main():
     from distreach.models import machine
 
     res = {"tagger": args.tagger, "tagger_version": nlp.meta.get("version"), "rows": rows, "kept_pos": kept_pos,
-           "blas_threads": int(os.environ["OPENBLAS_NUM_THREADS"]), "machine": machine(), "versions": {**package_versions(), "spacy": spacy.__version__}}
+           "blas_threads": os.environ["OPENBLAS_NUM_THREADS"], "machine": machine(), "versions": {**package_versions(), "spacy": spacy.__version__}}
     print(table(res))
     if args.out:
         with atomic_path(args.out) as tmp:
@@ -72,4 +68,6 @@ def table(res: dict) -> str:
 
 
 if __name__ == "__main__":
+    # one BLAS thread, as rule pos_tag runs (Snakemake sets OPENBLAS_NUM_THREADS to a rule's threads: 1)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     main()

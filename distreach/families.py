@@ -174,14 +174,16 @@ def lm_generated(loaded, n: int, prompt_len: int, unit: str, seed: int = 0, kind
     probability 0: the distribution is renormalised over |V|. The columns ``lm_prompt_len``,
     ``lm_bos`` (``bos`` or ``none``: what went first) and ``lm_bos_policy`` record this.
 
-    ``usable``: the model's vocabulary table's ``is_usable`` column
-    (:func:`distreach.models.write_vocab`), read instead of the tokenizer, which ``loaded`` may
-    then lack (loading a large one takes seconds): the BOS token and |V| come from its manifest."""
+    ``usable``: the model's vocabulary table's ``is_usable`` column (one entry per output row;
+    :func:`distreach.models.write_vocab`), read instead of the tokenizer, which ``loaded`` may
+    then lack: the BOS token and |V| come from its manifest."""
     vocab = loaded.vocab_size
     if usable is None:
         tok = loaded.tokenizer
         support, pool, bos_token = vocab_support(tok, vocab), usable_ids(tok, loaded.embeddings.shape[0]), tok.bos_token_id
     else:
+        if len(usable) != vocab:
+            raise DistreachError(f"usable: {len(usable)} entries, model {loaded.name} has {vocab} output rows")
         support, bos_token = loaded.manifest["vocab_support"], loaded.manifest["bos_token_id"]
         pool = ids_of(np.asarray(usable)[: loaded.embeddings.shape[0]])
     pool = torch.from_numpy(pool)

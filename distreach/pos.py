@@ -27,6 +27,17 @@ def is_scispacy(name: str) -> bool:
     return name.startswith(("en_core_sci_", "en_ner_"))
 
 
+def _numpy_products():
+    """Where thinc's CPU ops are its numpy ones (not Apple's or another platform's), a context in
+    which the models made use numpy's matrix products (its BLAS) instead of BLIS: the same tags
+    (tested), faster here (benchmarks/README.md, preparation stage)."""
+    import contextlib
+
+    from thinc.api import NumpyOps, get_current_ops, use_ops
+
+    return use_ops("numpy", use_blis=False) if type(get_current_ops()) is NumpyOps else contextlib.nullcontext()
+
+
 def load_tagger(name: str):
     """The spaCy pipeline ``name`` with only the components tagging needs."""
     try:
@@ -38,12 +49,8 @@ def load_tagger(name: str):
             import scispacy  # noqa: F401  (registers scispacy's components)
         except ImportError:
             raise DistreachError(f"tagger {name} is a scispacy model: install scispacy (envs/pos.yaml)") from None
-    from thinc.api import use_ops
-
     try:
-        # numpy's matrix products (its BLAS) instead of thinc's default BLIS ones: the same tags
-        # (tested), faster (benchmarks/README.md, preparation stage)
-        with use_ops("numpy", use_blis=False):
+        with _numpy_products():
             nlp = spacy.load(name)
     except OSError:
         raise DistreachError(

@@ -60,10 +60,9 @@ def make_family(settings: dict, model_dir, unit: str, seed: int = 0, base=None, 
     kind = settings.get("kind", "vanilla")
     manifest = read_manifest(model_dir)
     if kind == "lm":
-        # the usable tokens from the vocabulary table, the BOS token from the manifest (an older
-        # distreach's manifest may lack it): then the tokenizer is not loaded
-        usable = (None if vocab_file is None or "bos_token_id" not in manifest
-                  else _vocab(model_dir, vocab_file, manifest)["is_usable"].to_numpy())
+        # the usable tokens from the vocabulary table, the BOS token from the manifest: the
+        # tokenizer is not loaded
+        usable = None if vocab_file is None else _vocab(model_dir, vocab_file, manifest)["is_usable"].to_numpy()
         loaded = load_materialised(model_dir, dtype="fp32", with_tokenizer=usable is None)[0]
         n, prompt_len = settings.get("n", LM_PROMPTS), settings.get("prompt_len", LM_PROMPT_LEN)
         return lm_generated(loaded, n, prompt_len, unit, seed, bos=settings.get("bos", bos), usable=usable)
