@@ -19,7 +19,8 @@ def test_readme_table_is_the_results_file():
     assert "\n".join(rows) in section  # every run, in the order measured
     jobs, cpu = prep_stage.ratios(report)
     text = " ".join(section.split())
-    assert f"{jobs:.2f}x less job time and {cpu:.2f}x less CPU time" in text
+    low, high = prep_stage.job_ratio_range(report)
+    assert f"{jobs:.2f}x less job time (any run of one against any of the other: {low:.2f}x to {high:.2f}x) and {cpu:.2f}x less CPU time" in text
 
 
 def test_ratios_compare_the_mean_runs_of_the_first_and_last_revision():
@@ -29,5 +30,9 @@ def test_ratios_compare_the_mean_runs_of_the_first_and_last_revision():
     assert prep_stage.ratios(report) == (500 / 320, 440 / 310)  # HEAD and its sha: one revision
     report["runs"].insert(2, run("mid", 100, 100))
     assert prep_stage.ratios(report) == (500 / 100, 440 / 100)  # the first revision against the last distinct one
-    with pytest.raises(ValueError, match="two revisions"):
-        prep_stage.ratios({"runs": [run("old", 600, 500), run("old", 400, 380)]})
+    assert prep_stage.job_ratio_range(report) == (400 / 100, 600 / 100)
+    report["runs"].pop(2)
+    assert prep_stage.job_ratio_range(report) == (400 / 340, 600 / 300)
+    for f in (prep_stage.ratios, prep_stage.job_ratio_range):
+        with pytest.raises(ValueError, match="two revisions"):
+            f({"runs": [run("old", 600, 500), run("old", 400, 380)]})
