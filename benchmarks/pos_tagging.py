@@ -51,7 +51,7 @@ def main():
     from distreach.models import machine
 
     res = {"tagger": args.tagger, "tagger_version": nlp.meta.get("version"), "rows": rows, "kept_pos": kept_pos,
-           "blas_threads": os.environ["OPENBLAS_NUM_THREADS"], "machine": machine(), "versions": {**package_versions(), "spacy": spacy.__version__}}
+           "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "machine": machine(), "versions": {**package_versions(), "spacy": spacy.__version__}}
     print(table(res))
     if args.out:
         with atomic_path(args.out) as tmp:

@@ -98,6 +98,20 @@ def job_ratio_range(report: dict) -> tuple[float, float]:
     return min(old) / max(new), max(old) / min(new)
 
 
+def summary(report: dict) -> str:
+    """The README's sentence on a report: mean job seconds of the first and the last revision, their
+    ratio, the range of single-pair ratios, the CPU-time ratio, and whether the mean job time is at
+    most half of the old."""
+    commits = list(dict.fromkeys(r["commit"] for r in report["runs"]))
+    old, new = mean_seconds(report, commits[0])[0], mean_seconds(report, commits[-1])[0]
+    jobs, cpu = ratios(report)
+    low, high = job_ratio_range(report)
+    half = "at most" if new <= old / 2 else f"{new - old / 2:.1f} s more than"
+    return (f"Mean job time {new:.1f} s against {old:.2f} s: {jobs:.2f}x less ({100 / jobs:.1f}% of the old; any run "
+            f"of one against any of the other: {low:.2f}x to {high:.2f}x), and {cpu:.2f}x less CPU time "
+            f"({100 / cpu:.1f}%): {half} half of the old job time on the means.")
+
+
 def table_rows(report: dict) -> list[str]:
     """The README table's rows (markdown) of a report written by this script ("-": a rule with no job
     in that revision)."""
@@ -129,9 +143,8 @@ def main() -> None:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
     if len({r["commit"] for r in results}) > 1:
         jobs, cpu = ratios(report)
-        low, high = job_ratio_range(report)
-        print(f"job_seconds_ratio={jobs:.2f} cpu_seconds_ratio={cpu:.2f} (mean of each revision's runs; "
-              f"job seconds, any run against any run: {low:.2f} to {high:.2f})")
+        print(f"job_seconds_ratio={jobs:.2f} cpu_seconds_ratio={cpu:.2f} (mean of each revision's runs)")
+        print(summary(report))
 
 
 if __name__ == "__main__":

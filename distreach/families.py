@@ -185,7 +185,7 @@ def lm_generated(loaded, n: int, prompt_len: int, unit: str, seed: int = 0, kind
         if len(usable) != vocab:
             raise DistreachError(f"usable: {len(usable)} entries, model {loaded.name} has {vocab} output rows")
         support, bos_token = loaded.manifest["vocab_support"], loaded.manifest["bos_token_id"]
-        pool = ids_of(np.asarray(usable)[: loaded.embeddings.shape[0]])
+        pool = ids_of(np.asarray(usable)[: loaded.embeddings.shape[0]])  # a model's input rows past its output rows: not drawn
     pool = torch.from_numpy(pool)
     bos_id = resolve_bos(bos_token, bos, loaded.name)
     head = torch.tensor([] if bos_id is None else [bos_id], dtype=torch.long)

@@ -30,7 +30,7 @@ def is_scispacy(name: str) -> bool:
 def _numpy_products():
     """Where thinc's CPU ops are its numpy ones (not Apple's or another platform's), a context in
     which the models made use numpy's matrix products (its BLAS) instead of BLIS: the same tags
-    (tested), faster here (benchmarks/README.md, preparation stage)."""
+    (tested), faster here (benchmarks/README.md, POS tagging of whole vocabularies)."""
     import contextlib
 
     from thinc.api import NumpyOps, get_current_ops, use_ops

@@ -19,8 +19,9 @@ def test_readme_table_is_the_results_file():
     assert "\n".join(rows) in section  # every run, in the order measured
     jobs, cpu = prep_stage.ratios(report)
     text = " ".join(section.split())
+    assert " ".join(prep_stage.summary(report).split()) in text
     low, high = prep_stage.job_ratio_range(report)
-    assert f"{jobs:.2f}x less job time (any run of one against any of the other: {low:.2f}x to {high:.2f}x) and {cpu:.2f}x less CPU time" in text
+    assert f"{jobs:.2f}x less" in text and f"{low:.2f}x to {high:.2f}x" in text and f"{cpu:.2f}x less CPU time" in text
 
 
 def test_ratios_compare_the_mean_runs_of_the_first_and_last_revision():
@@ -28,6 +29,10 @@ def test_ratios_compare_the_mean_runs_of_the_first_and_last_revision():
                                                "cpu_seconds": cpu}
     report = {"runs": [run("old", 600, 500), run("new", 300, 300, "HEAD"), run("new", 340, 320), run("old", 400, 380)]}
     assert prep_stage.ratios(report) == (500 / 320, 440 / 310)  # HEAD and its sha: one revision
+    assert prep_stage.summary(report).startswith("Mean job time 320.0 s against 500.00 s: 1.56x less (64.0% of the old;")
+    assert prep_stage.summary(report).endswith(": 70.0 s more than half of the old job time on the means.")
+    half = {"runs": [run("old", 600, 500), run("new", 300, 250), run("new", 290, 250), run("old", 600, 500)]}
+    assert prep_stage.summary(half).endswith(": at most half of the old job time on the means.")
     report["runs"].insert(2, run("mid", 100, 100))
     assert prep_stage.ratios(report) == (500 / 100, 440 / 100)  # the first revision against the last distinct one
     assert prep_stage.job_ratio_range(report) == (400 / 100, 600 / 100)

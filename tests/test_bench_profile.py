@@ -102,6 +102,11 @@ def test_pos_tagging_table_and_counts_are_the_results_file():
     res = json.loads((REPO / "benchmarks" / "results" / "cpu" / "pos-tagging.json").read_text())
     section = (REPO / "benchmarks" / "README.md").read_text().split("## POS tagging of whole vocabularies")[1].split("\n## ")[0]
     assert pos_tagging.table(res) in section and res["machine"]["cpu"] in section
+    blis = json.loads((REPO / "benchmarks" / "results" / "cpu" / "pos-tagging-blis.json").read_text())
+    assert pos_tagging.table(blis) in section and blis["machine"]["cpu"] == res["machine"]["cpu"]
+    fastest = {m: min((r for r in res["rows"] if r["model"] == m), key=lambda r: r["seconds"])["batch"] for m in ("smollm2", "gemma3")}
+    assert "The default batch, 2048, is the fastest of the three for both models." in " ".join(section.split())
+    assert fastest == {"smollm2": 2048, "gemma3": 2048}
     # docs/targets.md's counts: tokens, words and the kept tokens of the five largest POS
     first = {r["model"]: r for r in reversed(res["rows"])}
     assert len({(r["model"], r["kept"]) for r in res["rows"]}) == len(first)  # as many kept at every batch size

@@ -200,7 +200,7 @@ def test_families_read_token_text_and_usable_tokens_from_the_vocabulary_tables(t
     write_arrow(other.to_arrow(), tmp_path / "other.arrow", {"model": "tiny-gpt2"})
     assert not make_family(cases[2][0], tiny_dirs["llama"], "bits", **cases[2][1], vocab_file=vocab["llama"],
                            source_vocab_file=tmp_path / "other.arrow").equals(migrated)
-    lm = make_family(cases[3][0], tiny_dirs["llama"], "bits")
+    lm = made_from_files(cases[3])
     assert set(lm.column("lm_bos").to_pylist()) == {"bos"}  # the BOS token the manifest names went first
     usable = words["is_usable"].to_numpy()
     assert not usable.all() and usable.sum() > 20  # the tiny tokenizers' special tokens are not usable

@@ -114,7 +114,7 @@ def test_tagger_runs_only_what_tagging_needs(nlp):
 
 def test_tagger_multiplies_with_numpy_and_tags_as_with_thincs_default_ops(nlp):
     """Every layer of the tagger multiplies with numpy, not thinc's default BLIS (faster here:
-    benchmarks/README.md, preparation stage), and tags 3,000 words drawn from spaCy's own
+    benchmarks/README.md, POS tagging), and tags 3,000 words drawn from spaCy's own
     vocabulary as the same components with thinc's default ops do: the same POS, tags and kept
     words, the probabilities to float rounding."""
     import random
