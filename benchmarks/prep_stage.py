@@ -77,24 +77,24 @@ def mean_seconds(report: dict, commit: str) -> tuple[float, float]:
     return (sum(r["job_seconds_total"] for r in runs) / len(runs), sum(r["cpu_seconds"] for r in runs) / len(runs))
 
 
-def ratios(report: dict) -> tuple[float, float]:
-    """Job-seconds and CPU-seconds ratios (of the means) of the first revision measured to the
-    last one first measured."""
+def compared(report: dict) -> tuple[str, str]:
+    """The commits a report compares: the first revision measured and the last one first measured."""
     commits = list(dict.fromkeys(r["commit"] for r in report["runs"]))
     if len(commits) < 2:
         raise ValueError(f"ratios need two revisions, the report has {len(commits)}")
-    first, last = mean_seconds(report, commits[0]), mean_seconds(report, commits[-1])
+    return commits[0], commits[-1]
+
+
+def ratios(report: dict) -> tuple[float, float]:
+    """Job-seconds and CPU-seconds ratios (of the means) of the two revisions compared."""
+    first, last = (mean_seconds(report, c) for c in compared(report))
     return first[0] / last[0], first[1] / last[1]
 
 
 def job_ratio_range(report: dict) -> tuple[float, float]:
     """The least and the largest job-seconds ratio of any run of the first revision to any run of
     the last one first measured (how far the machine's noise moves a single pair of runs)."""
-    commits = list(dict.fromkeys(r["commit"] for r in report["runs"]))
-    if len(commits) < 2:
-        raise ValueError(f"ratios need two revisions, the report has {len(commits)}")
-    old = [r["job_seconds_total"] for r in report["runs"] if r["commit"] == commits[0]]
-    new = [r["job_seconds_total"] for r in report["runs"] if r["commit"] == commits[-1]]
+    old, new = ([r["job_seconds_total"] for r in report["runs"] if r["commit"] == c] for c in compared(report))
     return min(old) / max(new), max(old) / min(new)
 
 
@@ -102,8 +102,7 @@ def summary(report: dict) -> str:
     """The README's sentence on a report: mean job seconds of the first and the last revision, their
     ratio, the range of single-pair ratios, the CPU-time ratio, and whether the mean job time is at
     most half of the old."""
-    commits = list(dict.fromkeys(r["commit"] for r in report["runs"]))
-    old, new = mean_seconds(report, commits[0])[0], mean_seconds(report, commits[-1])[0]
+    old, new = (mean_seconds(report, c)[0] for c in compared(report))
     jobs, cpu = ratios(report)
     low, high = job_ratio_range(report)
     half = "at most" if new <= old / 2 else f"{new - old / 2:.1f} s more than"

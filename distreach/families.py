@@ -20,7 +20,7 @@ from .infotheory import entropy
 from .optimrows import keep_rows
 from .units import check_unit, from_unit, to_unit
 from .seeds import derive_seed
-from .tokens import bos_used, ids_of, resolve_bos, usable_ids, vocab_support
+from .tokens import bos_used, ids_of, resolve_bos, usable_mask, vocab_support
 from .targets import logprobs, targets_table
 from .vanilla import MAX_ITERS, PER_LEVEL, TOLERANCE
 
@@ -177,16 +177,15 @@ def lm_generated(loaded, n: int, prompt_len: int, unit: str, seed: int = 0, kind
     ``usable``: the model's vocabulary table's ``is_usable`` column (one entry per output row;
     :func:`distreach.models.write_vocab`), read instead of the tokenizer, which ``loaded`` may
     then lack: the BOS token and |V| come from its manifest."""
-    vocab = loaded.vocab_size
+    vocab, inputs = loaded.vocab_size, loaded.embeddings.shape[0]
     if usable is None:
         tok = loaded.tokenizer
-        support, pool, bos_token = vocab_support(tok, vocab), usable_ids(tok, loaded.embeddings.shape[0]), tok.bos_token_id
+        usable, support, bos_token = usable_mask(tok, inputs), vocab_support(tok, vocab), tok.bos_token_id
+    elif len(usable) != vocab:
+        raise DistreachError(f"usable: {len(usable)} entries, model {loaded.name} has {vocab} output rows")
     else:
-        if len(usable) != vocab:
-            raise DistreachError(f"usable: {len(usable)} entries, model {loaded.name} has {vocab} output rows")
         support, bos_token = loaded.manifest["vocab_support"], loaded.manifest["bos_token_id"]
-        pool = ids_of(np.asarray(usable)[: loaded.embeddings.shape[0]])  # a model's input rows past its output rows: not drawn
-    pool = torch.from_numpy(pool)
+    pool = torch.from_numpy(ids_of(np.asarray(usable)[:inputs]))  # the ids a prompt may hold
     bos_id = resolve_bos(bos_token, bos, loaded.name)
     head = torch.tensor([] if bos_id is None else [bos_id], dtype=torch.long)
     seeds = [derive_seed(seed, kind, r) for r in range(n)]
