@@ -73,3 +73,24 @@ def table_path(folder, experiment: str) -> str:
 def experiment_jobs(jobs: dict[str, dict], experiment: str) -> list[str]:
     """The jobs (keys of :func:`tuning_jobs`) that tune a shard of ``experiment``."""
     return [key for key, job in jobs.items() if any(s["experiment"] == experiment for s in job["shards"])]
+
+
+MODEL_KINDS = ("lm",)  # target kinds made by the model's own forward passes (its weights)
+
+
+def target_model(config: dict, family: str, model: str) -> str:
+    """The model whose target file of ``family`` a tuning on ``model`` reads. A ``random_init``
+    model has its base's tokenizer, so where the family's targets depend on the vocabulary alone
+    (every kind but :data:`MODEL_KINDS`, and those matched or shuffled from them) they are its
+    base's, made once: the same table, computed from the same |V|, usable tokens and seeds."""
+    base = config["models"][model]["source"].get("random_init")
+    seen = set()
+    while base is not None and family not in seen:
+        seen.add(family)
+        entry = config["targets"][family]
+        if entry["kind"] in MODEL_KINDS:
+            return model
+        if entry["kind"] not in ("matched", "shuffled"):
+            return base
+        family = entry["of"]
+    return model

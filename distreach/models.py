@@ -369,8 +369,11 @@ def _build(spec: ModelSpec, tmp: Path, base_dir) -> tuple:
     return model, base.tokenizer, base.manifest.get("weights_sha256")
 
 
-def materialise(spec: ModelSpec, out_dir: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> dict:
-    """Write the model as a safetensors folder with its tokenizer and a manifest.
+def materialise(spec: ModelSpec, out_dir: str | os.PathLike, base_dir: str | os.PathLike | None = None,
+                vocab_out: str | os.PathLike | None = None) -> dict:
+    """Write the model as a safetensors folder with its tokenizer and a manifest, and with
+    ``vocab_out`` its vocabulary table (:func:`write_vocab`) from the tokenizer in hand (the
+    folder's tokenizer, loaded again, gives the same table: tested).
 
     ``base_dir`` is the materialised folder of the model a ``random_init`` source
     names. Returns the manifest."""
@@ -402,6 +405,8 @@ def materialise(spec: ModelSpec, out_dir: str | os.PathLike, base_dir: str | os.
             "packages": package_versions(),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if vocab_out is not None:
+        write_vocab(out_dir, vocab_out, tok)
     return manifest
 
 
@@ -501,16 +506,18 @@ def load_materialised(folder: str | os.PathLike, dtype: str = "fp32", device: st
     return LoadedModel(manifest["name"], model, tok, manifest, str(folder)), tok
 
 
-def write_vocab(model_dir, out):
+def write_vocab(model_dir, out, tokenizer=None):
     """The vocabulary table (a polars DataFrame) of a materialised model folder, written
-    atomically to ``out``."""
+    atomically to ``out``; of ``tokenizer``, the one the folder holds, where the caller has it
+    in hand (else loaded from the folder: seconds for a large vocabulary)."""
     from .vocab import is_byte_level, vocab_table
 
-    loaded, tok = load_materialised(model_dir, with_model=False)
-    df = vocab_table(tok, loaded.manifest["vocab_size"])
+    manifest = read_manifest(model_dir)
+    tok = tokenizer if tokenizer is not None else load_materialised(model_dir, with_model=False)[1]
+    df = vocab_table(tok, manifest["vocab_size"])
     meta = {
-        "model": loaded.name,
-        "model_source": loaded.manifest.get("source"),
+        "model": manifest["name"],
+        "model_source": manifest.get("source"),
         "tokenizer": "byte-level BPE" if is_byte_level(df["piece"].to_list()) else "sentencepiece",
         "packages": package_versions(),
     }

@@ -70,14 +70,21 @@ def target_inputs(wildcards):
     if family["kind"] in ("lm", "outlier", "pos", "migrated"):
         inputs["vocab"] = f"results/vocab/{wildcards.model}.arrow"
     if family["kind"] in ("matched", "shuffled"):
-        inputs["base"] = f"results/targets/{family['of']}/{wildcards.model}.arrow"
+        inputs["base"] = target_file(family["of"], wildcards.model)
     elif family["kind"] == "pos":
         inputs["base"] = f"results/pos/{wildcards.model}.arrow"
     elif family["kind"] == "migrated":
-        inputs["base"] = f"results/targets/{family['of']}/{family['source']}.arrow"
+        inputs["base"] = target_file(family["of"], family["source"])
         inputs["source"] = f"results/models/{family['source']}"
         inputs["source_vocab"] = f"results/vocab/{family['source']}.arrow"
     return inputs
+
+
+def target_file(family, model):
+    """The target file of a family that a tuning on a model reads: the model's own, or for a
+    random_init model its base's where the targets depend on the vocabulary alone
+    (distreach.jobs.target_model)."""
+    return f"results/targets/{family}/{jobs.target_model(config, family, model)}.arrow"
 
 
 def target_settings(wildcards):
@@ -108,7 +115,7 @@ def tuning_priority(wildcards):
 def tuning_targets(wildcards):
     """The target file of each experiment a tuning job tunes, in the order of its shards."""
     return [
-        f"results/targets/{m['family']}/{wildcards.model}.arrow"
+        target_file(m["family"], wildcards.model)
         for m in tuning_job(wildcards)["shards"]
     ]
 

@@ -2,16 +2,17 @@
 
 import _repo  # first: this checkout's distreach under --sdm conda
 
+import polars as pl
 import torch
 
-from distreach.models import ModelSpec, materialise, write_vocab
+from distreach.models import ModelSpec, materialise
 
 with _repo.step_log(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
     spec = ModelSpec.from_config(snakemake.wildcards.model, snakemake.params.spec)
     base = str(snakemake.input.base) if snakemake.input.base else None
-    manifest = materialise(spec, snakemake.output.model, base_dir=base)
+    manifest = materialise(spec, snakemake.output.model, base_dir=base, vocab_out=snakemake.output.vocab)
     print(f"materialised {spec.name}: {manifest['architecture']}, |V| = {manifest['vocab_size']}")
-    df = write_vocab(snakemake.output.model, snakemake.output.vocab)
+    df = pl.read_ipc(snakemake.output.vocab)
     print(f"vocabulary: {df.height} tokens, {df['is_english'].sum()} English, {df['is_special'].sum()} special, "
           f"{df['is_usable'].sum()} usable")

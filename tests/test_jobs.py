@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from distreach.jobs import experiment_jobs, tuning_jobs
+from distreach.jobs import experiment_jobs, target_model, tuning_jobs
 from distreach.errors import DistreachError
 
 from .test_workflow import planned_jobs, snakemake, tiny_config, tiny_sources  # noqa: F401 (a fixture)
@@ -85,3 +85,20 @@ def test_a_key_of_an_earlier_version_is_refused_naming_its_replacement(tmp_path,
         check_config({**cfg, old: True}, SCHEMA_PATH, validate)
     assert str(err.value).startswith(f"config key {old}: {new}")
     assert "\n" not in str(err.value)
+
+
+def test_a_random_init_model_reads_its_bases_targets_where_they_depend_on_the_vocabulary_alone():
+    families = {
+        "vanilla": {"kind": "vanilla"}, "outlier": {"kind": "outlier"}, "pos": {"kind": "pos"},
+        "lm": {"kind": "lm"}, "lm-matched": {"kind": "matched", "of": "lm"}, "lm-shuffled": {"kind": "shuffled", "of": "lm"},
+        "vanilla-matched": {"kind": "matched", "of": "vanilla"},
+        "migrated": {"kind": "migrated", "of": "lm", "source": "other"},  # another model's LM targets, on this vocabulary
+        "a": {"kind": "matched", "of": "b"}, "b": {"kind": "shuffled", "of": "a"},  # a cycle (Snakemake refuses it)
+    }
+    cfg = {"targets": families, "models": {"base": {"source": {"local": "x"}}, "other": {"source": {"local": "y"}},
+                                           "copy": {"source": {"random_init": "base", "seed": 1}}}}
+    shared = {f for f in families if target_model(cfg, f, "copy") == "base"}
+    assert shared == {"vanilla", "outlier", "pos", "vanilla-matched", "migrated"}
+    assert {target_model(cfg, f, "copy") for f in families if f not in shared} == {"copy"}
+    assert {target_model(cfg, f, m) for f in families for m in ("base", "other")} == {"base", "other"}
+    assert all(target_model(cfg, f, "other") == "other" for f in families)

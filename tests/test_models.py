@@ -280,3 +280,28 @@ def test_a_model_in_bf16_on_the_cpu_attends_by_plain_matmuls(tiny_dirs):
         lm = load_materialised(tiny_dirs["llama"], dtype=dtype, device="cpu")[0]
         assert (lm.model.config._attn_implementation, lm.model.dtype) == (want, DTYPES[dtype])
     assert attention_for("cpu:0", DTYPES["bf16"]) == "eager" and attention_for("cuda", DTYPES["bf16"]) is None
+
+
+@pytest.mark.parametrize("source", ["llama", "gpt2", "gguf", "random_init"])
+def test_the_vocabulary_table_written_with_the_model_is_that_of_its_tokenizer_loaded_again(source, tiny_dirs, tmp_path):
+    """materialise writes the table from the tokenizer it has in hand; a tuning loads the
+    folder's: the two give the same table, provenance included."""
+    from distreach.io import arrow_metadata, read_arrow
+    from distreach.models import write_vocab
+
+    from .conftest import write_tiny_gguf
+
+    base = None
+    if source == "gguf":
+        write_tiny_gguf(tmp_path / "tiny.gguf")
+        spec = {"gguf_file": str(tmp_path / "tiny.gguf")}
+    elif source == "random_init":
+        spec, base = {"random_init": "tiny-llama", "seed": 3}, tiny_dirs["llama"]
+    else:
+        spec = {"local": str(save_tiny(tmp_path / "src", source))}
+    manifest = materialise(ModelSpec.from_config("m", {"source": spec}), tmp_path / "m", base_dir=base,
+                           vocab_out=tmp_path / "with-model.arrow")
+    write_vocab(tmp_path / "m", tmp_path / "loaded-again.arrow")
+    made, again = read_arrow(tmp_path / "with-model.arrow"), read_arrow(tmp_path / "loaded-again.arrow")
+    assert made.num_rows == manifest["vocab_size"] and made.equals(again)
+    assert arrow_metadata(made) == arrow_metadata(again)

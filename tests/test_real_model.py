@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from distreach.embedded import EMBEDDED
-from distreach.models import ModelSpec, load_materialised, materialise
+from distreach.io import read_arrow
+from distreach.models import ModelSpec, load_materialised, materialise, write_vocab
 
 SMOLLM2 = {
     "source": {
@@ -17,7 +18,10 @@ SMOLLM2 = {
 
 @pytest.mark.slow
 def test_smollm2_from_gguf_gives_a_sane_next_token_distribution(tmp_path):
-    manifest = materialise(ModelSpec.from_config("smollm2", SMOLLM2), tmp_path / "smollm2")
+    manifest = materialise(ModelSpec.from_config("smollm2", SMOLLM2), tmp_path / "smollm2", vocab_out=tmp_path / "vocab.arrow")
+    # the table made from the tokenizer converted from the GGUF is that of the folder's tokenizer
+    write_vocab(tmp_path / "smollm2", tmp_path / "again.arrow")
+    assert read_arrow(tmp_path / "vocab.arrow").equals(read_arrow(tmp_path / "again.arrow"))
     # the registry's vocabulary size (what a target is checked against before a first conversion) is the model's
     assert manifest["vocab_size"] == EMBEDDED["smollm2"]["vocab_size"] == 49152
     assert manifest["source_sha256"] == SMOLLM2["source"]["sha256"]

@@ -138,8 +138,10 @@ def test_single_figure_plans_only_what_it_needs(tmp_path, tiny_sources):
     # two models of the 'vanilla' experiment, 2 shards each; nothing of 'random-init', no fig05
     assert jobs == {"materialise_model": 2, "targets": 2, "tune_job": 4, "collect": 1, "figure": 1}
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig06.png")
-    # fig06 pairs tiny (from 'vanilla') with its random-init copy (from 'random-init')
+    # fig06 pairs tiny (from 'vanilla') with its random-init copy (from 'random-init', on targets
+    # 'coarse'), whose vanilla targets depend on the vocabulary alone: tiny's, made once
     assert planned_jobs(proc) == {"materialise_model": 3, "targets": 3, "tune_job": 5, "collect": 2, "figure": 1}
+    assert "results/targets/coarse/tiny.arrow" in proc.stdout and "targets/coarse/tiny-random" not in proc.stdout
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig10.png")
     # migrated targets need tiny-gpt2's LM-generated targets, then the matched vanilla ones
     assert planned_jobs(proc) == {"materialise_model": 2, "targets": 3, "tune_job": 2, "collect": 2, "figure": 1}
