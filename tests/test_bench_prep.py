@@ -1,6 +1,7 @@
 """benchmarks/prep_stage.py: the README's preparation-stage table is the one its results file gives."""
 
 import json
+import re
 
 import pytest
 from pathlib import Path
@@ -17,6 +18,8 @@ def test_readme_table_is_the_results_file():
     assert len(report["runs"]) >= 2
     section = readme.split("## Preparation stage")[1].split("\n## ")[0]
     assert "\n".join(rows) in section  # every run, in the order measured
+    # the command shown is the one that made it
+    assert re.search(r"prep_stage\.py --revs ([^\\\n]+)", section).group(1).split() == [r["rev"] for r in report["runs"]]
     jobs, cpu = prep_stage.ratios(report)
     text = " ".join(section.split())
     assert " ".join(prep_stage.summary(report).split()) in text
