@@ -88,9 +88,10 @@ def target_model(config: dict, family: str, model: str) -> str:
     while base is not None and family not in seen:
         seen.add(family)
         entry = config["targets"][family]
-        if entry["kind"] in MODEL_KINDS:
+        kind = entry.get("kind", "vanilla")
+        if kind in MODEL_KINDS:
             return model
-        if entry["kind"] not in ("matched", "shuffled"):
+        if kind not in ("matched", "shuffled"):
             return base
         family = entry["of"]
     return model

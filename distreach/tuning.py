@@ -22,7 +22,7 @@ from .checkpoint import CHECKPOINT_SECONDS, checkpoint_path
 from .engine import STOP_REASONS, TuneConfig, model_of, prompt_kl, tune, tuning_context
 from .errors import DistreachError
 from .units import to_unit
-from .io import package_versions, with_metadata, write_arrow
+from .io import arrow_metadata, package_versions, with_metadata, write_arrow
 from .models import attention_of, auto_dtype, cpu_model, load_materialised, resolve_device
 from .seeds import derive_seed
 from .targets import TARGET_COLUMNS, read_target_matrix
@@ -238,6 +238,9 @@ def _provenance(ctx, m: Shard, shards: list[Shard], tuning: TuneConfig, seed: in
     return {
         "experiment": m.experiment,
         "model": ctx.loaded.manifest,
+        # the model and family the target file was made for (a random_init model's may be its
+        # base's: distreach.jobs.target_model); {} for targets without that provenance
+        "targets": {k: v for k, v in arrow_metadata(m.meta).items() if k in ("model", "family")},
         "tuning": asdict(tuning),
         "inits": m.inits,
         "seed": seed,

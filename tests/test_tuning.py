@@ -34,7 +34,7 @@ def test_tuning_config_merges_and_rejects_unknown_keys():
 
 def test_run_shards_and_collect(tiny_dirs, tmp_path):
     targets = vanilla_targets(93, EntropyGrid(step=2.0, unit="bits"), VanillaSettings(per_level=1))
-    write_arrow(targets, tmp_path / "t.arrow")
+    write_arrow(targets, tmp_path / "t.arrow", {"model": "made-for", "family": "vanilla", "settings": {}})
     cfg = tuning_config({"max_steps": 10, "patience": 3})
     paths = []
     for k in range(2):
@@ -50,6 +50,7 @@ def test_run_shards_and_collect(tiny_dirs, tmp_path):
     # each shard's provenance: dtype, device and the attention implementation the model ran
     shard = arrow_metadata(read_arrow(paths[0]))
     assert (shard["dtype"], shard["device"], shard["attention"]) == ("fp32", "cpu", {"fp32": "sdpa"})
+    assert shard["targets"] == {"model": "made-for", "family": "vanilla"}  # what the target file was made for
     run_shard(model_dir=str(tiny_dirs["llama"]), targets_path=str(tmp_path / "t.arrow"), out_path=str(tmp_path / "b.arrow"),
               experiment="e", method="soft", tuning=tuning_config({"max_steps": 2}), inits=1, shard=0, n_shards=1,
               dtype="bf16", device="cpu")
