@@ -111,6 +111,15 @@ def summary(report: dict) -> str:
             f"({100 / cpu:.1f}%): {half} half of the old job time on the means.")
 
 
+def saving(report: dict) -> str:
+    """The README's sentence on a report of one change (no bar to meet): mean job seconds of the
+    first and the last revision, the share saved, and the range of single-pair ratios."""
+    old, new = (mean_seconds(report, c)[0] for c in compared(report))
+    low, high = job_ratio_range(report)
+    return (f"Mean job time {new:.1f} s against {old:.1f} s: {100 * (1 - new / old):.1f}% less (any run of one "
+            f"against any of the other: {low:.2f}x to {high:.2f}x).")
+
+
 def table_rows(report: dict) -> list[str]:
     """The README table's rows (markdown) of a report written by this script ("-": a rule with no job
     in that revision)."""
@@ -144,6 +153,7 @@ def main() -> None:
         jobs, cpu = ratios(report)
         print(f"job_seconds_ratio={jobs:.2f} cpu_seconds_ratio={cpu:.2f} (mean of each revision's runs)")
         print(summary(report))
+        print(saving(report))
 
 
 if __name__ == "__main__":
