@@ -105,10 +105,10 @@ def summary(report: dict) -> str:
     old, new = (mean_seconds(report, c)[0] for c in compared(report))
     jobs, cpu = ratios(report)
     low, high = job_ratio_range(report)
-    half = "at most" if new <= old / 2 else f"{new - old / 2:.1f} s more than"
+    half = "at most half of the old" if new <= old / 2 else f"{new - old / 2:.1f} s more than half of the old"
     return (f"Mean job time {new:.1f} s against {old:.2f} s: {jobs:.2f}x less ({100 / jobs:.1f}% of the old; any run "
             f"of one against any of the other: {low:.2f}x to {high:.2f}x), and {cpu:.2f}x less CPU time "
-            f"({100 / cpu:.1f}%): {half} half of the old job time on the means.")
+            f"({100 / cpu:.1f}%). The mean job time is {half}.")
 
 
 def saving(report: dict) -> str:
