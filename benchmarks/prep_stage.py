@@ -114,10 +114,15 @@ def summary(report: dict) -> str:
 def saving(report: dict) -> str:
     """The README's sentence on a report of one change (no bar to meet): mean job seconds of the
     first and the last revision, the share saved, and the range of single-pair ratios."""
-    old, new = (mean_seconds(report, c)[0] for c in compared(report))
+    (old, old_cpu), (new, new_cpu) = (mean_seconds(report, c) for c in compared(report))
     low, high = job_ratio_range(report)
-    return (f"Mean job time {new:.1f} s against {old:.1f} s: {100 * (1 - new / old):.1f}% less (any run of one "
-            f"against any of the other: {low:.2f}x to {high:.2f}x).")
+
+    def change(a, b):
+        return f"{100 * abs(1 - b / a):.1f}% {'less' if b <= a else 'more'}"
+
+    return (f"Mean job time {new:.1f} s against {old:.1f} s: {change(old, new)} (any run of one against any of the "
+            f"other: {low:.2f}x to {high:.2f}x); mean CPU time {new_cpu:.1f} s against {old_cpu:.1f} s: "
+            f"{change(old_cpu, new_cpu)}.")
 
 
 def table_rows(report: dict) -> list[str]:

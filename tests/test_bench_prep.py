@@ -44,7 +44,11 @@ def test_ratios_compare_the_mean_runs_of_the_first_and_last_revision():
     assert prep_stage.summary(report).startswith("Mean job time 320.0 s against 500.00 s: 1.56x less (64.0% of the old;")
     assert prep_stage.summary(report).endswith(". The mean job time is 70.0 s more than half of the old.")
     assert prep_stage.saving(report) == ("Mean job time 320.0 s against 500.0 s: 36.0% less (any run of one against "
-                                         "any of the other: 1.18x to 2.00x).")
+                                         "any of the other: 1.18x to 2.00x); mean CPU time 310.0 s against 440.0 s: "
+                                         "29.5% less.")
+    slower = {"runs": [run("old", 100, 100), run("new", 110, 120)]}
+    assert prep_stage.saving(slower).endswith(": 10.0% more (any run of one against any of the other: 0.91x to 0.91x); "
+                                              "mean CPU time 120.0 s against 100.0 s: 20.0% more.")
     half = {"runs": [run("old", 600, 500), run("new", 300, 250), run("new", 290, 250), run("old", 600, 500)]}
     assert prep_stage.summary(half).endswith(". The mean job time is at most half of the old.")
     report["runs"].insert(2, run("mid", 100, 100))

@@ -94,11 +94,12 @@ def test_a_random_init_model_reads_its_bases_targets_where_they_depend_on_the_vo
         "vanilla-matched": {"kind": "matched", "of": "vanilla"},
         "migrated": {"kind": "migrated", "of": "lm", "source": "other"},  # another model's LM targets, on this vocabulary
         "a": {"kind": "matched", "of": "b"}, "b": {"kind": "shuffled", "of": "a"},  # a cycle (Snakemake refuses it)
+        "plain": {},  # the schema's default kind: vanilla
     }
     cfg = {"targets": families, "models": {"base": {"source": {"local": "x"}}, "other": {"source": {"local": "y"}},
                                            "copy": {"source": {"random_init": "base", "seed": 1}}}}
     shared = {f for f in families if target_model(cfg, f, "copy") == "base"}
-    assert shared == {"vanilla", "outlier", "pos", "vanilla-matched", "migrated"}
+    assert shared == {"vanilla", "outlier", "pos", "vanilla-matched", "migrated", "plain"}
     assert {target_model(cfg, f, "copy") for f in families if f not in shared} == {"copy"}
     assert {target_model(cfg, f, m) for f in families for m in ("base", "other")} == {"base", "other"}
     assert all(target_model(cfg, f, "other") == "other" for f in families)
