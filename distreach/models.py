@@ -26,6 +26,7 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import platform
 from dataclasses import dataclass, field
@@ -37,6 +38,8 @@ from .embedded import embedded_source
 from .errors import DistreachError, one_line
 from .io import atomic_path, package_versions, write_arrow
 from .tokens import vocab_support
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "distreach_model.json"
 SOURCE_KINDS = ("hf", "local", "gguf_file", "gguf_package", "random_init", "stand_in")
@@ -522,4 +525,6 @@ def write_vocab(model_dir, out, tokenizer=None):
         "packages": package_versions(),
     }
     write_arrow(df.to_arrow(), out, meta)
+    log.info("vocabulary: %d tokens, %d English, %d special, %d usable", df.height, df["is_english"].sum(),
+             df["is_special"].sum(), df["is_usable"].sum())
     return df

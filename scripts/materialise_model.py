@@ -2,7 +2,6 @@
 
 import _repo  # first: this checkout's distreach under --sdm conda
 
-import polars as pl
 import torch
 
 from distreach.models import ModelSpec, materialise
@@ -13,6 +12,3 @@ with _repo.step_log(snakemake.log[0]):
     base = str(snakemake.input.base) if snakemake.input.base else None
     manifest = materialise(spec, snakemake.output.model, base_dir=base, vocab_out=snakemake.output.vocab)
     print(f"materialised {spec.name}: {manifest['architecture']}, |V| = {manifest['vocab_size']}")
-    df = pl.read_ipc(snakemake.output.vocab)
-    print(f"vocabulary: {df.height} tokens, {df['is_english'].sum()} English, {df['is_special'].sum()} special, "
-          f"{df['is_usable'].sum()} usable")
