@@ -25,11 +25,19 @@ scatters widely: the comparison is per target (the median over its seeds), then 
 targets, with a sign test over the runs paired by target and seed. Needs ``pip install --no-deps nanogcg==0.3.0`` (its pin on
 transformers<=4.47.1 is stricter than the code it runs needs).
 
+``steps``: gcg alone on the targets of ``hard``, from the same init seeds, for ``--steps`` steps
+(default 300, 5x the comparison's budget) with no patience: each LM target's lowest KL by every
+``--every`` steps (default 60, the comparison's budget), and what a patience rule would have
+stopped at (the step and the KL by then, from each row's own curve, with the engine's
+``min_delta``). With ``gcg-hard.json`` under ``--out``, the summary sets the medians against the
+4x bar at equal forward passes.
+
 ``cache``: how much faster a step's candidates are scored from the prompts' cached positions than
 by whole forward passes (the same candidates, the two interleaved).
 
     python benchmarks/gcg.py hard --out benchmarks/results/cpu        # about 12 min on 2 Zen 4 cores, 45 on 2 AVX2 ones
     python benchmarks/gcg.py nanogcg --out benchmarks/results/cpu    # about 20 min on 2 Zen 4 cores
+    python benchmarks/gcg.py steps --out benchmarks/results/cpu       # about 13 min on 2 Zen 4 cores
     python benchmarks/gcg.py cache --out benchmarks/results/cpu       # about 3 min
 
 Each writes ``gcg-<kind>.json`` under ``--out`` and prints a Markdown table.
@@ -140,6 +148,63 @@ def run_hard(args) -> dict:
         "max_roundtrip_diff_bits": float(max(abs(r["gcg_bits"] - r["gcg_roundtrip_bits"]) for r in rows)),
         "all_text": all(roundtrip), "versions": package_versions(), "threads": torch.get_num_threads(),
     }
+
+
+PATIENCES = (20, 40, 60, 100)
+
+
+def patience_stop(curve: np.ndarray, patience: int, min_delta: float) -> tuple[int, float]:
+    """The steps a row with this KL ``curve`` (one value per step) runs under the engine's
+    patience rule, and its lowest KL by then."""
+    best, since = math.inf, 0
+    for step, kl in enumerate(curve):
+        gained = kl < best * (1 - min_delta)
+        best = min(best, kl)
+        since = 0 if gained else since + 1
+        if since >= patience:
+            return step + 1, best
+    return len(curve), best
+
+
+def lowest_reached(rows: list[dict], patience: str, last: str) -> int:
+    """How many ``rows`` of a ``steps`` run a search stopped by ``patience`` leaves at the lowest
+    KL of the whole run (step ``last``)."""
+    return sum(r["patience"][patience]["best_bits"] <= r["best_bits_by_step"][last] for r in rows)
+
+
+def run_steps(args) -> dict:
+    loaded = load()
+    ids, probs = study_targets(loaded, args.lm)
+    seeds = [derive_seed(0, "init", t, 0) for t in ids]
+    cfg = TuneConfig(method="gcg", prefix_len=PREFIX_LEN, max_steps=args.steps, patience=args.steps,
+                     gcg_width=args.width, gcg_topk=args.topk)
+    t0 = time.perf_counter()
+    g = tune(loaded, probs, seeds, cfg, record_curve=True)
+    seconds = time.perf_counter() - t0
+    curve = bits(g.curve)  # [targets, steps]: each step's KL
+    best = np.minimum.accumulate(curve, axis=1)
+    marks = list(range(args.every, args.steps + 1, args.every))
+    rows = [{"target": t, "best_bits_by_step": {str(m): float(best[i, m - 1]) for m in marks},
+             "last_gain_step": int(np.flatnonzero(best[i] < best[i, -1] * (1 + 1e-12)).min()) + 1,
+             "patience": {str(P): dict(zip(("steps", "best_bits"), patience_stop(curve[i], P, cfg.min_delta)))
+                          for P in PATIENCES}}
+            for i, t in enumerate(ids)]
+    lm = rows[1:]
+    out = {"kind": "steps", "model": "smollm2", "dtype": "fp32", "prefix_len": PREFIX_LEN, "gcg_steps": args.steps,
+           "gcg_width": args.width, "gcg_topk": args.topk, "every": args.every, "min_delta": cfg.min_delta,
+           "forward_passes_per_step": 1 + args.width, "seconds": seconds, "rows": rows,
+           "lm_median_by_step": {str(m): float(np.median([r["best_bits_by_step"][str(m)] for r in lm])) for m in marks},
+           "lm_median_by_patience": {str(P): {k: float(np.median([r["patience"][str(P)][k] for r in lm]))
+                                              for k in ("steps", "best_bits")} for P in PATIENCES},
+           "versions": package_versions(), "threads": torch.get_num_threads()}
+    hard = args.out / "gcg-hard.json"
+    if hard.exists():
+        h = json.loads(hard.read_text())
+        out["hard"] = {"file": hard.name, "gcg_steps": h["gcg_steps"], "gcg_width": h["gcg_width"],
+                       "lm_median_bits": h["lm_median"]["hard_bits"],
+                       "lm_median_first_init_bits": h["lm_median"]["hard_first_init_bits"],
+                       "gcg_lm_median_bits": h["lm_median"]["gcg_bits"]}
+    return out
 
 
 def one_token_probs(loaded, words) -> tuple[list[int], np.ndarray]:
@@ -309,6 +374,19 @@ def table(res: dict) -> str:
         m = res["median_seconds"]
         return "\n".join(["| scoring | median s per step's candidates |", "|---|---|",
                           f"| whole forward passes | {m['whole']:.2f} |", f"| from cached positions | {m['cached']:.2f} |"])
+    if res["kind"] == "steps":
+        marks = list(res["lm_median_by_step"])
+        lines = ["| target | " + " | ".join(f"lowest KL by step {m} (bits)" for m in marks) + " | last step that lowered it |",
+                 "|---|" + "---|" * (len(marks) + 1)]
+        lines += [f"| {r['target']} | " + " | ".join(f"{r['best_bits_by_step'][m]:.3f}" for m in marks) +
+                  f" | {r['last_gain_step']} |" for r in res["rows"]]
+        lines.append(f"| median of the {len(res['rows']) - 1} LM targets | " +
+                     " | ".join(f"{res['lm_median_by_step'][m]:.3f}" for m in marks) + " | |")
+        lines += ["", f"| patience (steps without a gain) | median steps run (LM targets) | median lowest KL (bits) | "
+                      f"LM targets at their lowest KL of all {marks[-1]} steps |", "|---|---|---|---|"]
+        lines += [f"| {P} | {v['steps']:.0f} | {v['best_bits']:.3f} | {lowest_reached(res['rows'][1:], P, marks[-1])} of "
+                  f"{len(res['rows']) - 1} |" for P, v in res["lm_median_by_patience"].items()]
+        return "\n".join(lines)
     if res["kind"] == "hard":
         lines = ["| target | gcg (bits) | hard at equal forwards (bits) | hard, first init (bits) | soft (bits) | gcg prompt |",
                  "|---|---|---|---|---|---|"]
@@ -337,6 +415,8 @@ def summary(res: dict) -> str:
 
 
 def _findings(res: dict) -> str:
+    if res["kind"] == "steps":
+        return _steps_findings(res)
     if res["kind"] == "cache":
         return (f"Scoring the {res['rows'] * res['width']} candidates of a step ({res['rows']} rows of {res['prefix_len']} "
                 f"tokens, {res['width']} candidates each, one position changed) from the prompts' cached positions: "
@@ -366,6 +446,29 @@ def _findings(res: dict) -> str:
             f"({res['nanogcg_ms_per_forward'] / res['gcg_ms_per_forward']:.1f}x).")
 
 
+def _steps_findings(res: dict) -> str:
+    by, n = res["lm_median_by_step"], len(res["rows"]) - 1
+    marks = list(by)
+    pat = res["lm_median_by_patience"]
+    first, last = marks[0], marks[-1]
+    text = (f"gcg's median over the {n} LM targets, its lowest KL by step " + ", ".join(f"{m}: {by[m]:.3g}" for m in marks) +
+            f" bits ({res['forward_passes_per_step']} forward passes a step, {res['seconds']:.0f} s for the "
+            f"{len(res['rows'])} rows). Stopped by patience (steps without a gain of {res['min_delta']:g} of the best): " +
+            ", ".join(f"{P} steps: {v['best_bits']:.3g} bits after a median {v['steps']:.0f} steps" for P, v in pat.items()) + ".")
+    h = res.get("hard")
+    if h and int(first) == h["gcg_steps"] and res["gcg_width"] == h["gcg_width"]:
+        quarter, ratio_below = h["lm_median_bits"] / 4, h["lm_median_first_init_bits"] / by[first]
+        text += (f" Against the 4x bar at equal forward passes ({h['file']}: hard's median {h['lm_median_bits']:.3g} bits "
+                 f"at the budget of step {first}, its first init's {h['lm_median_first_init_bits']:.3g}): at any budget from "
+                 f"step {first}'s to step {last}'s gcg would need at most {quarter:.3g} bits (a quarter of hard's, which more "
+                 f"forward passes can only lower) and its median is {by[last]:.3g} at step {last}; below step {first}'s budget "
+                 f"(and past hard's first init) the ratio is at most hard's first init over gcg at step {first}, "
+                 f"{ratio_below:.1f}x. "
+                 + ("The bar is not met at any of these budgets in this run." if by[last] > quarter and ratio_below < 4
+                    else "These runs do not rule the bar out."))
+    return text
+
+
 def _compared(res: dict) -> dict:
     c = res["comparison"]
     if "error" in c:
@@ -388,18 +491,19 @@ def _verdict(c: dict) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("kind", choices=("hard", "nanogcg", "cache"))
+    p.add_argument("kind", choices=("hard", "nanogcg", "cache", "steps"))
     p.add_argument("--out", type=Path, required=True, help="folder for gcg-<kind>.json")
-    p.add_argument("--steps", type=int, default=None, help="gcg steps (default: hard 60, nanogcg 20)")
+    p.add_argument("--steps", type=int, default=None, help="gcg steps (default: hard 60, nanogcg 20, steps 300)")
+    p.add_argument("--every", type=int, default=60, help="steps: report the lowest KL by every this many steps (default 60)")
     p.add_argument("--width", type=int, default=32, help="candidates per step (default 32)")
     p.add_argument("--topk", type=int, default=256, help="tokens per position candidates draw from (default 256)")
-    p.add_argument("--lm", type=int, default=10, help="hard: LM-generated targets (default 10)")
+    p.add_argument("--lm", type=int, default=10, help="hard, steps: LM-generated targets (default 10)")
     p.add_argument("--targets", type=int, default=10, help="nanogcg: one-token targets (default 10)")
     p.add_argument("--seeds", type=int, default=5, help="nanogcg: runs per target, each from its own init seed (default 5)")
     p.add_argument("--reps", type=int, default=5, help="cache: timed repeats of each scoring (default 5)")
     args = p.parse_args(argv)
-    args.steps = args.steps or {"hard": 60, "nanogcg": 20}.get(args.kind)
-    run = {"hard": run_hard, "nanogcg": run_nanogcg, "cache": run_cache}[args.kind]
+    args.steps = args.steps or {"hard": 60, "nanogcg": 20, "steps": 300}.get(args.kind)
+    run = {"hard": run_hard, "nanogcg": run_nanogcg, "cache": run_cache, "steps": run_steps}[args.kind]
     res = {**run(args), "machine": machine()}
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / f"gcg-{args.kind}.json") as tmp:

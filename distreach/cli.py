@@ -76,7 +76,7 @@ def parser() -> argparse.ArgumentParser:
 
 def _tune_parser(sub, quiet) -> None:
     from .api import INITS
-    from .engine import BOS_POLICIES, METHODS, TuneConfig
+    from .engine import BOS_POLICIES, GCG_PATIENCE, METHODS, PATIENCE, TuneConfig
     from .models import DTYPES
 
     DEFAULT = TuneConfig()  # the tuning defaults are the engine's
@@ -93,8 +93,8 @@ def _tune_parser(sub, quiet) -> None:
                    help=f"steps per prompt (default {DEFAULT.max_steps})")
     t.add_argument("--lr", type=_positive(float), default=DEFAULT.lr,
                    help=f"AdamW learning rate of soft positions (default {DEFAULT.lr})")
-    t.add_argument("--patience", type=_positive(int), default=DEFAULT.patience,
-                   help=f"stop after this many steps without gain (default {DEFAULT.patience})")
+    t.add_argument("--patience", type=_positive(int), default=None,
+                   help=f"stop after this many steps without gain (default {PATIENCE}; gcg {GCG_PATIENCE})")
     t.add_argument("--seed", type=int, default=0, help="seed of the prompt initialisations (default 0)")
     t.add_argument("--bos", choices=BOS_POLICIES, default=DEFAULT.bos,
                    help="BOS token before the prompt: auto = the tokenizer's if it has one (default), bos = required, none")

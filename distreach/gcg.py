@@ -11,9 +11,10 @@ paper's hard method, Eq. 4), and its ``gcg_topk`` best tokens per position are k
 recorded) and the row moves to the best candidate, even if it is worse
 than the current prompt (nanoGCG's rule: it lets a search leave a local minimum); the row's answer
 is the lowest KL it has met. Rows stop as in :mod:`distreach.engine` (patience, ``stop_kl_nats``,
-``max_steps``), are batched the same way (on the CPU a row's trajectory does not depend on the
-other rows: each row draws its candidates from its own generator, seeded by its init seed) and checkpointed the same
-way.
+``max_steps``; the patience is ``GCG_PATIENCE`` unless set), are batched the same way (rows never
+interact: each row draws its candidates from its own generator, seeded by its init seed, and its
+KLs are its own; only the float rounding of passes over batches of another shape differs, which
+can turn a near tie between candidates the other way) and checkpointed the same way.
 
 With ``readable`` (the default), a prompt must be text: its decoded text encodes back to the same
 token ids (with the same BOS policy) and holds no replacement character (a prompt cut inside a

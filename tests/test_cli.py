@@ -250,3 +250,17 @@ def test_the_typed_back_kl_is_the_rows_round_trip_kl_and_only_where_there_is_one
     assert cli._typed_back(row, "bits") == " (its text typed back in gives 1.386 bits)"
     assert cli._typed_back({"kl_min": 1.0, "kl_roundtrip": float("nan")}, "bits") == ""  # soft positions: no such text
     assert cli._typed_back({"kl_min": 1.0}, "nats") == ""  # a table from before the column
+
+
+@pytest.mark.parametrize("method,patience", [("hard", None), ("gcg", None), ("gcg", "3")])
+def test_tune_runs_with_the_methods_own_patience_unless_one_is_given(env, capsys, tmp_path, method, patience):
+    from distreach.engine import GCG_PATIENCE, PATIENCE
+    from distreach.io import arrow_metadata
+
+    out = tmp_path / "p.arrow"
+    given = ["--patience", patience] if patience else []
+    code, _, err = run(capsys, "tune", "--model", env["model"], "--target", env["t"]["good.json"], "--method", method,
+                       *given, "--max-steps", "2", "--out", str(out), "--quiet")
+    assert code == 0, err
+    want = int(patience) if patience else (GCG_PATIENCE if method == "gcg" else PATIENCE)
+    assert arrow_metadata(read_arrow(out))["tuning"]["patience"] == want

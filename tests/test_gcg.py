@@ -207,3 +207,43 @@ def test_gcg_settings_are_refused_for_other_methods_with_the_key_named():
     with pytest.raises(DistreachError, match=r"^tuning\.exclude_special: false puts special-token markup in readable"):
         TuneConfig(method="gcg", exclude_special=False)
     assert not TuneConfig(method="gcg", exclude_special=False, readable=False).readable
+
+
+def test_gcg_has_its_own_patience_unless_one_is_set_and_the_shipped_configs_leave_it_so():
+    from pathlib import Path
+
+    import yaml
+
+    from distreach.engine import GCG_PATIENCE, METHODS, PATIENCE
+
+    assert GCG_PATIENCE != PATIENCE
+    for method in METHODS:
+        assert TuneConfig(method=method).patience == (GCG_PATIENCE if method == "gcg" else PATIENCE)
+        assert TuneConfig(method=method, patience=7).patience == 7
+    repo = Path(__file__).resolve().parents[1]
+    base, overlay, paper = (yaml.safe_load((repo / f).read_text()) for f in ("config.yaml", "configs/gcg.yaml", "configs/paper.yaml"))
+    for cfg, experiments in ((base, overlay["experiments"]), (paper, paper["experiments"])):
+        for name, exp in experiments.items():
+            if "gcg" in exp.get("methods", []):  # the settings a tuning job merges (distreach.jobs.tuning_jobs)
+                settings = {**cfg["tuning"], **exp.get("tuning", {}), "method": "gcg"}
+                assert TuneConfig(**settings).patience == GCG_PATIENCE, name
+
+
+def test_the_benchmarks_patience_rule_stops_where_the_engine_stops(tiny_bpe):
+    """benchmarks/gcg.py's patience_stop, applied to a row's curve without patience, gives the
+    steps and lowest KL of the same row run with that patience."""
+    from .conftest import load_script
+    from pathlib import Path
+
+    bench = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "gcg.py")
+    assert bench.patience_stop(np.array([5, 4, 4, 4, 3, 3, 3, 3.0]), 2, 0.0) == (4, 4.0)
+    assert bench.patience_stop(np.array([5, 4, 4, 4, 3, 3, 3, 3.0]), 3, 0.0) == (8, 3.0)
+    assert bench.patience_stop(np.array([1.0, 0.99995, 0.9999, 0.5]), 2, 1e-4) == (3, 0.9999)  # too small a gain
+    p = targets(tiny_bpe.vocab_size, 4, seed=8, temp=3.0)
+    seeds = [31, 32, 33, 34]
+    long = tune(tiny_bpe, p, seeds, TuneConfig(**{**CFG.__dict__, "patience": 40, "max_steps": 40}), record_curve=True)
+    short = tune(tiny_bpe, p, seeds, TuneConfig(**{**CFG.__dict__, "patience": 3, "max_steps": 40}))
+    stops = [bench.patience_stop(long.curve[i], 3, CFG.min_delta) for i in range(4)]
+    assert len({s for s, _ in stops}) > 1 and max(s for s, _ in stops) < 40  # rows stop at different steps, by patience
+    assert [s for s, _ in stops] == short.steps.tolist()
+    np.testing.assert_allclose([k for _, k in stops], short.kl_min, rtol=1e-6)
