@@ -49,6 +49,7 @@ import argparse
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ import torch
 from scipy.stats import binom, binomtest
 
 from distreach import api
-from distreach.engine import TuneConfig, prompt_kl, tune
+from distreach.engine import GCG_PATIENCE, PATIENCE, TuneConfig, prompt_kl, tune
 from distreach.families import lm_generated
 from distreach.gcg import is_text
 from distreach.io import atomic_path, package_versions
@@ -127,11 +128,11 @@ def run_hard(args) -> dict:
     text = hard_prompt_columns(loaded, gcg_cfg, g, probs)
     roundtrip = [is_text(loaded.tokenizer, row) for row in g.best_ids.tolist()]
     budget = args.steps * (1 + args.width)
-    hard_cfg = TuneConfig(method="hard", prefix_len=PREFIX_LEN, max_steps=500, patience=20)
+    hard_cfg = TuneConfig(method="hard", prefix_len=PREFIX_LEN, max_steps=500, patience=PATIENCE)
     t0 = time.perf_counter()
     hard_best, hard_first, hard_rows = hard_at_budget(loaded, probs, seeds, budget, hard_cfg)
     hard_s = time.perf_counter() - t0
-    soft = tune(loaded, probs, seeds, TuneConfig(method="soft", prefix_len=PREFIX_LEN, max_steps=500, patience=20,
+    soft = tune(loaded, probs, seeds, TuneConfig(method="soft", prefix_len=PREFIX_LEN, max_steps=500, patience=PATIENCE,
                                                  stop_kl_nats=0.001))
     rows = [{"target": t, "gcg_bits": float(bits(g.kl_min[i])), "gcg_roundtrip_bits": float(bits(text["kl_roundtrip"][i])),
              "gcg_is_text": roundtrip[i], "gcg_prompt": text["text"][i], "hard_bits": float(bits(hard_best[i])),
@@ -150,7 +151,7 @@ def run_hard(args) -> dict:
     }
 
 
-PATIENCES = (20, 40, 60, 100)
+PATIENCES = tuple(sorted({PATIENCE, GCG_PATIENCE, 60, 100}))  # simulated; the engine's two also run
 
 
 def patience_stop(curve: np.ndarray, patience: int, min_delta: float) -> tuple[int, float]:
@@ -189,13 +190,22 @@ def run_steps(args) -> dict:
              "patience": {str(P): dict(zip(("steps", "best_bits"), patience_stop(curve[i], P, cfg.min_delta)))
                           for P in PATIENCES}}
             for i, t in enumerate(ids)]
+    ran_seconds = {}
+    for P in (PATIENCE, GCG_PATIENCE):  # the same search run with each default patience, rows leaving the batch as they stop
+        t0 = time.perf_counter()
+        ran = tune(loaded, probs, seeds, replace(cfg, patience=P))
+        ran_seconds[str(P)] = time.perf_counter() - t0
+        for i, r in enumerate(rows):
+            r["patience"][str(P)].update(ran_steps=int(ran.steps[i]), ran_best_bits=float(bits(ran.kl_min[i])))
     lm = rows[1:]
     out = {"kind": "steps", "model": "smollm2", "dtype": "fp32", "prefix_len": PREFIX_LEN, "gcg_steps": args.steps,
            "gcg_width": args.width, "gcg_topk": args.topk, "every": args.every, "min_delta": cfg.min_delta,
-           "forward_passes_per_step": 1 + args.width, "seconds": seconds, "rows": rows,
+           "forward_passes_per_step": 1 + args.width, "candidates": g.work["candidates"], "seconds": seconds,
+           "ran_seconds": ran_seconds, "rows": rows,
            "lm_median_by_step": {str(m): float(np.median([r["best_bits_by_step"][str(m)] for r in lm])) for m in marks},
            "lm_median_by_patience": {str(P): {k: float(np.median([r["patience"][str(P)][k] for r in lm]))
-                                              for k in ("steps", "best_bits")} for P in PATIENCES},
+                                              for k in ("steps", "best_bits", "ran_steps", "ran_best_bits")
+                                              if k in lm[0]["patience"][str(P)]} for P in PATIENCES},
            "versions": package_versions(), "threads": torch.get_num_threads()}
     hard = args.out / "gcg-hard.json"
     if hard.exists():
@@ -203,7 +213,7 @@ def run_steps(args) -> dict:
         out["hard"] = {"file": hard.name, "gcg_steps": h["gcg_steps"], "gcg_width": h["gcg_width"],
                        "lm_median_bits": h["lm_median"]["hard_bits"],
                        "lm_median_first_init_bits": h["lm_median"]["hard_first_init_bits"],
-                       "gcg_lm_median_bits": h["lm_median"]["gcg_bits"]}
+                       "gcg_lm_median_bits": h["lm_median"]["gcg_bits"], "capitals_hard_bits": h["rows"][0]["hard_bits"]}
     return out
 
 
@@ -382,10 +392,13 @@ def table(res: dict) -> str:
                   f" | {r['last_gain_step']} |" for r in res["rows"]]
         lines.append(f"| median of the {len(res['rows']) - 1} LM targets | " +
                      " | ".join(f"{res['lm_median_by_step'][m]:.3f}" for m in marks) + " | |")
-        lines += ["", f"| patience (steps without a gain) | median steps run (LM targets) | median lowest KL (bits) | "
-                      f"LM targets at their lowest KL of all {marks[-1]} steps |", "|---|---|---|---|"]
-        lines += [f"| {P} | {v['steps']:.0f} | {v['best_bits']:.3f} | {lowest_reached(res['rows'][1:], P, marks[-1])} of "
-                  f"{len(res['rows']) - 1} |" for P, v in res["lm_median_by_patience"].items()]
+        lines += ["", f"| patience (steps without a gain) | median steps (LM targets) | median lowest KL (bits) | "
+                      f"LM targets at their lowest KL of all {marks[-1]} steps | a run with it: median steps | "
+                      f"a run with it: median lowest KL (bits) |", "|---|---|---|---|---|---|"]
+        for P, v in res["lm_median_by_patience"].items():
+            ran = (f"{v['ran_steps']:g} | {v['ran_best_bits']:.3f}") if "ran_steps" in v else "- | -"
+            lines.append(f"| {P} | {v['steps']:g} | {v['best_bits']:.3f} | {lowest_reached(res['rows'][1:], P, marks[-1])} "
+                         f"of {len(res['rows']) - 1} | {ran} |")
         return "\n".join(lines)
     if res["kind"] == "hard":
         lines = ["| target | gcg (bits) | hard at equal forwards (bits) | hard, first init (bits) | soft (bits) | gcg prompt |",
@@ -446,26 +459,45 @@ def _findings(res: dict) -> str:
             f"({res['nanogcg_ms_per_forward'] / res['gcg_ms_per_forward']:.1f}x).")
 
 
+def bar_verdict(by_step: dict, hard_median: float, hard_first_median: float) -> tuple[float, float, bool]:
+    """Against a bar of gcg at least 4x lower than hard at equal forward passes, from gcg's medians
+    of its lowest KL ``by_step`` (the first mark at hard's budget) and hard's medians at that
+    budget and of its first init alone: the most gcg may have at budgets from the first mark's to
+    the last's (a quarter of hard's, which more forward passes, more inits, can only lower), the
+    most the ratio can be below the first mark's budget (hard at most its first init, gcg at
+    least its value at the first mark), and whether the bar is missed at every such budget."""
+    marks = list(by_step)
+    quarter = hard_median / 4
+    ratio_below = hard_first_median / by_step[marks[0]]
+    return quarter, ratio_below, by_step[marks[-1]] > quarter and ratio_below < 4
+
+
 def _steps_findings(res: dict) -> str:
     by, n = res["lm_median_by_step"], len(res["rows"]) - 1
     marks = list(by)
     pat = res["lm_median_by_patience"]
     first, last = marks[0], marks[-1]
     text = (f"gcg's median over the {n} LM targets, its lowest KL by step " + ", ".join(f"{m}: {by[m]:.3g}" for m in marks) +
-            f" bits ({res['forward_passes_per_step']} forward passes a step, {res['seconds']:.0f} s for the "
-            f"{len(res['rows'])} rows). Stopped by patience (steps without a gain of {res['min_delta']:g} of the best): " +
-            ", ".join(f"{P} steps: {v['best_bits']:.3g} bits after a median {v['steps']:.0f} steps" for P, v in pat.items()) + ".")
+            f" bits (at most {res['forward_passes_per_step']} forward passes a step, {res['seconds']:.0f} s for the "
+            f"{len(res['rows'])} rows). Stopped by patience (steps without a gain of {res['min_delta']:g} of the best), "
+            f"read from each row's curve: " +
+            ", ".join(f"{P} steps: {v['best_bits']:.3g} bits after a median {v['steps']:g} steps" for P, v in pat.items()) +
+            "; run with it (rows leave the batch as they stop, so the batch's passes round differently): " +
+            ", ".join(f"{P} steps: {v['ran_best_bits']:.3g} bits after a median {v['ran_steps']:g} steps"
+                      for P, v in pat.items() if "ran_steps" in v) + ".")
     h = res.get("hard")
-    if h and int(first) == h["gcg_steps"] and res["gcg_width"] == h["gcg_width"]:
-        quarter, ratio_below = h["lm_median_bits"] / 4, h["lm_median_first_init_bits"] / by[first]
-        text += (f" Against the 4x bar at equal forward passes ({h['file']}: hard's median {h['lm_median_bits']:.3g} bits "
-                 f"at the budget of step {first}, its first init's {h['lm_median_first_init_bits']:.3g}): at any budget from "
-                 f"step {first}'s to step {last}'s gcg would need at most {quarter:.3g} bits (a quarter of hard's, which more "
-                 f"forward passes can only lower) and its median is {by[last]:.3g} at step {last}; below step {first}'s budget "
-                 f"(and past hard's first init) the ratio is at most hard's first init over gcg at step {first}, "
-                 f"{ratio_below:.1f}x. "
-                 + ("The bar is not met at any of these budgets in this run." if by[last] > quarter and ratio_below < 4
-                    else "These runs do not rule the bar out."))
+    if h and int(first) == h["gcg_steps"] and res["gcg_width"] == h["gcg_width"] and by[first] == h["gcg_lm_median_bits"]:
+        quarter, ratio_below, missed = bar_verdict(by, h["lm_median_bits"], h["lm_median_first_init_bits"])
+        cap = res["rows"][0]["best_bits_by_step"][first]
+        text += (f" Against the 4x bar at equal forward passes on the median over the LM targets ({h['file']}: hard's "
+                 f"median {h['lm_median_bits']:.3g} bits at the budget of step {first}, its first init's "
+                 f"{h['lm_median_first_init_bits']:.3g}): at any budget from step {first}'s to step {last}'s gcg would need "
+                 f"at most {quarter:.3g} bits (a quarter of hard's, which more forward passes, more inits, can only lower) "
+                 f"and its median is {by[last]:.3g} at step {last}; below step {first}'s budget (and past hard's first init) "
+                 f"the ratio is at most hard's first init over gcg at step {first}, {ratio_below:.1f}x. "
+                 + ("On the LM targets' median the bar is not met at any of these budgets in this run"
+                    if missed else "These runs do not rule the bar out on the LM targets' median")
+                 + f" (the capitals target: {h['capitals_hard_bits'] / cap:.1f}x at step {first}'s budget).")
     return text
 
 
