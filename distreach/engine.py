@@ -24,7 +24,8 @@ changes nothing has converged and stops.
 Many rows are tuned in one batch. Rows never interact: the loss is a sum of
 per-row losses, AdamW is elementwise and the hard update is per row, so a row's
 trajectory is the one it would have alone, up to the float rounding of passes over
-batches of another shape (which can turn a near tie in a hard update the other way). A row stops after ``patience`` steps
+batches of another shape (which can turn a near tie in a discrete decision, a hard
+token or a stop, the other way). A row stops after ``patience`` steps
 without lowering its best KL by a fraction ``min_delta`` (so float noise on a
 plateau cannot keep it alive), once its KL is at most ``stop_kl_nats`` (default
 0: never), or after ``max_steps``; stopped rows leave the batch (their parameters
@@ -697,8 +698,8 @@ def _run_batches(run: _Run, bs: int) -> list[TuneResult]:
 
 
 def _halving_on_oom(attempt: Callable[[int], TuneResult], bs: int, lo: int) -> tuple[TuneResult, int]:
-    """``attempt(bs)``, and on CUDA out-of-memory again with half the batch size: rows are
-    independent of their batch, so the batch restarts from its inits and nothing changes."""
+    """``attempt(bs)``, and on CUDA out-of-memory again with half the batch size: rows never
+    interact, so the batch restarts from its inits and only float rounding changes."""
     while True:
         try:
             return attempt(bs), bs

@@ -81,7 +81,7 @@ class GCGBatch(_Batch):
         empty = torch.zeros((len(ids), 0, ctx.loaded.embeddings.shape[1]))
         super().__init__(ctx, target_p, empty, ids, cfg, record_curve)
         self.tokenizer = ctx.loaded.tokenizer
-        # each row's own candidate draws, seeded by its init seed: a row's search is the one it has alone
+        # each row's own candidate draws, seeded by its init seed: no row's draws depend on another's
         self.gens = [torch.Generator().manual_seed(int(s) ^ 0x5EED) for s in seeds]
         self.forwards = forwards  # [n]: candidate prompts evaluated by every batch of the call
 

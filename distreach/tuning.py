@@ -168,8 +168,8 @@ def tune_shards(
     progress=None,
 ) -> list[pa.Table]:
     """One result table per shard: the (target, init) rows of its :func:`shard_rows`, all
-    shards' rows tuned together on ``loaded`` (rows never interact, so a row's result is the
-    one it gets alone), with provenance in the schema metadata
+    shards' rows tuned together on ``loaded`` (rows never interact: a row's result is the one
+    it gets alone up to float rounding, :mod:`distreach.engine`), with provenance in the schema metadata
     (:func:`distreach.io.arrow_metadata`). ``loaded`` is a LoadedModel or its
     :class:`distreach.engine.TuningContext` under ``tuning``: the BOS token, the allowed tokens,
     the device and the dtype are resolved once and every step below (the fp32 retry included)

@@ -122,3 +122,42 @@ def test_the_interval_excludes_0_at_most_as_often_as_its_level_allows_when_the_s
 
     assert excluded(1.0) <= 0.035  # about 2.1% expected
     assert excluded(3.0) >= 0.5
+
+
+def test_the_bar_verdict_says_missed_only_when_no_budget_up_to_the_last_can_meet_it():
+    # hard 1.3 bits at the first mark's budget: gcg must reach 0.325 there or later
+    assert bench.bar_verdict({"60": 0.9, "300": 0.5}, 1.3, 2.0) == pytest.approx((0.325, 2.0 / 0.9, True))
+    assert bench.bar_verdict({"60": 0.9, "300": 0.3}, 1.3, 2.0)[2] is False  # reached by the last mark
+    assert bench.bar_verdict({"60": 0.45, "300": 0.4}, 1.3, 2.0)[2] is False  # below 60's budget the ratio may be 4.4x
+
+
+def test_lowest_reached_counts_the_rows_a_patience_leaves_at_the_runs_lowest():
+    rows = [{"patience": {"20": {"best_bits": b}}, "best_bits_by_step": {"300": 0.5}} for b in (0.5, 0.6, 0.5, 0.7)]
+    assert bench.lowest_reached(rows, "20", "300") == 2
+
+
+def steps_result(first_mark: int) -> dict:
+    return {"kind": "steps", "rows": [{"target": "capitals", "best_bits_by_step": {str(first_mark): 2.0, "300": 1.5}}] +
+            [{"target": f"lm-{i}"} for i in range(3)],
+            "lm_median_by_step": {str(first_mark): 0.9, "300": 0.5}, "lm_median_by_patience": {}, "forward_passes_per_step": 33,
+            "seconds": 1.0, "min_delta": 1e-4, "gcg_width": 32,
+            "hard": {"file": "gcg-hard.json", "gcg_steps": 60, "gcg_width": 32, "lm_median_bits": 1.3,
+                     "lm_median_first_init_bits": 2.0, "gcg_lm_median_bits": 0.9, "capitals_hard_bits": 6.0}}
+
+
+def test_the_steps_summary_sets_the_run_against_the_bar_only_at_the_comparisons_budget():
+    said = bench._steps_findings(steps_result(60))
+    assert "the bar is not met at any of these budgets" in said and "(the capitals target: 3.0x" in said
+    assert "4x bar" not in bench._steps_findings(steps_result(30))
+
+
+def test_the_recorded_steps_run_is_the_comparisons_gcg_run_and_names_its_numbers():
+    res = json.loads((REPO / "benchmarks" / "results" / "cpu" / "gcg-steps.json").read_text())
+    hard = json.loads((REPO / "benchmarks" / "results" / "cpu" / "gcg-hard.json").read_text())
+    assert res["hard"]["lm_median_bits"] == hard["lm_median"]["hard_bits"]
+    assert res["hard"]["lm_median_first_init_bits"] == hard["lm_median"]["hard_first_init_bits"]
+    assert res["hard"]["capitals_hard_bits"] == hard["rows"][0]["hard_bits"]
+    first = str(hard["gcg_steps"])
+    for mine, theirs in zip(res["rows"], hard["rows"], strict=True):
+        assert mine["target"] == theirs["target"]
+        assert mine["best_bits_by_step"][first] == pytest.approx(theirs["gcg_bits"], rel=1e-9)

@@ -1,4 +1,4 @@
-"""The gcg method: readable prompts whose text gives kl_min, rows independent of their batch,
+"""The gcg method: readable prompts whose text gives kl_min, rows that never interact in a batch,
 checkpoints that resume to the same result, and the search itself (gradient-ranked candidates,
 the best one taken)."""
 
@@ -209,24 +209,39 @@ def test_gcg_settings_are_refused_for_other_methods_with_the_key_named():
     assert not TuneConfig(method="gcg", exclude_special=False, readable=False).readable
 
 
-def test_gcg_has_its_own_patience_unless_one_is_set_and_the_shipped_configs_leave_it_so():
-    from pathlib import Path
-
-    import yaml
-
+def test_gcg_has_its_own_patience_unless_one_is_set():
     from distreach.engine import GCG_PATIENCE, METHODS, PATIENCE
 
     assert GCG_PATIENCE != PATIENCE
     for method in METHODS:
         assert TuneConfig(method=method).patience == (GCG_PATIENCE if method == "gcg" else PATIENCE)
         assert TuneConfig(method=method, patience=7).patience == 7
+
+
+@pytest.mark.parametrize("files", [("config.yaml", "configs/gcg.yaml"), ("configs/paper.yaml",)])
+def test_every_tuning_job_of_the_shipped_configs_runs_with_its_methods_patience(files):
+    """The configs leave patience to the method: the paper's for its methods, gcg's own for gcg
+    (config.yaml with the gcg overlay, as the README runs it, and the paper config)."""
+    from pathlib import Path
+
+    import yaml
+    from snakemake.utils import update_config, validate
+
+    from distreach.config import check_config
+    from distreach.engine import GCG_PATIENCE, PATIENCE
+    from distreach.jobs import tuning_jobs
+    from distreach.schema import SCHEMA_PATH
+
     repo = Path(__file__).resolve().parents[1]
-    base, overlay, paper = (yaml.safe_load((repo / f).read_text()) for f in ("config.yaml", "configs/gcg.yaml", "configs/paper.yaml"))
-    for cfg, experiments in ((base, overlay["experiments"]), (paper, paper["experiments"])):
-        for name, exp in experiments.items():
-            if "gcg" in exp.get("methods", []):  # the settings a tuning job merges (distreach.jobs.tuning_jobs)
-                settings = {**cfg["tuning"], **exp.get("tuning", {}), "method": "gcg"}
-                assert TuneConfig(**settings).patience == GCG_PATIENCE, name
+    cfg = {}
+    for f in files:
+        update_config(cfg, yaml.safe_load((repo / f).read_text()))
+    check_config(cfg, SCHEMA_PATH, validate)  # fills in the schema's defaults, as the workflow does
+    jobs = tuning_jobs(cfg)
+    assert {"gcg", "soft", "hard"} <= {job["method"] for job in jobs.values()}
+    for key, job in jobs.items():
+        want = GCG_PATIENCE if job["method"] == "gcg" else PATIENCE
+        assert TuneConfig(**job["tuning"]).patience == want, key
 
 
 def test_the_benchmarks_patience_rule_stops_where_the_engine_stops(tiny_bpe):

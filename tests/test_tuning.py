@@ -6,6 +6,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from distreach.engine import PATIENCE
 from distreach.errors import DistreachError
 from distreach.io import arrow_metadata, git_commit, package_versions, read_arrow, source_commit, write_arrow
 from distreach.models import load_materialised
@@ -27,7 +28,7 @@ def test_shards_partition_the_rows_and_mix_entropies():
 
 def test_tuning_config_merges_and_rejects_unknown_keys():
     cfg = tuning_config({"lr": 0.2, "max_steps": 10}, {"max_steps": 5})
-    assert cfg.lr == 0.2 and cfg.max_steps == 5 and cfg.patience == 20
+    assert cfg.lr == 0.2 and cfg.max_steps == 5 and cfg.patience == PATIENCE
     with pytest.raises(DistreachError, match="unknown key"):
         tuning_config({"learning_rate": 0.1})
 
