@@ -116,12 +116,19 @@ def hard_at_budget(loaded, probs, seeds0, budget: int, cfg: TuneConfig) -> tuple
     return np.array([min(v) for v in kls]), np.array([v[0] for v in kls]), rows
 
 
-def run_hard(args) -> dict:
+def gcg_setup(args) -> tuple:
+    """What ``hard`` and ``steps`` run gcg on: SmolLM2, the capitals and LM targets (ids and
+    probabilities), their init seeds, and gcg's settings (no patience before ``--steps``)."""
     loaded = load()
     ids, probs = study_targets(loaded, args.lm)
     seeds = [derive_seed(0, "init", t, 0) for t in ids]
-    gcg_cfg = TuneConfig(method="gcg", prefix_len=PREFIX_LEN, max_steps=args.steps, patience=args.steps,
-                         gcg_width=args.width, gcg_topk=args.topk)
+    cfg = TuneConfig(method="gcg", prefix_len=PREFIX_LEN, max_steps=args.steps, patience=args.steps,
+                     gcg_width=args.width, gcg_topk=args.topk)
+    return loaded, ids, probs, seeds, cfg
+
+
+def run_hard(args) -> dict:
+    loaded, ids, probs, seeds, gcg_cfg = gcg_setup(args)
     t0 = time.perf_counter()
     g = tune(loaded, probs, seeds, gcg_cfg)
     gcg_s = time.perf_counter() - t0
@@ -174,11 +181,7 @@ def lowest_reached(rows: list[dict], patience: str, last: str) -> int:
 
 
 def run_steps(args) -> dict:
-    loaded = load()
-    ids, probs = study_targets(loaded, args.lm)
-    seeds = [derive_seed(0, "init", t, 0) for t in ids]
-    cfg = TuneConfig(method="gcg", prefix_len=PREFIX_LEN, max_steps=args.steps, patience=args.steps,
-                     gcg_width=args.width, gcg_topk=args.topk)
+    loaded, ids, probs, seeds, cfg = gcg_setup(args)
     t0 = time.perf_counter()
     g = tune(loaded, probs, seeds, cfg, record_curve=True)
     seconds = time.perf_counter() - t0
