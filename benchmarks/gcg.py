@@ -29,15 +29,17 @@ transformers<=4.47.1 is stricter than the code it runs needs).
 (default 300, 5x the comparison's budget) with no patience: each LM target's lowest KL by every
 ``--every`` steps (default 60, the comparison's budget), and what a patience rule would have
 stopped at (the step and the KL by then, from each row's own curve, with the engine's
-``min_delta``). With ``gcg-hard.json`` under ``--out``, the summary sets the medians against the
-4x bar at equal forward passes.
+``min_delta``); then the same search run with the paper's patience and with gcg's own. With
+``gcg-hard.json`` under ``--out``, the summary sets the medians against the bar :func:`bar_verdict`
+names (gcg's median KL over the LM targets at most a quarter of hard's at equal nominal forward
+passes).
 
 ``cache``: how much faster a step's candidates are scored from the prompts' cached positions than
 by whole forward passes (the same candidates, the two interleaved).
 
     python benchmarks/gcg.py hard --out benchmarks/results/cpu        # about 12 min on 2 Zen 4 cores, 45 on 2 AVX2 ones
     python benchmarks/gcg.py nanogcg --out benchmarks/results/cpu    # about 20 min on 2 Zen 4 cores
-    python benchmarks/gcg.py steps --out benchmarks/results/cpu       # about 13 min on 2 Zen 4 cores
+    python benchmarks/gcg.py steps --out benchmarks/results/cpu       # about 25 min on 2 Zen 4 cores
     python benchmarks/gcg.py cache --out benchmarks/results/cpu       # about 3 min
 
 Each writes ``gcg-<kind>.json`` under ``--out`` and prints a Markdown table.
@@ -181,6 +183,8 @@ def lowest_reached(rows: list[dict], patience: str, last: str) -> int:
 
 
 def run_steps(args) -> dict:
+    if args.steps % args.every:
+        raise SystemExit(f"--steps {args.steps}: must be a multiple of --every {args.every}")
     loaded, ids, probs, seeds, cfg = gcg_setup(args)
     t0 = time.perf_counter()
     g = tune(loaded, probs, seeds, cfg, record_curve=True)
@@ -463,10 +467,12 @@ def _findings(res: dict) -> str:
 
 
 def bar_verdict(by_step: dict, hard_median: float, hard_first_median: float) -> tuple[float, float, bool]:
-    """Against a bar of gcg at least 4x lower than hard at equal forward passes, from gcg's medians
+    """Against the bar of gcg's median KL over the LM targets at least 4x lower than hard's at
+    equal nominal forward passes (steps x (1 + width) for gcg, an upper bound), from gcg's medians
     of its lowest KL ``by_step`` (the first mark at hard's budget) and hard's medians at that
     budget and of its first init alone: the most gcg may have at budgets from the first mark's to
-    the last's (a quarter of hard's, which more forward passes, more inits, can only lower), the
+    the last's (a quarter of hard's, taking hard's minimum over the more inits of a larger budget to
+    be no higher), the
     most the ratio can be below the first mark's budget (hard at most its first init, gcg at
     least its value at the first mark), and whether the bar is missed at every such budget."""
     marks = list(by_step)
@@ -492,10 +498,12 @@ def _steps_findings(res: dict) -> str:
     if h and int(first) == h["gcg_steps"] and res["gcg_width"] == h["gcg_width"] and by[first] == h["gcg_lm_median_bits"]:
         quarter, ratio_below, missed = bar_verdict(by, h["lm_median_bits"], h["lm_median_first_init_bits"])
         cap = res["rows"][0]["best_bits_by_step"][first]
-        text += (f" Against the 4x bar at equal forward passes on the median over the LM targets ({h['file']}: hard's "
+        text += (f" Against a bar of gcg 4x lower than hard at equal nominal forward passes, on the median over the LM "
+                 f"targets ({h['file']}: hard's "
                  f"median {h['lm_median_bits']:.3g} bits at the budget of step {first}, its first init's "
                  f"{h['lm_median_first_init_bits']:.3g}): at any budget from step {first}'s to step {last}'s gcg would need "
-                 f"at most {quarter:.3g} bits (a quarter of hard's, which more forward passes, more inits, can only lower) "
+                 f"at most {quarter:.3g} bits (a quarter of hard's, taking its minimum over the more inits of a larger "
+                 f"budget to be no higher) "
                  f"and its median is {by[last]:.3g} at step {last}; below step {first}'s budget (and past hard's first init) "
                  f"the ratio is at most hard's first init over gcg at step {first}, {ratio_below:.1f}x. "
                  + ("On the LM targets' median the bar is not met at any of these budgets in this run"

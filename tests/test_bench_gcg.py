@@ -148,7 +148,13 @@ def steps_result(first_mark: int) -> dict:
 def test_the_steps_summary_sets_the_run_against_the_bar_only_at_the_comparisons_budget():
     said = bench._steps_findings(steps_result(60))
     assert "the bar is not met at any of these budgets" in said and "(the capitals target: 3.0x" in said
-    assert "4x bar" not in bench._steps_findings(steps_result(30))
+    assert "Against a bar" not in bench._steps_findings(steps_result(30))  # another budget than the comparison's
+    other_width = steps_result(60)
+    other_width["gcg_width"] = 64
+    assert "Against a bar" not in bench._steps_findings(other_width)
+    other_run = steps_result(60)
+    other_run["hard"]["gcg_lm_median_bits"] = 0.8  # not the comparison's gcg run
+    assert "Against a bar" not in bench._steps_findings(other_run)
 
 
 def test_the_recorded_steps_run_is_the_comparisons_gcg_run_and_names_its_numbers():
