@@ -59,7 +59,7 @@ import torch
 from scipy.stats import binom, binomtest
 
 from distreach import api
-from distreach.engine import GCG_PATIENCE, PATIENCE, TuneConfig, prompt_kl, tune
+from distreach.engine import GCG_PATIENCE, PATIENCE, TuneConfig, is_gain, prompt_kl, tune
 from distreach.families import lm_generated
 from distreach.gcg import is_text
 from distreach.io import atomic_path, package_versions
@@ -137,12 +137,11 @@ def run_hard(args) -> dict:
     text = hard_prompt_columns(loaded, gcg_cfg, g, probs)
     roundtrip = [is_text(loaded.tokenizer, row) for row in g.best_ids.tolist()]
     budget = args.steps * (1 + args.width)
-    hard_cfg = TuneConfig(method="hard", prefix_len=PREFIX_LEN, max_steps=500, patience=PATIENCE)
+    hard_cfg = TuneConfig(method="hard", prefix_len=PREFIX_LEN, max_steps=500)
     t0 = time.perf_counter()
     hard_best, hard_first, hard_rows = hard_at_budget(loaded, probs, seeds, budget, hard_cfg)
     hard_s = time.perf_counter() - t0
-    soft = tune(loaded, probs, seeds, TuneConfig(method="soft", prefix_len=PREFIX_LEN, max_steps=500, patience=PATIENCE,
-                                                 stop_kl_nats=0.001))
+    soft = tune(loaded, probs, seeds, TuneConfig(method="soft", prefix_len=PREFIX_LEN, max_steps=500, stop_kl_nats=0.001))
     rows = [{"target": t, "gcg_bits": float(bits(g.kl_min[i])), "gcg_roundtrip_bits": float(bits(text["kl_roundtrip"][i])),
              "gcg_is_text": roundtrip[i], "gcg_prompt": text["text"][i], "hard_bits": float(bits(hard_best[i])),
              "hard_first_init_bits": float(bits(hard_first[i])), "soft_bits": float(bits(soft.kl_min[i]))}
@@ -165,12 +164,11 @@ PATIENCES = tuple(sorted({PATIENCE, GCG_PATIENCE, 60, 100}))  # simulated; the e
 
 def patience_stop(curve: np.ndarray, patience: int, min_delta: float) -> tuple[int, float]:
     """The steps a row with this KL ``curve`` (one value per step) runs under the engine's
-    patience rule, and its lowest KL by then."""
+    patience rule (its :func:`distreach.engine.is_gain`), and its lowest KL by then."""
     best, since = math.inf, 0
     for step, kl in enumerate(curve):
-        gained = kl < best * (1 - min_delta)
+        since = 0 if is_gain(kl, best, min_delta) else since + 1
         best = min(best, kl)
-        since = 0 if gained else since + 1
         if since >= patience:
             return step + 1, best
     return len(curve), best
@@ -193,7 +191,7 @@ def run_steps(args) -> dict:
     best = np.minimum.accumulate(curve, axis=1)
     marks = list(range(args.every, args.steps + 1, args.every))
     rows = [{"target": t, "best_bits_by_step": {str(m): float(best[i, m - 1]) for m in marks},
-             "last_gain_step": int(np.flatnonzero(best[i] < best[i, -1] * (1 + 1e-12)).min()) + 1,
+             "last_gain_step": int(np.argmin(curve[i])) + 1,  # the first step at the run's lowest KL
              "patience": {str(P): dict(zip(("steps", "best_bits"), patience_stop(curve[i], P, cfg.min_delta)))
                           for P in PATIENCES}}
             for i, t in enumerate(ids)]

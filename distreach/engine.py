@@ -75,6 +75,12 @@ GCG_PATIENCE = 40
 CONTEXT_KEYS = ("bos", "exclude_special", "exclude_untypable")
 
 
+def is_gain(kl, best, min_delta: float):
+    """Whether a step's KL lowers the best KL so far by more than the fraction ``min_delta``: the
+    gain that resets a row's patience (tensors or floats; any KL gains on an infinite best)."""
+    return kl < best * (1 - min_delta)
+
+
 @dataclass(frozen=True)
 class TuneConfig:
     method: str = "soft"
@@ -498,7 +504,7 @@ class _Batch:
         lc = loss_rows.double().cpu()
         finite = torch.isfinite(lc)
         improved = finite & (lc < rec.kl_min[act])
-        gained = finite & (lc < rec.kl_min[act] * (1 - cfg.min_delta))
+        gained = finite & is_gain(lc, rec.kl_min[act], cfg.min_delta)
         if improved.any():
             idx, dev_idx = act[improved], improved.to(self.device)
             best = logq if improved.all() else logq[dev_idx]  # [improved, |V|]: copied only when some did not

@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy import stats
 
-from distreach.engine import STOP_REASONS, TuneConfig, tune
+from distreach.engine import STOP_REASONS, TuneConfig, is_gain, tune
 from distreach.errors import DistreachError
 
 
@@ -57,6 +57,12 @@ def test_kl_min_and_entropy_match_an_independent_computation(tiny_llama, bos):
         q /= q.sum()
         assert res.kl_min[i] == pytest.approx(stats.entropy(p[i].astype(np.float64), q), rel=1e-4)
         assert res.q_entropy[i] == pytest.approx(stats.entropy(q), rel=1e-4)
+
+
+def test_a_gain_lowers_the_best_kl_by_more_than_min_delta_of_it():
+    assert not is_gain(0.9999, 1.0, 1e-4) and is_gain(0.99989, 1.0, 1e-4)  # the fraction min_delta of the best
+    assert is_gain(5.0, float("inf"), 1e-4) and not is_gain(1.0, 1.0, 0.0)  # a first KL gains; an equal one never
+    assert is_gain(torch.tensor([0.5, 1.0]), torch.tensor([1.0, 1.0]), 1e-4).tolist() == [True, False]
 
 
 def test_kl_decreases_and_stopping_is_recorded(tiny_llama):

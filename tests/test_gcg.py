@@ -4,6 +4,8 @@ the best one taken)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,7 @@ from distreach.engine import TuneConfig, tune
 from distreach.gcg import is_text
 from distreach.tuning import hard_prompt_columns
 
-from .conftest import TINY_WORDS
+from .conftest import TINY_WORDS, load_script
 from .test_engine import targets
 
 CFG = TuneConfig(method="gcg", prefix_len=4, max_steps=12, patience=12, gcg_width=16, gcg_topk=32, bos="bos")
@@ -222,8 +224,6 @@ def test_gcg_has_its_own_patience_unless_one_is_set():
 def test_every_tuning_job_of_the_shipped_configs_runs_with_its_methods_patience(files):
     """The configs leave patience to the method: the paper's for its methods, gcg's own for gcg
     (config.yaml with the gcg overlay, as the README runs it, and the paper config)."""
-    from pathlib import Path
-
     import yaml
     from snakemake.utils import update_config, validate
 
@@ -247,9 +247,6 @@ def test_every_tuning_job_of_the_shipped_configs_runs_with_its_methods_patience(
 def test_the_benchmarks_patience_rule_stops_where_the_engine_stops(tiny_bpe):
     """benchmarks/gcg.py's patience_stop, applied to a row's curve without patience, gives the
     steps and lowest KL of the same row run with that patience."""
-    from .conftest import load_script
-    from pathlib import Path
-
     bench = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "gcg.py")
     assert bench.patience_stop(np.array([5, 4, 4, 4, 3, 3, 3, 3.0]), 2, 0.0) == (4, 4.0)
     assert bench.patience_stop(np.array([5, 4, 4, 4, 3, 3, 3, 3.0]), 3, 0.0) == (8, 3.0)
