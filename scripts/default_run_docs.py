@@ -7,7 +7,9 @@ Reads results/ (the collected tables and results/report/claims.arrow) and Snakem
 writes docs/default-run/run.json and docs/default-run/claims.arrow (the run's numbers, kept
 with the docs), rewrites the part of docs/default-run.md between its ``generated`` markers
 with them and copies the run's Figs. 1 and 13 to docs/. tests/test_docs.py checks that the
-page says what those files hold.
+page says what those files hold. With ``--record NAME`` it writes the run's numbers as
+docs/default-run/NAME.json and NAME-claims.arrow only (a run kept beside the page's: another
+CPU or dtype), and touches nothing else.
 """
 
 import _repo  # noqa: F401  (this checkout's distreach)
@@ -136,10 +138,16 @@ def main() -> None:
     ap.add_argument("--wall", type=float, required=True, help="the run's wall time in seconds")
     ap.add_argument("--log", required=True, help="Snakemake's output of the run")
     ap.add_argument("--results", default=str(REPO / "results"))
+    ap.add_argument("--record", metavar="NAME", help="write docs/default-run/NAME.json and NAME-claims.arrow only")
     args = ap.parse_args()
     results = Path(args.results)
     run = run_facts(results, args.wall, Path(args.log).read_text())
     DATA.mkdir(exist_ok=True)
+    if args.record:
+        (DATA / f"{args.record}.json").write_text(json.dumps(run, indent=2) + "\n")
+        shutil.copyfile(results / "report" / "claims.arrow", DATA / f"{args.record}-claims.arrow")
+        print(f"wrote {DATA}/{args.record}.json and {args.record}-claims.arrow")
+        return
     (DATA / "run.json").write_text(json.dumps(run, indent=2) + "\n")
     shutil.copyfile(results / "report" / "claims.arrow", DATA / "claims.arrow")
     for fig in ("fig01", "fig13"):

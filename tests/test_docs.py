@@ -29,22 +29,23 @@ def test_default_run_page_says_what_the_run_wrote():
     assert set(claims["verdict"]) <= {"holds", "contradicted", "not shown", "too few data"}
     assert all(f"**{v}**" in part for v in claims["verdict"])
     readme = " ".join((REPO / "README.md").read_text().split())
-    # this run's and the earlier AVX2 run's time, CPU and dtype, in the README and (the earlier one) on the page
-    earlier = json.loads((DATA / "avx2-fp32-bc9d3d9.json").read_text())
-    for facts, where in ((run, [readme]), (earlier, [readme, " ".join(page.split())])):
+    # this run's and the AVX2 run's time, CPU and dtype, in the README and (the AVX2 one) on the page
+    avx2 = json.loads((DATA / "avx2-fp32-44fa2fa.json").read_text())
+    for facts, where in ((run, [readme]), (avx2, [readme, " ".join(page.split())])):
         mins, secs = divmod(facts["wall_seconds"], 60)
         for text in where:
             assert f"{mins} min {secs} s" in text
         assert f"**{mins} min {secs} s**" in readme and facts["cpu"] in readme
         assert all(f"`dtype: auto` is {d}" in readme for d in facts["dtypes"])
-    assert f"of `{run['commit'][:7]}` took **" in readme  # the code the run's tables were made by
+    for facts in (run, avx2):  # the code each run's tables were made by
+        assert f"of `{facts['commit'][:7]}` took **" in readme
     # the outcomes that differ between the two runs, as the page states them
-    earlier_claims = pl.read_ipc(DATA / "avx2-fp32-bc9d3d9-claims.arrow")
+    avx2_claims = pl.read_ipc(DATA / "avx2-fp32-44fa2fa-claims.arrow")
 
     def verdict(df, claim, model):
         return df.filter((pl.col("claim") == claim) & (pl.col("model") == model))["verdict"].item()
 
-    said = (f"had C3 **{verdict(earlier_claims, 'C3', 'smollm2')}** and C9 on SmolLM2 **{verdict(earlier_claims, 'C9', 'smollm2')}**,"
+    said = (f"has C3 **{verdict(avx2_claims, 'C3', 'smollm2')}** and C9 on SmolLM2 **{verdict(avx2_claims, 'C9', 'smollm2')}**,"
             f" where this {run['dtypes'][0]} run has C3 **{verdict(claims, 'C3', 'smollm2')}** and C9 on SmolLM2"
             f" **{verdict(claims, 'C9', 'smollm2')}**")
     assert said in " ".join(page.split())
@@ -52,7 +53,7 @@ def test_default_run_page_says_what_the_run_wrote():
     forced = json.loads((DATA / "fp32-forced-fad61e3.json").read_text())
     forced_claims = pl.read_ipc(DATA / "fp32-forced-fad61e3-claims.arrow")
     assert forced["cpu"] == run["cpu"] and forced["dtypes"] == ["fp32"] and forced["commit"].startswith("fad61e3")
-    for report, dtype in ((forced_claims, "fp32"), (earlier_claims, "fp32"), (claims, run["dtypes"][0])):
+    for report, dtype in ((forced_claims, "fp32"), (avx2_claims, "fp32"), (claims, run["dtypes"][0])):
         assert set(report["dtype"]) - {""} == {dtype}  # each report's rows were tuned in the dtype it is named by
     mins, secs = divmod(forced["wall_seconds"], 60)
     assert f"forced to fp32 (`--config dtype=fp32`) on the same AMD EPYC took **{mins} min {secs} s**" in readme
@@ -66,12 +67,12 @@ def test_default_run_page_says_what_the_run_wrote():
 
     said = (f"(`fad61e3`, {mins} min {secs} s; `docs/default-run/fp32-forced-fad61e3.json` and `fp32-forced-fad61e3-claims.arrow`)"
             f" has C3 **{verdict(forced_claims, 'C3', 'smollm2')}** and C9 on SmolLM2 **{verdict(forced_claims, 'C9', 'smollm2')}**"
-            f" (its p = {c9_p(forced_claims)}; the AVX2 fp32 run's, of earlier code, {c9_p(earlier_claims)}; this bf16 run's"
+            f" (its p = {c9_p(forced_claims)}; the AVX2 fp32 run's {c9_p(avx2_claims)}; this bf16 run's"
             f" {c9_p(claims)}): with 6 targets per POS, C9 on SmolLM2 held in this bf16 run only. At each run's observed effect,"
             f" its ADJ < VERB comparison would need {adj_verb_n80(forced_claims)} targets per group in the fp32-forced run,"
-            f" {adj_verb_n80(earlier_claims)} in the AVX2 run and {adj_verb_n80(claims)} in this one (the `n80` column)")
+            f" {adj_verb_n80(avx2_claims)} in the AVX2 run and {adj_verb_n80(claims)} in this one (the `n80` column)")
     assert verdict(claims, "C9", "smollm2") == "holds" and run["dtypes"] == ["bf16"]
-    assert verdict(earlier_claims, "C9", "smollm2") != "holds" != verdict(forced_claims, "C9", "smollm2")
+    assert verdict(avx2_claims, "C9", "smollm2") != "holds" != verdict(forced_claims, "C9", "smollm2")
     assert said in " ".join(page.split())
 
 
@@ -159,3 +160,35 @@ def test_cluster_page_states_the_paper_studys_estimate():
     assert f"{est['rows']:,} (target, init) rows on {len(models)} models" in page
     assert f"{mantissa} × 10{''.join('⁰¹²³⁴⁵⁶⁷⁸⁹'[int(c)] for c in str(int(exponent)))} FLOPs, about {hours[0]:.1f} GPU-hours at a " \
            f"sustained 200 TFLOP/s or {hours[1]:.0f} at 20 TFLOP/s ({est['gcg_flops'] / est['flops']:.0%} of it the gcg series" in page
+
+
+def test_a_recorded_run_writes_its_numbers_and_nothing_else(tmp_path, monkeypatch):
+    """``--record NAME`` keeps a run beside the page's (docs/default-run/NAME.json and
+    NAME-claims.arrow) and leaves the page and its figures alone."""
+    import shutil
+    import sys
+
+    from distreach import tables
+    from distreach.io import write_arrow
+
+    script = docs_script()
+    shard = pl.DataFrame({"model": ["m"], "method": ["soft"], "target_id": ["a"], "init_index": [0], "steps": [5],
+                          "dtype": ["fp32"]}).to_arrow()
+    write_arrow(shard, tmp_path / "s.arrow", {})
+    results = tmp_path / "results"
+    tables.collect([str(tmp_path / "s.arrow")], str(results / "collected" / "a.arrow"))
+    (results / "report").mkdir()
+    shutil.copyfile(DATA / "claims.arrow", results / "report" / "claims.arrow")
+    (tmp_path / "log").write_text("")
+    page = tmp_path / "page.md"
+    page.write_text("the page\n")
+    monkeypatch.setattr(script, "DATA", tmp_path / "data")
+    monkeypatch.setattr(script, "PAGE", page)
+    monkeypatch.setattr(sys, "argv", ["default_run_docs.py", "--wall", "90", "--log", str(tmp_path / "log"),
+                                      "--results", str(results), "--record", "other-cpu"])
+    script.main()
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["other-cpu-claims.arrow", "other-cpu.json"]
+    facts = json.loads((tmp_path / "data" / "other-cpu.json").read_text())
+    assert facts["wall_seconds"] == 90 and facts["row_steps"] == 5 and facts["dtypes"] == ["fp32"]
+    assert pl.read_ipc(tmp_path / "data" / "other-cpu-claims.arrow").equals(pl.read_ipc(DATA / "claims.arrow"))
+    assert page.read_text() == "the page\n"
