@@ -26,16 +26,25 @@ def test_readme_table_is_the_results_file():
     cpu = report_now["machine"]
     assert (f"`benchmarks/results/cpu/step-profile.json`, {report_now['seconds']} s in all; 2-core {cpu['cpu']}, "
             f"{'with' if cpu['native_bf16'] else 'without'} native bf16") in readme
+    # fp32 on a CPU without native bf16: its table, machine and code
+    avx2 = json.loads((REPO / "benchmarks" / "results" / "cpu" / "step-profile-avx2.json").read_text())
+    assert not avx2["machine"]["native_bf16"] and {r["dtype"] for r in avx2["runs"]} == {"fp32"}
+    assert " ".join(step_profile.table(avx2["runs"]).split()) in readme
+    assert (f"2-core {avx2['machine']['cpu']}, without native bf16 (AVX2), code of `{avx2['versions']['distreach_commit'][:7]}`"
+            f" (`benchmarks/results/cpu/step-profile-avx2.json`, {avx2['seconds']} s in all)") in readme
 
 
 
 def test_readme_throughput_table_is_the_results_file():
-    report = json.loads((REPO / "benchmarks" / "results" / "cpu" / "engine-throughput.json").read_text())
     readme = (REPO / "benchmarks" / "README.md").read_text()
     section = readme.split("## Engine against a plain loop")[1].split("\n## ")[0]
-    assert engine_throughput.table(report["results"]) in section
-    cpu = report["machine"]
-    assert f"{cpu['cpu']}, {'with' if cpu['native_bf16'] else 'without'} native bf16" in " ".join(section.split())
+    for name in ("engine-throughput.json", "engine-throughput-avx2.json"):  # a CPU with native bf16, one without
+        report = json.loads((REPO / "benchmarks" / "results" / "cpu" / name).read_text())
+        assert engine_throughput.table(report["results"]) in section
+        cpu = report["machine"]
+        assert f"{cpu['cpu']}, {'with' if cpu['native_bf16'] else 'without'} native bf16" in " ".join(section.split())
+        assert f"`benchmarks/results/cpu/{name}`" in section
+    assert "code of `{}`:".format(report["versions"]["distreach_commit"][:7]) in " ".join(section.split())
 
 
 
