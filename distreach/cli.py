@@ -195,7 +195,7 @@ def cmd_tune(args) -> int:
 
     from . import api
     from .engine import AUTO_BATCH, GCG_KEYS, TuneConfig
-    from .models import gguf_parsed_once, resolve_device
+    from .models import gguf_parsed_once, resolve_device, reuse_freed_memory
     from .tables import min_over_inits
     from .tokens import resolve_bos
 
@@ -229,6 +229,7 @@ def cmd_tune(args) -> int:
         with _about("--target"):
             target = api.read_target(args.target, loaded, args.unit)
     rows = target.num_rows * args.inits
+    reuse_freed_memory()  # this process tunes: large tensors reuse freed memory
     bar = _Progress(rows, AUTO_BATCH.get(loaded.embeddings.device.type, 64), args.max_steps, args.quiet)
     try:
         df = api.tune_target(loaded, target, inits=args.inits, method=args.method, prefix_len=args.prefix_len,

@@ -437,6 +437,26 @@ def machine() -> dict:
     return {"cpu": cpu_model(), "native_bf16": cpu_has_bf16(), "cores": cores}
 
 
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
+
+
+def reuse_freed_memory() -> bool:
+    """Have glibc's malloc serve large blocks from its heap and keep freed memory there for later
+    ones, for the rest of this process: by default each block over 32 MB is freshly mapped and
+    unmapped when freed, so every [rows, |V|] tensor of a step on the CPU (67 MB for 64 rows of
+    Gemma-3's vocabulary in fp32) is paid for again in page faults when it is first written
+    (docs/speed.md; measured by benchmarks/cpu_malloc.py). Process-wide, like
+    ``torch.set_num_threads``: for a process that tunes (the pipeline's jobs, ``distreach
+    tune``); the process then keeps its peak memory until it ends. No numbers change. Returns
+    whether it applied (False off glibc)."""
+    import ctypes
+
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is None or platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
+        return False
+    return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX)."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")

@@ -12,6 +12,7 @@ cpu_dtype = load_script(REPO / "benchmarks" / "cpu_dtype.py")
 dtype_floor = load_script(REPO / "benchmarks" / "dtype_floor.py")
 cpu_threads = load_script(REPO / "benchmarks" / "cpu_threads.py")
 pos_tagging = load_script(REPO / "benchmarks" / "pos_tagging.py")
+cpu_malloc = load_script(REPO / "benchmarks" / "cpu_malloc.py")
 
 
 def test_readme_table_is_the_results_file():
@@ -46,6 +47,22 @@ def test_readme_throughput_table_is_the_results_file():
         assert f"`benchmarks/results/cpu/{name}`" in section
     assert "code of `{}`:".format(report["versions"]["distreach_commit"][:7]) in " ".join(section.split())
 
+
+
+def test_readme_malloc_table_is_the_results_file():
+    report = json.loads((REPO / "benchmarks" / "results" / "cpu" / "cpu-malloc.json").read_text())
+    section = (REPO / "benchmarks" / "README.md").read_text().split("## Freed memory kept for reuse")[1].split("\n## ")[0]
+    assert cpu_malloc.table(report["models"]) in section
+    for m in report["models"]:  # each model's means are of its runs, alternated, as many of each kind
+        kinds = [r["kind"] for r in m["runs"]]
+        assert kinds.count("plain") == kinds.count("reuse") == report["pairs"] and kinds[0] == "plain"
+        for kind in ("plain", "reuse"):
+            assert abs(m[kind] - sum(r["step_seconds"] for r in m["runs"] if r["kind"] == kind) / report["pairs"]) < 1e-12
+        assert m["ratio"] == m["reuse"] / m["plain"]
+    cpu = report["machine"]
+    text = " ".join(section.split())
+    assert f"{cpu['cpu']}, {'with' if cpu['native_bf16'] else 'without'} native bf16" in text
+    assert f"code of `{report['versions']['distreach_commit'][:7]}`" in text
 
 
 def test_readme_dtype_table_is_the_results_file():

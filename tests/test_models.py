@@ -1,4 +1,7 @@
 import json
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -318,3 +321,33 @@ def test_the_vocabulary_table_written_with_the_model_is_that_of_its_tokenizer_lo
     models.write_vocab(tmp_path / "m", tmp_path / "loaded-again.arrow")
     made, again = read_arrow(tmp_path / "with-model.arrow"), read_arrow(tmp_path / "loaded-again.arrow")
     assert made.num_rows == manifest["vocab_size"] and made.equals(again)
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+@pytest.mark.parametrize("reuse", [False, True])
+def test_reuse_freed_memory_keeps_large_tensors_in_the_heap(reuse):
+    """After reuse_freed_memory a 100 MB tensor comes from malloc's heap, not a fresh mapping, and
+    its memory stays there when it is freed, for later tensors; without it, it is a mapping of its
+    own. In a child process: the setting is process-wide."""
+    code = f"""
+import ctypes, torch
+from distreach.models import reuse_freed_memory
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ('arena', 'ordblks', 'smblks', 'hblks', 'hblkhd', 'usmblks', 'fsmblks',
+                                               'uordblks', 'fordblks', 'keepcost')]
+info = ctypes.CDLL(None).mallinfo2
+info.restype = Info
+applied = reuse_freed_memory() if {reuse} else None
+before = info()
+x = torch.ones(25_000_000)  # 100 MB
+mapped, heap = info().hblkhd - before.hblkhd, info().arena - before.arena
+del x
+kept = info().arena - before.arena
+print(applied, mapped, heap, kept)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    applied, (mapped, heap, kept) = out[0], map(int, out[1:])
+    if reuse:  # from the heap, and kept there when freed
+        assert applied == "True" and mapped == 0 and heap > 90_000_000 and kept == heap
+    else:
+        assert mapped >= 100_000_000 and heap < 100_000_000
