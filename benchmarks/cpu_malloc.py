@@ -78,6 +78,10 @@ def main() -> None:
     from distreach.io import atomic_path, package_versions
     from distreach.models import machine
 
+    if args.pairs < 1 or args.steps < 1 or args.rows < 1:
+        sys.exit("--pairs, --steps and --rows must be at least 1")
+    if missing := [m for m in args.models if not (REPO / "results" / "models" / m).is_dir()]:
+        sys.exit(f"results/models/{missing[0]}: not materialised (snakemake --cores 2 results/models/{missing[0]})")
     t0 = time.time()
     models = []
     for model in args.models:
@@ -85,9 +89,11 @@ def main() -> None:
         for kind in ["plain", "reuse", "reuse", "plain"] * args.pairs:
             if sum(r["kind"] == kind for r in runs) == args.pairs:
                 continue
-            out = subprocess.run([sys.executable, __file__, "--worker", model, kind, "--rows", str(args.rows),
-                                  "--steps", str(args.steps)], capture_output=True, text=True, check=True).stdout
-            runs.append({"kind": kind, **json.loads(out.strip().splitlines()[-1])})
+            proc = subprocess.run([sys.executable, __file__, "--worker", model, kind, "--rows", str(args.rows),
+                                   "--steps", str(args.steps)], capture_output=True, text=True)
+            if proc.returncode:
+                sys.exit(f"{model} {kind} run failed:\n{proc.stderr}")
+            runs.append({"kind": kind, **json.loads(proc.stdout.strip().splitlines()[-1])})
             print(f"  {model} {kind}: {runs[-1]['step_seconds']:.3f} s per step, {runs[-1]['max_rss_mb']:.0f} MB", flush=True)
         mean = {k: statistics.mean(r["step_seconds"] for r in runs if r["kind"] == k) for k in ("plain", "reuse")}
         models.append({"model": model, "rows": args.rows, "runs": runs, **mean, "ratio": mean["reuse"] / mean["plain"],

@@ -37,7 +37,7 @@ import torch
 from distreach.engine import AUTO_BATCH, TuneConfig, allowed_tokens, init_rows, tune
 from distreach.infotheory import kl
 from distreach.io import atomic_path, package_versions
-from distreach.models import DTYPES, auto_dtype, cpu_has_bf16, load_materialised, machine, reuse_freed_memory
+from distreach.models import DTYPES, auto_dtype, cpu_has_bf16, load_materialised, machine
 from distreach.tokens import resolve_bos
 
 
@@ -183,7 +183,6 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0, help="minimum time of each timed repeat (default 10)")
     ap.add_argument("--out", type=Path, help="write the results (and the machine, threads and package versions) as JSON here")
     args = ap.parse_args()
-    reuse_freed_memory()  # large tensors reuse freed memory, as in the pipeline's tuning jobs
     if args.dtypes is None:
         first = auto_dtype("cpu")
         args.dtypes = [first]

@@ -191,7 +191,7 @@ def run_steps(args) -> dict:
     best = np.minimum.accumulate(curve, axis=1)
     marks = list(range(args.every, args.steps + 1, args.every))
     rows = [{"target": t, "best_bits_by_step": {str(m): float(best[i, m - 1]) for m in marks},
-             "last_gain_step": int(np.argmin(curve[i])) + 1,  # the first step at the run's lowest KL
+             "last_gain_step": int(np.nanargmin(curve[i])) + 1,  # the first step at the run's lowest KL
              "patience": {str(P): dict(zip(("steps", "best_bits"), patience_stop(curve[i], P, cfg.min_delta)))
                           for P in PATIENCES}}
             for i, t in enumerate(ids)]

@@ -40,7 +40,7 @@ from torch.profiler import ProfilerActivity, profile, record_function, schedule
 from distreach import engine
 from distreach.engine import TuneConfig, tune
 from distreach.io import atomic_path, package_versions
-from distreach.models import load_materialised, machine, reuse_freed_memory
+from distreach.models import load_materialised, machine
 
 OPS = {
     "matmul": {"mm", "addmm", "matmul", "linear"},
@@ -164,7 +164,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    reuse_freed_memory()  # large tensors reuse freed memory, as in the pipeline's tuning jobs
     t0, runs = time.perf_counter(), []
     for folder in args.models:
         for dtype in args.dtypes:

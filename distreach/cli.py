@@ -229,7 +229,8 @@ def cmd_tune(args) -> int:
         with _about("--target"):
             target = api.read_target(args.target, loaded, args.unit)
     rows = target.num_rows * args.inits
-    reuse_freed_memory()  # this process tunes: large tensors reuse freed memory
+    if loaded.embeddings.device.type == "cpu":
+        reuse_freed_memory()  # this process tunes on the CPU: large tensors reuse freed memory (docs/speed.md)
     bar = _Progress(rows, AUTO_BATCH.get(loaded.embeddings.device.type, 64), args.max_steps, args.quiet)
     try:
         df = api.tune_target(loaded, target, inits=args.inits, method=args.method, prefix_len=args.prefix_len,

@@ -77,7 +77,8 @@ CONTEXT_KEYS = ("bos", "exclude_special", "exclude_untypable")
 
 def is_gain(kl, best, min_delta: float):
     """Whether a step's KL lowers the best KL so far by more than the fraction ``min_delta``: the
-    gain that resets a row's patience (tensors or floats; any KL gains on an infinite best)."""
+    gain that resets a row's patience (tensors or floats; any finite KL gains on an infinite best,
+    the best before a row's first step)."""
     return kl < best * (1 - min_delta)
 
 

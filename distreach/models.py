@@ -441,20 +441,25 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 
 
 def reuse_freed_memory() -> bool:
-    """Have glibc's malloc serve large blocks from its heap and keep freed memory there for later
-    ones, for the rest of this process: by default each block over 32 MB is freshly mapped and
-    unmapped when freed, so every [rows, |V|] tensor of a step on the CPU (67 MB for 64 rows of
-    Gemma-3's vocabulary in fp32) is paid for again in page faults when it is first written
-    (docs/speed.md; measured by benchmarks/cpu_malloc.py). Process-wide, like
-    ``torch.set_num_threads``: for a process that tunes (the pipeline's jobs, ``distreach
-    tune``); the process then keeps its peak memory until it ends. No numbers change. Returns
-    whether it applied (False off glibc)."""
+    """Have glibc's malloc serve blocks over 32 MB from its heap, not fresh mappings, and keep
+    freed memory there (up to 2 GiB at the top of the heap) for later ones, for the rest of this
+    process: a tuning step on the CPU then stops paying page faults for each of its
+    [rows, |V|] tensors (why and what it costs: docs/speed.md). Process-wide, like
+    ``torch.set_num_threads``, so left to a process that tunes on the CPU (the pipeline's tuning
+    jobs, ``distreach tune``). Returns whether it applied (False off glibc)."""
+    if platform.system() != "Linux" or not hasattr(os, "confstr") or not _glibc():
+        return False
     import ctypes
 
-    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
-    if mallopt is None or platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
-        return False
+    mallopt = ctypes.CDLL(None).mallopt
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def _glibc() -> bool:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION") is not None
+    except (ValueError, OSError):
+        return False
 
 
 def cpu_has_bf16() -> bool:

@@ -23,7 +23,7 @@ from .engine import STOP_REASONS, TuneConfig, model_of, prompt_kl, tune, tuning_
 from .errors import DistreachError
 from .units import to_unit
 from .io import arrow_metadata, package_versions, with_metadata, write_arrow
-from .models import attention_of, auto_dtype, cpu_model, load_materialised, resolve_device, reuse_freed_memory
+from .models import attention_of, auto_dtype, cpu_model, load_materialised, resolve_device
 from .seeds import derive_seed
 from .targets import TARGET_COLUMNS, read_target_matrix
 from .tokens import bos_used
@@ -109,12 +109,9 @@ def run_job(
     :class:`distreach.engine.TuningContext` under ``tuning``) is given. The tuning state is
     checkpointed to ``checkpoint`` every ``checkpoint_seconds``, so a killed job started again
     resumes (bit-identical on the CPU); the checkpoint is removed once every table is written
-    (unless ``keep_checkpoint``: a caller that publishes the tables later removes it then).
-    Like ``threads``, process-wide: large blocks reuse freed memory
-    (:func:`distreach.models.reuse_freed_memory`)."""
+    (unless ``keep_checkpoint``: a caller that publishes the tables later removes it then)."""
     if threads:
         torch.set_num_threads(int(threads))
-    reuse_freed_memory()
     if loaded is None:
         device = resolve_device(device)
         loaded, _ = load_materialised(model_dir, dtype=auto_dtype(device) if dtype == "auto" else dtype, device=device)

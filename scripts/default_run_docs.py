@@ -9,7 +9,8 @@ with the docs), rewrites the part of docs/default-run.md between its ``generated
 with them and copies the run's Figs. 1 and 13 to docs/. tests/test_docs.py checks that the
 page says what those files hold. With ``--record NAME`` it writes the run's numbers as
 docs/default-run/NAME.json and NAME-claims.arrow only (a run kept beside the page's: another
-CPU or dtype), and touches nothing else.
+CPU or dtype), and touches nothing else. Run it on the machine that ran the run: the facts name
+this machine's CPU.
 """
 
 import _repo  # noqa: F401  (this checkout's distreach)
@@ -141,11 +142,19 @@ def main() -> None:
     ap.add_argument("--record", metavar="NAME", help="write docs/default-run/NAME.json and NAME-claims.arrow only")
     args = ap.parse_args()
     results = Path(args.results)
+    if args.record is not None and (not re.fullmatch(r"[A-Za-z0-9][\w.-]*", args.record) or args.record in ("run", "claims")):
+        raise SystemExit(f"--record {args.record!r}: a file name of letters, digits, '.', '-' and '_', not run or claims")
+    if not (results / "report" / "claims.arrow").is_file():
+        raise SystemExit(f"{results / 'report' / 'claims.arrow'}: no claims report (run snakemake first)")
     run = run_facts(results, args.wall, Path(args.log).read_text())
     DATA.mkdir(exist_ok=True)
     if args.record:
-        (DATA / f"{args.record}.json").write_text(json.dumps(run, indent=2) + "\n")
-        shutil.copyfile(results / "report" / "claims.arrow", DATA / f"{args.record}-claims.arrow")
+        from distreach.io import atomic_path
+
+        with atomic_path(DATA / f"{args.record}-claims.arrow") as tmp:
+            shutil.copyfile(results / "report" / "claims.arrow", tmp)
+        with atomic_path(DATA / f"{args.record}.json") as tmp:
+            Path(tmp).write_text(json.dumps(run, indent=2) + "\n")
         print(f"wrote {DATA}/{args.record}.json and {args.record}-claims.arrow")
         return
     (DATA / "run.json").write_text(json.dumps(run, indent=2) + "\n")

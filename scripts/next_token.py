@@ -4,12 +4,10 @@ import _repo  # first: this checkout's distreach under --sdm conda
 
 import torch
 
-from distreach.models import reuse_freed_memory
 from distreach.nexttoken import write_shapes
 
 with _repo.step_log(snakemake.log[0]):
     torch.set_num_threads(snakemake.threads)
-    reuse_freed_memory()
     spec = snakemake.params.spec
     table = write_shapes(
         snakemake.input.model,

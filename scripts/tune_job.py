@@ -8,9 +8,12 @@ from pathlib import Path
 from distreach.jobs import table_path
 from distreach.checkpoint import checkpoint_path
 from distreach.io import atomic_path
+from distreach.models import resolve_device, reuse_freed_memory
 from distreach.tuning import run_job, tuning_config
 
 with _repo.step_log(snakemake.log[0]):
+    if resolve_device(snakemake.params.device) == "cpu":
+        reuse_freed_memory()  # this process tunes on the CPU: large tensors reuse freed memory (docs/speed.md)
     job = snakemake.params.job
     out = Path(snakemake.output[0])
     checkpoint = checkpoint_path(out)

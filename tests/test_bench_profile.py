@@ -45,6 +45,7 @@ def test_readme_throughput_table_is_the_results_file():
         cpu = report["machine"]
         assert f"{cpu['cpu']}, {'with' if cpu['native_bf16'] else 'without'} native bf16" in " ".join(section.split())
         assert f"`benchmarks/results/cpu/{name}`" in section
+    # the last file's code (the AVX2 one: the bf16 file predates recording the commit)
     assert "code of `{}`:".format(report["versions"]["distreach_commit"][:7]) in " ".join(section.split())
 
 
@@ -63,6 +64,7 @@ def test_readme_malloc_table_is_the_results_file():
     text = " ".join(section.split())
     assert f"{cpu['cpu']}, {'with' if cpu['native_bf16'] else 'without'} native bf16" in text
     assert f"code of `{report['versions']['distreach_commit'][:7]}`" in text
+    assert f"`benchmarks/results/cpu/cpu-malloc.json`, {report['seconds']} s in all" in text
 
 
 def test_readme_dtype_table_is_the_results_file():

@@ -30,7 +30,7 @@ def test_default_run_page_says_what_the_run_wrote():
     assert all(f"**{v}**" in part for v in claims["verdict"])
     readme = " ".join((REPO / "README.md").read_text().split())
     # this run's and the AVX2 run's time, CPU and dtype, in the README and (the AVX2 one) on the page
-    avx2 = json.loads((DATA / "avx2-fp32-44fa2fa.json").read_text())
+    avx2 = json.loads((DATA / "avx2-fp32-ceea747.json").read_text())
     for facts, where in ((run, [readme]), (avx2, [readme, " ".join(page.split())])):
         mins, secs = divmod(facts["wall_seconds"], 60)
         for text in where:
@@ -40,7 +40,7 @@ def test_default_run_page_says_what_the_run_wrote():
     for facts in (run, avx2):  # the code each run's tables were made by
         assert f"of `{facts['commit'][:7]}` took **" in readme
     # the outcomes that differ between the two runs, as the page states them
-    avx2_claims = pl.read_ipc(DATA / "avx2-fp32-44fa2fa-claims.arrow")
+    avx2_claims = pl.read_ipc(DATA / "avx2-fp32-ceea747-claims.arrow")
 
     def verdict(df, claim, model):
         return df.filter((pl.col("claim") == claim) & (pl.col("model") == model))["verdict"].item()
@@ -192,3 +192,34 @@ def test_a_recorded_run_writes_its_numbers_and_nothing_else(tmp_path, monkeypatc
     assert facts["wall_seconds"] == 90 and facts["row_steps"] == 5 and facts["dtypes"] == ["fp32"]
     assert pl.read_ipc(tmp_path / "data" / "other-cpu-claims.arrow").equals(pl.read_ipc(DATA / "claims.arrow"))
     assert page.read_text() == "the page\n"
+
+
+def test_a_bad_record_name_or_a_missing_report_writes_nothing(tmp_path, monkeypatch):
+    import sys
+
+    import pytest
+
+    script = docs_script()
+    monkeypatch.setattr(script, "DATA", tmp_path / "data")
+    (tmp_path / "results" / "report").mkdir(parents=True)
+    (tmp_path / "log").write_text("")
+    for name, says in (("run", "--record 'run'"), ("../x", "--record '../x'"), ("ok", "no claims report")):
+        monkeypatch.setattr(sys, "argv", ["default_run_docs.py", "--wall", "1", "--log", str(tmp_path / "log"),
+                                          "--results", str(tmp_path / "results"), "--record", name])
+        with pytest.raises(SystemExit, match=says.replace("(", r"\(")):
+            script.main()
+    assert not (tmp_path / "data").exists()
+
+
+def test_speed_page_states_the_default_run_with_and_without_reused_memory():
+    """docs/speed.md's two AVX2 runs (without and with distreach.models.reuse_freed_memory): their
+    times, and the same claims report from both."""
+    page = " ".join((REPO / "docs" / "speed.md").read_text().split())
+    runs = {c: json.loads((DATA / f"avx2-fp32-{c}.json").read_text()) for c in ("44fa2fa", "ceea747")}
+    said = ("took {} without it (`docs/default-run/avx2-fp32-44fa2fa.json`) and {} with it (`avx2-fp32-ceea747.json`),"
+            " with the same claims report to the last bit").format(
+        *(f"{r['wall_seconds'] // 60} min {r['wall_seconds'] % 60} s" for r in runs.values()))
+    assert said in page
+    assert all(r["cpu"] == runs["44fa2fa"]["cpu"] and r["dtypes"] == ["fp32"] for r in runs.values())
+    assert runs["44fa2fa"]["row_steps"] == runs["ceea747"]["row_steps"]
+    assert pl.read_ipc(DATA / "avx2-fp32-44fa2fa-claims.arrow").equals(pl.read_ipc(DATA / "avx2-fp32-ceea747-claims.arrow"))
