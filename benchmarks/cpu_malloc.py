@@ -36,8 +36,8 @@ def worker(model: str, reuse: bool, rows: int, steps: int) -> None:
     from distreach.models import load_materialised, reuse_freed_memory
 
     torch.set_num_threads(1)
-    if reuse:
-        reuse_freed_memory()
+    if reuse and not reuse_freed_memory():
+        sys.exit("reuse_freed_memory did not apply here (glibc only)")
     lm, _ = load_materialised(str(REPO / "results" / "models" / model), dtype="fp32", device="cpu")
     cfg = TuneConfig(patience=10**6)
     ctx = tuning_context(lm, cfg)

@@ -188,7 +188,7 @@ def run_steps(args) -> dict:
     g = tune(loaded, probs, seeds, cfg, record_curve=True)
     seconds = time.perf_counter() - t0
     curve = bits(g.curve)  # [targets, steps]: each step's KL
-    best = np.minimum.accumulate(curve, axis=1)
+    best = np.fmin.accumulate(curve, axis=1)  # NaN (a stopped row's steps) ignored
     marks = list(range(args.every, args.steps + 1, args.every))
     rows = [{"target": t, "best_bits_by_step": {str(m): float(best[i, m - 1]) for m in marks},
              "last_gain_step": int(np.nanargmin(curve[i])) + 1,  # the first step at the run's lowest KL

@@ -213,7 +213,8 @@ def cmd_tune(args) -> int:
     # format always; its length and tokens when the model's vocabulary can be read without converting)
     TuneConfig(method=args.method, prefix_len=args.prefix_len, max_steps=args.max_steps, lr=args.lr,
                patience=args.patience, bos=args.bos, top_k=args.top_k, **extra)
-    resolve_device(args.device)
+    if resolve_device(args.device) == "cpu" and args.own_process:
+        reuse_freed_memory()  # the console command tunes on the CPU: large tensors reuse freed memory (docs/speed.md)
     with _about("--target"):
         api.check_target_path(args.target)
     with gguf_parsed_once():  # a .gguf file's metadata is parsed once, for its vocabulary size and its conversion
@@ -229,8 +230,6 @@ def cmd_tune(args) -> int:
         with _about("--target"):
             target = api.read_target(args.target, loaded, args.unit)
     rows = target.num_rows * args.inits
-    if loaded.embeddings.device.type == "cpu":
-        reuse_freed_memory()  # this process tunes on the CPU: large tensors reuse freed memory (docs/speed.md)
     bar = _Progress(rows, AUTO_BATCH.get(loaded.embeddings.device.type, 64), args.max_steps, args.quiet)
     try:
         df = api.tune_target(loaded, target, inits=args.inits, method=args.method, prefix_len=args.prefix_len,
@@ -365,7 +364,10 @@ def cmd_models(args) -> int:
 
 
 def main(argv=None) -> int:
+    """The ``distreach`` command; ``argv`` None: this process's own arguments (the console script),
+    which also lets ``tune`` set this process's memory use (:func:`distreach.models.reuse_freed_memory`)."""
     args = parser().parse_args(argv)
+    args.own_process = argv is None
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="distreach: %(message)s", stream=sys.stderr)
     for noisy in ("transformers", "httpx", "huggingface_hub", "distreach.tuning"):
         logging.getLogger(noisy).setLevel(logging.ERROR if noisy != "distreach.tuning" else logging.WARNING)

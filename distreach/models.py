@@ -441,7 +441,7 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 
 
 def reuse_freed_memory() -> bool:
-    """Have glibc's malloc serve blocks over 32 MB from its heap, not fresh mappings, and keep
+    """Have glibc's malloc serve blocks of 32 MiB or more from its heap, not fresh mappings, and keep
     freed memory there (up to 2 GiB at the top of the heap) for later ones, for the rest of this
     process: a tuning step on the CPU then stops paying page faults for each of its
     [rows, |V|] tensors (why and what it costs: docs/speed.md). Process-wide, like

@@ -142,8 +142,10 @@ def main() -> None:
     ap.add_argument("--record", metavar="NAME", help="write docs/default-run/NAME.json and NAME-claims.arrow only")
     args = ap.parse_args()
     results = Path(args.results)
-    if args.record is not None and (not re.fullmatch(r"[A-Za-z0-9][\w.-]*", args.record) or args.record in ("run", "claims")):
-        raise SystemExit(f"--record {args.record!r}: a file name of letters, digits, '.', '-' and '_', not run or claims")
+    if args.record is not None and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.record) or args.record == "run"):
+        raise SystemExit(f"--record {args.record!r}: a file name of letters, digits, '.', '-' and '_', not run")
+    if args.record and (DATA / f"{args.record}.json").exists():
+        raise SystemExit(f"{DATA / (args.record + '.json')}: exists (the docs may cite it); remove it first to record again")
     if not (results / "report" / "claims.arrow").is_file():
         raise SystemExit(f"{results / 'report' / 'claims.arrow'}: no claims report (run snakemake first)")
     run = run_facts(results, args.wall, Path(args.log).read_text())

@@ -264,3 +264,23 @@ def test_tune_runs_with_the_methods_own_patience_unless_one_is_given(env, capsys
     assert code == 0, err
     want = int(patience) if patience else (GCG_PATIENCE if method == "gcg" else PATIENCE)
     assert arrow_metadata(read_arrow(out))["tuning"]["patience"] == want
+
+
+@pytest.mark.parametrize("console", [False, True])
+def test_only_the_console_command_sets_the_processes_memory_use(env, capsys, tmp_path, monkeypatch, console):
+    """``distreach tune`` run as its own process on the CPU has large tensors reuse freed memory
+    (distreach.models.reuse_freed_memory, process-wide); cli.main called with arguments, in
+    another program's process, leaves that process's malloc alone."""
+    import sys
+
+    from distreach import cli, models
+
+    calls = []
+    monkeypatch.setattr(models, "reuse_freed_memory", lambda: calls.append(1) or True)
+    argv = ["tune", "--model", env["model"], "--target", env["t"]["good.json"], "--max-steps", "2",
+            "--out", str(tmp_path / "p.arrow"), "--quiet"]
+    if console:
+        monkeypatch.setattr(sys, "argv", ["distreach", *argv])
+    code = cli.main(None if console else argv)
+    assert code == 0, capsys.readouterr().err
+    assert calls == ([1] if console else [])

@@ -352,3 +352,17 @@ print(applied, mapped, heap, kept)
         assert applied == "True" and mapped == 0 and heap > 90_000_000 and kept == heap
     else:
         assert mapped >= 100_000_000 and heap < 100_000_000
+
+
+def test_reuse_freed_memory_does_nothing_off_glibc(monkeypatch):
+    import os
+
+    from distreach import models
+
+    def no_glibc(name):
+        raise ValueError(name)  # os.confstr on a C library without glibc's names (musl)
+
+    monkeypatch.setattr(os, "confstr", no_glibc)
+    assert models.reuse_freed_memory() is False
+    monkeypatch.setattr(models.platform, "system", lambda: "Darwin")
+    assert models.reuse_freed_memory() is False
