@@ -213,8 +213,9 @@ def cmd_tune(args) -> int:
     # format always; its length and tokens when the model's vocabulary can be read without converting)
     TuneConfig(method=args.method, prefix_len=args.prefix_len, max_steps=args.max_steps, lr=args.lr,
                patience=args.patience, bos=args.bos, top_k=args.top_k, **extra)
-    if resolve_device(args.device) == "cpu" and args.own_process:
-        reuse_freed_memory()  # the console command tunes on the CPU: large tensors reuse freed memory (docs/speed.md)
+    device = resolve_device(args.device)
+    if args.own_process:
+        reuse_freed_memory(device)  # the console command tunes: large tensors reuse freed memory (docs/speed.md)
     with _about("--target"):
         api.check_target_path(args.target)
     with gguf_parsed_once():  # a .gguf file's metadata is parsed once, for its vocabulary size and its conversion

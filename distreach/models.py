@@ -440,14 +440,14 @@ def machine() -> dict:
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4  # glibc's mallopt parameters (malloc.h)
 
 
-def reuse_freed_memory() -> bool:
-    """Have glibc's malloc serve blocks of 32 MiB or more from its heap, not fresh mappings, and keep
-    freed memory there (up to 2 GiB at the top of the heap) for later ones, for the rest of this
-    process: a tuning step on the CPU then stops paying page faults for each of its
-    [rows, |V|] tensors (why and what it costs: docs/speed.md). Process-wide, like
-    ``torch.set_num_threads``, so left to a process that tunes on the CPU (the pipeline's tuning
-    jobs, ``distreach tune``). Returns whether it applied (False off glibc)."""
-    if platform.system() != "Linux" or not hasattr(os, "confstr") or not _glibc():
+def reuse_freed_memory(device: str = "cpu") -> bool:
+    """On the CPU (``device``, as :func:`resolve_device` gives it), have glibc's malloc serve blocks
+    of 32 MiB or more from its heap, not fresh mappings, and keep freed memory there (up to 2 GiB at
+    the top of the heap) for later ones, for the rest of this process: a tuning step then stops
+    paying page faults for each of its [rows, |V|] tensors (why and what it costs: docs/speed.md).
+    Process-wide, like ``torch.set_num_threads``, so left to a process that tunes (the pipeline's
+    tuning jobs, ``distreach tune``). Returns whether it applied (False on a GPU and off glibc)."""
+    if device != "cpu" or platform.system() != "Linux" or not _glibc():
         return False
     import ctypes
 
@@ -458,7 +458,7 @@ def reuse_freed_memory() -> bool:
 def _glibc() -> bool:
     try:
         return os.confstr("CS_GNU_LIBC_VERSION") is not None
-    except (ValueError, OSError):
+    except (AttributeError, ValueError, OSError):  # no confstr (Windows), or no such name (musl)
         return False
 
 

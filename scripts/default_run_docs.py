@@ -25,6 +25,8 @@ from pathlib import Path
 
 import polars as pl
 
+from distreach.io import atomic_path
+
 REPO = Path(__file__).resolve().parents[1]
 PAGE = REPO / "docs" / "default-run.md"
 DATA = REPO / "docs" / "default-run"
@@ -150,17 +152,14 @@ def main() -> None:
         raise SystemExit(f"{results / 'report' / 'claims.arrow'}: no claims report (run snakemake first)")
     run = run_facts(results, args.wall, Path(args.log).read_text())
     DATA.mkdir(exist_ok=True)
+    facts, claims = (f"{args.record}.json", f"{args.record}-claims.arrow") if args.record else ("run.json", "claims.arrow")
+    with atomic_path(DATA / claims) as tmp:
+        shutil.copyfile(results / "report" / "claims.arrow", tmp)
+    with atomic_path(DATA / facts) as tmp:
+        Path(tmp).write_text(json.dumps(run, indent=2) + "\n")
     if args.record:
-        from distreach.io import atomic_path
-
-        with atomic_path(DATA / f"{args.record}-claims.arrow") as tmp:
-            shutil.copyfile(results / "report" / "claims.arrow", tmp)
-        with atomic_path(DATA / f"{args.record}.json") as tmp:
-            Path(tmp).write_text(json.dumps(run, indent=2) + "\n")
-        print(f"wrote {DATA}/{args.record}.json and {args.record}-claims.arrow")
+        print(f"wrote {DATA}/{facts} and {claims}")
         return
-    (DATA / "run.json").write_text(json.dumps(run, indent=2) + "\n")
-    shutil.copyfile(results / "report" / "claims.arrow", DATA / "claims.arrow")
     for fig in ("fig01", "fig13"):
         shutil.copyfile(results / "figures" / f"{fig}.png", REPO / "docs" / f"{fig}.png")
     PAGE.write_text(rewrite(PAGE.read_text(), render(run, pl.read_ipc(DATA / "claims.arrow"))))

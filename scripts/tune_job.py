@@ -12,8 +12,7 @@ from distreach.models import resolve_device, reuse_freed_memory
 from distreach.tuning import run_job, tuning_config
 
 with _repo.step_log(snakemake.log[0]):
-    if resolve_device(snakemake.params.device) == "cpu":
-        reuse_freed_memory()  # this process tunes on the CPU: large tensors reuse freed memory (docs/speed.md)
+    reuse_freed_memory(resolve_device(snakemake.params.device))  # this process tunes: large tensors reuse freed memory
     job = snakemake.params.job
     out = Path(snakemake.output[0])
     checkpoint = checkpoint_path(out)

@@ -276,11 +276,11 @@ def test_only_the_console_command_sets_the_processes_memory_use(env, capsys, tmp
     from distreach import cli, models
 
     calls = []
-    monkeypatch.setattr(models, "reuse_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(models, "reuse_freed_memory", lambda device: calls.append(device) or True)
     argv = ["tune", "--model", env["model"], "--target", env["t"]["good.json"], "--max-steps", "2",
             "--out", str(tmp_path / "p.arrow"), "--quiet"]
     if console:
         monkeypatch.setattr(sys, "argv", ["distreach", *argv])
     code = cli.main(None if console else argv)
     assert code == 0, capsys.readouterr().err
-    assert calls == ([1] if console else [])
+    assert calls == (["cpu"] if console else [])

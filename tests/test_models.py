@@ -354,7 +354,7 @@ print(applied, mapped, heap, kept)
         assert mapped >= 100_000_000 and heap < 100_000_000
 
 
-def test_reuse_freed_memory_does_nothing_off_glibc(monkeypatch):
+def test_reuse_freed_memory_does_nothing_on_a_gpu_or_off_glibc(monkeypatch):
     import os
 
     from distreach import models
@@ -362,6 +362,7 @@ def test_reuse_freed_memory_does_nothing_off_glibc(monkeypatch):
     def no_glibc(name):
         raise ValueError(name)  # os.confstr on a C library without glibc's names (musl)
 
+    assert models.reuse_freed_memory("cuda") is False  # on a GPU the step's tensors are not malloc's
     monkeypatch.setattr(os, "confstr", no_glibc)
     assert models.reuse_freed_memory() is False
     monkeypatch.setattr(models.platform, "system", lambda: "Darwin")
