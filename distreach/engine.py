@@ -347,10 +347,26 @@ def body_kv(model, x, cache=None) -> list:
     return [(k, v) for k, v, *_ in model.base_model(inputs_embeds=x, cache=cache, use_cache=True).cache]
 
 
+def last_logits(logits: torch.Tensor) -> torch.Tensor:
+    """[B, |V|] float logits of the last position of a model's [B, T, |V|] output. With
+    ``logits_to_keep=1`` (T = 1) a view: its gradient is the logits' own, where taking position -1
+    would write it into a zero-filled [B, T, |V|] tensor in every backward pass."""
+    return (logits.squeeze(1) if logits.shape[1] == 1 else logits[:, -1]).float()
+
+
 def top_ids(probs: torch.Tensor, k: int) -> torch.Tensor:
     """[n, k] ids of each row's k most probable tokens, most probable first; equal
-    probabilities in id order (a stable sort), so the ids are the same on every machine."""
-    return torch.sort(probs, dim=-1, descending=True, stable=True).indices[:, :k]
+    probabilities in id order (a stable sort), so the ids are the same on every machine.
+    Only the tokens at least as probable as a row's k-th are sorted (all of them where a row's
+    probabilities tie there)."""
+    if k == 0:
+        return torch.zeros((probs.shape[0], 0), dtype=torch.long, device=probs.device)
+    kth = probs.topk(k, dim=-1).values[:, -1:]  # [n, 1]
+    out = []
+    for row, t in zip(probs, kth):
+        cand = (row >= t).nonzero().squeeze(1)  # ascending ids
+        out.append(cand[torch.sort(row[cand], descending=True, stable=True).indices[:k]])
+    return torch.stack(out) if out else torch.zeros((0, k), dtype=torch.long, device=probs.device)
 
 
 def _new_records(n: int, soft: torch.Tensor, ids: torch.Tensor, p_top: torch.Tensor, max_steps: int,
@@ -465,7 +481,7 @@ class _Batch:
         if rows is None and x.shape[0] != len(self.p_active):
             raise RuntimeError(f"{x.shape[0]} prefixes for {len(self.p_active)} active rows")
         cache = self.cache(self.bos if past is None else past, x.shape[0])
-        logits = self.model(inputs_embeds=x, cache=cache, use_cache=cache is not None, logits_to_keep=1).logits[:, -1].float()
+        logits = last_logits(self.model(inputs_embeds=x, cache=cache, use_cache=cache is not None, logits_to_keep=1).logits)
         logq = torch.log_softmax(logits, -1)
         if rows is None:
             return kl(self.p_active, logq, self.logp_active), logq

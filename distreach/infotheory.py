@@ -37,9 +37,11 @@ def kl(p: torch.Tensor, logq: torch.Tensor, logp: torch.Tensor | None = None) ->
     = -inf: a target's padding rows). Mixed dtypes compute in the wider one."""
     dtype = torch.result_type(p, logq)
     p = p.to(dtype)
+    # -sum p (log q - log p): the same numbers as sum p (log p - log q) (a negation is exact), and
+    # the gradient reaches log q without a negation over the vocabulary
     if logp is None:
-        return torch.linalg.vecdot(p, torch.where(p > 0, log_of(p) - logq.to(dtype), 0.0))
-    return torch.linalg.vecdot(p, logp.to(dtype) - logq.to(dtype))
+        return -torch.linalg.vecdot(p, torch.where(p > 0, logq.to(dtype) - log_of(p), 0.0))
+    return -torch.linalg.vecdot(p, logq.to(dtype) - logp.to(dtype))
 
 
 def max_entropy(vocab_size: int, unit: str = "nats") -> float:

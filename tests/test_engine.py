@@ -319,3 +319,50 @@ def test_stop_reason_names_each_way_a_row_stops(tiny_llama):
     why = [STOP_REASONS[i] for i in hard.stop_reason]
     assert set(why) <= {"converged", "step cap"} and "converged" in why
     assert all((s < 200) == (w == "converged") for s, w in zip(hard.steps, why))
+
+
+def test_top_ids_are_a_stable_sort_s_first_k():
+    """Each row's k most probable ids, ties in id order, as a stable sort of the whole row gives
+    them: rows of distinct values, of ties at the k-th value (uniform over a subset, all equal),
+    with zeros, and k past the row's support."""
+    from distreach.engine import top_ids
+
+    g = torch.Generator().manual_seed(0)
+    v = 5000
+    rows = [torch.softmax(torch.randn(v, generator=g) * 3, -1)]
+    sub = torch.zeros(v)
+    sub[torch.randperm(v, generator=g)[:100]] = 0.01
+    rows += [sub, torch.full((v,), 1 / v)]
+    mixed = torch.softmax(torch.randn(v, generator=g), -1)
+    mixed[torch.randperm(v, generator=g)[:2000]] = mixed.max()  # many ties at the top
+    rows.append(mixed / mixed.sum())
+    probs = torch.stack(rows)
+    for k in (0, 1, 20, 150, v):
+        want = torch.sort(probs, dim=-1, descending=True, stable=True).indices[:, :k]
+        assert torch.equal(top_ids(probs, k), want), k
+    assert top_ids(probs[:0], 20).shape == (0, 20)
+
+
+def test_the_last_position_s_logits_pass_their_gradient_without_a_zero_filled_copy():
+    """With one position kept (logits_to_keep=1) the logits of the last position are a view:
+    their gradient is the logits' own (no [B, T, |V|] zeros written into); with more positions,
+    the last one's."""
+    from distreach.engine import last_logits
+
+    x = torch.randn(3, 1, 50, requires_grad=True)
+    seen = []
+
+    class Ops(torch.utils._python_dispatch.TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    w = torch.randn(3, 50)
+    out = last_logits(x)
+    assert out.shape == (3, 50) and torch.equal(out, x[:, 0])
+    with Ops():
+        (out * w).sum().backward()
+    assert not {"zeros", "new_zeros", "fill_", "zero_", "select_backward"} & set(seen), seen
+    assert torch.equal(x.grad, w[:, None])
+    many = torch.randn(3, 4, 50)
+    assert torch.equal(last_logits(many), many[:, -1])

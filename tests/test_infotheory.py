@@ -98,3 +98,37 @@ def test_entropy_of_finite_log_probabilities_is_the_same_forward_and_backward():
     assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
     with_zero = torch.log(torch.tensor([[0.5, 0.5, 0.0]]))
     assert entropy(with_zero).item() == pytest.approx(math.log(2)) and entropy(with_zero, finite=True).isnan().all()
+
+
+class _VocabOps(torch.utils._python_dispatch.TorchDispatchMode):
+    """The aten operators that produce a tensor of ``numel`` elements (a pass over [n, |V|])."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.ops = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if isinstance(out, torch.Tensor) and out.numel() == self.numel:
+            self.ops.append(func.overloadpacket.__name__)
+        return out
+
+
+def test_kl_is_the_sum_of_its_terms_and_its_gradient_makes_no_negation_over_the_vocabulary():
+    """kl's value is sum p (log p - log q) bit for bit (written as minus the sum of p (log q -
+    log p): a negation is exact); in the backward pass its gradient reaches log q as one product
+    -p g per entry, with no separate negation of a [n, |V|] tensor."""
+    p = torch.tensor(random_dists(4, 3000, 5, zeros=True), dtype=torch.float32)
+    logp = log_of(p)
+    logq = torch.log_softmax(torch.randn(4, 3000, generator=torch.Generator().manual_seed(1)) * 3, -1).requires_grad_()
+    loss = kl(p, logq, logp)
+    assert torch.equal(loss, torch.linalg.vecdot(p, logp - logq))
+    assert torch.equal(kl(p, logq), torch.linalg.vecdot(p, torch.where(p > 0, logp - logq, 0.0)))
+    w = torch.arange(1.0, 5.0)
+    for given in (logp, None):  # log p from the caller (the descents), or computed here
+        logq.grad = None
+        loss = (kl(p, logq, given) * w).sum()
+        with _VocabOps(p.numel()) as seen:
+            loss.backward()
+        assert "neg" not in seen.ops and seen.ops.count("mul") == 1, seen.ops
+        assert torch.equal(logq.grad, p * -w[:, None])
