@@ -1,0 +1,100 @@
+"""What a tuning step costs per row, by the rows tuned together: seconds per step and per row-step.
+
+    python benchmarks/batch_rows.py [--models smollm2 gemma3] [--rows 1 4 10 32 64 128] [--steps 6]
+                                    [--out FILE.json]
+
+One process per model with one torch thread (as a pipeline job on 2 cores), fp32, the freed
+memory kept for reuse (:func:`distreach.models.reuse_freed_memory`, as the jobs do): for each
+``--rows``, engine steps of that many soft prompts (prefix 5, BOS cached; random targets, no row
+stops), 2 warm-up steps then ``--steps`` timed, the median reported. Every step reads the
+model's weights whatever the rows; with few rows that reading, not the arithmetic, sets its time,
+so a row-step in a small batch costs several times one in a full batch. ``--out`` writes the
+numbers, the machine and the package versions as JSON; the last line is
+``small_over_full=<row-step time at the fewest rows over that at the most, last model>``. Needs
+the models materialised by the pipeline (results/models/<name>).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def step_seconds(model: str, rows: list[int], steps: int) -> list[dict]:
+    """The median seconds of ``steps`` steps (after 2 warm-up steps) for each number of rows."""
+    import torch
+
+    from distreach.engine import TuneConfig, _Batch, init_rows, tuning_context
+    from distreach.models import load_materialised
+
+    lm, _ = load_materialised(str(REPO / "results" / "models" / model), dtype="fp32", device="cpu")
+    cfg = TuneConfig(patience=10**6)
+    ctx = tuning_context(lm, cfg)
+    embed = lm.model.get_input_embeddings()
+    out = []
+    for n in rows:
+        p = torch.softmax(3 * torch.randn(n, lm.vocab_size, generator=torch.Generator().manual_seed(n)), -1)
+        soft, ids, _ = init_rows(embed, embed.weight, ctx.allowed, list(range(n)), cfg)
+        batch = _Batch(ctx, p, soft, ids, cfg, record_curve=False)
+        times = []
+        for step in range(steps + 2):
+            t0 = time.perf_counter()
+            batch.step(step)
+            times.append(time.perf_counter() - t0)
+        s = statistics.median(times[2:])
+        out.append({"rows": n, "step_seconds": s, "row_step_ms": 1000 * s / n})
+        print(f"  {model}, {n} rows: {s:.3f} s per step, {1000 * s / n:.1f} ms per row-step", flush=True)
+    return out
+
+
+def table(models: list[dict]) -> str:
+    """Markdown: per model and rows, seconds per step, ms per row-step and that over the most rows'."""
+    lines = ["| model | rows | s per step | ms per row-step | row-step time / the most rows' |", "|---|---|---|---|---|"]
+    for m in models:
+        full = m["runs"][-1]["row_step_ms"]
+        for r in m["runs"]:
+            lines.append(f"| {m['model']} | {r['rows']} | {r['step_seconds']:.3f} | {r['row_step_ms']:.1f} | "
+                         f"{r['row_step_ms'] / full:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=["smollm2", "gemma3"])
+    ap.add_argument("--rows", nargs="+", type=int, default=[1, 4, 10, 32, 64, 128])
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    if args.steps < 1 or min(args.rows) < 1:
+        sys.exit("--steps and every --rows must be at least 1")
+    if missing := [m for m in args.models if not (REPO / "results" / "models" / m).is_dir()]:
+        sys.exit(f"results/models/{missing[0]}: not materialised (snakemake --cores 2 results/models/{missing[0]})")
+    import torch
+
+    from distreach.io import atomic_path, package_versions
+    from distreach.models import machine, reuse_freed_memory
+
+    torch.set_num_threads(1)
+    reuse_freed_memory()
+    t0 = time.time()
+    rows = sorted(set(args.rows))
+    models = [{"model": m, "runs": step_seconds(m, rows, args.steps)} for m in args.models]
+    print(table(models))
+    last = models[-1]["runs"]
+    print(f"small_over_full={last[0]['row_step_ms'] / last[-1]['row_step_ms']:.2f}")
+    if args.out:
+        result = {"machine": machine(), "versions": package_versions(), "dtype": "fp32", "threads": 1,
+                  "steps": args.steps, "seconds": round(time.time() - t0), "models": models}
+        with atomic_path(args.out) as tmp:
+            Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
