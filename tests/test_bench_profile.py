@@ -1,4 +1,4 @@
-"""benchmarks/step_profile.py, engine_throughput.py, cpu_dtype.py, dtype_floor.py, cpu_threads.py and pos_tagging.py: the README's tables are the ones their results files give, and
+"""benchmarks/step_profile.py, engine_throughput.py, cpu_dtype.py, dtype_floor.py, cpu_threads.py, pos_tagging.py, cpu_malloc.py and batch_rows.py: the README's tables are the ones their results files give, and
 profiler events go to the groups its docstring names."""
 
 import json
@@ -13,6 +13,7 @@ dtype_floor = load_script(REPO / "benchmarks" / "dtype_floor.py")
 cpu_threads = load_script(REPO / "benchmarks" / "cpu_threads.py")
 pos_tagging = load_script(REPO / "benchmarks" / "pos_tagging.py")
 cpu_malloc = load_script(REPO / "benchmarks" / "cpu_malloc.py")
+batch_rows = load_script(REPO / "benchmarks" / "batch_rows.py")
 
 
 def test_readme_table_is_the_results_file():
@@ -65,6 +66,36 @@ def test_readme_malloc_table_is_the_results_file():
     assert f"{cpu['cpu']}, {'with' if cpu['native_bf16'] else 'without'} native bf16" in text
     assert f"code of `{report['versions']['distreach_commit'][:7]}`" in text
     assert f"`benchmarks/results/cpu/cpu-malloc.json`, {report['seconds']} s in all" in text
+
+
+def test_readme_batch_rows_table_is_the_results_file():
+    report = json.loads((REPO / "benchmarks" / "results" / "cpu" / "batch-rows-avx2.json").read_text())
+    section = (REPO / "benchmarks" / "README.md").read_text().split("## Rows tuned together")[1].split("\n## ")[0]
+    assert batch_rows.table(report["models"]) in section
+    text = " ".join(section.split())
+    cpu = report["machine"]
+    assert f"{cpu['cpu']}, {'with' if cpu['native_bf16'] else 'without'} native bf16" in text
+    assert report["dtype"] == "fp32" and report["threads"] == 1 and "fp32, one torch thread" in text
+    assert f"code of `{report['versions']['distreach_commit'][:7]}`" in text
+    assert f"`benchmarks/results/cpu/batch-rows-avx2.json`, {report['seconds']} s in all" in text
+    # docs/speed.md: a row tuned alone costs several times (here: at least 3x) what it costs among 64 or more
+    speed = " ".join((REPO / "docs" / "speed.md").read_text().split())
+    assert "a row tuned alone costs several times what it costs among 64 or more" in speed
+    for m in report["models"]:
+        ms = {r["rows"]: r["row_step_ms"] for r in m["runs"]}
+        assert ms[1] >= 3 * max(v for n, v in ms.items() if n >= 64), m["model"]
+        for r in m["runs"]:
+            assert abs(r["row_step_ms"] - 1000 * r["step_seconds"] / r["rows"]) < 1e-9
+
+
+def test_batch_rows_refuses_bad_arguments_before_loading_a_model(tmp_path):
+    import pytest
+
+    for argv, message in ((["--steps", "0"], "at least 1"), (["--rows", "4", "0"], "at least 1"),
+                          (["--models", "no-such-model"], "results/models/no-such-model: not materialised")):
+        with pytest.raises(SystemExit, match=message):
+            batch_rows.main(argv + ["--out", str(tmp_path / "out.json")])
+    assert not (tmp_path / "out.json").exists()
 
 
 def test_readme_dtype_table_is_the_results_file():
