@@ -1,17 +1,18 @@
 """What a tuning step costs per row, by the rows tuned together: seconds per step and per row-step.
 
     python benchmarks/batch_rows.py [--models smollm2 gemma3] [--rows 1 4 10 32 64 128] [--steps 6]
-                                    [--out FILE.json]
+                                    [--passes 2] [--out FILE.json]
 
-One process per model with one torch thread (as a pipeline job on 2 cores), fp32, the freed
-memory kept for reuse (:func:`distreach.models.reuse_freed_memory`, as the jobs do): for each
-``--rows``, engine steps of that many soft prompts (prefix 5, BOS cached; random targets, no row
-stops), 2 warm-up steps then ``--steps`` timed, the median reported. Every step reads the
-model's weights whatever the rows; with few rows that reading, not the arithmetic, sets its time,
-so a row-step in a small batch costs several times one in a full batch. ``--out`` writes the
-numbers, the machine and the package versions as JSON; the last line is
-``small_over_full=<row-step time at the fewest rows over that at the most, last model>``. Needs
-the models materialised by the pipeline (results/models/<name>).
+One process per model with one torch thread (as a pipeline job on 2 cores), fp32, with freed
+memory kept for reuse where :func:`distreach.models.reuse_freed_memory` applies (as the jobs run;
+the JSON says whether it did): for each ``--rows``, engine steps of that many soft prompts (prefix
+5, BOS cached; random targets, no row stops), 2 warm-up steps then ``--steps`` timed, the median
+taken. ``--passes`` go over the row counts in alternating order (ascending, descending, ...), so a
+drift of the machine during a pass does not fall on the small or the large batches alone; a row
+count's time is the mean over passes. ``--out`` writes the numbers, each pass's, the machine and
+the package versions as JSON; the last line is ``small_over_full=<row-step time at the fewest
+rows over that at the most, last model>``. Needs the models materialised by the pipeline
+(results/models/<name>).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def step_seconds(model: str, rows: list[int], steps: int) -> list[dict]:
-    """The median seconds of ``steps`` steps (after 2 warm-up steps) for each number of rows."""
+def step_seconds(model: str, rows: list[int], steps: int, passes: int) -> list[dict]:
+    """Per row count: the mean over ``passes`` of the median seconds of ``steps`` steps (after 2
+    warm-up steps), the passes going over ``rows`` in alternating order."""
     import torch
 
     from distreach.engine import TuneConfig, _Batch, init_rows, tuning_context
@@ -38,19 +40,23 @@ def step_seconds(model: str, rows: list[int], steps: int) -> list[dict]:
     cfg = TuneConfig(patience=10**6)
     ctx = tuning_context(lm, cfg)
     embed = lm.model.get_input_embeddings()
+    seen = {n: [] for n in rows}
+    for k in range(passes):
+        for n in rows if k % 2 == 0 else rows[::-1]:
+            p = torch.softmax(3 * torch.randn(n, lm.vocab_size, generator=torch.Generator().manual_seed(n)), -1)
+            soft, ids, _ = init_rows(embed, embed.weight, ctx.allowed, list(range(n)), cfg)
+            batch = _Batch(ctx, p, soft, ids, cfg, record_curve=False)
+            times = []
+            for step in range(steps + 2):
+                t0 = time.perf_counter()
+                batch.step(step)
+                times.append(time.perf_counter() - t0)
+            seen[n].append(statistics.median(times[2:]))
+            print(f"  {model}, pass {k + 1}, {n} rows: {seen[n][-1]:.3f} s per step", flush=True)
     out = []
     for n in rows:
-        p = torch.softmax(3 * torch.randn(n, lm.vocab_size, generator=torch.Generator().manual_seed(n)), -1)
-        soft, ids, _ = init_rows(embed, embed.weight, ctx.allowed, list(range(n)), cfg)
-        batch = _Batch(ctx, p, soft, ids, cfg, record_curve=False)
-        times = []
-        for step in range(steps + 2):
-            t0 = time.perf_counter()
-            batch.step(step)
-            times.append(time.perf_counter() - t0)
-        s = statistics.median(times[2:])
-        out.append({"rows": n, "step_seconds": s, "row_step_ms": 1000 * s / n})
-        print(f"  {model}, {n} rows: {s:.3f} s per step, {1000 * s / n:.1f} ms per row-step", flush=True)
+        s = statistics.mean(seen[n])
+        out.append({"rows": n, "step_seconds": s, "row_step_ms": 1000 * s / n, "passes": seen[n]})
     return out
 
 
@@ -70,10 +76,11 @@ def main(argv=None) -> None:
     ap.add_argument("--models", nargs="+", default=["smollm2", "gemma3"])
     ap.add_argument("--rows", nargs="+", type=int, default=[1, 4, 10, 32, 64, 128])
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--out")
     args = ap.parse_args(argv)
-    if args.steps < 1 or min(args.rows) < 1:
-        sys.exit("--steps and every --rows must be at least 1")
+    if args.steps < 1 or args.passes < 1 or min(args.rows) < 1:
+        sys.exit("--steps, --passes and every --rows must be at least 1")
     if missing := [m for m in args.models if not (REPO / "results" / "models" / m).is_dir()]:
         sys.exit(f"results/models/{missing[0]}: not materialised (snakemake --cores 2 results/models/{missing[0]})")
     import torch
@@ -82,16 +89,17 @@ def main(argv=None) -> None:
     from distreach.models import machine, reuse_freed_memory
 
     torch.set_num_threads(1)
-    reuse_freed_memory()
+    reused = reuse_freed_memory()
     t0 = time.time()
     rows = sorted(set(args.rows))
-    models = [{"model": m, "runs": step_seconds(m, rows, args.steps)} for m in args.models]
+    models = [{"model": m, "runs": step_seconds(m, rows, args.steps, args.passes)} for m in args.models]
     print(table(models))
     last = models[-1]["runs"]
     print(f"small_over_full={last[0]['row_step_ms'] / last[-1]['row_step_ms']:.2f}")
     if args.out:
         result = {"machine": machine(), "versions": package_versions(), "dtype": "fp32", "threads": 1,
-                  "steps": args.steps, "seconds": round(time.time() - t0), "models": models}
+                  "reuse_freed_memory": reused, "steps": args.steps, "passes": args.passes,
+                  "seconds": round(time.time() - t0), "models": models}
         with atomic_path(args.out) as tmp:
             Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
 

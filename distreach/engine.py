@@ -349,18 +349,23 @@ def body_kv(model, x, cache=None) -> list:
 
 def last_logits(logits: torch.Tensor) -> torch.Tensor:
     """[B, |V|] float logits of the last position of a model's [B, T, |V|] output. With
-    ``logits_to_keep=1`` (T = 1) a view: its gradient is the logits' own, where taking position -1
-    would write it into a zero-filled [B, T, |V|] tensor in every backward pass."""
+    ``logits_to_keep=1`` (T = 1) the position is dropped as a view (then cast, where the logits
+    are not fp32): its gradient is the logits' own, where taking position -1 (or slicing it) would
+    write it into a zero-filled [B, T, |V|] tensor in every backward pass."""
     return (logits.squeeze(1) if logits.shape[1] == 1 else logits[:, -1]).float()
 
 
 def top_ids(probs: torch.Tensor, k: int) -> torch.Tensor:
     """[n, k] ids of each row's k most probable tokens, most probable first; equal
     probabilities in id order (a stable sort), so the ids are the same on every machine.
-    Only the tokens at least as probable as a row's k-th are sorted (all of them where a row's
-    probabilities tie there)."""
+    k past the vocabulary is the vocabulary. On the CPU only the tokens at least as probable as a
+    row's k-th are sorted (all of them where a row's probabilities tie there); elsewhere (a GPU)
+    the whole rows, in one call."""
+    k = min(k, probs.shape[-1])
     if k == 0:
         return torch.zeros((probs.shape[0], 0), dtype=torch.long, device=probs.device)
+    if probs.device.type != "cpu":
+        return torch.sort(probs, dim=-1, descending=True, stable=True).indices[:, :k]
     kth = probs.topk(k, dim=-1).values[:, -1:]  # [n, 1]
     out = []
     for row, t in zip(probs, kth):

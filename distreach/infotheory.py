@@ -35,13 +35,14 @@ def kl(p: torch.Tensor, logq: torch.Tensor, logp: torch.Tensor | None = None) ->
     computes it once instead of a logarithm over the vocabulary at every step, for log q of
     finite logits. Without ``logp``, a zero probability contributes 0 also where q = 0 (log q
     = -inf: a target's padding rows). Mixed dtypes compute in the wider one."""
-    dtype = torch.result_type(p, logq)
+    dtype = torch.result_type(p, logq) if logp is None else torch.promote_types(torch.result_type(p, logq), logp.dtype)
     p = p.to(dtype)
-    # -sum p (log q - log p): the same numbers as sum p (log p - log q) (a negation is exact), and
-    # the gradient reaches log q without a negation over the vocabulary
+    # 0 - sum p (log q - log p): the same numbers as sum p (log p - log q) (a subtraction from 0 is
+    # exact, and a KL of 0 stays +0), and the gradient reaches log q without a negation over the
+    # vocabulary (only over the rows)
     if logp is None:
-        return -torch.linalg.vecdot(p, torch.where(p > 0, logq.to(dtype) - log_of(p), 0.0))
-    return -torch.linalg.vecdot(p, logq.to(dtype) - logp.to(dtype))
+        return 0.0 - torch.linalg.vecdot(p, torch.where(p > 0, logq.to(dtype) - log_of(p), 0.0))
+    return 0.0 - torch.linalg.vecdot(p, logq.to(dtype) - logp.to(dtype))
 
 
 def max_entropy(vocab_size: int, unit: str = "nats") -> float:

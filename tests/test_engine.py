@@ -337,10 +337,13 @@ def test_top_ids_are_a_stable_sort_s_first_k():
     mixed[torch.randperm(v, generator=g)[:2000]] = mixed.max()  # many ties at the top
     rows.append(mixed / mixed.sum())
     probs = torch.stack(rows)
-    for k in (0, 1, 20, 150, v):
+    for k in (0, 1, 20, 150, v, v + 5):
         want = torch.sort(probs, dim=-1, descending=True, stable=True).indices[:, :k]
-        assert torch.equal(top_ids(probs, k), want), k
+        for dtype in (torch.float32, torch.bfloat16):
+            assert torch.equal(top_ids(probs.to(dtype), k), want if dtype == torch.float32 else
+                               torch.sort(probs.to(dtype), dim=-1, descending=True, stable=True).indices[:, :k]), (k, dtype)
     assert top_ids(probs[:0], 20).shape == (0, 20)
+    assert top_ids(probs, v + 5).shape == (4, v)  # k past the vocabulary: all of it
 
 
 def test_the_last_position_s_logits_pass_their_gradient_without_a_zero_filled_copy():
@@ -349,20 +352,26 @@ def test_the_last_position_s_logits_pass_their_gradient_without_a_zero_filled_co
     the last one's."""
     from distreach.engine import last_logits
 
-    x = torch.randn(3, 1, 50, requires_grad=True)
-    seen = []
-
     class Ops(torch.utils._python_dispatch.TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen.append(func.overloadpacket.__name__)
+            self.seen.append(func.overloadpacket.__name__)
             return func(*args, **(kwargs or {}))
 
     w = torch.randn(3, 50)
-    out = last_logits(x)
-    assert out.shape == (3, 50) and torch.equal(out, x[:, 0])
-    with Ops():
-        (out * w).sum().backward()
-    assert not {"zeros", "new_zeros", "fill_", "zero_", "select_backward"} & set(seen), seen
-    assert torch.equal(x.grad, w[:, None])
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(3, 1, 50, dtype=dtype, requires_grad=True)
+        out = last_logits(x)
+        assert out.shape == (3, 50) and out.dtype == torch.float32 and torch.equal(out, x[:, 0].float())
+        loss = (out * w).sum()
+        with Ops() as ops:
+            loss.backward()
+        # the backward pass of the loss and of the view: no zero-filled [3, 1, 50] to scatter into
+        allowed = {"mul", "expand", "ones_like", "unsqueeze", "squeeze", "view", "detach", "_to_copy", "to"}
+        assert set(ops.seen) <= allowed, ops.seen
+        assert torch.equal(x.grad, w[:, None].to(dtype))
     many = torch.randn(3, 4, 50)
     assert torch.equal(last_logits(many), many[:, -1])

@@ -61,8 +61,9 @@ def test_a_small_kl_over_a_large_vocabulary_keeps_its_precision_in_fp32(scale):
     # a zero probability where q is 0 too (log q = -inf: padding rows) contributes 0
     p0, logq0 = torch.tensor([[0.5, 0.5, 0.0]]), torch.tensor([[math.log(0.5), math.log(0.5), -math.inf]])
     assert kl(p0, logq0).item() == 0.0
-    # mixed dtypes compute in the wider one
+    # mixed dtypes compute in the wider one, a caller's log p included
     torch.testing.assert_close(kl(logp64.exp(), logq), kl(logp64.exp(), logq.double()))
+    assert kl(p, logq, logp64).dtype == torch.float64
 
 
 def test_kl_of_identical_is_zero_and_positive_otherwise():
@@ -121,9 +122,11 @@ def test_kl_is_the_sum_of_its_terms_and_its_gradient_makes_no_negation_over_the_
     p = torch.tensor(random_dists(4, 3000, 5, zeros=True), dtype=torch.float32)
     logp = log_of(p)
     logq = torch.log_softmax(torch.randn(4, 3000, generator=torch.Generator().manual_seed(1)) * 3, -1).requires_grad_()
-    loss = kl(p, logq, logp)
-    assert torch.equal(loss, torch.linalg.vecdot(p, logp - logq))
-    assert torch.equal(kl(p, logq), torch.linalg.vecdot(p, torch.where(p > 0, logp - logq, 0.0)))
+    bits = lambda t: t.detach().view(torch.int32)  # noqa: E731 (bit for bit: -0.0 differs from 0.0)
+    for q in (logq, logp.detach().clone()):  # the KL of a q that is p is +0
+        assert torch.equal(bits(kl(p, q, logp)), bits(torch.linalg.vecdot(p, logp - q)))
+        assert torch.equal(bits(kl(p, q)), bits(torch.linalg.vecdot(p, torch.where(p > 0, logp - q, 0.0))))
+    assert torch.equal(bits(kl(p, logp, logp)), bits(torch.zeros(4)))
     w = torch.arange(1.0, 5.0)
     for given in (logp, None):  # log p from the caller (the descents), or computed here
         logq.grad = None
