@@ -53,11 +53,13 @@ def step_seconds(model: str, rows: list[int], steps: int, passes: int) -> list[d
                 times.append(time.perf_counter() - t0)
             seen[n].append(statistics.median(times[2:]))
             print(f"  {model}, pass {k + 1}, {n} rows: {seen[n][-1]:.3f} s per step", flush=True)
-    out = []
-    for n in rows:
-        s = statistics.mean(seen[n])
-        out.append({"rows": n, "step_seconds": s, "row_step_ms": 1000 * s / n, "passes": seen[n]})
-    return out
+    return runs(seen)
+
+
+def runs(seen: dict[int, list[float]]) -> list[dict]:
+    """Per row count (ascending), from each pass's seconds per step: their mean, and per row-step in ms."""
+    return [{"rows": n, "step_seconds": statistics.mean(seen[n]), "row_step_ms": 1000 * statistics.mean(seen[n]) / n,
+             "passes": seen[n]} for n in sorted(seen)]
 
 
 def table(models: list[dict]) -> str:

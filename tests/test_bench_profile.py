@@ -76,16 +76,32 @@ def test_readme_batch_rows_table_is_the_results_file():
     cpu = report["machine"]
     assert f"{cpu['cpu']}, {'with' if cpu['native_bf16'] else 'without'} native bf16" in text
     assert report["dtype"] == "fp32" and report["threads"] == 1 and "fp32, one torch thread" in text
+    assert report["reuse_freed_memory"] and "freed memory kept for reuse (as the jobs run)" in text
     assert f"code of `{report['versions']['distreach_commit'][:7]}`" in text
     assert f"`benchmarks/results/cpu/batch-rows-avx2.json`, {report['seconds']} s in all" in text
+    assert f"median of {report['steps']} steps after 2 warm-up steps, then the mean of {report['passes']} passes" in text
     # docs/speed.md: a row tuned alone costs several times (here: at least 3x) what it costs among 64 or more
     speed = " ".join((REPO / "docs" / "speed.md").read_text().split())
     assert "a row tuned alone costs several times what it costs among 64 or more" in speed
+    ratio = {}
     for m in report["models"]:
         ms = {r["rows"]: r["row_step_ms"] for r in m["runs"]}
         assert ms[1] >= 3 * max(v for n, v in ms.items() if n >= 64), m["model"]
+        ratio[m["model"]] = {n: v / ms[max(ms)] for n, v in ms.items()}
         for r in m["runs"]:
+            assert len(r["passes"]) == report["passes"] and abs(r["step_seconds"] - sum(r["passes"]) / len(r["passes"])) < 1e-12
             assert abs(r["row_step_ms"] - 1000 * r["step_seconds"] / r["rows"]) < 1e-9
+    # Gemma-3 needs more rows than SmolLM2 to come near its lowest cost per row-step
+    assert "Gemma-3 needs more rows than SmolLM2 to come near its lowest cost per row-step" in text
+    assert all(ratio["gemma3"][n] > ratio["smollm2"][n] for n in (10, 32, 64))
+
+
+def test_batch_rows_summarises_each_row_count_over_its_passes():
+    out = batch_rows.runs({10: [0.5, 0.7], 1: [0.2, 0.3]})
+    assert [r["rows"] for r in out] == [1, 10]
+    assert out[1]["step_seconds"] == 0.6 and abs(out[1]["row_step_ms"] - 60.0) < 1e-9 and out[1]["passes"] == [0.5, 0.7]
+    assert out[0]["step_seconds"] == 0.25 and out[0]["row_step_ms"] == 250.0
+    assert "| 1 | 0.250 | 250.0 | 4.17 |" in batch_rows.table([{"model": "m", "runs": out}])
 
 
 def test_batch_rows_refuses_bad_arguments_before_loading_a_model(tmp_path):
