@@ -119,6 +119,14 @@ def test_readme_dtype_table_is_the_results_file():
     section = (REPO / "benchmarks" / "README.md").read_text().split("## fp32 against bf16 on the CPU")[1].split("\n## ")[0]
     assert cpu_dtype.table(report["rows"]) in section
     assert f"--batch {report['batch']} --steps {report['steps']}" in section and report["machine"]["cpu"] in section
+    # the range of bf16's speed-up the page and docs/speed.md state: that of the section's tables (this
+    # revision's, from the results file, and the earlier revision's)
+    ratios = [float(line.split("|")[4]) for line in section.splitlines() if line.startswith(("| smollm2", "| gemma3"))]
+    assert len(ratios) == 4
+    low, high = f"{min(ratios):.1f}", f"{max(ratios):.1f}"
+    assert f"bf16 is {low}–{high}x faster" in section
+    speed = " ".join((REPO / "docs" / "speed.md").read_text().split())
+    assert f"bf16 takes {low}-{high}x less time per step there" in speed
 
 
 def test_readme_dtype_floor_table_is_the_results_file():

@@ -136,3 +136,12 @@ def test_benchmarks_readme_gpu_table_is_what_the_runs_wrote():
     assert dag["status"] == "ok" and f"in {round(dag['wall_seconds'])} s" in readme
     walls = [round(checks[3]["parts"][p]["wall_seconds"]) for p in ("fig1-llama3.2-1b", "fig1-llama3-8b")]
     assert f"1B paper grid {walls[0]} s" in readme and f"8B {walls[1]} s" in readme
+    # the bullets under the table: the two paper-grid runs' ratio, the coarse grid's rates against the
+    # full grid's, and the coarse grid's time scaled to the paper's grid
+    text = " ".join(readme.split())
+    minutes = sorted(r["gpu_minutes"] for r in paper)
+    assert f"ran {minutes[1] / minutes[0]:.1f}x slower on the second machine" in text
+    span = lambda values, fmt="{:.0f}": "-".join(fmt.format(v) for v in (min(values), max(values)))  # noqa: E731
+    assert (f"ran at {span([r['achieved_tflops'] for r in coarse])} TFLOP/s against "
+            f"{span([r['achieved_tflops'] for r in paper])} on the full grid") in text
+    assert f"overestimates: {span([r['paper_grid_gpu_minutes'] for r in coarse], '{:.1f}')} GPU-minutes" in text
