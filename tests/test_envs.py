@@ -133,3 +133,23 @@ def test_pos_env_keeps_numpy_below_2_and_torch_out():
     pins = {norm(line.split("==")[0]): line.split("==")[1] for line in spec["dependencies"][-1]["pip"] if "==" in line}
     assert int(pins["numpy"].split(".")[0]) < 2 and "scispacy" in pkgs
     assert "torch" not in pkgs and "transformers" not in pkgs
+
+
+def test_install_refuses_a_python_older_than_3_11_before_making_anything(tmp_path):
+    """install.sh checks the interpreter before it makes .venv: an older Python gets one line naming it."""
+    import shutil
+    import stat
+    import subprocess
+
+    shutil.copy(REPO / "install.sh", tmp_path / "install.sh")
+    old = tmp_path / "python3.10"
+    # a Python that says it is 3.10 to the code it is given with -c, and fails at anything else
+    old.write_text('#!/bin/sh\n[ "$1" = -c ] || exit 3\n'
+                   'exec python3 -c "import sys; sys.version_info = (3, 10, 0); exec(sys.argv[1])" "$2"\n')
+    old.chmod(old.stat().st_mode | stat.S_IEXEC)
+    run = subprocess.run(["bash", str(tmp_path / "install.sh")], env={"PATH": "/usr/bin:/bin", "PYTHON": str(old)},
+                         capture_output=True, text=True)
+    assert run.returncode == 1
+    assert run.stderr.strip() == (f"install.sh: {old} is not Python 3.11 or later (the workflow's snakemake needs 3.11); "
+                                  "set PYTHON=python3.11")
+    assert not (tmp_path / ".venv").exists()
