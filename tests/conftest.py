@@ -159,3 +159,12 @@ def load_script(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def fast_first(cases, n: int = 2, ids=None) -> list:
+    """Parameters for ``pytest.mark.parametrize``: the first ``n`` cases in the fast tier, the rest
+    marked slow (cases that each start Snakemake or the console command in a new process: the fast
+    tier keeps a few of each kind, the whole suite runs them all)."""
+    ids = ids or [None] * len(cases)
+    return [pytest.param(*case, id=i, marks=() if k < n else pytest.mark.slow)
+            for k, (case, i) in enumerate(zip(cases, ids))]

@@ -51,6 +51,7 @@ def row(t, claim, model):
 HUMP = [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 3.5, 3.0, 2.5, 2.0, 1.5, 1.0, 0.5, 0.2]
 
 
+@pytest.mark.slow  # over 10 s on a 2-core CPU
 def test_unimodal_has_four_outcomes():
     data = (
         curve("hump", HUMP, 2)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import polars as pl
+import pytest
 import yaml
 
 from distreach.io import read_arrow, arrow_metadata
@@ -20,6 +21,7 @@ from .test_workflow import REPO, planned_jobs, snakemake
 gpu_check = load_script(REPO / "benchmarks" / "gpu_check.py")
 
 
+@pytest.mark.slow  # over 10 s on a 2-core CPU
 def test_stand_ins_dag_without_pos_plans_the_tables_and_claims_and_no_pos_tagging(tmp_path):
     stand_ins = yaml.safe_load((REPO / "configs" / "paper-stand-ins.yaml").read_text())
     config, dropped = gpu_check.without_pos(stand_ins)

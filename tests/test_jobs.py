@@ -59,6 +59,7 @@ def test_job_names_are_path_safe_and_never_shared_by_jobs_of_other_settings():
         tuning_jobs(cfg)
 
 
+@pytest.mark.slow  # over 10 s on a 2-core CPU
 def test_the_workflow_plans_one_tune_job_per_job(tmp_path, tiny_sources):  # noqa: F811
     # shared: tiny and tiny-gpt2 soft (2 shards each), tiny hybrid-1, hard, soft+prefix_len=2, tiny-random soft;
     # each experiment on its own: 20 (vanilla 2 models x 2 shards, methods 3, migrated 2, pos 2, nine more)

@@ -18,7 +18,7 @@ import yaml
 
 from distreach.tables import RESULT_COLUMNS, min_over_inits
 
-from .conftest import save_tiny
+from .conftest import fast_first, save_tiny
 from .test_figures import svg_problems
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,6 +132,7 @@ def figure_marks(stem: Path) -> list[tuple[str, dict]]:
     return marks
 
 
+@pytest.mark.slow  # over 10 s on a 2-core CPU
 def test_single_figure_plans_only_what_it_needs(tmp_path, tiny_sources):
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig01.png")
     jobs = planned_jobs(proc)
@@ -262,7 +263,7 @@ BAD_CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("mutate,message", BAD_CONFIGS)
+@pytest.mark.parametrize("mutate,message", fast_first(BAD_CONFIGS))
 def test_bad_config_fails_before_any_job_with_one_line(tmp_path, tiny_sources, mutate, message):
     cfg = tiny_config(tiny_sources)
     mutate(cfg)
@@ -275,6 +276,7 @@ def test_bad_config_fails_before_any_job_with_one_line(tmp_path, tiny_sources, m
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow  # over 10 s on a 2-core CPU
 def test_gpu_benchmark_script_runs_at_tiny_size_on_the_cpu(tmp_path):
     import json
 
@@ -372,6 +374,7 @@ def test_lint_and_format_are_clean():
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
 
 
+@pytest.mark.slow  # over 10 s on a 2-core CPU
 def test_slurm_profile_plans_the_paper_study_without_the_hub(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "snakemake", "--profile", "slurm", "-n", "--directory", str(tmp_path)],
