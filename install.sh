@@ -4,9 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] && PY=.venv/bin/python
-if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
-  echo "install.sh: $PY is not Python 3.11 or later (the workflow's snakemake needs 3.11); set PYTHON=python3.11" >&2
+fix="set PYTHON=python3.11"
+if [ -x .venv/bin/python ]; then PY=.venv/bin/python; fix="remove .venv and run install.sh again with PYTHON=python3.11"; fi
+if ! command -v "$PY" >/dev/null; then
+  echo "install.sh: no Python at $PY; $fix" >&2
+  exit 1
+fi
+if ! "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "install.sh: $PY is not Python 3.11 or later (the workflow's snakemake needs 3.11); $fix" >&2
   exit 1
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

@@ -31,27 +31,15 @@ sys.path.insert(0, str(REPO))
 def step_seconds(model: str, rows: list[int], steps: int, passes: int) -> list[dict]:
     """Per row count: the mean over ``passes`` of the median seconds of ``steps`` steps (after 2
     warm-up steps), the passes going over ``rows`` in alternating order."""
-    import torch
-
-    from distreach.engine import TuneConfig, _Batch, init_rows, tuning_context
     from distreach.models import load_materialised
 
+    from benchmarks.cpu_malloc import median_step_seconds
+
     lm, _ = load_materialised(str(REPO / "results" / "models" / model), dtype="fp32", device="cpu")
-    cfg = TuneConfig(patience=10**6)
-    ctx = tuning_context(lm, cfg)
-    embed = lm.model.get_input_embeddings()
     seen = {n: [] for n in rows}
     for k in range(passes):
         for n in rows if k % 2 == 0 else rows[::-1]:
-            p = torch.softmax(3 * torch.randn(n, lm.vocab_size, generator=torch.Generator().manual_seed(n)), -1)
-            soft, ids, _ = init_rows(embed, embed.weight, ctx.allowed, list(range(n)), cfg)
-            batch = _Batch(ctx, p, soft, ids, cfg, record_curve=False)
-            times = []
-            for step in range(steps + 2):
-                t0 = time.perf_counter()
-                batch.step(step)
-                times.append(time.perf_counter() - t0)
-            seen[n].append(statistics.median(times[2:]))
+            seen[n].append(median_step_seconds(lm, n, steps, seed=n))
             print(f"  {model}, pass {k + 1}, {n} rows: {seen[n][-1]:.3f} s per step", flush=True)
     return runs(seen)
 

@@ -27,22 +27,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def worker(model: str, reuse: bool, rows: int, steps: int) -> None:
-    import resource
-
+def median_step_seconds(lm, rows: int, steps: int, seed: int = 0) -> float:
+    """The median seconds of ``steps`` engine steps of ``rows`` soft prompts (prefix 5, BOS cached)
+    on random targets drawn with ``seed``, no row stopping, after 2 warm-up steps, on the loaded
+    model ``lm`` (also used by batch_rows.py)."""
     import torch
 
     from distreach.engine import TuneConfig, _Batch, init_rows, tuning_context
-    from distreach.models import load_materialised, reuse_freed_memory
 
-    torch.set_num_threads(1)
-    if reuse and not reuse_freed_memory():
-        sys.exit("reuse_freed_memory did not apply here (glibc only)")
-    lm, _ = load_materialised(str(REPO / "results" / "models" / model), dtype="fp32", device="cpu")
     cfg = TuneConfig(patience=10**6)
     ctx = tuning_context(lm, cfg)
     embed = lm.model.get_input_embeddings()
-    p = torch.softmax(3 * torch.randn(rows, lm.vocab_size, generator=torch.Generator().manual_seed(0)), -1)
+    p = torch.softmax(3 * torch.randn(rows, lm.vocab_size, generator=torch.Generator().manual_seed(seed)), -1)
     soft, ids, _ = init_rows(embed, embed.weight, ctx.allowed, list(range(rows)), cfg)
     run = _Batch(ctx, p, soft, ids, cfg, record_curve=False)
     times = []
@@ -50,7 +46,21 @@ def worker(model: str, reuse: bool, rows: int, steps: int) -> None:
         t0 = time.perf_counter()
         run.step(step)
         times.append(time.perf_counter() - t0)
-    print(json.dumps({"step_seconds": statistics.median(times[2:]),
+    return statistics.median(times[2:])
+
+
+def worker(model: str, reuse: bool, rows: int, steps: int) -> None:
+    import resource
+
+    import torch
+
+    from distreach.models import load_materialised, reuse_freed_memory
+
+    torch.set_num_threads(1)
+    if reuse and not reuse_freed_memory():
+        sys.exit("reuse_freed_memory did not apply here (glibc only)")
+    lm, _ = load_materialised(str(REPO / "results" / "models" / model), dtype="fp32", device="cpu")
+    print(json.dumps({"step_seconds": median_step_seconds(lm, rows, steps),
                       "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 

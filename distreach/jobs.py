@@ -8,8 +8,8 @@ settings). With the config's ``share_jobs: true`` the experiments that share a m
 and tuning settings (they differ only in their targets, and rows never interact in the engine)
 share their jobs, named by the method and the experiment's own tuning settings (``soft``,
 ``soft+prefix_len=3``): one model load and one tail of slowly converging rows per job instead
-of one per experiment (on a CPU a step costs nearly as much for one row as for ten;
-``benchmarks/README.md``). The price: asking for one figure tunes every experiment of its
+of one per experiment (on a CPU a row-step among few rows costs several times one among many:
+``docs/speed.md``, rows tuned together). The price: asking for one figure tunes every experiment of its
 jobs, and editing one experiment reruns its jobs.
 
 Pure functions of the workflow config (after schema defaults); no torch.

@@ -161,10 +161,11 @@ def load_script(path: Path):
     return module
 
 
-def fast_first(cases, n: int = 2, ids=None) -> list:
-    """Parameters for ``pytest.mark.parametrize``: the first ``n`` cases in the fast tier, the rest
-    marked slow (cases that each start Snakemake or the console command in a new process: the fast
-    tier keeps a few of each kind, the whole suite runs them all)."""
-    ids = ids or [None] * len(cases)
-    return [pytest.param(*case, id=i, marks=() if k < n else pytest.mark.slow)
-            for k, (case, i) in enumerate(zip(cases, ids))]
+def tiered(cases, slow, ids=None) -> list:
+    """Parameters for ``pytest.mark.parametrize``: the cases whose indices are in ``slow`` marked
+    slow, the rest in the fast tier (for cases that each start Snakemake or load a model in a new
+    process: the fast tier keeps one or a few of each kind, the whole suite runs them all)."""
+    ids = [None] * len(cases) if ids is None else ids
+    if len(ids) != len(cases) or not set(slow) <= set(range(len(cases))):
+        raise ValueError(f"{len(cases)} cases, {len(ids)} ids, slow indices {sorted(slow)}")
+    return [pytest.param(*case, id=i, marks=pytest.mark.slow if k in slow else ()) for k, (case, i) in enumerate(zip(cases, ids))]

@@ -147,9 +147,23 @@ def test_install_refuses_a_python_older_than_3_11_before_making_anything(tmp_pat
     old.write_text('#!/bin/sh\n[ "$1" = -c ] || exit 3\n'
                    'exec python3 -c "import sys; sys.version_info = (3, 10, 0); exec(sys.argv[1])" "$2"\n')
     old.chmod(old.stat().st_mode | stat.S_IEXEC)
-    run = subprocess.run(["bash", str(tmp_path / "install.sh")], env={"PATH": "/usr/bin:/bin", "PYTHON": str(old)},
-                         capture_output=True, text=True)
+    install = lambda python: subprocess.run(["bash", str(tmp_path / "install.sh")],  # noqa: E731
+                                            env={"PATH": "/usr/bin:/bin", "PYTHON": str(python)}, capture_output=True, text=True)
+    run = install(old)
     assert run.returncode == 1
     assert run.stderr.strip() == (f"install.sh: {old} is not Python 3.11 or later (the workflow's snakemake needs 3.11); "
                                   "set PYTHON=python3.11")
     assert not (tmp_path / ".venv").exists()
+    run = install(tmp_path / "python9")
+    assert run.returncode == 1 and run.stderr.strip() == f"install.sh: no Python at {tmp_path / 'python9'}; set PYTHON=python3.11"
+    # a Python that says it is 3.11 passes the check and goes on to make .venv (where this one stops, with 3)
+    new = tmp_path / "python3.11"
+    new.write_text(old.read_text().replace("(3, 10, 0)", "(3, 11, 0)"))
+    new.chmod(old.stat().st_mode)
+    assert install(new).returncode == 3
+    # an existing .venv is the one checked, and the way out says to remove it
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    shutil.copy(old, tmp_path / ".venv" / "bin" / "python")
+    run = install(new)
+    assert run.returncode == 1 and run.stderr.strip().endswith(
+        "is not Python 3.11 or later (the workflow's snakemake needs 3.11); remove .venv and run install.sh again with PYTHON=python3.11")

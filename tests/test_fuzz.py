@@ -35,7 +35,7 @@ from distreach.errors import DistreachError
 from distreach.io import write_arrow
 from distreach.vanilla import EntropyGrid, VanillaSettings, vanilla_targets
 
-from .conftest import TINY_WORDS, fast_first, save_tiny, write_tiny_gguf
+from .conftest import TINY_WORDS, save_tiny, tiered, write_tiny_gguf
 
 V = 93  # the tiny tokenizer: 3 special tokens + 90 words
 REPO = Path(__file__).resolve().parents[1]
@@ -496,13 +496,13 @@ def path_exists(config, path) -> bool:
     return path[-1] in parent if isinstance(parent, dict) else path[-1] < len(parent)
 
 
-@pytest.mark.parametrize("text,code,message", fast_first([
+@pytest.mark.parametrize("text,code,message", tiered([
     (None, 2, "config key experiments.vanilla.tuning.patiense: unknown key"),
     (None, 2, "config key targets.vanilla.grid.step: 'two' is not of type 'number'"),
     # not YAML at all: Snakemake reads --configfile before the workflow runs; its own one-line error
     ("models: [1,\n", 1, "Config file is not valid JSON or YAML"),
     ("models: {}\n\tseed: 1\n", 1, "Config file is not valid JSON or YAML"),
-], n=2))
+], slow={1, 2}))  # one schema error and one unreadable file in the fast tier
 def test_bad_config_through_snakemake(tmp_path, text, code, message):
     """End to end: one error line naming the config file (ours) and what is wrong, no traceback,
     nothing written."""
