@@ -107,7 +107,7 @@ def test_batch_rows_summarises_each_row_count_over_its_passes():
 def test_batch_rows_refuses_bad_arguments_before_loading_a_model(tmp_path):
     import pytest
 
-    for argv, message in ((["--steps", "0"], "at least 1"), (["--rows", "4", "0"], "at least 1"),
+    for argv, message in ((["--steps", "0"], "at least 1"), (["--rows", "4", "0"], "at least 1"), (["--passes", "0"], "at least 1"),
                           (["--models", "no-such-model"], "results/models/no-such-model: not materialised")):
         with pytest.raises(SystemExit, match=message):
             batch_rows.main(argv + ["--out", str(tmp_path / "out.json")])

@@ -375,3 +375,5 @@ def test_the_last_position_s_logits_pass_their_gradient_without_a_zero_filled_co
         assert torch.equal(x.grad, w[:, None].to(dtype))
     many = torch.randn(3, 4, 50)
     assert torch.equal(last_logits(many), many[:, -1])
+    one = torch.randn(1, 1, 50)  # a batch of one row keeps its row dimension
+    assert last_logits(one).shape == (1, 50)
