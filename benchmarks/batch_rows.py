@@ -46,8 +46,8 @@ def step_seconds(model: str, rows: list[int], steps: int, passes: int) -> list[d
 
 def runs(seen: dict[int, list[float]]) -> list[dict]:
     """Per row count (ascending), from each pass's seconds per step: their mean, and per row-step in ms."""
-    return [{"rows": n, "step_seconds": statistics.mean(seen[n]), "row_step_ms": 1000 * statistics.mean(seen[n]) / n,
-             "passes": seen[n]} for n in sorted(seen)]
+    means = {n: statistics.mean(seen[n]) for n in sorted(seen)}
+    return [{"rows": n, "step_seconds": s, "row_step_ms": 1000 * s / n, "passes": seen[n]} for n, s in means.items()]
 
 
 def table(models: list[dict]) -> str:
