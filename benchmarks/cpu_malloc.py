@@ -39,7 +39,7 @@ def median_step_seconds(lm, rows: int, steps: int, seed: int = 0) -> float:
     ctx = tuning_context(lm, cfg)
     embed = lm.model.get_input_embeddings()
     p = torch.softmax(3 * torch.randn(rows, lm.vocab_size, generator=torch.Generator().manual_seed(seed)), -1)
-    soft, ids, _ = init_rows(embed, embed.weight, ctx.allowed, list(range(rows)), cfg)
+    soft, ids = init_rows(embed, embed.weight, ctx.allowed, list(range(rows)), cfg)
     run = _Batch(ctx, p, soft, ids, cfg, record_curve=False)
     times = []
     for step in range(steps + 2):

@@ -44,7 +44,7 @@ def worker(model: str, dtype: str, threads: int, batch: int, sync: Path) -> None
     ctx = tuning_context(lm, cfg)  # the model's output layer made fast, BOS and allowed tokens resolved, as tune() does
     embed = lm.model.get_input_embeddings()
     p = torch.softmax(torch.randn(batch, lm.vocab_size, generator=torch.Generator().manual_seed(0)), -1)
-    soft, ids, _ = init_rows(embed, embed.weight, ctx.allowed, list(range(batch)), cfg)
+    soft, ids = init_rows(embed, embed.weight, ctx.allowed, list(range(batch)), cfg)
     run = _Batch(ctx, p, soft, ids, cfg, record_curve=False)
     for step in range(2):
         run.step(step)

@@ -116,7 +116,7 @@ def run(folder: str, dtype: str, rows: int, loop_rows: int, steps: int, seconds:
     seeds = list(range(rows))
     batch = min(rows, AUTO_BATCH["cpu"])
     embed = lm.model.get_input_embeddings()
-    soft, _, _ = init_rows(embed, embed.weight, allowed_tokens(lm.tokenizer, embed.weight.shape[0], cfg), seeds, cfg)
+    soft, _ = init_rows(embed, embed.weight, allowed_tokens(lm.tokenizer, embed.weight.shape[0], cfg), seeds, cfg)
 
     say(f"  {dtype}: warm-up")
     tune(lm, p[:batch].numpy(), seeds[:batch], TuneConfig(max_steps=2))

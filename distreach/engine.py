@@ -19,7 +19,9 @@ are which. Every step is one forward and backward pass of the batch, then
   so a hard prompt's loss never rises.
 
 A sweep over the hard positions is ``n_hard`` steps; a pure hard row whose sweep
-changes nothing has converged and stops.
+changes nothing has converged and stops. The mask is per row: soft, hybrid and hard
+rows of one prefix length and otherwise equal settings are tuned in the same batches
+(:func:`tune_groups`).
 
 Many rows are tuned in one batch. Rows never interact: the loss is a sum of
 per-row losses, AdamW is elementwise and the hard update is per row, so a row's
@@ -47,6 +49,7 @@ import torch
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint, checkpoint_key
 from .errors import DistreachError
 from .infotheory import entropy, kl, log_of
+from .jobs import ROW_METHODS, ROW_SETTINGS
 from .models import dtype_name
 from .optimrows import keep_rows
 from .tokens import BOS_POLICIES, resolve_bos, usable_mask, vocab_support
@@ -241,17 +244,17 @@ def init_token_ids(allowed: torch.Tensor, seeds, prefix_len: int) -> torch.Tenso
 
 
 def init_rows(embed, weight, allowed: torch.Tensor, seeds, cfg: TuneConfig):
-    """Starting prefixes: soft part [n, n_soft, d] float32, hard token ids [n, n_hard], and
-    the [n, L] tokens drawn (:func:`init_token_ids`), which the result records.
+    """Starting prefixes: [n, L, d] float32 starting vectors of every position (a soft position
+    starts at its row's; a hard one never reads it) and the [n, L] tokens drawn
+    (:func:`init_token_ids`), where hard positions start.
 
-    Each row draws L allowed tokens from its own seed; soft positions start at
-    those tokens' embeddings (through the embedding module, so models that scale
-    embeddings, like Gemma, get real inputs) or at a scaled normal; hard positions
-    start at the tokens themselves. A hybrid with every position soft starts where
-    a soft prompt does, one with none where a hard prompt does."""
-    mask = torch.tensor(cfg.soft_mask)
+    Each row draws L allowed tokens from its own seed; its vectors are those tokens' embeddings
+    (through the embedding module, so models that scale embeddings, like Gemma, get real inputs)
+    or a scaled normal. So a position starts at the same token, and as a soft position at the
+    same vector, whichever positions of the row are soft: a hybrid with every position soft
+    starts where a soft prompt does, one with none where a hard prompt does."""
     pool = allowed.nonzero().flatten()
-    soft, hard, drawn = [], [], []
+    soft, drawn = [], []
     std = weight.float().std().item() * cfg.init_scale
     for seed in seeds:
         gen, ids = _draw_ids(pool, seed, cfg.prefix_len)
@@ -261,9 +264,10 @@ def init_rows(embed, weight, allowed: torch.Tensor, seeds, cfg: TuneConfig):
                 vec = embed(ids.to(weight.device)).float().cpu()
         else:
             vec = torch.randn(cfg.prefix_len, weight.shape[1], generator=gen) * std
-        soft.append(vec[mask])
-        hard.append(ids[~mask])
-    return torch.stack(soft), torch.stack(hard), torch.stack(drawn)
+        soft.append(vec)
+    if not drawn:
+        return torch.zeros((0, cfg.prefix_len, weight.shape[1])), torch.zeros((0, cfg.prefix_len), dtype=torch.long)
+    return torch.stack(soft), torch.stack(drawn)
 
 
 def _contiguous_head_input(module, args):
@@ -404,12 +408,16 @@ class _Batch:
     """The rows of one batch while they are tuned.
 
     ``rec`` holds the rows' records (a :class:`TuneResult` of tensors, indexed by row of the
-    batch); the rest is the working state of the rows still tuned (``active``)."""
+    batch; its prompts hold every position: ``best_soft`` [n, L, d], ``best_ids`` [n, L]); the
+    rest is the working state of the rows still tuned (``active``). ``soft`` are the rows'
+    starting vectors of every position ([n, L, d]), ``ids`` their starting tokens ([n, L]) and
+    ``mask`` ([n, L] bool, default ``cfg.soft_mask`` in every row) which positions of each row
+    are soft."""
 
     # working state saved in a checkpoint besides ``rec``, ``theta`` and the AdamW moments
     WORK = ("since", "active", "ids", "changed", "converged")
 
-    def __init__(self, ctx: TuningContext, target_p, soft, ids, cfg: TuneConfig, record_curve: bool):
+    def __init__(self, ctx: TuningContext, target_p, soft, ids, cfg: TuneConfig, record_curve: bool, mask=None):
         self.model, self.cfg, self.bos = ctx.loaded.model, cfg, ctx.bos_kv
         self.embed = self.model.get_input_embeddings()
         self.weight = self.embed.weight
@@ -417,17 +425,20 @@ class _Batch:
         self.dtype = self.weight.dtype
         self.target = target_p
         self.logp = log_of(target_p)  # the targets' logarithms, once per batch
-        self.mask = list(cfg.soft_mask)
-        self.soft_pos = [i for i, s in enumerate(self.mask) if s]
-        self.hard_pos = [i for i, s in enumerate(self.mask) if not s]
-        self.blocked = ~ctx.allowed.to(self.device)
         n = target_p.shape[0]
+        self.row_mask = torch.tensor([cfg.soft_mask] * n, dtype=torch.bool) if mask is None else mask.cpu()
+        self.any_soft, self.any_hard = bool(self.row_mask.any()), bool((~self.row_mask).any())
+        # each row's hard positions left to right (then its soft ones), and their number
+        self.row_hard_order = torch.stack([torch.cat([(~m).nonzero().flatten(), m.nonzero().flatten()])
+                                           for m in self.row_mask]) if n else torch.zeros((0, cfg.prefix_len), dtype=torch.long)
+        self.row_n_hard = (~self.row_mask).sum(1)
+        self.blocked = ~ctx.allowed.to(self.device)
         self.p_top = top_ids(target_p, min(cfg.top_k, target_p.shape[1]))  # [n, k]: the target tokens whose q is recorded
         self.rec = _new_records(n, soft, ids, self.p_top.cpu(), cfg.max_steps, record_curve)
         self.since = torch.zeros(n, dtype=torch.long)  # steps since the best KL last gained min_delta
         self.active = torch.arange(n)
         self.theta = torch.nn.Parameter(soft.to(self.device, copy=True))
-        self.opt = self._adamw() if self.soft_pos else None
+        self.opt = self._adamw() if self.any_soft else None
         self.ids = ids.to(self.device, copy=True)
         self.changed = torch.zeros(n, dtype=torch.bool)  # a hard token changed in this sweep
         self.converged = torch.zeros(n, dtype=torch.bool)
@@ -435,11 +446,15 @@ class _Batch:
 
     def _active_targets(self) -> None:
         """The active rows' targets and their logarithms, kept while the rows stay (a batch's
-        step reads them without indexing [B, |V|] every step)."""
+        step reads them without indexing [B, |V|] every step), and their soft masks, hard
+        positions and numbers of hard positions."""
         everyone = len(self.active) == len(self.target)
         rows = self.active.to(self.device)
         self.p_active = self.target if everyone else self.target[rows]
         self.logp_active = self.logp if everyone else self.logp[rows]
+        self.mask_active = self.row_mask[self.active].to(self.device)
+        self.hard_order_active = self.row_hard_order[self.active].to(self.device)
+        self.n_hard_active = self.row_n_hard[self.active].to(self.device)
 
     def _adamw(self):
         return torch.optim.AdamW([self.theta], lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
@@ -465,16 +480,11 @@ class _Batch:
             if "adamw" in state:
                 self.opt.state[self.theta] = {k: v.to(self.device) if k != "step" else v for k, v in state["adamw"].items()}
 
-    def inputs(self, soft, hard_emb):
-        cols, s, h = [], 0, 0
-        for is_soft in self.mask:
-            if is_soft:
-                cols.append(soft[:, s].to(self.dtype))
-                s += 1
-            else:
-                cols.append(hard_emb[:, h])
-                h += 1
-        return torch.stack(cols, 1)
+    def inputs(self, soft, hard_emb, mask=None):
+        """The prefixes' input embeddings: ``soft`` ([B, L, d]) where ``mask`` (the active
+        rows' by default) says soft, ``hard_emb`` (the tokens' embeddings) elsewhere."""
+        mask = self.mask_active if mask is None else mask
+        return torch.where(mask[..., None], soft.to(self.dtype), hard_emb)
 
     def losses(self, x, rows=None, past=None):
         """The forward pass: per-row KL(p || q) of the next token after the prefixes ``x``, and
@@ -503,14 +513,14 @@ class _Batch:
     def step(self, step: int) -> torch.Tensor:
         """One forward/backward/update of the active rows; returns the mask of rows kept."""
         rows = self.active.to(self.device)
-        hard_emb = self.embed(self.ids).detach().requires_grad_(bool(self.hard_pos))
+        hard_emb = self.embed(self.ids).detach().requires_grad_(self.any_hard)
         loss_rows, logq = self.losses(self.inputs(self.theta, hard_emb))
         keep = self._record(step, loss_rows.detach(), logq)
         if not keep.any():
             return keep
         keep_dev = keep.to(self.device)
         loss_rows[keep_dev].sum().backward()
-        if self.hard_pos:
+        if self.any_hard:
             self._hard_update(step, hard_emb.grad, loss_rows.detach(), rows)
         if self.opt is not None:
             self.opt.step()
@@ -558,44 +568,56 @@ class _Batch:
 
     @torch.no_grad()
     def _hard_update(self, step, grad, current, rows):
+        """Each active row with hard positions swaps the token at its hard position
+        ``step % n_hard`` (left to right over its hard positions)."""
         cfg = self.cfg
-        j = step % len(self.hard_pos)  # left to right over the hard positions
-        g = grad[:, j].float()  # [B, d]
+        n_hard = self.n_hard_active
+        has = n_hard > 0
+        if not bool(has.any()):
+            return
+        h = has.nonzero().flatten()  # the active rows with hard positions
+        j = step % n_hard[h]
+        pos = self.hard_order_active[h, j]  # [Bh]: the position each of them updates
+        g = grad[h, pos].float()  # [Bh, d]
         # argmin over x of (e(x) - theta_j) . g: theta_j . g is the same for every x, and an
         # embedding scale (Gemma) is a positive factor, so W g ranks the tokens
-        scores = (g.to(self.dtype) @ self.weight.T).float()  # [B, V_in]
+        scores = (g.to(self.dtype) @ self.weight.T).float()  # [Bh, V_in]
         scores[:, self.blocked] = float("inf")
-        old = self.ids[:, j].clone()
+        old = self.ids[h, pos].clone()
         if cfg.candidates == 1:
             new = scores.argmin(-1)
         else:
             top = scores.topk(min(cfg.candidates, int((~self.blocked).sum())), dim=-1, largest=False).indices
-            new = self._best_candidate(j, top, current, rows)
-        self.ids[:, j] = new
-        self.changed[self.active] |= (new != old).cpu()
-        if j == len(self.hard_pos) - 1:  # end of a sweep: a pure hard row with no change has converged
-            if not self.soft_pos:
-                self.converged[self.active] = ~self.changed[self.active]
-            self.changed[:] = False
+            new = self._best_candidate(h, pos, top, current[h], rows[h])
+        self.ids[h, pos] = new
+        # a pure hard row whose sweep changed nothing has converged
+        pure = (n_hard[h] == self.ids.shape[1]).cpu()
+        who = self.active[has.cpu()][pure]  # those rows, by row of the batch
+        self.changed[who] |= (new != old).cpu()[pure]
+        ends = who[(j == n_hard[h] - 1).cpu()[pure]]  # at the end of a sweep
+        self.converged[ends] = ~self.changed[ends]
+        self.changed[ends] = False
 
-    def _best_candidate(self, j, top, current, rows):
-        """Of each row's k candidate tokens for hard position j, the one with the lowest
-        exact loss if it is lower than the current loss, else the current token."""
+    def _best_candidate(self, h, pos, top, current, rows):
+        """Of each of the active rows ``h``'s k candidate tokens for its hard position ``pos``,
+        the one with the lowest exact loss if it is lower than the current loss, else the
+        current token."""
         B, k = top.shape
-        soft = self.theta.detach().repeat_interleave(k, 0)
-        ids = self.ids.repeat_interleave(k, 0)
-        ids[:, j] = top.reshape(-1)
+        soft = self.theta.detach()[h].repeat_interleave(k, 0)
+        ids = self.ids[h].repeat_interleave(k, 0)
+        ids[torch.arange(B * k, device=ids.device), pos.repeat_interleave(k)] = top.reshape(-1)
+        mask = self.mask_active[h].repeat_interleave(k, 0)
         cand_rows = rows.repeat_interleave(k)
         chunk = B * 4
         losses = []
         for lo in range(0, B * k, chunk):
             sl = slice(lo, lo + chunk)
-            x = self.inputs(soft[sl], self.embed(ids[sl]))
+            x = self.inputs(soft[sl], self.embed(ids[sl]), mask[sl])
             losses.append(self.losses(x, cand_rows[sl])[0])
         cand = torch.cat(losses).view(B, k)
         best, arg = cand.min(-1)
         pick = top.gather(1, arg[:, None]).squeeze(1)
-        return torch.where(best < current, pick, self.ids[:, j])
+        return torch.where(best < current, pick, self.ids[h, pos])
 
     def _drop(self, keep, keep_dev):
         if self.opt is not None:
@@ -614,8 +636,8 @@ class _Run:
 
     ctx: TuningContext
     target: torch.Tensor  # [n, |V|] on the CPU
-    soft: torch.Tensor  # [n, n_soft, d] starting soft positions
-    ids: torch.Tensor  # [n, n_hard] starting hard tokens
+    soft: torch.Tensor  # [n, L, d] starting vectors (read at soft positions)
+    ids: torch.Tensor  # [n, L] starting tokens (read at hard positions)
     cfg: TuneConfig
     record_curve: bool
     checkpoint: Checkpoint
@@ -623,6 +645,7 @@ class _Run:
     row_steps: int = 0  # steps of rows run so far in this call
     resumed_from: dict | None = None  # where this call picked up a checkpoint (TuneResult.work)
     make_batch: Callable[[slice], "_Batch"] | None = None  # the batch of rows sl (default: a _Batch)
+    mask: torch.Tensor | None = None  # [n, L] bool: each row's soft positions (default cfg.soft_mask)
 
 
 def tune(
@@ -650,29 +673,79 @@ def tune(
     run (on the CPU). A checkpoint of other inputs is ignored. The caller removes the file
     once the results are stored. The result's ``work`` says how many row-steps this call ran
     and where it resumed. Method ``gcg`` is
-    :func:`distreach.gcg.tune_gcg`."""
+    :func:`distreach.gcg.tune_gcg`; rows of several settings tuned together are :func:`tune_groups`."""
     if cfg.method == "gcg":
         from .gcg import tune_gcg
 
         return tune_gcg(loaded, target_probs, init_seeds, cfg, on_step, record_curve, checkpoint, checkpoint_seconds)
-    target = _checked_targets(model_of(loaded), target_probs, init_seeds)  # bad targets refused before any work
+    return tune_groups(loaded, [(target_probs, init_seeds, cfg)], on_step, record_curve, checkpoint,
+                       checkpoint_seconds)[0]
+
+
+def row_settings_apart(cfgs: list[TuneConfig]) -> str | None:
+    """Why rows of these settings cannot share a batch (a setting other than
+    :data:`distreach.jobs.ROW_SETTINGS` differs, or a method the engine's batches do not mix),
+    or None."""
+    for cfg in cfgs:
+        if cfg.method not in ROW_METHODS:
+            return f"method {cfg.method} is not one of {ROW_METHODS}"
+    for key in fields(TuneConfig):
+        if key.name not in ROW_SETTINGS and len({repr(getattr(c, key.name)) for c in cfgs}) > 1:
+            return f"they differ in {key.name}"
+    return None
+
+
+def tune_groups(
+    loaded,
+    groups: list[tuple],
+    on_step: Callable[[int, int], None] | None = None,
+    record_curve: bool = False,
+    checkpoint: str | Path | None = None,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
+) -> list[TuneResult]:
+    """:func:`tune` of several groups of rows in the same batches, one result per group: each
+    group is ``(target_probs, init_seeds, cfg)``, and the settings differ only in which
+    positions are soft (:data:`distreach.jobs.ROW_SETTINGS`: soft, hybrid and hard prompts of
+    one length). A row's result is the one it gets in a call of its own up to the float
+    rounding of batches of another shape. Each result's ``work`` is the whole call's."""
+    cfgs = [cfg for _, _, cfg in groups]
+    if not cfgs:
+        return []
+    if len(cfgs) > 1 and (why := row_settings_apart(cfgs)):
+        raise DistreachError(f"tuning: rows of these settings cannot be tuned together: {why}")
+    cfg = cfgs[0]
+    targets = [_checked_targets(model_of(loaded), p, seeds) for p, seeds, _ in groups]  # refused before any work
     ctx = tuning_context(loaded, cfg)
     loaded = ctx.loaded
     weight, embed = loaded.embeddings, loaded.model.get_input_embeddings()
-    if target.shape[0] == 0:
-        res = _empty_result(cfg, weight.shape[1], target.shape[1])
-        res.work = {"row_steps": 0, "resumed_from": None}
-        return res
-    soft, ids, drawn = init_rows(embed, weight, ctx.allowed, init_seeds, cfg)
-    key = checkpoint_key(loaded, target, init_seeds, cfg, record_curve) if checkpoint is not None else ""
-    ckpt = Checkpoint(checkpoint, key, checkpoint_seconds)
-    run = _Run(ctx, target, soft, ids, cfg, record_curve, ckpt, on_step)
-    res = _concat(_run_batches(run, cfg.batch_size or AUTO_BATCH.get(ctx.device.type, 64)))
-    res.init_ids = drawn.numpy()
-    res.work = {"row_steps": run.row_steps, "resumed_from": run.resumed_from}
-    log.info("%d row-steps run%s", run.row_steps, "" if run.resumed_from is None else
-             " after resuming from row {row} at step {step}".format(**run.resumed_from))
-    return res
+    sizes = [t.shape[0] for t in targets]
+    target = torch.cat(targets)
+    seeds = [s for _, group_seeds, _ in groups for s in group_seeds]
+    soft, drawn = init_rows(embed, weight, ctx.allowed, seeds, cfg)
+    mask = torch.cat([torch.tensor([c.soft_mask] * n, dtype=torch.bool).reshape(n, cfg.prefix_len)
+                      for c, n in zip(cfgs, sizes)])
+    run = None
+    if target.shape[0]:
+        key = checkpoint_key(loaded, target, seeds, list(zip(cfgs, sizes)), record_curve) if checkpoint is not None else ""
+        run = _Run(ctx, target, soft, drawn, cfg, record_curve, Checkpoint(checkpoint, key, checkpoint_seconds), on_step,
+                   mask=mask)
+        res = _concat(_run_batches(run, cfg.batch_size or AUTO_BATCH.get(ctx.device.type, 64)))
+        res.init_ids = drawn.numpy()
+        log.info("%d row-steps run%s", run.row_steps, "" if run.resumed_from is None else
+                 " after resuming from row {row} at step {step}".format(**run.resumed_from))
+    work = {"row_steps": run.row_steps if run else 0, "resumed_from": run.resumed_from if run else None}
+    out, lo = [], 0
+    for c, n in zip(cfgs, sizes):
+        if not n:
+            part = _empty_result(c, weight.shape[1], target.shape[1])
+        else:
+            part = res.take(slice(lo, lo + n))
+            soft_at = np.asarray(c.soft_mask)
+            part.best_soft, part.best_ids = part.best_soft[:, soft_at], part.best_ids[:, ~soft_at]
+        part.work = work
+        out.append(part)
+        lo += n
+    return out
 
 
 def _checked_targets(loaded, target_probs, init_seeds) -> torch.Tensor:
@@ -744,7 +817,8 @@ def _run_batch(run: _Run, lo: int, bs: int, done: list[dict], resume: dict | Non
     holds this batch); ``done`` are the records of the batches before, for checkpoints."""
     sl = slice(lo, lo + bs)
     batch = run.make_batch(sl) if run.make_batch is not None else _Batch(
-        run.ctx, run.target[sl].to(run.ctx.device), run.soft[sl], run.ids[sl], run.cfg, run.record_curve)
+        run.ctx, run.target[sl].to(run.ctx.device), run.soft[sl], run.ids[sl], run.cfg, run.record_curve,
+        None if run.mask is None else run.mask[sl])
     first = 0
     if resume is not None and resume.get("batch") is not None and resume["lo"] == lo and resume["bs"] == bs:
         batch.load(resume["batch"])

@@ -1,16 +1,17 @@
 """Tuning jobs: which experiments' shards are tuned together in one batch.
 
-A tuning job tunes shard k of one or more experiments on one model with one method and one set
-of tuning settings, and writes one table per experiment into its folder (:func:`table_path`).
-A job is known by ``<model>/<job name>/shard-<k>``. By default each experiment has its own
-jobs, named ``<experiment>@<method>`` (then ``+key=value`` for each of its own tuning
-settings). With the config's ``share_jobs: true`` the experiments that share a model, method
-and tuning settings (they differ only in their targets, and rows never interact in the engine)
-share their jobs, named by the method and the experiment's own tuning settings (``soft``,
-``soft+prefix_len=3``): one model load and one tail of slowly converging rows per job instead
-of one per experiment (on a CPU a row-step among few rows costs several times one among many:
-``docs/speed.md``, rows tuned together). The price: asking for one figure tunes every experiment of its
-jobs, and editing one experiment reruns its jobs.
+A tuning job tunes shard k of one or more experiments on one model, and writes one table per
+experiment into its folder (:func:`table_path`). A job is known by ``<model>/<job name>/shard-<k>``.
+By default each experiment and method has its own jobs, named ``<experiment>@<method>`` (then
+``+key=value`` for each of the experiment's own tuning settings). With the config's
+``share_jobs: true`` the experiments on a model share their jobs where the engine can tune their
+rows in one batch: soft, hybrid and hard prompts whose settings differ only in which positions
+are soft (:data:`ROW_SETTINGS`) share a job named ``tune`` (then ``+key=value`` for each setting
+that differs from the config's ``tuning``: ``tune+prefix_len=3``); gcg experiments share one named
+by the method, as without sharing. One model load and one tail of slowly converging rows per job
+instead of one per experiment and method (on a CPU a row-step among few rows costs several times
+one among many: ``docs/speed.md``, rows tuned together). The price: asking for one figure tunes
+every experiment of its jobs, and editing one experiment reruns its jobs.
 
 Pure functions of the workflow config (after schema defaults); no torch.
 """
@@ -22,6 +23,12 @@ import json
 import re
 
 from .errors import DistreachError
+
+# the tuning settings in which rows of one batch may differ (which positions are soft), and the
+# methods whose rows the engine mixes that way (distreach.engine.tune_groups): soft, hybrid and hard
+# prompts of one length and otherwise equal settings
+ROW_SETTINGS = ("method", "n_soft", "soft_positions")
+ROW_METHODS = ("soft", "hard", "hybrid")
 
 
 def _value(value) -> str:
@@ -42,37 +49,51 @@ def job_name(experiment: str, method: str, overrides: dict, shared: bool) -> str
 
 
 def tuning_jobs(config: dict) -> dict[str, dict]:
-    """Every tuning job of a config, by ``<model>/<job name>/shard-<k>``: its model, method,
-    effective tuning settings (the config's ``tuning``, the experiment's, then the method's
-    entry) and shards (experiment, target family, inits, shard k of n), in config order."""
+    """Every tuning job of a config, by ``<model>/<job name>/shard-<k>``: its model and shards
+    (experiment, target family, inits, shard k of n, method and effective tuning settings: the
+    config's ``tuning``, the experiment's, then the method's entry), in config order."""
     jobs: dict[str, dict] = {}
     shared = bool(config.get("share_jobs", False))
+    base = config.get("tuning", {})
     for name, exp in config["experiments"].items():
         overrides = exp.get("tuning", {})
         for model in exp["models"]:
             for method in exp["methods"]:
                 entry = config.get("methods", {}).get(method, {"method": method})
+                settings = {**base, **overrides, **entry}
+                batch = {k: v for k, v in settings.items() if k not in ROW_SETTINGS}  # what a job's shards share
+                if shared and settings["method"] in ROW_METHODS:
+                    title = job_name(name, "tune", {k: v for k, v in batch.items() if base.get(k, None) != v}, True)
+                else:
+                    title, batch = job_name(name, method, overrides, shared), settings
                 for k in range(exp["shards"]):
-                    key = f"{model}/{job_name(name, method, overrides, shared)}/shard-{k}"
-                    settings = {**config.get("tuning", {}), **overrides, **entry}
-                    job = jobs.setdefault(key, {"model": model, "method": method, "tuning": settings, "shards": []})
-                    if (job["method"], job["tuning"]) != (method, settings):  # a name shared by accident
+                    key = f"{model}/{title}/shard-{k}"
+                    job = jobs.setdefault(key, {"model": model, "batch": batch, "shards": []})
+                    if job["batch"] != batch:  # a name shared by accident
                         other = job["shards"][0]["experiment"]
                         raise DistreachError(f"experiments.{name}: its tuning job {key} has the name of experiment "
                                              f"{other}'s, with other settings; rename one of them")
                     job["shards"].append({"experiment": name, "family": exp["targets"], "inits": exp["inits"],
-                                          "shard": k, "n_shards": exp["shards"]})
+                                          "shard": k, "n_shards": exp["shards"], "method": method, "tuning": settings})
+    for job in jobs.values():
+        del job["batch"]
     return jobs
 
 
-def table_path(folder, experiment: str) -> str:
-    """The table of ``experiment`` in a tuning job's folder."""
-    return f"{folder}/{experiment}.arrow"
+def table_path(folder, experiment: str, method: str) -> str:
+    """The table of ``experiment``'s rows of ``method`` in a tuning job's folder."""
+    return f"{folder}/{experiment}@{method}.arrow"
 
 
 def experiment_jobs(jobs: dict[str, dict], experiment: str) -> list[str]:
     """The jobs (keys of :func:`tuning_jobs`) that tune a shard of ``experiment``."""
     return [key for key, job in jobs.items() if any(s["experiment"] == experiment for s in job["shards"])]
+
+
+def experiment_tables(jobs: dict[str, dict], experiment: str, folder) -> list[str]:
+    """The tables of ``experiment``'s shards, each in the folder ``folder(key)`` of its job."""
+    return [table_path(folder(key), experiment, s["method"])
+            for key, job in jobs.items() for s in job["shards"] if s["experiment"] == experiment]
 
 
 MODEL_KINDS = ("lm",)  # target kinds made by the model's own forward passes (its weights)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import torch
 
 from .checkpoint import CHECKPOINT_SECONDS, checkpoint_path
-from .engine import STOP_REASONS, TuneConfig, model_of, prompt_kl, tune, tuning_context
+from .engine import STOP_REASONS, TuneConfig, model_of, prompt_kl, tune, tune_groups, tuning_context
 from .errors import DistreachError
 from .units import to_unit
 from .io import arrow_metadata, package_versions, with_metadata, write_arrow
@@ -45,8 +45,9 @@ def shard_rows(n_targets: int, inits: int, shard: int, n_shards: int) -> list[tu
 @dataclass(frozen=True)
 class Shard:
     """One experiment's shard in a tuning job: its targets (``meta``: the target columns,
-    ``probs``: [n, |V|], as :func:`distreach.targets.read_target_matrix` returns them), its inits
-    and which shard of its rows (:func:`shard_rows`)."""
+    ``probs``: [n, |V|], as :func:`distreach.targets.read_target_matrix` returns them), its inits,
+    which shard of its rows (:func:`shard_rows`), and its method (the name its table's ``method``
+    column gives) and tuning settings."""
 
     experiment: str
     meta: pa.Table
@@ -54,6 +55,8 @@ class Shard:
     inits: int
     shard: int = 0
     n_shards: int = 1
+    method: str = "soft"
+    tuning: TuneConfig = TuneConfig()
 
 
 def run_shard(
@@ -78,8 +81,8 @@ def run_shard(
     """Tune one shard of one experiment on one model and write it atomically to ``out_path``
     (:func:`run_job` with one shard)."""
     one = {"experiment": experiment, "targets": targets_path, "out": out_path, "inits": inits, "shard": shard,
-           "n_shards": n_shards}
-    return run_job(model_dir=model_dir, shards=[one], method=method, tuning=tuning, seed=seed, dtype=dtype,
+           "n_shards": n_shards, "method": method, "tuning": tuning}
+    return run_job(model_dir=model_dir, shards=[one], seed=seed, dtype=dtype,
                    device=device, threads=threads, checkpoint=checkpoint_path(out_path),
                    checkpoint_seconds=checkpoint_seconds, loaded=loaded, progress=progress)[0]
 
@@ -88,8 +91,6 @@ def run_job(
     *,
     model_dir: str | None,
     shards: list[dict],
-    method: str,
-    tuning: TuneConfig,
     checkpoint: str | Path,
     seed: int = 0,
     dtype: str = "fp32",
@@ -100,13 +101,14 @@ def run_job(
     loaded=None,
     progress=None,
 ) -> list[pa.Table]:
-    """Tune the shards of several experiments that share a model, method and tuning settings
-    in one batch (:func:`tune_shards`), and write each experiment's table atomically.
+    """Tune the shards of several experiments on one model in the same batches
+    (:func:`tune_shards`), and write each experiment's table atomically.
 
     ``shards``: dicts with ``experiment``, ``targets`` (target file), ``out`` (table to
-    write), ``inits``, ``shard`` and ``n_shards``. The model is loaded from ``model_dir`` in
+    write), ``inits``, ``shard``, ``n_shards``, ``method`` (its name in the table) and
+    ``tuning`` (a TuneConfig). The model is loaded from ``model_dir`` in
     ``dtype`` on ``device`` unless ``loaded`` (a LoadedModel, or its
-    :class:`distreach.engine.TuningContext` under ``tuning``) is given. The tuning state is
+    :class:`distreach.engine.TuningContext` under the shards' settings) is given. The tuning state is
     checkpointed to ``checkpoint`` every ``checkpoint_seconds``, so a killed job started again
     resumes (bit-identical on the CPU); the checkpoint is removed once every table is written
     (unless ``keep_checkpoint``: a caller that publishes the tables later removes it then)."""
@@ -118,9 +120,10 @@ def run_job(
     parts = []
     for m in shards:
         meta, probs = read_target_matrix(m["targets"], model_of(loaded).vocab_size)
-        parts.append(Shard(m["experiment"], meta, probs, m["inits"], m.get("shard", 0), m.get("n_shards", 1)))
-    tables = tune_shards(loaded, parts, method=method, tuning=tuning, seed=seed, checkpoint=checkpoint,
-                         checkpoint_seconds=checkpoint_seconds, progress=progress)
+        parts.append(Shard(m["experiment"], meta, probs, m["inits"], m.get("shard", 0), m.get("n_shards", 1),
+                           m["method"], m["tuning"]))
+    tables = tune_shards(loaded, parts, seed=seed, checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds,
+                         progress=progress)
     for table, m in zip(tables, shards):
         write_arrow(table, m["out"])
     if not keep_checkpoint:
@@ -151,17 +154,15 @@ def tune_rows(
     progress=None,
 ) -> pa.Table:
     """The result table of one shard of one experiment (:func:`tune_shards` with one shard)."""
-    one = Shard(experiment, meta, probs, inits, shard, n_shards)
-    return tune_shards(loaded, [one], method=method, tuning=tuning, seed=seed, checkpoint=checkpoint,
-                       checkpoint_seconds=checkpoint_seconds, progress=progress)[0]
+    one = Shard(experiment, meta, probs, inits, shard, n_shards, method, tuning)
+    return tune_shards(loaded, [one], seed=seed, checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds,
+                       progress=progress)[0]
 
 
 def tune_shards(
     loaded,
     shards: list[Shard],
     *,
-    method: str,
-    tuning: TuneConfig,
     seed: int = 0,
     checkpoint: str | Path | None = None,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
@@ -170,8 +171,10 @@ def tune_shards(
     """One result table per shard: the (target, init) rows of its :func:`shard_rows`, all
     shards' rows tuned together on ``loaded`` (rows never interact: a row's result is the one
     it gets alone up to float rounding, :mod:`distreach.engine`), with provenance in the schema metadata
-    (:func:`distreach.io.arrow_metadata`). ``loaded`` is a LoadedModel or its
-    :class:`distreach.engine.TuningContext` under ``tuning``: the BOS token, the allowed tokens,
+    (:func:`distreach.io.arrow_metadata`). The shards share their tuning settings, or differ only in
+    which positions are soft (:func:`distreach.engine.tune_groups`: soft, hybrid and hard prompts
+    of one length). ``loaded`` is a LoadedModel or its
+    :class:`distreach.engine.TuningContext` under the shards' settings: the BOS token, the allowed tokens,
     the device and the dtype are resolved once and every step below (the fp32 retry included)
     uses them.
 
@@ -185,7 +188,9 @@ def tune_shards(
     row-steps run, fp32 retries included, and where it resumed from a checkpoint), the same in
     every shard's table."""
     torch.use_deterministic_algorithms(True, warn_only=True)
-    ctx = tuning_context(loaded, tuning)
+    if not shards:
+        return []
+    ctx = tuning_context(loaded, shards[0].tuning)
     loaded = ctx.loaded
     plans = _plan_rows(ctx, shards, seed)
 
@@ -195,25 +200,28 @@ def tune_shards(
         if progress is not None:
             progress(step, active)
 
-    probs = np.concatenate([m.probs[[t for t, _ in rows]] for m, rows, _ in plans] or [np.zeros((0, loaded.vocab_size))])
-    seeds = [s for _, _, shard_seeds in plans for s in shard_seeds]
-    res = tune(ctx, probs, seeds, tuning, on_step=on_step, checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds)
-    row_dtype, retry, ctx32 = _retry_in_fp32(ctx, res, probs, seeds, tuning)
-    # a retried row's prompt typed back in runs on the model it was tuned on: the fp32 one
-    hard = hard_prompt_columns(ctx, tuning, res, probs, on=[ctx if r is None else ctx32 for r in retry])
-    tables, lo = [], 0
-    for m, rows, shard_seeds in plans:
-        part = slice(lo, lo + len(rows))
-        lo += len(rows)
+    probs = [m.probs[[t for t, _ in rows]] for m, rows, _ in plans]
+    args = dict(on_step=on_step, checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds)
+    if len({repr(m.tuning) for m in shards}) == 1:  # one setting (any method, gcg too): one tune call, split by shard
+        res = tune(ctx, np.concatenate(probs), [s for _, _, seeds in plans for s in seeds], shards[0].tuning, **args)
+        bounds = np.cumsum([0] + [len(rows) for _, rows, _ in plans])
+        results = [res.take(slice(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    else:
+        results = tune_groups(ctx, [(p, seeds, m.tuning) for p, (m, _, seeds) in zip(probs, plans)], **args)
+    tables, ctx32 = [], None
+    for (m, rows, shard_seeds), res, p in zip(plans, results, probs):
+        row_dtype, retry, ctx32 = _retry_in_fp32(ctx, res, p, shard_seeds, m.tuning, ctx32)
+        # a retried row's prompt typed back in runs on the model it was tuned on: the fp32 one
+        hard = hard_prompt_columns(ctx, m.tuning, res, p, on=[ctx if r is None else ctx32 for r in retry])
         columns = {
             "experiment": pa.array([m.experiment] * len(rows), pa.string()),
             "model": pa.array([loaded.name] * len(rows), pa.string()),
-            "method": pa.array([method] * len(rows), pa.string()),
+            "method": pa.array([m.method] * len(rows), pa.string()),
         }
-        table = _result_table(columns, ctx, m.meta, rows, shard_seeds, tuning, res.take(part), probs[part],
-                              row_dtype[part], retry[part], {k: v[part] for k, v in hard.items()}, m.shard)
-        ran = {d: ctx32 if d == "fp32" and ctx32 is not None else ctx for d in row_dtype[part]}  # this shard's rows' dtypes
-        tables.append(with_metadata(table, _provenance(ctx, m, shards, tuning, seed, res.work, ran)))
+        table = _result_table(columns, ctx, m.meta, rows, shard_seeds, m.tuning, res, p, row_dtype, retry, hard,
+                              m.shard)
+        ran = {d: ctx32 if d == "fp32" and ctx32 is not None else ctx for d in row_dtype}  # this shard's rows' dtypes
+        tables.append(with_metadata(table, _provenance(ctx, m, shards, seed, res.work, ran)))
     return tables
 
 
@@ -231,7 +239,7 @@ def _plan_rows(ctx, shards: list[Shard], seed: int) -> list[tuple]:
     return plans
 
 
-def _provenance(ctx, m: Shard, shards: list[Shard], tuning: TuneConfig, seed: int, work: dict, ran: dict) -> dict:
+def _provenance(ctx, m: Shard, shards: list[Shard], seed: int, work: dict, ran: dict) -> dict:
     """The provenance of shard ``m``'s table (its schema metadata); ``ran``: the context of each
     dtype its rows ran in (their ``dtype`` column; fp32 for rows retried in it), whose attention
     implementations ``attention`` names (``ctx``'s alone for a shard with no rows)."""
@@ -241,7 +249,7 @@ def _provenance(ctx, m: Shard, shards: list[Shard], tuning: TuneConfig, seed: in
         # the model and family the target file was made for (a random_init model's may be its
         # base's: distreach.jobs.target_model); {} for targets without that provenance
         "targets": {k: v for k, v in arrow_metadata(m.meta).items() if k in ("model", "family")},
-        "tuning": asdict(tuning),
+        "tuning": asdict(m.tuning),
         "inits": m.inits,
         "seed": seed,
         "shard": [m.shard, m.n_shards],
@@ -256,17 +264,18 @@ def _provenance(ctx, m: Shard, shards: list[Shard], tuning: TuneConfig, seed: in
     }
 
 
-def _retry_in_fp32(ctx, res, probs, seeds, tuning: TuneConfig) -> tuple[list, list, object]:
+def _retry_in_fp32(ctx, res, probs, seeds, tuning: TuneConfig, ctx32=None) -> tuple[list, list, object]:
     """Tune the rows of ``res`` whose KL became NaN or inf again in fp32 (in place), on the
-    model loaded in fp32 with ``ctx``'s BOS token and allowed tokens, and mark the rows that
-    still fail; each row's dtype, why it was retried (or None), and the fp32 context (None
-    without a retry)."""
+    model loaded in fp32 with ``ctx``'s BOS token and allowed tokens (``ctx32`` where an earlier
+    retry loaded it), and mark the rows that still fail; each row's dtype, why it was retried
+    (or None), and the fp32 context (``ctx32`` without a retry)."""
     dtype = ctx.dtype
-    row_dtype, retry, ctx32 = [dtype] * len(res), [None] * len(res), None
+    row_dtype, retry = [dtype] * len(res), [None] * len(res)
     bad = [i for i, s in enumerate(res.status) if s != "ok"]
     if bad and dtype != "fp32" and ctx.loaded.folder is not None:
         log.warning("%d rows had a non-finite KL in %s: tuning them again in fp32", len(bad), dtype)
-        ctx32 = ctx.with_weights(load_materialised(ctx.loaded.folder, dtype="fp32", device=str(ctx.device))[0])
+        if ctx32 is None:
+            ctx32 = ctx.with_weights(load_materialised(ctx.loaded.folder, dtype="fp32", device=str(ctx.device))[0])
         again = tune(ctx32, probs[bad], [seeds[i] for i in bad], tuning)
         res.work["row_steps"] += again.work["row_steps"]
         for j, i in enumerate(bad):

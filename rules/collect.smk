@@ -9,6 +9,7 @@ rule collect:
     conda:
         "../envs/figures.yaml"
     params:
+        tables=experiment_tables,
         code=script_code("collect"),
     script:
         "../scripts/collect.py"

@@ -97,7 +97,8 @@ def job_folder(key):
 
 
 def tuning_job(wildcards):
-    """The tuning job of a job folder (distreach.jobs): model, method, settings, shards."""
+    """The tuning job of a job folder (distreach.jobs): its model and shards (each with its
+    experiment, method and settings)."""
     key = f"{wildcards.model}/{wildcards.job}/shard-{wildcards.shard}"
     if key not in TUNING_JOBS:
         raise WorkflowError(
@@ -107,7 +108,7 @@ def tuning_job(wildcards):
 
 
 def tuning_priority(wildcards):
-    """Jobs that tune more experiments first, so the longest tuning job does not end up running
+    """Jobs that tune more shards first, so the longest tuning job does not end up running
     alone at the end (the preparing rules come first of all: PREP_PRIORITY)."""
     return len(tuning_job(wildcards)["shards"])
 
@@ -150,8 +151,9 @@ def model_mem_mb(wildcards, attempt):
 
 
 def model_runtime(wildcards, attempt):
-    """Minutes of one tuning job: config models.<name>.runtime per experiment it tunes, more on
-    a retry (a job that hit its time limit resumes from its checkpoint)."""
+    """Minutes of one tuning job: config models.<name>.runtime per shard it tunes (an experiment's
+    rows of one method), more on a retry (a job that hit its time limit resumes from its
+    checkpoint)."""
     shards = len(tuning_job(wildcards)["shards"])
     return config["models"][wildcards.model].get("runtime", 60) * shards * attempt
 
@@ -162,6 +164,11 @@ def experiment_shards(wildcards):
         job_folder(key)
         for key in jobs.experiment_jobs(TUNING_JOBS, wildcards.experiment)
     ]
+
+
+def experiment_tables(wildcards):
+    """The tables of an experiment's shards in those folders (distreach.jobs)."""
+    return jobs.experiment_tables(TUNING_JOBS, wildcards.experiment, job_folder)
 
 
 # the file of each thing a figure reads (distreach.figureregistry.figure_reads), by name

@@ -1,7 +1,7 @@
 rule tune_job:
-    """A tuning job (distreach.jobs): shard k of each experiment it holds (one, or with
-    share_jobs those sharing a model, method and tuning settings), tuned in one batch; one
-    table per experiment in the job's folder."""
+    """A tuning job (distreach.jobs): shard k of each experiment and method it holds (one, or
+    with share_jobs those on one model whose rows the engine tunes in one batch), tuned
+    together; one table per experiment and method in the job's folder."""
     input:
         model="results/models/{model}",
         targets=tuning_targets,

@@ -18,14 +18,13 @@ with _repo.step_log(snakemake.log[0]):
     checkpoint = checkpoint_path(out)
     with atomic_path(out, is_dir=True) as folder:
         shards = [
-            {**shard, "targets": targets, "out": table_path(folder, shard["experiment"])}
+            {**shard, "targets": targets, "out": table_path(folder, shard["experiment"], shard["method"]),
+             "tuning": tuning_config(shard["tuning"])}
             for shard, targets in zip(job["shards"], snakemake.input.targets)
         ]
         tables = run_job(
             model_dir=snakemake.input.model,
             shards=shards,
-            method=job["method"],
-            tuning=tuning_config(job["tuning"]),
             checkpoint=checkpoint,
             seed=snakemake.params.seed,
             dtype=snakemake.params.dtype,

@@ -113,17 +113,17 @@ def test_normal_init_draws_soft_positions_at_the_scaled_embedding_std(tiny_llama
     for scale in (0.5, 2.0):
         cfg = TuneConfig(init="normal", init_scale=scale)
         allowed = allowed_tokens(tiny_llama.tokenizer, embed.weight.shape[0], cfg)
-        soft, _, drawn = init_rows(embed, embed.weight, allowed, seeds, cfg)
+        soft, drawn = init_rows(embed, embed.weight, allowed, seeds, cfg)
         assert soft.std().item() == pytest.approx(scale * std, rel=0.02)  # 32,000 draws
         assert abs(soft.mean().item()) < 0.02 * scale * std
         assert not torch.isclose(soft, embed(drawn).detach()).any()
     vocab_cfg = TuneConfig()
-    soft, _, drawn = init_rows(embed, embed.weight, allowed_tokens(tiny_llama.tokenizer, 93, vocab_cfg), seeds[:3], vocab_cfg)
+    soft, drawn = init_rows(embed, embed.weight, allowed_tokens(tiny_llama.tokenizer, 93, vocab_cfg), seeds[:3], vocab_cfg)
     assert torch.equal(soft, embed(drawn).detach())
     # one step records the starting prefix as the best so far: the init tune() used
     cfg = TuneConfig(init="normal", init_scale=0.5, max_steps=1)
     res = tune(tiny_llama, targets(93, 3, seed=2), [4, 5, 6], cfg)
-    soft, _, _ = init_rows(embed, embed.weight, allowed_tokens(tiny_llama.tokenizer, 93, cfg), [4, 5, 6], cfg)
+    soft, _ = init_rows(embed, embed.weight, allowed_tokens(tiny_llama.tokenizer, 93, cfg), [4, 5, 6], cfg)
     np.testing.assert_array_equal(res.best_soft, soft.numpy())
 
 
@@ -167,7 +167,7 @@ def test_weight_decay_is_the_decoupled_shrink_of_adamw(tiny_llama):
     def batch(wd, rows):
         cfg = TuneConfig(lr=0.1, weight_decay=wd)
         ctx = tuning_context(tiny_llama, cfg)
-        soft, ids, _ = init_rows(embed, embed.weight, ctx.allowed, [1, 2, 3], cfg)
+        soft, ids = init_rows(embed, embed.weight, ctx.allowed, [1, 2, 3], cfg)
         return _Batch(ctx, p[rows], soft[rows], ids[rows], cfg, record_curve=False), soft
 
     theta = {}

@@ -238,10 +238,11 @@ def test_every_tuning_job_of_the_shipped_configs_runs_with_its_methods_patience(
         update_config(cfg, yaml.safe_load((repo / f).read_text()))
     check_config(cfg, SCHEMA_PATH, validate)  # fills in the schema's defaults, as the workflow does
     jobs = tuning_jobs(cfg)
-    assert {"gcg", "soft", "hard"} <= {job["method"] for job in jobs.values()}
-    for key, job in jobs.items():
-        want = GCG_PATIENCE if job["method"] == "gcg" else PATIENCE
-        assert TuneConfig(**job["tuning"]).patience == want, key
+    shards = [(key, m) for key, job in jobs.items() for m in job["shards"]]
+    assert {"gcg", "soft", "hard"} <= {m["method"] for _, m in shards}
+    for key, m in shards:
+        want = GCG_PATIENCE if m["tuning"]["method"] == "gcg" else PATIENCE
+        assert TuneConfig(**m["tuning"]).patience == want, key
 
 
 def test_the_benchmarks_patience_rule_stops_where_the_engine_stops(tiny_bpe):

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from distreach.jobs import experiment_jobs, target_model, tuning_jobs
+from distreach.jobs import experiment_jobs, experiment_tables, target_model, tuning_jobs
 from distreach.errors import DistreachError
 
 from .test_workflow import planned_jobs, snakemake, tiny_config, tiny_sources  # noqa: F401 (a fixture)
@@ -26,17 +26,28 @@ def config(shared: bool) -> dict:
     }
 
 
-def test_experiments_sharing_jobs_share_those_of_the_same_model_method_and_settings():
-    jobs = tuning_jobs(config(True))
-    assert sorted(jobs) == ["m/hybrid-1/shard-0", "m/short+lr=0.05+prefix_len=3/shard-0", "m/soft+prefix_len=3/shard-0",
-                            "m/soft/shard-0", "m/soft/shard-1", "n/soft/shard-0"]
-    assert [m["experiment"] for m in jobs["m/soft/shard-0"]["shards"]] == ["a", "b", "d"]
-    assert [(m["experiment"], m["shard"], m["n_shards"]) for m in jobs["m/soft/shard-1"]["shards"]] == [("a", 1, 2)]
-    assert jobs["m/hybrid-1/shard-0"]["tuning"] == {"lr": 0.1, "prefix_len": 5, "method": "hybrid", "n_soft": 1}
-    assert jobs["m/soft+prefix_len=3/shard-0"]["tuning"] == {"lr": 0.1, "prefix_len": 3, "method": "soft"}
-    # settings apply global, then the experiment's, then the method's
-    assert jobs["m/short+lr=0.05+prefix_len=3/shard-0"]["tuning"] == {"lr": 0.05, "prefix_len": 2, "method": "soft"}
-    assert experiment_jobs(tuning_jobs(config(True)), "a") == ["m/soft/shard-0", "m/soft/shard-1"]
+def test_experiments_sharing_jobs_share_those_whose_rows_one_batch_can_tune():
+    cfg = config(True)
+    cfg["methods"]["gcg-8"] = {"method": "gcg", "gcg_width": 8}
+    cfg["experiments"]["f"] = {"models": ["m"], "methods": ["hard", "gcg-8"], "inits": 1, "shards": 1, "targets": "t4"}
+    cfg["experiments"]["g"] = {"models": ["m"], "methods": ["gcg-8"], "inits": 2, "shards": 1, "targets": "t1"}
+    jobs = tuning_jobs(cfg)
+    assert sorted(jobs) == ["m/gcg-8/shard-0", "m/tune+lr=0.05+prefix_len=2/shard-0", "m/tune+prefix_len=3/shard-0",
+                            "m/tune/shard-0", "m/tune/shard-1", "n/tune/shard-0"]
+    # soft, hybrid and hard rows of one prefix length and otherwise equal settings: one job, a shard per method
+    assert [(m["experiment"], m["method"]) for m in jobs["m/tune/shard-0"]["shards"]] == [
+        ("a", "soft"), ("b", "soft"), ("b", "hybrid-1"), ("d", "soft"), ("f", "hard")]
+    assert [(m["experiment"], m["shard"], m["n_shards"]) for m in jobs["m/tune/shard-1"]["shards"]] == [("a", 1, 2)]
+    assert [(m["experiment"], m["method"]) for m in jobs["m/gcg-8/shard-0"]["shards"]] == [("f", "gcg-8"), ("g", "gcg-8")]
+    tuning = {(m["experiment"], m["method"]): m["tuning"] for job in jobs.values() for m in job["shards"]}
+    assert tuning["b", "hybrid-1"] == {"lr": 0.1, "prefix_len": 5, "method": "hybrid", "n_soft": 1}
+    assert tuning["c", "soft"] == {"lr": 0.1, "prefix_len": 3, "method": "soft"}
+    # settings apply global, then the experiment's, then the method's; a job is named by those that differ
+    assert tuning["e", "short"] == {"lr": 0.05, "prefix_len": 2, "method": "soft"}
+    assert tuning["g", "gcg-8"] == {"lr": 0.1, "prefix_len": 5, "method": "gcg", "gcg_width": 8}
+    assert experiment_jobs(jobs, "a") == ["m/tune/shard-0", "m/tune/shard-1"]
+    assert experiment_tables(jobs, "b", lambda key: f"results/tuning/{key}") == [
+        "results/tuning/m/tune/shard-0/b@soft.arrow", "results/tuning/m/tune/shard-0/b@hybrid-1.arrow"]
 
 
 def test_experiments_not_sharing_jobs_have_jobs_of_their_own():
@@ -51,19 +62,21 @@ def test_job_names_are_path_safe_and_never_shared_by_jobs_of_other_settings():
     cfg = config(True)
     cfg["experiments"]["c"]["tuning"] = {"init": "normal", "soft_positions": [0, 2], "stop_kl_nats": 0.001}
     names = [key.split("/")[1] for key in tuning_jobs(cfg)]
-    assert "soft+init=normal+soft_positions=h" in " ".join(names)
-    assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=+@-]*", n) for n in names), names  # rules/common.smk's pattern
+    assert "tune+init=normal+stop_kl_nats=0.001" in names  # soft_positions: a setting rows of one batch may differ in
+    own = [key.split("/")[1] for key in tuning_jobs({**cfg, "share_jobs": False})]
+    assert "c@soft+init=normal+soft_positions=h" in " ".join(own)  # a list: a digest
+    assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.=+@-]*", n) for n in names + own), names  # rules/common.smk's pattern
     cfg["experiments"]["b"]["tuning"] = {"init": "1"}
     cfg["experiments"]["d"]["tuning"] = {"init": 1}  # the same name, other settings
-    with pytest.raises(DistreachError, match="experiments.d: its tuning job m/soft\\+init=1/shard-0"):
+    with pytest.raises(DistreachError, match="experiments.d: its tuning job m/tune\\+init=1/shard-0"):
         tuning_jobs(cfg)
 
 
 @pytest.mark.slow  # over 10 s on a 2-core CPU
 def test_the_workflow_plans_one_tune_job_per_job(tmp_path, tiny_sources):  # noqa: F811
-    # shared: tiny and tiny-gpt2 soft (2 shards each), tiny hybrid-1, hard, soft+prefix_len=2, tiny-random soft;
+    # shared: tiny (soft, hybrid-1 and hard) and tiny-gpt2 (2 shards each), tiny tune+prefix_len=2, tiny-random;
     # each experiment on its own: 20 (vanilla 2 models x 2 shards, methods 3, migrated 2, pos 2, nine more)
-    for shared, jobs in ((True, 8), (False, 20)):
+    for shared, jobs in ((True, 6), (False, 20)):
         cfg = {**tiny_config(tiny_sources), "share_jobs": shared}
         cfg["experiments"]["random-init"]["tuning"] = {"init": "normal", "bos": "none"}  # settings in the job's name
         proc = snakemake(tmp_path / str(shared), cfg, "-n")

@@ -60,8 +60,8 @@ def test_hard_positions_and_inits_draw_only_usable_tokens():
     allowed = allowed_tokens(tok, rows, cfg)
     assert torch.equal(allowed, torch.from_numpy(usable_mask(tok, rows)))
     embed = torch.nn.Embedding(rows, 4)
-    soft, hard, _ = init_rows(embed, embed.weight, allowed, range(300), cfg)
-    assert set(hard.flatten().tolist()) <= set(usable_ids(tok, rows).tolist())
+    soft, drawn = init_rows(embed, embed.weight, allowed, range(300), cfg)
+    assert set(drawn.flatten().tolist()) <= set(usable_ids(tok, rows).tolist())
 
 
 def test_resolve_bos_policies():

@@ -188,3 +188,35 @@ def test_a_tuning_context_goes_where_its_model_does(tiny_llama, tmp_path):
     assert df.equals(api.tune_target(tiny_llama, targets, inits=1, **settings))
     with pytest.raises(DistreachError, match="^a tuning context made for .* used with tuning settings"):
         api.tune_target(ctx, targets, inits=1, **settings, bos="none")
+
+
+def test_a_job_of_soft_hybrid_and_hard_shards_writes_each_as_its_own_run_would(tiny_dirs, tmp_path):
+    """run_job tunes shards that differ only in their soft positions in the same batches: each
+    experiment's table has its method, prompt shapes, settings and hard-prompt text as run_shard
+    gives it alone, its numbers equal up to float rounding, and names the experiments it was tuned
+    with."""
+    from distreach.tuning import run_job
+
+    targets = vanilla_targets(93, EntropyGrid(step=3.0, unit="bits"), VanillaSettings(per_level=1))
+    write_arrow(targets, tmp_path / "t.arrow")
+    base = {"max_steps": 8, "patience": 4, "prefix_len": 3}
+    shards = [dict(experiment=e, method=name, tuning=tuning_config({**base, **extra}), inits=1, shard=0, n_shards=1,
+                   targets=str(tmp_path / "t.arrow"), out=str(tmp_path / f"{e}@{name}.arrow"))
+              for e, name, extra in (("a", "soft", {}), ("b", "hybrid-1", {"method": "hybrid", "n_soft": 1}),
+                                     ("b", "hard", {"method": "hard"}))]
+    tables = run_job(model_dir=str(tiny_dirs["llama"]), shards=shards, checkpoint=tmp_path / "job.ckpt", device="cpu")
+    for m, table in zip(shards, tables):
+        alone = pl.from_arrow(run_shard(model_dir=str(tiny_dirs["llama"]), targets_path=m["targets"],
+                                        out_path=str(tmp_path / "alone.arrow"), experiment=m["experiment"],
+                                        method=m["method"], tuning=m["tuning"], inits=1, shard=0, n_shards=1,
+                                        device="cpu"))
+        df = pl.from_arrow(read_arrow(m["out"]))
+        assert df.equals(pl.from_arrow(table))
+        assert df["method"].to_list() == [m["method"]] * df.height
+        for col in ("n_soft", "prefix_len", "soft_positions", "prompt_ids", "prompt_text", "steps", "init_ids"):
+            assert df[col].to_list() == alone[col].to_list(), (m["method"], col)
+        assert df["kl_min"].to_numpy() == pytest.approx(alone["kl_min"].to_numpy(), rel=1e-5)
+        meta = arrow_metadata(table)
+        assert meta["tuning"] == arrow_metadata(read_arrow(tmp_path / "alone.arrow"))["tuning"]
+        assert meta["tuned_with"] == ["a", "b", "b"] and meta["work"]["row_steps"] > alone["steps"].sum()
+    assert not (tmp_path / "job.ckpt").exists()

@@ -163,10 +163,13 @@ def test_single_figure_plans_only_what_it_needs(tmp_path, tiny_sources):
 def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
     cfg = {**tiny_config(tiny_sources), "share_jobs": True}  # as the default config.yaml
     snakemake(tmp_path, cfg, "--cores", "2")
-    # shared jobs: vanilla's shard k shares its job with every soft experiment of the model
-    assert sorted(p.name for p in (tmp_path / "results/tuning/tiny/soft/shard-0").glob("*.arrow")) == sorted(
-        f"{e}.arrow" for e in ("vanilla", "methods", "outliers", "outlier-vanilla", "lm-soft", "matched-soft",
-                               "shuffled-soft", "migrated-soft", "migrated-matched-soft", "pos"))
+    # shared jobs: vanilla's shard k shares its job with every soft, hybrid and hard experiment of the
+    # model and prefix length, one table per experiment and method
+    soft = ("vanilla", "methods", "outliers", "outlier-vanilla", "lm-soft", "matched-soft", "shuffled-soft",
+            "migrated-soft", "migrated-matched-soft", "pos")
+    assert sorted(p.name for p in (tmp_path / "results/tuning/tiny/tune/shard-0").glob("*.arrow")) == sorted(
+        [f"{e}@soft.arrow" for e in soft] + ["methods@hybrid-1.arrow", "methods@hard.arrow", "lm-hard@hard.arrow",
+                                              "matched-hard@hard.arrow"])
     drawn = [f"figures/{fig}" for fig in cfg["figures"]] + ["report/achieved"]
     assert len(drawn) == 13
     for stem in drawn:
