@@ -30,7 +30,7 @@ def test_default_run_page_says_what_the_run_wrote():
     assert all(f"**{v}**" in part for v in claims["verdict"])
     readme = " ".join((REPO / "README.md").read_text().split())
     # this run's and the AVX2 run's time, CPU and dtype, in the README and (the AVX2 one) on the page
-    avx2 = json.loads((DATA / "avx2-fp32-ceea747.json").read_text())
+    avx2 = json.loads((DATA / "avx2-fp32-5abe422.json").read_text())
     for facts, where in ((run, [readme]), (avx2, [readme, " ".join(page.split())])):
         mins, secs = divmod(facts["wall_seconds"], 60)
         for text in where:
@@ -39,8 +39,25 @@ def test_default_run_page_says_what_the_run_wrote():
         assert all(f"`dtype: auto` is {d}" in readme for d in facts["dtypes"])
     for facts in (run, avx2):  # the code each run's tables were made by
         assert f"of `{facts['commit'][:7]}` took **" in readme
+    # the AVX2 run's tuning jobs: those of config.yaml (its code's, and today's)
+    import yaml
+    from snakemake.utils import validate
+
+    from distreach.config import check_config
+    from distreach.jobs import tuning_jobs
+    from distreach.schema import SCHEMA_PATH
+
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    check_config(cfg, SCHEMA_PATH, validate)  # the schema's defaults filled in, as the workflow does
+    assert f"`docs/default-run/avx2-fp32-{avx2['commit'][:7]}.json`; {len(tuning_jobs(cfg))} tuning jobs:" in readme
+    # an earlier AVX2 run on another machine of the same CPU model
+    other = json.loads((DATA / "avx2-fp32-ceea747.json").read_text())
+    mins, secs = divmod(other["wall_seconds"], 60)
+    assert other["cpu"] == avx2["cpu"] and other["dtypes"] == avx2["dtypes"]
+    assert (f"on another of the same model the code of `{other['commit'][:7]}` took {mins} min {secs} s"
+            f" (`docs/default-run/avx2-fp32-{other['commit'][:7]}.json`)") in readme
     # the outcomes that differ between the two runs, as the page states them
-    avx2_claims = pl.read_ipc(DATA / "avx2-fp32-ceea747-claims.arrow")
+    avx2_claims = pl.read_ipc(DATA / "avx2-fp32-5abe422-claims.arrow")
 
     def verdict(df, claim, model):
         return df.filter((pl.col("claim") == claim) & (pl.col("model") == model))["verdict"].item()

@@ -126,7 +126,7 @@ def test_grouped_shards_run_in_one_submission_on_one_gpu(tmp_path):
     tuning = [info for info in jobs.values() if info.get("Comment", "").startswith("rule_tuning_tune_job")]
     assert len(tuning) == 1, jobs  # both shards of 'vanilla' in one submission
     assert tuning[0].get("TresPerJob") == "gres:gpu:1" and tuning[0].get("JobState") == "COMPLETED"
-    assert len(list((tmp_path / "run/results/tuning/tiny/vanilla@soft").glob("shard-*/vanilla.arrow"))) == 2
+    assert len(list((tmp_path / "run/results/tuning/tiny/vanilla@soft").glob("shard-*/vanilla@soft.arrow"))) == 2
 
 
 def test_paper_stand_ins_dag_under_slurm(tmp_path):
