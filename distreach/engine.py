@@ -49,14 +49,13 @@ import torch
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint, checkpoint_key
 from .errors import DistreachError
 from .infotheory import entropy, kl, log_of
-from .jobs import ROW_METHODS, ROW_SETTINGS
+from .methods import DEFAULT_METHOD, METHODS, ROW_METHODS, ROW_SETTINGS
 from .models import dtype_name
 from .optimrows import keep_rows
 from .tokens import BOS_POLICIES, resolve_bos, usable_mask, vocab_support
 
 log = logging.getLogger(__name__)
 
-METHODS = ("soft", "hard", "hybrid", "gcg")
 GCG_KEYS = ("gcg_width", "gcg_topk", "gcg_replace", "readable")  # TuneConfig fields of method gcg only
 # why a row stopped (TuneResult.stop_reason holds the index): it ran all max_steps; its best KL gained
 # less than min_delta for patience steps; its KL reached stop_kl_nats; a pure hard row's sweep changed
@@ -87,7 +86,7 @@ def is_gain(kl, best, min_delta: float):
 
 @dataclass(frozen=True)
 class TuneConfig:
-    method: str = "soft"
+    method: str = DEFAULT_METHOD
     prefix_len: int = 5
     n_soft: int | None = None  # hybrid: soft positions (default L // 2); soft: L; hard: 0
     soft_positions: tuple | None = None  # hybrid: which positions are soft (default the first n_soft)
@@ -270,6 +269,11 @@ def init_rows(embed, weight, allowed: torch.Tensor, seeds, cfg: TuneConfig):
     return torch.stack(soft), torch.stack(drawn)
 
 
+def row_masks(cfg: TuneConfig, n: int) -> torch.Tensor:
+    """[n, L] bool: ``cfg.soft_mask`` in each of n rows."""
+    return torch.tensor(cfg.soft_mask, dtype=torch.bool).expand(n, cfg.prefix_len).clone()
+
+
 def _contiguous_head_input(module, args):
     return (args[0].contiguous(),) + tuple(args[1:])
 
@@ -410,7 +414,8 @@ class _Batch:
     ``rec`` holds the rows' records (a :class:`TuneResult` of tensors, indexed by row of the
     batch; its prompts hold every position: ``best_soft`` [n, L, d], ``best_ids`` [n, L]); the
     rest is the working state of the rows still tuned (``active``). ``soft`` are the rows'
-    starting vectors of every position ([n, L, d]), ``ids`` their starting tokens ([n, L]) and
+    starting vectors of every position ([n, L, d]; [n, 0, d] where no row has a soft position,
+    and then ``best_soft`` too), ``ids`` their starting tokens ([n, L]) and
     ``mask`` ([n, L] bool, default ``cfg.soft_mask`` in every row) which positions of each row
     are soft."""
 
@@ -426,7 +431,7 @@ class _Batch:
         self.target = target_p
         self.logp = log_of(target_p)  # the targets' logarithms, once per batch
         n = target_p.shape[0]
-        self.row_mask = torch.tensor([cfg.soft_mask] * n, dtype=torch.bool) if mask is None else mask.cpu()
+        self.row_mask = row_masks(cfg, n) if mask is None else mask.cpu()
         self.any_soft, self.any_hard = bool(self.row_mask.any()), bool((~self.row_mask).any())
         # each row's hard positions left to right (then its soft ones), and their number
         self.row_hard_order = torch.stack([torch.cat([(~m).nonzero().flatten(), m.nonzero().flatten()])
@@ -446,15 +451,12 @@ class _Batch:
 
     def _active_targets(self) -> None:
         """The active rows' targets and their logarithms, kept while the rows stay (a batch's
-        step reads them without indexing [B, |V|] every step), and their soft masks, hard
-        positions and numbers of hard positions."""
+        step reads them without indexing [B, |V|] every step), and their soft masks."""
         everyone = len(self.active) == len(self.target)
         rows = self.active.to(self.device)
         self.p_active = self.target if everyone else self.target[rows]
         self.logp_active = self.logp if everyone else self.logp[rows]
         self.mask_active = self.row_mask[self.active].to(self.device)
-        self.hard_order_active = self.row_hard_order[self.active].to(self.device)
-        self.n_hard_active = self.row_n_hard[self.active].to(self.device)
 
     def _adamw(self):
         return torch.optim.AdamW([self.theta], lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
@@ -483,6 +485,8 @@ class _Batch:
     def inputs(self, soft, hard_emb, mask=None):
         """The prefixes' input embeddings: ``soft`` ([B, L, d]) where ``mask`` (the active
         rows' by default) says soft, ``hard_emb`` (the tokens' embeddings) elsewhere."""
+        if not self.any_soft:
+            return hard_emb
         mask = self.mask_active if mask is None else mask
         return torch.where(mask[..., None], soft.to(self.dtype), hard_emb)
 
@@ -571,13 +575,13 @@ class _Batch:
         """Each active row with hard positions swaps the token at its hard position
         ``step % n_hard`` (left to right over its hard positions)."""
         cfg = self.cfg
-        n_hard = self.n_hard_active
-        has = n_hard > 0
-        if not bool(has.any()):
+        n_hard = self.row_n_hard[self.active]  # on the CPU: the indexing below waits for no device
+        h_cpu = (n_hard > 0).nonzero().flatten()  # the active rows with hard positions
+        if not len(h_cpu):
             return
-        h = has.nonzero().flatten()  # the active rows with hard positions
-        j = step % n_hard[h]
-        pos = self.hard_order_active[h, j]  # [Bh]: the position each of them updates
+        j = step % n_hard[h_cpu]
+        pos_cpu = self.row_hard_order[self.active[h_cpu], j]  # [Bh]: the position each of them updates
+        h, pos = h_cpu.to(self.device), pos_cpu.to(self.device)
         g = grad[h, pos].float()  # [Bh, d]
         # argmin over x of (e(x) - theta_j) . g: theta_j . g is the same for every x, and an
         # embedding scale (Gemma) is a positive factor, so W g ranks the tokens
@@ -591,10 +595,10 @@ class _Batch:
             new = self._best_candidate(h, pos, top, current[h], rows[h])
         self.ids[h, pos] = new
         # a pure hard row whose sweep changed nothing has converged
-        pure = (n_hard[h] == self.ids.shape[1]).cpu()
-        who = self.active[has.cpu()][pure]  # those rows, by row of the batch
+        pure = n_hard[h_cpu] == self.ids.shape[1]
+        who = self.active[h_cpu][pure]  # those rows, by row of the batch
         self.changed[who] |= (new != old).cpu()[pure]
-        ends = who[(j == n_hard[h] - 1).cpu()[pure]]  # at the end of a sweep
+        ends = who[(j == n_hard[h_cpu] - 1)[pure]]  # at the end of a sweep
         self.converged[ends] = ~self.changed[ends]
         self.changed[ends] = False
 
@@ -684,7 +688,7 @@ def tune(
 
 def row_settings_apart(cfgs: list[TuneConfig]) -> str | None:
     """Why rows of these settings cannot share a batch (a setting other than
-    :data:`distreach.jobs.ROW_SETTINGS` differs, or a method the engine's batches do not mix),
+    :data:`distreach.methods.ROW_SETTINGS` differs, or a method the engine's batches do not mix),
     or None."""
     for cfg in cfgs:
         if cfg.method not in ROW_METHODS:
@@ -705,13 +709,13 @@ def tune_groups(
 ) -> list[TuneResult]:
     """:func:`tune` of several groups of rows in the same batches, one result per group: each
     group is ``(target_probs, init_seeds, cfg)``, and the settings differ only in which
-    positions are soft (:data:`distreach.jobs.ROW_SETTINGS`: soft, hybrid and hard prompts of
+    positions are soft (:data:`distreach.methods.ROW_SETTINGS`: soft, hybrid and hard prompts of
     one length). A row's result is the one it gets in a call of its own up to the float
     rounding of batches of another shape. Each result's ``work`` is the whole call's."""
     cfgs = [cfg for _, _, cfg in groups]
     if not cfgs:
         return []
-    if len(cfgs) > 1 and (why := row_settings_apart(cfgs)):
+    if why := row_settings_apart(cfgs):
         raise DistreachError(f"tuning: rows of these settings cannot be tuned together: {why}")
     cfg = cfgs[0]
     targets = [_checked_targets(model_of(loaded), p, seeds) for p, seeds, _ in groups]  # refused before any work
@@ -722,8 +726,10 @@ def tune_groups(
     target = torch.cat(targets)
     seeds = [s for _, group_seeds, _ in groups for s in group_seeds]
     soft, drawn = init_rows(embed, weight, ctx.allowed, seeds, cfg)
-    mask = torch.cat([torch.tensor([c.soft_mask] * n, dtype=torch.bool).reshape(n, cfg.prefix_len)
-                      for c, n in zip(cfgs, sizes)])
+    mask = torch.cat([row_masks(c, n) for c, n in zip(cfgs, sizes)])
+    any_soft = bool(mask.any())
+    if not any_soft:  # hard prompts only: no soft vectors to carry
+        soft = soft[:, :0]
     run = None
     if target.shape[0]:
         key = checkpoint_key(loaded, target, seeds, list(zip(cfgs, sizes)), record_curve) if checkpoint is not None else ""
@@ -741,7 +747,9 @@ def tune_groups(
         else:
             part = res.take(slice(lo, lo + n))
             soft_at = np.asarray(c.soft_mask)
-            part.best_soft, part.best_ids = part.best_soft[:, soft_at], part.best_ids[:, ~soft_at]
+            part.best_ids = part.best_ids[:, ~soft_at]
+            if any_soft:
+                part.best_soft = part.best_soft[:, soft_at]
         part.work = work
         out.append(part)
         lo += n

@@ -1,14 +1,15 @@
 """Tuning jobs: which experiments' shards are tuned together in one batch.
 
-A tuning job tunes shard k of one or more experiments on one model, and writes one table per
-experiment into its folder (:func:`table_path`). A job is known by ``<model>/<job name>/shard-<k>``.
+A tuning job tunes shard k of one or more experiments and methods on one model, and writes one
+table per experiment and method into its folder (:func:`table_path`). A job is known by ``<model>/<job name>/shard-<k>``.
 By default each experiment and method has its own jobs, named ``<experiment>@<method>`` (then
 ``+key=value`` for each of the experiment's own tuning settings). With the config's
 ``share_jobs: true`` the experiments on a model share their jobs where the engine can tune their
 rows in one batch: soft, hybrid and hard prompts whose settings differ only in which positions
-are soft (:data:`ROW_SETTINGS`) share a job named ``tune`` (then ``+key=value`` for each setting
-that differs from the config's ``tuning``: ``tune+prefix_len=3``); gcg experiments share one named
-by the method, as without sharing. One model load and one tail of slowly converging rows per job
+are soft (:data:`distreach.methods.ROW_SETTINGS`) share a job named ``tune`` (then ``+key=value`` for each setting
+that differs from the config's ``tuning``: ``tune+prefix_len=3``); a gcg job is named by its method
+and the experiment's own settings, without ``<experiment>@`` (``gcg``), and experiments whose jobs
+get one name share it (an error where their settings differ). One model load and one tail of slowly converging rows per job
 instead of one per experiment and method (on a CPU a row-step among few rows costs several times
 one among many: ``docs/speed.md``, rows tuned together). The price: asking for one figure tunes
 every experiment of its jobs, and editing one experiment reruns its jobs.
@@ -23,12 +24,7 @@ import json
 import re
 
 from .errors import DistreachError
-
-# the tuning settings in which rows of one batch may differ (which positions are soft), and the
-# methods whose rows the engine mixes that way (distreach.engine.tune_groups): soft, hybrid and hard
-# prompts of one length and otherwise equal settings
-ROW_SETTINGS = ("method", "n_soft", "soft_positions")
-ROW_METHODS = ("soft", "hard", "hybrid")
+from .methods import DEFAULT_METHOD, ROW_METHODS, ROW_SETTINGS
 
 
 def _value(value) -> str:
@@ -62,7 +58,7 @@ def tuning_jobs(config: dict) -> dict[str, dict]:
                 entry = config.get("methods", {}).get(method, {"method": method})
                 settings = {**base, **overrides, **entry}
                 batch = {k: v for k, v in settings.items() if k not in ROW_SETTINGS}  # what a job's shards share
-                if shared and settings["method"] in ROW_METHODS:
+                if shared and settings.get("method", DEFAULT_METHOD) in ROW_METHODS:
                     title = job_name(name, "tune", {k: v for k, v in batch.items() if base.get(k, None) != v}, True)
                 else:
                     title, batch = job_name(name, method, overrides, shared), settings

@@ -117,9 +117,11 @@ def run_job(
     if loaded is None:
         device = resolve_device(device)
         loaded, _ = load_materialised(model_dir, dtype=auto_dtype(device) if dtype == "auto" else dtype, device=device)
-    parts = []
+    parts, read = [], {}
     for m in shards:
-        meta, probs = read_target_matrix(m["targets"], model_of(loaded).vocab_size)
+        if m["targets"] not in read:  # an experiment's methods read its targets once
+            read[m["targets"]] = read_target_matrix(m["targets"], model_of(loaded).vocab_size)
+        meta, probs = read[m["targets"]]
         parts.append(Shard(m["experiment"], meta, probs, m["inits"], m.get("shard", 0), m.get("n_shards", 1),
                            m["method"], m["tuning"]))
     tables = tune_shards(loaded, parts, seed=seed, checkpoint=checkpoint, checkpoint_seconds=checkpoint_seconds,
@@ -208,9 +210,12 @@ def tune_shards(
         results = [res.take(slice(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
     else:
         results = tune_groups(ctx, [(p, seeds, m.tuning) for p, (m, _, seeds) in zip(probs, plans)], **args)
-    tables, ctx32 = [], None
-    for (m, rows, shard_seeds), res, p in zip(plans, results, probs):
+    retries, ctx32 = [], None
+    for (m, _, shard_seeds), res, p in zip(plans, results, probs):  # every retry first: the work they add is the call's
         row_dtype, retry, ctx32 = _retry_in_fp32(ctx, res, p, shard_seeds, m.tuning, ctx32)
+        retries.append((row_dtype, retry))
+    tables = []
+    for (m, rows, shard_seeds), res, p, (row_dtype, retry) in zip(plans, results, probs, retries):
         # a retried row's prompt typed back in runs on the model it was tuned on: the fp32 one
         hard = hard_prompt_columns(ctx, m.tuning, res, p, on=[ctx if r is None else ctx32 for r in retry])
         columns = {
@@ -253,7 +258,7 @@ def _provenance(ctx, m: Shard, shards: list[Shard], seed: int, work: dict, ran: 
         "inits": m.inits,
         "seed": seed,
         "shard": [m.shard, m.n_shards],
-        "tuned_with": [other.experiment for other in shards],
+        "tuned_with": [f"{other.experiment}@{other.method}" for other in shards],
         "work": work,
         "dtype": ctx.dtype,
         "device": str(ctx.device),

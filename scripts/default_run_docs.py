@@ -35,8 +35,13 @@ END = "<!-- end of generated part -->"
 
 
 def job_seconds(log: str) -> dict[str, float]:
-    """Seconds of job time per rule, from the timestamps Snakemake writes before each job starts
-    and when it finishes."""
+    """Seconds of job time per rule (:func:`rule_jobs`, summed)."""
+    return {rule: sum(times) for rule, times in rule_jobs(log).items()}
+
+
+def rule_jobs(log: str) -> dict[str, list[float]]:
+    """Each finished job's seconds, per rule, from the timestamps Snakemake writes before each job
+    starts and when it finishes."""
     now, start, rule_of, total = None, {}, {}, {}
     rule = None
     for line in log.splitlines():
@@ -47,7 +52,7 @@ def job_seconds(log: str) -> dict[str, float]:
         elif (m := re.match(r"^\s+jobid: (\d+)", line)) and rule:
             start[m.group(1)], rule_of[m.group(1)], rule = now, rule, None
         elif (m := re.match(r"^Finished jobid: (\d+)|^Finished job (\d+)\.", line)) and (j := m.group(1) or m.group(2)) in start:
-            total[rule_of[j]] = total.get(rule_of[j], 0.0) + (now - start[j]).total_seconds()
+            total.setdefault(rule_of[j], []).append((now - start[j]).total_seconds())
     return total
 
 
@@ -58,7 +63,7 @@ def run_facts(results: Path, wall: float, log: str) -> dict:
     tables = [read_arrow(p) for p in sorted((results / "collected").glob("*.arrow"))]
     df = pl.concat([pl.from_arrow(t) for t in tables], how="diagonal_relaxed")
     per_model = df.group_by("model").agg(pl.len().alias("rows"), pl.col("steps").sum().alias("row_steps")).sort("model")
-    jobs = job_seconds(log)
+    jobs = rule_jobs(log)
     commits = set()  # of the code that tuned each shard and collected each table
     for table in tables:
         meta = arrow_metadata(table)
@@ -74,7 +79,8 @@ def run_facts(results: Path, wall: float, log: str) -> dict:
         "rows": df.height,
         "row_steps": int(df["steps"].sum()),
         "models": {r["model"]: {"rows": r["rows"], "row_steps": r["row_steps"]} for r in per_model.iter_rows(named=True)},
-        "job_seconds": {k: round(v) for k, v in sorted(jobs.items())},
+        "job_seconds": {k: round(sum(v)) for k, v in sorted(jobs.items())},
+        "jobs": {k: len(v) for k, v in sorted(jobs.items())},
         "collected_mb": round(sum(p.stat().st_size for p in (results / "collected").glob("*.arrow")) / 1e6, 2),
         "results_mb": round(sum(p.stat().st_size for p in results.rglob("*") if p.is_file()
                                 and "models" not in p.relative_to(results).parts[:1]) / 1e6, 1),

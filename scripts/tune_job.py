@@ -1,5 +1,5 @@
-"""Snakemake entry point: one tuning job, shard k of the experiments it tunes together
-(distreach.tuning.run_job), written as one folder of per-experiment tables."""
+"""Snakemake entry point: one tuning job, shard k of the experiments and methods it tunes together
+(distreach.tuning.run_job), written as one folder of tables, one per experiment and method."""
 
 import _repo  # first: this checkout's distreach under --sdm conda
 

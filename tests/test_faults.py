@@ -196,8 +196,9 @@ def test_a_batch_resumed_after_one_of_its_rows_stopped_scores_the_others_against
         np.testing.assert_array_equal(getattr(resumed, name), getattr(fresh, name), err_msg=name)
 
 
-def poison(monkeypatch, when):
-    """Make the model's logits NaN for the first row in its first forward pass when ``when(dtype)``."""
+def poison(monkeypatch, when, row=0):
+    """Make the model's logits NaN for row ``row`` (the first by default) in its first forward pass when
+    ``when(dtype)``."""
     real = tuning.load_materialised
 
     def load(folder, dtype="fp32", device="auto", with_model=True):
@@ -210,7 +211,7 @@ def poison(monkeypatch, when):
                 if len(calls) > 1:
                     return output
                 output = output.clone()
-                output[0] = float("nan")
+                output[row] = float("nan")
                 return output
 
             loaded.model.get_output_embeddings().register_forward_hook(hook)
@@ -243,18 +244,26 @@ def test_non_finite_rows_are_retried_in_fp32_or_marked_failed(tiny_dirs, tmp_pat
     assert arrow_metadata(read_arrow(out))["attention"] == {"bf16": "eager", "fp32": "sdpa"}
 
 
-def test_each_shard_names_the_attention_of_the_dtypes_its_own_rows_ran_in(tiny_dirs, tmp_path, monkeypatch):
-    """Two experiments tuned in one bf16 job; the first row (the first experiment's) is retried in fp32."""
-    poison(monkeypatch, lambda d: d == "bf16")
+@pytest.mark.parametrize("row", [0, -1])
+def test_each_shard_names_the_attention_of_the_dtypes_its_own_rows_ran_in(tiny_dirs, tmp_path, monkeypatch, row):
+    """Two experiments tuned in one bf16 job (a soft and a hard one: one batch); the first row (the
+    first experiment's) or the last (the second's) is retried in fp32. Both tables record the work of
+    the whole call, its retry included."""
+    poison(monkeypatch, lambda d: d == "bf16", row)
     targets = targets_file(tmp_path)
     outs = [tmp_path / "a.arrow", tmp_path / "b.arrow"]
-    tuning.run_job(model_dir=str(tiny_dirs["llama"]), method="soft", tuning=tuning_config({"max_steps": 3}),
-                   checkpoint=tmp_path / "ck", dtype="bf16", device="cpu",
-                   shards=[{"experiment": e, "targets": targets, "out": o, "inits": 1} for e, o in zip("ab", outs)])
+    tables = tuning.run_job(
+        model_dir=str(tiny_dirs["llama"]), checkpoint=tmp_path / "ck", dtype="bf16", device="cpu",
+        shards=[{"experiment": e, "targets": targets, "out": o, "inits": 1, "method": m,
+                 "tuning": tuning_config({"max_steps": 3, "method": m})} for e, o, m in zip("ab", outs, ("soft", "hard"))])
     a, b = (read_arrow(o) for o in outs)
-    assert a.column("dtype").to_pylist()[0] == "fp32" and set(b.column("dtype").to_pylist()) == {"bf16"}
-    assert arrow_metadata(a)["attention"] == {"bf16": "eager", "fp32": "sdpa"}
-    assert arrow_metadata(b)["attention"] == {"bf16": "eager"}
+    retried, other = (a, b) if row == 0 else (b, a)
+    assert retried.column("dtype").to_pylist()[row] == "fp32" and set(other.column("dtype").to_pylist()) == {"bf16"}
+    assert arrow_metadata(retried)["attention"] == {"bf16": "eager", "fp32": "sdpa"}
+    assert arrow_metadata(other)["attention"] == {"bf16": "eager"}
+    work = [arrow_metadata(t)["work"] for t in tables]
+    steps = sum(t.column("steps").to_numpy().sum() for t in tables)
+    assert work[0] == work[1] and work[0]["row_steps"] == steps + 1  # every row's steps, and the retried row's bf16 one
 
 
 @pytest.mark.parametrize("method, extra", [("hard", {}), ("gcg", {"gcg_width": 4, "readable": False}),

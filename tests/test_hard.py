@@ -149,6 +149,29 @@ def test_rows_of_settings_other_than_their_soft_positions_are_not_tuned_together
                        (dict(method="gcg", gcg_width=4), "method gcg is not one of")):
         with pytest.raises(DistreachError, match=why):
             tune_groups(tiny_llama, [(p[:1], [0], TuneConfig(method="hard")), (p[1:], [1], TuneConfig(**other))])
+    with pytest.raises(DistreachError, match="method gcg is not one of"):  # gcg has its own engine: tune()
+        tune_groups(tiny_llama, [(p, [0, 1], TuneConfig(method="gcg", gcg_width=4))])
+
+
+def test_a_batch_of_hard_prompts_carries_no_soft_vectors(tiny_llama, tmp_path):
+    """Rows without soft positions tune without soft state: the checkpointed batch holds none."""
+    from distreach.engine import tune_groups
+
+    class Stop(Exception):
+        pass
+
+    def stop(step, active):
+        if step == 2:
+            raise Stop
+
+    p = targets(tiny_llama.vocab_size, 2)
+    ckpt = tmp_path / "c.ckpt"
+    with pytest.raises(Stop):
+        tune_groups(tiny_llama, [(p, [0, 1], TuneConfig(method="hard", max_steps=5))], on_step=stop, checkpoint=ckpt,
+                    checkpoint_seconds=0)
+    state = torch.load(ckpt, weights_only=True)["batch"]
+    assert state["theta"].numel() == 0 and state["rec"]["best_soft"].numel() == 0
+    assert state["rec"]["best_ids"].shape == (2, 5)
 
 
 def test_a_mixed_call_resumed_from_its_checkpoint_ends_as_a_fresh_one(tiny_llama, tmp_path):
@@ -180,8 +203,6 @@ def test_each_row_of_a_mixed_batch_swaps_its_own_hard_positions_in_turn(tiny_lla
     """In one batch of rows with different soft positions, step s changes at most the token at a
     row's hard position s mod n_hard (its hard positions left to right), and over a sweep each hard
     position is visited; soft positions' tokens never change."""
-    from distreach.engine import tune_groups  # noqa: F401 (the batches it makes are these)
-
     lm = tiny_llama
     masks = [(True, False, True, False), (False, False, False, True), (False,) * 4]
     cfg = TuneConfig(method="hybrid", prefix_len=4, n_soft=0, max_steps=12, patience=12)

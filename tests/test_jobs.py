@@ -1,5 +1,6 @@
 """Which experiments share a tuning job (distreach.jobs), and the workflow's plan of them."""
 
+import json
 import re
 
 import pytest
@@ -31,9 +32,11 @@ def test_experiments_sharing_jobs_share_those_whose_rows_one_batch_can_tune():
     cfg["methods"]["gcg-8"] = {"method": "gcg", "gcg_width": 8}
     cfg["experiments"]["f"] = {"models": ["m"], "methods": ["hard", "gcg-8"], "inits": 1, "shards": 1, "targets": "t4"}
     cfg["experiments"]["g"] = {"models": ["m"], "methods": ["gcg-8"], "inits": 2, "shards": 1, "targets": "t1"}
+    cfg["methods"]["fast"] = {"lr": 0.5}  # no method: TuneConfig's (soft)
+    cfg["experiments"]["h"] = {"models": ["m"], "methods": ["fast"], "inits": 1, "shards": 1, "targets": "t1"}
     jobs = tuning_jobs(cfg)
-    assert sorted(jobs) == ["m/gcg-8/shard-0", "m/tune+lr=0.05+prefix_len=2/shard-0", "m/tune+prefix_len=3/shard-0",
-                            "m/tune/shard-0", "m/tune/shard-1", "n/tune/shard-0"]
+    assert sorted(jobs) == ["m/gcg-8/shard-0", "m/tune+lr=0.05+prefix_len=2/shard-0", "m/tune+lr=0.5/shard-0",
+                            "m/tune+prefix_len=3/shard-0", "m/tune/shard-0", "m/tune/shard-1", "n/tune/shard-0"]
     # soft, hybrid and hard rows of one prefix length and otherwise equal settings: one job, a shard per method
     assert [(m["experiment"], m["method"]) for m in jobs["m/tune/shard-0"]["shards"]] == [
         ("a", "soft"), ("b", "soft"), ("b", "hybrid-1"), ("d", "soft"), ("f", "hard")]
@@ -81,10 +84,28 @@ def test_the_workflow_plans_one_tune_job_per_job(tmp_path, tiny_sources):  # noq
         cfg["experiments"]["random-init"]["tuning"] = {"init": "normal", "bos": "none"}  # settings in the job's name
         proc = snakemake(tmp_path / str(shared), cfg, "-n")
         assert planned_jobs(proc)["tune_job"] == jobs
+        # a job's runtime request: the model's runtime (60 minutes by default) per experiment it tunes
+        runtime = {f"{m['model']}/{m['job']}/shard-{m['shard']}": int(m["runtime"]) for m in re.finditer(
+            r"rule tune_job:.*?wildcards: model=(?P<model>[^,]+), job=(?P<job>[^,]+), shard=(?P<shard>\d+).*?runtime=(?P<runtime>\d+)",
+            proc.stdout, re.S)}
+        planned = tuning_jobs(planned_config(cfg))
+        assert runtime == {key: 60 * len({m["experiment"] for m in job["shards"]}) for key, job in planned.items()}
 
 
 @pytest.mark.parametrize("old,new", [("bundle_experiments", "renamed to share_jobs"),
                                      ("twins", "a stand-in is now a model source: models.<name>.source: {stand_in: ")])
+def planned_config(cfg: dict) -> dict:
+    """``cfg`` with the schema's defaults filled in, as the workflow reads it."""
+    from snakemake.utils import validate
+
+    from distreach.config import check_config
+    from distreach.schema import SCHEMA_PATH
+
+    cfg = json.loads(json.dumps(cfg))
+    check_config(cfg, SCHEMA_PATH, validate)
+    return cfg
+
+
 def test_a_key_of_an_earlier_version_is_refused_naming_its_replacement(tmp_path, old, new):
     """A config with ``bundle_experiments`` or a ``twins`` section (both renamed) stops before
     any schema check with one line naming what replaced it."""

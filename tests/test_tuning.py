@@ -218,5 +218,5 @@ def test_a_job_of_soft_hybrid_and_hard_shards_writes_each_as_its_own_run_would(t
         assert df["kl_min"].to_numpy() == pytest.approx(alone["kl_min"].to_numpy(), rel=1e-5)
         meta = arrow_metadata(table)
         assert meta["tuning"] == arrow_metadata(read_arrow(tmp_path / "alone.arrow"))["tuning"]
-        assert meta["tuned_with"] == ["a", "b", "b"] and meta["work"]["row_steps"] > alone["steps"].sum()
+        assert meta["tuned_with"] == ["a@soft", "b@hybrid-1", "b@hard"] and meta["work"]["row_steps"] > alone["steps"].sum()
     assert not (tmp_path / "job.ckpt").exists()
