@@ -23,7 +23,7 @@ from .schema import default
 
 log = logging.getLogger(__name__)
 CHECKPOINT_SECONDS = float(default("checkpoint_seconds"))  # how often a tuning run saves its state, unless told
-FORMAT = 6  # layout of the saved state and the loss it was tuned on; a checkpoint of another is not resumed
+FORMAT = 7  # layout of the saved state and the loss it was tuned on; a checkpoint of another is not resumed
 
 
 def checkpoint_path(output) -> Path:

@@ -414,8 +414,8 @@ class _Batch:
     ``rec`` holds the rows' records (a :class:`TuneResult` of tensors, indexed by row of the
     batch; its prompts hold every position: ``best_soft`` [n, L, d], ``best_ids`` [n, L]); the
     rest is the working state of the rows still tuned (``active``). ``soft`` are the rows'
-    starting vectors of every position ([n, L, d]; [n, 0, d] where no row has a soft position,
-    and then ``best_soft`` too), ``ids`` their starting tokens ([n, L]) and
+    starting vectors of every position ([n, L, d]; [n, 0, d] where no row of the tuning call has
+    a soft position, and then ``best_soft`` too), ``ids`` their starting tokens ([n, L]) and
     ``mask`` ([n, L] bool, default ``cfg.soft_mask`` in every row) which positions of each row
     are soft."""
 
@@ -716,7 +716,8 @@ def tune_groups(
     if not cfgs:
         return []
     if why := row_settings_apart(cfgs):
-        raise DistreachError(f"tuning: rows of these settings cannot be tuned together: {why}")
+        raise DistreachError(f"tuning: rows of these settings cannot be tuned together: {why}" if len(cfgs) > 1 else
+                             f"tuning: tune_groups tunes {ROW_METHODS} rows; {why} (tune() tunes it)")
     cfg = cfgs[0]
     targets = [_checked_targets(model_of(loaded), p, seeds) for p, seeds, _ in groups]  # refused before any work
     ctx = tuning_context(loaded, cfg)
@@ -729,7 +730,7 @@ def tune_groups(
     mask = torch.cat([row_masks(c, n) for c, n in zip(cfgs, sizes)])
     any_soft = bool(mask.any())
     if not any_soft:  # hard prompts only: no soft vectors to carry
-        soft = soft[:, :0]
+        soft = soft.new_zeros((soft.shape[0], 0, soft.shape[2]))
     run = None
     if target.shape[0]:
         key = checkpoint_key(loaded, target, seeds, list(zip(cfgs, sizes)), record_curve) if checkpoint is not None else ""

@@ -101,8 +101,8 @@ def run_job(
     loaded=None,
     progress=None,
 ) -> list[pa.Table]:
-    """Tune the shards of several experiments on one model in the same batches
-    (:func:`tune_shards`), and write each experiment's table atomically.
+    """Tune the shards of several experiments and methods on one model in the same batches
+    (:func:`tune_shards`), and write each one's table atomically.
 
     ``shards``: dicts with ``experiment``, ``targets`` (target file), ``out`` (table to
     write), ``inits``, ``shard``, ``n_shards``, ``method`` (its name in the table) and

@@ -151,10 +151,11 @@ def model_mem_mb(wildcards, attempt):
 
 
 def model_runtime(wildcards, attempt):
-    """Minutes of one tuning job: config models.<name>.runtime per experiment it tunes (its methods
-    share the batch), more on a retry (a job that hit its time limit resumes from its checkpoint)."""
-    experiments = {m["experiment"] for m in tuning_job(wildcards)["shards"]}
-    return config["models"][wildcards.model].get("runtime", 60) * len(experiments) * attempt
+    """Minutes of one tuning job: config models.<name>.runtime per shard it tunes (an experiment's
+    rows of one method: what their jobs would ask for without share_jobs), more on a retry (a job
+    that hit its time limit resumes from its checkpoint)."""
+    shards = len(tuning_job(wildcards)["shards"])
+    return config["models"][wildcards.model].get("runtime", 60) * shards * attempt
 
 
 def experiment_shards(wildcards):

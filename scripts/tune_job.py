@@ -34,4 +34,4 @@ with _repo.step_log(snakemake.log[0]):
             keep_checkpoint=True,
         )
     checkpoint.unlink(missing_ok=True)  # only once the folder is in place
-    print(f"{sum(t.num_rows for t in tables)} rows tuned for {len(tables)} experiment(s)")
+    print(f"{sum(t.num_rows for t in tables)} rows tuned for {len(tables)} experiment(s) and method(s)")

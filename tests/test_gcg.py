@@ -241,7 +241,7 @@ def test_every_tuning_job_of_the_shipped_configs_runs_with_its_methods_patience(
     shards = [(key, m) for key, job in jobs.items() for m in job["shards"]]
     assert {"gcg", "soft", "hard"} <= {m["method"] for _, m in shards}
     for key, m in shards:
-        want = GCG_PATIENCE if m["tuning"]["method"] == "gcg" else PATIENCE
+        want = GCG_PATIENCE if TuneConfig(**m["tuning"]).method == "gcg" else PATIENCE
         assert TuneConfig(**m["tuning"]).patience == want, key
 
 

@@ -53,6 +53,17 @@ def test_experiments_sharing_jobs_share_those_whose_rows_one_batch_can_tune():
         "results/tuning/m/tune/shard-0/b@soft.arrow", "results/tuning/m/tune/shard-0/b@hybrid-1.arrow"]
 
 
+def test_the_job_planner_imports_no_torch():
+    """Snakemake plans the jobs when it reads the rules: distreach.jobs (and the method facts it shares
+    with the engine, distreach.methods) load without torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, distreach.jobs; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_experiments_not_sharing_jobs_have_jobs_of_their_own():
     jobs = tuning_jobs(config(False))
     assert sorted(jobs) == ["m/a@soft/shard-0", "m/a@soft/shard-1", "m/b@hybrid-1/shard-0", "m/b@soft/shard-0",
@@ -84,16 +95,15 @@ def test_the_workflow_plans_one_tune_job_per_job(tmp_path, tiny_sources):  # noq
         cfg["experiments"]["random-init"]["tuning"] = {"init": "normal", "bos": "none"}  # settings in the job's name
         proc = snakemake(tmp_path / str(shared), cfg, "-n")
         assert planned_jobs(proc)["tune_job"] == jobs
-        # a job's runtime request: the model's runtime (60 minutes by default) per experiment it tunes
+        # a job's runtime request: the model's runtime (60 minutes by default) per shard it tunes (an experiment's
+        # rows of one method), what the jobs of those shards would ask for without sharing
         runtime = {f"{m['model']}/{m['job']}/shard-{m['shard']}": int(m["runtime"]) for m in re.finditer(
             r"rule tune_job:.*?wildcards: model=(?P<model>[^,]+), job=(?P<job>[^,]+), shard=(?P<shard>\d+).*?runtime=(?P<runtime>\d+)",
             proc.stdout, re.S)}
         planned = tuning_jobs(planned_config(cfg))
-        assert runtime == {key: 60 * len({m["experiment"] for m in job["shards"]}) for key, job in planned.items()}
+        assert runtime == {key: 60 * len(job["shards"]) for key, job in planned.items()}
 
 
-@pytest.mark.parametrize("old,new", [("bundle_experiments", "renamed to share_jobs"),
-                                     ("twins", "a stand-in is now a model source: models.<name>.source: {stand_in: ")])
 def planned_config(cfg: dict) -> dict:
     """``cfg`` with the schema's defaults filled in, as the workflow reads it."""
     from snakemake.utils import validate
@@ -106,6 +116,8 @@ def planned_config(cfg: dict) -> dict:
     return cfg
 
 
+@pytest.mark.parametrize("old,new", [("bundle_experiments", "renamed to share_jobs"),
+                                     ("twins", "a stand-in is now a model source: models.<name>.source: {stand_in: ")])
 def test_a_key_of_an_earlier_version_is_refused_naming_its_replacement(tmp_path, old, new):
     """A config with ``bundle_experiments`` or a ``twins`` section (both renamed) stops before
     any schema check with one line naming what replaced it."""
