@@ -21,6 +21,7 @@ import torch
 from .checkpoint import CHECKPOINT_SECONDS, checkpoint_path
 from .engine import STOP_REASONS, TuneConfig, model_of, prompt_kl, tune, tune_groups, tuning_context
 from .errors import DistreachError
+from .methods import DEFAULT_METHOD
 from .units import to_unit
 from .io import arrow_metadata, package_versions, with_metadata, write_arrow
 from .models import attention_of, auto_dtype, cpu_model, load_materialised, resolve_device
@@ -55,7 +56,7 @@ class Shard:
     inits: int
     shard: int = 0
     n_shards: int = 1
-    method: str = "soft"
+    method: str = DEFAULT_METHOD
     tuning: TuneConfig = TuneConfig()
 
 
