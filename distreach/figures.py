@@ -11,11 +11,11 @@ from pathlib import Path
 import altair as alt
 import numpy as np
 import polars as pl
-from scipy import stats
 
 from .errors import DistreachError
 from .figureregistry import FIGURES
 from .io import atomic_path
+from .offline import InlineTemplate
 from .tables import min_over_inits, min_over_shuffles, read_tables, source_ids
 
 FORMATS = (".html", ".png", ".svg")
@@ -47,6 +47,8 @@ def summarise(df: pl.DataFrame, value: str, by: list[str], level: float | None =
     if level is None:
         half = sem
     else:
+        from scipy import stats  # here: scipy.stats takes about a second to import, and most figures draw no t-interval
+
         t = [stats.t.ppf(0.5 + level / 2, n - 1) if n > 1 else 0.0 for n in out["n"]]
         half = sem * pl.Series(t)
     return out.with_columns(lo=(pl.col("mean") - half).clip(lower_bound=0.0), hi=pl.col("mean") + half)
@@ -492,10 +494,10 @@ def read_inputs(inputs: dict) -> pl.DataFrame:
     return read_tables(inputs["nexttoken"] if "nexttoken" in inputs else inputs["tables"])
 
 
-def draw(fig: str, inputs: dict, spec: dict, stem: str | Path) -> list[Path]:
+def draw(fig: str, inputs: dict, spec: dict, stem: str | Path, bundle: str | None = None) -> list[Path]:
     """Figure ``fig`` drawn from ``inputs`` (``{"tables": [...]}``, ``{"pos": [...]}`` or ``{"nexttoken": [...]}``) with
-    its config entry ``spec``, written as ``stem``.html/.png/.svg."""
-    return save(DRAW[fig](read_inputs(inputs), spec), stem)
+    its config entry ``spec``, written as ``stem``.html/.png/.svg (``bundle``: as :func:`save` takes it)."""
+    return save(DRAW[fig](read_inputs(inputs), spec), stem, bundle)
 
 
 def readable(chart):
@@ -506,15 +508,18 @@ def readable(chart):
             .configure_header(labelLimit=0, titleLimit=0))
 
 
-def save(chart, stem: str | Path) -> list[Path]:
-    """Write ``stem``.html/.png/.svg (:func:`readable`), each atomically; the HTML needs no network."""
+def save(chart, stem: str | Path, bundle: str | None = None) -> list[Path]:
+    """Write ``stem``.html/.png/.svg (:func:`readable`), each atomically; the HTML needs no network.
+    ``bundle`` is :func:`distreach.offline.vega_bundle`'s text where the caller has it: the same
+    page, without making the bundle again."""
     stem = Path(stem)
     chart = readable(chart)
     written = []
     for ext in FORMATS:
         path = stem.with_suffix(ext)
+        options = {"template": InlineTemplate(bundle)} if ext == ".html" and bundle is not None else SAVE_OPTIONS[ext]
         with atomic_path(path) as tmp:
-            chart.save(str(tmp), format=ext[1:], **SAVE_OPTIONS[ext])
+            chart.save(str(tmp), format=ext[1:], **options)
         written.append(path)
     return written
 

@@ -1,3 +1,19 @@
+rule vega_bundle:
+    """The JavaScript every offline HTML page of the run carries (Vega, Vega-Lite and
+    vega-embed: distreach.offline.vega_bundle), bundled once instead of in every figure's job.
+    """
+    output:
+        "results/figures/lib/vega-embed.js",
+    log:
+        "logs/figures/vega-embed.log",
+    conda:
+        "../envs/figures.yaml"
+    params:
+        code=script_code("vega_bundle"),
+    script:
+        "../scripts/vega_bundle.py"
+
+
 rule next_token:
     """Fig. 3's distributions on one model (distreach.nexttoken): its next-token distribution
     after the text of figures.fig03, an Eq. 1 target of the same entropy and what a soft prompt
@@ -32,6 +48,7 @@ rule figure:
     distreach.figureregistry.FIGURES; distreach.figures.DRAW[fig] draws it."""
     input:
         unpack(figure_inputs),
+        bundle=rules.vega_bundle.output[0],
     output:
         html="results/figures/{fig}.html",
         png=report(

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 import yaml
 
-from distreach import figureregistry, figures, tables
+from distreach import figureregistry, figures, offline, tables
 from distreach.config import config_schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,6 +129,31 @@ def test_fit_figures_show_whole_labels_and_kl_from_0(tmp_path):
         assert marks and all(m["clip"] is True for m in marks), marks
 
 
+def test_a_page_from_the_runs_bundle_is_altairs_own_offline_page(tmp_path, caplog, monkeypatch):
+    """The figure jobs hand save() the bundle the workflow made once: the HTML is byte for byte
+    the page of altair's inline=True, and nothing is bundled again; a bundle made by other
+    versions is not used."""
+    import vl_convert
+
+    chart = figures.fig01(pl.DataFrame([dict(experiment="e", model="m", method="soft", prefix_len=5, n_soft=5, target_kind="vanilla",
+                                             target_id=f"v{h}", target_entropy=float(h), entropy_unit="bits",
+                                             kl_min=0.1 * h, status="ok", init_index=0) for h in range(3)]),
+                          {"experiment": "e"})
+    figures.save(chart, tmp_path / "own")
+    offline.write_vega_bundle(tmp_path / "lib/vega-embed.js")
+    bundle = offline.read_vega_bundle(tmp_path / "lib/vega-embed.js")
+    with monkeypatch.context() as m:
+        m.setattr(vl_convert, "javascript_bundle", lambda **kw: pytest.fail("bundled again"))
+        figures.save(chart, tmp_path / "made-once", bundle)
+    own = (tmp_path / "own.html").read_text()
+    assert bundle in own and (tmp_path / "made-once.html").read_text() == own
+    for ext in (".png", ".svg"):
+        assert (tmp_path / f"made-once{ext}").read_bytes() == (tmp_path / f"own{ext}").read_bytes()
+    stale = tmp_path / "stale.js"
+    stale.write_text("// distreach: bundle of vl-convert 0.1, Vega-Lite v1\n" + bundle)
+    assert offline.read_vega_bundle(stale) is None and "made by other versions (vl-convert 0.1, Vega-Lite v1)" in caplog.text
+
+
 def _layers(spec: dict):
     """Every unit spec of a (layered, concatenated or faceted) Vega-Lite spec."""
     for key in ("layer", "hconcat", "vconcat", "concat"):
@@ -197,7 +222,8 @@ def test_a_figure_is_one_registry_entry_and_one_draw_function(tmp_path, monkeypa
     # planned: the figure with its experiment's table; the claims report reads that table too
     jobs = planned_jobs(tmp_path, config, {"results/figures/fig99.png", "results/report/claims.md"})
     figure = [j for j in jobs if j.rule.name == "figure"]
-    assert [j.wildcards.fig for j in figure] == ["fig99"] and list(figure[0].input) == ["results/collected/prefix-2.arrow"]
+    assert [j.wildcards.fig for j in figure] == ["fig99"] and list(figure[0].input.tables) == ["results/collected/prefix-2.arrow"]
+    assert figure[0].input.bundle == "results/figures/lib/vega-embed.js"  # the offline page's JavaScript, made once a run
     assert figure[0].params.caption == caption == fig99.__doc__
     report = next(j for j in jobs if j.rule.name == "claims")
     assert "results/collected/prefix-2.arrow" in report.input and report.params.figures["fig99"] == spec

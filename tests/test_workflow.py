@@ -138,25 +138,28 @@ def test_single_figure_plans_only_what_it_needs(tmp_path, tiny_sources):
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig01.png")
     jobs = planned_jobs(proc)
     # two models of the 'vanilla' experiment, 2 shards each; nothing of 'random-init', no fig05
-    assert jobs == {"materialise_model": 2, "targets": 2, "tune_job": 4, "collect": 1, "figure": 1}
+    assert jobs == {"materialise_model": 2, "targets": 2, "tune_job": 4, "collect": 1, "figure": 1, "vega_bundle": 1}
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig06.png")
     # fig06 pairs tiny (from 'vanilla') with its random-init copy (from 'random-init', on targets
     # 'coarse'), whose vanilla targets depend on the vocabulary alone: tiny's, made once
-    assert planned_jobs(proc) == {"materialise_model": 3, "targets": 3, "tune_job": 5, "collect": 2, "figure": 1}
+    assert planned_jobs(proc) == {"materialise_model": 3, "targets": 3, "tune_job": 5, "collect": 2, "figure": 1,
+                                  "vega_bundle": 1}
     assert "results/targets/coarse/tiny.arrow" in proc.stdout and "targets/coarse/tiny-random" not in proc.stdout
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig10.png")
     # migrated targets need tiny-gpt2's LM-generated targets, then the matched vanilla ones
-    assert planned_jobs(proc) == {"materialise_model": 2, "targets": 3, "tune_job": 2, "collect": 2, "figure": 1}
+    assert planned_jobs(proc) == {"materialise_model": 2, "targets": 3, "tune_job": 2, "collect": 2, "figure": 1,
+                                  "vega_bundle": 1}
     for fig, families in (("fig07", 2), ("fig08", 2), ("fig09", 3)):  # one model, its own targets only
         proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", f"results/figures/{fig}.png")
-        expected = {"materialise_model": 1, "targets": families, "tune_job": families, "collect": families, "figure": 1}
+        expected = {"materialise_model": 1, "targets": families, "tune_job": families, "collect": families, "figure": 1,
+                    "vega_bundle": 1}
         assert planned_jobs(proc) == expected, fig
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig12.png")
     # vocabulary and POS jobs only: no targets, no tuning
-    assert planned_jobs(proc) == {"materialise_model": 2, "pos_tag": 2, "figure": 1}
+    assert planned_jobs(proc) == {"materialise_model": 2, "pos_tag": 2, "figure": 1, "vega_bundle": 1}
     proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig03.png")
     # one model's next-token distributions, computed (and a soft prompt tuned) by one job
-    assert planned_jobs(proc) == {"materialise_model": 1, "next_token": 1, "figure": 1}
+    assert planned_jobs(proc) == {"materialise_model": 1, "next_token": 1, "figure": 1, "vega_bundle": 1}
 
 
 @pytest.mark.slow
@@ -321,7 +324,7 @@ def test_default_config_is_valid_and_plans_every_figure(tmp_path):
     jobs = planned_jobs(snakemake(tmp_path, config, "-n"))
     assert jobs["figure"] == len(config["figures"]) == 12
     assert jobs["materialise_model"] == len(config["models"]) == 3 and jobs["collect"] == len(config["experiments"])
-    assert jobs["next_token"] == 1 and jobs["achieved"] == 1
+    assert jobs["next_token"] == 1 and jobs["achieved"] == 1 and jobs["vega_bundle"] == 1
 
 
 def copy_workflow(dest: Path) -> Path:
@@ -365,7 +368,7 @@ def test_partial_reruns(tmp_path, tiny_sources):
     # imports; the claims report does not
     module = wf / "distreach" / "figures.py"
     source = module.read_text()
-    module.write_text(source.replace("def save(chart, stem: str | Path)", "def save(chart, stem: str | Path, changed=None)"))
+    module.write_text(source.replace("def save(chart, stem: str | Path,", "def save(chart, stem: str | Path, changed=None,"))
     assert planned_jobs(smk("-n")) == {"figure": 2, "achieved": 1, "all": 1}
     module.write_text(source)
     # a module the tuning jobs reach through distreach.tuning
