@@ -20,9 +20,10 @@ def _bundle_made_by() -> str:
 
 def vega_bundle() -> str:
     """The JavaScript an offline HTML figure carries (Vega, Vega-Lite and vega-embed, bundled by
-    vl-convert for altair's Vega-Lite version): what ``inline=True`` puts in every page, made in
-    about 2 s per process. The workflow makes it once per run (:func:`write_vega_bundle`) and its
-    figures' jobs hand it to :func:`distreach.figures.save` (:func:`read_vega_bundle`)."""
+    vl-convert for altair's Vega-Lite version): what ``inline=True`` puts in every page, bundled
+    anew in every process that asks for it (seconds). The workflow makes it once
+    (:func:`write_vega_bundle`) and the jobs that draw a figure hand it to
+    :func:`distreach.figures.save` (:func:`read_vega_bundle`)."""
     from altair.utils._importers import import_vl_convert, vl_version_for_vl_convert
 
     return import_vl_convert().javascript_bundle(vl_version=vl_version_for_vl_convert())
@@ -33,20 +34,21 @@ BUNDLE_HEADER = "// distreach: bundle of {}\n"
 
 def write_vega_bundle(path: str | Path) -> None:
     """:func:`vega_bundle`, written atomically to ``path`` after a first line naming what made it."""
-    with atomic_path(Path(path)) as tmp:
-        Path(tmp).write_text(BUNDLE_HEADER.format(_bundle_made_by()) + vega_bundle(), encoding="utf-8")
+    with atomic_path(Path(path)) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(BUNDLE_HEADER.format(_bundle_made_by()) + vega_bundle())
 
 
 def read_vega_bundle(path: str | Path) -> str | None:
     """The bundle :func:`write_vega_bundle` wrote to ``path``, or None (and a log line) where it
     was made by other versions of vl-convert or Vega-Lite than this environment's:
     :func:`distreach.figures.save` then bundles anew, so a page never carries JavaScript of another version."""
-    text = Path(path).read_text(encoding="utf-8")
+    with open(path, encoding="utf-8", newline="") as f:  # the bundle's own line ends, as vl-convert made them
+        text = f.read()
     header = BUNDLE_HEADER.format(_bundle_made_by())
     if text.startswith(header):
         return text[len(header):]
     log.warning("%s was made by other versions (%s); this environment has %s: bundling anew", path,
-                text.partition("\n")[0].removeprefix("// distreach: bundle of "), _bundle_made_by())
+                text.partition("\n")[0].removeprefix("// distreach: bundle of ")[:80], _bundle_made_by())
     return None
 
 

@@ -1,3 +1,4 @@
+import importlib.metadata
 import os
 import shutil
 import sys
@@ -46,6 +47,23 @@ def script_code(script):
     """Fingerprint of the distreach modules scripts/<script>.py reaches through its imports
     (followed transitively); as a param, editing any of them reruns the rule."""
     return fingerprint(Path(workflow.basedir) / "scripts" / f"{script}.py")
+
+
+# the JavaScript of the offline HTML pages (rule vega_bundle), read by the jobs that draw a figure
+VEGA_BUNDLE = "results/figures/lib/vega-embed.js"
+
+
+def installed_versions(*packages):
+    """The installed version of each package (None where it is not installed here): as a param, a
+    rule whose output depends on them reruns when they change in the .venv (under --sdm conda its
+    env's changes rerun it anyway)."""
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
 
 
 def model_base(wildcards):

@@ -1,14 +1,16 @@
 rule vega_bundle:
-    """The JavaScript every offline HTML page of the run carries (Vega, Vega-Lite and
-    vega-embed: distreach.offline.vega_bundle), bundled once instead of in every figure's job.
+    """The JavaScript that makes the figures' HTML pages (and the achieved figure's) open with
+    no network (Vega, Vega-Lite and vega-embed: distreach.offline.vega_bundle), bundled once per
+    results folder instead of in each of those jobs; made again when altair or vl-convert change.
     """
     output:
-        "results/figures/lib/vega-embed.js",
+        VEGA_BUNDLE,
     log:
         "logs/figures/vega-embed.log",
     conda:
         "../envs/figures.yaml"
     params:
+        made_by=installed_versions("altair", "vl-convert-python"),
         code=script_code("vega_bundle"),
     script:
         "../scripts/vega_bundle.py"
@@ -48,7 +50,7 @@ rule figure:
     distreach.figureregistry.FIGURES; distreach.figures.DRAW[fig] draws it."""
     input:
         unpack(figure_inputs),
-        bundle=rules.vega_bundle.output[0],
+        bundle=VEGA_BUNDLE,
     output:
         html="results/figures/{fig}.html",
         png=report(

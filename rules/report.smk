@@ -31,7 +31,7 @@ rule achieved:
     target's most probable tokens, q on them at the best step, and q's own."""
     input:
         unpack(achieved_inputs),
-        bundle=rules.vega_bundle.output[0],
+        bundle=VEGA_BUNDLE,
     output:
         html="results/report/achieved.html",
         png=report(

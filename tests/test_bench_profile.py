@@ -1,4 +1,4 @@
-"""benchmarks/step_profile.py, engine_throughput.py, cpu_dtype.py, dtype_floor.py, cpu_threads.py, pos_tagging.py, cpu_malloc.py and batch_rows.py: the README's tables are the ones their results files give, and
+"""benchmarks/step_profile.py, engine_throughput.py, cpu_dtype.py, dtype_floor.py, cpu_threads.py, pos_tagging.py, cpu_malloc.py, batch_rows.py and figure_jobs.py: the README's tables are the ones their results files give, and
 profiler events go to the groups its docstring names."""
 
 import json
@@ -14,6 +14,7 @@ cpu_threads = load_script(REPO / "benchmarks" / "cpu_threads.py")
 pos_tagging = load_script(REPO / "benchmarks" / "pos_tagging.py")
 cpu_malloc = load_script(REPO / "benchmarks" / "cpu_malloc.py")
 batch_rows = load_script(REPO / "benchmarks" / "batch_rows.py")
+figure_jobs = load_script(REPO / "benchmarks" / "figure_jobs.py")
 
 
 def test_readme_table_is_the_results_file():
@@ -201,3 +202,34 @@ def test_pos_tagging_table_and_counts_are_the_results_file():
     top = ", ".join(f"{k} {v:,}" for k, v in list(pos.items())[:5])
     page = " ".join((REPO / "docs" / "targets.md").read_text().split())
     assert said in page and f"English tokens {sm['kept']:,} keep one POS: {top}." in page
+
+
+def test_readme_figure_jobs_table_is_the_results_file():
+    report = json.loads((REPO / "benchmarks" / "results" / "cpu" / "figure-jobs-avx2.json").read_text())
+    section = (REPO / "benchmarks" / "README.md").read_text().split("## Figure jobs")[1].split("\n## ")[0]
+    assert figure_jobs.table(report) in section
+    assert " ".join(figure_jobs.summary(report).split()) in " ".join(section.split())
+    assert f"`benchmarks/results/cpu/figure-jobs-avx2.json`, {report['seconds']} s in all" in " ".join(section.split())
+    # every figure timed in both ways in every pass
+    for mode in figure_jobs.MODES:
+        runs = report["modes"][mode]["runs"]
+        assert len(runs) == report["figures"] * report["passes"] and report["passes"] >= 2
+        assert {k: report["modes"][mode][k] for k in ("median", "total")} == figure_jobs.mode_stats(runs, report["passes"])
+    # each figure's two ways one after the other, the first way in turns
+    first = {}
+    for b, i in zip(report["modes"]["bundle"]["runs"], report["modes"]["inline"]["runs"]):
+        assert (b["figure"], b["pass"]) == (i["figure"], i["pass"]) and abs(b["order"] - i["order"]) == 1
+        first.setdefault(b["pass"], set()).add(b["order"] < i["order"])
+    assert [first[p] for p in sorted(first)] == [{True}, {False}] * (report["passes"] // 2) + [{True}] * (report["passes"] % 2)
+
+
+def test_figure_jobs_summary_is_the_saving_net_of_the_bundles_job():
+    modes = {"bundle": {"median": 2.0, "total": 20.0}, "inline": {"median": 4.0, "total": 50.0}}
+    report = {"figures": 10, "passes": 2, "write_seconds": 3.0, "modes": modes, "labels": {"bundle": "b", "inline": "i"},
+              "machine": {"cpu": "a CPU", "cores": 2, "native_bf16": False}}
+    assert figure_jobs.summary(report).startswith(
+        "10 figures, 2 passes: 2.50x less time with the run's bundle (20.0 s against 50.0 s a pass); writing the bundle "
+        "once took 3.0 s, so a run saves 27 s of job time")
+    assert figure_jobs.table(report).splitlines()[2:] == ["| b | 2.00 | 20.0 |", "| i | 4.00 | 50.0 |"]
+    rows = [{"pass": p, "seconds": s} for p, s in ((0, 1.0), (0, 3.0), (1, 2.0), (1, 6.0))]
+    assert figure_jobs.mode_stats(rows, 2) == {"median": 2.5, "total": 6.0}

@@ -47,6 +47,15 @@ def test_default_run_page_says_what_the_run_wrote():
     assert other["cpu"] == avx2["cpu"] and other["dtypes"] == avx2["dtypes"]
     assert (f"on another of the same model the code of `{other['commit'][:7]}` took {mins} min {secs} s"
             f" (`docs/default-run/avx2-fp32-{other['commit'][:7]}.json`)") in readme
+    # a later run of the same tuning on the AVX2 run's machine: its time and tuning job time, beside that run's
+    later = json.loads((DATA / "avx2-fp32-8540c9c.json").read_text())
+    mins, secs = divmod(later["wall_seconds"], 60)
+    assert later["cpu"] == avx2["cpu"] and later["rows"] == avx2["rows"] and later["row_steps"] == avx2["row_steps"]
+    assert (DATA / "avx2-fp32-8540c9c-claims.arrow").read_bytes() == (DATA / "avx2-fp32-5abe422-claims.arrow").read_bytes()
+    assert (f"the machine of the `{avx2['commit'][:7]}` run, hours later, took {mins} min {secs} s with the code of "
+            f"`{later['commit'][:7]}` (`docs/default-run/avx2-fp32-{later['commit'][:7]}.json`; the same tuning, every "
+            f"collected table and the claims report the same), its tuning jobs {later['job_seconds']['tune_job']:,} s "
+            f"against {avx2['job_seconds']['tune_job']:,} s") in readme
     # the outcomes that differ between the two runs, as the page states them
     avx2_claims = pl.read_ipc(DATA / "avx2-fp32-5abe422-claims.arrow")
 

@@ -145,13 +145,16 @@ def test_a_page_from_the_runs_bundle_is_altairs_own_offline_page(tmp_path, caplo
     with monkeypatch.context() as m:
         m.setattr(vl_convert, "javascript_bundle", lambda **kw: pytest.fail("bundled again"))
         figures.save(chart, tmp_path / "made-once", bundle)
-    own = (tmp_path / "own.html").read_text()
-    assert bundle in own and (tmp_path / "made-once.html").read_text() == own
-    for ext in (".png", ".svg"):
+    assert bundle.encode() in (tmp_path / "own.html").read_bytes()
+    for ext in (".html", ".png", ".svg"):
         assert (tmp_path / f"made-once{ext}").read_bytes() == (tmp_path / f"own{ext}").read_bytes()
     stale = tmp_path / "stale.js"
     stale.write_text("// distreach: bundle of vl-convert 0.1, Vega-Lite v1\n" + bundle)
     assert offline.read_vega_bundle(stale) is None and "made by other versions (vl-convert 0.1, Vega-Lite v1)" in caplog.text
+    # the bundle's own line ends survive the file
+    monkeypatch.setattr(offline, "vega_bundle", lambda: "a\r\nb\rc\n")
+    offline.write_vega_bundle(tmp_path / "ends.js")
+    assert offline.read_vega_bundle(tmp_path / "ends.js") == "a\r\nb\rc\n"
 
 
 def _layers(spec: dict):

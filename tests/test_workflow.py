@@ -180,6 +180,11 @@ def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
             assert (tmp_path / f"results/{stem}.{ext}").stat().st_size > 1000
         # readable at a glance: no label cut short, no KL axis below 0
         assert svg_problems((tmp_path / f"results/{stem}.svg").read_text()) == [], stem
+    # every page carries the JavaScript bundled once for the run, and no job bundled it anew
+    bundle = (tmp_path / "results/figures/lib/vega-embed.js").read_bytes().partition(b"\n")[2]
+    assert len(bundle) > 100_000 and all(bundle in (tmp_path / f"results/{stem}.html").read_bytes() for stem in drawn)
+    logs = [tmp_path / f"logs/{stem}.log" for stem in drawn]
+    assert all(log.is_file() and "bundling anew" not in log.read_text() for log in logs)
     marks = {fig: figure_marks(tmp_path / f"results/figures/{fig}")
              for fig in ("fig01", "fig04", "fig05", "fig06", "fig07", "fig08", "fig09", "fig10", "fig11", "fig12", "fig13")}
     assert all(marks.values()), [fig for fig, m in marks.items() if not m]
