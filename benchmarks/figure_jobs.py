@@ -1,9 +1,10 @@
 """Time a figure job's work with the run's JavaScript bundle against bundling it in the job.
 
-    python benchmarks/figure_jobs.py [--passes 2] [--out FILE.json]
+    python benchmarks/figure_jobs.py [--run DIR] [--passes 2] [--out FILE.json]
 
-Needs a finished default run's collected tables (``results/collected/``, ``results/nexttoken/``,
-``results/pos/``: ``snakemake --cores all``). Each figure of ``config.yaml`` is drawn in a fresh
+Needs the tables a finished default run wrote in ``--run`` (the workflow's folder, this checkout by
+default: ``results/collected/``, ``results/nexttoken/``, ``results/pos/`` after ``snakemake --cores
+all``). Each figure of ``config.yaml`` is drawn in a fresh
 Python process, as the workflow's ``figure`` job does (its script's imports, reading the tables,
 drawing, writing html, png and svg), once with the bundle the ``vega_bundle`` rule writes
 (:func:`distreach.offline.read_vega_bundle`) and once without it, where the page is bundled in the
@@ -48,19 +49,41 @@ def figure_specs(config_path: Path) -> dict:
     return config["figures"]
 
 
-def figure_inputs(fig: str, spec: dict, results: Path) -> tuple[str, list[str]]:
-    """The files figure ``fig`` reads in ``results`` (the workflow's figure_inputs)."""
+def figure_inputs(fig: str, spec: dict, run: Path) -> tuple[str, list[str]]:
+    """The files figure ``fig`` reads in the workflow folder ``run`` (the workflow's figure_inputs)."""
     from distreach import figureregistry
 
-    files = {"tables": "collected/{}.arrow", "pos": "pos/{}.arrow", "nexttoken": "nexttoken/{}.arrow"}
     kind, names = figureregistry.figure_reads(fig, spec)
-    return kind, [str(results / files[kind].format(name)) for name in names]
+    return kind, [str(run / figureregistry.FIGURE_FILES[kind].format(name)) for name in names]
 
 
-def timed(args: list[str]) -> float:
-    """Wall seconds of a fresh Python process running ``args``."""
+def installed(packages) -> dict:
+    """The installed versions of ``packages`` (the figure jobs' libraries)."""
+    from importlib.metadata import version
+
+    return {name: version(name) for name in packages}
+
+
+def tables_commit(jobs) -> list[str]:
+    """The distreach commits that made the tables the figures read (their Arrow provenance)."""
+    from distreach.io import arrow_metadata, read_arrow
+
+    made = set()
+    for _, inputs, _ in jobs:
+        for files in json.loads(inputs).values():
+            for f in files:
+                made.add(arrow_metadata(read_arrow(f)).get("packages", {}).get("distreach_commit", "unknown"))
+    return sorted(made)
+
+
+def timed(args: list[str], what: str) -> float:
+    """Wall seconds of a fresh Python process running ``args``; one line naming ``what`` and the
+    process's last line of output where it fails."""
     t = time.perf_counter()
-    subprocess.run([sys.executable, *args], check=True, cwd=REPO, capture_output=True)
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode:
+        last = (proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}").splitlines()[-1]
+        raise SystemExit(f"{what}: {last}")
     return time.perf_counter() - t
 
 
@@ -85,8 +108,9 @@ def summary(report: dict) -> str:
     """The README's sentence under the table: the saving, net of the bundle's own job."""
     b, i, m = report["modes"]["bundle"], report["modes"]["inline"], report["machine"]
     saved = i["total"] - b["total"] - report["write_seconds"]
-    return (f"{report['figures']} figures, {report['passes']} passes: {i['total'] / b['total']:.2f}x less time with the "
-            f"run's bundle ({b['total']:.1f} s against {i['total']:.1f} s a pass); writing the bundle once took "
+    return (f"{report['figures']} figures, {report['passes']} passes: {1 - b['total'] / i['total']:.0%} less time with the "
+            f"run's bundle, {i['total'] / b['total']:.2f}x as fast ({b['total']:.1f} s against {i['total']:.1f} s a pass); "
+            f"writing the bundle once took "
             f"{report['write_seconds']:.1f} s, so a run saves {saved:.0f} s of job time on these figures. Measured on "
             f"{m['cpu']}, {m['cores']} cores, {'with' if m['native_bf16'] else 'without'} native bf16.")
 
@@ -94,7 +118,7 @@ def summary(report: dict) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(REPO / "config.yaml"))
-    ap.add_argument("--results", default=str(REPO / "results"))
+    ap.add_argument("--run", default=str(REPO), help="the workflow folder of a finished default run")
     ap.add_argument("--passes", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
@@ -103,11 +127,11 @@ def main():
     from distreach.io import atomic_path, package_versions
     from distreach.models import machine
 
-    specs = figure_specs(Path(args.config))
-    results = Path(args.results)
+    specs = figure_specs(Path(args.config).resolve())
+    run = Path(args.run).resolve()
     jobs = []
     for fig, spec in specs.items():
-        kind, files = figure_inputs(fig, spec, results)
+        kind, files = figure_inputs(fig, spec, run)
         missing = [f for f in files if not Path(f).exists()]
         if missing:
             raise SystemExit(f"{fig}: {missing[0]} is missing: run the default pipeline first (snakemake --cores all)")
@@ -116,15 +140,17 @@ def main():
     seconds = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory() as tmp:
         bundle = str(Path(tmp) / "vega-embed.js")
-        write = timed(["-c", WRITE, bundle])
+        write = timed(["-c", WRITE, bundle], "writing the bundle")
         for p in range(args.passes):
             for fig, inputs, spec in jobs:
                 for mode in (MODES if p % 2 == 0 else MODES[::-1]):
-                    s = timed(["-c", DRIVER, fig, inputs, spec, str(Path(tmp) / f"{fig}-{mode}"), bundle if mode == "bundle" else ""])
+                    s = timed(["-c", DRIVER, fig, inputs, spec, str(Path(tmp) / f"{fig}-{mode}"), bundle if mode == "bundle" else ""],
+                              f"{fig} ({mode})")
                     seconds[mode].append({"figure": fig, "pass": p, "order": sum(map(len, seconds.values())), "seconds": s})
                     print(f"pass {p} {fig} {mode}: {s:.2f} s", flush=True)
     modes = {mode: {**mode_stats(rows, args.passes), "runs": rows} for mode, rows in seconds.items()}
-    report = {"machine": machine(), "versions": package_versions(), "figures": len(jobs), "passes": args.passes,
+    report = {"machine": machine(), "versions": {**package_versions(), **installed(("altair", "vl-convert-python"))},
+              "tables_made_by": tables_commit(jobs), "figures": len(jobs), "passes": args.passes,
               "write_seconds": write, "seconds": round(time.perf_counter() - start),
               "labels": {"bundle": "the run's bundle (rule vega_bundle)", "inline": "bundled in the job (inline=True)"},
               "modes": modes}

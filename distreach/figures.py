@@ -47,7 +47,7 @@ def summarise(df: pl.DataFrame, value: str, by: list[str], level: float | None =
     if level is None:
         half = sem
     else:
-        from scipy import stats  # here: scipy.stats takes about a second to import, and most figures draw no t-interval
+        from scipy import stats  # here: importing scipy.stats is a large share of a figure job's start, and most figures draw no t-interval
 
         t = [stats.t.ppf(0.5 + level / 2, n - 1) if n > 1 else 0.0 for n in out["n"]]
         half = sem * pl.Series(t)

@@ -54,9 +54,10 @@ VEGA_BUNDLE = "results/figures/lib/vega-embed.js"
 
 
 def installed_versions(*packages):
-    """The installed version of each package (None where it is not installed here): as a param, a
-    rule whose output depends on them reruns when they change in the .venv (under --sdm conda its
-    env's changes rerun it anyway)."""
+    """The installed version of each package in Snakemake's own environment (None where it is not
+    installed there): as a param, a rule whose output depends on them reruns when they change in
+    the .venv. Under --sdm conda the rule's env is another one, whose changes rerun it anyway; a
+    change in Snakemake's environment then reruns it too, needlessly."""
     versions = {}
     for name in packages:
         try:
@@ -189,14 +190,6 @@ def experiment_tables(wildcards):
     return jobs.experiment_tables(TUNING_JOBS, wildcards.experiment, job_folder)
 
 
-# the file of each thing a figure reads (distreach.figureregistry.figure_reads), by name
-FIGURE_FILES = {
-    "tables": "results/collected/{}.arrow",
-    "pos": "results/pos/{}.arrow",
-    "nexttoken": "results/nexttoken/{}.arrow",
-}
-
-
 def figure_inputs(wildcards):
     """The files a figure draws from: what its registry entry says it reads
     (distreach.figureregistry): its experiments' collected tables, its models' POS tables or its
@@ -206,7 +199,7 @@ def figure_inputs(wildcards):
             f"{wildcards.fig} is not in the config's figures section (configured: {', '.join(FIGURES)})"
         )
     kind, names = figureregistry.figure_reads(wildcards.fig, FIGURES[wildcards.fig])
-    return {kind: [FIGURE_FILES[kind].format(name) for name in names]}
+    return {kind: [figureregistry.FIGURE_FILES[kind].format(name) for name in names]}
 
 
 def next_token_spec(wildcards):

@@ -209,7 +209,10 @@ def test_readme_figure_jobs_table_is_the_results_file():
     section = (REPO / "benchmarks" / "README.md").read_text().split("## Figure jobs")[1].split("\n## ")[0]
     assert figure_jobs.table(report) in section
     assert " ".join(figure_jobs.summary(report).split()) in " ".join(section.split())
-    assert f"`benchmarks/results/cpu/figure-jobs-avx2.json`, {report['seconds']} s in all" in " ".join(section.split())
+    v = report["versions"]
+    assert (f"`benchmarks/results/cpu/figure-jobs-avx2.json`, {report['seconds']} s in all; the tables of a default run of "
+            f"`{report['tables_made_by'][0][:7]}`, altair {v['altair']}, vl-convert {v['vl-convert-python']})") in " ".join(section.split())
+    assert len(report["tables_made_by"]) == 1  # one run's tables
     # every figure timed in both ways in every pass
     for mode in figure_jobs.MODES:
         runs = report["modes"][mode]["runs"]
@@ -228,8 +231,8 @@ def test_figure_jobs_summary_is_the_saving_net_of_the_bundles_job():
     report = {"figures": 10, "passes": 2, "write_seconds": 3.0, "modes": modes, "labels": {"bundle": "b", "inline": "i"},
               "machine": {"cpu": "a CPU", "cores": 2, "native_bf16": False}}
     assert figure_jobs.summary(report).startswith(
-        "10 figures, 2 passes: 2.50x less time with the run's bundle (20.0 s against 50.0 s a pass); writing the bundle "
-        "once took 3.0 s, so a run saves 27 s of job time")
+        "10 figures, 2 passes: 60% less time with the run's bundle, 2.50x as fast (20.0 s against 50.0 s a pass); writing "
+        "the bundle once took 3.0 s, so a run saves 27 s of job time")
     assert figure_jobs.table(report).splitlines()[2:] == ["| b | 2.00 | 20.0 |", "| i | 4.00 | 50.0 |"]
     rows = [{"pass": p, "seconds": s} for p, s in ((0, 1.0), (0, 3.0), (1, 2.0), (1, 6.0))]
     assert figure_jobs.mode_stats(rows, 2) == {"median": 2.5, "total": 6.0}

@@ -157,6 +157,19 @@ def test_a_page_from_the_runs_bundle_is_altairs_own_offline_page(tmp_path, caplo
     assert offline.read_vega_bundle(tmp_path / "ends.js") == "a\r\nb\rc\n"
 
 
+def test_a_figure_job_loads_scipy_only_for_a_t_interval():
+    """scipy.stats takes a large share of a figure job's start: distreach.figures (and the bundle's
+    module) load without it, and a figure with t-intervals (summarise at a level)
+    loads it when it draws them (Figs. 5 and 7)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, polars as pl, distreach.figures as f, distreach.offline; print('scipy' in sys.modules); "
+            "f.summarise(pl.DataFrame({'g': [1, 1], 'v': [1.0, 2.0]}), 'v', ['g'], level=0.95); print('scipy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "True"]
+
+
 def _layers(spec: dict):
     """Every unit spec of a (layered, concatenated or faceted) Vega-Lite spec."""
     for key in ("layer", "hconcat", "vconcat", "concat"):

@@ -253,6 +253,13 @@ def test_tiny_dag_runs_and_reruns_nothing(tmp_path, tiny_sources):
     snakemake(again, {**cfg, "share_jobs": False}, "--cores", "2", *wanted)
     assert pl.read_ipc(again / "results/collected/vanilla.arrow").equals(df)
     assert pl.read_ipc(again / "results/collected/pos.arrow").equals(pos)
+    # the pages are made from the bundle file: changed (by the same versions), every page job reruns and carries it
+    lib = tmp_path / "results/figures/lib/vega-embed.js"
+    header, _, body = lib.read_text(encoding="utf-8").partition("\n")
+    lib.write_text(f"{header}\n/* a changed bundle */\n{body}", encoding="utf-8")
+    assert planned_jobs(snakemake(tmp_path, cfg, "-n")) == {"figure": 12, "achieved": 1, "all": 1}
+    snakemake(tmp_path, cfg, "--cores", "2")
+    assert all("/* a changed bundle */" in (tmp_path / f"results/{stem}.html").read_text(encoding="utf-8") for stem in drawn)
 
 
 BAD_CONFIGS = [
