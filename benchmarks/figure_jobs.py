@@ -57,13 +57,6 @@ def figure_inputs(fig: str, spec: dict, run: Path) -> tuple[str, list[str]]:
     return kind, [str(run / figureregistry.FIGURE_FILES[kind].format(name)) for name in names]
 
 
-def installed(packages) -> dict:
-    """The installed versions of ``packages`` (the figure jobs' libraries)."""
-    from importlib.metadata import version
-
-    return {name: version(name) for name in packages}
-
-
 def tables_commit(jobs) -> list[str]:
     """The distreach commits that made the tables the figures read (their Arrow provenance)."""
     from distreach.io import arrow_metadata, read_arrow
@@ -124,7 +117,7 @@ def main():
     args = ap.parse_args()
     if args.passes < 1:
         ap.error(f"--passes {args.passes}: at least 1")
-    from distreach.io import atomic_path, package_versions
+    from distreach.io import PROVENANCE_PACKAGES, atomic_path, package_versions
     from distreach.models import machine
 
     specs = figure_specs(Path(args.config).resolve())
@@ -149,7 +142,7 @@ def main():
                     seconds[mode].append({"figure": fig, "pass": p, "order": sum(map(len, seconds.values())), "seconds": s})
                     print(f"pass {p} {fig} {mode}: {s:.2f} s", flush=True)
     modes = {mode: {**mode_stats(rows, args.passes), "runs": rows} for mode, rows in seconds.items()}
-    report = {"machine": machine(), "versions": {**package_versions(), **installed(("altair", "vl-convert-python"))},
+    report = {"machine": machine(), "versions": package_versions((*PROVENANCE_PACKAGES, "altair", "vl-convert-python")),
               "tables_made_by": tables_commit(jobs), "figures": len(jobs), "passes": args.passes,
               "write_seconds": write, "seconds": round(time.perf_counter() - start),
               "labels": {"bundle": "the run's bundle (rule vega_bundle)", "inline": "bundled in the job (inline=True)"},

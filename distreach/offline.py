@@ -44,11 +44,12 @@ def read_vega_bundle(path: str | Path) -> str | None:
     :func:`distreach.figures.save` then bundles anew, so a page never carries JavaScript of another version."""
     with open(path, encoding="utf-8", newline="") as f:  # the bundle's own line ends, as vl-convert made them
         text = f.read()
-    header = BUNDLE_HEADER.format(_bundle_made_by())
+    made_by = _bundle_made_by()
+    header = BUNDLE_HEADER.format(made_by)
     if text.startswith(header):
         return text[len(header):]
     log.warning("%s was made by other versions (%s); this environment has %s: bundling anew", path,
-                text.partition("\n")[0].removeprefix("// distreach: bundle of ")[:80], _bundle_made_by())
+                text.partition("\n")[0].removeprefix("// distreach: bundle of ")[:80], made_by)
     return None
 
 
