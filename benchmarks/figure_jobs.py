@@ -27,6 +27,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("bundle", "inline")
+FIGURE_PACKAGES = ("altair", "vl-convert-python")  # what a figure job bundles and draws with, beside package_versions()
 DRIVER = """
 import json, sys
 from distreach import figures
@@ -52,9 +53,10 @@ def figure_specs(config_path: Path) -> dict:
 def figure_inputs(fig: str, spec: dict, run: Path) -> tuple[str, list[str]]:
     """The files figure ``fig`` reads in the workflow folder ``run`` (the workflow's figure_inputs)."""
     from distreach import figureregistry
+    from distreach.figurefiles import FIGURE_FILES
 
     kind, names = figureregistry.figure_reads(fig, spec)
-    return kind, [str(run / figureregistry.FIGURE_FILES[kind].format(name)) for name in names]
+    return kind, [str(run / FIGURE_FILES[kind].format(name)) for name in names]
 
 
 def tables_commit(jobs) -> list[str]:
@@ -117,7 +119,9 @@ def main():
     args = ap.parse_args()
     if args.passes < 1:
         ap.error(f"--passes {args.passes}: at least 1")
-    from distreach.io import PROVENANCE_PACKAGES, atomic_path, package_versions
+    from importlib.metadata import version
+
+    from distreach.io import atomic_path, package_versions
     from distreach.models import machine
 
     specs = figure_specs(Path(args.config).resolve())
@@ -142,7 +146,7 @@ def main():
                     seconds[mode].append({"figure": fig, "pass": p, "order": sum(map(len, seconds.values())), "seconds": s})
                     print(f"pass {p} {fig} {mode}: {s:.2f} s", flush=True)
     modes = {mode: {**mode_stats(rows, args.passes), "runs": rows} for mode, rows in seconds.items()}
-    report = {"machine": machine(), "versions": package_versions((*PROVENANCE_PACKAGES, "altair", "vl-convert-python")),
+    report = {"machine": machine(), "versions": {**package_versions(), **{name: version(name) for name in FIGURE_PACKAGES}},
               "tables_made_by": tables_commit(jobs), "figures": len(jobs), "passes": args.passes,
               "write_seconds": write, "seconds": round(time.perf_counter() - start),
               "labels": {"bundle": "the run's bundle (rule vega_bundle)", "inline": "bundled in the job (inline=True)"},

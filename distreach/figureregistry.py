@@ -179,18 +179,10 @@ def figure_experiments(spec: dict) -> list[str]:
     return [spec["experiment"]] if spec.get("experiment") else []
 
 
-# the file of each thing a figure reads (figure_reads), by name, as the workflow's rules write them
-FIGURE_FILES = {
-    "tables": "results/collected/{}.arrow",
-    "pos": "results/pos/{}.arrow",
-    "nexttoken": "results/nexttoken/{}.arrow",
-}
-
-
 def figure_reads(fig: str, spec: dict) -> tuple[str, list[str]]:
     """What figure ``fig`` draws from: ``("tables", experiments)`` (their collected tables),
     ``("pos", models)`` (their POS tables) or ``("nexttoken", [model])`` (its next-token
-    distributions); :data:`FIGURE_FILES` names their files."""
+    distributions); the workflow's rules name the files."""
     if FIGURES[fig].reads == "pos":
         return "pos", list(spec["models"])
     if FIGURES[fig].reads == "nexttoken":

@@ -21,10 +21,10 @@ from .errors import DistreachError, one_line
 PROVENANCE_PACKAGES = ("distreach", "torch", "transformers", "numpy", "pyarrow", "polars", "gguf")
 
 
-def package_versions(packages=PROVENANCE_PACKAGES) -> dict[str, str]:
-    """Python's and ``packages``' versions (those installed), and the commit of the distreach checkout (where it runs from one)."""
+def package_versions() -> dict[str, str]:
+    """Python's and the packages' versions, and the commit of the distreach checkout (where it runs from one)."""
     out = {"python": platform.python_version()}
-    for name in packages:
+    for name in PROVENANCE_PACKAGES:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

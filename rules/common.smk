@@ -9,6 +9,7 @@ from snakemake.utils import validate
 # Snakemake puts the Snakefile's folder on sys.path: this checkout's distreach is importable
 from distreach import figureregistry, jobs
 from distreach.codeinfo import fingerprint
+from distreach.figurefiles import FIGURE_FILES
 from distreach.config import check_config
 from distreach.errors import DistreachError
 
@@ -199,7 +200,7 @@ def figure_inputs(wildcards):
             f"{wildcards.fig} is not in the config's figures section (configured: {', '.join(FIGURES)})"
         )
     kind, names = figureregistry.figure_reads(wildcards.fig, FIGURES[wildcards.fig])
-    return {kind: [figureregistry.FIGURE_FILES[kind].format(name) for name in names]}
+    return {kind: [FIGURE_FILES[kind].format(name) for name in names]}
 
 
 def next_token_spec(wildcards):
