@@ -112,6 +112,13 @@ def test_nearly_normalised_target_is_renormalised_and_logged(env, capsys, caplog
                             "--max-steps", "3")
     assert code == 0, err
     assert "probabilities sum to 0.9995; renormalised" in caplog.text
+    from distreach.api import load_model
+    from distreach.targetfiles import read_target
+
+    table = read_target(env["t"]["nearly.json"], load_model(env["model"], device="cpu"))  # the table the tuning read
+    p = np.exp(np.asarray(table.column("logprobs")[0].as_py(), dtype=np.float64))
+    assert abs(p.sum() - 1) < 1e-6
+    np.testing.assert_allclose(sorted(p[p > 0]), np.array([0.1995, 0.3, 0.5]) / 0.9995, rtol=1e-5)
 
 
 def test_target_then_tune(env, capsys, tmp_path):

@@ -110,6 +110,7 @@ def test_lm_generated_and_shuffled(tiny_llama):
         for c in range(5):
             np.testing.assert_allclose(np.sort(q[5 * i + c]), np.sort(p[i]), rtol=1e-5)
         assert not np.allclose(q[5 * i], p[i])
+        assert len({q[5 * i + c].tobytes() for c in range(5)}) == 5  # five different permutations
     # each copy names the target it permutes
     ids = lm.column("target_id").to_pylist()
     assert sh.column("source_target_id").to_pylist() == [t for t in ids for _ in range(5)]

@@ -4,6 +4,7 @@ a silent number."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import subprocess
 import sys
@@ -123,12 +124,19 @@ def test_a_checkpoint_of_other_settings_or_targets_is_ignored(tiny_llama, tmp_pa
         tune(tiny_llama, p, list(range(5)), cfg, on_step=stop, checkpoint=ckpt, checkpoint_seconds=0)
     saved = ckpt.read_bytes()
     caplog.set_level("INFO")
-    for other_p, other_cfg in ((p, TuneConfig(max_steps=30, patience=30, batch_size=3, lr=0.2)), (p[::-1].copy(), cfg)):
+    other_weights = dataclasses.replace(tiny_llama, manifest={**tiny_llama.manifest, "weights_sha256": "0" * 64})
+    seeds = list(range(5))
+    for model, other_p, other_seeds, other_cfg in (
+        (tiny_llama, p, seeds, TuneConfig(max_steps=30, patience=30, batch_size=3, lr=0.2)),  # other settings
+        (tiny_llama, p[::-1].copy(), seeds, cfg),  # other targets
+        (tiny_llama, p, [5, 6, 7, 8, 9], cfg),  # other init seeds
+        (other_weights, p, seeds, cfg),  # other weights (by their recorded hash)
+    ):
         ckpt.write_bytes(saved)
         caplog.clear()
-        got = tune(tiny_llama, other_p, list(range(5)), other_cfg, checkpoint=ckpt)
+        got = tune(model, other_p, other_seeds, other_cfg, checkpoint=ckpt)
         assert "made from other inputs or settings" in caplog.text and "resuming" not in caplog.text
-        fresh = tune(tiny_llama, other_p, list(range(5)), other_cfg)
+        fresh = tune(model, other_p, other_seeds, other_cfg)
         np.testing.assert_array_equal(got.kl_min, fresh.kl_min)
         np.testing.assert_array_equal(got.steps, fresh.steps)
     ckpt.write_bytes(saved)  # the same inputs do resume from it

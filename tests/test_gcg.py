@@ -72,6 +72,33 @@ def test_gcg_lowers_kl_far_below_its_start_and_each_step_takes_the_best_candidat
     assert np.median(res.kl_min) < np.median(walk.kl_min)
 
 
+def test_each_step_moves_to_its_lowest_candidate_even_when_worse(tiny_bpe, monkeypatch):
+    """nanoGCG's move rule: a row's next prompt is its step's candidate of lowest KL, also where that
+    KL is above the current prompt's (the KL a row records at step s + 1 is that candidate's)."""
+    from distreach import gcg
+
+    scored = []  # per step: (the batch's rows, each candidate's KL [B, W])
+    real = gcg.GCGBatch.candidate_losses
+
+    def spy(self, flat, ok, rows):
+        loss = real(self, flat, ok, rows)
+        scored.append((self.active.clone(), loss.view(len(self.ids), -1).clone()))
+        return loss
+
+    monkeypatch.setattr(gcg.GCGBatch, "candidate_losses", spy)
+    p = targets(tiny_bpe.vocab_size, 4, seed=8, temp=3.0)
+    res = tune(tiny_bpe, p, [31, 32, 33, 34], CFG, record_curve=True)
+    assert len(scored) == CFG.max_steps - 1  # one batch; no candidates after the last step
+    worse = 0
+    for step, (rows, loss) in enumerate(scored):
+        best = loss.min(-1).values
+        assert torch.isfinite(best).all()  # every row had a readable candidate
+        now, after = res.curve[rows.numpy(), step], res.curve[rows.numpy(), step + 1]
+        np.testing.assert_allclose(after, best.numpy(), rtol=1e-4, atol=1e-6)
+        worse += int((best.numpy() > now * (1 + 1e-4)).sum())
+    assert worse > 0  # the rule was tested where it matters: moves to a worse prompt happened
+
+
 def test_rows_tuned_together_equal_rows_tuned_alone(tiny_bpe):
     p = targets(tiny_bpe.vocab_size, 4, seed=6, temp=3.0)
     seeds = [21, 22, 23, 24]

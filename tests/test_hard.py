@@ -34,9 +34,13 @@ def test_hard_update_is_the_true_argmin_of_the_linear_scores(tiny_llama):
 
 
 def test_special_tokens_are_never_used(tiny_llama):
-    res = tune(tiny_llama, targets(tiny_llama.vocab_size, 3), [0, 1, 2], TuneConfig(method="hard", max_steps=30))
+    """Neither drawn as init tokens nor swapped in; with exclude_special off, the same rows use them."""
+    p, seeds = targets(tiny_llama.vocab_size, 40), list(range(40))
     special = set(tiny_llama.tokenizer.all_special_ids)
-    assert not special & set(res.best_ids.flatten().tolist())
+    for exclude in (True, False):
+        res = tune(tiny_llama, p, seeds, TuneConfig(method="hard", max_steps=30, exclude_special=exclude))
+        used = set(res.best_ids.flatten().tolist()) | set(res.init_ids.flatten().tolist())
+        assert bool(special & used) is not exclude, (exclude, special & used)
 
 
 def test_candidate_mode_never_increases_the_loss(tiny_llama):

@@ -65,12 +65,30 @@ def test_bad_sources_are_named(tmp_path):
         load_materialised(tmp_path)
 
 
-def test_trust_remote_code_is_off_unless_configured(tmp_path):
+def test_trust_remote_code_is_off_unless_configured(tmp_path, monkeypatch):
+    """What transformers is asked to load a model and tokenizer with, when converting the source
+    and when loading the converted folder: trust_remote_code only where the config says so."""
+    import transformers
+
+    asked = []
+    for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        real = cls.from_pretrained
+
+        def spy(*args, _real=real, _cls=cls.__name__, **kw):
+            asked.append((_cls, kw.get("trust_remote_code")))
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(cls, "from_pretrained", spy)
     src = save_tiny(tmp_path / "src")
-    m = materialise(ModelSpec.from_config("t", {"source": {"local": str(src)}}), tmp_path / "t")
-    assert m["trust_remote_code"] is False
-    m = materialise(ModelSpec.from_config("t", {"source": {"local": str(src)}, "trust_remote_code": True}), tmp_path / "t2")
-    assert json.loads((tmp_path / "t2" / "distreach_model.json").read_text())["trust_remote_code"] is True
+    for folder, configured in (("t", {}), ("t2", {"trust_remote_code": True})):
+        asked.clear()
+        m = materialise(ModelSpec.from_config("t", {"source": {"local": str(src)}, **configured}), tmp_path / folder)
+        trust = configured.get("trust_remote_code", False)
+        assert m["trust_remote_code"] is trust
+        assert json.loads((tmp_path / folder / "distreach_model.json").read_text())["trust_remote_code"] is trust
+        load_materialised(tmp_path / folder, device="cpu")
+        assert {c for c, _ in asked} == {"AutoModelForCausalLM", "AutoTokenizer"}
+        assert all(t is trust for _, t in asked), (folder, asked)
 
 
 def test_gguf_file_is_materialised_as_plain_safetensors(tmp_path):

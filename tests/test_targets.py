@@ -69,6 +69,12 @@ def test_read_targets_checks_the_file(tmp_path):
     meta, probs = read_target_matrix(path, V)
     assert probs.shape == (table.num_rows, V)
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    nearly = table.to_pydict()  # a row summing to 1.0005, within the tolerance: renormalised
+    nearly["logprobs"][0] = [x + math.log(1.0005) for x in nearly["logprobs"][0]]
+    write_arrow(pa.table(nearly, schema=table.schema), tmp_path / "nearly.arrow")
+    _, got = read_target_matrix(tmp_path / "nearly.arrow", V)
+    np.testing.assert_allclose(got.sum(1), 1, atol=1e-6)
+    np.testing.assert_allclose(got[0], probs[0], rtol=1e-5, atol=1e-12)
     with pytest.raises(DistreachError, match="targets have 500 entries but the model's vocabulary has 49152"):
         read_target_matrix(path, 49152)
     bad = table.to_pydict()

@@ -33,6 +33,16 @@ def test_tuning_config_merges_and_rejects_unknown_keys():
         tuning_config({"learning_rate": 0.1})
 
 
+def test_min_over_inits_takes_each_targets_lowest_ok_init():
+    """A failed init's KL is no result, however low: a target whose inits all failed has no row."""
+    keys = {"experiment": "e", "model": "m", "method": "soft", "prefix_len": 5, "n_soft": 5, "target_kind": "vanilla"}
+    rows = [("a", 0, "ok", 2.0), ("a", 1, "non-finite KL at step 3", 1.0), ("a", 2, "ok", 1.5),
+            ("b", 0, "non-finite KL at step 0", 0.5), ("c", 0, "ok", 3.0), ("c", 1, "ok", 0.25)]
+    df = pl.DataFrame([{**keys, "target_id": t, "init_index": i, "status": s, "kl_min": k} for t, i, s, k in rows])
+    best = min_over_inits(df)
+    assert best.select("target_id", "init_index", "kl_min").rows() == [("a", 2, 1.5), ("c", 1, 0.25)]
+
+
 def test_run_shards_and_collect(tiny_dirs, tmp_path):
     targets = vanilla_targets(93, EntropyGrid(step=2.0, unit="bits"), VanillaSettings(per_level=1))
     write_arrow(targets, tmp_path / "t.arrow", {"model": "made-for", "family": "vanilla", "settings": {}})
