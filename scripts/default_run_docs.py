@@ -123,7 +123,7 @@ def render(run: dict, claims: pl.DataFrame) -> str:
         f" included); `results/` without the converted models {run['results_mb']} MB |",
         "",
         "What the run's claims report (`results/report/claims.md`) concludes, claim by claim (p: the rule's"
-        " one-sided p-value; Holm: adjusted over every row of the report; p opposite: the opposite direction's,"
+        " one-sided p-value; Holm: adjusted over the rows of the paper's claims, C1-C9; p opposite: the opposite direction's,"
         " Bonferroni over the claim's comparisons):",
         "",
         "| claim | model | outcome | p | Holm p | p opposite | MDE (not shown) | sizes for 80% power at the observed effect |",

@@ -279,6 +279,7 @@ BAD_CONFIGS = [
     (lambda c: c["figures"].update(fig13={"experiment": "vanilla"}), "config key figures.fig13.experiment: 'vanilla' tunes on vanilla targets"),
     (lambda c: c["figures"]["fig03"].update(model="nosuch"), "config key figures.fig03.model: unknown model 'nosuch'"),
     (lambda c: c["tuning"].update(top_k=-1), "config key tuning.top_k: -1 is less than the minimum of 0"),
+    (lambda c: c["tuning"].update(min_delta=1), "config key tuning.min_delta: 1 is greater than or equal to the maximum of 1"),
 ]
 
 
