@@ -145,14 +145,15 @@ def tune_target(loaded, target: pa.Table, inits: int = INITS, out: str | os.Path
     """Tune ``inits`` prompts per target of ``target`` on ``loaded`` (a LoadedModel, or its
     :class:`distreach.engine.TuningContext` under these settings); one result row per
     (target, init), with the columns of a collected table. ``tuning`` are
-    :class:`distreach.engine.TuneConfig` fields (``method``, ``prefix_len``, ...; unset ones
+    :class:`distreach.settings.TuneConfig` fields (``method``, ``prefix_len``, ...; unset ones
     keep its defaults). Written to ``out`` if given (the tuning state is checkpointed next
     to it, so a killed run started again resumes)."""
     import polars as pl
 
     from .checkpoint import checkpoint_path
     from .engine import model_of
-    from .tuning import tune_rows, tuning_config, write_shard
+    from .settings import tuning_config
+    from .tuning import tune_rows, write_shard
     from .targets import target_probs
 
     cfg = tuning_config(tuning)

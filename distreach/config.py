@@ -71,6 +71,29 @@ def check_config(config: dict, schema_path: str | Path, validate) -> None:
             line = schema_error_line(config, schema)
             raise DistreachError(line or " ".join(str(exc).split())) from None
     check_references(config)
+    check_tuning(config)
+
+
+def check_tuning(config: dict) -> None:
+    """The settings of every tuning job (:func:`distreach.jobs.tuning_jobs`: the config's
+    ``tuning``, the experiment's, the method's entry) and of a next-token figure's tuning (the
+    config's ``tuning``) as the engine takes them (:class:`distreach.settings.TuneConfig`): what it
+    refuses is refused here, before any job, naming where."""
+    from .jobs import tuning_jobs
+    from .settings import tuning_config
+
+    def checked(settings: dict, where: str) -> None:
+        try:
+            tuning_config(settings)
+        except DistreachError as exc:
+            raise DistreachError(f"{where}: {exc}") from None
+
+    for job in tuning_jobs(config).values():
+        for shard in job["shards"]:
+            checked(shard["tuning"], f"experiments.{shard['experiment']} (method {shard['method']})")
+    for fig in config.get("figures", {}):
+        if fig in FIGURES and FIGURES[fig].reads == "nexttoken":  # its soft prompt: the config's tuning
+            checked(config.get("tuning", {}), f"figures.{fig}")
 
 
 def check_references(config: dict) -> None:

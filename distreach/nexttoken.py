@@ -109,7 +109,7 @@ def write_shapes(model_dir, out, *, text: str, unit: str, seed: int, tuning: dic
     (its ``bos`` policy goes before the text and, with ``tune``, the soft prompt's settings)."""
     from .io import write_arrow
     from .models import auto_dtype, load_materialised, resolve_device
-    from .tuning import tuning_config
+    from .settings import tuning_config
 
     cfg = tuning_config(tuning)
     device = resolve_device(device)

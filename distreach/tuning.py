@@ -387,17 +387,6 @@ def soft_prompt_columns(tuning: TuneConfig, res) -> dict:
     }
 
 
-def tuning_config(defaults: dict, overrides: dict | None = None) -> TuneConfig:
-    """A TuneConfig from the config's ``tuning`` defaults and an experiment's overrides."""
-    merged = {**(defaults or {}), **(overrides or {})}
-    known = set(TuneConfig.__dataclass_fields__)
-    unknown = sorted(set(merged) - known)
-    if unknown:
-        raise DistreachError(f"tuning: unknown key(s) {', '.join(unknown)}")
-    return TuneConfig(**merged)
-
-
-
 def hard_prompt_columns(ctx, tuning: TuneConfig, res, probs, on: list | None = None) -> dict:
     """Token ids and text of each row's best prompt (soft positions shown as ``<soft>``), and for
     pure hard prompts the KL after a decode -> re-encode round trip (NaN otherwise).

@@ -9,7 +9,8 @@ from distreach.jobs import table_path
 from distreach.checkpoint import checkpoint_path
 from distreach.io import atomic_path
 from distreach.models import resolve_device, reuse_freed_memory
-from distreach.tuning import run_job, tuning_config
+from distreach.settings import tuning_config
+from distreach.tuning import run_job
 
 with _repo.step_log(snakemake.log[0]):
     reuse_freed_memory(resolve_device(snakemake.params.device))  # this process tunes: large tensors reuse freed memory

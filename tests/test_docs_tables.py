@@ -7,7 +7,8 @@ import numpy as np
 import polars as pl
 
 from distreach.families import OutlierSettings, lm_generated, migrate, outlier_targets, pos_uniform_targets, shuffled
-from distreach.tuning import tune_rows, tuning_config
+from distreach.settings import tuning_config
+from distreach.tuning import tune_rows
 from distreach.targets import target_probs
 from distreach.vanilla import EntropyGrid, VanillaSettings, vanilla_targets
 

@@ -17,7 +17,8 @@ import torch
 
 from distreach import tuning
 from distreach.io import arrow_metadata, read_arrow, write_arrow
-from distreach.tuning import run_shard, tuning_config
+from distreach.settings import tuning_config
+from distreach.tuning import run_shard
 from distreach.vanilla import EntropyGrid, VanillaSettings, vanilla_targets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +26,8 @@ RUN = """
 import logging, os, signal, sys
 logging.basicConfig(level=logging.INFO)
 from distreach.checkpoint import Checkpoint
-from distreach.tuning import run_shard, tuning_config
+from distreach.settings import tuning_config
+from distreach.tuning import run_shard
 
 if sys.argv[5] == "kill":  # SIGKILL right after the first checkpoint taken mid-batch, with some rows already gone
     save = Checkpoint.save

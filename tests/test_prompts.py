@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from distreach.prompts import Prompt, next_token_logprobs, prompt_kl
-from distreach.tuning import tune_rows, tuning_config
+from distreach.settings import tuning_config
+from distreach.tuning import tune_rows
 from distreach.targets import target_probs
 from distreach.vanilla import EntropyGrid, VanillaSettings, vanilla_targets
 

@@ -10,7 +10,8 @@ from distreach.engine import PATIENCE
 from distreach.errors import DistreachError
 from distreach.io import arrow_metadata, git_commit, package_versions, read_arrow, source_commit, write_arrow
 from distreach.models import load_materialised
-from distreach.tuning import run_shard, shard_rows, tuning_config
+from distreach.settings import tuning_config
+from distreach.tuning import run_shard, shard_rows
 from distreach.tables import RESULT_COLUMNS, collect, min_over_inits
 from distreach.vanilla import EntropyGrid, VanillaSettings, vanilla_targets
 
