@@ -1,6 +1,7 @@
-"""The file of each thing a figure reads (:func:`distreach.figureregistry.figure_reads`), by name, as
-the workflow's rules write them: for the rules' figure inputs and for benchmarks/figure_jobs.py. A
-module of its own, which no job's script reaches, so that editing it reruns no job."""
+"""The file of each thing a figure reads (:func:`distreach.figureregistry.figure_reads`), by name: the
+rules that write them (collect, pos_tag, next_token) take their outputs from here, and the figures',
+the claims report's and the targets' inputs and benchmarks/figure_jobs.py their paths. A module of
+its own, which no job's script reaches, so that editing it reruns no job."""
 
 FIGURE_FILES = {
     "tables": "results/collected/{}.arrow",

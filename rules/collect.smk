@@ -3,7 +3,7 @@ rule collect:
     input:
         experiment_shards,
     output:
-        "results/collected/{experiment}.arrow",
+        FIGURE_FILES["tables"].format("{experiment}"),
     log:
         "logs/collect/{experiment}.log",
     conda:

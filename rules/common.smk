@@ -92,7 +92,7 @@ def target_inputs(wildcards):
     if family["kind"] in ("matched", "shuffled"):
         inputs["base"] = target_file(family["of"], wildcards.model)
     elif family["kind"] == "pos":
-        inputs["base"] = f"results/pos/{wildcards.model}.arrow"
+        inputs["base"] = FIGURE_FILES["pos"].format(wildcards.model)
     elif family["kind"] == "migrated":
         inputs["base"] = target_file(family["of"], family["source"])
         inputs["source"] = f"results/models/{family['source']}"
@@ -214,7 +214,7 @@ def next_token_spec(wildcards):
         ):
             return spec
     raise WorkflowError(
-        f"results/nexttoken/{wildcards.model}.arrow: no figure of next-token distributions is drawn on model {wildcards.model}"
+        f"{FIGURE_FILES['nexttoken'].format(wildcards.model)}: no figure of next-token distributions is drawn on model {wildcards.model}"
     )
 
 
@@ -233,17 +233,17 @@ def achieved_inputs(wildcards):
     experiments = figureregistry.figure_experiments(FIGURES["fig01"])
     models = {m for e in experiments for m in config["experiments"][e]["models"]}
     return {
-        "tables": [f"results/collected/{e}.arrow" for e in experiments],
+        "tables": [FIGURE_FILES["tables"].format(e) for e in experiments],
         "vocab": [f"results/vocab/{m}.arrow" for m in sorted(models)],
     }
 
 
 def all_outputs():
-    tables = [f"results/collected/{e}.arrow" for e in config["experiments"]]
+    tables = [FIGURE_FILES["tables"].format(e) for e in config["experiments"]]
     tables += [f"results/vocab/{m}.arrow" for m in config["models"]]
     # a random_init model has its base's tokenizer: its base's POS table is its own
     tables += [
-        f"results/pos/{m}.arrow"
+        FIGURE_FILES["pos"].format(m)
         for m, entry in config["models"].items()
         if "random_init" not in entry["source"]
     ]

@@ -23,7 +23,7 @@ rule next_token:
     input:
         model="results/models/{model}",
     output:
-        "results/nexttoken/{model}.arrow",
+        FIGURE_FILES["nexttoken"].format("{model}"),
     log:
         "logs/nexttoken/{model}.log",
     conda:

@@ -3,7 +3,7 @@ rule pos_tag:
     input:
         vocab="results/vocab/{model}.arrow",
     output:
-        "results/pos/{model}.arrow",
+        FIGURE_FILES["pos"].format("{model}"),
     log:
         "logs/pos/{model}.log",
     priority: PREP_PRIORITY

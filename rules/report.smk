@@ -4,7 +4,7 @@ rule claims:
     tested on."""
     input:
         tables=expand(
-            "results/collected/{experiment}.arrow",
+            FIGURE_FILES["tables"].format("{experiment}"),
             experiment=figureregistry.tested_experiments(config),
         ),
     output:
