@@ -59,12 +59,13 @@ import torch
 from scipy.stats import binom, binomtest
 
 from distreach import api
-from distreach.engine import GCG_PATIENCE, PATIENCE, TuneConfig, is_gain, prompt_kl, tune
+from distreach.engine import TuneConfig, is_gain, prompt_kl, tune
 from distreach.families import lm_generated
 from distreach.gcg import is_text
 from distreach.io import atomic_path, package_versions
 from distreach.models import machine
 from distreach.seeds import derive_seed
+from distreach.settings import GCG_PATIENCE, PATIENCE
 from distreach.tuning import hard_prompt_columns
 from distreach.targets import target_probs
 from distreach.units import to_unit

@@ -11,7 +11,11 @@ import contextlib
 import json
 import logging
 import math
+import os
+import re
 import sys
+import tempfile
+from pathlib import Path
 
 from .errors import DistreachError
 
@@ -36,6 +40,33 @@ def _positive(kind):
         return value
 
     return parse
+
+
+DEVICE = r"auto|cpu|cuda(:[0-9]+)?"  # the devices a run names (the workflow's schema: config key device)
+
+
+def _device(text):
+    if not re.fullmatch(DEVICE, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: auto, cpu, cuda or cuda:N")
+    return text
+
+
+def _writable(path: str) -> str | None:
+    """Why ``path`` cannot be written (a folder there; its nearest existing folder refuses a new
+    file), else None; nothing is left behind."""
+    out = Path(path)
+    if out.is_dir():
+        return "is a folder"
+    where = out.parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    if not where.is_dir():
+        return f"{where} is not a folder"
+    try:
+        tempfile.TemporaryFile(dir=where).close()
+    except OSError as exc:
+        return f"cannot write in {where} ({exc.strerror or exc})"
+    return None
 
 
 def _count(text):
@@ -76,10 +107,12 @@ def parser() -> argparse.ArgumentParser:
 
 def _tune_parser(sub, quiet) -> None:
     from .api import INITS
-    from .engine import BOS_POLICIES, GCG_PATIENCE, METHODS, PATIENCE, TuneConfig
+    from .methods import METHODS
     from .models import DTYPES
+    from .settings import GCG_PATIENCE, PATIENCE, TuneConfig
+    from .tokens import BOS_POLICIES
 
-    DEFAULT = TuneConfig()  # the tuning defaults are the engine's
+    DEFAULT = TuneConfig()  # the tuning defaults are the engine's (distreach.settings)
     t = sub.add_parser("tune", parents=[quiet], help="tune prompts so the model's next-token distribution approaches a target",
                        description="Tune --inits prompt prefixes per target; report the minimum KL(p||q) over inits.")
     t.add_argument("--model", required=True, help=MODELS_HELP)
@@ -99,7 +132,7 @@ def _tune_parser(sub, quiet) -> None:
     t.add_argument("--bos", choices=BOS_POLICIES, default=DEFAULT.bos,
                    help="BOS token before the prompt: auto = the tokenizer's if it has one (default), bos = required, none")
     t.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    t.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--unit", choices=("bits", "nats"), default="bits", help="unit of entropies and KL (default bits)")
     t.add_argument("--top-k", type=_count, default=DEFAULT.top_k,
                    help=f"tokens of the target and of the achieved distribution recorded per row (default {DEFAULT.top_k})")
@@ -143,7 +176,7 @@ def _row_parsers(sub, quiet) -> None:
     gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     gen.add_argument("--top", type=_positive(int), default=10, help="next tokens shown (default 10)")
     gen.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="default: the row's dtype")
-    gen.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    gen.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
 
 
 def _target_parser(sub, quiet) -> None:
@@ -194,13 +227,16 @@ def cmd_tune(args) -> int:
     import polars as pl
 
     from . import api
-    from .engine import AUTO_BATCH, GCG_KEYS, TuneConfig
+    from .engine import AUTO_BATCH
+    from .settings import GCG_KEYS, TuneConfig
     from .models import gguf_parsed_once, resolve_device, reuse_freed_memory
     from .tables import min_over_inits
     from .tokens import resolve_bos
 
     if args.out and not args.out.endswith(".arrow"):
         raise DistreachError(f"--out {args.out}: the result file must end in .arrow")
+    if args.out and (why := _writable(args.out)):
+        raise DistreachError(f"--out {args.out}: {why}")
     if args.n_soft is not None and args.method != "hybrid":
         raise DistreachError("--n-soft is for --method hybrid only")
     extra = {"n_soft": args.n_soft} if args.n_soft is not None else {}
@@ -336,6 +372,8 @@ def cmd_target(args) -> int:
 
     if not args.out.endswith(".arrow"):
         raise DistreachError(f"--out {args.out}: the target file must end in .arrow")
+    if why := _writable(args.out):
+        raise DistreachError(f"--out {args.out}: {why}")
     # the vocabulary from the model folder or the cache when it can be read there: no conversion
     loaded = api.model_vocab(args.model) or api.load_model(args.model, dtype="fp32", device="cpu")
     table = api.make_target(args.kind, loaded.vocab_size, args.entropy, args.unit, args.k, args.n, args.seed,
@@ -380,13 +418,18 @@ def main(argv=None) -> int:
         pass
     try:
         commands = {"tune": cmd_tune, "show": cmd_show, "generate": cmd_generate, "target": cmd_target, "models": cmd_models}
-        return commands[args.command](args)
+        code = commands[args.command](args)
+        sys.stdout.flush()  # a reader gone away shows here, not at the interpreter's exit
+        return code
     except DistreachError as exc:
         print(f"distreach: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("distreach: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of the output (head, say) stopped reading: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more reaches the closed pipe
+        return 0
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from pathlib import Path
 
@@ -76,28 +77,37 @@ def check_config(config: dict, schema_path: str | Path, validate) -> None:
 
 def check_tuning(config: dict) -> None:
     """The settings of every tuning job (:func:`distreach.jobs.tuning_jobs`: the config's
-    ``tuning``, the experiment's, the method's entry) and of a next-token figure's tuning (the
-    config's ``tuning``) as the engine takes them (:class:`distreach.settings.TuneConfig`): what it
-    refuses is refused here, before any job, naming where."""
+    ``tuning``, the experiment's, the method's entry, each over the one before) as the engine
+    takes them (:class:`distreach.settings.TuneConfig`): what it refuses is refused here, before
+    any job, naming the key where it is set (the most specific of the three that sets it) and the
+    rows it is for. (Fig. 3's soft prompt tunes with the config's ``tuning`` less what is not a
+    soft prompt's, :func:`distreach.settings.soft_tuning`, which the schema's checks cover.)"""
     from .jobs import tuning_jobs
     from .settings import tuning_config
 
-    def checked(settings: dict, where: str) -> None:
-        try:
-            tuning_config(settings)
-        except DistreachError as exc:
-            raise DistreachError(f"{where}: {exc}") from None
-
+    experiments, methods = config.get("experiments", {}), config.get("methods", {})
     for job in tuning_jobs(config).values():
         for shard in job["shards"]:
-            checked(shard["tuning"], f"experiments.{shard['experiment']} (method {shard['method']})")
-    for fig in config.get("figures", {}):
-        if fig in FIGURES and FIGURES[fig].reads == "nexttoken":  # its soft prompt: the config's tuning
-            checked(config.get("tuning", {}), f"figures.{fig}")
+            try:
+                tuning_config(shard["tuning"])
+            except DistreachError as exc:
+                name, method = shard["experiment"], shard["method"]
+                layers = ((f"methods.{method}", methods.get(method, {})),
+                          (f"experiments.{name}.tuning", experiments[name].get("tuning", {})),
+                          ("tuning", config.get("tuning", {})))
+                found = re.match(r"tuning\.(\w+): (.*)", str(exc))
+                key, why = found.groups() if found else (None, str(exc))
+                where = next((f"{layer}.{key}" for layer, values in layers if key in values), f"tuning.{key}")
+                raise DistreachError(f"config key {where}: {why}; for experiment {name}'s {method} rows") from None
 
 
 def check_references(config: dict) -> None:
-    """Names used in experiments, figures and random_init sources must be defined."""
+    """Names used in experiments, figures and random_init sources must be defined; an entropy grid
+    with a ``stop`` must have a level."""
+    for name, family in config.get("targets", {}).items():
+        grid = family.get("grid", {}) if isinstance(family, dict) else {}
+        if grid.get("stop") is not None and grid.get("start", 0) > grid["stop"]:
+            raise DistreachError(f"config key targets.{name}.grid: start {grid['start']} is above stop {grid['stop']}: no levels")
     models = config.get("models", {})
     for name, entry in models.items():
         if "embedded" in entry.get("source", {}):

@@ -49,11 +49,16 @@ import torch
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint, checkpoint_key
 from .errors import DistreachError
 from .infotheory import entropy, kl, log_of
-from .methods import DEFAULT_METHOD, METHODS, ROW_METHODS, ROW_SETTINGS
+from .methods import ROW_METHODS, ROW_SETTINGS
 from .models import dtype_name
 from .optimrows import keep_rows
-from .settings import GCG_KEYS, GCG_PATIENCE, INITS, PATIENCE, TuneConfig
-from .tokens import BOS_POLICIES, resolve_bos, usable_mask, vocab_support
+from .settings import TuneConfig
+from .tokens import resolve_bos, usable_mask, vocab_support
+
+# re-exported: the settings' facts, read where the engine is (TuneConfig and tune() are its API)
+from .methods import DEFAULT_METHOD, METHODS  # noqa: F401,E402
+from .settings import GCG_KEYS, GCG_PATIENCE, INITS, PATIENCE  # noqa: F401,E402
+from .tokens import BOS_POLICIES  # noqa: F401,E402
 
 log = logging.getLogger(__name__)
 

@@ -106,12 +106,13 @@ def write_shapes(model_dir, out, *, text: str, unit: str, seed: int, tuning: dic
                  top: int = 10, dtype: str = "auto", device: str = "auto") -> pa.Table:
     """:func:`shapes_table` of the materialised model in ``model_dir`` (loaded in ``dtype`` on
     ``device``), written atomically to ``out``; ``tuning`` are the config's tuning settings
-    (its ``bos`` policy goes before the text and, with ``tune``, the soft prompt's settings)."""
+    (its ``bos`` policy goes before the text and, with ``tune``, the soft prompt's settings:
+    :func:`distreach.settings.soft_tuning`)."""
     from .io import write_arrow
     from .models import auto_dtype, load_materialised, resolve_device
-    from .settings import tuning_config
+    from .settings import soft_tuning
 
-    cfg = tuning_config(tuning)
+    cfg = soft_tuning(tuning)
     device = resolve_device(device)
     loaded, _ = load_materialised(model_dir, dtype=auto_dtype(device) if dtype == "auto" else dtype, device=device)
     table = shapes_table(loaded, text, unit, seed, cfg.bos, cfg if tune else None, inits, top)

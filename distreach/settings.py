@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import DistreachError
-from .methods import DEFAULT_METHOD, METHODS
+from .methods import DEFAULT_METHOD, METHODS, ROW_SETTINGS
 from .tokens import BOS_POLICIES
 
 GCG_KEYS = ("gcg_width", "gcg_topk", "gcg_replace", "readable")  # TuneConfig fields of method gcg only
@@ -38,7 +38,7 @@ class TuneConfig:
     init: str = "vocab"  # soft: embeddings of random vocabulary tokens, or a scaled normal
     init_scale: float = 1.0  # normal init: std = init_scale * std of the embedding table
     bos: str = "auto"  # BOS before the prefix: auto (the tokenizer's, if any), bos (required), none
-    batch_size: int = 0  # rows tuned together; 0 = automatic (see AUTO_BATCH)
+    batch_size: int = 0  # rows tuned together; 0 = automatic (distreach.engine.AUTO_BATCH)
     top_k: int = 20  # tokens of p and of q at the best step recorded per row (0: none)
     gcg_width: int = 0  # gcg: candidate prompts per row and step; 0 = automatic (distreach.gcg.AUTO_WIDTH)
     gcg_topk: int = 256  # gcg: tokens per position, by the gradient, that candidates draw from
@@ -118,3 +118,10 @@ def tuning_config(defaults: dict, overrides: dict | None = None) -> TuneConfig:
     if unknown:
         raise DistreachError(f"tuning: unknown key(s) {', '.join(unknown)}")
     return TuneConfig(**merged)
+
+
+def soft_tuning(settings: dict) -> TuneConfig:
+    """The TuneConfig of a soft prompt from tuning ``settings`` that may be another method's (the
+    config's ``tuning``, which Fig. 3's soft prompt tunes with): their method, soft positions and
+    gcg settings left out."""
+    return tuning_config({k: v for k, v in settings.items() if k not in ROW_SETTINGS + GCG_KEYS})

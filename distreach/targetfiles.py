@@ -124,7 +124,7 @@ def _finite_probabilities(p: np.ndarray, where: str) -> np.ndarray:
 def _user_table(probs: np.ndarray, ids: list[str], unit: str, kind: str = "user") -> pa.Table:
     with np.errstate(divide="ignore"):
         logp = np.log(probs.astype(np.float64))
-    ent = to_unit(entropy(torch.from_numpy(logp)).numpy(), unit)
+    ent = to_unit(entropy(torch.from_numpy(logp)).numpy(), unit) + 0.0  # a one-token target's -0 as 0
     return targets_table(ids, kind, ent, ent, unit, [0] * len(ids), logp.astype(np.float32))
 
 

@@ -30,6 +30,7 @@ def env(tmp_path_factory):
     with tiny_cli_home(root) as model:
         files = root / "in"
         files.mkdir()
+        (root / "dir.arrow").mkdir()  # a folder where an output file is named
 
         def put(name, content):
             path = files / name
@@ -182,6 +183,11 @@ BAD = [
     (["target", "uniform", "--model", "{model}", "--entropy", "2", "--out", "{root}/t.arrow"], "argument kind: invalid choice: 'uniform'"),
     (["target", "vanilla", "--model", "{model}", "--entropy", "2", "--out", "{root}/t.txt"], "--out {root}/t.txt: the target file must end in .arrow"),
     (["nonsense"], "invalid choice: 'nonsense' (choose from 'tune', 'show', 'generate', 'target', 'models')"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--device", "tpu"],
+     "argument --device: 'tpu' is not a device: auto, cpu, cuda or cuda:N"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--out", "{root}/dir.arrow"], "--out {root}/dir.arrow: is a folder"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--out", "/proc/r.arrow"], "--out /proc/r.arrow: cannot write in /proc"),
+    (["target", "vanilla", "--model", "{model}", "--entropy", "2", "--out", "{root}/dir.arrow"], "--out {root}/dir.arrow: is a folder"),
 ]
 
 
@@ -216,6 +222,16 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(env, tmp_path, argv, mes
     assert len(lines) == 1, proc.stderr  # one line: no INFO line, no warning, no traceback
     assert message in lines[0] and "error: " in lines[0]
     assert listing(cache, cwd, env["root"]) == before  # no output, no cache entry, no temp files
+
+
+def test_output_read_by_a_reader_that_stops_early_is_no_error(env):
+    """``distreach models | head -0``: the closed pipe ends the command quietly, exit status 0."""
+    run_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "distreach.cli", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=run_env)
+    proc.stdout.close()  # the reader goes away before the command writes
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err and "BrokenPipeError" not in err, err
 
 
 @pytest.mark.parametrize("kind", ["embedded", "gguf"])
@@ -266,7 +282,7 @@ def test_the_typed_back_kl_is_the_rows_round_trip_kl_and_only_where_there_is_one
 
 @pytest.mark.parametrize("method,patience", [("hard", None), ("gcg", None), ("gcg", "3")])
 def test_tune_runs_with_the_methods_own_patience_unless_one_is_given(env, capsys, tmp_path, method, patience):
-    from distreach.engine import GCG_PATIENCE, PATIENCE
+    from distreach.settings import GCG_PATIENCE, PATIENCE
     from distreach.io import arrow_metadata
 
     out = tmp_path / "p.arrow"

@@ -239,7 +239,8 @@ def test_gcg_settings_are_refused_for_other_methods_with_the_key_named():
 
 
 def test_gcg_has_its_own_patience_unless_one_is_set():
-    from distreach.engine import GCG_PATIENCE, METHODS, PATIENCE
+    from distreach.methods import METHODS
+    from distreach.settings import GCG_PATIENCE, PATIENCE
 
     assert GCG_PATIENCE != PATIENCE
     for method in METHODS:
@@ -255,7 +256,7 @@ def test_every_tuning_job_of_the_shipped_configs_runs_with_its_methods_patience(
     from snakemake.utils import update_config, validate
 
     from distreach.config import check_config
-    from distreach.engine import GCG_PATIENCE, PATIENCE
+    from distreach.settings import GCG_PATIENCE, PATIENCE
     from distreach.jobs import tuning_jobs
     from distreach.schema import SCHEMA_PATH
 

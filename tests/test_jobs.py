@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -9,6 +10,8 @@ from distreach.jobs import experiment_jobs, experiment_tables, target_model, tun
 from distreach.errors import DistreachError
 
 from .test_workflow import planned_jobs, snakemake, tiny_config, tiny_sources  # noqa: F401 (a fixture)
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def config(shared: bool) -> dict:
@@ -61,6 +64,19 @@ def test_the_job_planner_imports_no_torch():
 
     code = "import sys, distreach.jobs; print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'numpy')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_config_check_of_every_jobs_tuning_settings_imports_no_torch():
+    """Snakemake checks the config when it reads the rules, in every job's process on a cluster too:
+    the tuning settings of every job (distreach.settings) are checked without torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys, yaml; from snakemake.utils import validate; from distreach.config import check_config; "
+            "check_config(yaml.safe_load(open('config.yaml')), 'schemas/config.schema.yaml', validate); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO).stdout
     assert out.strip() == "[]"
 
 

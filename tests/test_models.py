@@ -71,7 +71,7 @@ def test_trust_remote_code_is_off_unless_configured(tmp_path, monkeypatch):
     import transformers
 
     asked = []
-    for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+    for cls in (transformers.AutoConfig, transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
         real = cls.from_pretrained
 
         def spy(*args, _real=real, _cls=cls.__name__, **kw):
@@ -86,9 +86,13 @@ def test_trust_remote_code_is_off_unless_configured(tmp_path, monkeypatch):
         trust = configured.get("trust_remote_code", False)
         assert m["trust_remote_code"] is trust
         assert json.loads((tmp_path / folder / "distreach_model.json").read_text())["trust_remote_code"] is trust
-        load_materialised(tmp_path / folder, device="cpu")
-        assert {c for c, _ in asked} == {"AutoModelForCausalLM", "AutoTokenizer"}
-        assert all(t is trust for _, t in asked), (folder, asked)
+        # converting the source: its config, tokenizer and weights
+        assert {c for c, _ in asked} == {"AutoConfig", "AutoModelForCausalLM", "AutoTokenizer"}
+        assert all(t is trust for _, t in asked), (folder, "converting", asked)
+        asked.clear()
+        load_materialised(tmp_path / folder, device="cpu")  # loading the converted folder (its config too)
+        assert {c for c, _ in asked} >= {"AutoModelForCausalLM", "AutoTokenizer"}
+        assert all(t is trust for _, t in asked), (folder, "loading", asked)
 
 
 def test_gguf_file_is_materialised_as_plain_safetensors(tmp_path):

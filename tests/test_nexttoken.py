@@ -52,6 +52,15 @@ def test_the_lm_distribution_its_eq1_target_and_the_tuned_one(shapes, tiny_llama
     assert df["kl"][0] is None and df["kl"][1] == 0.0
 
 
+def test_the_soft_prompt_tunes_with_the_configs_tuning_of_another_method(tiny_dirs, tmp_path):
+    """The config's tuning may be gcg's (every experiment gcg, say): Fig. 3's soft prompt leaves out
+    what is not a soft prompt's (distreach.settings.soft_tuning)."""
+    tuning = {**TUNING, "max_steps": 3, "method": "gcg", "gcg_width": 8, "readable": False}
+    df = pl.from_arrow(write_shapes(tiny_dirs["llama"], tmp_path / "g.arrow", text="the house", unit="bits", seed=0,
+                                    tuning=tuning, device="cpu", dtype="fp32"))
+    assert df["distribution"].to_list() == ["lm", "vanilla", "tuned"]
+
+
 def test_without_tuning_and_with_a_text_of_no_tokens(tiny_dirs, tmp_path):
     df = pl.from_arrow(write_shapes(tiny_dirs["llama"], tmp_path / "a.arrow", text="the", unit="nats", seed=0,
                                     tuning=TUNING, tune=False, device="cpu"))

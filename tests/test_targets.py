@@ -144,6 +144,8 @@ def test_token_target_is_the_json_files_target_and_checks_the_same(tiny_llama, t
     p = np.exp(np.asarray(from_dict.column("logprobs")[0].as_py()))
     tok = tiny_llama.tokenizer
     assert {tok.convert_ids_to_tokens(int(i)): round(float(p[i]), 6) for i in np.flatnonzero(p)} == dist
+    one = api.token_target({"Paris": 1.0}, tiny_llama, "one")  # a one-token target: entropy 0, not -0
+    assert [math.copysign(1, one.column(c)[0].as_py()) for c in ("requested_entropy", "achieved_entropy")] == [1, 1]
     as_numpy = dict(zip(dist, np.array(list(dist.values()), np.float32)))  # probabilities from an array
     assert np.allclose(np.asarray(api.token_target(as_numpy, tiny_llama, "mine").column("logprobs")[0].as_py()),
                        np.asarray(from_dict.column("logprobs")[0].as_py()), atol=1e-6)

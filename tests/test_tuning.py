@@ -6,7 +6,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from distreach.engine import PATIENCE
+from distreach.settings import PATIENCE
 from distreach.errors import DistreachError
 from distreach.io import arrow_metadata, git_commit, package_versions, read_arrow, source_commit, write_arrow
 from distreach.models import load_materialised

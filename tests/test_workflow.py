@@ -280,12 +280,15 @@ BAD_CONFIGS = [
     (lambda c: c["figures"]["fig03"].update(model="nosuch"), "config key figures.fig03.model: unknown model 'nosuch'"),
     (lambda c: c["tuning"].update(top_k=-1), "config key tuning.top_k: -1 is less than the minimum of 0"),
     (lambda c: c["tuning"].update(min_delta=1), "config key tuning.min_delta: 1 is greater than or equal to the maximum of 1"),
-    # settings the schema takes but the engine refuses: refused before any job, naming where
+    # settings the schema takes but the engine refuses: refused before any job, naming where they are set
     (lambda c: c["experiments"]["vanilla"].update(tuning={"n_soft": 9}),
-     "experiments.vanilla (method soft): tuning.n_soft: a soft prompt has 5 soft positions"),
-    (lambda c: c["tuning"].update(gcg_width=8), "experiments.vanilla (method soft): tuning.gcg_width: a setting of method gcg only"),
-    (lambda c: [c["tuning"].update(gcg_width=8), *(e.update(methods=["gcg"], tuning={}) for e in c["experiments"].values())],
-     "figures.fig03: tuning.gcg_width: a setting of method gcg only"),  # Fig. 3's soft prompt tunes with the config's tuning
+     "config key experiments.vanilla.tuning.n_soft: a soft prompt has 5 soft positions; for experiment vanilla's soft rows"),
+    (lambda c: c["tuning"].update(gcg_width=8),
+     "config key tuning.gcg_width: a setting of method gcg only (method is soft); for experiment vanilla's soft rows"),
+    (lambda c: c["targets"]["vanilla"]["grid"].update(start=10, stop=2),
+     "config key targets.vanilla.grid: start 10 is above stop 2: no levels"),
+    (lambda c: c["methods"]["hybrid-1"].update(n_soft=9),
+     "config key methods.hybrid-1.n_soft: must be in 0..5 (got 9); for experiment methods's hybrid-1 rows"),
 ]
 
 
