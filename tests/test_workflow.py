@@ -283,8 +283,8 @@ BAD_CONFIGS = [
     # settings the schema takes but the engine refuses: refused before any job, naming where they are set
     (lambda c: c["experiments"]["vanilla"].update(tuning={"n_soft": 9}),
      "config key experiments.vanilla.tuning.n_soft: a soft prompt has 5 soft positions; for experiment vanilla's soft rows"),
-    (lambda c: c["tuning"].update(gcg_width=8),
-     "config key tuning.gcg_width: a setting of method gcg only (method is soft); for experiment vanilla's soft rows"),
+    (lambda c: c["tuning"].update(gcg_width=8),  # for the first experiment's rows (its order: the config file's)
+     "config key tuning.gcg_width: a setting of method gcg only (method is "),
     (lambda c: c["targets"]["vanilla"]["grid"].update(start=10, stop=2),
      "config key targets.vanilla.grid: start 10 is above stop 2: no levels"),
     (lambda c: c["methods"]["hybrid-1"].update(n_soft=9),
