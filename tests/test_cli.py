@@ -312,3 +312,11 @@ def test_only_the_console_command_sets_the_processes_memory_use(env, capsys, tmp
     code = cli.main(None if console else argv)
     assert code == 0, capsys.readouterr().err
     assert calls == (["cpu"] if console else [])
+
+
+def test_the_cli_takes_the_devices_the_workflow_takes():
+    """--device and the config's device: one pattern (the schema's, anchored)."""
+    import yaml
+
+    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    assert schema["properties"]["device"]["pattern"] == f"^({cli.DEVICE})$"
