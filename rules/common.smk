@@ -68,23 +68,35 @@ def installed_versions(*packages):
     return versions
 
 
+def configured(section, name):
+    """The config's entry of a name a requested path holds (results/models/<model>,
+    results/targets/<family>/..., results/collected/<experiment>.arrow, ...); a name the section
+    lacks is refused naming those it has (an input function's error, which Snakemake shows).
+    """
+    if name not in config[section]:
+        raise DistreachError(
+            f"{name!r} is not in the config's {section} section (configured: {', '.join(config[section])})"
+        )
+    return config[section][name]
+
+
 def model_base(wildcards):
     """The materialised base model a random_init model copies its architecture from."""
-    source = config["models"][wildcards.model]["source"]
+    source = configured("models", wildcards.model)["source"]
     if "random_init" in source:
         return f"results/models/{source['random_init']}"
     return []
 
 
 def model_spec(wildcards):
-    return config["models"][wildcards.model]
+    return configured("models", wildcards.model)
 
 
 def target_inputs(wildcards):
     """The model folder, its vocabulary table where the family needs token texts or usable
     tokens, and for derived families the target file (and source model) they come from.
     """
-    family = config["targets"][wildcards.family]
+    family = configured("targets", wildcards.family)
     inputs = {"model": f"results/models/{wildcards.model}"}
     # token texts or usable tokens (and no tokenizer loaded)
     if family["kind"] in ("lm", "outlier", "pos", "migrated"):
@@ -108,7 +120,7 @@ def target_file(family, model):
 
 
 def target_settings(wildcards):
-    return config["targets"][wildcards.family]
+    return configured("targets", wildcards.family)
 
 
 def job_folder(key):
@@ -154,7 +166,7 @@ def tuning_threads(wildcards):
     one-thread jobs side by side tune more rows per second than one two-thread job;
     benchmarks/README.md), and on a local GPU every core given, so one job runs at a time.
     """
-    cpus = config["models"][wildcards.model].get("cpus")
+    cpus = configured("models", wildcards.model).get("cpus")
     if cpus:
         return cpus
     return max(1, workflow.cores or 1) if tunes_on_gpu() else 1
@@ -167,7 +179,7 @@ def tuning_cpus(wildcards, threads):
 
 def model_mem_mb(wildcards, attempt):
     """Memory of a job that loads the model (config models.<name>.mem_mb), doubled on a retry."""
-    return config["models"][wildcards.model].get("mem_mb", 8000) * attempt
+    return configured("models", wildcards.model).get("mem_mb", 8000) * attempt
 
 
 def model_runtime(wildcards, attempt):
@@ -175,11 +187,12 @@ def model_runtime(wildcards, attempt):
     rows of one method: what their jobs would ask for without share_jobs), more on a retry (a job
     that hit its time limit resumes from its checkpoint)."""
     shards = len(tuning_job(wildcards)["shards"])
-    return config["models"][wildcards.model].get("runtime", 60) * shards * attempt
+    return configured("models", wildcards.model).get("runtime", 60) * shards * attempt
 
 
 def experiment_shards(wildcards):
     """The folders of the tuning jobs holding an experiment's shards (distreach.jobs)."""
+    configured("experiments", wildcards.experiment)
     return [
         job_folder(key)
         for key in jobs.experiment_jobs(TUNING_JOBS, wildcards.experiment)
@@ -195,11 +208,9 @@ def figure_inputs(wildcards):
     """The files a figure draws from: what its registry entry says it reads
     (distreach.figureregistry): its experiments' collected tables, its models' POS tables or its
     model's next-token distributions."""
-    if wildcards.fig not in FIGURES:
-        raise WorkflowError(
-            f"{wildcards.fig} is not in the config's figures section (configured: {', '.join(FIGURES)})"
-        )
-    kind, names = figureregistry.figure_reads(wildcards.fig, FIGURES[wildcards.fig])
+    kind, names = figureregistry.figure_reads(
+        wildcards.fig, configured("figures", wildcards.fig)
+    )
     return {kind: [FIGURE_FILES[kind].format(name) for name in names]}
 
 

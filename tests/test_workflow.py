@@ -349,6 +349,39 @@ def test_default_config_is_valid_and_plans_every_figure(tmp_path):
     assert jobs["next_token"] == 1 and jobs["achieved"] == 1 and jobs["vega_bundle"] == 1
 
 
+# a requested path whose name the config lacks, and what its error names: the section, and
+# the names it has (any order); the collected table of an unknown experiment was planned from no
+# shards, the others failed on a KeyError
+UNKNOWN_NAMES = [
+    ("results/models/nosuch", "'nosuch' is not in the config's models section"),
+    ("results/vocab/nosuch.arrow", "'nosuch' is not in the config's models section"),
+    ("results/targets/vanilla/nosuch.arrow", "'nosuch' is not in the config's models section"),
+    ("results/targets/nosuch/tiny.arrow", "'nosuch' is not in the config's targets section"),
+    ("results/collected/nosuch.arrow", "'nosuch' is not in the config's experiments section"),
+    ("results/figures/fig12.png", "'fig12' is not in the config's figures section"),
+    ("results/tuning/tiny/nosuch/shard-0", "no experiment of the config is tuned in results/tuning/tiny/nosuch/shard-0"),
+    ("results/nexttoken/tiny-gpt2.arrow", "no figure of next-token distributions is drawn on model tiny-gpt2"),
+]
+
+
+@pytest.mark.parametrize("path,message", UNKNOWN_NAMES)
+def test_a_path_naming_what_the_config_lacks_is_refused_naming_it(tmp_path, path, message):
+    from snakemake.exceptions import InputFunctionException
+
+    from .test_figures import planned_jobs as planned_in_process
+
+    config = tiny_config({"llama": "unused", "gpt2": "unused"})
+    del config["figures"]["fig12"]
+    with pytest.raises(InputFunctionException) as raised:
+        planned_in_process(tmp_path, config, {path})
+    error = str(raised.value)
+    assert message in error
+    if "section" in message:
+        section = message.split("config's ")[1].split()[0]
+        listed = re.search(re.escape(message) + r" \(configured: ([^)]*)\)", error).group(1)
+        assert sorted(listed.split(", ")) == sorted(config[section])
+
+
 def copy_workflow(dest: Path) -> Path:
     dest.mkdir(parents=True)
     for part in ("Snakefile", "rules", "scripts", "schemas", "envs", "report", "distreach"):
