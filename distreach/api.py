@@ -116,8 +116,9 @@ def gguf_vocab_size(path: str | os.PathLike) -> int:
     return int(shapes.get("output.weight", shapes["token_embd.weight"])[-1])
 
 
-def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table:
-    """A target table from a .arrow, .npy or .json file (:func:`distreach.targetfiles.read_target`)."""
+def read_target(path: str | os.PathLike, loaded, unit: str | None = None) -> pa.Table:
+    """A target table from a .arrow, .npy or .json file, its entropies in ``unit`` (None: an
+    .arrow table's own unit, else bits; :func:`distreach.targetfiles.read_target`)."""
     from .targetfiles import read_target
 
     return read_target(path, loaded, unit)

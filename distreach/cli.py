@@ -133,7 +133,8 @@ def _tune_parser(sub, quiet) -> None:
                    help="BOS token before the prompt: auto = the tokenizer's if it has one (default), bos = required, none")
     t.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
     t.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
-    t.add_argument("--unit", choices=("bits", "nats"), default="bits", help="unit of entropies and KL (default bits)")
+    t.add_argument("--unit", choices=("bits", "nats"), default=None,
+                   help="unit of entropies and KL (default: an .arrow target's own, else bits)")
     t.add_argument("--top-k", type=_count, default=DEFAULT.top_k,
                    help=f"tokens of the target and of the achieved distribution recorded per row (default {DEFAULT.top_k})")
     g = t.add_argument_group("gcg", "settings of --method gcg (nanoGCG's search_width, topk, n_replace)")

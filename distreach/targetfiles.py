@@ -16,7 +16,7 @@ import torch
 
 from .errors import DistreachError, one_line
 from .infotheory import entropy
-from .units import to_unit
+from .units import from_unit, to_unit
 from .targets import RENORMALISE_TOLERANCE, read_target_matrix, targets_table
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def check_target_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table:
+def read_target(path: str | os.PathLike, loaded, unit: str | None = None) -> pa.Table:
     """A target table from a file, checked against the model's vocabulary:
 
     - ``.arrow``: a target table (``distreach target`` writes one);
@@ -44,17 +44,33 @@ def read_target(path: str | os.PathLike, loaded, unit: str = "bits") -> pa.Table
     - ``.json``: ``{"token string": probability}``; tokens not named get 0. Every string must be
       one token of this model (the error names those that are not).
 
-    Errors name the file and what is wrong with its data."""
+    Entropies (and the KL of a tuning of the table) are in ``unit``; where it is None, an .arrow
+    table's own unit (its first row's), else bits. Errors name the file and what is wrong with
+    its data."""
     path = check_target_path(path)
     suffix = path.suffix.lower()
     if suffix == ".arrow":
         meta, probs = read_target_matrix(path, loaded.vocab_size)  # checked and renormalised; kind, requested
         with np.errstate(divide="ignore"):                   # entropy and family columns kept as they are
             logp = np.log(probs).reshape(-1)
+        meta = in_unit(meta, unit or meta.column("entropy_unit")[0].as_py())
         return meta.append_column("logprobs", pa.FixedSizeListArray.from_arrays(pa.array(logp, pa.float32()), loaded.vocab_size))
     if suffix == ".npy":
-        return _npy_target(path, loaded, unit)
-    return _json_target(path, loaded, unit)  # check_target_path admits nothing else
+        return _npy_target(path, loaded, unit or "bits")
+    return _json_target(path, loaded, unit or "bits")  # check_target_path admits nothing else
+
+
+def in_unit(table: pa.Table, unit: str) -> pa.Table:
+    """A target table's entropies in ``unit``, each row converted from its own ``entropy_unit``
+    (a tuning reports every row in one unit)."""
+    rows = np.array(table.column("entropy_unit").to_pylist())
+    for name in ("requested_entropy", "achieved_entropy"):
+        values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+        for row_unit in set(rows) - {unit}:
+            values = np.where(rows == row_unit, to_unit(from_unit(values, row_unit), unit), values)
+        table = table.set_column(table.column_names.index(name), name, pa.array(values))
+    units = pa.array([unit] * table.num_rows, pa.string())
+    return table.set_column(table.column_names.index("entropy_unit"), "entropy_unit", units)
 
 
 def _npy_target(path: Path, loaded, unit: str) -> pa.Table:

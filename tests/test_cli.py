@@ -4,6 +4,7 @@ line (exit status 2, no traceback) before any work, with nothing written."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -131,6 +132,14 @@ def test_target_then_tune(env, capsys, tmp_path):
     assert read_arrow(out).column("n_outliers").to_pylist() == [2, 2]
     code, stdout, err = run(capsys, "tune", "--model", env["model"], "--target", str(out), "--inits", "1", "--max-steps", "3", "-q")
     assert code == 0 and stdout.count("kl_min") == 2
+    # a table in nats is tuned in nats, unless --unit asks for bits: its entropies are then converted
+    code, _, err = run(capsys, "target", "outlier", "--model", env["model"], "--entropy", "3", "--k", "2", "--unit", "nats",
+                       "--out", str(out))
+    assert code == 0, err
+    for unit, entropy in ((None, "3 nats"), ("nats", "3 nats"), ("bits", f"{3 / math.log(2):.4g} bits")):
+        code, stdout, err = run(capsys, "tune", "--model", env["model"], "--target", str(out), "--inits", "1", "--max-steps",
+                                "3", "-q", *(["--unit", unit] if unit else []))
+        assert code == 0 and f"entropy target {entropy.split()[0]}, achieved " in stdout and stdout.endswith(f" {entropy.split()[1]}\n")
 
 
 def test_models_lists_the_embedded_ones(capsys):

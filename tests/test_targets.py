@@ -132,6 +132,25 @@ def test_rows_within_tolerance_leave_the_descent_without_changing_the_others():
     assert failed.tolist() == want_failed.tolist() and torch.equal(got[~failed], want[~want_failed])
 
 
+def test_an_arrow_targets_entropies_are_read_in_the_unit_asked(tiny_llama, tmp_path):
+    """Each row converted from its own unit: a tuning reports every row in one (its first
+    row's where no unit is asked)."""
+    from distreach import api
+
+    nats = api.make_target("vanilla", tiny_llama.vocab_size, 2.0, "nats", n=2, seed=1)
+    bits = api.make_target("vanilla", tiny_llama.vocab_size, 2.0, "bits", n=1, seed=2)
+    path = tmp_path / "mixed.arrow"
+    write_arrow(pa.concat_tables([nats, bits]), path)
+    ln2 = math.log(2)
+    achieved = np.array(nats.column("achieved_entropy").to_pylist() + bits.column("achieved_entropy").to_pylist())
+    for unit, scale in ((None, [1, 1, ln2]), ("nats", [1, 1, ln2]), ("bits", [1 / ln2, 1 / ln2, 1])):
+        table = api.read_target(path, tiny_llama, unit)
+        assert table.column("entropy_unit").to_pylist() == [unit or "nats"] * 3
+        np.testing.assert_allclose(table.column("requested_entropy").to_pylist(), 2.0 * np.array(scale), rtol=1e-12)
+        np.testing.assert_allclose(table.column("achieved_entropy").to_pylist(), achieved * scale, rtol=1e-12)
+        assert table.column("target_id").to_pylist() == nats.column("target_id").to_pylist() + bits.column("target_id").to_pylist()
+
+
 def test_token_target_is_the_json_files_target_and_checks_the_same(tiny_llama, tmp_path):
     from distreach import api
 
