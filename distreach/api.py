@@ -126,8 +126,8 @@ def read_target(path: str | os.PathLike, loaded, unit: str | None = None) -> pa.
 
 def token_target(dist: dict, loaded, name: str = "user", unit: str = "bits") -> pa.Table:
     """A one-row target table named ``name`` from ``{"token string": probability}`` (what a .json
-    target file holds; each string exactly one token, leading space included:
-    :func:`distreach.targetfiles.token_target`)."""
+    target file holds; each string exactly one token, leading space included, or a special
+    token's name: :func:`distreach.targetfiles.token_target`)."""
     from .targetfiles import token_target
 
     return token_target(dist, loaded, name, unit)

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import torch
 
@@ -42,7 +43,8 @@ def read_target(path: str | os.PathLike, loaded, unit: str | None = None) -> pa.
     - ``.arrow``: a target table (``distreach target`` writes one);
     - ``.npy``: probabilities, shape [V] or [n, V], V the model's output rows (``vocab_size``);
     - ``.json``: ``{"token string": probability}``; tokens not named get 0. Every string must be
-      one token of this model (the error names those that are not).
+      one token of this model or a special token's name, and given once (the error names those
+      that are not tokens).
 
     Entropies (and the KL of a tuning of the table) are in ``unit``; where it is None, an .arrow
     table's own unit (its first row's), else bits. Errors name the file and what is wrong with
@@ -90,16 +92,32 @@ def _npy_target(path: Path, loaded, unit: str) -> pa.Table:
 
 def _json_target(path: Path, loaded, unit: str) -> pa.Table:
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(path.read_bytes(), object_pairs_hook=_once_each)
+    except _Twice as twice:
+        raise DistreachError(f"{path}: token {twice.args[0]!r} is given twice") from None
     except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors; nesting too deep
         raise DistreachError(f"{path}: not valid JSON ({one_line(exc)})") from None
     return token_target(data, loaded, path.stem, unit, where=str(path))
 
 
+class _Twice(Exception):
+    """A JSON object's key given twice (json keeps the last value without a word)."""
+
+
+def _once_each(pairs: list) -> dict:
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _Twice(key)
+        seen[key] = value
+    return seen
+
+
 def token_target(dist: dict, loaded, name: str = "user", unit: str = "bits", where: str | None = None) -> pa.Table:
     """A one-row target table (target id ``name``) from ``{"token string": probability}``, checked
     against the model's vocabulary: tokens not named get 0; every string must be exactly one token
-    of this model, leading space included (``" Paris"``, not ``"Paris"``); probabilities are real
+    of this model, leading space included (``" Paris"``, not ``"Paris"``), or a special token's
+    name (``"<|endoftext|>"``); probabilities are real
     numbers (Python's or numpy's). Errors start with ``where`` (default: ``target NAME``)."""
     where = where or f"target {name}"
     vocab = loaded.vocab_size
@@ -145,14 +163,18 @@ def _user_table(probs: np.ndarray, ids: list[str], unit: str, kind: str = "user"
 
 
 def token_ids(tokenizer, strings: list[str], vocab: int, where: str) -> list[int]:
-    """The token id of each string (its exact surface text, leading space included)."""
+    """The token id of each string: its exact surface text, leading space included, or a special
+    token's name (``"<|endoftext|>"``)."""
     from .vocab import surface_forms, vocab_table
 
-    forms = surface_forms(vocab_table(tokenizer, vocab))
+    table = vocab_table(tokenizer, vocab)
     first: dict[str, int] = {}
-    for i, s in enumerate(forms):
+    for i, s in enumerate(surface_forms(table)):
         if s is not None and s not in first:
             first[s] = i
+    specials = table.filter(pl.col("is_special"))
+    for i, piece in zip(specials["token_id"], specials["piece"]):  # special tokens have no surface text
+        first.setdefault(piece, i)
     missing = [s for s in strings if s not in first]
     if missing:
         shown = ", ".join(repr(s) for s in missing[:5]) + (" ..." if len(missing) > 5 else "")

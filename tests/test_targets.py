@@ -163,6 +163,9 @@ def test_token_target_is_the_json_files_target_and_checks_the_same(tiny_llama, t
     p = np.exp(np.asarray(from_dict.column("logprobs")[0].as_py()))
     tok = tiny_llama.tokenizer
     assert {tok.convert_ids_to_tokens(int(i)): round(float(p[i]), 6) for i in np.flatnonzero(p)} == dist
+    special = api.token_target({"<eos>": 0.5, "Paris": 0.5}, tiny_llama, "stop")  # a special token by its name
+    assert np.flatnonzero(np.asarray(special.column("logprobs")[0].as_py()) > -np.inf).tolist() == sorted(
+        [tok.eos_token_id, tok.convert_tokens_to_ids("Paris")])
     one = api.token_target({"Paris": 1.0}, tiny_llama, "one")  # a one-token target: entropy 0, not -0
     assert [math.copysign(1, one.column(c)[0].as_py()) for c in ("requested_entropy", "achieved_entropy")] == [1, 1]
     as_numpy = dict(zip(dist, np.array(list(dist.values()), np.float32)))  # probabilities from an array
