@@ -215,6 +215,9 @@ def read_result(path: str | os.PathLike) -> "pl.DataFrame":
 
     df = pl.from_arrow(read_arrow(path))
     missing = [c for c in RESULT_NEEDS if c not in df.columns]
+    if missing and "logprobs" in df.columns:
+        raise DistreachError(f"{path}: a target table, not a result table; tune it first "
+                             f"(distreach tune --model M --target {path} --out result.arrow)")
     if missing:
         raise DistreachError(f"{path}: not a result table of this version of distreach (no column(s) "
                              f"{', '.join(missing)}); tune it again")

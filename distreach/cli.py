@@ -333,6 +333,9 @@ def cmd_show(args) -> int:
         if r["prompt_text"]:
             print(f"  prompt: {r['prompt_text']!r}{_typed_back(r, unit)}")
         p_tok, q_tok = r["p_top_tokens"], r["q_top_tokens"]
+        if not p_tok and not q_tok:
+            print("  no top tokens recorded (tuned with top_k 0: --top-k 0, or tuning.top_k in a config)")
+            continue
         table = [["rank", "target token", "p", "q", "|", "achieved token", "q"]]
         for i in range(min(max(len(p_tok), len(q_tok)), args.top or len(q_tok) + len(p_tok))):
             left = [_token(p_tok[i]), _prob(r["p_top_probs"][i]), _prob(r["q_on_p_top"][i])] if i < len(p_tok) else ["", "", ""]

@@ -137,6 +137,22 @@ def test_a_table_without_kept_prompts_is_refused(env, capsys, tmp_path):
                                      "distreach (no column(s) q_top_ids, soft_prompt); tune it again\n")
 
 
+def test_show_of_a_target_table_or_a_row_without_top_tokens_says_so(env, capsys, tmp_path):
+    target = tmp_path / "target.arrow"
+    assert cli.main(["target", "vanilla", "--model", env["model"], "--entropy", "2", "--out", str(target)]) == 0
+    capsys.readouterr()
+    code, out, err = run(capsys, "show", str(target))
+    assert code == 2 and err == (f"distreach: error: {target}: a target table, not a result table; tune it first "
+                                 f"(distreach tune --model M --target {target} --out result.arrow)\n")
+    result = tmp_path / "k0.arrow"
+    code, _, err = run(capsys, "tune", "--model", env["model"], "--target", str(target), "--inits", "1", "--max-steps", "2",
+                       "--top-k", "0", "--out", str(result), "-q")
+    assert code == 0, err
+    code, out, err = run(capsys, "show", str(result))
+    assert code == 0 and out.splitlines()[1:] == [
+        "  no top tokens recorded (tuned with top_k 0: --top-k 0, or tuning.top_k in a config)"]
+
+
 def test_the_workflow_model_folder_is_found_beside_its_results(env, tmp_path):
     row = pl.read_ipc(env["soft"]).row(0, named=True)
     results = tmp_path / "results"
