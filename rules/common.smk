@@ -23,6 +23,8 @@ except DistreachError as exc:
         ", ".join(dict.fromkeys(os.path.abspath(f) for f in workflow.configfiles))
         or "config"
     )
+    if workflow.config_settings.config:  # the key may be set there, not in the files
+        where += f" with --config {' '.join(workflow.config_settings.config)}"
     print(f"distreach: error: {where}: {exc}", file=sys.stderr)
     raise SystemExit(2)
 

@@ -321,6 +321,13 @@ def test_bad_config_fails_before_any_job_with_one_line(tmp_path, tiny_sources, m
 
 
 @pytest.mark.slow  # over 10 s on a 2-core CPU
+def test_a_bad_key_from_the_command_line_is_named_there(tmp_path, tiny_sources):
+    proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "--config", "seed=-3", check=False)
+    assert proc.returncode == 2 and proc.stderr.splitlines()[-1] == (
+        f"distreach: error: {tmp_path / 'config.yaml'} with --config seed: config key seed: -3 is less than the minimum of 0")
+
+
+@pytest.mark.slow  # over 10 s on a 2-core CPU
 def test_gpu_benchmark_script_runs_at_tiny_size_on_the_cpu(tmp_path):
     import json
 
