@@ -43,6 +43,7 @@ if importlib.util.find_spec("distreach") is None:
 import yaml  # noqa: E402
 
 from distreach.figureregistry import FIGURES, figure_experiments  # noqa: E402
+from distreach.figurefiles import FIGURE_FILES  # noqa: E402
 from distreach.io import write_json  # noqa: E402
 
 STAND_INS_CONFIG = REPO / "configs" / "paper-stand-ins.yaml"
@@ -80,7 +81,7 @@ def without_pos(config: dict) -> tuple[dict, list[str]]:
 
 def dag_targets(config: dict, figures: bool) -> list[str]:
     """Collected tables and the claims report (and the figures if drawn)."""
-    out = [f"results/collected/{e}.arrow" for e in config["experiments"]]
+    out = [FIGURE_FILES["tables"].format(e) for e in config["experiments"]]
     out += ["results/report/claims.md", "results/report/claims.html"]
     if figures:
         out += [f"results/figures/{fig}{ext}" for fig in config["figures"] for ext in (".html", ".png", ".svg")]
@@ -152,7 +153,7 @@ def dag_numbers(workdir: Path, config: dict) -> dict:
     import polars as pl
 
     rules = job_seconds(workdir)
-    tables = [workdir / f"results/collected/{e}.arrow" for e in config["experiments"]]
+    tables = [workdir / FIGURE_FILES["tables"].format(e) for e in config["experiments"]]
     found = [t for t in tables if t.exists()]
     row_steps = int(sum(pl.read_ipc(t)["steps"].sum() for t in found))
     rows = int(sum(pl.read_ipc(t).height for t in found))
