@@ -117,8 +117,8 @@ def gguf_vocab_size(path: str | os.PathLike) -> int:
 
 
 def read_target(path: str | os.PathLike, loaded, unit: str | None = None) -> pa.Table:
-    """A target table from a .arrow, .npy or .json file, its entropies in ``unit`` (None: an
-    .arrow table's own unit, else bits; :func:`distreach.targetfiles.read_target`)."""
+    """A target table from a .arrow, .npy or .json file, its entropies in ``unit``
+    (:func:`distreach.targetfiles.read_target`)."""
     from .targetfiles import read_target
 
     return read_target(path, loaded, unit)
@@ -156,9 +156,11 @@ def tune_target(loaded, target: pa.Table, inits: int = INITS, out: str | os.Path
     from .settings import tuning_config
     from .tuning import tune_rows, write_shard
     from .targets import target_probs
+    from .targetfiles import in_unit
 
     cfg = tuning_config(tuning)
     meta, probs = target_probs(target, model_of(loaded).vocab_size)
+    meta = in_unit(meta, meta.column("entropy_unit")[0].as_py())  # every row in its first row's unit
     table = tune_rows(loaded, meta, probs, experiment="cli", method=cfg.method, tuning=cfg, inits=inits, seed=seed,
                       checkpoint=checkpoint_path(out) if out is not None else None, progress=progress)
     if out is not None:
@@ -213,15 +215,15 @@ def read_result(path: str | os.PathLike) -> "pl.DataFrame":
 
     from .io import read_arrow
 
-    df = pl.from_arrow(read_arrow(path))
-    missing = [c for c in RESULT_NEEDS if c not in df.columns]
-    if missing and "logprobs" in df.columns:
+    table = read_arrow(path)
+    missing = [c for c in RESULT_NEEDS if c not in table.column_names]
+    if missing and "logprobs" in table.column_names:
         raise DistreachError(f"{path}: a target table, not a result table; tune it first "
                              f"(distreach tune --model M --target {path} --out result.arrow)")
     if missing:
         raise DistreachError(f"{path}: not a result table of this version of distreach (no column(s) "
                              f"{', '.join(missing)}); tune it again")
-    return df
+    return pl.from_arrow(table)
 
 
 def select_rows(df: "pl.DataFrame", where: str, target: str | None = None, init: int | None = None,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from .errors import DistreachError, one_line
@@ -52,8 +53,8 @@ def read_target(path: str | os.PathLike, loaded, unit: str | None = None) -> pa.
     path = check_target_path(path)
     suffix = path.suffix.lower()
     if suffix == ".arrow":
-        meta, probs = read_target_matrix(path, loaded.vocab_size)  # checked and renormalised; kind, requested
-        with np.errstate(divide="ignore"):                   # entropy and family columns kept as they are
+        meta, probs = read_target_matrix(path, loaded.vocab_size)  # checked and renormalised; kind and
+        with np.errstate(divide="ignore"):                   # family columns kept as they are
             logp = np.log(probs).reshape(-1)
         meta = in_unit(meta, unit or meta.column("entropy_unit")[0].as_py())
         return meta.append_column("logprobs", pa.FixedSizeListArray.from_arrays(pa.array(logp, pa.float32()), loaded.vocab_size))
@@ -65,12 +66,13 @@ def read_target(path: str | os.PathLike, loaded, unit: str | None = None) -> pa.
 def in_unit(table: pa.Table, unit: str) -> pa.Table:
     """A target table's entropies in ``unit``, each row converted from its own ``entropy_unit``
     (a tuning reports every row in one unit)."""
-    rows = np.array(table.column("entropy_unit").to_pylist())
-    for name in ("requested_entropy", "achieved_entropy"):
-        values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-        for row_unit in set(rows) - {unit}:
-            values = np.where(rows == row_unit, to_unit(from_unit(values, row_unit), unit), values)
-        table = table.set_column(table.column_names.index(name), name, pa.array(values))
+    rows = table.column("entropy_unit")
+    for row_unit in set(rows.to_pylist()) - {unit}:
+        factor = to_unit(from_unit(1.0, row_unit), unit)
+        for name in ("requested_entropy", "achieved_entropy"):
+            values = table.column(name)  # nulls stay null
+            values = pc.if_else(pc.equal(rows, row_unit), pc.multiply(values, factor), values)
+            table = table.set_column(table.column_names.index(name), name, values)
     units = pa.array([unit] * table.num_rows, pa.string())
     return table.set_column(table.column_names.index("entropy_unit"), "entropy_unit", units)
 
@@ -92,25 +94,28 @@ def _npy_target(path: Path, loaded, unit: str) -> pa.Table:
 
 def _json_target(path: Path, loaded, unit: str) -> pa.Table:
     try:
-        data = json.loads(path.read_bytes(), object_pairs_hook=_once_each)
-    except _Twice as twice:
-        raise DistreachError(f"{path}: token {twice.args[0]!r} is given twice") from None
+        data = json.loads(path.read_bytes(), object_pairs_hook=_Pairs)
     except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors; nesting too deep
         raise DistreachError(f"{path}: not valid JSON ({one_line(exc)})") from None
+    if isinstance(data, _Pairs) and data.twice:
+        raise DistreachError(f"{path}: token {data.twice[0]!r} is given twice")
     return token_target(data, loaded, path.stem, unit, where=str(path))
 
 
-class _Twice(Exception):
-    """A JSON object's key given twice (json keeps the last value without a word)."""
+class _Pairs(dict):
+    """A JSON object with the keys given more than once (json keeps the last value without a
+    word); a target file's top-level object must have none."""
+
+    def __init__(self, pairs: list):
+        super().__init__(pairs)
+        self.twice = [key for key, n in _counts(key for key, _ in pairs).items() if n > 1]
 
 
-def _once_each(pairs: list) -> dict:
-    seen = {}
-    for key, value in pairs:
-        if key in seen:
-            raise _Twice(key)
-        seen[key] = value
-    return seen
+def _counts(keys) -> dict:
+    counts: dict = {}
+    for key in keys:
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def token_target(dist: dict, loaded, name: str = "user", unit: str = "bits", where: str | None = None) -> pa.Table:
@@ -163,8 +168,8 @@ def _user_table(probs: np.ndarray, ids: list[str], unit: str, kind: str = "user"
 
 
 def token_ids(tokenizer, strings: list[str], vocab: int, where: str) -> list[int]:
-    """The token id of each string: its exact surface text, leading space included, or a special
-    token's name (``"<|endoftext|>"``)."""
+    """The token id of each string: its exact surface text, leading space included, or else a
+    special token's name (``"<|endoftext|>"``; a text token of the same text comes first)."""
     from .vocab import surface_forms, vocab_table
 
     table = vocab_table(tokenizer, vocab)

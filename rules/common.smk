@@ -77,7 +77,7 @@ def configured(section, name):
     """
     if name not in config[section]:
         raise DistreachError(
-            f"{name!r} is not in the config's {section} section (configured: {', '.join(config[section])})"
+            f"{name!r} is not in the config's {section} section (configured: {', '.join(config[section]) or 'none'})"
         )
     return config[section][name]
 
@@ -99,6 +99,7 @@ def target_inputs(wildcards):
     tokens, and for derived families the target file (and source model) they come from.
     """
     family = configured("targets", wildcards.family)
+    configured("models", wildcards.model)  # before target_file looks the model up
     inputs = {"model": f"results/models/{wildcards.model}"}
     # token texts or usable tokens (and no tokenizer loaded)
     if family["kind"] in ("lm", "outlier", "pos", "migrated"):

@@ -326,6 +326,7 @@ def test_an_effect_the_size_of_the_mde_holds_about_80_percent_of_the_time(rule):
         return rank_within(rng.normal(effect, s, n), [rng.normal(0, s, copies) for _ in range(n)], "x", "bits").p < ALPHA
 
     share = sum(holds() for _ in range(N_SIM)) / N_SIM
-    # 80% within 3 standard errors of N_SIM draws (0.013 each); rank within above it, not past 92%
+    # 80% within 3 standard errors of N_SIM draws (0.013 each; rank within above 80% by design): a
+    # stated power of 75% or 85% falls outside at this seed (at another, 75% passes about 1 in 4)
     low, high = (0.8, 0.92) if rule == "rank within" else (0.76, 0.84)
     assert low <= share <= high, (share, effect)

@@ -140,15 +140,26 @@ def test_an_arrow_targets_entropies_are_read_in_the_unit_asked(tiny_llama, tmp_p
     nats = api.make_target("vanilla", tiny_llama.vocab_size, 2.0, "nats", n=2, seed=1)
     bits = api.make_target("vanilla", tiny_llama.vocab_size, 2.0, "bits", n=1, seed=2)
     path = tmp_path / "mixed.arrow"
-    write_arrow(pa.concat_tables([nats, bits]), path)
+    mixed = pa.concat_tables([nats, bits])  # another tool's table may leave an entropy out
+    mixed = mixed.set_column(2, "requested_entropy", pa.array([2.0, None, 2.0]))
+    write_arrow(mixed, path)
     ln2 = math.log(2)
     achieved = np.array(nats.column("achieved_entropy").to_pylist() + bits.column("achieved_entropy").to_pylist())
     for unit, scale in ((None, [1, 1, ln2]), ("nats", [1, 1, ln2]), ("bits", [1 / ln2, 1 / ln2, 1])):
         table = api.read_target(path, tiny_llama, unit)
         assert table.column("entropy_unit").to_pylist() == [unit or "nats"] * 3
-        np.testing.assert_allclose(table.column("requested_entropy").to_pylist(), 2.0 * np.array(scale), rtol=1e-12)
+        requested = table.column("requested_entropy").to_pylist()
+        assert requested[1] is None
+        np.testing.assert_allclose(requested[::2], 2.0 * np.array(scale[::2]), rtol=1e-12)
         np.testing.assert_allclose(table.column("achieved_entropy").to_pylist(), achieved * scale, rtol=1e-12)
         assert table.column("target_id").to_pylist() == nats.column("target_id").to_pylist() + bits.column("target_id").to_pylist()
+    # a table made in memory is tuned in its first row's unit too, every row converted
+    df = api.tune_target(tiny_llama, pa.concat_tables([nats, bits]), inits=1, max_steps=1)
+    assert df["entropy_unit"].to_list() == ["nats"] * 3
+    np.testing.assert_allclose(df["target_entropy"].to_list(), [2.0, 2.0, 2.0 * ln2], rtol=1e-12)
+    # a one-unit table's columns are read as written
+    write_arrow(nats, path)
+    assert api.read_target(path, tiny_llama).drop_columns(["logprobs"]).equals(nats.drop_columns(["logprobs"]))
 
 
 def test_token_target_is_the_json_files_target_and_checks_the_same(tiny_llama, tmp_path):
@@ -163,6 +174,10 @@ def test_token_target_is_the_json_files_target_and_checks_the_same(tiny_llama, t
     p = np.exp(np.asarray(from_dict.column("logprobs")[0].as_py()))
     tok = tiny_llama.tokenizer
     assert {tok.convert_ids_to_tokens(int(i)): round(float(p[i]), 6) for i in np.flatnonzero(p)} == dist
+    nested = tmp_path / "nested.json"  # a key twice in an inner object: the file is no target object
+    nested.write_text('[{"table": 0.5, "table": 0.5}]')
+    with pytest.raises(DistreachError, match=r'nested.json: expected a non-empty object \{"token string": probability\}$'):
+        api.read_target(nested, tiny_llama)
     special = api.token_target({"<eos>": 0.5, "Paris": 0.5}, tiny_llama, "stop")  # a special token by its name
     assert np.flatnonzero(np.asarray(special.column("logprobs")[0].as_py()) > -np.inf).tolist() == sorted(
         [tok.eos_token_id, tok.convert_tokens_to_ids("Paris")])

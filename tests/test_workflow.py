@@ -364,6 +364,7 @@ UNKNOWN_NAMES = [
     ("results/vocab/nosuch.arrow", "'nosuch' is not in the config's models section"),
     ("results/targets/vanilla/nosuch.arrow", "'nosuch' is not in the config's models section"),
     ("results/targets/nosuch/tiny.arrow", "'nosuch' is not in the config's targets section"),
+    ("results/targets/lm-matched/nosuch.arrow", "'nosuch' is not in the config's models section"),
     ("results/collected/nosuch.arrow", "'nosuch' is not in the config's experiments section"),
     ("results/figures/fig12.png", "'fig12' is not in the config's figures section"),
     ("results/tuning/tiny/nosuch/shard-0", "no experiment of the config is tuned in results/tuning/tiny/nosuch/shard-0"),
