@@ -55,6 +55,14 @@ def test_default_run_page_says_what_the_run_wrote():
             f"{lm} min {ls} s (`docs/default-run/avx2-fp32-{later['commit'][:7]}.json`) with the same rows, row-steps and "
             f"claims report as the `{avx2['commit'][:7]}` run, its preparation jobs (the same code) taking {prep[0]} s of "
             f"job time against {prep[1]} s and its tuning jobs {tune[0]:,} s against {tune[1]:,} s") in readme
+    # the latest run on this CPU model: the claims report of the same rows, byte for byte
+    latest = json.loads((DATA / "avx2-fp32-d2e969a.json").read_text())
+    assert latest["cpu"] == avx2["cpu"] and latest["row_steps"] == avx2["row_steps"] and latest["rows"] == avx2["rows"]
+    assert (DATA / "avx2-fp32-d2e969a-claims.arrow").read_bytes() == (DATA / "avx2-fp32-5abe422-claims.arrow").read_bytes()
+    (nm, ns) = divmod(latest["wall_seconds"], 60)
+    assert (f"The code of `{latest['commit'][:7]}` (with changes no job reads) took {nm} min {ns} s "
+            f"(`docs/default-run/avx2-fp32-{latest['commit'][:7]}.json`), its claims report byte for byte the "
+            f"`{avx2['commit'][:7]}` run's, its tuning jobs {latest['job_seconds']['tune_job']:,} s") in readme
     # the outcomes that differ between the two runs, as the page states them
     avx2_claims = pl.read_ipc(DATA / "avx2-fp32-5abe422-claims.arrow")
 
