@@ -8,6 +8,7 @@ import logging
 import math
 import numbers
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -108,22 +109,15 @@ class _Pairs(dict):
 
     def __init__(self, pairs: list):
         super().__init__(pairs)
-        self.twice = [key for key, n in _counts(key for key, _ in pairs).items() if n > 1]
-
-
-def _counts(keys) -> dict:
-    counts: dict = {}
-    for key in keys:
-        counts[key] = counts.get(key, 0) + 1
-    return counts
+        self.twice = [key for key, n in Counter(key for key, _ in pairs).items() if n > 1]
 
 
 def token_target(dist: dict, loaded, name: str = "user", unit: str = "bits", where: str | None = None) -> pa.Table:
     """A one-row target table (target id ``name``) from ``{"token string": probability}``, checked
     against the model's vocabulary: tokens not named get 0; every string must be exactly one token
     of this model, leading space included (``" Paris"``, not ``"Paris"``), or a special token's
-    name (``"<|endoftext|>"``); probabilities are real
-    numbers (Python's or numpy's). Errors start with ``where`` (default: ``target NAME``)."""
+    name (``"<|endoftext|>"``); probabilities are real numbers (Python's or numpy's). Errors start
+    with ``where`` (default: ``target NAME``)."""
     where = where or f"target {name}"
     vocab = loaded.vocab_size
     if not isinstance(dist, dict) or not dist:
