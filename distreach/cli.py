@@ -51,6 +51,15 @@ def _device(text):
     return text
 
 
+def _check_out(path: str, what: str) -> None:
+    """Refuse an --out for a ``what`` file (result, target) that is no .arrow file or cannot be
+    written, before any work."""
+    if not path.endswith(".arrow"):
+        raise DistreachError(f"--out {path}: the {what} file must end in .arrow")
+    if why := _writable(path):
+        raise DistreachError(f"--out {path}: {why}")
+
+
 def _writable(path: str) -> str | None:
     """Why ``path`` cannot be written (a folder there; its nearest existing folder refuses a new
     file), else None; nothing is left behind."""
@@ -234,10 +243,8 @@ def cmd_tune(args) -> int:
     from .tables import min_over_inits
     from .tokens import resolve_bos
 
-    if args.out and not args.out.endswith(".arrow"):
-        raise DistreachError(f"--out {args.out}: the result file must end in .arrow")
-    if args.out and (why := _writable(args.out)):
-        raise DistreachError(f"--out {args.out}: {why}")
+    if args.out:
+        _check_out(args.out, "result")
     if args.n_soft is not None and args.method != "hybrid":
         raise DistreachError("--n-soft is for --method hybrid only")
     extra = {"n_soft": args.n_soft} if args.n_soft is not None else {}
@@ -374,10 +381,7 @@ def cmd_target(args) -> int:
     from . import api
     from .io import write_arrow
 
-    if not args.out.endswith(".arrow"):
-        raise DistreachError(f"--out {args.out}: the target file must end in .arrow")
-    if why := _writable(args.out):
-        raise DistreachError(f"--out {args.out}: {why}")
+    _check_out(args.out, "target")
     # the vocabulary from the model folder or the cache when it can be read there: no conversion
     loaded = api.model_vocab(args.model) or api.load_model(args.model, dtype="fp32", device="cpu")
     table = api.make_target(args.kind, loaded.vocab_size, args.entropy, args.unit, args.k, args.n, args.seed,
