@@ -40,7 +40,9 @@ def test_default_run_page_says_what_the_run_wrote():
     for facts in (run, avx2):  # the code each run's tables were made by
         assert f"of `{facts['commit'][:7]}` took **" in readme
     # the AVX2 run's tuning jobs, as its log counted them
-    assert f"`docs/default-run/avx2-fp32-{avx2['commit'][:7]}.json`; {avx2['jobs']['tune_job']} tuning jobs:" in readme
+    assert f"`dtype: auto` is bf16: {run['jobs']['tune_job']} tuning jobs (" in readme
+    assert run["jobs"]["tune_job"] == avx2["jobs"]["tune_job"]
+    assert f"`docs/default-run/avx2-fp32-{avx2['commit'][:7]}.json`; the same {avx2['jobs']['tune_job']} tuning jobs)" in readme
     # the spread of AVX2 runs: an earlier one on another machine, and a later one of the same rows and claims
     other = json.loads((DATA / "avx2-fp32-ceea747.json").read_text())
     later = json.loads((DATA / "avx2-fp32-8540c9c.json").read_text())
