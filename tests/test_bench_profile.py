@@ -47,8 +47,8 @@ def test_readme_throughput_table_is_the_results_file():
         cpu = report["machine"]
         assert f"{cpu['cpu']}, {'with' if cpu['native_bf16'] else 'without'} native bf16" in " ".join(section.split())
         assert f"`benchmarks/results/cpu/{name}`" in section
-    # the last file's code (the AVX2 one: the bf16 file predates recording the commit)
-    assert "code of `{}`:".format(report["versions"]["distreach_commit"][:7]) in " ".join(section.split())
+        # the code each file was measured on, named beside it
+        assert "code of `{}`".format(report["versions"]["distreach_commit"][:7]) in " ".join(section.split())
 
 
 
