@@ -1,4 +1,4 @@
-"""benchmarks/step_profile.py, engine_throughput.py, cpu_dtype.py, dtype_floor.py, cpu_threads.py, pos_tagging.py, cpu_malloc.py, batch_rows.py and figure_jobs.py: the README's tables are the ones their results files give, and
+"""benchmarks/step_profile.py, engine_throughput.py, compile_step.py, cpu_dtype.py, dtype_floor.py, cpu_threads.py, pos_tagging.py, cpu_malloc.py, batch_rows.py and figure_jobs.py: the README's tables are the ones their results files give, and
 profiler events go to the groups its docstring names."""
 
 import json
@@ -15,6 +15,7 @@ pos_tagging = load_script(REPO / "benchmarks" / "pos_tagging.py")
 cpu_malloc = load_script(REPO / "benchmarks" / "cpu_malloc.py")
 batch_rows = load_script(REPO / "benchmarks" / "batch_rows.py")
 figure_jobs = load_script(REPO / "benchmarks" / "figure_jobs.py")
+compile_step = load_script(REPO / "benchmarks" / "compile_step.py")
 
 
 def test_readme_table_is_the_results_file():
@@ -50,6 +51,32 @@ def test_readme_throughput_table_is_the_results_file():
         # the code each file was measured on, named beside it
         assert "code of `{}`".format(report["versions"]["distreach_commit"][:7]) in " ".join(section.split())
 
+
+
+def test_readme_compile_table_is_the_results_file():
+    report = json.loads((REPO / "benchmarks" / "results" / "cpu" / "compile-step.json").read_text())
+    section = (REPO / "benchmarks" / "README.md").read_text().split("### Compiling the step")[1].split("\n## ")[0]
+    assert compile_step.table(report["results"]) in section
+    for r in report["results"]:  # the derived columns are of the measured ones
+        e, c = r["eager"], r["compiled"]
+        assert r["speedup"] == e["step_seconds"] / c["step_seconds"]
+        assert e["matmul_share"] == e["matmul_seconds"] / e["step_seconds"]
+        assert c["matmul_share"] == e["matmul_seconds"] / c["step_seconds"]  # one matmul timing for both legs
+        assert r["compile_seconds"] == c["first_tuning_seconds"] - e["first_tuning_seconds"]
+        saved = e["step_seconds"] - c["step_seconds"]
+        assert r["break_even_steps"] == (r["compile_seconds"] / saved if saved > 0 else None)
+    text = " ".join(section.split())
+    bf16, fp32 = report["results"]
+    assert (bf16["dtype"], fp32["dtype"]) == ("bf16", "fp32")
+    assert (f"Compiled, a bf16 step took {1 / bf16['speedup']:.2f}x of the eager one's time here and an fp32 step "
+            f"{1 / fp32['speedup']:.2f}x") in text
+    assert f"after a compile of {bf16['compile_seconds']:.0f} s and {fp32['compile_seconds']:.0f} s" in text
+    for r in report["results"]:  # "a batch of another size compiled again for as long"
+        assert r["compiled"]["rows_drop_seconds"] > r["compile_seconds"] / 2 > 10 * r["eager"]["rows_drop_seconds"]
+    cpu = report["machine"]
+    assert f"{cpu['cpu']}, {'with' if cpu['native_bf16'] else 'without'} native bf16" in text
+    assert f"code of `{report['versions']['distreach_commit'][:7]}`" in text
+    assert f"`benchmarks/results/cpu/compile-step.json`, {report['seconds']} s in all" in text
 
 
 def test_readme_malloc_table_is_the_results_file():
