@@ -75,7 +75,7 @@ def test_default_run_page_says_what_the_run_wrote():
             f" where this {run['dtypes'][0]} run has C3 **{verdict(claims, 'C3', 'smollm2')}** and C9 on SmolLM2"
             f" **{verdict(claims, 'C9', 'smollm2')}**")
     assert said in " ".join(page.split())
-    # the same tuning code with the dtype forced to fp32 on the bf16 run's CPU: its time and outcomes
+    # earlier code with the dtype forced to fp32 on the bf16 run's CPU: its time and outcomes
     forced = json.loads((DATA / "fp32-forced-fad61e3.json").read_text())
     forced_claims = pl.read_ipc(DATA / "fp32-forced-fad61e3-claims.arrow")
     assert forced["cpu"] == run["cpu"] and forced["dtypes"] == ["fp32"] and forced["commit"].startswith("fad61e3")
