@@ -7,16 +7,21 @@ and what compiling costs.
                                       [--rows 64] [--steps 12] [--out FILE.json]
 
 Per dtype, two fresh loads of the model: eager, then compiled (``model.forward =
-torch.compile(model.forward, dynamic=True)``, inductor's caches in a new empty folder, so the
-compile is a cold one, as in a fresh tuning job). Each runs a 3-step tuning first (for the
-compiled model: the compile, timed as ``compile_seconds``, the wall time of that tuning less the
-eager one's), then a tuning of ``--steps`` steps of ``--rows`` rows with no row stopping, whose
-seconds per step are timed from the third step on. ``matmul_share`` is
-``engine_throughput.matmul_seconds`` (the step's linear-layer matmuls alone, at its shapes; timed
-once per dtype, after the eager leg) over each leg's step; ``first_loss_rel_diff`` the largest relative difference of the rows' first-step KL
-between the two. ``break_even_steps``: the steps of one batch after which the compile has paid
-for itself. Then a batch of fewer rows (as rows stop) runs on the compiled model, to show whether
-it compiles again (``rows_drop_seconds``: that tuning's wall time against eager's).
+torch.compile(model.forward, dynamic=True)``, with inductor's defaults, under
+``torch._inductor.utils.fresh_cache()``: an empty cache folder and in-memory caches, so the compile
+is a cold one, as in a pipeline's first tuning job; later jobs on one machine would find inductor's
+disk cache warm). Each leg runs a 3-step tuning first (for the compiled model: the compile, timed as
+``compile_seconds``, the wall time of that tuning less the eager one's), then a tuning of
+``--steps`` steps of ``--rows`` rows with no row stopping, whose steps after the third are timed
+(``step_seconds``), then a tuning of 4 steps of fewer rows (3/5 of them), as a batch shrinks when
+its rows stop (``rows_drop_seconds``: its wall time). ``graphs`` counts the graphs dynamo has
+compiled after each of the three tunings (its ``unique_graphs`` counter): a tuning that compiles
+nothing new leaves it as it was. ``matmul_share`` is ``engine_throughput.matmul_seconds`` (the
+step's linear-layer matmuls alone, at its shapes; timed once per dtype, after the eager leg) over
+each leg's step; ``first_loss_rel_diff`` the largest relative difference of the rows' first-step
+KL between the two legs. ``break_even_steps``: the steps of one batch after which the compile
+would have paid for itself at the measured step times (None where the compiled step was not
+faster). The compile needs what inductor's CPU backend needs: a C++ compiler and Python's headers.
 """
 
 from __future__ import annotations
@@ -24,12 +29,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from torch._inductor.utils import fresh_cache
 
 from distreach.engine import TuneConfig, tune
 from distreach.io import atomic_path, package_versions
@@ -41,14 +45,24 @@ engine_throughput = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(engine_throughput)
 
 
-def timed_tuning(lm, p, seeds, steps: int) -> tuple[float, float, list[float]]:
-    """(wall seconds of the tuning, seconds per step from its third step on (None for a tuning
-    of 3 steps or fewer), first-step KL per row)."""
+DROP_STEPS = 4  # steps of the tuning of fewer rows
+
+
+def graphs() -> int:
+    """How many graphs dynamo has compiled in this process."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
+def timed_tuning(lm, p, seeds, steps: int) -> tuple[float, float | None, list[float]]:
+    """(wall seconds of the tuning, seconds per step of its steps after the third (None for a
+    tuning of 3 steps or fewer), first-step KL per row)."""
     marks = []
     t0 = time.perf_counter()
     res = tune(lm, p, seeds, TuneConfig(max_steps=steps, patience=steps, batch_size=len(seeds)),
                on_step=lambda step, active: marks.append(time.perf_counter()), record_curve=True)
     wall = time.perf_counter() - t0
+    if len(marks) != steps:
+        raise SystemExit(f"a tuning of {len(seeds)} rows stopped after {len(marks)} of {steps} steps: no step time")
     step_s = (marks[-1] - marks[2]) / (len(marks) - 3) if len(marks) > 3 else None
     return wall, step_s, res.curve[:, 0].tolist()
 
@@ -60,12 +74,17 @@ def leg(folder: str, dtype: str, rows: int, steps: int, compiled: bool) -> dict:
     g = torch.Generator().manual_seed(0)
     p = torch.softmax(torch.randn(rows, lm.vocab_size, generator=g) * 2.5, -1).numpy()
     seeds = list(range(rows))
+    counted = [graphs()]
     first_wall = timed_tuning(lm, p, seeds, 3)[0]
+    counted.append(graphs())
     wall, step_s, first = timed_tuning(lm, p, seeds, steps)
-    fewer = max(1, rows * 3 // 5)
-    drop_wall = timed_tuning(lm, p[:fewer], seeds[:fewer], 4)[0]
-    out = {"first_tuning_seconds": first_wall, "step_seconds": step_s, "first_losses": first,
-           "rows_drop_rows": fewer, "rows_drop_seconds": drop_wall}
+    counted.append(graphs())
+    fewer = rows * 3 // 5
+    drop_wall = timed_tuning(lm, p[:fewer], seeds[:fewer], DROP_STEPS)[0]
+    counted.append(graphs())
+    out = {"first_tuning_seconds": first_wall, "tuning_seconds": wall, "step_seconds": step_s, "first_losses": first,
+           "rows_drop_rows": fewer, "rows_drop_steps": DROP_STEPS, "rows_drop_seconds": drop_wall,
+           "graphs": [b - a for a, b in zip(counted, counted[1:])]}
     if not compiled:  # the matmuls alone, once per dtype: the same seconds divide both legs' steps
         out["matmul_seconds"] = engine_throughput.matmul_seconds(lm.model, rows, TuneConfig().prefix_len, DTYPES[dtype])
     return out
@@ -75,15 +94,14 @@ def run(folder: str, dtype: str, rows: int, steps: int) -> dict:
     print(f"{dtype}: eager", flush=True)
     eager = leg(folder, dtype, rows, steps, compiled=False)
     print(f"{dtype}: compiled (a cold compile)", flush=True)
-    with tempfile.TemporaryDirectory() as cache:
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
-        torch._dynamo.reset()
+    torch._dynamo.reset()
+    with fresh_cache():
         comp = leg(folder, dtype, rows, steps, compiled=True)
     compile_s = comp["first_tuning_seconds"] - eager["first_tuning_seconds"]
     saved = eager["step_seconds"] - comp["step_seconds"]
     for side in (eager, comp):
         side["matmul_share"] = eager["matmul_seconds"] / side["step_seconds"]
-    diff = max(abs(a - b) / abs(a) for a, b in zip(eager["first_losses"], comp["first_losses"]))
+    diff = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(eager["first_losses"], comp["first_losses"]))
     return {"dtype": dtype, "rows": rows, "eager": eager, "compiled": comp, "compile_seconds": compile_s,
             "speedup": eager["step_seconds"] / comp["step_seconds"], "first_loss_rel_diff": diff,
             "break_even_steps": compile_s / saved if saved > 0 else None}
@@ -96,7 +114,7 @@ def table(results: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         e, c = r["eager"], r["compiled"]
-        even = "never" if r["break_even_steps"] is None else f"{r['break_even_steps']:,.0f}"
+        even = "never" if r["break_even_steps"] is None else f"{float(format(r['break_even_steps'], '.2g')):,.0f}"
         lines.append(f"| {r['dtype']} | {r['rows']} | {e['step_seconds']:.3f} | {c['step_seconds']:.3f} | {r['speedup']:.2f} "
                      f"| {e['matmul_share']:.2f} | {c['matmul_share']:.2f} | {r['compile_seconds']:.0f} | {even} "
                      f"| {e['rows_drop_seconds']:.1f}, {c['rows_drop_seconds']:.1f} | {r['first_loss_rel_diff']:.1e} |")
@@ -112,8 +130,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--out", type=Path, help="write the results (and the machine, threads and package versions) as JSON here")
     args = ap.parse_args()
-    if args.rows < 2 or args.steps < 4:
-        raise SystemExit("--rows must be at least 2 and --steps at least 4")
+    if args.rows < 4 or args.steps < 4:
+        raise SystemExit("--rows and --steps must be at least 4")
     start = time.perf_counter()
     results = [run(args.model, dtype, args.rows, args.steps) for dtype in (args.dtypes or [auto_dtype("cpu")])]
     print(table(results))
