@@ -121,6 +121,21 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def summary(report: dict) -> str:
+    """What benchmarks/README.md says under the table, from a results file of this script."""
+    by = {r["dtype"]: r for r in report["results"]}
+    parts = []
+    for dtype, r in by.items():
+        e, c = r["eager"], r["compiled"]
+        parts.append(
+            f"{dtype}: the compiled step took {1 / r['speedup']:.2f}x the eager step's time, after a cold compile of "
+            f"{r['compile_seconds']:.0f} s; a second tuning of the same {r['rows']} rows compiled "
+            f"{c['graphs'][1]} new graphs, a tuning of {c['rows_drop_rows']} rows {c['graphs'][2]} "
+            f"({c['rows_drop_seconds']:.1f} s for {c['rows_drop_steps']} steps, eager {e['rows_drop_seconds']:.1f} s); "
+            f"matmul share {e['matmul_share']:.2f} eager, {c['matmul_share']:.2f} compiled; the first-step KL of the "
+            f"two within {r['first_loss_rel_diff']:.1e} relative")
+    return "; ".join(parts) + "."
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="results/models/smollm2", help="a materialised model folder")
@@ -134,11 +149,12 @@ def main() -> None:
         raise SystemExit("--rows and --steps must be at least 4")
     start = time.perf_counter()
     results = [run(args.model, dtype, args.rows, args.steps) for dtype in (args.dtypes or [auto_dtype("cpu")])]
+    report = {"machine": machine(), "threads": torch.get_num_threads(), "versions": package_versions(),
+              "model": args.model, "steps": args.steps, "seconds": round(time.perf_counter() - start),
+              "results": results}
     print(table(results))
+    print(summary(report))
     if args.out:
-        report = {"machine": machine(), "threads": torch.get_num_threads(), "versions": package_versions(),
-                  "model": args.model, "steps": args.steps, "seconds": round(time.perf_counter() - start),
-                  "results": results}
         with atomic_path(args.out) as tmp:
             Path(tmp).write_text(json.dumps(report, indent=2) + "\n")
 
