@@ -75,14 +75,16 @@ def test_default_run_page_says_what_the_run_wrote():
             f" where this {run['dtypes'][0]} run has C3 **{verdict(claims, 'C3', 'smollm2')}** and C9 on SmolLM2"
             f" **{verdict(claims, 'C9', 'smollm2')}**")
     assert said in " ".join(page.split())
-    # earlier code with the dtype forced to fp32 on the bf16 run's CPU: its time and outcomes
-    forced = json.loads((DATA / "fp32-forced-fad61e3.json").read_text())
-    forced_claims = pl.read_ipc(DATA / "fp32-forced-fad61e3-claims.arrow")
-    assert forced["cpu"] == run["cpu"] and forced["dtypes"] == ["fp32"] and forced["commit"].startswith("fad61e3")
+    # the same job code with the dtype forced to fp32 on the bf16 run's CPU: its time and outcomes
+    forced_name = "fp32-forced-b615af2"
+    forced = json.loads((DATA / f"{forced_name}.json").read_text())
+    forced_claims = pl.read_ipc(DATA / f"{forced_name}-claims.arrow")
+    assert forced["cpu"] == run["cpu"] and forced["dtypes"] == ["fp32"] and forced_name.endswith(forced["commit"][:7])
+    assert forced["jobs"]["tune_job"] == run["jobs"]["tune_job"] and forced["rows"] == run["rows"]
     for report, dtype in ((forced_claims, "fp32"), (avx2_claims, "fp32"), (claims, run["dtypes"][0])):
         assert set(report["dtype"]) - {""} == {dtype}  # each report's rows were tuned in the dtype it is named by
     mins, secs = divmod(forced["wall_seconds"], 60)
-    assert f"`{forced['commit'][:7]}` with the dtype forced to fp32 (`--config dtype=fp32`) on that CPU took **{mins} min {secs} s**" in readme
+    assert f"`{forced['commit'][:7]}` (the same job code) with the dtype forced to fp32 (`--config dtype=fp32`) on that CPU took **{mins} min {secs} s**" in readme
 
     def adj_verb_n80(report):
         n80 = report.filter((pl.col("claim") == "C9") & (pl.col("model") == "smollm2"))["n80"].item()
@@ -91,7 +93,7 @@ def test_default_run_page_says_what_the_run_wrote():
     def c9_p(report):
         return script._p(report.filter((pl.col("claim") == "C9") & (pl.col("model") == "smollm2"))["p"].item())
 
-    said = (f"(`fad61e3`, {mins} min {secs} s; `docs/default-run/fp32-forced-fad61e3.json` and `fp32-forced-fad61e3-claims.arrow`)"
+    said = (f"(`{forced['commit'][:7]}`, {mins} min {secs} s; `docs/default-run/{forced_name}.json` and `{forced_name}-claims.arrow`)"
             f" has C3 **{verdict(forced_claims, 'C3', 'smollm2')}** and C9 on SmolLM2 **{verdict(forced_claims, 'C9', 'smollm2')}**"
             f" (its p = {c9_p(forced_claims)}; the AVX2 fp32 run's {c9_p(avx2_claims)}; this bf16 run's"
             f" {c9_p(claims)}): with 6 targets per POS, C9 on SmolLM2 held in this bf16 run only. At each run's observed effect,"
