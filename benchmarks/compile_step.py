@@ -15,7 +15,7 @@ disk cache warm). Each leg runs a 3-step tuning first (for the compiled model: t
 ``--steps`` steps of ``--rows`` rows with no row stopping, whose steps after the third are timed
 (``step_seconds``), then a tuning of 4 steps of fewer rows (3/5 of them), as a batch shrinks when
 its rows stop (``rows_drop_seconds``: its wall time). ``graphs`` counts the graphs dynamo has
-compiled after each of the three tunings (its ``unique_graphs`` counter): a tuning that compiles
+compiled during each of the three tunings (its ``unique_graphs`` counter): a tuning that compiles
 nothing new leaves it as it was. ``matmul_share`` is ``engine_throughput.matmul_seconds`` (the
 step's linear-layer matmuls alone, at its shapes; timed once per dtype, after the eager leg) over
 each leg's step; ``first_loss_rel_diff`` the largest relative difference of the rows' first-step
@@ -59,10 +59,11 @@ def timed_tuning(lm, p, seeds, steps: int) -> tuple[float, float | None, list[fl
     marks = []
     t0 = time.perf_counter()
     res = tune(lm, p, seeds, TuneConfig(max_steps=steps, patience=steps, batch_size=len(seeds)),
-               on_step=lambda step, active: marks.append(time.perf_counter()), record_curve=True)
+               on_step=lambda step, active: marks.append(time.perf_counter() if active == len(seeds) else None),
+               record_curve=True)
     wall = time.perf_counter() - t0
-    if len(marks) != steps:
-        raise SystemExit(f"a tuning of {len(seeds)} rows stopped after {len(marks)} of {steps} steps: no step time")
+    if len(marks) != steps or None in marks:
+        raise SystemExit(f"rows of a tuning of {len(seeds)} rows stopped before its {steps} steps: no step time of its shape")
     step_s = (marks[-1] - marks[2]) / (len(marks) - 3) if len(marks) > 3 else None
     return wall, step_s, res.curve[:, 0].tolist()
 
@@ -121,20 +122,24 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _graphs(n: int) -> str:
+    return "no new graph" if n == 0 else f"{n} new graph" + ("s" if n > 1 else "")
+
+
 def summary(report: dict) -> str:
     """What benchmarks/README.md says under the table, from a results file of this script."""
-    by = {r["dtype"]: r for r in report["results"]}
     parts = []
-    for dtype, r in by.items():
+    for r in report["results"]:
         e, c = r["eager"], r["compiled"]
         parts.append(
-            f"{dtype}: the compiled step took {1 / r['speedup']:.2f}x the eager step's time, after a cold compile of "
+            f"{r['dtype']}: the compiled step took {1 / r['speedup']:.2f}x the eager step's time, after a cold compile of "
             f"{r['compile_seconds']:.0f} s; a second tuning of the same {r['rows']} rows compiled "
-            f"{c['graphs'][1]} new graphs, a tuning of {c['rows_drop_rows']} rows {c['graphs'][2]} "
+            f"{_graphs(c['graphs'][1])}, a tuning of {c['rows_drop_rows']} rows compiled {_graphs(c['graphs'][2])} "
             f"({c['rows_drop_seconds']:.1f} s for {c['rows_drop_steps']} steps, eager {e['rows_drop_seconds']:.1f} s); "
             f"matmul share {e['matmul_share']:.2f} eager, {c['matmul_share']:.2f} compiled; the first-step KL of the "
             f"two within {r['first_loss_rel_diff']:.1e} relative")
-    return "; ".join(parts) + "."
+    return ". ".join(parts) + "."
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

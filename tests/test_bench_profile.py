@@ -3,6 +3,9 @@ profiler events go to the groups its docstring names."""
 
 import json
 from pathlib import Path
+
+from distreach.engine import TuneConfig
+
 from .conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +71,18 @@ def test_readme_compile_table_is_the_results_file():
         saved = e["step_seconds"] - c["step_seconds"]
         assert r["break_even_steps"] == (r["compile_seconds"] / saved if saved > 0 else None)
         assert e["graphs"] == [0, 0, 0] and c["graphs"][0] > 0  # eager compiles nothing; the compiled leg does
+        # "a cold compile takes minutes, and a batch of 38 rows after one of 64 compiles a new graph"
+        assert r["compile_seconds"] >= 60 and c["graphs"][1:] == [0, 1] and (r["rows"], c["rows_drop_rows"]) == (64, 38)
+        assert r["break_even_steps"] > TuneConfig().max_steps  # "more than a tuning's ... steps at most"
+    before = json.loads((REPO / "benchmarks" / "results" / "cpu" / "compile-step-699a285.json").read_text())
+    assert before["versions"]["distreach_commit"].startswith("6b97ffa")  # the script's version before 699a285's commit
+    (bf, fp), (obf, ofp) = report["results"], before["results"]
+    assert all(r["compiled"]["rows_drop_seconds"] > r["compile_seconds"] / 2 for r in before["results"])  # it compiled again too
+    even = [f"{float(format(r['break_even_steps'], '.2g')):,.0f}" for r in (bf, fp)]
+    assert (f"timed the eager steps at {obf['eager']['step_seconds']:.3f} s (bf16) and {ofp['eager']['step_seconds']:.3f} s (fp32), "
+            f"against {bf['eager']['step_seconds']:.3f} s and {fp['eager']['step_seconds']:.3f} s here, and measured speedups of "
+            f"{obf['speedup']:.2f} and {ofp['speedup']:.2f}") in text
+    assert f"pays for itself after {even[0]} and {even[1]} steps of one batch, more than a tuning's {TuneConfig().max_steps} steps" in text
     cpu = report["machine"]
     assert f"{cpu['cpu']}, {'with' if cpu['native_bf16'] else 'without'} native bf16" in text
     assert not report["versions"]["distreach_commit"].endswith("+dirty")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import polars as pl
+import pytest
 import yaml
 from .conftest import load_script
 
@@ -84,7 +86,7 @@ def test_default_run_page_says_what_the_run_wrote():
     for report, dtype in ((forced_claims, "fp32"), (avx2_claims, "fp32"), (claims, run["dtypes"][0])):
         assert set(report["dtype"]) - {""} == {dtype}  # each report's rows were tuned in the dtype it is named by
     mins, secs = divmod(forced["wall_seconds"], 60)
-    assert f"`{forced['commit'][:7]}` (the same job code) with the dtype forced to fp32 (`--config dtype=fp32`) on that CPU took **{mins} min {secs} s**" in readme
+    assert f"`{forced['commit'][:7]}` (its jobs' code unchanged since `{run['commit'][:7]}`) with the dtype forced to fp32 (`--config dtype=fp32`) on that CPU took **{mins} min {secs} s**" in readme
 
     def adj_verb_n80(report):
         n80 = report.filter((pl.col("claim") == "C9") & (pl.col("model") == "smollm2"))["n80"].item()
@@ -102,6 +104,27 @@ def test_default_run_page_says_what_the_run_wrote():
     assert verdict(claims, "C9", "smollm2") == "holds" and run["dtypes"] == ["bf16"]
     assert verdict(avx2_claims, "C9", "smollm2") != "holds" != verdict(forced_claims, "C9", "smollm2")
     assert said in " ".join(page.split())
+
+
+JOB_CODE = ["distreach", "scripts", "rules", "Snakefile", "config.yaml", "configs", "schemas", "envs", "requirements.txt",
+            "requirements-models.txt"]
+
+
+def test_the_fp32_forced_run_has_the_page_runs_job_code():
+    """README: the fp32-forced run's code is the page run's, where jobs are concerned (git history needed)."""
+    run = json.loads((DATA / "run.json").read_text())
+    forced = json.loads((DATA / "fp32-forced-b615af2.json").read_text())
+    commits = [run["commit"].removesuffix("+dirty"), forced["commit"].removesuffix("+dirty")]
+    assert not forced["commit"].endswith("+dirty") and not run["commit"].endswith("+dirty")
+    try:
+        known = all(subprocess.run(["git", "cat-file", "-e", f"{c}^{{commit}}"], cwd=REPO, capture_output=True).returncode == 0
+                    for c in commits)
+    except FileNotFoundError:
+        known = False
+    if not known:
+        pytest.skip("this checkout has no git history holding both commits")
+    diff = subprocess.run(["git", "diff", "--stat", *commits, "--", *JOB_CODE], cwd=REPO, capture_output=True, text=True, check=True)
+    assert diff.stdout == ""
 
 
 def test_job_time_is_read_from_snakemakes_log():
