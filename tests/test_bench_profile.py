@@ -55,7 +55,6 @@ def test_readme_throughput_table_is_the_results_file():
         assert "code of `{}`".format(report["versions"]["distreach_commit"][:7]) in " ".join(section.split())
 
 
-
 def test_readme_compile_table_is_the_results_file():
     report = json.loads((REPO / "benchmarks" / "results" / "cpu" / "compile-step.json").read_text())
     section = (REPO / "benchmarks" / "README.md").read_text().split("### Compiling the step")[1].split("\n## ")[0]
