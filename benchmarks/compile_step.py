@@ -108,6 +108,12 @@ def run(folder: str, dtype: str, rows: int, steps: int) -> dict:
             "break_even_steps": compile_s / saved if saved > 0 else None}
 
 
+def steps_to_pay(r: dict) -> str:
+    """A result's break-even steps as the table and README give them: two significant figures, or
+    "never"."""
+    return "never" if r["break_even_steps"] is None else f"{float(format(r['break_even_steps'], '.2g')):,.0f}"
+
+
 def table(results: list[dict]) -> str:
     """The markdown table of :func:`run`'s results."""
     lines = ["| dtype | rows | s per step, eager | s per step, compiled | speedup | matmul share, eager | matmul share, compiled "
@@ -115,9 +121,8 @@ def table(results: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         e, c = r["eager"], r["compiled"]
-        even = "never" if r["break_even_steps"] is None else f"{float(format(r['break_even_steps'], '.2g')):,.0f}"
         lines.append(f"| {r['dtype']} | {r['rows']} | {e['step_seconds']:.3f} | {c['step_seconds']:.3f} | {r['speedup']:.2f} "
-                     f"| {e['matmul_share']:.2f} | {c['matmul_share']:.2f} | {r['compile_seconds']:.0f} | {even} "
+                     f"| {e['matmul_share']:.2f} | {c['matmul_share']:.2f} | {r['compile_seconds']:.0f} | {steps_to_pay(r)} "
                      f"| {e['rows_drop_seconds']:.1f}, {c['rows_drop_seconds']:.1f} | {r['first_loss_rel_diff']:.1e} |")
     return "\n".join(lines)
 

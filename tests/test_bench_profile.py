@@ -77,7 +77,7 @@ def test_readme_compile_table_is_the_results_file():
     assert before["versions"]["distreach_commit"].startswith("6b97ffa")  # the script's version before 699a285's commit
     (bf, fp), (obf, ofp) = report["results"], before["results"]
     assert all(r["compiled"]["rows_drop_seconds"] > r["compile_seconds"] / 2 for r in before["results"])  # it compiled again too
-    even = [f"{float(format(r['break_even_steps'], '.2g')):,.0f}" for r in (bf, fp)]
+    even = [compile_step.steps_to_pay(r) for r in (bf, fp)]
     assert (f"timed the eager steps at {obf['eager']['step_seconds']:.3f} s (bf16) and {ofp['eager']['step_seconds']:.3f} s (fp32), "
             f"against {bf['eager']['step_seconds']:.3f} s and {fp['eager']['step_seconds']:.3f} s here, and measured speedups of "
             f"{obf['speedup']:.2f} and {ofp['speedup']:.2f}") in text
