@@ -23,6 +23,7 @@ import pyarrow as pa
 
 from .errors import DistreachError
 from .schema import default
+from .units import DEFAULT_UNIT
 
 log = logging.getLogger(__name__)
 INITS = default("experiments.*.inits")  # prompt initialisations per target unless asked otherwise
@@ -124,7 +125,7 @@ def read_target(path: str | os.PathLike, loaded, unit: str | None = None) -> pa.
     return read_target(path, loaded, unit)
 
 
-def token_target(dist: dict, loaded, name: str = "user", unit: str = "bits") -> pa.Table:
+def token_target(dist: dict, loaded, name: str = "user", unit: str = DEFAULT_UNIT) -> pa.Table:
     """A one-row target table named ``name`` from ``{"token string": probability}`` (what a .json
     target file holds; each string exactly one token, leading space included, or a special
     token's name: :func:`distreach.targetfiles.token_target`)."""
@@ -168,7 +169,7 @@ def tune_target(loaded, target: pa.Table, inits: int = INITS, out: str | os.Path
     return pl.from_arrow(table)
 
 
-def make_target(kind: str, vocab_size: int, entropy: float, unit: str = "bits", k: int = 1, n: int = 1, seed: int = 0,
+def make_target(kind: str, vocab_size: int, entropy: float, unit: str = DEFAULT_UNIT, k: int = 1, n: int = 1, seed: int = 0,
                 tokenizer=None) -> pa.Table:
     """``n`` vanilla (Eq. 1) or outlier (``k`` outlier tokens, Eq. 2-3) targets of the given entropy
     over ``vocab_size`` output rows. With the model's ``tokenizer``, probability goes only to its

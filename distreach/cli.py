@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import DistreachError
+from .units import DEFAULT_UNIT, UNITS
 
 MODELS_HELP = "embedded name (see `distreach models`), Hugging Face id (org/name), model folder or .gguf file"
 
@@ -142,8 +143,8 @@ def _tune_parser(sub, quiet) -> None:
                    help="BOS token before the prompt: auto = the tokenizer's if it has one (default), bos = required, none")
     t.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
     t.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
-    t.add_argument("--unit", choices=("bits", "nats"), default=None,
-                   help="unit of entropies and KL (default: an .arrow target's own, else bits)")
+    t.add_argument("--unit", choices=UNITS, default=None,
+                   help=f"unit of entropies and KL (default: an .arrow target's own, else {DEFAULT_UNIT})")
     t.add_argument("--top-k", type=_count, default=DEFAULT.top_k,
                    help=f"tokens of the target and of the achieved distribution recorded per row (default {DEFAULT.top_k})")
     g = t.add_argument_group("gcg", "settings of --method gcg (nanoGCG's search_width, topk, n_replace)")
@@ -195,7 +196,7 @@ def _target_parser(sub, quiet) -> None:
     g.add_argument("kind", choices=("vanilla", "outlier"))
     g.add_argument("--model", required=True, help=MODELS_HELP)
     g.add_argument("--entropy", required=True, type=_entropy, help="target entropy, in --unit")
-    g.add_argument("--unit", choices=("bits", "nats"), default="bits")
+    g.add_argument("--unit", choices=UNITS, default=DEFAULT_UNIT)
     g.add_argument("--k", type=_positive(int), default=1, help="outlier: number of outlier tokens (default 1)")
     g.add_argument("--n", type=_positive(int), default=1, help="how many targets (default 1)")
     g.add_argument("--seed", type=int, default=0)

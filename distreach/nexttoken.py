@@ -24,6 +24,7 @@ from .prompts import Prompt, next_token_logprobs
 from .targets import logprobs, pad_rows, target_probs
 from .vanilla import VanillaSettings, entropy_matched_targets
 from .tokens import bos_used, resolve_bos
+from .units import DEFAULT_UNIT
 from .vocab import token_texts, vocab_table
 
 DISTRIBUTIONS = ("lm", "vanilla", "tuned")
@@ -43,7 +44,7 @@ def text_distribution(loaded, text: str, bos_id: int | None) -> tuple[list[int],
     return ids, out
 
 
-def shapes_table(loaded, text: str, unit: str = "bits", seed: int = 0, bos: str = "auto", tuning: TuneConfig | None = None,
+def shapes_table(loaded, text: str, unit: str = DEFAULT_UNIT, seed: int = 0, bos: str = "auto", tuning: TuneConfig | None = None,
                  inits: int = 1, top: int = 10) -> pa.Table:
     """Fig. 3's distributions on ``loaded`` (see the module doc): rows ``lm``, ``vanilla`` and,
     with ``tuning`` (soft prompts; its BOS policy is ``bos``), ``tuned``. Columns:

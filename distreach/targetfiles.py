@@ -19,7 +19,7 @@ import torch
 
 from .errors import DistreachError, one_line
 from .infotheory import entropy
-from .units import from_unit, to_unit
+from .units import DEFAULT_UNIT, from_unit, to_unit
 from .targets import RENORMALISE_TOLERANCE, read_target_matrix, targets_table
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ def read_target(path: str | os.PathLike, loaded, unit: str | None = None) -> pa.
         meta = in_unit(meta, unit or meta.column("entropy_unit")[0].as_py())
         return meta.append_column("logprobs", pa.FixedSizeListArray.from_arrays(pa.array(logp, pa.float32()), loaded.vocab_size))
     if suffix == ".npy":
-        return _npy_target(path, loaded, unit or "bits")
-    return _json_target(path, loaded, unit or "bits")  # check_target_path admits nothing else
+        return _npy_target(path, loaded, unit or DEFAULT_UNIT)
+    return _json_target(path, loaded, unit or DEFAULT_UNIT)  # check_target_path admits nothing else
 
 
 def in_unit(table: pa.Table, unit: str) -> pa.Table:
@@ -112,7 +112,7 @@ class _Pairs(dict):
         self.twice = [key for key, n in Counter(key for key, _ in pairs).items() if n > 1]
 
 
-def token_target(dist: dict, loaded, name: str = "user", unit: str = "bits", where: str | None = None) -> pa.Table:
+def token_target(dist: dict, loaded, name: str = "user", unit: str = DEFAULT_UNIT, where: str | None = None) -> pa.Table:
     """A one-row target table (target id ``name``) from ``{"token string": probability}``, checked
     against the model's vocabulary: tokens not named get 0; every string must be exactly one token
     of this model, leading space included (``" Paris"``, not ``"Paris"``), or a special token's

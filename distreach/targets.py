@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import DistreachError, one_line
+from .units import UNITS
 from .io import read_arrow
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def target_probs(table: pa.Table, vocab_size: int | None = None, where: str = "t
         raise DistreachError(f"{where}: column logprobs must be a fixed-size list of float32")
     if table.column("target_id").null_count or table.column("entropy_unit").null_count:
         raise DistreachError(f"{where}: columns target_id and entropy_unit must have no nulls")
-    units = set(table.column("entropy_unit").to_pylist()) - {"bits", "nats"}
+    units = set(table.column("entropy_unit").to_pylist()) - set(UNITS)
     if units:
         raise DistreachError(f"{where}: column entropy_unit has {sorted(units)[0]!r}, expected bits or nats")
     v = col.type.list_size

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import math
 
+from .schema import default
+
 UNITS = ("nats", "bits")
+DEFAULT_UNIT = default("entropy_unit")  # wherever no unit is given: the workflow's default, the schema's
 
 
 def check_unit(unit: str) -> str:

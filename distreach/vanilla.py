@@ -12,7 +12,7 @@ import torch
 from .errors import DistreachError
 from .infotheory import entropy, max_entropy
 from .optimrows import keep_rows
-from .units import check_unit, from_unit, to_unit
+from .units import DEFAULT_UNIT, check_unit, from_unit, to_unit
 from .seeds import derive_seed
 from .targets import targets_table
 
@@ -26,7 +26,7 @@ class EntropyGrid:
     step: float
     start: float = 0.0
     stop: float | None = None
-    unit: str = "bits"
+    unit: str = DEFAULT_UNIT
     include_max: bool = True
 
     def levels(self, vocab_size: int) -> list[float]:

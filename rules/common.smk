@@ -248,25 +248,21 @@ def achieved_inputs(wildcards):
     models = {m for e in experiments for m in config["experiments"][e]["models"]}
     return {
         "tables": [FIGURE_FILES["tables"].format(e) for e in experiments],
-        "vocab": [f"results/vocab/{m}.arrow" for m in sorted(models)],
+        "vocab": expand(rules.materialise_model.output.vocab, model=sorted(models)),
     }
 
 
 def all_outputs():
-    tables = [FIGURE_FILES["tables"].format(e) for e in config["experiments"]]
-    tables += [f"results/vocab/{m}.arrow" for m in config["models"]]
+    """What the default target makes, from the rules' own outputs (called after every rule is defined)."""
+    tables = expand(rules.collect.output, experiment=list(config["experiments"]))
+    tables += expand(rules.materialise_model.output.vocab, model=list(config["models"]))
     # a random_init model has its base's tokenizer: its base's POS table is its own
-    tables += [
-        FIGURE_FILES["pos"].format(m)
-        for m, entry in config["models"].items()
-        if "random_init" not in entry["source"]
-    ]
-    figures = [
-        f"results/figures/{fig}{ext}"
-        for fig in FIGURES
-        for ext in (".html", ".png", ".svg")
-    ]
-    pages = [f"results/report/claims.{ext}" for ext in ("md", "html", "arrow")]
+    tables += expand(
+        rules.pos_tag.output,
+        model=[m for m, entry in config["models"].items() if "random_init" not in entry["source"]],
+    )
+    figures = expand(rules.figure.output, fig=list(FIGURES))
+    pages = list(rules.claims.output)
     if "fig01" in FIGURES:  # the report's target vs achieved, for rows of Fig. 1
-        pages += [f"results/report/achieved.{ext}" for ext in ("html", "png", "svg")]
+        pages += list(rules.achieved.output)
     return tables + figures + pages

@@ -1,7 +1,7 @@
 rule pos_tag:
     """Part of speech of every English token of one model's vocabulary (paper App. C)."""
     input:
-        vocab="results/vocab/{model}.arrow",
+        vocab=rules.materialise_model.output.vocab,
     output:
         FIGURE_FILES["pos"].format("{model}"),
     log:

@@ -167,6 +167,9 @@ def test_library_defaults_are_the_schemas():
     assert arg(pos.write_pos, "tagger") == schema.default("pos.tagger")
     assert arg(pos.write_pos, "min_pos_prob") == arg(pos.pos_table, "min_pos_prob") == schema.default("pos.min_pos_prob")
     assert arg(pos.write_pos, "batch_size") == arg(pos.pos_table, "batch_size") == schema.default("pos.batch_size")
+    unit = schema.default("entropy_unit")
+    assert arg(api.make_target, "unit") == arg(api.token_target, "unit") == arg(vanilla.EntropyGrid, "unit") == unit
+    assert cli.parser().parse_args(["target", "vanilla", "--model", "m", "--entropy", "1", "--out", "t.arrow"]).unit == unit
 
 
 def described_default(description: str):
