@@ -92,6 +92,10 @@ def experiment_tables(jobs: dict[str, dict], experiment: str, folder) -> list[st
             for key, job in jobs.items() for s in job["shards"] if s["experiment"] == experiment]
 
 
+# a job's cluster resources per model where its config entry sets none (the schema's descriptions say them)
+MODEL_MEM_MB = 8000  # memory of a job that loads the model, doubled on a retry
+MODEL_RUNTIME = 60  # minutes of a tuning job per shard it tunes, times the attempt
+
 MODEL_KINDS = ("lm",)  # target kinds made by the model's own forward passes (its weights)
 
 

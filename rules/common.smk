@@ -182,7 +182,7 @@ def tuning_cpus(wildcards, threads):
 
 def model_mem_mb(wildcards, attempt):
     """Memory of a job that loads the model (config models.<name>.mem_mb), doubled on a retry."""
-    return configured("models", wildcards.model).get("mem_mb", 8000) * attempt
+    return configured("models", wildcards.model).get("mem_mb", jobs.MODEL_MEM_MB) * attempt
 
 
 def model_runtime(wildcards, attempt):
@@ -190,7 +190,7 @@ def model_runtime(wildcards, attempt):
     rows of one method: what their jobs would ask for without share_jobs), more on a retry (a job
     that hit its time limit resumes from its checkpoint)."""
     shards = len(tuning_job(wildcards)["shards"])
-    return configured("models", wildcards.model).get("runtime", 60) * shards * attempt
+    return configured("models", wildcards.model).get("runtime", jobs.MODEL_RUNTIME) * shards * attempt
 
 
 def experiment_shards(wildcards):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distreach import api, cli, engine, families, gcg, pos, schema, tuning, vanilla
+from distreach import api, cli, engine, families, gcg, jobs, pos, schema, tuning, vanilla
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -185,6 +185,11 @@ FAMILY_DEFAULTS = {  # a family setting the schema describes -> the code's defau
     "n": families.LM_PROMPTS, "prompt_len": families.LM_PROMPT_LEN, "copies": families.SHUFFLED_COPIES,
     "tags": list(families.DEFAULT_POS_TAGS), "n_tokens": families.POS_TOKENS, "draws": families.POS_DRAWS,
 }
+
+
+def test_schema_describes_the_model_resources_the_workflow_asks_for():
+    described = {key: described_default(schema.node(f"models.*.{key}")["description"]) for key in ("mem_mb", "runtime")}
+    assert described == {"mem_mb": jobs.MODEL_MEM_MB, "runtime": jobs.MODEL_RUNTIME}
 
 
 @pytest.mark.parametrize("key", sorted(FAMILY_DEFAULTS))
