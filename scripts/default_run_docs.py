@@ -65,10 +65,14 @@ def run_facts(results: Path, wall: float, log: str) -> dict:
     per_model = df.group_by("model").agg(pl.len().alias("rows"), pl.col("steps").sum().alias("row_steps")).sort("model")
     jobs = rule_jobs(log)
     commits = set()  # of the code that tuned each shard and collected each table
+    versions: dict[str, set] = {}  # of the packages that did
     for table in tables:
         meta = arrow_metadata(table)
         for packages in (meta.get("packages", {}), *(s.get("packages", {}) for s in meta.get("shards", {}).values())):
             commits.add(packages.get("distreach_commit"))
+            for name, version in packages.items():
+                if name != "distreach_commit" and version is not None:
+                    versions.setdefault(name, set()).add(version)
     commits -= {None}
     return {
         "wall_seconds": round(wall),
@@ -76,6 +80,7 @@ def run_facts(results: Path, wall: float, log: str) -> dict:
         "cpu": f"{machine()['cpu']}, {platform.machine()}"
                + (" with native bf16" if cpu_has_bf16() else " without native bf16 (AVX2)"),
         "dtypes": sorted(set(df["dtype"].drop_nulls())),
+        "packages": {name: v.pop() if len(v) == 1 else sorted(v) for name, v in sorted(versions.items())},
         "rows": df.height,
         "row_steps": int(df["steps"].sum()),
         "models": {r["model"]: {"rows": r["rows"], "row_steps": r["row_steps"]} for r in per_model.iter_rows(named=True)},
@@ -100,6 +105,10 @@ def _at(commit) -> str:
     return ", code at commit " + named(commit)
 
 
+def _packages(packages: dict) -> str:
+    return ", ".join(f"{name} {v if isinstance(v, str) else ' and '.join(v)}" for name, v in packages.items())
+
+
 def _p(v) -> str:
     return "-" if v is None or v != v else f"{v:.2g}"
 
@@ -121,6 +130,7 @@ def render(run: dict, claims: pl.DataFrame) -> str:
         + f" (in all {sum(jobs.values()):,} s, two jobs at a time) |",
         f"| result files | collected tables {run['collected_mb']} MB (every row's kept prompt and top-20 tokens"
         f" included); `results/` without the converted models {run['results_mb']} MB |",
+        *([f"| packages | {_packages(run['packages'])} (the tables' provenance) |"] if run.get("packages") else []),
         "",
         "What the run's claims report (`results/report/claims.md`) concludes, claim by claim (p: the rule's"
         " one-sided p-value; Holm: adjusted over the rows of the paper's claims, C1-C9; p opposite: the opposite direction's,"
