@@ -383,8 +383,10 @@ def cmd_target(args) -> int:
     from .io import write_arrow
 
     _check_out(args.out, "target")
-    # the vocabulary from the model folder or the cache when it can be read there: no conversion
-    loaded = api.model_vocab(args.model) or api.load_model(args.model, dtype="fp32", device="cpu")
+    # the tokenizer from the model folder or the cache when it can be read there (no conversion): a
+    # target needs it (which rows are tokens, which tokens are usable), not the vocabulary's size alone
+    vocab = api.model_vocab(args.model)
+    loaded = vocab if vocab is not None and vocab.tokenizer is not None else api.load_model(args.model, dtype="fp32", device="cpu")
     table = api.make_target(args.kind, loaded.vocab_size, args.entropy, args.unit, args.k, args.n, args.seed,
                             tokenizer=loaded.tokenizer)
     write_arrow(table, args.out, {"model": loaded.name, "kind": args.kind, "entropy": args.entropy, "unit": args.unit})

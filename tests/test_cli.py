@@ -331,3 +331,25 @@ def test_the_cli_takes_the_devices_the_workflow_takes():
 
     schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
     assert schema["properties"]["device"]["pattern"] == f"^({cli.DEVICE})$"
+
+
+def test_target_with_an_empty_cache_converts_the_model_and_makes_the_same_target(tmp_path, capsys, monkeypatch):
+    """A .gguf model not yet converted (its vocabulary size known, its tokenizer not): ``target``
+    converts it for the tokenizer (which rows are tokens, which are usable outliers) and writes the
+    target a converted model gives."""
+    from distreach import api
+
+    from .conftest import write_tiny_gguf
+
+    model = str(tmp_path / "tiny.gguf")
+    write_tiny_gguf(model)
+    monkeypatch.setenv("DISTREACH_CACHE", str(tmp_path / "cache"))
+    make, tokenizers = api.make_target, []
+    monkeypatch.setattr(api, "make_target", lambda *a, **kw: tokenizers.append(kw["tokenizer"]) or make(*a, **kw))
+    tables = []
+    for name in ("first", "again"):  # an empty cache, then the converted model's
+        out = tmp_path / f"{name}.arrow"
+        code, stdout, err = run(capsys, "target", "outlier", "--model", model, "--entropy", "2", "--k", "2", "--out", str(out))
+        assert code == 0 and stdout.startswith("wrote 1 outlier target(s) over "), err
+        tables.append(read_arrow(out).select(["target_id", "logprobs", "achieved_entropy"]))
+    assert tables[0].equals(tables[1]) and None not in tokenizers
