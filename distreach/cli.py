@@ -288,7 +288,7 @@ def cmd_tune(args) -> int:
     failed = df.filter(pl.col("status") != "ok")
     for r in best.iter_rows(named=True):
         line = (f"{r['target_id']}: kl_min {r['kl_min']:.4g} {unit} (min over {args.inits} inits); "
-                f"entropy target {r['target_entropy']:.4g}, achieved {r['q_entropy']:.4g} {unit}")
+                f"{_entropies(r, unit)}{_capped(r)}")
         if r.get("prompt_text"):
             line += f"; best prompt {r['prompt_text']!r}{_typed_back(r, unit)}"
         print(line)
@@ -324,6 +324,19 @@ def _typed_back(r: dict, unit: str) -> str:
     return "" if kl is None or kl != kl else f" (its text typed back in gives {kl:.4g} {unit})"
 
 
+def _entropies(r: dict, unit: str) -> str:
+    """The target distribution's entropy (and the entropy asked for, where it was made for another)
+    and q's."""
+    made, asked = f"{r['target_entropy_achieved']:.4g}", f"{r['target_entropy']:.4g}"
+    return (f"entropy target {made}" + ("" if made == asked else f" (asked for {asked})")
+            + f", achieved {r['q_entropy']:.4g} {unit}")
+
+
+def _capped(r: dict) -> str:
+    """Where the row ran all its steps: its KL may fall further with more."""
+    return f"; ran all {r['steps']} steps (--max-steps): more may lower its KL" if r.get("stop_reason") == "step cap" else ""
+
+
 def _row_title(r: dict) -> str:
     return f"{r['target_id']} (init {r['init_index']}; {r['model']}, {r['method']}, experiment {r['experiment']})"
 
@@ -335,9 +348,8 @@ def cmd_show(args) -> int:
     for n, r in enumerate(df.iter_rows(named=True)):
         unit = r["entropy_unit"]
         bos = "none" if r["bos"] == "none" else f"token {r['bos_token_id']}"
-        print(("\n" if n else "") + f"{_row_title(r)}: KL {r['kl_min']:.4g} {unit}; entropy target "
-              f"{r['target_entropy_achieved']:.4g}, achieved {r['q_entropy']:.4g} {unit}; BOS {bos} (policy {r['bos_policy']})"
-              + ("" if r["status"] == "ok" else f"; {r['status']}"))
+        print(("\n" if n else "") + f"{_row_title(r)}: KL {r['kl_min']:.4g} {unit}; {_entropies(r, unit)}; "
+              f"BOS {bos} (policy {r['bos_policy']})" + ("" if r["status"] == "ok" else f"; {r['status']}") + _capped(r))
         if r["prompt_text"]:
             print(f"  prompt: {r['prompt_text']!r}{_typed_back(r, unit)}")
         p_tok, q_tok = r["p_top_tokens"], r["q_top_tokens"]

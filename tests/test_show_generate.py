@@ -41,11 +41,13 @@ def test_show_prints_target_beside_achieved_for_each_row(env, capsys):
     df = pl.read_ipc(env["hybrid"])
     blocks = out.strip().split("\n\n")
     assert len(blocks) == df.height == 2
+    assert "step cap" in df["stop_reason"]  # a row that ran all its steps says so
     for block, r in zip(blocks, df.iter_rows(named=True)):
         lines = block.splitlines()
         assert lines[0] == (f"t (init {r['init_index']}; tiny, hybrid, experiment cli): KL {r['kl_min']:.4g} bits; "
                             f"entropy target {r['target_entropy_achieved']:.4g}, achieved {r['q_entropy']:.4g} bits; "
-                            "BOS token 1 (policy auto)")
+                            "BOS token 1 (policy auto)"
+                            + (f"; ran all {r['steps']} steps (--max-steps): more may lower its KL" if r["stop_reason"] == "step cap" else ""))
         assert lines[1] == f"  prompt: {r['prompt_text']!r}"
         # one line per rank: the target's tokens with p and q, then q's own tokens with q
         table = [line.split() for line in lines[3:]]
