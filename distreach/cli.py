@@ -425,20 +425,33 @@ def cmd_models(args) -> int:
     return 0
 
 
+def _quiet_libraries(quiet: bool) -> None:
+    """Messages of the libraries that load models, each once, through this command's handler:
+    transformers' errors only; huggingface_hub's warnings too (a download's retries) unless -q.
+    Both give their loggers a handler and a level when imported: they are imported here first, so
+    that what is set here is what holds (transformers imports huggingface_hub)."""
+    for noisy in ("transformers", "httpx", "huggingface_hub", "distreach.tuning"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if noisy != "distreach.tuning" else logging.WARNING)
+    try:
+        from transformers.utils import logging as hf_logging  # imports huggingface_hub too
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+    for lib in ("transformers", "huggingface_hub"):
+        logger = logging.getLogger(lib)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+        logger.setLevel(logging.ERROR if quiet or lib == "transformers" else logging.WARNING)
+
+
 def main(argv=None) -> int:
     """The ``distreach`` command; ``argv`` None: this process's own arguments (the console script),
     which also lets ``tune`` set this process's memory use (:func:`distreach.models.reuse_freed_memory`)."""
     args = parser().parse_args(argv)
     args.own_process = argv is None
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="distreach: %(message)s", stream=sys.stderr)
-    for noisy in ("transformers", "httpx", "huggingface_hub", "distreach.tuning"):
-        logging.getLogger(noisy).setLevel(logging.ERROR if noisy != "distreach.tuning" else logging.WARNING)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    _quiet_libraries(args.quiet)
     try:
         commands = {"tune": cmd_tune, "show": cmd_show, "generate": cmd_generate, "target": cmd_target, "models": cmd_models}
         code = commands[args.command](args)

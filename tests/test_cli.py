@@ -354,3 +354,16 @@ def test_target_with_an_empty_cache_converts_the_model_and_makes_the_same_target
         assert code == 0 and stdout.startswith("wrote 1 outlier target(s) over "), err
         tables.append(read_arrow(out).select(["target_id", "logprobs", "achieved_entropy"]))
     assert tables[0].equals(tables[1]) and None not in tokenizers
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_library_messages_come_once_and_not_with_quiet(quiet):
+    """A hub download's retry warning reaches the user once, through distreach's handler (none with
+    -q); transformers' warnings do not."""
+    code = ("import logging, sys; from distreach import cli; cli.main(['models'" + (", '-q'" if quiet else "") + "]); "
+            "import huggingface_hub.utils.logging as h; from transformers.utils import logging as t; "
+            "h.get_logger('huggingface_hub.utils._http').warning('Retrying in 1s'); "
+            "t.get_logger('transformers.modeling_utils').warning('a transformers warning')")
+    run_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    err = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True).stderr
+    assert err.splitlines() == ([] if quiet else ["distreach: Retrying in 1s"])
