@@ -234,6 +234,13 @@ def _about(flag: str):
         raise DistreachError(f"{flag} {exc}") from None
 
 
+def _flag(key: str, args) -> str:
+    """The flag of ``tune`` that sets TuneConfig's ``key`` (the config key where none does)."""
+    if key not in vars(args):
+        return f"tuning.{key}"
+    return "--unreadable" if key == "readable" else "--" + key.replace("_", "-")
+
+
 def cmd_tune(args) -> int:
     import polars as pl
 
@@ -254,10 +261,18 @@ def cmd_tune(args) -> int:
                      readable=args.readable)
     elif any(getattr(args, k) != getattr(TuneConfig(), k) for k in GCG_KEYS):
         raise DistreachError("--gcg-width, --gcg-topk, --gcg-replace and --unreadable are for --method gcg only")
+    if args.method in ("hard", "gcg") and args.lr != TuneConfig().lr:
+        raise DistreachError(f"--lr is for prompts with soft positions (--method soft or hybrid); a {args.method} prompt has none")
     # before any model is converted or loaded: the settings, the device, the target file (its
     # format always; its length and tokens when the model's vocabulary can be read without converting)
-    TuneConfig(method=args.method, prefix_len=args.prefix_len, max_steps=args.max_steps, lr=args.lr,
-               patience=args.patience, bos=args.bos, top_k=args.top_k, **extra)
+    try:
+        cfg = TuneConfig(method=args.method, prefix_len=args.prefix_len, max_steps=args.max_steps, lr=args.lr,
+                         patience=args.patience, bos=args.bos, top_k=args.top_k, **extra)
+    except DistreachError as exc:  # the settings' errors name the config key: here, the flag that set it
+        raise DistreachError(re.sub(r"^tuning\.(\w+):", lambda m: _flag(m.group(1), args) + ":", str(exc))) from None
+    if args.method == "hybrid" and args.n_soft is None and not any(cfg.soft_mask):
+        raise DistreachError(f"--method hybrid: --prefix-len {args.prefix_len} leaves no soft position (--n-soft defaults to "
+                             f"prefix-len // 2); use --method hard, or set --n-soft")
     device = resolve_device(args.device)
     if args.own_process:
         reuse_freed_memory(device)  # the console command tunes: large tensors reuse freed memory (docs/speed.md)
@@ -334,7 +349,7 @@ def _entropies(r: dict, unit: str) -> str:
 
 def _capped(r: dict) -> str:
     """Where the row ran all its steps: its KL may fall further with more."""
-    return f"; ran all {r['steps']} steps (--max-steps): more may lower its KL" if r.get("stop_reason") == "step cap" else ""
+    return f"; stopped at the step limit ({r['steps']}, --max-steps): more steps may lower its KL" if r.get("stop_reason") == "step cap" else ""
 
 
 def _row_title(r: dict) -> str:
@@ -378,6 +393,10 @@ def cmd_generate(args) -> int:
           f"the {prompt}, then {'the text ' + _token(args.text) if args.text else 'no text'}")
     if out["kl"] is not None:
         print(f"KL(p || q) of this pass: {out['kl']:.4g} {unit}")
+    else:  # the table keeps the target's top tokens only (--top-k): p is not all there
+        kept = len(r["p_top_probs"] or [])
+        print(f"KL(p || q) of this pass: not known (the table keeps {kept} of the target's tokens, "
+              f"{sum(r['p_top_probs'] or []):.4g} of its mass: --top-k when tuned)")
     print("next token (q: after this input; p: the target's probability, for its recorded top tokens):")
     table = [["rank", "token", "q", "p"]]
     for t in out["next_tokens"].iter_rows(named=True):

@@ -141,7 +141,7 @@ def test_target_then_tune(env, capsys, tmp_path):
         code, stdout, err = run(capsys, "tune", "--model", env["model"], "--target", str(out), "--inits", "1", "--max-steps",
                                 "3", "-q", *(["--unit", unit] if unit else []))
         assert code == 0 and f"(asked for {entropy.split()[0]}), achieved " in stdout
-        assert f" {entropy.split()[1]}; ran all 3 steps (--max-steps): more may lower its KL\n" in stdout
+        assert f" {entropy.split()[1]}; stopped at the step limit (3, --max-steps): more steps may lower its KL\n" in stdout
 
 
 def test_models_lists_the_embedded_ones(capsys):
@@ -186,7 +186,7 @@ BAD = [
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--out", "{root}/r.csv"], "--out {root}/r.csv: the result file must end in .arrow"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--n-soft", "2"], "--n-soft is for --method hybrid only"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--gcg-width", "8"], "--gcg-width, --gcg-topk, --gcg-replace and --unreadable are for --method gcg only"),
-    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hybrid", "--n-soft", "9"], "tuning.n_soft"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hybrid", "--n-soft", "9"], "error: --n-soft: must be in 0..5 (got 9)"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--device", "cuda:99"], "device 'cuda:99' requested but "),
     (["target", "vanilla", "--model", "{model}", "--entropy", "-1", "--out", "{root}/t.arrow"], "argument --entropy: '-1' must be a finite number >= 0"),
     (["target", "vanilla", "--model", "{model}", "--entropy", "inf", "--out", "{root}/t.arrow"], "argument --entropy: 'inf' must be a finite number >= 0"),
@@ -200,6 +200,10 @@ BAD = [
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--out", "{root}/dir.arrow"], "--out {root}/dir.arrow: is a folder"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--out", "/proc/r.arrow"], "--out /proc/r.arrow: cannot write in /proc"),
     (["target", "vanilla", "--model", "{model}", "--entropy", "2", "--out", "{root}/dir.arrow"], "--out {root}/dir.arrow: is a folder"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hard", "--lr", "0.5"],
+     "--lr is for prompts with soft positions (--method soft or hybrid); a hard prompt has none"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hybrid", "--prefix-len", "1"],
+     "--method hybrid: --prefix-len 1 leaves no soft position"),
 ]
 
 

@@ -47,7 +47,7 @@ def test_show_prints_target_beside_achieved_for_each_row(env, capsys):
         assert lines[0] == (f"t (init {r['init_index']}; tiny, hybrid, experiment cli): KL {r['kl_min']:.4g} bits; "
                             f"entropy target {r['target_entropy_achieved']:.4g}, achieved {r['q_entropy']:.4g} bits; "
                             "BOS token 1 (policy auto)"
-                            + (f"; ran all {r['steps']} steps (--max-steps): more may lower its KL" if r["stop_reason"] == "step cap" else ""))
+                            + (f"; stopped at the step limit ({r['steps']}, --max-steps): more steps may lower its KL" if r["stop_reason"] == "step cap" else ""))
         assert lines[1] == f"  prompt: {r['prompt_text']!r}"
         # one line per rank: the target's tokens with p and q, then q's own tokens with q
         table = [line.split() for line in lines[3:]]
@@ -171,7 +171,7 @@ def test_generate_computes_the_kept_prompts_kl_anew_where_the_record_holds_all_o
     assert code == 0 and out.splitlines()[1] == f"KL(p || q) of this pass: {got['kl']:.4g} bits", err
     # with a text after the prompt: another distribution, another KL
     assert api.generate(env["soft"], "t", samples=0, text=" the")["kl"] != pytest.approx(got["kl"], rel=1e-3, abs=2e-6)
-    # a target whose recorded top tokens miss some of its mass: no KL, and no line
+    # a target whose recorded top tokens miss some of its mass: no KL, and a line saying why
     wide = read_arrow(env["soft"])
     probs = wide.column("p_top_probs").to_pylist()
     cut = wide.set_column(wide.schema.get_field_index("p_top_probs"), "p_top_probs",
@@ -180,7 +180,9 @@ def test_generate_computes_the_kept_prompts_kl_anew_where_the_record_holds_all_o
     write_arrow(cut, path)
     assert api.generate(str(path), "t", samples=0)["kl"] is None
     code, out, _ = run(capsys, "generate", str(path), "--target", "t", "--samples", "0")
-    assert code == 0 and "KL(p || q) of this pass" not in out
+    kept = len(probs[0]), sum(v * 0.99 for v in probs[0])
+    assert code == 0 and out.splitlines()[1] == (f"KL(p || q) of this pass: not known (the table keeps {kept[0]} of the "
+                                                 f"target's tokens, {kept[1]:.4g} of its mass: --top-k when tuned)")
     # a row tuned with top_k 0 records no tokens: no KL either
     none = wide
     for name in ("p_top_ids", "p_top_probs"):
