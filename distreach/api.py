@@ -52,7 +52,8 @@ def model_source(model: str) -> tuple[str, dict]:
         raise DistreachError(f"--model {model}: not a model folder or a .gguf file")
     if model.count("/") != 1 or not all(model.split("/")):
         known = ", ".join(EMBEDDED)
-        raise DistreachError(f"--model {model}: not an embedded model ({known}), a folder, a .gguf file or a Hugging Face id (org/name)")
+        raise DistreachError(f"--model {model}: not an embedded model ({known}), a folder, a .gguf file or a Hugging Face id "
+                              "(org/name, as openai-community/gpt2)")
     return model.replace("/", "--"), {"hf": model}
 
 

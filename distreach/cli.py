@@ -111,7 +111,9 @@ def parser() -> argparse.ArgumentParser:
     _tune_parser(sub, quiet)
     _row_parsers(sub, quiet)
     _target_parser(sub, quiet)
-    sub.add_parser("models", parents=[quiet], help="list the embedded models and how to use any Hugging Face model")
+    sub.add_parser("models", parents=[quiet], help="list the embedded models and how to use any Hugging Face model",
+                   description="The models --model takes by name (embedded: installed with their Python packages, "
+                               "no download) and the other forms it takes: a folder, a .gguf file, a Hugging Face id.")
     return p
 
 
@@ -119,6 +121,7 @@ def _tune_parser(sub, quiet) -> None:
     from .api import INITS
     from .methods import METHODS
     from .models import DTYPES
+    from .schema import node
     from .settings import GCG_PATIENCE, PATIENCE, TuneConfig
     from .tokens import BOS_POLICIES
 
@@ -141,7 +144,7 @@ def _tune_parser(sub, quiet) -> None:
     t.add_argument("--seed", type=int, default=0, help="seed of the prompt initialisations (default 0)")
     t.add_argument("--bos", choices=BOS_POLICIES, default=DEFAULT.bos,
                    help="BOS token before the prompt: auto = the tokenizer's if it has one (default), bos = required, none")
-    t.add_argument("--dtype", choices=("auto", *DTYPES), default="auto")
+    t.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help=f"default auto; {node('dtype')['description']}")
     t.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--unit", choices=UNITS, default=None,
                    help=f"unit of entropies and KL (default: an .arrow target's own, else {DEFAULT_UNIT})")
@@ -165,7 +168,6 @@ def _row_parsers(sub, quiet) -> None:
 
     rows = argparse.ArgumentParser(add_help=False)
     rows.add_argument("result", help="a result table: distreach tune --out, or a collected table of the workflow")
-    rows.add_argument("--init", type=_count, default=None, help="init index (default: every init; generate: the best)")
     rows.add_argument("--method", default=None, help="only rows of this method (soft, hard, hybrid, gcg or a named variant)")
     rows.add_argument("--model", default=None, help="only rows of this model (its name in the table)")
 
@@ -173,6 +175,7 @@ def _row_parsers(sub, quiet) -> None:
                        description="Per row: the target's most probable tokens beside the achieved distribution's, "
                                    "with probabilities, KL, both entropies, the BOS used and a hard prompt's text.")
     s.add_argument("--target", default=None, help="only rows of this target id")
+    s.add_argument("--init", type=_count, default=None, help="only rows of this init index (default: every init)")
     s.add_argument("--top", type=_positive(int), default=None, help="ranks shown (default: every recorded one)")
 
     gen = sub.add_parser("generate", parents=[quiet, rows], help="feed a row's tuned prompt to its model: next tokens and samples",
@@ -181,6 +184,7 @@ def _row_parsers(sub, quiet) -> None:
                                      "tokens hold all of it), the next-token distribution's top tokens and sampled "
                                      "continuations (temperature 1, from the full distribution).")
     gen.add_argument("--target", required=True, help="the row's target id")
+    gen.add_argument("--init", type=_count, default=None, help="the row's init index (default: the target's best)")
     gen.add_argument("--text", default="", help="text after the prompt (default none)")
     gen.add_argument("--max-new-tokens", type=_positive(int), default=20, help="tokens per sample (default 20)")
     gen.add_argument("--samples", type=_count, default=5, help="sampled continuations (default 5)")
@@ -193,13 +197,15 @@ def _row_parsers(sub, quiet) -> None:
 def _target_parser(sub, quiet) -> None:
     g = sub.add_parser("target", parents=[quiet], help="make vanilla or outlier target distributions over a model's vocabulary",
                        description="Write target distributions of a given entropy (paper Eq. 1 and Eqs. 2-3).")
-    g.add_argument("kind", choices=("vanilla", "outlier"))
+    g.add_argument("kind", choices=("vanilla", "outlier"),
+                   help="vanilla: from random logits, descended to the entropy (Eq. 1); outlier: the same with --k "
+                        "random tokens holding as much mass as the entropy allows (Eqs. 2-3)")
     g.add_argument("--model", required=True, help=MODELS_HELP)
     g.add_argument("--entropy", required=True, type=_entropy, help="target entropy, in --unit")
-    g.add_argument("--unit", choices=UNITS, default=DEFAULT_UNIT)
+    g.add_argument("--unit", choices=UNITS, default=DEFAULT_UNIT, help=f"unit of --entropy (default {DEFAULT_UNIT})")
     g.add_argument("--k", type=_positive(int), default=1, help="outlier: number of outlier tokens (default 1)")
     g.add_argument("--n", type=_positive(int), default=1, help="how many targets (default 1)")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--seed", type=int, default=0, help="seed of the targets' random draws (default 0)")
     g.add_argument("--out", required=True, help="output .arrow target table")
 
 

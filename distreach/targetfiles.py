@@ -145,7 +145,9 @@ def _finite_probabilities(p: np.ndarray, where: str) -> np.ndarray:
         raise DistreachError(f"{where}: entry {bad[0]} is {p[bad[0]]} (NaN or infinite)")
     neg = np.flatnonzero(p < 0)
     if neg.size:
-        raise DistreachError(f"{where}: entry {neg[0]} is negative ({p[neg[0]]})")
+        logprobs = (p <= 0).all() and abs(float(np.exp(p.astype(np.float64)).sum()) - 1) <= RENORMALISE_TOLERANCE
+        raise DistreachError(f"{where}: entry {neg[0]} is negative ({p[neg[0]]})"
+                             + ("; these look like log-probabilities: give their exp" if logprobs else ""))
     total = float(p.sum())
     if abs(total - 1) > RENORMALISE_TOLERANCE:
         raise DistreachError(f"{where}: probabilities sum to {total:.6g}, not 1 (tolerance {RENORMALISE_TOLERANCE})")
@@ -176,6 +178,15 @@ def token_ids(tokenizer, strings: list[str], vocab: int, where: str) -> list[int
         first.setdefault(piece, i)
     missing = [s for s in strings if s not in first]
     if missing:
-        shown = ", ".join(repr(s) for s in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        surfaces = surface_forms(table)
+        piece_of = {p: i for i, p in enumerate(table["piece"]) if p is not None and surfaces[i] is not None}
+
+        def why(s: str) -> str:  # a token's piece given for its text, or the tokens the text makes
+            if s in piece_of:
+                return f"{s!r} (the piece of token {surfaces[piece_of[s]]!r}: give its text)"
+            ids = tokenizer(s, add_special_tokens=False).input_ids
+            return f"{s!r} ({len(ids)} token{'s' if len(ids) != 1 else ''}: " + ", ".join(repr(tokenizer.decode([i])) for i in ids[:4]) + (", ...)" if len(ids) > 4 else ")")
+
+        shown = ", ".join(why(s) for s in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise DistreachError(f"{where}: {len(missing)} string(s) are not single tokens of this model: {shown}")
     return [first[s] for s in strings]

@@ -60,6 +60,7 @@ def env(tmp_path_factory):
             "short.npy": put("short.npy", np.full(5, 0.2)),
             "nan.npy": put("nan.npy", np.where(np.arange(V) == 3, np.nan, uniform)),
             "negative.npy": put("negative.npy", np.where(np.arange(V) == 0, -0.1, uniform)),
+            "logprobs.npy": put("logprobs.npy", np.log(uniform)),
             "sum.npy": put("sum.npy", uniform * 3),
             "object.npy": put("object.npy", np.array([{"a": 1}], dtype=object)),
             "garbage.arrow": put("garbage.arrow", b"\x00\x01 not arrow"),
@@ -204,6 +205,10 @@ BAD = [
      "--lr is for prompts with soft positions (--method soft or hybrid); a hard prompt has none"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hybrid", "--prefix-len", "1"],
      "--method hybrid: --prefix-len 1 leaves no soft position"),
+    (["tune", "--model", "{model}", "--target", "{t:logprobs.npy}"],
+     "is negative (-4.5"),  # a log-probability, and said so (the next case)
+    (["tune", "--model", "{model}", "--target", "{t:logprobs.npy}"],
+     "; these look like log-probabilities: give their exp"),
 ]
 
 
