@@ -64,14 +64,22 @@ def _cache_folder(model: str) -> tuple[str, dict, Path]:
 
 def load_model(model: str, dtype: str = "auto", device: str = "auto", trust_remote_code: bool = False):
     """Materialise ``model`` once into the cache (safetensors) and load it: a LoadedModel."""
-    from .models import MANIFEST, ModelSpec, auto_dtype, load_materialised, materialise, resolve_device
+    from .models import auto_dtype, load_materialised, resolve_device
 
     dev = resolve_device(device)  # a device that is not there fails before any work
+    folder = converted(model, trust_remote_code)
+    return load_materialised(folder, dtype=auto_dtype(dev) if dtype == "auto" else dtype, device=dev)[0]
+
+
+def converted(model: str, trust_remote_code: bool = False) -> Path:
+    """``model``'s folder in the cache, materialised into it (safetensors) the first time."""
+    from .models import MANIFEST, ModelSpec, materialise
+
     name, source, folder = _cache_folder(model)
     if not (folder / MANIFEST).is_file():
         materialise(ModelSpec(name, source, trust_remote_code), folder)
         log.info("converted %s into %s (once; later runs reuse it)", model, folder)
-    return load_materialised(folder, dtype=auto_dtype(dev) if dtype == "auto" else dtype, device=dev)[0]
+    return folder
 
 
 def model_vocab(model: str):

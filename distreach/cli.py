@@ -267,8 +267,6 @@ def cmd_tune(args) -> int:
                      readable=args.readable)
     elif any(getattr(args, k) != getattr(TuneConfig(), k) for k in GCG_KEYS):
         raise DistreachError("--gcg-width, --gcg-topk, --gcg-replace and --unreadable are for --method gcg only")
-    if args.method in ("hard", "gcg") and args.lr != TuneConfig().lr:
-        raise DistreachError(f"--lr is for prompts with soft positions (--method soft or hybrid); a {args.method} prompt has none")
     # before any model is converted or loaded: the settings, the device, the target file (its
     # format always; its length and tokens when the model's vocabulary can be read without converting)
     try:
@@ -276,9 +274,11 @@ def cmd_tune(args) -> int:
                          patience=args.patience, bos=args.bos, top_k=args.top_k, **extra)
     except DistreachError as exc:  # the settings' errors name the config key: here, the flag that set it
         raise DistreachError(re.sub(r"^tuning\.(\w+):", lambda m: _flag(m.group(1), args) + ":", str(exc))) from None
-    if args.method == "hybrid" and args.n_soft is None and not any(cfg.soft_mask):
-        raise DistreachError(f"--method hybrid: --prefix-len {args.prefix_len} leaves no soft position (--n-soft defaults to "
-                             f"prefix-len // 2); use --method hard, or set --n-soft")
+    if args.method == "hybrid" and args.n_soft is None and not any(cfg.soft_mask):  # --prefix-len 1
+        raise DistreachError(f"--method hybrid: a prompt of --prefix-len {args.prefix_len} is all soft or all hard: "
+                             "use --method soft or hard")
+    if args.lr != TuneConfig().lr and not any(cfg.soft_mask):
+        raise DistreachError(f"--lr is the learning rate of soft positions; this {args.method} prompt has none")
     device = resolve_device(args.device)
     if args.own_process:
         reuse_freed_memory(device)  # the console command tunes: large tensors reuse freed memory (docs/speed.md)
@@ -348,14 +348,20 @@ def _typed_back(r: dict, unit: str) -> str:
 def _entropies(r: dict, unit: str) -> str:
     """The target distribution's entropy (and the entropy asked for, where it was made for another)
     and q's."""
-    made, asked = f"{r['target_entropy_achieved']:.4g}", f"{r['target_entropy']:.4g}"
-    return (f"entropy target {made}" + ("" if made == asked else f" (asked for {asked})")
-            + f", achieved {r['q_entropy']:.4g} {unit}")
+    made, asked, q = (_g(r[c]) for c in ("target_entropy_achieved", "target_entropy", "q_entropy"))
+    return f"entropy target {made}" + ("" if asked in (made, "-") else f" (asked for {asked})") + f", achieved {q} {unit}"
+
+
+def _g(x) -> str:
+    """A number to 4 significant digits; '-' for none (a user's target table may leave entropies null)."""
+    return "-" if x is None or x != x else f"{x:.4g}"
 
 
 def _capped(r: dict) -> str:
     """Where the row ran all its steps: its KL may fall further with more."""
-    return f"; stopped at the step limit ({r['steps']}, --max-steps): more steps may lower its KL" if r.get("stop_reason") == "step cap" else ""
+    if r.get("stop_reason") != "step cap":
+        return ""
+    return f"; stopped at the step limit ({r['steps']} steps: --max-steps, or tuning.max_steps in a config): more may lower its KL"
 
 
 def _row_title(r: dict) -> str:
@@ -399,10 +405,11 @@ def cmd_generate(args) -> int:
           f"the {prompt}, then {'the text ' + _token(args.text) if args.text else 'no text'}")
     if out["kl"] is not None:
         print(f"KL(p || q) of this pass: {out['kl']:.4g} {unit}")
-    else:  # the table keeps the target's top tokens only (--top-k): p is not all there
-        kept = len(r["p_top_probs"] or [])
-        print(f"KL(p || q) of this pass: not known (the table keeps {kept} of the target's tokens, "
-              f"{sum(r['p_top_probs'] or []):.4g} of its mass: --top-k when tuned)")
+    elif r["p_top_probs"]:  # the table keeps the target's most probable tokens only: p is not all there
+        print(f"KL(p || q) of this pass: not known (the table keeps the target's {len(r['p_top_probs'])} most probable "
+              f"tokens, all but {1 - sum(r['p_top_probs']):.2g} of its mass: --top-k, or tuning.top_k in a config)")
+    else:
+        print("KL(p || q) of this pass: not known (no top tokens recorded: tuned with --top-k 0, or tuning.top_k 0 in a config)")
     print("next token (q: after this input; p: the target's probability, for its recorded top tokens):")
     table = [["rank", "token", "q", "p"]]
     for t in out["next_tokens"].iter_rows(named=True):
@@ -422,8 +429,10 @@ def cmd_target(args) -> int:
     _check_out(args.out, "target")
     # the tokenizer from the model folder or the cache when it can be read there (no conversion): a
     # target needs it (which rows are tokens, which tokens are usable), not the vocabulary's size alone
-    vocab = api.model_vocab(args.model)
-    loaded = vocab if vocab is not None and vocab.tokenizer is not None else api.load_model(args.model, dtype="fp32", device="cpu")
+    loaded = api.model_vocab(args.model)
+    if loaded is None or loaded.tokenizer is None:  # not converted yet: converted now, its weights not loaded
+        api.converted(args.model)
+        loaded = api.model_vocab(args.model)
     table = api.make_target(args.kind, loaded.vocab_size, args.entropy, args.unit, args.k, args.n, args.seed,
                             tokenizer=loaded.tokenizer)
     write_arrow(table, args.out, {"model": loaded.name, "kind": args.kind, "entropy": args.entropy, "unit": args.unit})
@@ -452,22 +461,24 @@ def cmd_models(args) -> int:
 
 def _quiet_libraries(quiet: bool) -> None:
     """Messages of the libraries that load models, each once, through this command's handler:
-    transformers' errors only; huggingface_hub's warnings too (a download's retries) unless -q.
+    transformers' errors only; huggingface_hub's warnings too (a download's retries) unless -q; a
+    library's own verbosity variable (TRANSFORMERS_VERBOSITY, HF_HUB_VERBOSITY), where set, instead.
     Both give their loggers a handler and a level when imported: they are imported here first, so
     that what is set here is what holds (transformers imports huggingface_hub)."""
-    for noisy in ("transformers", "httpx", "huggingface_hub", "distreach.tuning"):
-        logging.getLogger(noisy).setLevel(logging.ERROR if noisy != "distreach.tuning" else logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.ERROR)
+    logging.getLogger("distreach.tuning").setLevel(logging.WARNING)
     try:
         from transformers.utils import logging as hf_logging  # imports huggingface_hub too
     except ImportError:
         return
     hf_logging.disable_progress_bar()
-    for lib in ("transformers", "huggingface_hub"):
+    for lib, variable in (("transformers", "TRANSFORMERS_VERBOSITY"), ("huggingface_hub", "HF_HUB_VERBOSITY")):
         logger = logging.getLogger(lib)
         for handler in list(logger.handlers):
             logger.removeHandler(handler)
         logger.propagate = True
-        logger.setLevel(logging.ERROR if quiet or lib == "transformers" else logging.WARNING)
+        if not os.environ.get(variable):  # else the level the library set from it
+            logger.setLevel(logging.ERROR if quiet or lib == "transformers" else logging.WARNING)
 
 
 def main(argv=None) -> int:

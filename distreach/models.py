@@ -476,7 +476,7 @@ def auto_dtype(device: str) -> str:
     a mean KL of 0.002-0.012 nats (benchmarks/README.md); without native bf16, bf16
     is emulated and slower."""
     if device.startswith("cuda"):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"  # not emulated (pre-Ampere)
     return "bf16" if cpu_has_bf16() else "fp32"
 
 

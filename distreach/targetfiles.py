@@ -49,7 +49,7 @@ def read_target(path: str | os.PathLike, loaded, unit: str | None = None) -> pa.
       that are not tokens).
 
     Entropies (and the KL of a tuning of the table) are in ``unit``; where it is None, an .arrow
-    table's own unit (its first row's), else bits. Errors name the file and what is wrong with
+    table's own unit (its first row's), else DEFAULT_UNIT. Errors name the file and what is wrong with
     its data."""
     path = check_target_path(path)
     suffix = path.suffix.lower()
@@ -140,14 +140,15 @@ def _finite_probabilities(p: np.ndarray, where: str) -> np.ndarray:
     """Check one probability vector; renormalise a sum within tolerance of 1."""
     if p.size == 0:
         raise DistreachError(f"{where}: no probabilities")
+    with np.errstate(over="ignore", invalid="ignore"):
+        logprobs = abs(float(np.exp(p.astype(np.float64)).sum()) - 1) <= RENORMALISE_TOLERANCE  # -inf: a zero
+    hint = "; these look like log-probabilities: give their exp" if logprobs else ""
     bad = np.flatnonzero(~np.isfinite(p))
     if bad.size:
-        raise DistreachError(f"{where}: entry {bad[0]} is {p[bad[0]]} (NaN or infinite)")
+        raise DistreachError(f"{where}: entry {bad[0]} is {p[bad[0]]} (NaN or infinite){hint}")
     neg = np.flatnonzero(p < 0)
     if neg.size:
-        logprobs = (p <= 0).all() and abs(float(np.exp(p.astype(np.float64)).sum()) - 1) <= RENORMALISE_TOLERANCE
-        raise DistreachError(f"{where}: entry {neg[0]} is negative ({p[neg[0]]})"
-                             + ("; these look like log-probabilities: give their exp" if logprobs else ""))
+        raise DistreachError(f"{where}: entry {neg[0]} is negative ({p[neg[0]]}){hint}")
     total = float(p.sum())
     if abs(total - 1) > RENORMALISE_TOLERANCE:
         raise DistreachError(f"{where}: probabilities sum to {total:.6g}, not 1 (tolerance {RENORMALISE_TOLERANCE})")
@@ -181,11 +182,18 @@ def token_ids(tokenizer, strings: list[str], vocab: int, where: str) -> list[int
         surfaces = surface_forms(table)
         piece_of = {p: i for i, p in enumerate(table["piece"]) if p is not None and surfaces[i] is not None}
 
-        def why(s: str) -> str:  # a token's piece given for its text, or the tokens the text makes
+        def why(s) -> str:  # a token's piece given for its text, or the tokens the text makes
+            if not isinstance(s, str):
+                return f"{s!r} (not a string: give a token's text)"
             if s in piece_of:
                 return f"{s!r} (the piece of token {surfaces[piece_of[s]]!r}: give its text)"
             ids = tokenizer(s, add_special_tokens=False).input_ids
-            return f"{s!r} ({len(ids)} token{'s' if len(ids) != 1 else ''}: " + ", ".join(repr(tokenizer.decode([i])) for i in ids[:4]) + (", ...)" if len(ids) > 4 else ")")
+            if not ids:
+                return f"{s!r} (no tokens)"
+            if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
+                return f"{s!r} (not in the vocabulary)"
+            texts = [surfaces[i] if i < len(surfaces) and surfaces[i] is not None else table["piece"][i] for i in ids[:4]]
+            return f"{s!r} ({len(ids)} token{'s' if len(ids) > 1 else ''}: " + ", ".join(map(repr, texts)) + (", ...)" if len(ids) > 4 else ")")
 
         shown = ", ".join(why(s) for s in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise DistreachError(f"{where}: {len(missing)} string(s) are not single tokens of this model: {shown}")

@@ -82,11 +82,21 @@ def configured(section, name):
     return config[section][name]
 
 
+def model_folder(model):
+    """A model's materialised folder (the materialise_model rule's output)."""
+    return expand(rules.materialise_model.output.model, model=model)[0]
+
+
+def vocab_file(model):
+    """A model's vocabulary table (the materialise_model rule's output)."""
+    return expand(rules.materialise_model.output.vocab, model=model)[0]
+
+
 def model_base(wildcards):
     """The materialised base model a random_init model copies its architecture from."""
     source = configured("models", wildcards.model)["source"]
     if "random_init" in source:
-        return f"results/models/{source['random_init']}"
+        return model_folder(source["random_init"])
     return []
 
 
@@ -100,18 +110,18 @@ def target_inputs(wildcards):
     """
     family = configured("targets", wildcards.family)
     configured("models", wildcards.model)  # before target_file looks the model up
-    inputs = {"model": f"results/models/{wildcards.model}"}
+    inputs = {"model": model_folder(wildcards.model)}
     # token texts or usable tokens (and no tokenizer loaded)
     if family["kind"] in ("lm", "outlier", "pos", "migrated"):
-        inputs["vocab"] = f"results/vocab/{wildcards.model}.arrow"
+        inputs["vocab"] = vocab_file(wildcards.model)
     if family["kind"] in ("matched", "shuffled"):
         inputs["base"] = target_file(family["of"], wildcards.model)
     elif family["kind"] == "pos":
         inputs["base"] = FIGURE_FILES["pos"].format(wildcards.model)
     elif family["kind"] == "migrated":
         inputs["base"] = target_file(family["of"], family["source"])
-        inputs["source"] = f"results/models/{family['source']}"
-        inputs["source_vocab"] = f"results/vocab/{family['source']}.arrow"
+        inputs["source"] = model_folder(family["source"])
+        inputs["source_vocab"] = vocab_file(family["source"])
     return inputs
 
 
@@ -119,7 +129,7 @@ def target_file(family, model):
     """The target file of a family that a tuning on a model reads: the model's own, or for a
     random_init model its base's where the targets depend on the vocabulary alone
     (distreach.jobs.target_model)."""
-    return f"results/targets/{family}/{jobs.target_model(config, family, model)}.arrow"
+    return expand(rules.targets.output[0], family=family, model=jobs.target_model(config, family, model))[0]
 
 
 def target_settings(wildcards):
@@ -248,7 +258,7 @@ def achieved_inputs(wildcards):
     models = {m for e in experiments for m in config["experiments"][e]["models"]}
     return {
         "tables": [FIGURE_FILES["tables"].format(e) for e in experiments],
-        "vocab": expand(rules.materialise_model.output.vocab, model=sorted(models)),
+        "vocab": [vocab_file(m) for m in sorted(models)],
     }
 
 

@@ -21,7 +21,7 @@ rule next_token:
     after the text of figures.fig03, an Eq. 1 target of the same entropy and what a soft prompt
     tuned on that target produces."""
     input:
-        model="results/models/{model}",
+        model=rules.materialise_model.output.model,
     output:
         FIGURE_FILES["nexttoken"].format("{model}"),
     log:

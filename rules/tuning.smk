@@ -3,7 +3,7 @@ rule tune_job:
     with share_jobs those on one model whose rows the engine tunes in one batch), tuned
     together; one table per experiment and method in the job's folder."""
     input:
-        model="results/models/{model}",
+        model=rules.materialise_model.output.model,
         targets=tuning_targets,
     output:
         directory(job_folder("{model}/{job}/shard-{shard}")),

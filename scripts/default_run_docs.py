@@ -72,7 +72,7 @@ def run_facts(results: Path, wall: float, log: str) -> dict:
             commits.add(packages.get("distreach_commit"))
             for name, version in packages.items():
                 if name != "distreach_commit" and version is not None:
-                    versions.setdefault(name, set()).add(version)
+                    versions.setdefault(name, set()).add(str(version))
     commits -= {None}
     return {
         "wall_seconds": round(wall),

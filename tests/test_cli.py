@@ -61,6 +61,7 @@ def env(tmp_path_factory):
             "nan.npy": put("nan.npy", np.where(np.arange(V) == 3, np.nan, uniform)),
             "negative.npy": put("negative.npy", np.where(np.arange(V) == 0, -0.1, uniform)),
             "logprobs.npy": put("logprobs.npy", np.log(uniform)),
+            "logprobs-zero.npy": put("logprobs-zero.npy", np.where(np.arange(V) == 0, -np.inf, np.log(1 / (V - 1)))),
             "sum.npy": put("sum.npy", uniform * 3),
             "object.npy": put("object.npy", np.array([{"a": 1}], dtype=object)),
             "garbage.arrow": put("garbage.arrow", b"\x00\x01 not arrow"),
@@ -142,7 +143,7 @@ def test_target_then_tune(env, capsys, tmp_path):
         code, stdout, err = run(capsys, "tune", "--model", env["model"], "--target", str(out), "--inits", "1", "--max-steps",
                                 "3", "-q", *(["--unit", unit] if unit else []))
         assert code == 0 and f"(asked for {entropy.split()[0]}), achieved " in stdout
-        assert f" {entropy.split()[1]}; stopped at the step limit (3, --max-steps): more steps may lower its KL\n" in stdout
+        assert f" {entropy.split()[1]}; stopped at the step limit (3 steps: --max-steps, or tuning.max_steps in a config): more may lower its KL\n" in stdout
 
 
 def test_models_lists_the_embedded_ones(capsys):
@@ -201,14 +202,16 @@ BAD = [
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--out", "{root}/dir.arrow"], "--out {root}/dir.arrow: is a folder"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--out", "/proc/r.arrow"], "--out /proc/r.arrow: cannot write in /proc"),
     (["target", "vanilla", "--model", "{model}", "--entropy", "2", "--out", "{root}/dir.arrow"], "--out {root}/dir.arrow: is a folder"),
-    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hard", "--lr", "0.5"],
-     "--lr is for prompts with soft positions (--method soft or hybrid); a hard prompt has none"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "gcg", "--lr", "0.5"],
+     "--lr is the learning rate of soft positions; this gcg prompt has none"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hybrid", "--n-soft", "0", "--lr", "0.5"],
+     "--lr is the learning rate of soft positions; this hybrid prompt has none"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hybrid", "--prefix-len", "1"],
-     "--method hybrid: --prefix-len 1 leaves no soft position"),
+     "--method hybrid: a prompt of --prefix-len 1 is all soft or all hard: use --method soft or hard"),
     (["tune", "--model", "{model}", "--target", "{t:logprobs.npy}"],
-     "is negative (-4.5"),  # a log-probability, and said so (the next case)
-    (["tune", "--model", "{model}", "--target", "{t:logprobs.npy}"],
-     "; these look like log-probabilities: give their exp"),
+     "); these look like log-probabilities: give their exp"),  # entry 0 is negative (-4.5...)
+    (["tune", "--model", "{model}", "--target", "{t:logprobs-zero.npy}"],
+     "logprobs-zero.npy row 0: entry 0 is -inf (NaN or infinite); these look like log-probabilities: give their exp"),
 ]
 
 
@@ -365,14 +368,30 @@ def test_target_with_an_empty_cache_converts_the_model_and_makes_the_same_target
     assert tables[0].equals(tables[1]) and None not in tokenizers
 
 
-@pytest.mark.parametrize("quiet", [False, True])
-def test_library_messages_come_once_and_not_with_quiet(quiet):
+@pytest.mark.parametrize("quiet,verbosity", [(False, None), (True, None), (False, "warning")])
+def test_library_messages_come_once_and_not_with_quiet(quiet, verbosity):
     """A hub download's retry warning reaches the user once, through distreach's handler (none with
-    -q); transformers' warnings do not."""
+    -q); transformers' warnings do not, unless TRANSFORMERS_VERBOSITY asks for them."""
     code = ("import logging, sys; from distreach import cli; cli.main(['models'" + (", '-q'" if quiet else "") + "]); "
             "import huggingface_hub.utils.logging as h; from transformers.utils import logging as t; "
             "h.get_logger('huggingface_hub.utils._http').warning('Retrying in 1s'); "
             "t.get_logger('transformers.modeling_utils').warning('a transformers warning')")
     run_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    run_env.pop("TRANSFORMERS_VERBOSITY", None)
+    run_env.pop("HF_HUB_VERBOSITY", None)
+    if verbosity:
+        run_env["TRANSFORMERS_VERBOSITY"] = verbosity
     err = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True).stderr
-    assert err.splitlines() == ([] if quiet else ["distreach: Retrying in 1s"])
+    assert err.splitlines() == ([] if quiet else ["distreach: Retrying in 1s"]) + (["distreach: a transformers warning"] if verbosity else [])
+
+
+def test_entropies_of_a_row_read_as_the_target_made_what_was_asked_and_q():
+    from distreach.cli import _entropies
+
+    row = {"target_entropy_achieved": 5.993, "target_entropy": 6.0, "q_entropy": 7.25}
+    assert _entropies(row, "bits") == "entropy target 5.993 (asked for 6), achieved 7.25 bits"
+    assert _entropies({**row, "target_entropy": 5.993}, "bits") == "entropy target 5.993, achieved 7.25 bits"
+    # a user's target table may leave its entropies null
+    assert _entropies({**row, "target_entropy": None, "target_entropy_achieved": float("nan")}, "nats") == \
+        "entropy target -, achieved 7.25 nats"
+    assert _entropies({**row, "target_entropy": None}, "bits") == "entropy target 5.993, achieved 7.25 bits"

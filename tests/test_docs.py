@@ -165,7 +165,7 @@ def test_the_run_facts_name_the_commit_and_packages_that_made_the_tables(tmp_pat
     commit = "0123456789abcdef0123456789abcdef01234567"
     shard = pl.DataFrame({"model": ["m", "m"], "method": ["soft"] * 2, "target_id": ["a", "b"], "init_index": [0, 0],
                           "steps": [3, 4], "dtype": ["fp32", "fp32"]}).to_arrow()
-    write_arrow(shard, tmp_path / "s.arrow", {"packages": {"distreach_commit": commit, "torch": "2.13.0"}})  # as a tuning job writes it
+    write_arrow(shard, tmp_path / "s.arrow", {"packages": {"distreach_commit": commit, "torch": "2.12.0"}})  # as a tuning job writes it
 
     def collected(name, at, torch="2.13.0"):  # collected by code at commit ``at`` (None: outside a checkout)
         monkeypatch.setattr(tables, "package_versions", lambda: {"torch": torch, **({"distreach_commit": at} if at else {})})
@@ -174,13 +174,18 @@ def test_the_run_facts_name_the_commit_and_packages_that_made_the_tables(tmp_pat
     collected("a", None)
     run = script.run_facts(tmp_path / "results", 61.0, "")
     assert run["commit"] == commit and run["row_steps"] == 7  # the tuning job's commit, from the shard's provenance
-    assert run["packages"] == {"torch": "2.13.0"}
+    assert run["packages"] == {"torch": ["2.12.0", "2.13.0"]}  # the tuning job's and the collecting job's
     page = script.render(run, pl.read_ipc(DATA / "claims.arrow"))
-    assert "code at commit `0123456`)" in page and "| packages | torch 2.13.0 (the tables' provenance) |" in page
+    assert "code at commit `0123456`)" in page and "| packages | torch 2.12.0 and 2.13.0 (the tables' provenance) |" in page
     collected("b", commit + "+dirty", torch="2.14.0")
     run = script.run_facts(tmp_path / "results", 61.0, "")
-    assert run["commit"] == [commit, commit + "+dirty"] and run["packages"] == {"torch": ["2.13.0", "2.14.0"]}
-    assert "| packages | torch 2.13.0 and 2.14.0 (the tables' provenance) |" in script.render(run, pl.read_ipc(DATA / "claims.arrow"))
+    assert run["commit"] == [commit, commit + "+dirty"] and run["packages"] == {"torch": ["2.12.0", "2.13.0", "2.14.0"]}
+    assert "| packages | torch 2.12.0 and 2.13.0 and 2.14.0 (the tables' provenance) |" in script.render(
+        run, pl.read_ipc(DATA / "claims.arrow"))
+    write_arrow(shard, tmp_path / "s.arrow", {"packages": {"distreach_commit": commit}})  # no versions: none of it
+    collected("a", None, torch="2.13.0")
+    collected("b", None, torch="2.13.0")
+    assert script.run_facts(tmp_path / "results", 61.0, "")["packages"] == {"torch": "2.13.0"}
     assert script._at(run["commit"]) == (", its tables made by the code of several commits: `0123456`, "
                                          "`0123456` with uncommitted changes")
     assert script._at(commit + "+dirty") == ", code at commit `0123456` with uncommitted changes"

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distreach import api, cli, engine, families, gcg, jobs, pos, schema, tuning, vanilla
+from distreach import api, cli, engine, families, gcg, jobs, nexttoken, pos, schema, targetfiles, tuning, units, vanilla
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -168,7 +168,9 @@ def test_library_defaults_are_the_schemas():
     assert arg(pos.write_pos, "min_pos_prob") == arg(pos.pos_table, "min_pos_prob") == schema.default("pos.min_pos_prob")
     assert arg(pos.write_pos, "batch_size") == arg(pos.pos_table, "batch_size") == schema.default("pos.batch_size")
     unit = schema.default("entropy_unit")
+    assert units.DEFAULT_UNIT == unit
     assert arg(api.make_target, "unit") == arg(api.token_target, "unit") == arg(vanilla.EntropyGrid, "unit") == unit
+    assert arg(targetfiles.token_target, "unit") == arg(nexttoken.shapes_table, "unit") == unit
     assert cli.parser().parse_args(["target", "vanilla", "--model", "m", "--entropy", "1", "--out", "t.arrow"]).unit == unit
 
 

@@ -309,6 +309,9 @@ def test_auto_dtype_follows_the_hardware(monkeypatch):
     monkeypatch.setattr(models, "cpu_has_bf16", lambda: False)
     assert models.auto_dtype("cpu") == "fp32"
     assert models.resolve_dtype("auto", "cpu") == torch.float32
+    # a GPU: bf16 where it computes bf16 natively, not where torch would emulate it (pre-Ampere)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert models.auto_dtype("cuda") == "fp32"
     with pytest.raises(DistreachError, match="dtype must be one of"):
         models.resolve_dtype("int8")
 

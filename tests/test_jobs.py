@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from distreach.jobs import experiment_jobs, experiment_tables, target_model, tuning_jobs
+from distreach.jobs import MODEL_MEM_MB, MODEL_RUNTIME, experiment_jobs, experiment_tables, target_model, tuning_jobs
 from distreach.errors import DistreachError
 
 from .test_workflow import planned_jobs, snakemake, tiny_config, tiny_sources  # noqa: F401 (a fixture)
@@ -111,13 +111,16 @@ def test_the_workflow_plans_one_tune_job_per_job(tmp_path, tiny_sources):  # noq
         cfg["experiments"]["random-init"]["tuning"] = {"init": "normal", "bos": "none"}  # settings in the job's name
         proc = snakemake(tmp_path / str(shared), cfg, "-n")
         assert planned_jobs(proc)["tune_job"] == jobs
-        # a job's runtime request: the model's runtime (60 minutes by default) per shard it tunes (an experiment's
-        # rows of one method), what the jobs of those shards would ask for without sharing
+        # a job's runtime request: the model's runtime (MODEL_RUNTIME minutes by default) per shard it tunes (an
+        # experiment's rows of one method), what the jobs of those shards would ask for without sharing; its memory
+        # the model's (MODEL_MEM_MB by default)
         runtime = {f"{m['model']}/{m['job']}/shard-{m['shard']}": int(m["runtime"]) for m in re.finditer(
             r"rule tune_job:.*?wildcards: model=(?P<model>[^,]+), job=(?P<job>[^,]+), shard=(?P<shard>\d+).*?runtime=(?P<runtime>\d+)",
             proc.stdout, re.S)}
         planned = tuning_jobs(planned_config(cfg))
-        assert runtime == {key: 60 * len(job["shards"]) for key, job in planned.items()}
+        assert runtime == {key: MODEL_RUNTIME * len(job["shards"]) for key, job in planned.items()}
+        mem = re.findall(r"rule tune_job:.*?mem_mb=(\d+)", proc.stdout, re.S)
+        assert len(mem) == len(planned) and {int(m) for m in mem} == {MODEL_MEM_MB}
 
 
 def planned_config(cfg: dict) -> dict:

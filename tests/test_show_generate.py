@@ -47,7 +47,7 @@ def test_show_prints_target_beside_achieved_for_each_row(env, capsys):
         assert lines[0] == (f"t (init {r['init_index']}; tiny, hybrid, experiment cli): KL {r['kl_min']:.4g} bits; "
                             f"entropy target {r['target_entropy_achieved']:.4g}, achieved {r['q_entropy']:.4g} bits; "
                             "BOS token 1 (policy auto)"
-                            + (f"; stopped at the step limit ({r['steps']}, --max-steps): more steps may lower its KL" if r["stop_reason"] == "step cap" else ""))
+                            + (f"; stopped at the step limit ({r['steps']} steps: --max-steps, or tuning.max_steps in a config): more may lower its KL" if r["stop_reason"] == "step cap" else ""))
         assert lines[1] == f"  prompt: {r['prompt_text']!r}"
         # one line per rank: the target's tokens with p and q, then q's own tokens with q
         table = [line.split() for line in lines[3:]]
@@ -180,12 +180,16 @@ def test_generate_computes_the_kept_prompts_kl_anew_where_the_record_holds_all_o
     write_arrow(cut, path)
     assert api.generate(str(path), "t", samples=0)["kl"] is None
     code, out, _ = run(capsys, "generate", str(path), "--target", "t", "--samples", "0")
-    kept = len(probs[0]), sum(v * 0.99 for v in probs[0])
-    assert code == 0 and out.splitlines()[1] == (f"KL(p || q) of this pass: not known (the table keeps {kept[0]} of the "
-                                                 f"target's tokens, {kept[1]:.4g} of its mass: --top-k when tuned)")
+    kept = len(probs[0]), 1 - sum(v * 0.99 for v in probs[0])
+    assert code == 0 and out.splitlines()[1] == (f"KL(p || q) of this pass: not known (the table keeps the target's {kept[0]} "
+                                                 f"most probable tokens, all but {kept[1]:.2g} of its mass: --top-k, or "
+                                                 "tuning.top_k in a config)")
     # a row tuned with top_k 0 records no tokens: no KL either
     none = wide
     for name in ("p_top_ids", "p_top_probs"):
         none = none.set_column(none.schema.get_field_index(name), name, pa.array([[]] * none.num_rows, type=none.schema.field(name).type))
     write_arrow(none, path)
     assert api.generate(str(path), "t", samples=0)["kl"] is None
+    code, out, _ = run(capsys, "generate", str(path), "--target", "t", "--samples", "0")
+    assert code == 0 and out.splitlines()[1] == ("KL(p || q) of this pass: not known (no top tokens recorded: tuned with "
+                                                 "--top-k 0, or tuning.top_k 0 in a config)")
