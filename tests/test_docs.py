@@ -78,7 +78,7 @@ def test_default_run_page_says_what_the_run_wrote():
             f" **{verdict(claims, 'C9', 'smollm2')}**")
     assert said in " ".join(page.split())
     # the same job code with the dtype forced to fp32 on the bf16 run's CPU: its time and outcomes
-    forced_name = "fp32-forced-b615af2"
+    forced_name = FORCED
     forced = json.loads((DATA / f"{forced_name}.json").read_text())
     forced_claims = pl.read_ipc(DATA / f"{forced_name}-claims.arrow")
     assert forced["cpu"] == run["cpu"] and forced["dtypes"] == ["fp32"] and forced_name.endswith(forced["commit"][:7])
@@ -86,7 +86,10 @@ def test_default_run_page_says_what_the_run_wrote():
     for report, dtype in ((forced_claims, "fp32"), (avx2_claims, "fp32"), (claims, run["dtypes"][0])):
         assert set(report["dtype"]) - {""} == {dtype}  # each report's rows were tuned in the dtype it is named by
     mins, secs = divmod(forced["wall_seconds"], 60)
-    assert f"`{forced['commit'][:7]}` (its jobs' code unchanged since `{run['commit'][:7]}`) with the dtype forced to fp32 (`--config dtype=fp32`) on that CPU took **{mins} min {secs} s**" in readme
+    code = (f"The same code (`{run['commit'][:7]}`)" if forced["commit"] == run["commit"] else
+            f"The code of `{forced['commit'][:7]}` (its jobs' code unchanged since `{run['commit'][:7]}`)")
+    assert (f"{code} with the dtype forced to fp32 (`--config dtype=fp32`) on that CPU took **{mins} min {secs} s**"
+            in " ".join(readme.split()))
 
     def adj_verb_n80(report):
         n80 = report.filter((pl.col("claim") == "C9") & (pl.col("model") == "smollm2"))["n80"].item()
@@ -106,6 +109,7 @@ def test_default_run_page_says_what_the_run_wrote():
     assert said in " ".join(page.split())
 
 
+FORCED = "fp32-forced-2846b0b"  # the record of the page run's job code run with the dtype forced to fp32
 JOB_CODE = ["distreach", "scripts", "rules", "Snakefile", "config.yaml", "configs", "schemas", "envs", "requirements.txt",
             "requirements-models.txt"]
 
@@ -113,7 +117,7 @@ JOB_CODE = ["distreach", "scripts", "rules", "Snakefile", "config.yaml", "config
 def test_the_fp32_forced_run_has_the_page_runs_job_code():
     """README: the fp32-forced run's code is the page run's, where jobs are concerned (git history needed)."""
     run = json.loads((DATA / "run.json").read_text())
-    forced = json.loads((DATA / "fp32-forced-b615af2.json").read_text())
+    forced = json.loads((DATA / f"{FORCED}.json").read_text())
     commits = [run["commit"].removesuffix("+dirty"), forced["commit"].removesuffix("+dirty")]
     assert not forced["commit"].endswith("+dirty") and not run["commit"].endswith("+dirty")
     try:
