@@ -308,13 +308,13 @@ def cmd_tune(args) -> int:
     unit = df["entropy_unit"][0]
     failed = df.filter(pl.col("status") != "ok")
     for r in best.iter_rows(named=True):
-        line = (f"{r['target_id']}: kl_min {r['kl_min']:.4g} {unit} (min over {args.inits} inits); "
+        line = (f"{r['target_id']}: kl_min {_g(r['kl_min'])} {unit} (min over {_n(args.inits, 'init')}); "
                 f"{_entropies(r, unit)}{_capped(r)}")
         if r.get("prompt_text"):
             line += f"; best prompt {r['prompt_text']!r}{_typed_back(r, unit)}"
         print(line)
     if failed.height:
-        print(f"{failed.height} rows failed: {failed['status'][0]}", file=sys.stderr)
+        print(f"{_n(failed.height, 'row')} failed: {failed['status'][0]}", file=sys.stderr)
     if args.out:
         print(f"wrote {df.height} rows to {args.out}")
     return 0
@@ -357,11 +357,19 @@ def _g(x) -> str:
     return "-" if x is None or x != x else f"{x:.4g}"
 
 
+def _n(count: int, word: str) -> str:
+    """``1 step``, ``3 steps``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+NO_TOP_TOKENS = "no top tokens recorded (tuned with --top-k 0, or tuning.top_k 0 in a config)"
+
+
 def _capped(r: dict) -> str:
     """Where the row ran all its steps: its KL may fall further with more."""
     if r.get("stop_reason") != "step cap":
         return ""
-    return f"; stopped at the step limit ({r['steps']} steps: --max-steps, or tuning.max_steps in a config): more may lower its KL"
+    return f"; stopped at the step limit ({_n(r['steps'], 'step')}: --max-steps, or tuning.max_steps in a config): more may lower its KL"
 
 
 def _row_title(r: dict) -> str:
@@ -375,13 +383,13 @@ def cmd_show(args) -> int:
     for n, r in enumerate(df.iter_rows(named=True)):
         unit = r["entropy_unit"]
         bos = "none" if r["bos"] == "none" else f"token {r['bos_token_id']}"
-        print(("\n" if n else "") + f"{_row_title(r)}: KL {r['kl_min']:.4g} {unit}; {_entropies(r, unit)}; "
+        print(("\n" if n else "") + f"{_row_title(r)}: KL {_g(r['kl_min'])} {unit}; {_entropies(r, unit)}; "
               f"BOS {bos} (policy {r['bos_policy']})" + ("" if r["status"] == "ok" else f"; {r['status']}") + _capped(r))
         if r["prompt_text"]:
             print(f"  prompt: {r['prompt_text']!r}{_typed_back(r, unit)}")
         p_tok, q_tok = r["p_top_tokens"], r["q_top_tokens"]
         if not p_tok and not q_tok:
-            print("  no top tokens recorded (tuned with top_k 0: --top-k 0, or tuning.top_k in a config)")
+            print(f"  {NO_TOP_TOKENS}")
             continue
         table = [["rank", "target token", "p", "q", "|", "achieved token", "q"]]
         for i in range(min(max(len(p_tok), len(q_tok)), args.top or len(q_tok) + len(p_tok))):
@@ -401,15 +409,15 @@ def cmd_generate(args) -> int:
     r = out["row"]
     unit = r["entropy_unit"]
     prompt = f"{r['prefix_len']}-position {r['method']} prompt" + (f" {r['prompt_text']!r}" if r["prompt_text"] else "")
-    print(f"{_row_title(r)}, KL {r['kl_min']:.4g} {unit} when tuned: BOS {'none' if r['bos'] == 'none' else 'token'}, "
+    print(f"{_row_title(r)}, KL {_g(r['kl_min'])} {unit} when tuned: BOS {'none' if r['bos'] == 'none' else 'token'}, "
           f"the {prompt}, then {'the text ' + _token(args.text) if args.text else 'no text'}")
     if out["kl"] is not None:
         print(f"KL(p || q) of this pass: {out['kl']:.4g} {unit}")
     elif r["p_top_probs"]:  # the table keeps the target's most probable tokens only: p is not all there
-        print(f"KL(p || q) of this pass: not known (the table keeps the target's {len(r['p_top_probs'])} most probable "
-              f"tokens, all but {1 - sum(r['p_top_probs']):.2g} of its mass: --top-k, or tuning.top_k in a config)")
+        print(f"KL(p || q) of this pass: not known (the table keeps the target's {_n(len(r['p_top_probs']), 'most probable token')}"
+              f", all but {max(0.0, 1 - sum(r['p_top_probs'])):.2g} of its mass: --top-k, or tuning.top_k in a config)")
     else:
-        print("KL(p || q) of this pass: not known (no top tokens recorded: tuned with --top-k 0, or tuning.top_k 0 in a config)")
+        print(f"KL(p || q) of this pass: not known ({NO_TOP_TOKENS})")
     print("next token (q: after this input; p: the target's probability, for its recorded top tokens):")
     table = [["rank", "token", "q", "p"]]
     for t in out["next_tokens"].iter_rows(named=True):
@@ -430,9 +438,11 @@ def cmd_target(args) -> int:
     # the tokenizer from the model folder or the cache when it can be read there (no conversion): a
     # target needs it (which rows are tokens, which tokens are usable), not the vocabulary's size alone
     loaded = api.model_vocab(args.model)
-    if loaded is None or loaded.tokenizer is None:  # not converted yet: converted now, its weights not loaded
+    if loaded is None or loaded.tokenizer is None:  # not converted yet: converted now (then no second load of its weights)
         api.converted(args.model)
         loaded = api.model_vocab(args.model)
+    if loaded is None or loaded.tokenizer is None:  # a tokenizer read only through a full load: it says what fails
+        loaded = api.load_model(args.model, dtype="fp32", device="cpu")
     table = api.make_target(args.kind, loaded.vocab_size, args.entropy, args.unit, args.k, args.n, args.seed,
                             tokenizer=loaded.tokenizer)
     write_arrow(table, args.out, {"model": loaded.name, "kind": args.kind, "entropy": args.entropy, "unit": args.unit})

@@ -136,19 +136,23 @@ def token_target(dist: dict, loaded, name: str = "user", unit: str = DEFAULT_UNI
     return _user_table(probs[None], [name], unit)
 
 
+def _logprob_hint(p: np.ndarray) -> str:
+    """For a refused probability vector: whether it looks like log-probabilities (-inf: a zero)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        logprobs = abs(float(np.exp(p.astype(np.float64)).sum()) - 1) <= RENORMALISE_TOLERANCE
+    return "; these look like log-probabilities: give their exp" if logprobs else ""
+
+
 def _finite_probabilities(p: np.ndarray, where: str) -> np.ndarray:
     """Check one probability vector; renormalise a sum within tolerance of 1."""
     if p.size == 0:
         raise DistreachError(f"{where}: no probabilities")
-    with np.errstate(over="ignore", invalid="ignore"):
-        logprobs = abs(float(np.exp(p.astype(np.float64)).sum()) - 1) <= RENORMALISE_TOLERANCE  # -inf: a zero
-    hint = "; these look like log-probabilities: give their exp" if logprobs else ""
     bad = np.flatnonzero(~np.isfinite(p))
     if bad.size:
-        raise DistreachError(f"{where}: entry {bad[0]} is {p[bad[0]]} (NaN or infinite){hint}")
+        raise DistreachError(f"{where}: entry {bad[0]} is {p[bad[0]]} (NaN or infinite){_logprob_hint(p)}")
     neg = np.flatnonzero(p < 0)
     if neg.size:
-        raise DistreachError(f"{where}: entry {neg[0]} is negative ({p[neg[0]]}){hint}")
+        raise DistreachError(f"{where}: entry {neg[0]} is negative ({p[neg[0]]}){_logprob_hint(p)}")
     total = float(p.sum())
     if abs(total - 1) > RENORMALISE_TOLERANCE:
         raise DistreachError(f"{where}: probabilities sum to {total:.6g}, not 1 (tolerance {RENORMALISE_TOLERANCE})")
@@ -167,7 +171,7 @@ def _user_table(probs: np.ndarray, ids: list[str], unit: str, kind: str = "user"
 def token_ids(tokenizer, strings: list[str], vocab: int, where: str) -> list[int]:
     """The token id of each string: its exact surface text, leading space included, or else a
     special token's name (``"<|endoftext|>"``; a text token of the same text comes first)."""
-    from .vocab import surface_forms, vocab_table
+    from .vocab import surface_forms, token_texts, vocab_table
 
     table = vocab_table(tokenizer, vocab)
     first: dict[str, int] = {}
@@ -192,7 +196,7 @@ def token_ids(tokenizer, strings: list[str], vocab: int, where: str) -> list[int
                 return f"{s!r} (no tokens)"
             if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
                 return f"{s!r} (not in the vocabulary)"
-            texts = [surfaces[i] if i < len(surfaces) and surfaces[i] is not None else table["piece"][i] for i in ids[:4]]
+            texts = token_texts(table, ids[:4])
             return f"{s!r} ({len(ids)} token{'s' if len(ids) > 1 else ''}: " + ", ".join(map(repr, texts)) + (", ...)" if len(ids) > 4 else ")")
 
         shown = ", ".join(why(s) for s in missing[:5]) + (" ..." if len(missing) > 5 else "")

@@ -142,7 +142,7 @@ def test_target_then_tune(env, capsys, tmp_path):
     for unit, entropy in ((None, "3 nats"), ("nats", "3 nats"), ("bits", f"{3 / math.log(2):.4g} bits")):
         code, stdout, err = run(capsys, "tune", "--model", env["model"], "--target", str(out), "--inits", "1", "--max-steps",
                                 "3", "-q", *(["--unit", unit] if unit else []))
-        assert code == 0 and f"(asked for {entropy.split()[0]}), achieved " in stdout
+        assert code == 0 and f"(asked for {entropy.split()[0]}), achieved " in stdout and "(min over 1 init); " in stdout
         assert f" {entropy.split()[1]}; stopped at the step limit (3 steps: --max-steps, or tuning.max_steps in a config): more may lower its KL\n" in stdout
 
 
@@ -204,6 +204,8 @@ BAD = [
     (["target", "vanilla", "--model", "{model}", "--entropy", "2", "--out", "{root}/dir.arrow"], "--out {root}/dir.arrow: is a folder"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "gcg", "--lr", "0.5"],
      "--lr is the learning rate of soft positions; this gcg prompt has none"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hard", "--lr", "0.5"],
+     "--lr is the learning rate of soft positions; this hard prompt has none"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hybrid", "--n-soft", "0", "--lr", "0.5"],
      "--lr is the learning rate of soft positions; this hybrid prompt has none"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hybrid", "--prefix-len", "1"],
@@ -357,6 +359,7 @@ def test_target_with_an_empty_cache_converts_the_model_and_makes_the_same_target
     model = str(tmp_path / "tiny.gguf")
     write_tiny_gguf(model)
     monkeypatch.setenv("DISTREACH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(api, "load_model", lambda *a, **kw: pytest.fail("the model's weights loaded for a target"))
     make, tokenizers = api.make_target, []
     monkeypatch.setattr(api, "make_target", lambda *a, **kw: tokenizers.append(kw["tokenizer"]) or make(*a, **kw))
     tables = []
@@ -368,7 +371,7 @@ def test_target_with_an_empty_cache_converts_the_model_and_makes_the_same_target
     assert tables[0].equals(tables[1]) and None not in tokenizers
 
 
-@pytest.mark.parametrize("quiet,verbosity", [(False, None), (True, None), (False, "warning")])
+@pytest.mark.parametrize("quiet,verbosity", [(False, None), (True, None), (False, "warning"), (False, "hub-error")])
 def test_library_messages_come_once_and_not_with_quiet(quiet, verbosity):
     """A hub download's retry warning reaches the user once, through distreach's handler (none with
     -q); transformers' warnings do not, unless TRANSFORMERS_VERBOSITY asks for them."""
@@ -379,10 +382,13 @@ def test_library_messages_come_once_and_not_with_quiet(quiet, verbosity):
     run_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     run_env.pop("TRANSFORMERS_VERBOSITY", None)
     run_env.pop("HF_HUB_VERBOSITY", None)
-    if verbosity:
+    if verbosity == "hub-error":  # huggingface_hub's own variable: errors only
+        run_env["HF_HUB_VERBOSITY"] = "error"
+    elif verbosity:
         run_env["TRANSFORMERS_VERBOSITY"] = verbosity
     err = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True).stderr
-    assert err.splitlines() == ([] if quiet else ["distreach: Retrying in 1s"]) + (["distreach: a transformers warning"] if verbosity else [])
+    hub = [] if quiet or verbosity == "hub-error" else ["distreach: Retrying in 1s"]
+    assert err.splitlines() == hub + (["distreach: a transformers warning"] if verbosity == "warning" else [])
 
 
 def test_entropies_of_a_row_read_as_the_target_made_what_was_asked_and_q():

@@ -312,6 +312,8 @@ def test_auto_dtype_follows_the_hardware(monkeypatch):
     # a GPU: bf16 where it computes bf16 natively, not where torch would emulate it (pre-Ampere)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
     assert models.auto_dtype("cuda") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # Ampere or later
+    assert models.auto_dtype("cuda") == "bf16"
     with pytest.raises(DistreachError, match="dtype must be one of"):
         models.resolve_dtype("int8")
 
