@@ -137,7 +137,8 @@ def token_target(dist: dict, loaded, name: str = "user", unit: str = DEFAULT_UNI
 
 
 def _logprob_hint(p: np.ndarray) -> str:
-    """For a refused probability vector: whether it looks like log-probabilities (-inf: a zero)."""
+    """For a refused probability vector: a hint where it looks like log-probabilities (their exp sums to
+    1; -inf: a zero), else nothing."""
     with np.errstate(over="ignore", invalid="ignore"):
         logprobs = abs(float(np.exp(p.astype(np.float64)).sum()) - 1) <= RENORMALISE_TOLERANCE
     return "; these look like log-probabilities: give their exp" if logprobs else ""

@@ -129,7 +129,11 @@ def target_file(family, model):
     """The target file of a family that a tuning on a model reads: the model's own, or for a
     random_init model its base's where the targets depend on the vocabulary alone
     (distreach.jobs.target_model)."""
-    return expand(rules.targets.output[0], family=family, model=jobs.target_model(config, family, model))[0]
+    return expand(
+        rules.targets.output[0],
+        family=family,
+        model=jobs.target_model(config, family, model),
+    )[0]
 
 
 def target_settings(wildcards):
@@ -192,7 +196,9 @@ def tuning_cpus(wildcards, threads):
 
 def model_mem_mb(wildcards, attempt):
     """Memory of a job that loads the model (config models.<name>.mem_mb), doubled on a retry."""
-    return configured("models", wildcards.model).get("mem_mb", jobs.MODEL_MEM_MB) * attempt
+    return (
+        configured("models", wildcards.model).get("mem_mb", jobs.MODEL_MEM_MB) * attempt
+    )
 
 
 def model_runtime(wildcards, attempt):
@@ -200,7 +206,11 @@ def model_runtime(wildcards, attempt):
     rows of one method: what their jobs would ask for without share_jobs), more on a retry (a job
     that hit its time limit resumes from its checkpoint)."""
     shards = len(tuning_job(wildcards)["shards"])
-    return configured("models", wildcards.model).get("runtime", jobs.MODEL_RUNTIME) * shards * attempt
+    return (
+        configured("models", wildcards.model).get("runtime", jobs.MODEL_RUNTIME)
+        * shards
+        * attempt
+    )
 
 
 def experiment_shards(wildcards):
@@ -269,7 +279,11 @@ def all_outputs():
     # a random_init model has its base's tokenizer: its base's POS table is its own
     tables += expand(
         rules.pos_tag.output,
-        model=[m for m, entry in config["models"].items() if "random_init" not in entry["source"]],
+        model=[
+            m
+            for m, entry in config["models"].items()
+            if "random_init" not in entry["source"]
+        ],
     )
     figures = expand(rules.figure.output, fig=list(FIGURES))
     pages = list(rules.claims.output)
