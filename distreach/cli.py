@@ -320,8 +320,13 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def _missing(x) -> bool:
+    """No value: None (a null column) or NaN."""
+    return x is None or x != x
+
+
 def _prob(x) -> str:
-    if x is None or x != x:
+    if _missing(x):
         return "-"
     return f"{x:.4f}" if x >= 1e-3 else f"{x:.1e}"
 
@@ -342,7 +347,7 @@ def _typed_back(r: dict, unit: str) -> str:
     so another KL, where the text does not encode back to the prompt's tokens); nothing for
     prompts with soft positions, which have no such text."""
     kl = r.get("kl_roundtrip")
-    return "" if kl is None or kl != kl else f" (its text typed back in gives {kl:.4g} {unit})"
+    return "" if _missing(kl) else f" (its text typed back in gives {kl:.4g} {unit})"
 
 
 def _entropies(r: dict, unit: str) -> str:
@@ -354,7 +359,7 @@ def _entropies(r: dict, unit: str) -> str:
 
 def _g(x) -> str:
     """A number to 4 significant digits; '-' for none (a user's target table may leave entropies null)."""
-    return "-" if x is None or x != x else f"{x:.4g}"
+    return "-" if _missing(x) else f"{x:.4g}"
 
 
 def _n(count: int, word: str) -> str:
