@@ -476,8 +476,17 @@ def auto_dtype(device: str) -> str:
     a mean KL of 0.002-0.012 nats (benchmarks/README.md); without native bf16, bf16
     is emulated and slower."""
     if device.startswith("cuda"):
-        return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp32"  # not emulated (pre-Ampere)
+        return "bf16" if gpu_has_bf16(device) else "fp32"
     return "bf16" if cpu_has_bf16() else "fp32"
+
+
+def gpu_has_bf16(device: str) -> bool:
+    """Whether the GPU ``device`` names (``cuda``: the current one) computes bf16 natively:
+    compute capability 8.0 on (Ampere); torch emulates bf16 on the GPUs before, slower than
+    fp32. ROCm GPUs all do (torch's own rule, ``torch.cuda.is_bf16_supported``)."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(torch.device(device))[0] >= 8
 
 
 def resolve_dtype(dtype: str, device: str = "cpu") -> torch.dtype:

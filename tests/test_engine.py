@@ -310,10 +310,13 @@ def test_auto_dtype_follows_the_hardware(monkeypatch):
     assert models.auto_dtype("cpu") == "fp32"
     assert models.resolve_dtype("auto", "cpu") == torch.float32
     # a GPU: bf16 where it computes bf16 natively, not where torch would emulate it (pre-Ampere)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
-    assert models.auto_dtype("cuda") == "fp32"
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # Ampere or later
-    assert models.auto_dtype("cuda") == "bf16"
+    # and the GPU the device names, not the current one: here cuda:0 a V100 (7.0), cuda:1 an A100 (8.0)
+    capability = {0: (7, 0), 1: (8, 0)}
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: capability[torch.device(d).index or 0])
+    assert models.auto_dtype("cuda") == "fp32"  # the current device, cuda:0
+    assert models.auto_dtype("cuda:0") == "fp32"
+    assert models.auto_dtype("cuda:1") == "bf16"
     with pytest.raises(DistreachError, match="dtype must be one of"):
         models.resolve_dtype("int8")
 
