@@ -201,5 +201,6 @@ def token_ids(tokenizer, strings: list[str], vocab: int, where: str) -> list[int
             return f"{s!r} ({len(ids)} token{'s' if len(ids) > 1 else ''}: " + ", ".join(map(repr, texts)) + (", ...)" if len(ids) > 4 else ")")
 
         shown = ", ".join(why(s) for s in missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise DistreachError(f"{where}: {len(missing)} string(s) are not single tokens of this model: {shown}")
+        are = "1 string is not a single token" if len(missing) == 1 else f"{len(missing)} strings are not single tokens"
+        raise DistreachError(f"{where}: {are} of this model: {shown}")
     return [first[s] for s in strings]

@@ -32,14 +32,24 @@ CAPITALS = """echo '{" Paris": 0.5, " London": 0.2, " Berlin": 0.1, " Rome": 0.1
 TUNE = f"{BIN}distreach tune --model smollm2 --target capitals.json"
 
 # name -> (commands, style): "comment" shows the commands, then their output as # comments;
-# "prompt" shows each command after "$ ", then its output
+# "prompt" shows each command after "$ ", then its output; "errors" shows each command after "$ ",
+# then what it printed to either stream, and each distreach command in it must stop with exit status 2
+# (bad input), every other command (making its input) succeed
 EXAMPLES = {
     "soft": ([CAPITALS, f"{TUNE} --method soft --inits 2 --out result.arrow"], "comment"),
     "gcg": ([f"{TUNE} --method gcg --inits 2 --out gcg.arrow"], "comment"),
     "hard": ([f"{TUNE} --method hard --inits 2 --out hard.arrow"], "comment"),
     "show": ([f"{BIN}distreach show result.arrow --init 0 --top 8"], "prompt"),
     "generate": ([f"{BIN}distreach generate result.arrow --target capitals --samples 3 --max-new-tokens 12"], "prompt"),
+    "errors": ([
+        """echo '{" Pariss": 0.5, " London": 0.5}' > typo.json""",
+        f"{TUNE.replace('capitals.json', 'typo.json')}",
+        f"""{BIN}python -c "import numpy; numpy.save('p.npy', numpy.full((1, 5), 0.2))"""",
+        f"{TUNE.replace('capitals.json', 'p.npy')}",
+        f"{TUNE} --inits two",
+    ], "errors"),
 }
+BAD_INPUT = 2  # the exit status of a distreach command refusing its input
 TABLES = {"soft": "result.arrow", "gcg": "gcg.arrow", "hard": "hard.arrow"}  # the rows each example tuned
 BEGIN = "<!-- readme-example {} -->"
 END = "<!-- end readme-example -->"
@@ -66,14 +76,18 @@ def run_examples() -> dict:
     with tempfile.TemporaryDirectory() as work:  # on the CPU, as the recorded machine and dtype say
         env = {**os.environ, "DISTREACH_CACHE": str(Path(work) / "cache"), "CUDA_VISIBLE_DEVICES": ""}
         for name, (commands, _) in EXAMPLES.items():
+            errors = EXAMPLES[name][1] == "errors"
             t0, printed = time.perf_counter(), []
             for command in commands:
                 done = subprocess.run(command.replace(BIN, binary), shell=True, cwd=work, env=env, text=True,
                                       capture_output=True)
-                if done.returncode:
-                    raise SystemExit(f"{name}: {command!r} failed:\n{done.stderr}")
-                printed.append(done.stdout)
+                expected = BAD_INPUT if errors and command.startswith(f"{BIN}distreach") else 0
+                if done.returncode != expected:
+                    raise SystemExit(f"{name}: {command!r} exited with {done.returncode}, not {expected}:\n{done.stderr}")
+                printed.append(done.stdout + (done.stderr if errors else ""))
             out[name] = {"commands": commands, "output": "".join(printed), "seconds": round(time.perf_counter() - t0, 1)}
+            if errors:
+                out[name]["outputs"] = printed
             if name in TABLES:
                 out[name]["dtypes"] = sorted(set(pl.read_ipc(Path(work) / TABLES[name])["dtype"]))
     return {"examples": out, "machine": machine(), "auto_dtype": auto_dtype("cpu"), "versions": versions}
@@ -85,6 +99,8 @@ def block(name: str, data: dict) -> str:
     output = ex["output"].rstrip("\n").split("\n")
     if style == "comment":
         lines = ["```bash", *ex["commands"], *(f"# {line}" for line in output), "```"]
+    elif style == "errors":
+        lines = ["```", *(line for c, o in zip(ex["commands"], ex["outputs"]) for line in [f"$ {c}", *o.splitlines()]), "```"]
     else:
         lines = ["```", *(f"$ {c}" for c in ex["commands"]), *output, "```"]
     return "\n".join(lines)

@@ -171,7 +171,7 @@ BAD = [
     (["tune", "--model", "{model}", "--target", "{t:list.json}"], 'list.json: expected a non-empty object {"token string": probability}'),
     (["tune", "--model", "{model}", "--target", "{t:string.json}"], "string.json: token 'table' has probability 'half', not a number"),
     (["tune", "--model", "{model}", "--target", "{t:twice.json}"], "twice.json: token 'table' is given twice"),
-    (["tune", "--model", "{model}", "--target", "{t:unknown.json}"], "unknown.json: 1 string(s) are not single tokens of this model: 'zebra crossing'"),
+    (["tune", "--model", "{model}", "--target", "{t:unknown.json}"], "unknown.json: 1 string is not a single token of this model: 'zebra crossing'"),
     (["tune", "--model", "{model}", "--target", "{t:negative.json}"], "negative.json: token 'river' has a negative probability (-0.5)"),
     (["tune", "--model", "{model}", "--target", "{t:nan.json}"], "nan.json: token 'table' has probability nan (NaN or infinite)"),
     (["tune", "--model", "{model}", "--target", "{t:sum.json}"], "sum.json: probabilities sum to 0.5, not 1"),

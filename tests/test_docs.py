@@ -207,7 +207,7 @@ def test_command_line_examples_show_what_their_commands_printed():
         {name: commands for name, (commands, _) in script.EXAMPLES.items()}, "rerun scripts/readme_examples.py"
     made = script.parts(data)
     readme, api = (script.page_parts(p.read_text()) for p in script.PAGES)
-    assert set(readme) == set(made) and set(api) == {"soft"}
+    assert set(readme) == set(made) - {"errors"} and set(api) == {"soft", "errors"}
     for name, text in [*readme.items(), *api.items()]:
         assert text == made[name], f"the {name} example is stale: run scripts/readme_examples.py"
     # the outputs are of one run: each tuning wrote its table, and show and generate read the soft one
@@ -217,6 +217,11 @@ def test_command_line_examples_show_what_their_commands_printed():
     soft_kl = ex["soft"].split()[2]
     assert ex["show"].startswith(f"capitals (init 0; smollm2, soft, experiment cli): KL {soft_kl} bits;")
     assert ex["generate"].startswith(f"capitals (init 0; smollm2, soft, experiment cli), KL {soft_kl} bits when tuned")
+    # each bad input stopped with one line naming what is wrong; the commands making the inputs printed nothing
+    errors = data["examples"]["errors"]
+    assert [len(o.splitlines()) for o in errors["outputs"]] == \
+        [int(c.startswith(f"{script.BIN}distreach")) for c in errors["commands"]]
+    assert all(o.startswith("distreach") and ": error: " in o for o in errors["outputs"] if o)
 
 
 def test_cluster_page_states_the_paper_studys_estimate():

@@ -192,7 +192,7 @@ def test_token_target_is_the_json_files_target_and_checks_the_same(tiny_llama, t
         api.token_target({"table": True}, tiny_llama, "mine")  # an int to Python, not a probability
     with pytest.raises(DistreachError, match=r"^target mine: token 'river' has a negative probability \(-0\.5\)$"):
         api.token_target({"table": 1.5, "river": -0.5}, tiny_llama, "mine")
-    with pytest.raises(DistreachError, match=r"^target mine: 1 string\(s\) are not single tokens of this model: 'zebra' \(not in the vocabulary\)$"):
+    with pytest.raises(DistreachError, match=r"^target mine: 1 string is not a single token of this model: 'zebra' \(not in the vocabulary\)$"):
         api.token_target({"table": 1.0, "zebra": 0.0}, tiny_llama, "mine")
 
 
@@ -207,6 +207,6 @@ def test_a_string_that_is_no_token_is_shown_as_the_tokens_it_makes_or_as_a_token
     loaded = api.load_model(model, dtype="fp32", device="cpu")
     with pytest.raises(DistreachError) as err:
         api.token_target({"\u0120the": 0.2, " thee": 0.2, "": 0.2, 5: 0.2, " the": 0.2}, loaded, "mine")
-    assert str(err.value) == ("target mine: 4 string(s) are not single tokens of this model: 'Ġthe' (the piece of token "
+    assert str(err.value) == ("target mine: 4 strings are not single tokens of this model: 'Ġthe' (the piece of token "
                               "' the': give its text), ' thee' (2 tokens: ' the', 'e'), '' (no tokens), 5 (not a string: "
                               "give a token's text)")
