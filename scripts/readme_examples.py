@@ -44,7 +44,7 @@ EXAMPLES = {
     "errors": ([
         """echo '{" Pariss": 0.5, " London": 0.5}' > typo.json""",
         f"{TUNE.replace('capitals.json', 'typo.json')}",
-        f"""{BIN}python -c "import numpy; numpy.save('p.npy', numpy.full((1, 5), 0.2))"""",
+        f"{BIN}python -c \"import numpy; numpy.save('p.npy', numpy.full((1, 5), 0.2))\"",
         f"{TUNE.replace('capitals.json', 'p.npy')}",
         f"{TUNE} --inits two",
     ], "errors"),
