@@ -62,6 +62,9 @@ class Figure:
         return {"type": "object", "additionalProperties": False, "required": required, "properties": props}
 
 
+# the paper's figures this workflow does not draw, and why (a request for one says so)
+NOT_DRAWN = {"fig02": "Fig. 2 illustrates the three tuning frameworks: a drawing, not data"}
+
 FIGURES: dict[str, Figure] = {
     "fig03": Figure(
         "A model's next-token distribution after a short text, an Eq. 1 target of exactly its entropy and, "

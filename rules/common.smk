@@ -237,6 +237,14 @@ def figure_inputs(wildcards):
     return {kind: [FIGURE_FILES[kind].format(name) for name in names]}
 
 
+def not_drawn(wildcards):
+    """Input of a figure the workflow does not draw: none; the request is an error."""
+    raise WorkflowError(
+        f"results/figures/{wildcards.fig}.{wildcards.ext}: {figureregistry.NOT_DRAWN[wildcards.fig]}; "
+        f"the figures drawn are {', '.join(sorted(figureregistry.FIGURES))}"
+    )
+
+
 def next_token_spec(wildcards):
     """The config entry (schema defaults filled in) of the figure of next-token distributions
     (one that reads 'nexttoken' in distreach.figureregistry: Fig. 3) drawn on this model.

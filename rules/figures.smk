@@ -71,3 +71,18 @@ rule figure:
         code=script_code("figure"),
     script:
         "../scripts/figure.py"
+
+
+rule not_drawn:
+    """A figure of the paper that is not drawn from data (distreach.figureregistry.NOT_DRAWN):
+    planning stops, saying why and which figures are drawn."""
+    input:
+        not_drawn,
+    output:
+        "results/figures/{fig}.{ext}",
+    log:
+        "logs/figures/{fig}.{ext}.log",
+    wildcard_constraints:
+        fig="|".join(figureregistry.NOT_DRAWN),
+        ext="html|png|svg",
+    localrule: True

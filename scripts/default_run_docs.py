@@ -1,7 +1,7 @@
 """Write what docs/default-run.md says about the default run from the run itself.
 
     /usr/bin/time -o time.txt -f %e snakemake --cores 2 > run.log 2>&1
-    python scripts/default_run_docs.py --wall "$(cat time.txt)" --log run.log
+    python scripts/default_run_docs.py --wall "$(cat time.txt)" --log run.log [--config KEY=VALUE ...]
 
 Reads results/ (the collected tables and results/report/claims.arrow) and Snakemake's log,
 writes docs/default-run/run.json and docs/default-run/claims.arrow (the run's numbers, kept
@@ -158,6 +158,8 @@ def main() -> None:
     ap.add_argument("--log", required=True, help="Snakemake's output of the run")
     ap.add_argument("--results", default=str(REPO / "results"))
     ap.add_argument("--record", metavar="NAME", help="write docs/default-run/NAME.json and NAME-claims.arrow only")
+    ap.add_argument("--config", metavar="KEY=VALUE", nargs="+", default=[],
+                    help="what the run gave snakemake's --config, if anything (recorded as how the run was made)")
     args = ap.parse_args()
     results = Path(args.results)
     if args.record is not None and (not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", args.record) or args.record == "run"):
@@ -166,7 +168,11 @@ def main() -> None:
         raise SystemExit(f"{DATA / (args.record + '.json')}: exists (the docs may cite it); remove it first to record again")
     if not (results / "report" / "claims.arrow").is_file():
         raise SystemExit(f"{results / 'report' / 'claims.arrow'}: no claims report (run snakemake first)")
-    run = run_facts(results, args.wall, Path(args.log).read_text())
+    given = dict(kv.partition("=")[::2] for kv in args.config)
+    run = {"config": "config.yaml" + (f" with --config {' '.join(args.config)}" if args.config else ""),
+           **run_facts(results, args.wall, Path(args.log).read_text())}
+    if "dtype" in given and given["dtype"] != "auto" and run["dtypes"] != [given["dtype"]]:
+        raise SystemExit(f"--config dtype={given['dtype']}: the run's tables were tuned in {', '.join(run['dtypes'])}")
     DATA.mkdir(exist_ok=True)
     facts, claims = (f"{args.record}.json", f"{args.record}-claims.arrow") if args.record else ("run.json", "claims.arrow")
     with atomic_path(DATA / claims) as tmp:

@@ -242,6 +242,8 @@ def test_a_recorded_run_writes_its_numbers_and_nothing_else(tmp_path, monkeypatc
     import shutil
     import sys
 
+    import pytest
+
     from distreach import tables
     from distreach.io import write_arrow
 
@@ -258,12 +260,18 @@ def test_a_recorded_run_writes_its_numbers_and_nothing_else(tmp_path, monkeypatc
     page.write_text("the page\n")
     monkeypatch.setattr(script, "DATA", tmp_path / "data")
     monkeypatch.setattr(script, "PAGE", page)
-    monkeypatch.setattr(sys, "argv", ["default_run_docs.py", "--wall", "90", "--log", str(tmp_path / "log"),
-                                      "--results", str(results), "--record", "other-cpu"])
+    argv = ["default_run_docs.py", "--wall", "90", "--log", str(tmp_path / "log"), "--results", str(results),
+            "--record", "other-cpu", "--config"]
+    monkeypatch.setattr(sys, "argv", [*argv, "seed=1", "dtype=bf16"])  # a config the tables contradict
+    with pytest.raises(SystemExit, match=r"^--config dtype=bf16: the run's tables were tuned in fp32$"):
+        script.main()
+    assert not (tmp_path / "data").exists()
+    monkeypatch.setattr(sys, "argv", [*argv, "dtype=fp32"])
     script.main()
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["other-cpu-claims.arrow", "other-cpu.json"]
     facts = json.loads((tmp_path / "data" / "other-cpu.json").read_text())
     assert facts["wall_seconds"] == 90 and facts["row_steps"] == 5 and facts["dtypes"] == ["fp32"]
+    assert facts["config"] == "config.yaml with --config dtype=fp32"
     assert pl.read_ipc(tmp_path / "data" / "other-cpu-claims.arrow").equals(pl.read_ipc(DATA / "claims.arrow"))
     assert page.read_text() == "the page\n"
 

@@ -16,6 +16,7 @@ import polars as pl
 import pytest
 import yaml
 
+from distreach import figureregistry
 from distreach.errors import DistreachError
 from distreach.tables import RESULT_COLUMNS, min_over_inits
 
@@ -317,6 +318,18 @@ def test_bad_config_fails_before_any_job_with_one_line(tmp_path, tiny_sources, m
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith("distreach: error: ") and message in lines[0], proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.slow  # over 10 s on a 2-core CPU
+def test_a_figure_of_the_paper_that_is_not_data_is_refused_saying_why(tmp_path, tiny_sources):
+    """The paper's Fig. 2 (a drawing) asked for as a target: planning stops, naming the file, why
+    and the figures there are, and nothing runs."""
+    proc = snakemake(tmp_path, tiny_config(tiny_sources), "-n", "results/figures/fig02.svg", check=False)
+    assert proc.returncode != 0
+    drawn = ", ".join(sorted(figureregistry.FIGURES))
+    assert (f"results/figures/fig02.svg: {figureregistry.NOT_DRAWN['fig02']}; the figures drawn are {drawn}"
+            in proc.stdout + proc.stderr)
     assert not (tmp_path / "results").exists()
 
 
