@@ -34,6 +34,12 @@ stopped at (the step and the KL by then, from each row's own curve, with the eng
 names (gcg's median KL over the LM targets at most a quarter of hard's at equal nominal forward
 passes).
 
+``context``: what the LM targets' own inputs give. Each LM target is the model's next-token
+distribution after BOS and 10 random tokens; typed in whole, they give KL 0 (a check that the inputs
+are those the targets were made from). Their last k tokens alone (after BOS) give each target's KL
+for k = 1..10: at k = 5, the comparison's prompt length, a 5-token hard prompt that exists for every
+target, set (with ``gcg-hard.json`` under ``--out``) against gcg's and hard's medians and the bar.
+
 ``cache``: how much faster a step's candidates are scored from the prompts' cached positions than
 by whole forward passes (the same candidates, the two interleaved).
 
@@ -41,6 +47,7 @@ by whole forward passes (the same candidates, the two interleaved).
     python benchmarks/gcg.py nanogcg --out benchmarks/results/cpu    # about 20 min on 2 Zen 4 cores
     python benchmarks/gcg.py steps --out benchmarks/results/cpu       # about 25 min on 2 Zen 4 cores
     python benchmarks/gcg.py cache --out benchmarks/results/cpu       # about 3 min
+    python benchmarks/gcg.py context --out benchmarks/results/cpu     # under a minute
 
 Each writes ``gcg-<kind>.json`` under ``--out`` and prints a Markdown table.
 """
@@ -60,7 +67,7 @@ from scipy.stats import binom, binomtest
 
 from distreach import api
 from distreach.engine import TuneConfig, is_gain, prompt_kl, tune
-from distreach.families import lm_generated
+from distreach.families import lm_generated, lm_prompts
 from distreach.gcg import is_text
 from distreach.io import atomic_path, package_versions
 from distreach.models import machine
@@ -74,6 +81,7 @@ CAPITALS = {" Paris": 0.5, " London": 0.2, " Berlin": 0.1, " Rome": 0.1, " Madri
 ONE_TOKEN = [" Paris", " cat", " blue", " seven", " water", " happy", " music", " king", " river", " table",
              " green", " money"]
 PREFIX_LEN = 5
+LM_PROMPT_LEN = 10  # the random tokens an LM target is made after (the study's lm family settings)
 
 
 def bits(nats) -> np.ndarray:
@@ -88,7 +96,7 @@ def load():
 def study_targets(loaded, n_lm: int) -> tuple[list[str], np.ndarray]:
     """The capitals target and n_lm LM-generated ones: ids and [n, |V|] probabilities."""
     _, cap = target_probs(api.token_target(CAPITALS, loaded, "capitals"), loaded.vocab_size)
-    lm = lm_generated(loaded, n_lm, prompt_len=10, unit="bits", seed=0)
+    lm = lm_generated(loaded, n_lm, prompt_len=LM_PROMPT_LEN, unit="bits", seed=0)
     _, lmp = target_probs(lm, loaded.vocab_size)
     return ["capitals", *lm.column("target_id").to_pylist()], np.concatenate([cap, lmp])
 
@@ -160,6 +168,7 @@ def run_hard(args) -> dict:
     }
 
 
+CONTEXT_SHOWN = (1, 2, 3, 4, 5, 6, 8, 10)  # the suffix lengths the context table shows (the JSON holds all)
 PATIENCES = tuple(sorted({PATIENCE, GCG_PATIENCE, 60, 100}))  # simulated; the engine's two also run
 
 
@@ -220,6 +229,30 @@ def run_steps(args) -> dict:
                        "lm_median_bits": h["lm_median"]["hard_bits"],
                        "lm_median_first_init_bits": h["lm_median"]["hard_first_init_bits"],
                        "gcg_lm_median_bits": h["lm_median"]["gcg_bits"], "capitals_hard_bits": h["rows"][0]["hard_bits"]}
+    return out
+
+
+def run_context(args) -> dict:
+    loaded = load()
+    ids, probs = study_targets(loaded, args.lm)
+    ids, probs = ids[1:], probs[1:]  # the LM targets
+    prompts, _, bos_id = lm_prompts(loaded, args.lm, LM_PROMPT_LEN, seed=0)  # as study_targets' lm_generated drew them
+    tokens = [x[x.numel() - LM_PROMPT_LEN:].tolist() for x in prompts]  # after the BOS
+    lengths = range(1, LM_PROMPT_LEN + 1)
+    with torch.no_grad():
+        kl = {k: bits(prompt_kl(loaded, probs, [t[-k:] for t in tokens])) for k in lengths}
+    rows = [{"target": t, "tokens": tokens[i], "bits_by_suffix": {str(k): float(kl[k][i]) for k in lengths}}
+            for i, t in enumerate(ids)]
+    out = {"kind": "context", "model": "smollm2", "dtype": "fp32", "prefix_len": PREFIX_LEN, "lm_prompt_len": LM_PROMPT_LEN,
+           "bos": bos_id, "rows": rows, "median_by_suffix": {str(k): float(np.median(kl[k])) for k in lengths},
+           "versions": package_versions(), "threads": torch.get_num_threads()}
+    hard = args.out / "gcg-hard.json"
+    if hard.exists():
+        h = json.loads(hard.read_text())
+        gcg_bits = {r["target"]: r["gcg_bits"] for r in h["rows"]}
+        out["hard"] = {"file": hard.name, "lm_median_bits": h["lm_median"]["hard_bits"],
+                       "gcg_lm_median_bits": h["lm_median"]["gcg_bits"],
+                       "gcg_below_suffix": sum(gcg_bits[r["target"]] < r["bits_by_suffix"][str(PREFIX_LEN)] for r in rows)}
     return out
 
 
@@ -386,6 +419,13 @@ def run_cache(args) -> dict:
 
 
 def table(res: dict) -> str:
+    if res["kind"] == "context":
+        ks = [k for k in res["median_by_suffix"] if int(k) in CONTEXT_SHOWN]
+        lines = ["| target | " + " | ".join(f"last {k} token{'s' if k != '1' else ''} (bits)" for k in ks) + " |",
+                 "|---|" + "---|" * len(ks)]
+        lines += [f"| {r['target']} | " + " | ".join(f"{max(r['bits_by_suffix'][k], 0.0):.3f}" for k in ks) + " |" for r in res["rows"]]
+        lines.append("| median | " + " | ".join(f"{max(res['median_by_suffix'][k], 0.0):.3f}" for k in ks) + " |")
+        return "\n".join(lines)
     if res["kind"] == "cache":
         m = res["median_seconds"]
         return "\n".join(["| scoring | median s per step's candidates |", "|---|---|",
@@ -436,6 +476,8 @@ def summary(res: dict) -> str:
 def _findings(res: dict) -> str:
     if res["kind"] == "steps":
         return _steps_findings(res)
+    if res["kind"] == "context":
+        return _context_findings(res)
     if res["kind"] == "cache":
         return (f"Scoring the {res['rows'] * res['width']} candidates of a step ({res['rows']} rows of {res['prefix_len']} "
                 f"tokens, {res['width']} candidates each, one position changed) from the prompts' cached positions: "
@@ -463,6 +505,22 @@ def _findings(res: dict) -> str:
             f"{res['forward_passes_bound']} each), with gcg's {len(res['rows'])} runs in one batch: gcg "
             f"{res['gcg_ms_per_forward']:.2f} ms, nanoGCG {res['nanogcg_ms_per_forward']:.2f} ms "
             f"({res['nanogcg_ms_per_forward'] / res['gcg_ms_per_forward']:.1f}x).")
+
+
+def _context_findings(res: dict) -> str:
+    n, full, k = len(res["rows"]), res["lm_prompt_len"], res["prefix_len"]
+    whole = max(abs(r["bits_by_suffix"][str(full)]) for r in res["rows"])
+    said = (f"Each of the {n} LM targets after its own {full} random tokens: KL at most {whole:.1g} bits (the inputs it "
+            f"was made from). Their last {k} tokens alone, a {k}-token prompt for every target: median "
+            f"{res['median_by_suffix'][str(k)]:.3g} bits")
+    if "hard" in res:
+        h = res["hard"]
+        said += (f", against gcg's {h['gcg_lm_median_bits']:.3g} and hard's {h['lm_median_bits']:.3g} at equal forward "
+                 f"passes ({h['file']}); gcg ends below its target's own last {k} tokens on {h['gcg_below_suffix']} of "
+                 f"{n}. The bar (a quarter of hard's: {h['lm_median_bits'] / 4:.3g} bits) lies below what the targets' "
+                 f"own last {k} tokens give on the median by a factor of "
+                 f"{res['median_by_suffix'][str(k)] / (h['lm_median_bits'] / 4):.1f}")
+    return said + "."
 
 
 def bar_verdict(by_step: dict, hard_median: float, hard_first_median: float) -> tuple[float, float, bool]:
@@ -533,19 +591,19 @@ def _verdict(c: dict) -> str:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("kind", choices=("hard", "nanogcg", "cache", "steps"))
+    p.add_argument("kind", choices=("hard", "nanogcg", "cache", "steps", "context"))
     p.add_argument("--out", type=Path, required=True, help="folder for gcg-<kind>.json")
     p.add_argument("--steps", type=int, default=None, help="gcg steps (default: hard 60, nanogcg 20, steps 300)")
     p.add_argument("--every", type=int, default=60, help="steps: report the lowest KL by every this many steps (default 60)")
     p.add_argument("--width", type=int, default=32, help="candidates per step (default 32)")
     p.add_argument("--topk", type=int, default=256, help="tokens per position candidates draw from (default 256)")
-    p.add_argument("--lm", type=int, default=10, help="hard, steps: LM-generated targets (default 10)")
+    p.add_argument("--lm", type=int, default=10, help="hard, steps, context: LM-generated targets (default 10)")
     p.add_argument("--targets", type=int, default=10, help="nanogcg: one-token targets (default 10)")
     p.add_argument("--seeds", type=int, default=5, help="nanogcg: runs per target, each from its own init seed (default 5)")
     p.add_argument("--reps", type=int, default=5, help="cache: timed repeats of each scoring (default 5)")
     args = p.parse_args(argv)
     args.steps = args.steps or {"hard": 60, "nanogcg": 20, "steps": 300}.get(args.kind)
-    run = {"hard": run_hard, "nanogcg": run_nanogcg, "cache": run_cache, "steps": run_steps}[args.kind]
+    run = {"hard": run_hard, "nanogcg": run_nanogcg, "cache": run_cache, "steps": run_steps, "context": run_context}[args.kind]
     res = {**run(args), "machine": machine()}
     args.out.mkdir(parents=True, exist_ok=True)
     with atomic_path(args.out / f"gcg-{args.kind}.json") as tmp:

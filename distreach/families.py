@@ -165,35 +165,47 @@ def _fit_outliers(starts, group: list[int], h_nats: list[float], tol: float, set
 # ---------------------------------------------------------------- LM-generated and shuffled
 
 
+def lm_prompts(loaded, n: int, prompt_len: int, seed: int = 0, kind: str = "lm", bos: str = "auto",
+               usable=None) -> tuple[list[torch.Tensor], list[int], int | None]:
+    """The inputs :func:`lm_generated` makes its targets from: ``n`` prompts of ``prompt_len``
+    random usable token ids after a BOS token as the BOS policy ``bos`` puts one, each drawn from
+    its own seed (``derive_seed(seed, kind, r)``); the seeds; and the BOS id used (None: none).
+    ``usable`` as there."""
+    vocab, inputs = loaded.vocab_size, loaded.embeddings.shape[0]
+    if usable is None:
+        tok = loaded.tokenizer
+        usable, bos_token = usable_mask(tok, inputs), tok.bos_token_id
+    elif len(usable) != vocab:
+        raise DistreachError(f"usable: {len(usable)} entries, model {loaded.name} has {vocab} output rows")
+    else:
+        bos_token = loaded.manifest["bos_token_id"]
+    pool = torch.from_numpy(ids_of(np.asarray(usable)[:inputs]))  # the ids a prompt may hold
+    bos_id = resolve_bos(bos_token, bos, loaded.name)
+    head = torch.tensor([] if bos_id is None else [bos_id], dtype=torch.long)
+    seeds = [derive_seed(seed, kind, r) for r in range(n)]
+    prompts = [
+        torch.cat([head, pool[torch.randint(0, len(pool), (prompt_len,), generator=torch.Generator().manual_seed(s))]])
+        for s in seeds
+    ]
+    return prompts, seeds, bos_id
+
+
 @torch.no_grad()
 def lm_generated(loaded, n: int, prompt_len: int, unit: str, seed: int = 0, kind: str = "lm", bos: str = "auto",
                  usable=None) -> pa.Table:
     """The model's next-token distributions after ``n`` prompts of ``prompt_len`` random usable
     token ids, after a BOS token as the tuning's BOS policy ``bos`` puts one (so targets and
-    tuned prompts share one input convention). Output rows past the tokenizer (padding) get
+    tuned prompts share one input convention; :func:`lm_prompts`). Output rows past the tokenizer (padding) get
     probability 0: the distribution is renormalised over |V|. The columns ``lm_prompt_len``,
     ``lm_bos`` (``bos`` or ``none``: what went first) and ``lm_bos_policy`` record this.
 
     ``usable``: the model's vocabulary table's ``is_usable`` column (one entry per output row;
     :func:`distreach.models.write_vocab`), read instead of the tokenizer, which ``loaded`` may
     then lack: the BOS token and |V| come from its manifest."""
-    vocab, inputs = loaded.vocab_size, loaded.embeddings.shape[0]
-    if usable is None:
-        tok = loaded.tokenizer
-        usable, support, bos_token = usable_mask(tok, inputs), vocab_support(tok, vocab), tok.bos_token_id
-    elif len(usable) != vocab:
-        raise DistreachError(f"usable: {len(usable)} entries, model {loaded.name} has {vocab} output rows")
-    else:
-        support, bos_token = loaded.manifest["vocab_support"], loaded.manifest["bos_token_id"]
-    pool = torch.from_numpy(ids_of(np.asarray(usable)[:inputs]))  # the ids a prompt may hold
-    bos_id = resolve_bos(bos_token, bos, loaded.name)
-    head = torch.tensor([] if bos_id is None else [bos_id], dtype=torch.long)
-    seeds = [derive_seed(seed, kind, r) for r in range(n)]
+    prompts, seeds, bos_id = lm_prompts(loaded, n, prompt_len, seed, kind, bos, usable)
+    vocab = loaded.vocab_size
+    support = vocab_support(loaded.tokenizer, vocab) if usable is None else loaded.manifest["vocab_support"]
     ids = [f"{kind}-{r:04d}" for r in range(n)]
-    prompts = [
-        torch.cat([head, pool[torch.randint(0, len(pool), (prompt_len,), generator=torch.Generator().manual_seed(s))]])
-        for s in seeds
-    ]
     logp = np.full((n, vocab), -np.inf, dtype=np.float32)
     for lo in range(0, n, LM_BATCH):  # prompts of one length: one forward pass per batch
         batch = torch.stack(prompts[lo : lo + LM_BATCH]).to(loaded.embeddings.device)

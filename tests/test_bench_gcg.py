@@ -52,6 +52,8 @@ def test_readme_shows_the_recorded_results(path):
     assert bench.summary(res) in readme
     if "comparison" in res:  # the statistics are those of the recorded runs
         assert res["comparison"] == bench.paired(res["rows"])
+    if res["kind"] == "context":  # typed back in whole, each target's inputs gave the target
+        assert all(abs(r["bits_by_suffix"][str(res["lm_prompt_len"])]) < 1e-4 for r in res["rows"])
 
 
 def runs(gcg, nano):

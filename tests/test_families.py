@@ -2,12 +2,14 @@ import math
 
 import numpy as np
 import pytest
+import torch
 from scipy import optimize
 
 from distreach.errors import DistreachError
 from distreach.families import (
     OutlierSettings,
     lm_generated,
+    lm_prompts,
     max_outlier_mass,
     migrate,
     migration_map,
@@ -103,6 +105,15 @@ def test_lm_generated_and_shuffled(tiny_llama):
     np.testing.assert_allclose(ent, lm.column("achieved_entropy").to_pylist(), rtol=1e-4)
     again = lm_generated(tiny_llama, n=3, prompt_len=4, unit="bits", seed=0)
     assert again.equals(lm)
+    # the prompts lm_prompts names (benchmarks/gcg.py context types them back) are the ones the targets were made after
+    from distreach.engine import prompt_kl
+
+    prompts, seeds, bos_id = lm_prompts(tiny_llama, n=3, prompt_len=4, seed=0)
+    assert bos_id == tiny_llama.tokenizer.bos_token_id and all(x[0] == bos_id and x.numel() == 5 for x in prompts)
+    assert seeds == lm.column("seed").to_pylist()
+    with torch.no_grad():
+        np.testing.assert_allclose(prompt_kl(tiny_llama, p, [x[1:].tolist() for x in prompts]), 0, atol=1e-6)
+        assert (prompt_kl(tiny_llama, p, [x[2:].tolist() for x in prompts]) > 1e-5).all()  # one token fewer: another q
     sh = shuffled(lm, copies=5, seed=0)
     q = probs(sh)
     assert sh.num_rows == 15
