@@ -33,7 +33,8 @@ plateau cannot keep it alive), once its KL is at most ``stop_kl_nats`` (default
 0: never), or after ``max_steps``; stopped rows leave the batch (their parameters
 and AdamW state are sliced away), so they cost nothing. With ``batch_size`` 0 the
 engine picks the batch size and halves it on CUDA out-of-memory, restarting the
-failed batch from its inits (rows never interact, so only such rounding changes).
+failed batch from its inits (rows never interact, so only such rounding changes); on a
+CPU a batch first holds only the rows that fit in the free memory (:mod:`distreach.memory`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import torch
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint, checkpoint_key
 from .errors import DistreachError
 from .infotheory import entropy, kl, log_of
+from .memory import rows_that_fit
 from .methods import ROW_METHODS, ROW_SETTINGS
 from .models import dtype_name
 from .optimrows import keep_rows
@@ -704,6 +706,11 @@ def _run_batches(run: _Run, bs: int) -> list[TuneResult]:
         run.resumed_from = {"row": lo, "step": step}
         log.info("resuming from checkpoint %s: %d of %d rows done, the batch from row %d at step %d", run.checkpoint.path,
                  lo, n, lo, step, extra={"announce": True})
+    elif run.ctx.device.type == "cpu" and n:  # no OOM to catch on a CPU: a batch must fit before it starts
+        wanted = min(bs, n)
+        fit = rows_that_fit(lambda k: _probe_forward(run, k), run.ctx.loaded.model.parameters(), run.target.shape[1],
+                            wanted, f"tuning model {run.ctx.loaded.name} with prompts of {run.cfg.prefix_len} positions")
+        bs = fit if fit < wanted else bs
     while lo < n:
         done = [vars(p) for p in parts]
         rec, bs = _halving_on_oom(lambda size: _run_batch(run, lo, size, done, resume), bs, lo)
@@ -713,6 +720,13 @@ def _run_batches(run: _Run, bs: int) -> list[TuneResult]:
         if lo < n:
             run.checkpoint.save({"parts": [vars(p) for p in parts], "lo": lo, "bs": bs, "step": -1, "batch": None})
     return parts
+
+
+def _probe_forward(run: _Run, k: int):
+    """The forward pass of a step of the first ``k`` rows (for :func:`distreach.memory.rows_that_fit`)."""
+    batch = run.make_batch(slice(0, k)) if run.make_batch is not None else _Batch(
+        run.ctx, run.target[:k], run.soft[:k], run.ids[:k], run.cfg, False, None if run.mask is None else run.mask[:k])
+    return batch.losses(batch.inputs(batch.theta, batch.embed(batch.ids).detach().requires_grad_(True)))
 
 
 def _halving_on_oom(attempt: Callable[[int], TuneResult], bs: int, lo: int) -> tuple[TuneResult, int]:
