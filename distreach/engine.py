@@ -392,6 +392,12 @@ class _Batch:
             if "adamw" in state:
                 self.opt.state[self.theta] = {k: v.to(self.device) if k != "step" else v for k, v in state["adamw"].items()}
 
+    def scratch_bytes_per_row(self) -> int:
+        """Memory a row's step takes besides what its forward pass saves and the |V|-sized arrays
+        :data:`distreach.memory.PER_ROW_VOCAB_ARRAYS` counts: none here (a hard position's scores
+        over the vocabulary are one such array)."""
+        return 0
+
     def inputs(self, soft, hard_emb, mask=None):
         """The prefixes' input embeddings: ``soft`` ([B, L, d]) where ``mask`` (the active
         rows' by default) says soft, ``hard_emb`` (the tokens' embeddings) elsewhere."""
@@ -708,8 +714,10 @@ def _run_batches(run: _Run, bs: int) -> list[TuneResult]:
                  lo, n, lo, step, extra={"announce": True})
     elif run.ctx.device.type == "cpu" and n:  # no OOM to catch on a CPU: a batch must fit before it starts
         wanted = min(bs, n)
-        fit = rows_that_fit(lambda k: _probe_forward(run, k), run.ctx.loaded.model.parameters(), run.target.shape[1],
-                            wanted, f"tuning model {run.ctx.loaded.name} with prompts of {run.cfg.prefix_len} positions")
+        fit = rows_that_fit(lambda k: _probe_forward(_probe_batch(run, k)), run.ctx.loaded.model.parameters(),
+                            run.target.shape[1], wanted,
+                            f"tuning model {run.ctx.loaded.name} with prompts of {run.cfg.prefix_len} positions",
+                            _probe_batch(run, 1).scratch_bytes_per_row())
         bs = fit if fit < wanted else bs
     while lo < n:
         done = [vars(p) for p in parts]
@@ -722,10 +730,14 @@ def _run_batches(run: _Run, bs: int) -> list[TuneResult]:
     return parts
 
 
-def _probe_forward(run: _Run, k: int):
-    """The forward pass of a step of the first ``k`` rows (for :func:`distreach.memory.rows_that_fit`)."""
-    batch = run.make_batch(slice(0, k)) if run.make_batch is not None else _Batch(
+def _probe_batch(run: _Run, k: int) -> "_Batch":
+    """A batch of the first ``k`` rows, never stepped (for :func:`distreach.memory.rows_that_fit`)."""
+    return run.make_batch(slice(0, k)) if run.make_batch is not None else _Batch(
         run.ctx, run.target[:k], run.soft[:k], run.ids[:k], run.cfg, False, None if run.mask is None else run.mask[:k])
+
+
+def _probe_forward(batch: "_Batch"):
+    """The forward pass of a step of ``batch``'s rows, every input position requiring a gradient."""
     return batch.losses(batch.inputs(batch.theta, batch.embed(batch.ids).detach().requires_grad_(True)))
 
 

@@ -85,6 +85,10 @@ class GCGBatch(_Batch):
         self.gens = [torch.Generator().manual_seed(int(s) ^ 0x5EED) for s in seeds]
         self.forwards = forwards  # [n]: candidate prompts evaluated by every batch of the call
 
+    def scratch_bytes_per_row(self) -> int:
+        """The scores of every position over the input vocabulary ([L, V_in] fp32, :meth:`_move`)."""
+        return 4 * self.ids.shape[1] * self.weight.shape[0]
+
     def state(self) -> dict:
         out = super().state()
         out["gens"] = [g.get_state() for g in self.gens]

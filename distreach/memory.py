@@ -83,11 +83,11 @@ def saved_bytes(forward, params) -> int:
     return sum(seen.values())
 
 
-def rows_that_fit(step_forward, params, vocab: int, wanted: int, where: str) -> int:
+def rows_that_fit(step_forward, params, vocab: int, wanted: int, where: str, extra_per_row: int = 0) -> int:
     """How many of ``wanted`` rows a CPU batch may hold: ``step_forward(n)`` runs the step's
-    forward pass for n rows (its result is dropped). Fewer than ``wanted`` only where the free
-    memory is short (a message says so); a :class:`DistreachError` naming ``where`` where not even one
-    row fits."""
+    forward pass for n rows (its result is dropped); ``extra_per_row`` bytes a row's step takes
+    besides. Fewer than ``wanted`` only where the free memory is short (a message says so); a
+    :class:`DistreachError` naming ``where`` where not even one row fits."""
     from .errors import DistreachError
 
     free = free_bytes()
@@ -96,7 +96,7 @@ def rows_that_fit(step_forward, params, vocab: int, wanted: int, where: str) -> 
     params = list(params)
     one = saved_bytes(lambda: step_forward(1), params)
     two = saved_bytes(lambda: step_forward(2), params) if wanted > 1 else 2 * one  # one row: all of it counts
-    per_row = max(two - one, 1) + PER_ROW_VOCAB_ARRAYS * 4 * vocab
+    per_row = max(two - one, 1) + PER_ROW_VOCAB_ARRAYS * 4 * vocab + extra_per_row
     fit = int(HEADROOM * free // per_row)
     if fit < 1:
         raise DistreachError(

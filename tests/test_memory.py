@@ -38,23 +38,29 @@ def test_free_memory_is_capped_by_the_cgroups_limit(tmp_path, monkeypatch):
     assert memory.free_bytes() == 0
 
 
-def test_a_cpu_batch_holds_the_rows_that_fit_and_tunes_them_alike(tiny_llama, monkeypatch, caplog):
+@pytest.mark.parametrize("method", ["soft", "gcg"])
+def test_a_cpu_batch_holds_the_rows_that_fit_and_tunes_them_alike(tiny_llama, monkeypatch, caplog, method):
     import distreach.engine as engine
 
     p = targets(tiny_llama.vocab_size, 7, seed=4)
-    cfg = TuneConfig(max_steps=10, patience=10)
+    cfg = TuneConfig(method=method, max_steps=10, patience=10,
+                     **({"gcg_width": 4, "readable": False} if method == "gcg" else {}))
     expected = tune(tiny_llama, p, list(range(7)), cfg)  # all 7 rows in one batch
     per_row = {}
 
-    def measured(step_forward, params, vocab, wanted, where):
+    def measured(step_forward, params, vocab, wanted, where, extra):
         params = list(params)
         one = memory.saved_bytes(lambda: step_forward(1), params)
-        per_row["bytes"] = memory.saved_bytes(lambda: step_forward(2), params) - one + memory.PER_ROW_VOCAB_ARRAYS * 4 * vocab
-        return real(step_forward, params, vocab, wanted, where)
+        per_row["bytes"] = (memory.saved_bytes(lambda: step_forward(2), params) - one
+                            + memory.PER_ROW_VOCAB_ARRAYS * 4 * vocab + extra)
+        per_row["extra"] = extra
+        return real(step_forward, params, vocab, wanted, where, extra)
 
     real = memory.rows_that_fit
     monkeypatch.setattr(engine, "rows_that_fit", measured)
     tune(tiny_llama, p[:2], [0, 1], cfg)
+    # gcg's step holds every position's scores over the input vocabulary besides
+    assert per_row["extra"] == (4 * cfg.prefix_len * tiny_llama.embeddings.shape[0] if method == "gcg" else 0)
     # free memory for 3 rows at the headroom: batches of 3, 3 and 1 rows
     monkeypatch.setattr(memory, "free_bytes", lambda: int(3.5 * per_row["bytes"] / memory.HEADROOM))
     sizes = []
