@@ -36,18 +36,31 @@ def free_bytes() -> int | None:
                 free.append(int(line.split()[1]) * 1024)
     except OSError:
         pass
-    for limit, usage in _cgroup_files():
+    for limit, usage, stat, reclaimable in _cgroup_files():
         try:
             cap = limit.read_text().strip()
-            if cap != "max" and int(cap) < 1 << 60:
-                free.append(int(cap) - int(usage.read_text().strip()))
+            if cap == "max" or int(cap) >= 1 << 60:  # no limit (v1 writes a huge number)
+                continue
+            used = int(usage.read_text().strip())
+            # the usage counts the page cache of files read (a model's weights); its inactive part is
+            # reclaimed before the limit bites
+            free.append(int(cap) - used + _stat(stat).get(reclaimable, 0))
         except (OSError, ValueError):
             continue
     return max(0, min(free)) if free else None
 
 
-def _cgroup_files() -> list[tuple[Path, Path]]:
-    """(limit, usage) files of this process's memory cgroup, v2 and v1."""
+def _stat(path: Path) -> dict[str, int]:
+    """A cgroup's memory.stat (``key value`` lines); empty where it cannot be read."""
+    try:
+        return {k: int(v) for k, v in (line.split() for line in path.read_text().splitlines() if line.count(" ") == 1)}
+    except (OSError, ValueError):
+        return {}
+
+
+def _cgroup_files() -> list[tuple[Path, Path, Path, str]]:
+    """(limit, usage, stat file, its key of reclaimable page cache) of this process's memory
+    cgroup, v2 and v1."""
     out = []
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
@@ -58,10 +71,11 @@ def _cgroup_files() -> list[tuple[Path, Path]]:
         path = path.lstrip("/")
         if controllers == "":  # v2: one unified hierarchy
             base = Path("/sys/fs/cgroup") / path
-            out.append((base / "memory.max", base / "memory.current"))
+            out.append((base / "memory.max", base / "memory.current", base / "memory.stat", "inactive_file"))
         elif "memory" in controllers.split(","):
             base = Path("/sys/fs/cgroup/memory") / path
-            out.append((base / "memory.limit_in_bytes", base / "memory.usage_in_bytes"))
+            out.append((base / "memory.limit_in_bytes", base / "memory.usage_in_bytes", base / "memory.stat",
+                        "total_inactive_file"))
     return out
 
 

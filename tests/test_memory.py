@@ -26,14 +26,17 @@ def test_saved_bytes_counts_each_storage_once_and_not_the_parameters():
 
 
 def test_free_memory_is_capped_by_the_cgroups_limit(tmp_path, monkeypatch):
-    limit, usage = tmp_path / "memory.max", tmp_path / "memory.current"
-    monkeypatch.setattr(memory, "_cgroup_files", lambda: [(limit, usage)])
+    limit, usage, stat = tmp_path / "memory.max", tmp_path / "memory.current", tmp_path / "memory.stat"
+    monkeypatch.setattr(memory, "_cgroup_files", lambda: [(limit, usage, stat, "inactive_file")])
     limit.write_text("max\n")
     usage.write_text("1000\n")
+    stat.write_text("anon 600\ninactive_file 400\n")
     machine = memory.free_bytes()  # no limit: the machine's available memory
     assert machine > 2**20
-    limit.write_text(f"{2**20 + 1000}\n")
-    assert memory.free_bytes() == 2**20  # a Slurm job's cap, less what it uses
+    limit.write_text(f"{2**20 + 600}\n")
+    assert memory.free_bytes() == 2**20  # a Slurm job's cap, less what it uses (reclaimable page cache not counted)
+    stat.unlink()  # no page cache known: all of the usage counts
+    assert memory.free_bytes() == 2**20 - 400
     usage.write_text(f"{2**21}\n")
     assert memory.free_bytes() == 0
 
