@@ -50,7 +50,7 @@ import torch
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint, checkpoint_key
 from .errors import DistreachError
 from .infotheory import entropy, kl, log_of
-from .memory import rows_that_fit
+from .memory import CANDIDATE_VOCAB_ARRAYS, rows_that_fit
 from .methods import ROW_METHODS, ROW_SETTINGS
 from .models import dtype_name
 from .optimrows import keep_rows
@@ -392,11 +392,14 @@ class _Batch:
             if "adamw" in state:
                 self.opt.state[self.theta] = {k: v.to(self.device) if k != "step" else v for k, v in state["adamw"].items()}
 
-    def scratch_bytes_per_row(self) -> int:
-        """Memory a row's step takes besides what its forward pass saves and the |V|-sized arrays
-        :data:`distreach.memory.PER_ROW_VOCAB_ARRAYS` counts: none here (a hard position's scores
-        over the vocabulary are one such array)."""
-        return 0
+    def scratch_bytes(self) -> tuple[int, int]:
+        """(bytes per row, fixed bytes) a step holds besides what its forward pass saves and the
+        |V|-sized arrays :data:`distreach.memory.PER_ROW_VOCAB_ARRAYS` counts (a hard position's
+        scores over the vocabulary are one of those): with ``candidates`` above 1, the candidates
+        scored at once (:meth:`_best_candidate`: 4 per row)."""
+        if not (self.any_hard and self.cfg.candidates > 1):
+            return 0, 0
+        return 4 * CANDIDATE_VOCAB_ARRAYS * 4 * self.target.shape[1], 0
 
     def inputs(self, soft, hard_emb, mask=None):
         """The prefixes' input embeddings: ``soft`` ([B, L, d]) where ``mask`` (the active
@@ -712,12 +715,15 @@ def _run_batches(run: _Run, bs: int) -> list[TuneResult]:
         run.resumed_from = {"row": lo, "step": step}
         log.info("resuming from checkpoint %s: %d of %d rows done, the batch from row %d at step %d", run.checkpoint.path,
                  lo, n, lo, step, extra={"announce": True})
-    elif run.ctx.device.type == "cpu" and n:  # no OOM to catch on a CPU: a batch must fit before it starts
-        wanted = min(bs, n)
+    if run.ctx.device.type == "cpu" and lo < n:  # no OOM to catch on a CPU: a batch must fit before it starts
+        wanted = min(bs, n - lo)
+        where = f"tuning model {run.ctx.loaded.name} with prompts of {run.cfg.prefix_len} positions"
         fit = rows_that_fit(lambda k: _probe_forward(_probe_batch(run, k)), run.ctx.loaded.model.parameters(),
-                            run.target.shape[1], wanted,
-                            f"tuning model {run.ctx.loaded.name} with prompts of {run.cfg.prefix_len} positions",
-                            _probe_batch(run, 1).scratch_bytes_per_row())
+                            run.target.shape[1], n, wanted, where, _probe_batch(run, 1).scratch_bytes())
+        if fit < wanted and resume is not None and resume.get("batch") is not None:  # a batch under way keeps its size
+            raise DistreachError(f"{where}: the checkpoint {run.checkpoint.path} holds a batch of {wanted} rows, more than "
+                                 f"fit in the memory free now ({fit}): free memory, or delete the checkpoint to start "
+                                 f"again in smaller batches")
         bs = fit if fit < wanted else bs
     while lo < n:
         done = [vars(p) for p in parts]
@@ -731,9 +737,12 @@ def _run_batches(run: _Run, bs: int) -> list[TuneResult]:
 
 
 def _probe_batch(run: _Run, k: int) -> "_Batch":
-    """A batch of the first ``k`` rows, never stepped (for :func:`distreach.memory.rows_that_fit`)."""
-    return run.make_batch(slice(0, k)) if run.make_batch is not None else _Batch(
-        run.ctx, run.target[:k], run.soft[:k], run.ids[:k], run.cfg, False, None if run.mask is None else run.mask[:k])
+    """A batch of the first ``k`` rows, never stepped (for :func:`distreach.memory.rows_that_fit`);
+    its targets a copy, so that what it saves counts k rows, not a view of all of them."""
+    if run.make_batch is not None:
+        return run.make_batch(slice(0, k))
+    return _Batch(run.ctx, run.target[:k].clone(), run.soft[:k], run.ids[:k], run.cfg, False,
+                  None if run.mask is None else run.mask[:k])
 
 
 def _probe_forward(batch: "_Batch"):

@@ -34,6 +34,7 @@ from .engine import AUTO_BATCH, TuneConfig, body_kv, TuningContext, _Batch, _Run
     _empty_result, _run_batches, init_token_ids, model_of, tuning_context
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint, checkpoint_key
 from .errors import DistreachError
+from .memory import CANDIDATE_VOCAB_ARRAYS
 
 REDRAWS = 1000  # seeded redraws of a row's init tokens until they are readable text
 AUTO_WIDTH = {"cpu": 64, "cuda": 512}  # gcg_width 0: candidates per row and step
@@ -85,9 +86,14 @@ class GCGBatch(_Batch):
         self.gens = [torch.Generator().manual_seed(int(s) ^ 0x5EED) for s in seeds]
         self.forwards = forwards  # [n]: candidate prompts evaluated by every batch of the call
 
-    def scratch_bytes_per_row(self) -> int:
-        """The scores of every position over the input vocabulary ([L, V_in] fp32, :meth:`_move`)."""
-        return 4 * self.ids.shape[1] * self.weight.shape[0]
+    def scratch_bytes(self) -> tuple[int, int]:
+        """(bytes per row, fixed bytes) of a step's candidates (:meth:`_move`): the scores of every
+        position over the input vocabulary ([L, V_in] fp32), and the candidates scored at once, up
+        to 2 * max(4 B, PASS) (:meth:`candidate_losses`), each with its |V|-sized arrays and the
+        keys and values of its prompt's positions (measured on this batch's first row)."""
+        one = sum(k.nbytes + v.nbytes for k, v in self.prompt_kv()) // len(self.ids)
+        per_candidate = CANDIDATE_VOCAB_ARRAYS * 4 * self.target.shape[1] + one
+        return 4 * self.ids.shape[1] * self.weight.shape[0] + 2 * 4 * per_candidate, 2 * self.PASS * per_candidate
 
     def state(self) -> dict:
         out = super().state()
