@@ -7,8 +7,9 @@ loaded in the run's dtype, then one tuning of ``rows`` rows in one batch (``batc
 the check plans for), 3 steps, prompts of 5 positions. Its estimate is what
 :func:`distreach.memory.estimate` says for that batch as the engine asks it (bytes per row times rows,
 plus the fixed part); its peak is the process's peak resident memory while the tuning runs
-(``VmHWM``, reset just before it) over its resident memory then (``VmRSS``): what the batch took
-beyond what the process held when the check measured the free memory. The check plans a batch into
+(``VmHWM``, reset just before it) over its resident memory then (``VmRSS``, after a forward pass of
+3 tokens has read the weights in): what the batch took beyond what the process held when the check
+measured the free memory. The check plans a batch into
 :data:`distreach.memory.HEADROOM` of the free memory, so it is sound where every peak is at most
 1/HEADROOM times its estimate (tests/test_memory.py checks the recorded runs). Methods: soft, hard
 (the paper's, one candidate), hybrid (one soft position), hard scoring 8 candidates a position, and
@@ -64,6 +65,8 @@ def one(method: str, rows: int, dtype: str, settings: dict) -> dict:
         return asked["per_row"], asked["fixed"]
 
     memory.estimate = estimate
+    with torch.no_grad():  # the weights resident (a file's pages are read in at their first use), as in any tuning
+        loaded.model(torch.tensor([[0, 1, 2]]))
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the resident memory now
     base = status("VmRSS:")
