@@ -127,10 +127,10 @@ def rows_that_fit(step_forward, params, vocab: int, rows: int, wanted: int, wher
     :class:`DistreachError` naming ``where`` where not even one row fits."""
     from .errors import DistreachError
 
-    free = free_bytes()
-    if free is None or wanted < 1:
+    if wanted < 1 or free_bytes() is None:
         return wanted
     per_row, fixed = estimate(step_forward, params, vocab, rows, scratch)
+    free = free_bytes()  # after the probe's forward passes have read the weights in
     fit = int((HEADROOM * free - fixed) // per_row)
     if fit < 1:
         raise DistreachError(

@@ -54,6 +54,11 @@ def test_readme_shows_the_recorded_results(path):
         assert res["comparison"] == bench.paired(res["rows"])
     if res["kind"] == "context":  # typed back in whole, each target's inputs gave the target
         assert all(abs(r["bits_by_suffix"][str(res["lm_prompt_len"])]) < 1e-4 for r in res["rows"])
+        hard = json.loads((path.parent / res["hard"]["file"]).read_text())  # the numbers it sets them against
+        assert (res["hard"]["lm_median_bits"], res["hard"]["gcg_lm_median_bits"]) == \
+            (hard["lm_median"]["hard_bits"], hard["lm_median"]["gcg_bits"])
+        assert res["hard"]["gcg_below_suffix"] == sum(
+            g["gcg_bits"] < r["bits_by_suffix"][str(res["prefix_len"])] for g, r in zip(hard["rows"][1:], res["rows"]))
 
 
 def runs(gcg, nano):
