@@ -47,7 +47,7 @@ by whole forward passes (the same candidates, the two interleaved).
     python benchmarks/gcg.py nanogcg --out benchmarks/results/cpu    # about 20 min on 2 Zen 4 cores
     python benchmarks/gcg.py steps --out benchmarks/results/cpu       # about 25 min on 2 Zen 4 cores
     python benchmarks/gcg.py cache --out benchmarks/results/cpu       # about 3 min
-    python benchmarks/gcg.py context --out benchmarks/results/cpu     # about 30 s
+    python benchmarks/gcg.py context --out benchmarks/results/cpu     # about 20 s
 
 Each writes ``gcg-<kind>.json`` under ``--out`` and prints a Markdown table.
 """
