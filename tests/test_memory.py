@@ -92,15 +92,15 @@ def test_rows_that_fit_in_the_free_memory(monkeypatch, caplog):
     assert memory.rows_that_fit(step, [], vocab, 100, 8, "here", scratch) == 8
 
 
-@pytest.mark.parametrize("method", ["soft", "gcg"])
+SETTINGS = {"soft": {}, "gcg": {"gcg_width": 4, "readable": False}, "hard": {"candidates": 4}}
+
+
+@pytest.mark.parametrize("method", list(SETTINGS))
 def test_a_cpu_batch_holds_the_rows_that_fit_and_tunes_them_alike(tiny_llama, monkeypatch, method):
     """The engine measures its step (the batch's own scratch memory included) and tunes in the
     batches that fit; its rows end as in one batch."""
-    import distreach.engine as engine
-
     p = targets(tiny_llama.vocab_size, 7, seed=4)
-    cfg = TuneConfig(method=method, max_steps=10, patience=10,
-                     **({"gcg_width": 4, "readable": False} if method == "gcg" else {}))
+    cfg = TuneConfig(method=method, max_steps=10, patience=10, **SETTINGS[method])
     expected = tune(tiny_llama, p, list(range(7)), cfg)  # all 7 rows in one batch
     asked = []
     real_estimate = memory.estimate
@@ -118,9 +118,10 @@ def test_a_cpu_batch_holds_the_rows_that_fit_and_tunes_them_alike(tiny_llama, mo
     assert sizes == [3, 3, 1]
     np.testing.assert_allclose(got.kl_min, expected.kl_min, rtol=1e-5)
     assert (got.steps == expected.steps).all()
-    # gcg's step holds its candidates' scoring besides: more per row, and a fixed part
-    assert (asked[0][0] > 4 * cfg.prefix_len * tiny_llama.embeddings.shape[0] and asked[0][1] > 0) \
-        if method == "gcg" else asked[0] == (0, 0)
+    # the candidates' scoring besides: gcg's more per row, and a fixed part; hard's of several candidates per row
+    per_row, fixed = asked[0]
+    assert {"soft": per_row == fixed == 0, "hard": per_row > 0 and fixed == 0,
+            "gcg": per_row > 4 * cfg.prefix_len * tiny_llama.embeddings.shape[0] and fixed > 0}[method]
 
 
 def test_a_step_no_row_of_which_fits_is_refused_before_tuning(tiny_llama, monkeypatch):
