@@ -20,6 +20,7 @@ from pathlib import Path
 from .errors import DistreachError
 from .units import DEFAULT_UNIT, UNITS
 
+BAD_INPUT = 2  # the exit status of a refused input (argparse's too)
 MODELS_HELP = "embedded name (see `distreach models`), Hugging Face id (org/name), model folder or .gguf file"
 
 
@@ -27,7 +28,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _positive(kind):
@@ -510,7 +511,7 @@ def main(argv=None) -> int:
         return code
     except DistreachError as exc:
         print(f"distreach: error: {exc}", file=sys.stderr)
-        return 2
+        return BAD_INPUT
     except KeyboardInterrupt:
         print("distreach: interrupted", file=sys.stderr)
         return 130

@@ -33,8 +33,9 @@ plateau cannot keep it alive), once its KL is at most ``stop_kl_nats`` (default
 0: never), or after ``max_steps``; stopped rows leave the batch (their parameters
 and AdamW state are sliced away), so they cost nothing. With ``batch_size`` 0 the
 engine picks the batch size and halves it on CUDA out-of-memory, restarting the
-failed batch from its inits (rows never interact, so only such rounding changes); on a
-CPU a batch first holds only the rows that fit in the free memory (:mod:`distreach.memory`).
+failed batch from its inits (rows never interact, so only such rounding changes). On a
+CPU a batch, of any size, first holds only the rows that fit in the free memory
+(:mod:`distreach.memory`).
 """
 
 from __future__ import annotations

@@ -483,7 +483,7 @@ def auto_dtype(device: str) -> str:
 def gpu_has_bf16(device: str) -> bool:
     """Whether the GPU ``device`` names (``cuda``: the current one) computes bf16 natively:
     compute capability 8.0 on (Ampere); torch emulates bf16 on the GPUs before, slower than
-    fp32. ROCm GPUs all do (torch's own rule, ``torch.cuda.is_bf16_supported``)."""
+    fp32. On ROCm, torch's own rule (``torch.cuda.is_bf16_supported``): bf16 on every GPU."""
     if torch.version.hip:
         return True
     return torch.cuda.get_device_capability(torch.device(device))[0] >= 8

@@ -84,5 +84,5 @@ rule not_drawn:
         "logs/figures/{fig}.{ext}.log",
     wildcard_constraints:
         fig="|".join(figureregistry.NOT_DRAWN),
-        ext="html|png|svg",
+        ext="|".join(rules.figure.output.keys()),
     localrule: True

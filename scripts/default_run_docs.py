@@ -168,6 +168,8 @@ def main() -> None:
         raise SystemExit(f"{DATA / (args.record + '.json')}: exists (the docs may cite it); remove it first to record again")
     if not (results / "report" / "claims.arrow").is_file():
         raise SystemExit(f"{results / 'report' / 'claims.arrow'}: no claims report (run snakemake first)")
+    if bad := [kv for kv in args.config if "=" not in kv]:
+        raise SystemExit(f"--config {bad[0]}: give KEY=VALUE, as snakemake's --config took it")
     given = dict(kv.partition("=")[::2] for kv in args.config)
     run = {"config": "config.yaml" + (f" with --config {' '.join(args.config)}" if args.config else ""),
            **run_facts(results, args.wall, Path(args.log).read_text())}

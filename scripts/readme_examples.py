@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from distreach.cli import BAD_INPUT
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "docs" / "readme-examples.json"
 PAGES = [REPO / "README.md", REPO / "docs" / "api.md"]
@@ -49,7 +51,6 @@ EXAMPLES = {
         f"{TUNE} --inits two",
     ], "errors"),
 }
-BAD_INPUT = 2  # the exit status of a distreach command refusing its input
 TABLES = {"soft": "result.arrow", "gcg": "gcg.arrow", "hard": "hard.arrow"}  # the rows each example tuned
 BEGIN = "<!-- readme-example {} -->"
 END = "<!-- end readme-example -->"
@@ -77,17 +78,18 @@ def run_examples() -> dict:
         env = {**os.environ, "DISTREACH_CACHE": str(Path(work) / "cache"), "CUDA_VISIBLE_DEVICES": ""}
         for name, (commands, _) in EXAMPLES.items():
             errors = EXAMPLES[name][1] == "errors"
-            t0, printed = time.perf_counter(), []
+            t0, printed, codes = time.perf_counter(), [], []
             for command in commands:
                 done = subprocess.run(command.replace(BIN, binary), shell=True, cwd=work, env=env, text=True,
                                       capture_output=True)
                 expected = BAD_INPUT if errors and command.startswith(f"{BIN}distreach") else 0
+                codes.append(done.returncode)
                 if done.returncode != expected:
                     raise SystemExit(f"{name}: {command!r} exited with {done.returncode}, not {expected}:\n{done.stderr}")
                 printed.append(done.stdout + (done.stderr if errors else ""))
             out[name] = {"commands": commands, "output": "".join(printed), "seconds": round(time.perf_counter() - t0, 1)}
             if errors:
-                out[name]["outputs"] = printed
+                out[name]["outputs"], out[name]["exit_statuses"] = printed, codes
             if name in TABLES:
                 out[name]["dtypes"] = sorted(set(pl.read_ipc(Path(work) / TABLES[name])["dtype"]))
     return {"examples": out, "machine": machine(), "auto_dtype": auto_dtype("cpu"), "versions": versions}

@@ -219,8 +219,9 @@ def test_command_line_examples_show_what_their_commands_printed():
     assert ex["generate"].startswith(f"capitals (init 0; smollm2, soft, experiment cli), KL {soft_kl} bits when tuned")
     # each bad input stopped with one line naming what is wrong; the commands making the inputs printed nothing
     errors = data["examples"]["errors"]
-    assert [len(o.splitlines()) for o in errors["outputs"]] == \
-        [int(c.startswith(f"{script.BIN}distreach")) for c in errors["commands"]]
+    refused = [c.startswith(f"{script.BIN}distreach") for c in errors["commands"]]
+    assert [len(o.splitlines()) for o in errors["outputs"]] == [int(r) for r in refused]
+    assert errors["exit_statuses"] == [script.BAD_INPUT if r else 0 for r in refused]
     assert all(o.startswith("distreach") and ": error: " in o for o in errors["outputs"] if o)
 
 

@@ -317,6 +317,8 @@ def test_auto_dtype_follows_the_hardware(monkeypatch):
     assert models.auto_dtype("cuda") == "fp32"  # the current device, cuda:0
     assert models.auto_dtype("cuda:0") == "fp32"
     assert models.auto_dtype("cuda:1") == "bf16"
+    monkeypatch.setattr(torch.version, "hip", "6.2")  # ROCm: torch's rule, bf16 on every GPU
+    assert models.auto_dtype("cuda:0") == "bf16"
     with pytest.raises(DistreachError, match="dtype must be one of"):
         models.resolve_dtype("int8")
 
