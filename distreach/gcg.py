@@ -214,7 +214,9 @@ def tune_gcg(loaded, target_probs, init_seeds, cfg: TuneConfig, on_step=None, re
     run = _Run(ctx, target, torch.zeros((len(ids), 0, d)), ids, cfg, record_curve,
                Checkpoint(checkpoint, key, checkpoint_seconds), on_step)
     seeds, forwards = list(init_seeds), [0]
-    run.make_batch = lambda sl: GCGBatch(ctx, target[sl].to(ctx.device), ids[sl], cfg, record_curve, seeds[sl], forwards)
+    # the batch's own copy of its targets: a view of all rows would count them all where memory is measured
+    run.make_batch = lambda sl: GCGBatch(ctx, target[sl].to(ctx.device, copy=True), ids[sl], cfg, record_curve,
+                                         seeds[sl], forwards)
     res = _concat(_run_batches(run, cfg.batch_size or AUTO_BATCH.get(ctx.device.type, 64)))
     res.init_ids = ids.numpy()
     res.work = {"row_steps": run.row_steps, "resumed_from": run.resumed_from, "candidates": forwards[0],
