@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from .errors import DistreachError
-from .figureregistry import FIGURES, figure_experiments
+from .figureregistry import FIGURES, NOT_DRAWN, figure_experiments
 from .schema import load as config_schema  # the schema file with the registry's figure entries
 
 
@@ -33,7 +33,8 @@ def schema_error_line(config: dict, schema: dict) -> str | None:
     if error.validator == "additionalProperties" and error.schema.get("additionalProperties") is False:
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         known = ", ".join(sorted(error.schema.get("properties", {})))
-        return f"config key {_where([*error.absolute_path, extra[0]])}: unknown key (allowed here: {known})"
+        why = f"; {NOT_DRAWN[extra[0]]}" if list(error.absolute_path) == ["figures"] and extra[0] in NOT_DRAWN else ""
+        return f"config key {_where([*error.absolute_path, extra[0]])}: unknown key (allowed here: {known}){why}"
     if error.validator == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
         return f"config key {_where([*error.absolute_path, missing])}: missing required key"

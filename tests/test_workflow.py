@@ -276,6 +276,9 @@ BAD_CONFIGS = [
     (lambda c: c["targets"]["migrated"].update(source="nosuch"), "config key targets.migrated.source: unknown model 'nosuch'"),
     (lambda c: c["targets"]["pos"].update(tags=["noun"]), "config key targets.pos.tags[0]: 'noun' does not match"),
     (lambda c: c["pos"].update(min_pos_prob=2), "config key pos.min_pos_prob: 2 is greater than the maximum of 1"),
+    (lambda c: c["figures"].update(fig02={"experiment": "vanilla"}),
+     "config key figures.fig02: unknown key (allowed here: fig01, fig03, fig04, fig05, fig06, fig07, fig08, fig09, "
+     "fig10, fig11, fig12, fig13); Fig. 2 illustrates the three tuning frameworks: a drawing, not data"),
     (lambda c: c["figures"]["fig12"].update(models=["nosuch"]), "config key figures.fig12.models[0]: unknown model 'nosuch'"),
     (lambda c: c["figures"].update(fig13={"experiment": "vanilla"}), "config key figures.fig13.experiment: 'vanilla' tunes on vanilla targets"),
     (lambda c: c["figures"]["fig03"].update(model="nosuch"), "config key figures.fig03.model: unknown model 'nosuch'"),
