@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import DistreachError
+from .errors import DistreachError, counted
 from .units import DEFAULT_UNIT, UNITS
 
 BAD_INPUT = 2  # the exit status of a refused input (argparse's too)
@@ -309,13 +309,13 @@ def cmd_tune(args) -> int:
     unit = df["entropy_unit"][0]
     failed = df.filter(pl.col("status") != "ok")
     for r in best.iter_rows(named=True):
-        line = (f"{r['target_id']}: kl_min {_g(r['kl_min'])} {unit} (min over {_n(args.inits, 'init')}); "
+        line = (f"{r['target_id']}: kl_min {_g(r['kl_min'])} {unit} (min over {counted(args.inits, 'init')}); "
                 f"{_entropies(r, unit)}{_capped(r)}")
         if r.get("prompt_text"):
             line += f"; best prompt {r['prompt_text']!r}{_typed_back(r, unit)}"
         print(line)
     if failed.height:
-        print(f"{_n(failed.height, 'row')} failed: {failed['status'][0]}", file=sys.stderr)
+        print(f"{counted(failed.height, 'row')} failed: {failed['status'][0]}", file=sys.stderr)
     if args.out:
         print(f"wrote {df.height} rows to {args.out}")
     return 0
@@ -363,11 +363,6 @@ def _g(x) -> str:
     return "-" if _missing(x) else f"{x:.4g}"
 
 
-def _n(count: int, word: str) -> str:
-    """``1 step``, ``3 steps``."""
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
 NO_TOP_TOKENS = "no top tokens recorded (tuned with --top-k 0, or tuning.top_k 0 in a config)"
 
 
@@ -375,7 +370,7 @@ def _capped(r: dict) -> str:
     """Where the row ran all its steps: its KL may fall further with more."""
     if r.get("stop_reason") != "step cap":
         return ""
-    return f"; stopped at the step limit ({_n(r['steps'], 'step')}: --max-steps, or tuning.max_steps in a config): more may lower its KL"
+    return f"; stopped at the step limit ({counted(r['steps'], 'step')}: --max-steps, or tuning.max_steps in a config): more may lower its KL"
 
 
 def _row_title(r: dict) -> str:
@@ -420,7 +415,7 @@ def cmd_generate(args) -> int:
     if out["kl"] is not None:
         print(f"KL(p || q) of this pass: {out['kl']:.4g} {unit}")
     elif r["p_top_probs"]:  # the table keeps the target's most probable tokens only: p is not all there
-        print(f"KL(p || q) of this pass: not known (the table keeps the target's {_n(len(r['p_top_probs']), 'most probable token')}"
+        print(f"KL(p || q) of this pass: not known (the table keeps the target's {counted(len(r['p_top_probs']), 'most probable token')}"
               f", all but {max(0.0, 1 - sum(r['p_top_probs'])):.2g} of its mass: --top-k, or tuning.top_k in a config)")
     else:
         print(f"KL(p || q) of this pass: not known ({NO_TOP_TOKENS})")

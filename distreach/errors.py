@@ -9,3 +9,8 @@ def one_line(exc: BaseException) -> str:
     """An exception's message on one line (its type name if it has none), at most 300 characters."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def counted(count: int, word: str) -> str:
+    """A count in a message: ``1 step``, ``3 steps``."""
+    return f"{count} {word}{'' if count == 1 else 's'}"

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from .errors import DistreachError, one_line
+from .errors import DistreachError, counted, one_line
 from .infotheory import entropy
 from .units import DEFAULT_UNIT, from_unit, to_unit
 from .targets import RENORMALISE_TOLERANCE, read_target_matrix, targets_table
@@ -198,7 +198,7 @@ def token_ids(tokenizer, strings: list[str], vocab: int, where: str) -> list[int
             if tokenizer.unk_token_id is not None and tokenizer.unk_token_id in ids:
                 return f"{s!r} (not in the vocabulary)"
             texts = token_texts(table, ids[:4])
-            return f"{s!r} ({len(ids)} token{'s' if len(ids) > 1 else ''}: " + ", ".join(map(repr, texts)) + (", ...)" if len(ids) > 4 else ")")
+            return f"{s!r} ({counted(len(ids), 'token')}: " + ", ".join(map(repr, texts)) + (", ...)" if len(ids) > 4 else ")")
 
         shown = ", ".join(why(s) for s in missing[:5]) + (" ..." if len(missing) > 5 else "")
         are = "1 string is not a single token" if len(missing) == 1 else f"{len(missing)} strings are not single tokens"
