@@ -719,8 +719,10 @@ def _run_batches(run: _Run, bs: int) -> list[TuneResult]:
     if run.ctx.device.type == "cpu" and lo < n:  # no OOM to catch on a CPU: a batch must fit before it starts
         wanted = min(bs, n - lo)
         where = f"tuning model {run.ctx.loaded.name} with prompts of {run.cfg.prefix_len} positions"
-        fit = rows_that_fit(lambda k: _probe_forward(_probe_batch(run, k)), run.ctx.loaded.model.parameters(),
-                            run.target.shape[1], n, wanted, where, _probe_batch(run, 1).scratch_bytes())
+        one = _probe_batch(run, 1)  # its scratch memory, and the one-row forward pass
+        fit = rows_that_fit(lambda k: _probe_forward(one if k == 1 else _probe_batch(run, k)),
+                            run.ctx.loaded.model.parameters(), run.target.shape[1], n, wanted, where, one.scratch_bytes())
+        del one
         if fit < wanted and resume is not None and resume.get("batch") is not None:  # a batch under way keeps its size
             raise DistreachError(f"{where}: the checkpoint {run.checkpoint.path} holds a batch of {wanted} rows, more than "
                                  f"fit in the memory free now ({fit}): free memory, or delete the checkpoint to start "
