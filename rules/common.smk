@@ -240,7 +240,8 @@ def figure_inputs(wildcards):
 def not_drawn(wildcards):
     """Input of a figure the workflow does not draw: none; the request is an error."""
     raise WorkflowError(
-        f"results/figures/{wildcards.fig}.{wildcards.ext}: {figureregistry.NOT_DRAWN[wildcards.fig]}; "
+        f"{expand(rules.not_drawn.output[0], fig=wildcards.fig, ext=wildcards.ext)[0]}: "
+        f"{figureregistry.NOT_DRAWN[wildcards.fig]}; "
         f"the figures drawn are {', '.join(sorted(figureregistry.FIGURES))}"
     )
 
