@@ -107,8 +107,10 @@ class TuneResult:
     q_top_ids: np.ndarray | None = None  # [n, k] int64
     q_top_probs: np.ndarray | None = None  # [n, k] float32
     # the work of the tune() call that made the result (not per row): ``row_steps``, the steps of rows
-    # it ran (a row tuned for k steps is k), and ``resumed_from``, None or where it picked up a
-    # checkpoint: ``{"row": r, "step": s}``, batch from row r at step s (rows before r were done)
+    # it ran (a row tuned for k steps is k), ``resumed_from``, None or where it picked up a
+    # checkpoint: ``{"row": r, "step": s}``, batch from row r at step s (rows before r were done), and
+    # ``batch_rows``, the rows of each batch in order (as asked, or fewer after CUDA out-of-memory
+    # halving or the CPU memory check; a batch's float rounding depends on its shape)
     work: dict | None = None
 
     def __len__(self) -> int:
@@ -568,6 +570,7 @@ class _Run:
     on_step: Callable[[int, int], None] | None = None
     row_steps: int = 0  # steps of rows run so far in this call
     resumed_from: dict | None = None  # where this call picked up a checkpoint (TuneResult.work)
+    batch_rows: list[int] = field(default_factory=list)  # rows of each batch tuned, in order (TuneResult.work)
     make_batch: Callable[[slice], "_Batch"] | None = None  # the batch of rows sl (default: a _Batch)
     mask: torch.Tensor | None = None  # [n, L] bool: each row's soft positions (default cfg.soft_mask)
 
@@ -660,7 +663,8 @@ def tune_groups(
         res.init_ids = drawn.numpy()
         log.info("%d row-steps run%s", run.row_steps, "" if run.resumed_from is None else
                  " after resuming from row {row} at step {step}".format(**run.resumed_from))
-    work = {"row_steps": run.row_steps if run else 0, "resumed_from": run.resumed_from if run else None}
+    work = {"row_steps": run.row_steps if run else 0, "resumed_from": run.resumed_from if run else None,
+            "batch_rows": run.batch_rows if run else []}
     out, lo = [], 0
     for c, n in zip(cfgs, sizes):
         if not n:
@@ -736,6 +740,7 @@ def _run_batches(run: _Run, bs: int) -> list[TuneResult]:
         lo += bs
         if lo < n:
             run.checkpoint.save({"parts": [vars(p) for p in parts], "lo": lo, "bs": bs, "step": -1, "batch": None})
+    run.batch_rows = [len(p.kl_min) for p in parts]
     return parts
 
 

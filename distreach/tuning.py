@@ -284,6 +284,7 @@ def _retry_in_fp32(ctx, res, probs, seeds, tuning: TuneConfig, ctx32=None) -> tu
             ctx32 = ctx.with_weights(load_materialised(ctx.loaded.folder, dtype="fp32", device=str(ctx.device))[0])
         again = tune(ctx32, probs[bad], [seeds[i] for i in bad], tuning)
         res.work["row_steps"] += again.work["row_steps"]
+        res.work["batch_rows"] = res.work["batch_rows"] + again.work["batch_rows"]
         for j, i in enumerate(bad):
             retry[i] = f"{res.status[i]} in {dtype}"
             row_dtype[i] = "fp32"

@@ -281,6 +281,7 @@ def test_out_of_memory_halves_the_batch_and_loses_no_row(tiny_llama, monkeypatch
     got = tune(tiny_llama, p, list(range(5)), TuneConfig(max_steps=12))
     # each batch's rows at its first step: all 5 (batch size 8), then 4, then 2 fits: rows 0-1, 2-3, 4
     assert sizes == [5, 4, 2, 2, 1] and len(got) == 5
+    assert got.work["batch_rows"] == [2, 2, 1]  # the batches that ended, as the result records them
     np.testing.assert_allclose(got.kl_min, expected.kl_min, rtol=1e-5)
     assert (got.steps == expected.steps).all()
 

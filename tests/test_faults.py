@@ -83,8 +83,10 @@ def test_sigkilled_shard_resumes_to_identical_results(tiny_dirs, tmp_path):
     assert pl.from_arrow(a).equals(pl.from_arrow(b)), "resumed shard differs from the uninterrupted one"  # NaN == NaN
     # the rerun ran only the steps the checkpoint did not hold, from where it was saved
     fresh, resumed = arrow_metadata(a)["work"], arrow_metadata(b)["work"]
-    assert fresh == {"row_steps": sum(a.column("steps").to_pylist()), "resumed_from": None}
+    batches = [state["bs"]] * (a.num_rows // state["bs"]) + ([a.num_rows % state["bs"]] if a.num_rows % state["bs"] else [])
+    assert fresh == {"row_steps": sum(a.column("steps").to_pylist()), "resumed_from": None, "batch_rows": batches}
     assert resumed["resumed_from"] == {"row": state["lo"], "step": state["step"] + 1}
+    assert resumed["batch_rows"] == batches  # the batches finished before the kill counted with the rest
     assert resumed["row_steps"] == fresh["row_steps"] - saved_steps and saved_steps > 0
     assert f"{resumed['row_steps']} row-steps run after resuming from row {state['lo']} at step {state['step'] + 1}" in log
 
@@ -155,7 +157,7 @@ def test_a_resumed_call_runs_only_the_steps_left_and_ends_as_a_fresh_one(tiny_ll
     p = np.random.default_rng(1).dirichlet(np.ones(tiny_llama.vocab_size), 5)
     cfg = TuneConfig(max_steps=16, patience=6, min_delta=1e-3, lr=0.3, batch_size=3)
     fresh = tune(tiny_llama, p, list(range(5)), cfg)
-    assert fresh.work == {"row_steps": int(fresh.steps.sum()), "resumed_from": None}
+    assert fresh.work == {"row_steps": int(fresh.steps.sum()), "resumed_from": None, "batch_rows": [3, 2]}
     assert fresh.early_stopped[3:].any() and not fresh.early_stopped[3:].all()  # rows stop early and at max_steps
     ckpt = tmp_path / "c.ckpt"
     batches = []
@@ -172,7 +174,8 @@ def test_a_resumed_call_runs_only_the_steps_left_and_ends_as_a_fresh_one(tiny_ll
     saved = checkpointed_row_steps(state)
     caplog.set_level("INFO")
     resumed = tune(tiny_llama, p, list(range(5)), cfg, checkpoint=ckpt)
-    assert resumed.work == {"row_steps": fresh.work["row_steps"] - saved, "resumed_from": {"row": 3, "step": 6}}
+    assert resumed.work == {"row_steps": fresh.work["row_steps"] - saved, "resumed_from": {"row": 3, "step": 6},
+                            "batch_rows": [3, 2]}
     assert 0 < resumed.work["row_steps"] < fresh.work["row_steps"] - int(fresh.steps[:3].sum())
     assert "3 of 5 rows done, the batch from row 3 at step 6" in caplog.text
     for name in ("kl_min", "q_entropy", "best_step", "steps", "early_stopped", "best_soft", "init_ids"):
@@ -276,6 +279,7 @@ def test_each_shard_names_the_attention_of_the_dtypes_its_own_rows_ran_in(tiny_d
     work = [arrow_metadata(t)["work"] for t in tables]
     steps = sum(t.column("steps").to_numpy().sum() for t in tables)
     assert work[0] == work[1] and work[0]["row_steps"] == steps + 1  # every row's steps, and the retried row's bf16 one
+    assert work[0]["batch_rows"] == [a.num_rows + b.num_rows, 1]  # the job's one batch, then the retry's
 
 
 @pytest.mark.parametrize("method, extra", [("hard", {}), ("gcg", {"gcg_width": 4, "readable": False}),

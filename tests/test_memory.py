@@ -115,7 +115,7 @@ def test_a_cpu_batch_holds_the_rows_that_fit_and_tunes_them_alike(tiny_llama, mo
     monkeypatch.setattr(memory, "free_bytes", lambda: int(3.5 * 1000 / memory.HEADROOM))
     sizes = []
     got = tune(tiny_llama, p, list(range(7)), cfg, on_step=lambda step, n: sizes.append(n) if step == 0 else None)
-    assert sizes == [3, 3, 1]
+    assert sizes == [3, 3, 1] and got.work["batch_rows"] == [3, 3, 1]  # the batches the result records
     np.testing.assert_allclose(got.kl_min, expected.kl_min, rtol=1e-5)
     assert (got.steps == expected.steps).all()
     # the candidates' scoring besides: gcg's more per row, and a fixed part; hard's of several candidates per row
