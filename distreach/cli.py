@@ -107,9 +107,10 @@ def parser() -> argparse.ArgumentParser:
     )
     quiet = argparse.ArgumentParser(add_help=False)
     quiet.add_argument("-q", "--quiet", action="store_true", help="no progress bar or info messages")
-    sub = p.add_subparsers(dest="command", required=True, metavar="{tune,show,generate,target,models}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{tune,score,show,generate,target,models}")
 
     _tune_parser(sub, quiet)
+    _score_parser(sub, quiet)
     _row_parsers(sub, quiet)
     _target_parser(sub, quiet)
     sub.add_parser("models", parents=[quiet], help="list the embedded models and how to use any Hugging Face model",
@@ -161,6 +162,26 @@ def _tune_parser(sub, quiet) -> None:
     g.add_argument("--unreadable", dest="readable", action="store_false",
                    help="also keep prompts whose text does not encode back to their tokens")
     t.add_argument("--out", default=None, help="write every (target, init) row with provenance to this .arrow file")
+
+
+def _score_parser(sub, quiet) -> None:
+    from .models import DTYPES
+    from .tokens import BOS_POLICIES
+
+    sc = sub.add_parser("score", parents=[quiet], help="what a text typed in as the prompt gives against a target",
+                        description="Type each --text in as the prompt (after the BOS token) and print KL(p||q) against "
+                                    "each target, both entropies and the target's most probable tokens beside the "
+                                    "model's: a hand-written prompt, or a tuned one's text on another model.")
+    sc.add_argument("--model", required=True, help=MODELS_HELP)
+    sc.add_argument("--target", required=True, help=".arrow target table, .npy probabilities or .json {token: p}, as tune takes")
+    sc.add_argument("--text", required=True, action="append", help="the prompt's text (repeat for several)")
+    sc.add_argument("--bos", choices=BOS_POLICIES, default="auto",
+                    help="BOS token before the text: auto = the tokenizer's if it has one (default), bos = required, none")
+    sc.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="default auto, as tune")
+    sc.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
+    sc.add_argument("--unit", choices=UNITS, default=None,
+                    help=f"unit of entropies and KL (default: an .arrow target's own, else {DEFAULT_UNIT})")
+    sc.add_argument("--top", type=_count, default=10, help="ranks shown (default 10; 0 shows none)")
 
 
 def _row_parsers(sub, quiet) -> None:
@@ -388,16 +409,44 @@ def cmd_show(args) -> int:
               f"BOS {bos} (policy {r['bos_policy']})" + ("" if r["status"] == "ok" else f"; {r['status']}") + _capped(r))
         if r["prompt_text"]:
             print(f"  prompt: {r['prompt_text']!r}{_typed_back(r, unit)}")
-        p_tok, q_tok = r["p_top_tokens"], r["q_top_tokens"]
-        if not p_tok and not q_tok:
+        if not r["p_top_tokens"] and not r["q_top_tokens"]:
             print(f"  {NO_TOP_TOKENS}")
             continue
-        table = [["rank", "target token", "p", "q", "|", "achieved token", "q"]]
-        for i in range(min(max(len(p_tok), len(q_tok)), args.top or len(q_tok) + len(p_tok))):
-            left = [_token(p_tok[i]), _prob(r["p_top_probs"][i]), _prob(r["q_on_p_top"][i])] if i < len(p_tok) else ["", "", ""]
-            right = [_token(q_tok[i]), _prob(r["q_top_probs"][i])] if i < len(q_tok) else ["", ""]
-            table.append([str(i + 1), *left, "|", *right])
-        print("\n".join(_columns(table, right={0, 2, 3, 6})))
+        print("\n".join(_side_by_side(r, args.top)))
+    return 0
+
+
+def _side_by_side(r: dict, top: int | None) -> list[str]:
+    """The lines of a row's table: the target's most probable tokens (p, and q on them) beside q's
+    own, ``top`` ranks (None: every one the row holds)."""
+    p_tok, q_tok = r["p_top_tokens"], r["q_top_tokens"]
+    table = [["rank", "target token", "p", "q", "|", "achieved token", "q"]]
+    for i in range(min(max(len(p_tok), len(q_tok)), len(q_tok) + len(p_tok) if top is None else top)):
+        left = [_token(p_tok[i]), _prob(r["p_top_probs"][i]), _prob(r["q_on_p_top"][i])] if i < len(p_tok) else ["", "", ""]
+        right = [_token(q_tok[i]), _prob(r["q_top_probs"][i])] if i < len(q_tok) else ["", ""]
+        table.append([str(i + 1), *left, "|", *right])
+    return _columns(table, right={0, 2, 3, 6}) if len(table) > 1 else []
+
+
+def cmd_score(args) -> int:
+    from . import api
+
+    if args.bos == "none":  # before the model loads (score_texts checks again, knowing the model's BOS token)
+        api.check_texts(args.text, None, args.bos)
+    with _about("--target"):
+        api.check_target_path(args.target)
+    loaded = api.load_model(args.model, dtype=args.dtype, device=args.device)
+    with _about("--target"):
+        target = api.read_target(args.target, loaded, args.unit)
+    df = api.score_texts(loaded, target, args.text, bos=args.bos, top_k=args.top)
+    for n, r in enumerate(df.iter_rows(named=True)):
+        unit = r["entropy_unit"]
+        bos = "no BOS token" if r["bos_token_id"] is None else f"after BOS token {r['bos_token_id']}"
+        print(("\n" if n else "") + f"{r['target_id']}, text {_token(r['text'])} ({counted(len(r['prompt_ids']), 'token')}, "
+              f"{bos}): KL {_g(r['kl'])} {unit}; {_entropies(r, unit)}")
+        lines = _side_by_side(r, args.top)
+        if lines:
+            print("\n".join(lines))
     return 0
 
 
@@ -500,7 +549,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="distreach: %(message)s", stream=sys.stderr)
     _quiet_libraries(args.quiet)
     try:
-        commands = {"tune": cmd_tune, "show": cmd_show, "generate": cmd_generate, "target": cmd_target, "models": cmd_models}
+        commands = {"tune": cmd_tune, "score": cmd_score, "show": cmd_show, "generate": cmd_generate, "target": cmd_target, "models": cmd_models}
         code = commands[args.command](args)
         sys.stdout.flush()  # a reader gone away shows here, not at the interpreter's exit
         return code

@@ -43,6 +43,8 @@ EXAMPLES = {
     "hard": ([f"{TUNE} --method hard --inits 2 --out hard.arrow"], "comment"),
     "show": ([f"{BIN}distreach show result.arrow --init 0 --top 8"], "prompt"),
     "generate": ([f"{BIN}distreach generate result.arrow --target capitals --samples 3 --max-new-tokens 12"], "prompt"),
+    "score": ([f'{BIN}distreach score --model smollm2 --target capitals.json --text "The capital of France is" '
+               f'--text " Paris, London, Berlin, Rome or Madrid? The answer:" --top 6'], "prompt"),
     "errors": ([
         """echo '{" Pariss": 0.5, " London": 0.5}' > typo.json""",
         f"{TUNE.replace('capitals.json', 'typo.json')}",

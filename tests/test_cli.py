@@ -196,7 +196,7 @@ BAD = [
     (["target", "outlier", "--model", "{model}", "--entropy", "2", "--k", "0", "--out", "{root}/t.arrow"], "argument --k: '0' must be positive"),
     (["target", "uniform", "--model", "{model}", "--entropy", "2", "--out", "{root}/t.arrow"], "argument kind: invalid choice: 'uniform'"),
     (["target", "vanilla", "--model", "{model}", "--entropy", "2", "--out", "{root}/t.txt"], "--out {root}/t.txt: the target file must end in .arrow"),
-    (["nonsense"], "invalid choice: 'nonsense' (choose from 'tune', 'show', 'generate', 'target', 'models')"),
+    (["nonsense"], "invalid choice: 'nonsense' (choose from 'tune', 'score', 'show', 'generate', 'target', 'models')"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--device", "tpu"],
      "argument --device: 'tpu' is not a device: auto, cpu, cuda or cuda:N"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--out", "{root}/dir.arrow"], "--out {root}/dir.arrow: is a folder"),
@@ -214,6 +214,10 @@ BAD = [
      "); these look like log-probabilities: give their exp"),  # entry 0 is negative (-4.5...)
     (["tune", "--model", "{model}", "--target", "{t:logprobs-zero.npy}"],
      "logprobs-zero.npy row 0: entry 0 is -inf (NaN or infinite); these look like log-probabilities: give their exp"),
+    (["score", "--model", "{model}", "--target", "{t:good.json}"], "the following arguments are required: --text"),
+    (["score", "--model", "{model}", "--target", "{t:missing.json}", "--text", "a"], "--target {root}/in/missing.json: no such file"),
+    (["score", "--model", "{model}", "--target", "{t:good.json}", "--text", "river", "--text", "", "--bos", "none"],
+     "text '': no tokens, and no BOS token before it (bos policy none): nothing to feed the model"),
 ]
 
 

@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from distreach import api, cli
+from distreach.errors import DistreachError
 from distreach.io import read_arrow, write_arrow
 
 from .conftest import run_cli, tiny_cli_home
@@ -193,3 +194,49 @@ def test_generate_computes_the_kept_prompts_kl_anew_where_the_record_holds_all_o
     code, out, _ = run(capsys, "generate", str(path), "--target", "t", "--samples", "0")
     assert code == 0 and out.splitlines()[1] == ("KL(p || q) of this pass: not known (no top tokens recorded (tuned with "
                                                  "--top-k 0, or tuning.top_k 0 in a config))")
+
+
+def test_score_gives_a_tuned_prompts_text_its_typed_back_kl(env, capsys):
+    """The text of a hard prompt, scored as a prompt, gives what the tuning recorded it gives typed
+    back in (``kl_roundtrip``): the same BOS token, tokens and forward pass."""
+    rows = pl.read_ipc(env["hard"]).sort("init_index")
+    texts = rows["prompt_text"].to_list()
+    loaded = api.load_model(env["model"], dtype=rows["dtype"][0], device="cpu")  # the dtype the rows were tuned in
+    target = api.read_target(env["root"] / "t.json", loaded)
+    got = api.score_texts(loaded, target, texts)
+    assert got["target_id"].to_list() == ["t", "t"] and got["text"].to_list() == texts
+    np.testing.assert_allclose(got["kl"], rows["kl_roundtrip"], rtol=1e-4)
+    assert got["bos_token_id"].to_list() == rows["bos_token_id"].to_list() == [1, 1]
+    code, out, err = run(capsys, "score", "--model", env["model"], "--target", str(env["root"] / "t.json"),
+                         "--text", texts[0], "--top", "4")
+    assert code == 0, err
+    r = got.row(0, named=True)
+    lines = out.splitlines()
+    assert lines[0] == (f"t, text {json.dumps(texts[0], ensure_ascii=False)} ({len(r['prompt_ids'])} tokens, after BOS "
+                        f"token 1): KL {r['kl']:.4g} bits; entropy target {r['target_entropy_achieved']:.4g}, achieved "
+                        f"{r['q_entropy']:.4g} bits")
+    table = [line.split() for line in lines[2:]]
+    assert len(table) == 4 and [t[1] for t in table[:3]] == ['"table"', '"river"', '"Paris"']
+    assert [float(t[3]) for t in table[:3]] == pytest.approx(r["q_on_p_top"][:3], abs=5e-5)
+    assert [float(t[-1]) for t in table] == pytest.approx(r["q_top_probs"][:4], abs=5e-5)
+
+
+def test_score_of_several_targets_and_texts_is_each_pair_in_its_targets_unit(env, tmp_path):
+    from distreach.engine import prompt_kl
+
+    loaded = api.load_model(env["model"], dtype="fp32", device="cpu")
+    probs = np.random.default_rng(3).dirichlet(np.ones(loaded.vocab_size), 2).astype(np.float32)
+    np.save(tmp_path / "two.npy", probs)
+    target = api.read_target(tmp_path / "two.npy", loaded, "nats")
+    texts = ["table river", "", "Paris"]
+    got = api.score_texts(loaded, target, texts, bos="auto", top_k=3)
+    assert got.height == 6 and got["text"].to_list() == texts * 2  # targets first, then texts
+    ids = [loaded.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    expected = prompt_kl(loaded, probs[[0, 0, 0, 1, 1, 1]], ids * 2, bos="auto")  # nats
+    np.testing.assert_allclose(got["kl"], expected, rtol=1e-5)
+    assert got["entropy_unit"].unique().to_list() == ["nats"] and all(len(r) == 3 for r in got["q_top_ids"])
+    plain = api.score_texts(loaded, target, ["table river"], bos="none")
+    np.testing.assert_allclose(plain["kl"], prompt_kl(loaded, probs, [ids[0]] * 2, bos="none"), rtol=1e-5)
+    assert plain["bos_token_id"].to_list() == [None, None] and plain["kl"][0] != pytest.approx(got["kl"][0], rel=1e-3)
+    with pytest.raises(DistreachError, match=r"^text '': no tokens, and no BOS token before it \(bos policy none\)"):
+        api.score_texts(loaded, target, texts, bos="none")
