@@ -218,58 +218,75 @@ RESULT_NEEDS = ("experiment", "model", "method", "target_id", "init_index", "kl_
                 "p_top_ids", "p_top_probs", "q_on_p_top", "q_top_ids", "q_top_probs", "soft_positions", "soft_prompt")
 
 
-def check_texts(texts: list[str], bos_id: int | None, bos: str) -> None:
-    """Refuse texts :func:`score_texts` cannot feed the model: an empty one with no BOS token
+def check_texts(tokenizer, texts: list[str], bos_id: int | None, bos: str) -> list[list[int]]:
+    """The token ids of each text (the tokenizer's, no special tokens added), refusing what
+    :func:`score_texts` cannot feed the model: no texts, or a text of no tokens with no BOS token
     (``bos_id`` None, under the policy ``bos``) before it."""
-    if bos_id is None and "" in texts:
-        raise DistreachError(f"text '': no tokens, and no BOS token before it (bos policy {bos}): nothing to feed the model")
+    if not texts:
+        raise DistreachError("no text to score")
+    encoded = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    if bos_id is None:
+        for text, ids in zip(texts, encoded):
+            if not ids:
+                raise DistreachError(f"text {text!r}: no tokens, and no BOS token before it (bos policy {bos}): "
+                                     "nothing to feed the model")
+    return encoded
 
 
 def score_texts(loaded, target: pa.Table, texts: list[str], bos: str = "auto", top_k: int = 20) -> "pl.DataFrame":
     """What each text typed in as a prompt gives against each target of ``target``: one row per
-    (target, text), targets first, with the text's token ids (the tokenizer's, no special tokens
-    added; after the BOS token of the policy ``bos``), ``kl`` = KL(p || q) of the model's next-token
-    distribution q after them, q's entropy, both in the target's ``entropy_unit``, and, as a
-    result table has them, the target's ``top_k`` most probable tokens (with p and q) and q's own
-    (``p_top_tokens``, ``q_top_tokens``, ...). ``loaded``: a LoadedModel."""
+    (target, text), targets first, with the text's token ids (:func:`check_texts`; after the BOS
+    token of the policy ``bos``), ``kl`` = KL(p || q) of the model's next-token distribution q
+    after them, q's entropy, both in the target's ``entropy_unit``, and, as a result table has
+    them, the target's ``top_k`` most probable tokens (with p and q) and q's own
+    (:func:`distreach.tuning.top_token_columns`, with their text). ``loaded``: a LoadedModel."""
+    from types import SimpleNamespace
+
     import polars as pl
     import torch
 
-    from .engine import top_ids
+    from .engine import check_support, top_ids
     from .infotheory import entropy, kl
     from .prompts import next_token_logprobs
     from .targets import target_probs
     from .tokens import resolve_bos
+    from .tuning import top_token_columns
     from .units import to_unit
     from .vocab import token_texts, vocab_table
 
     if top_k < 0:
         raise DistreachError(f"top_k must be >= 0 (got {top_k})")
     meta, probs = target_probs(target, loaded.vocab_size)
-    bos_id = resolve_bos(loaded.tokenizer.bos_token_id, bos, loaded.name)
-    check_texts(texts, bos_id, bos)
-    encoded = [loaded.tokenizer(t, add_special_tokens=False).input_ids for t in texts]
-    logq = torch.stack([next_token_logprobs(loaded, None, ids, bos_id) for ids in encoded])  # [texts, |V|]
     p = torch.from_numpy(probs)
+    check_support(loaded, p)
+    bos_id = resolve_bos(loaded.tokenizer.bos_token_id, bos, loaded.name)
+    encoded = check_texts(loaded.tokenizer, texts, bos_id, bos)
+    logq = torch.stack([next_token_logprobs(loaded, None, ids, bos_id) for ids in encoded])  # [texts, |V|]
+    pairs = [(i, j) for i in range(len(p)) for j in range(len(texts))]  # targets first
+    p_top, q_top = top_ids(p, top_k), top_ids(logq.exp(), top_k)
+    records = SimpleNamespace(p_top_ids=[p_top[i].numpy() for i, _ in pairs],
+                              q_on_p_top=[logq[j, p_top[i]].exp().numpy() for i, j in pairs],
+                              q_top_ids=[q_top[j].numpy() for _, j in pairs],
+                              q_top_probs=[logq[j, q_top[j]].exp().numpy() for _, j in pairs])
+    top = pl.from_arrow(pa.table(top_token_columns(records, [probs[i] for i, _ in pairs])))
     vocab = vocab_table(loaded.tokenizer, loaded.vocab_size)
-    q_top = top_ids(logq.exp(), top_k)
-    rows = []
-    for i, tid in enumerate(meta.column("target_id").to_pylist()):
-        unit = meta.column("entropy_unit")[i].as_py()
-        p_top = [j for j in top_ids(p[i : i + 1], top_k)[0].tolist() if p[i, j] > 0]
-        kls = kl(p[i : i + 1].expand(len(texts), -1), logq)
-        for j, text in enumerate(texts):
-            rows.append({
-                "target_id": tid, "text": text, "prompt_ids": encoded[j], "bos_token_id": bos_id,
-                "kl": float(to_unit(float(kls[j]), unit)), "q_entropy": float(to_unit(float(entropy(logq[j : j + 1])[0]), unit)),
-                "target_entropy": meta.column("requested_entropy")[i].as_py(),
-                "target_entropy_achieved": meta.column("achieved_entropy")[i].as_py(), "entropy_unit": unit,
-                "p_top_ids": p_top, "p_top_tokens": token_texts(vocab, p_top), "p_top_probs": p[i, p_top].tolist(),
-                "q_on_p_top": logq[j, p_top].exp().tolist(), "q_top_ids": q_top[j].tolist(),
-                "q_top_tokens": token_texts(vocab, q_top[j].tolist()), "q_top_probs": logq[j, q_top[j]].exp().tolist(),
-            })
-    return pl.DataFrame(rows, schema_overrides={"bos_token_id": pl.Int64, "target_entropy": pl.Float64,
-                                                "target_entropy_achieved": pl.Float64})
+    units = meta.column("entropy_unit").to_pylist()
+    nats = kl(p[[i for i, _ in pairs]], logq[[j for _, j in pairs]])
+    h = entropy(logq)
+    return pl.DataFrame({
+        "target_id": [meta.column("target_id")[i].as_py() for i, _ in pairs],
+        "text": [texts[j] for _, j in pairs],
+        "prompt_ids": [encoded[j] for _, j in pairs],
+        "bos_token_id": [bos_id] * len(pairs),
+        "kl": [float(to_unit(float(nats[n]), units[i])) for n, (i, _) in enumerate(pairs)],
+        "q_entropy": [float(to_unit(float(h[j]), units[i])) for i, j in pairs],
+        "target_entropy": [meta.column("requested_entropy")[i].as_py() for i, _ in pairs],
+        "target_entropy_achieved": [meta.column("achieved_entropy")[i].as_py() for i, _ in pairs],
+        "entropy_unit": [units[i] for i, _ in pairs],
+    }, schema_overrides={"prompt_ids": pl.List(pl.Int64), "bos_token_id": pl.Int64, "target_entropy": pl.Float64,
+                         "target_entropy_achieved": pl.Float64}).hstack(top).with_columns(
+        p_top_tokens=pl.Series([token_texts(vocab, ids) for ids in top["p_top_ids"].to_list()], dtype=pl.List(pl.String)),
+        q_top_tokens=pl.Series([token_texts(vocab, ids) for ids in top["q_top_ids"].to_list()], dtype=pl.List(pl.String)))
 
 
 def read_result(path: str | os.PathLike) -> "pl.DataFrame":

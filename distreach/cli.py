@@ -122,10 +122,7 @@ def parser() -> argparse.ArgumentParser:
 def _tune_parser(sub, quiet) -> None:
     from .api import INITS
     from .methods import METHODS
-    from .models import DTYPES
-    from .schema import node
     from .settings import GCG_PATIENCE, PATIENCE, TuneConfig
-    from .tokens import BOS_POLICIES
 
     DEFAULT = TuneConfig()  # the tuning defaults are the engine's (distreach.settings)
     t = sub.add_parser("tune", parents=[quiet], help="tune prompts so the model's next-token distribution approaches a target",
@@ -144,12 +141,7 @@ def _tune_parser(sub, quiet) -> None:
     t.add_argument("--patience", type=_positive(int), default=None,
                    help=f"stop after this many steps without gain (default {PATIENCE}; gcg {GCG_PATIENCE})")
     t.add_argument("--seed", type=int, default=0, help="seed of the prompt initialisations (default 0)")
-    t.add_argument("--bos", choices=BOS_POLICIES, default=DEFAULT.bos,
-                   help="BOS token before the prompt: auto = the tokenizer's if it has one (default), bos = required, none")
-    t.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help=f"default auto; {node('dtype')['description']}")
-    t.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
-    t.add_argument("--unit", choices=UNITS, default=None,
-                   help=f"unit of entropies and KL (default: an .arrow target's own, else {DEFAULT_UNIT})")
+    _model_run_arguments(t, "prompt")
     t.add_argument("--top-k", type=_count, default=DEFAULT.top_k,
                    help=f"tokens of the target and of the achieved distribution recorded per row (default {DEFAULT.top_k})")
     g = t.add_argument_group("gcg", "settings of --method gcg (nanoGCG's search_width, topk, n_replace)")
@@ -164,24 +156,33 @@ def _tune_parser(sub, quiet) -> None:
     t.add_argument("--out", default=None, help="write every (target, init) row with provenance to this .arrow file")
 
 
-def _score_parser(sub, quiet) -> None:
+def _model_run_arguments(p, before: str) -> None:
+    """The options of tune and score on how the model runs and what units they print: --bos
+    (before ``before``), --dtype, --device and --unit."""
     from .models import DTYPES
+    from .schema import node
+    from .settings import TuneConfig
     from .tokens import BOS_POLICIES
 
+    p.add_argument("--bos", choices=BOS_POLICIES, default=TuneConfig.bos,
+                   help=f"BOS token before the {before}: auto = the tokenizer's if it has one (default), bos = required, none")
+    p.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help=f"default auto; {node('dtype')['description']}")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--unit", choices=UNITS, default=None,
+                   help=f"unit of entropies and KL (default: an .arrow target's own, else {DEFAULT_UNIT})")
+
+
+def _score_parser(sub, quiet) -> None:
     sc = sub.add_parser("score", parents=[quiet], help="what a text typed in as the prompt gives against a target",
                         description="Type each --text in as the prompt (after the BOS token) and print KL(p||q) against "
                                     "each target, both entropies and the target's most probable tokens beside the "
                                     "model's: a hand-written prompt, or a tuned one's text on another model.")
     sc.add_argument("--model", required=True, help=MODELS_HELP)
     sc.add_argument("--target", required=True, help=".arrow target table, .npy probabilities or .json {token: p}, as tune takes")
-    sc.add_argument("--text", required=True, action="append", help="the prompt's text (repeat for several)")
-    sc.add_argument("--bos", choices=BOS_POLICIES, default="auto",
-                    help="BOS token before the text: auto = the tokenizer's if it has one (default), bos = required, none")
-    sc.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="default auto, as tune")
-    sc.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
-    sc.add_argument("--unit", choices=UNITS, default=None,
-                    help=f"unit of entropies and KL (default: an .arrow target's own, else {DEFAULT_UNIT})")
-    sc.add_argument("--top", type=_count, default=10, help="ranks shown (default 10; 0 shows none)")
+    sc.add_argument("--text", required=True, action="append",
+                    help="the prompt's text (repeat for several; one that starts with - as --text=-...)")
+    _model_run_arguments(sc, "text")
+    sc.add_argument("--top", type=_positive(int), default=10, help="ranks shown (default 10)")
 
 
 def _row_parsers(sub, quiet) -> None:
@@ -275,9 +276,8 @@ def cmd_tune(args) -> int:
     from . import api
     from .engine import AUTO_BATCH
     from .settings import GCG_KEYS, TuneConfig
-    from .models import gguf_parsed_once, resolve_device, reuse_freed_memory
+    from .models import resolve_device, reuse_freed_memory
     from .tables import min_over_inits
-    from .tokens import resolve_bos
 
     if args.out:
         _check_out(args.out, "result")
@@ -304,20 +304,7 @@ def cmd_tune(args) -> int:
     device = resolve_device(args.device)
     if args.own_process:
         reuse_freed_memory(device)  # the console command tunes: large tensors reuse freed memory (docs/speed.md)
-    with _about("--target"):
-        api.check_target_path(args.target)
-    with gguf_parsed_once():  # a .gguf file's metadata is parsed once, for its vocabulary size and its conversion
-        vocab = api.model_vocab(args.model)
-        if vocab is not None and vocab.tokenizer is not None:  # a BOS policy the tokenizer cannot follow fails before any work too
-            resolve_bos(vocab.tokenizer.bos_token_id, args.bos, vocab.name)
-        # a .json target's strings need the tokenizer: without one, only a .npy or .arrow target is read now
-        early = vocab is not None and (vocab.tokenizer is not None or not args.target.lower().endswith(".json"))
-        with _about("--target"):
-            target = api.read_target(args.target, vocab, args.unit) if early else None
-        loaded = api.load_model(args.model, dtype=args.dtype, device=args.device)
-    if target is None:
-        with _about("--target"):
-            target = api.read_target(args.target, loaded, args.unit)
+    loaded, target = _model_and_target(args)
     rows = target.num_rows * args.inits
     bar = _Progress(rows, AUTO_BATCH.get(loaded.embeddings.device.type, 64), args.max_steps, args.quiet)
     try:
@@ -340,6 +327,34 @@ def cmd_tune(args) -> int:
     if args.out:
         print(f"wrote {df.height} rows to {args.out}")
     return 0
+
+
+def _model_and_target(args, texts: list[str] | None = None):
+    """The model of --model (converted and loaded) and the target table of --target, checked
+    before the model is converted or loaded wherever they can be (the target file's format always;
+    its length and tokens, the --bos policy and ``texts``, where the model's vocabulary can be
+    read without converting it: :func:`distreach.api.model_vocab`), else after."""
+    from . import api
+    from .models import gguf_parsed_once
+    from .tokens import resolve_bos
+
+    with _about("--target"):
+        api.check_target_path(args.target)
+    with gguf_parsed_once():  # a .gguf file's metadata is parsed once, for its vocabulary size and its conversion
+        vocab = api.model_vocab(args.model)
+        if vocab is not None and vocab.tokenizer is not None:  # a BOS policy the tokenizer cannot follow fails before any work too
+            bos_id = resolve_bos(vocab.tokenizer.bos_token_id, args.bos, vocab.name)
+            if texts is not None:
+                api.check_texts(vocab.tokenizer, texts, bos_id, args.bos)
+        # a .json target's strings need the tokenizer: without one, only a .npy or .arrow target is read now
+        early = vocab is not None and (vocab.tokenizer is not None or not args.target.lower().endswith(".json"))
+        with _about("--target"):
+            target = api.read_target(args.target, vocab, args.unit) if early else None
+        loaded = api.load_model(args.model, dtype=args.dtype, device=args.device)
+    if target is None:
+        with _about("--target"):
+            target = api.read_target(args.target, loaded, args.unit)
+    return loaded, target
 
 
 def _missing(x) -> bool:
@@ -431,13 +446,10 @@ def _side_by_side(r: dict, top: int | None) -> list[str]:
 def cmd_score(args) -> int:
     from . import api
 
-    if args.bos == "none":  # before the model loads (score_texts checks again, knowing the model's BOS token)
-        api.check_texts(args.text, None, args.bos)
-    with _about("--target"):
-        api.check_target_path(args.target)
-    loaded = api.load_model(args.model, dtype=args.dtype, device=args.device)
-    with _about("--target"):
-        target = api.read_target(args.target, loaded, args.unit)
+    from .models import resolve_device
+
+    resolve_device(args.device)
+    loaded, target = _model_and_target(args, args.text)
     df = api.score_texts(loaded, target, args.text, bos=args.bos, top_k=args.top)
     for n, r in enumerate(df.iter_rows(named=True)):
         unit = r["entropy_unit"]

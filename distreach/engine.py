@@ -109,8 +109,10 @@ class TuneResult:
     # the work of the tune() call that made the result (not per row): ``row_steps``, the steps of rows
     # it ran (a row tuned for k steps is k), ``resumed_from``, None or where it picked up a
     # checkpoint: ``{"row": r, "step": s}``, batch from row r at step s (rows before r were done), and
-    # ``batch_rows``, the rows of each batch in order (as asked, or fewer after CUDA out-of-memory
-    # halving or the CPU memory check; a batch's float rounding depends on its shape)
+    # ``batch_rows``, the rows of each batch the result was tuned in, in order (as asked, or fewer after
+    # CUDA out-of-memory halving or the CPU memory check; a resumed call's include the batches its
+    # checkpoint held; a batch's float rounding depends on its shape); gcg adds ``candidates`` (prompts
+    # scored) and ``gcg_width``; a tuning job's fp32 retry adds its own (distreach.tuning)
     work: dict | None = None
 
     def __len__(self) -> int:
@@ -598,8 +600,8 @@ def tune(
     there at most every ``checkpoint_seconds`` (0: after every step); a later call with the
     same inputs resumes from it and ends with results bit-identical to an uninterrupted
     run (on the CPU). A checkpoint of other inputs is ignored. The caller removes the file
-    once the results are stored. The result's ``work`` says how many row-steps this call ran
-    and where it resumed. Method ``gcg`` is
+    once the results are stored. The result's ``work`` says what the call did (:attr:`TuneResult.work`).
+    Method ``gcg`` is
     :func:`distreach.gcg.tune_gcg`; rows of several settings tuned together are :func:`tune_groups`."""
     if cfg.method == "gcg":
         from .gcg import tune_gcg
@@ -663,8 +665,7 @@ def tune_groups(
         res.init_ids = drawn.numpy()
         log.info("%d row-steps run%s", run.row_steps, "" if run.resumed_from is None else
                  " after resuming from row {row} at step {step}".format(**run.resumed_from))
-    work = {"row_steps": run.row_steps if run else 0, "resumed_from": run.resumed_from if run else None,
-            "batch_rows": run.batch_rows if run else []}
+    work = work_of(run)
     out, lo = [], 0
     for c, n in zip(cfgs, sizes):
         if not n:
@@ -689,13 +690,25 @@ def _checked_targets(loaded, target_probs, init_seeds) -> torch.Tensor:
         )
     if len(init_seeds) != target.shape[0]:
         raise DistreachError(f"{len(init_seeds)} init seeds for {target.shape[0]} target rows")
+    check_support(loaded, target)
+    return target
+
+
+def check_support(loaded, target: torch.Tensor) -> None:
+    """Refuse targets [n, |V|] that put probability on output rows past the tokenizer's tokens
+    (padding rows no prompt can be asked to produce)."""
     support = vocab_support(loaded.tokenizer, target.shape[1])
     if support < target.shape[1] and (target[:, support:] > 0).any():
         raise DistreachError(
             f"targets put probability on output rows {support}.. of model {loaded.name}, which are padding "
             f"past its tokenizer's {support} tokens"
         )
-    return target
+
+
+def work_of(run: "_Run | None", **extra) -> dict:
+    """:attr:`TuneResult.work` of a call that ran ``run`` (None: no rows), with a method's ``extra`` keys."""
+    return {"row_steps": run.row_steps if run else 0, "resumed_from": run.resumed_from if run else None,
+            "batch_rows": run.batch_rows if run else [], **extra}
 
 
 def _empty_result(cfg: TuneConfig, d: int, vocab: int) -> TuneResult:

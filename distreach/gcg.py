@@ -31,7 +31,7 @@ import torch
 from dataclasses import replace
 
 from .engine import AUTO_BATCH, TuneConfig, body_kv, TuningContext, _Batch, _Run, _checked_targets, _concat, _draw_ids, \
-    _empty_result, _run_batches, init_token_ids, model_of, tuning_context
+    _empty_result, _run_batches, init_token_ids, model_of, tuning_context, work_of
 from .checkpoint import CHECKPOINT_SECONDS, Checkpoint, checkpoint_key
 from .errors import DistreachError
 from .memory import CANDIDATE_VOCAB_ARRAYS
@@ -204,8 +204,7 @@ def tune_gcg(loaded, target_probs, init_seeds, cfg: TuneConfig, on_step=None, re
     d = ctx.loaded.embeddings.shape[1]
     if target.shape[0] == 0:
         res = _empty_result(cfg, d, target.shape[1])
-        res.work = {"row_steps": 0, "resumed_from": None, "batch_rows": [], "candidates": 0,
-                    "gcg_width": cfg.gcg_width}
+        res.work = work_of(None, candidates=0, gcg_width=cfg.gcg_width)
         return res
     if not cfg.gcg_width:
         cfg = replace(cfg, gcg_width=AUTO_WIDTH.get(ctx.device.type, 64))
@@ -220,7 +219,5 @@ def tune_gcg(loaded, target_probs, init_seeds, cfg: TuneConfig, on_step=None, re
                                          seeds[sl], forwards)
     res = _concat(_run_batches(run, cfg.batch_size or AUTO_BATCH.get(ctx.device.type, 64)))
     res.init_ids = ids.numpy()
-    res.work = {"row_steps": run.row_steps, "resumed_from": run.resumed_from, "batch_rows": run.batch_rows,
-                "candidates": forwards[0],
-                "gcg_width": cfg.gcg_width}
+    res.work = work_of(run, candidates=forwards[0], gcg_width=cfg.gcg_width)
     return res

@@ -187,9 +187,8 @@ def tune_shards(
     ``retry`` says why, and their ``kl_roundtrip`` is that model's); rows that fail in fp32 too
     get a ``failed: ...`` status and a NaN ``kl_min``, so they never reach a figure as a number.
     ``progress(step, active)`` is called after every step of every batch. The provenance's
-    ``work`` is the engine's record of the call (:attr:`distreach.engine.TuneResult.work`:
-    row-steps run, fp32 retries included, and where it resumed from a checkpoint), the same in
-    every shard's table."""
+    ``work`` is the engine's record of the call (:attr:`distreach.engine.TuneResult.work`), fp32
+    retries' work added, the same in every shard's table."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     if not shards:
         return []
@@ -283,8 +282,9 @@ def _retry_in_fp32(ctx, res, probs, seeds, tuning: TuneConfig, ctx32=None) -> tu
         if ctx32 is None:
             ctx32 = ctx.with_weights(load_materialised(ctx.loaded.folder, dtype="fp32", device=str(ctx.device))[0])
         again = tune(ctx32, probs[bad], [seeds[i] for i in bad], tuning)
-        res.work["row_steps"] += again.work["row_steps"]
-        res.work["batch_rows"] = res.work["batch_rows"] + again.work["batch_rows"]
+        for key in ("row_steps", "batch_rows", "candidates"):  # the work the retry adds (gcg's candidates too)
+            if key in res.work:
+                res.work[key] = res.work[key] + again.work[key]
         for j, i in enumerate(bad):
             retry[i] = f"{res.status[i]} in {dtype}"
             row_dtype[i] = "fp32"

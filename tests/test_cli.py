@@ -218,6 +218,11 @@ BAD = [
     (["score", "--model", "{model}", "--target", "{t:missing.json}", "--text", "a"], "--target {root}/in/missing.json: no such file"),
     (["score", "--model", "{model}", "--target", "{t:good.json}", "--text", "river", "--text", "", "--bos", "none"],
      "text '': no tokens, and no BOS token before it (bos policy none): nothing to feed the model"),
+    # score checks what tune checks before the model is converted or loaded
+    (["score", "--model", "{model}", "--target", "{t:unknown.json}", "--text", "a"], "unknown.json: 1 string is not a single token"),
+    (["score", "--model", "{model}", "--target", "{t:short.npy}", "--text", "a"], "short.npy: shape (1, 5), expected [93] or [n, 93]"),
+    (["score", "--model", "{model}", "--target", "{t:v50.arrow}", "--text", "a"], "v50.arrow: targets have 50 entries but the model's vocabulary has 93"),
+    (["score", "--model", "{model}", "--target", "{t:good.json}", "--text", "a", "--top", "0"], "argument --top: '0' must be positive"),
 ]
 
 

@@ -315,6 +315,10 @@ def test_a_tuning_resolves_bos_and_allowed_tokens_once_fp32_retry_included(tiny_
                       tuning=tuning_config({"method": method, "prefix_len": 3, "max_steps": 5, "batch_size": 4, **extra}),
                       inits=1, shard=0, n_shards=1, device="cpu", dtype="bf16")
     assert table.column("retry").to_pylist()[0] == "non-finite KL at step 0 in bf16"  # the fp32 retry ran
+    work = arrow_metadata(table)["work"]
+    assert work["batch_rows"] == [4] * (table.num_rows // 4) + [table.num_rows % 4] * bool(table.num_rows % 4) + [1]
+    if method == "gcg" and not extra["readable"]:  # every candidate scored: 4 moves of 4 per row, the retried row's in fp32
+        assert set(table.column("steps").to_pylist()) == {5} and work["candidates"] == 4 * 4 * table.num_rows
     assert set(table.column("bos_token_id").to_pylist()) == {1}
     assert calls == {"resolve_bos": 1, "allowed_tokens": 1, "usable_mask": 1, "_bos_cache": 2}
     monkeypatch.undo()

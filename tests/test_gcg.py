@@ -132,6 +132,7 @@ def test_a_stopped_search_resumes_from_its_checkpoint_to_the_same_result(tiny_bp
         tune(tiny_bpe, p, list(range(5)), cfg, on_step=stop, checkpoint=ckpt, checkpoint_seconds=0)
     resumed = tune(tiny_bpe, p, list(range(5)), cfg, checkpoint=ckpt)
     assert resumed.work["resumed_from"] == {"row": 3, "step": 5}
+    assert resumed.work["batch_rows"] == fresh.work["batch_rows"] == [3, 2]  # the checkpoint's batch counted too
     for name in ("kl_min", "best_step", "steps", "best_ids", "init_ids", "q_top_ids"):
         np.testing.assert_array_equal(getattr(resumed, name), getattr(fresh, name), err_msg=name)
 

@@ -240,3 +240,5 @@ def test_score_of_several_targets_and_texts_is_each_pair_in_its_targets_unit(env
     assert plain["bos_token_id"].to_list() == [None, None] and plain["kl"][0] != pytest.approx(got["kl"][0], rel=1e-3)
     with pytest.raises(DistreachError, match=r"^text '': no tokens, and no BOS token before it \(bos policy none\)"):
         api.score_texts(loaded, target, texts, bos="none")
+    with pytest.raises(DistreachError, match="^no text to score$"):
+        api.score_texts(loaded, target, [])

@@ -159,3 +159,15 @@ def test_tuning_rejects_targets_with_mass_on_padding_rows():
     p = np.full((1, rows), 1 / rows, dtype=np.float32)
     with pytest.raises(DistreachError, match="padding"):
         tune(loaded, p, [0], TuneConfig(max_steps=1))
+
+
+def test_scoring_rejects_targets_with_mass_on_padding_rows(tmp_path):
+    """``api.score_texts`` refuses what tuning refuses, before any forward pass (the stand-in has none)."""
+    from distreach import api
+
+    tok = placeholder_tokenizer()
+    rows = len(tok) + 4
+    loaded = LoadedModel("stand-in", _Recorder(rows), tok)
+    np.save(tmp_path / "p.npy", np.full((1, rows), 1 / rows, dtype=np.float32))
+    with pytest.raises(DistreachError, match=r"^targets put probability on output rows \d+\.\. of model stand-in, which are padding"):
+        api.score_texts(loaded, api.read_target(tmp_path / "p.npy", loaded), ["a"])
