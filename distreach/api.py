@@ -218,16 +218,17 @@ RESULT_NEEDS = ("experiment", "model", "method", "target_id", "init_index", "kl_
                 "p_top_ids", "p_top_probs", "q_on_p_top", "q_top_ids", "q_top_probs", "soft_positions", "soft_prompt")
 
 
-def check_texts(tokenizer, texts: list[str], bos_id: int | None, bos: str) -> list[list[int]]:
+def check_texts(tokenizer, texts: list[str], bos_id: int | None, bos: str) -> list[list[int]] | None:
     """The token ids of each text (the tokenizer's, no special tokens added), refusing what
     :func:`score_texts` cannot feed the model: no texts, or a text of no tokens with no BOS token
-    (``bos_id`` None, under the policy ``bos``) before it."""
+    (``bos_id`` None, under the policy ``bos``) before it. ``tokenizer`` None: what can be told
+    without one (an empty text has no tokens); returns None."""
     if not texts:
         raise DistreachError("no text to score")
-    encoded = [tokenizer(t, add_special_tokens=False).input_ids for t in texts]
+    encoded = [tokenizer(t, add_special_tokens=False).input_ids for t in texts] if tokenizer is not None else None
     if bos_id is None:
-        for text, ids in zip(texts, encoded):
-            if not ids:
+        for text, ids in zip(texts, encoded or [None] * len(texts)):
+            if not text or ids == []:
                 raise DistreachError(f"text {text!r}: no tokens, and no BOS token before it (bos policy {bos}): "
                                      "nothing to feed the model")
     return encoded
@@ -235,7 +236,7 @@ def check_texts(tokenizer, texts: list[str], bos_id: int | None, bos: str) -> li
 
 def score_texts(loaded, target: pa.Table, texts: list[str], bos: str = "auto", top_k: int = 20) -> "pl.DataFrame":
     """What each text typed in as a prompt gives against each target of ``target``: one row per
-    (target, text), targets first, with the text's token ids (:func:`check_texts`; after the BOS
+    (target, text), targets first, with the model's name, the text's token ids (:func:`check_texts`; after the BOS
     token of the policy ``bos``), ``kl`` = KL(p || q) of the model's next-token distribution q
     after them, q's entropy, both in the target's ``entropy_unit``, and, as a result table has
     them, the target's ``top_k`` most probable tokens (with p and q) and q's own
@@ -252,7 +253,7 @@ def score_texts(loaded, target: pa.Table, texts: list[str], bos: str = "auto", t
     from .tokens import resolve_bos
     from .tuning import top_token_columns
     from .units import to_unit
-    from .vocab import token_texts, vocab_table
+    from .vocab import vocab_table, with_token_texts
 
     if top_k < 0:
         raise DistreachError(f"top_k must be >= 0 (got {top_k})")
@@ -269,11 +270,11 @@ def score_texts(loaded, target: pa.Table, texts: list[str], bos: str = "auto", t
                               q_top_ids=[q_top[j].numpy() for _, j in pairs],
                               q_top_probs=[logq[j, q_top[j]].exp().numpy() for _, j in pairs])
     top = pl.from_arrow(pa.table(top_token_columns(records, [probs[i] for i, _ in pairs])))
-    vocab = vocab_table(loaded.tokenizer, loaded.vocab_size)
     units = meta.column("entropy_unit").to_pylist()
     nats = kl(p[[i for i, _ in pairs]], logq[[j for _, j in pairs]])
     h = entropy(logq)
-    return pl.DataFrame({
+    rows = pl.DataFrame({
+        "model": [loaded.name] * len(pairs),
         "target_id": [meta.column("target_id")[i].as_py() for i, _ in pairs],
         "text": [texts[j] for _, j in pairs],
         "prompt_ids": [encoded[j] for _, j in pairs],
@@ -284,9 +285,8 @@ def score_texts(loaded, target: pa.Table, texts: list[str], bos: str = "auto", t
         "target_entropy_achieved": [meta.column("achieved_entropy")[i].as_py() for i, _ in pairs],
         "entropy_unit": [units[i] for i, _ in pairs],
     }, schema_overrides={"prompt_ids": pl.List(pl.Int64), "bos_token_id": pl.Int64, "target_entropy": pl.Float64,
-                         "target_entropy_achieved": pl.Float64}).hstack(top).with_columns(
-        p_top_tokens=pl.Series([token_texts(vocab, ids) for ids in top["p_top_ids"].to_list()], dtype=pl.List(pl.String)),
-        q_top_tokens=pl.Series([token_texts(vocab, ids) for ids in top["q_top_ids"].to_list()], dtype=pl.List(pl.String)))
+                         "target_entropy_achieved": pl.Float64}).hstack(top)
+    return with_token_texts(rows, {loaded.name: vocab_table(loaded.tokenizer, loaded.vocab_size)})
 
 
 def read_result(path: str | os.PathLike) -> "pl.DataFrame":

@@ -342,10 +342,12 @@ def _model_and_target(args, texts: list[str] | None = None):
         api.check_target_path(args.target)
     with gguf_parsed_once():  # a .gguf file's metadata is parsed once, for its vocabulary size and its conversion
         vocab = api.model_vocab(args.model)
-        if vocab is not None and vocab.tokenizer is not None:  # a BOS policy the tokenizer cannot follow fails before any work too
-            bos_id = resolve_bos(vocab.tokenizer.bos_token_id, args.bos, vocab.name)
-            if texts is not None:
-                api.check_texts(vocab.tokenizer, texts, bos_id, args.bos)
+        tok = vocab.tokenizer if vocab is not None else None
+        bos_id = None
+        if tok is not None:  # a BOS policy the tokenizer cannot follow fails before any work too
+            bos_id = resolve_bos(tok.bos_token_id, args.bos, vocab.name)
+        if texts is not None and (tok is not None or args.bos == "none"):  # without a tokenizer: empty texts only
+            api.check_texts(tok, texts, bos_id, args.bos)
         # a .json target's strings need the tokenizer: without one, only a .npy or .arrow target is read now
         early = vocab is not None and (vocab.tokenizer is not None or not args.target.lower().endswith(".json"))
         with _about("--target"):
@@ -445,7 +447,6 @@ def _side_by_side(r: dict, top: int | None) -> list[str]:
 
 def cmd_score(args) -> int:
     from . import api
-
     from .models import resolve_device
 
     resolve_device(args.device)
@@ -456,9 +457,7 @@ def cmd_score(args) -> int:
         bos = "no BOS token" if r["bos_token_id"] is None else f"after BOS token {r['bos_token_id']}"
         print(("\n" if n else "") + f"{r['target_id']}, text {_token(r['text'])} ({counted(len(r['prompt_ids']), 'token')}, "
               f"{bos}): KL {_g(r['kl'])} {unit}; {_entropies(r, unit)}")
-        lines = _side_by_side(r, args.top)
-        if lines:
-            print("\n".join(lines))
+        print("\n".join(_side_by_side(r, args.top)))
     return 0
 
 

@@ -111,8 +111,8 @@ class TuneResult:
     # checkpoint: ``{"row": r, "step": s}``, batch from row r at step s (rows before r were done), and
     # ``batch_rows``, the rows of each batch the result was tuned in, in order (as asked, or fewer after
     # CUDA out-of-memory halving or the CPU memory check; a resumed call's include the batches its
-    # checkpoint held; a batch's float rounding depends on its shape); gcg adds ``candidates`` (prompts
-    # scored) and ``gcg_width``; a tuning job's fp32 retry adds its own (distreach.tuning)
+    # checkpoint held; a batch's float rounding depends on its shape); gcg adds ``candidates`` (the prompts
+    # this call scored) and ``gcg_width``; a tuning job's fp32 retry adds its own (distreach.tuning)
     work: dict | None = None
 
     def __len__(self) -> int:

@@ -223,6 +223,9 @@ BAD = [
     (["score", "--model", "{model}", "--target", "{t:short.npy}", "--text", "a"], "short.npy: shape (1, 5), expected [93] or [n, 93]"),
     (["score", "--model", "{model}", "--target", "{t:v50.arrow}", "--text", "a"], "v50.arrow: targets have 50 entries but the model's vocabulary has 93"),
     (["score", "--model", "{model}", "--target", "{t:good.json}", "--text", "a", "--top", "0"], "argument --top: '0' must be positive"),
+    # an embedded model's first use has no tokenizer to read yet: an empty text with no BOS is refused all the same
+    (["score", "--model", "smollm2", "--target", "{t:good.json}", "--text", "", "--bos", "none"],
+     "text '': no tokens, and no BOS token before it (bos policy none): nothing to feed the model"),
 ]
 
 

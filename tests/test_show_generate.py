@@ -204,7 +204,7 @@ def test_score_gives_a_tuned_prompts_text_its_typed_back_kl(env, capsys):
     loaded = api.load_model(env["model"], dtype=rows["dtype"][0], device="cpu")  # the dtype the rows were tuned in
     target = api.read_target(env["root"] / "t.json", loaded)
     got = api.score_texts(loaded, target, texts)
-    assert got["target_id"].to_list() == ["t", "t"] and got["text"].to_list() == texts
+    assert got["target_id"].to_list() == ["t", "t"] and got["text"].to_list() == texts and got["model"].to_list() == ["tiny"] * 2
     np.testing.assert_allclose(got["kl"], rows["kl_roundtrip"], rtol=1e-4)
     assert got["bos_token_id"].to_list() == rows["bos_token_id"].to_list() == [1, 1]
     code, out, err = run(capsys, "score", "--model", env["model"], "--target", str(env["root"] / "t.json"),
