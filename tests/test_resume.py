@@ -80,7 +80,7 @@ def test_sigint_to_snakemake_then_rerun_resumes_to_the_same_table(tmp_path):
     finish(snakemake(ref, cfg))
     reference = pl.read_ipc(ref / "results/collected/a.arrow")
     fresh = job_work(ref)
-    assert fresh == {"row_steps": reference["steps"].sum(), "resumed_from": None}
+    assert fresh == {"row_steps": reference["steps"].sum(), "resumed_from": None, "batch_rows": [1] * reference.height}
 
     ckpt = run / Path(SHARD).with_name(".shard-0.ckpt")
     proc = snakemake(run, cfg)
@@ -117,5 +117,6 @@ def test_sigint_to_snakemake_then_rerun_resumes_to_the_same_table(tmp_path):
     assert table.equals(reference), "the resumed workflow's table differs from the uninterrupted one"
     # the rerun did only the work the checkpoint did not hold
     work = job_work(run)
-    assert work == {"row_steps": fresh["row_steps"] - saved_steps, "resumed_from": resumed_at}, (work, fresh, saved_steps)
+    assert work == {"row_steps": fresh["row_steps"] - saved_steps, "resumed_from": resumed_at,
+                    "batch_rows": fresh["batch_rows"]}, (work, fresh, saved_steps)  # the checkpoint's batches too
     assert f"{work['row_steps']} row-steps run after resuming from row {state['lo']}" in job_log
