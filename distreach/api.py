@@ -263,12 +263,13 @@ def score_texts(loaded, target: pa.Table, texts: list[str], bos: str = "auto", t
     bos_id = resolve_bos(loaded.tokenizer.bos_token_id, bos, loaded.name)
     encoded = check_texts(loaded.tokenizer, texts, bos_id, bos)
     logq = torch.stack([next_token_logprobs(loaded, None, ids, bos_id) for ids in encoded])  # [texts, |V|]
+    q = logq.exp()
     pairs = [(i, j) for i in range(len(p)) for j in range(len(texts))]  # targets first
-    p_top, q_top = top_ids(p, top_k), top_ids(logq.exp(), top_k)
+    p_top, q_top = top_ids(p, top_k), top_ids(q, top_k)
     records = SimpleNamespace(p_top_ids=[p_top[i].numpy() for i, _ in pairs],
-                              q_on_p_top=[logq[j, p_top[i]].exp().numpy() for i, j in pairs],
+                              q_on_p_top=[q[j, p_top[i]].numpy() for i, j in pairs],
                               q_top_ids=[q_top[j].numpy() for _, j in pairs],
-                              q_top_probs=[logq[j, q_top[j]].exp().numpy() for _, j in pairs])
+                              q_top_probs=[q[j, q_top[j]].numpy() for _, j in pairs])
     top = pl.from_arrow(pa.table(top_token_columns(records, [probs[i] for i, _ in pairs])))
     units = meta.column("entropy_unit").to_pylist()
     nats = kl(p[[i for i, _ in pairs]], logq[[j for _, j in pairs]])

@@ -349,7 +349,7 @@ def _model_and_target(args, texts: list[str] | None = None):
         if texts is not None and (tok is not None or args.bos == "none"):  # without a tokenizer: empty texts only
             api.check_texts(tok, texts, bos_id, args.bos)
         # a .json target's strings need the tokenizer: without one, only a .npy or .arrow target is read now
-        early = vocab is not None and (vocab.tokenizer is not None or not args.target.lower().endswith(".json"))
+        early = vocab is not None and (tok is not None or not args.target.lower().endswith(".json"))
         with _about("--target"):
             target = api.read_target(args.target, vocab, args.unit) if early else None
         loaded = api.load_model(args.model, dtype=args.dtype, device=args.device)
@@ -442,7 +442,7 @@ def _side_by_side(r: dict, top: int | None) -> list[str]:
         left = [_token(p_tok[i]), _prob(r["p_top_probs"][i]), _prob(r["q_on_p_top"][i])] if i < len(p_tok) else ["", "", ""]
         right = [_token(q_tok[i]), _prob(r["q_top_probs"][i])] if i < len(q_tok) else ["", ""]
         table.append([str(i + 1), *left, "|", *right])
-    return _columns(table, right={0, 2, 3, 6}) if len(table) > 1 else []
+    return _columns(table, right={0, 2, 3, 6})
 
 
 def cmd_score(args) -> int:
