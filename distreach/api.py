@@ -126,12 +126,12 @@ def gguf_vocab_size(path: str | os.PathLike) -> int:
     return int(shapes.get("output.weight", shapes["token_embd.weight"])[-1])
 
 
-def read_target(path: str | os.PathLike, loaded, unit: str | None = None) -> pa.Table:
-    """A target table from a .arrow, .npy or .json file, its entropies in ``unit``
-    (:func:`distreach.targetfiles.read_target`)."""
+def read_target(path: str | os.PathLike, loaded, unit: str | None = None, ids: list[str] | None = None) -> pa.Table:
+    """A target table from a .arrow, .npy or .json file, its entropies in ``unit``; ``ids``: only
+    the targets of these ids (:func:`distreach.targetfiles.read_target`)."""
     from .targetfiles import read_target
 
-    return read_target(path, loaded, unit)
+    return read_target(path, loaded, unit, ids)
 
 
 def token_target(dist: dict, loaded, name: str = "user", unit: str = DEFAULT_UNIT) -> pa.Table:

@@ -128,7 +128,7 @@ def _tune_parser(sub, quiet) -> None:
     t = sub.add_parser("tune", parents=[quiet], help="tune prompts so the model's next-token distribution approaches a target",
                        description="Tune --inits prompt prefixes per target; report the minimum KL(p||q) over inits.")
     t.add_argument("--model", required=True, help=MODELS_HELP)
-    t.add_argument("--target", required=True, help=".arrow target table, .npy probabilities ([V] or [n, V], V = the model's output rows) or .json {token: p}")
+    _target_arguments(t)
     t.add_argument("--method", choices=METHODS, default=DEFAULT.method, help=f"prompt kind (default {DEFAULT.method})")
     t.add_argument("--prefix-len", type=_positive(int), default=DEFAULT.prefix_len,
                    help=f"prompt positions (default {DEFAULT.prefix_len})")
@@ -156,6 +156,14 @@ def _tune_parser(sub, quiet) -> None:
     t.add_argument("--out", default=None, help="write every (target, init) row with provenance to this .arrow file")
 
 
+def _target_arguments(p) -> None:
+    """--target and --target-id, as tune and score take them."""
+    p.add_argument("--target", required=True,
+                   help=".arrow target table, .npy probabilities ([V] or [n, V], V = the model's output rows) or .json {token: p}")
+    p.add_argument("--target-id", action="append", default=None, metavar="ID",
+                   help="only the target of this id in the --target file (repeat for several; default every one)")
+
+
 def _model_run_arguments(p, before: str) -> None:
     """The options of tune and score on how the model runs and what units they print: --bos
     (before ``before``), --dtype, --device and --unit."""
@@ -178,7 +186,7 @@ def _score_parser(sub, quiet) -> None:
                                     "each target, both entropies and the target's most probable tokens beside the "
                                     "model's: a hand-written prompt, or a tuned one's text on another model.")
     sc.add_argument("--model", required=True, help=MODELS_HELP)
-    sc.add_argument("--target", required=True, help=".arrow target table, .npy probabilities or .json {token: p}, as tune takes")
+    _target_arguments(sc)
     sc.add_argument("--text", required=True, action="append",
                     help="the prompt's text (repeat for several; one that starts with - as --text=-...)")
     _model_run_arguments(sc, "text")
@@ -351,11 +359,11 @@ def _model_and_target(args, texts: list[str] | None = None):
         # a .json target's strings need the tokenizer: without one, only a .npy or .arrow target is read now
         early = vocab is not None and (tok is not None or not args.target.lower().endswith(".json"))
         with _about("--target"):
-            target = api.read_target(args.target, vocab, args.unit) if early else None
+            target = api.read_target(args.target, vocab, args.unit, args.target_id) if early else None
         loaded = api.load_model(args.model, dtype=args.dtype, device=args.device)
     if target is None:
         with _about("--target"):
-            target = api.read_target(args.target, loaded, args.unit)
+            target = api.read_target(args.target, loaded, args.unit, args.target_id)
     return loaded, target
 
 

@@ -39,7 +39,7 @@ def check_target_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def read_target(path: str | os.PathLike, loaded, unit: str | None = None) -> pa.Table:
+def read_target(path: str | os.PathLike, loaded, unit: str | None = None, ids: list[str] | None = None) -> pa.Table:
     """A target table from a file, checked against the model's vocabulary:
 
     - ``.arrow``: a target table (``distreach target`` writes one);
@@ -49,9 +49,26 @@ def read_target(path: str | os.PathLike, loaded, unit: str | None = None) -> pa.
       that are not tokens).
 
     Entropies (and the KL of a tuning of the table) are in ``unit``; where it is None, an .arrow
-    table's own unit (its first row's), else DEFAULT_UNIT. Errors name the file and what is wrong with
-    its data."""
+    table's own unit (its first row's), else DEFAULT_UNIT. ``ids``: only the targets of these ids, in
+    the file's order (None: every one; an id the file does not hold is an error that lists those it
+    does). Errors name the file and what is wrong with its data."""
     path = check_target_path(path)
+    return select_targets(_read(path, loaded, unit), ids, str(path))
+
+
+def select_targets(table: pa.Table, ids: list[str] | None, where: str) -> pa.Table:
+    """The rows of a target table whose ``target_id`` is one of ``ids``, in the table's order (every
+    row where ``ids`` is None); an id it does not hold is an error naming ``where`` and the ids it holds."""
+    if ids is None:
+        return table
+    held = table.column("target_id").to_pylist()
+    if missing := [i for i in dict.fromkeys(ids) if i not in held]:
+        shown = ", ".join(held[:8]) + (f", ... ({len(held)} in all)" if len(held) > 8 else "")
+        raise DistreachError(f"{where}: no target {', '.join(map(repr, missing))}; its targets: {shown}")
+    return table.filter(pc.is_in(table.column("target_id"), pa.array(list(ids), pa.string())))
+
+
+def _read(path: Path, loaded, unit: str | None) -> pa.Table:
     suffix = path.suffix.lower()
     if suffix == ".arrow":
         meta, probs = read_target_matrix(path, loaded.vocab_size)  # checked and renormalised; kind and

@@ -70,6 +70,8 @@ def env(tmp_path_factory):
         }
         write_arrow(vanilla_targets(50, EntropyGrid(step=4.0), VanillaSettings(per_level=1)), files / "v50.arrow")
         t["v50.arrow"] = str(files / "v50.arrow")
+        write_arrow(vanilla_targets(V, EntropyGrid(step=2.0), VanillaSettings(per_level=1)), files / "levels.arrow")
+        t["levels.arrow"] = str(files / "levels.arrow")
         import pyarrow as pa
 
         write_arrow(pa.table({"target_id": ["a"]}), files / "cols.arrow")
@@ -144,6 +146,24 @@ def test_target_then_tune(env, capsys, tmp_path):
                                 "3", "-q", *(["--unit", unit] if unit else []))
         assert code == 0 and f"(asked for {entropy.split()[0]}), achieved " in stdout and "(min over 1 init); " in stdout
         assert f" {entropy.split()[1]}; stopped at the step limit (3 steps: --max-steps, or tuning.max_steps in a config): more may lower its KL\n" in stdout
+
+
+def test_target_id_keeps_the_named_targets_of_the_file_in_its_order(env, capsys, tmp_path):
+    """tune and score take only the targets --target-id names (in the file's order, each once),
+    with the numbers they give as part of the whole file."""
+    levels, ids = env["t"]["levels.arrow"], ["vanilla-L003-r0", "vanilla-L001-r0", "vanilla-L003-r0"]
+    picked = [a for i in ids for a in ("--target-id", i)]
+    code, stdout, err = run(capsys, "tune", "--model", env["model"], "--target", levels, *picked, "--inits", "1",
+                            "--max-steps", "3", "--out", str(tmp_path / "some.arrow"), "-q")
+    assert code == 0, err
+    assert read_arrow(tmp_path / "some.arrow").column("target_id").to_pylist() == ["vanilla-L001-r0", "vanilla-L003-r0"]
+    code, stdout, err = run(capsys, "score", "--model", env["model"], "--target", levels, *picked, "--text", "river")
+    assert code == 0, err
+    some = [ln for ln in stdout.splitlines() if ln.startswith("vanilla-")]
+    code, stdout, err = run(capsys, "score", "--model", env["model"], "--target", levels, "--text", "river")
+    assert code == 0, err
+    every = [ln for ln in stdout.splitlines() if ln.startswith("vanilla-")]
+    assert len(every) == 5 and some == [every[1], every[3]]
 
 
 def test_models_lists_the_embedded_ones(capsys):
@@ -226,6 +246,12 @@ BAD = [
     # an embedded model's first use has no tokenizer to read yet: an empty text with no BOS is refused all the same
     (["score", "--model", "smollm2", "--target", "{t:good.json}", "--text", "", "--bos", "none"],
      "text '': no tokens, and no BOS token before it (bos policy none): nothing to feed the model"),
+    # --target-id names a target the file does not hold: refused before the model is loaded, the file's ids listed
+    (["tune", "--model", "{model}", "--target", "{t:levels.arrow}", "--target-id", "vanilla-L001-r0", "--target-id", "nosuch"],
+     "--target {root}/in/levels.arrow: no target 'nosuch'; its targets: vanilla-L000-r0, vanilla-L001-r0, vanilla-L002-r0, "
+     "vanilla-L003-r0, vanilla-L004-r0"),
+    (["score", "--model", "{model}", "--target", "{t:good.json}", "--target-id", "bad", "--text", "a"],
+     "--target {root}/in/good.json: no target 'bad'; its targets: good"),
 ]
 
 
