@@ -242,3 +242,20 @@ def test_score_of_several_targets_and_texts_is_each_pair_in_its_targets_unit(env
         api.score_texts(loaded, target, texts, bos="none")
     with pytest.raises(DistreachError, match="^no text to score$"):
         api.score_texts(loaded, target, [])
+
+
+def test_score_says_why_a_kl_is_not_a_number(env, capsys, monkeypatch):
+    """A model whose output after a text is not finite gives a KL that is NaN: score prints why
+    (and the dtype it ran in) where the number would be."""
+    import torch
+
+    import distreach.prompts
+
+    real = distreach.prompts.next_token_logprobs
+    monkeypatch.setattr(distreach.prompts, "next_token_logprobs",
+                        lambda *a, **k: torch.full_like(real(*a, **k), float("nan")))
+    code, out, err = run(capsys, "score", "--model", env["model"], "--target", str(env["root"] / "t.json"),
+                         "--text", "river", "--dtype", "fp32")
+    assert code == 0, err
+    assert ("): KL not a number (the model's next-token distribution after this text is not finite in float32); "
+            in out.splitlines()[0]), out
