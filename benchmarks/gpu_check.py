@@ -43,7 +43,7 @@ if importlib.util.find_spec("distreach") is None:
 import yaml  # noqa: E402
 
 from distreach.figureregistry import FIGURES, figure_experiments  # noqa: E402
-from distreach.figurefiles import FIGURE_FILES  # noqa: E402
+from distreach.figurefiles import CLAIMS_REPORT, FIGURE, FIGURE_EXTENSIONS, FIGURE_FILES  # noqa: E402
 from distreach.io import write_json  # noqa: E402
 
 STAND_INS_CONFIG = REPO / "configs" / "paper-stand-ins.yaml"
@@ -82,9 +82,9 @@ def without_pos(config: dict) -> tuple[dict, list[str]]:
 def dag_targets(config: dict, figures: bool) -> list[str]:
     """Collected tables and the claims report (and the figures if drawn)."""
     out = [FIGURE_FILES["tables"].format(e) for e in config["experiments"]]
-    out += ["results/report/claims.md", "results/report/claims.html"]
+    out += [CLAIMS_REPORT.format(ext="md"), CLAIMS_REPORT.format(ext="html")]
     if figures:
-        out += [f"results/figures/{fig}{ext}" for fig in config["figures"] for ext in (".html", ".png", ".svg")]
+        out += [FIGURE.format(fig=fig, ext=ext) for fig in config["figures"] for ext in FIGURE_EXTENSIONS]
     return out
 
 
@@ -167,7 +167,7 @@ def dag_numbers(workdir: Path, config: dict) -> dict:
         "collected_tables": f"{len(found)} of {len(tables)}",
         "rows": rows,
         "row_steps": row_steps,
-        "claims_report": (workdir / "results/report/claims.md").exists(),
+        "claims_report": (workdir / CLAIMS_REPORT.format(ext="md")).exists(),
         "jobs_by_rule": rules,
     }
 

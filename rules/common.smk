@@ -9,7 +9,7 @@ from snakemake.utils import validate
 # Snakemake puts the Snakefile's folder on sys.path: this checkout's distreach is importable
 from distreach import figureregistry, jobs
 from distreach.codeinfo import fingerprint
-from distreach.figurefiles import FIGURE_FILES
+from distreach.figurefiles import CLAIMS_REPORT, FIGURE, FIGURE_FILES
 from distreach.config import check_config
 from distreach.errors import DistreachError
 

@@ -52,13 +52,13 @@ rule figure:
         unpack(figure_inputs),
         bundle=VEGA_BUNDLE,
     output:
-        html="results/figures/{fig}.html",
+        html=FIGURE.format(fig="{fig}", ext="html"),
         png=report(
-            "results/figures/{fig}.png",
+            FIGURE.format(fig="{fig}", ext="png"),
             caption="../report/figure.rst",
             category="Figures",
         ),
-        svg="results/figures/{fig}.svg",
+        svg=FIGURE.format(fig="{fig}", ext="svg"),
     log:
         "logs/figures/{fig}.log",
     wildcard_constraints:
@@ -79,7 +79,7 @@ rule not_drawn:
     input:
         not_drawn,
     output:
-        "results/figures/{fig}.{ext}",
+        FIGURE,
     log:
         "logs/figures/{fig}.{ext}.log",
     wildcard_constraints:

@@ -9,12 +9,12 @@ rule claims:
         ),
     output:
         md=report(
-            "results/report/claims.md",
+            CLAIMS_REPORT.format(ext="md"),
             caption="../report/claims.rst",
             category="Claims",
         ),
-        html="results/report/claims.html",
-        table="results/report/claims.arrow",
+        html=CLAIMS_REPORT.format(ext="html"),
+        table=CLAIMS_REPORT.format(ext="arrow"),
     log:
         "logs/report/claims.log",
     conda:
