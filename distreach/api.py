@@ -181,7 +181,7 @@ def tune_target(loaded, target: pa.Table, inits: int = INITS, out: str | os.Path
 def make_target(kind: str, vocab_size: int, entropy: float, unit: str = DEFAULT_UNIT, k: int = 1, n: int = 1, seed: int = 0,
                 tokenizer=None) -> pa.Table:
     """``n`` vanilla (Eq. 1) or outlier (``k`` outlier tokens, Eq. 2-3) targets of the given entropy
-    over ``vocab_size`` output rows. With the model's ``tokenizer``, probability goes only to its
+    over ``vocab_size`` output rows, ids ``<kind>-<entropy><unit>[-k<k>]-s<seed>-<i>``. With the model's ``tokenizer``, probability goes only to its
     |V| tokens (rows past them are padding) and outlier tokens are usable ones
     (:mod:`distreach.tokens`)."""
     from .families import OutlierSettings, outlier_targets
@@ -202,12 +202,18 @@ def make_target(kind: str, vocab_size: int, entropy: float, unit: str = DEFAULT_
         raise DistreachError(f"--entropy {entropy}: must be within 0..{top:.4g} {unit} (log |V| of this model)")
     if kind == "vanilla":
         grid = EntropyGrid(start=entropy, stop=entropy, step=1.0, include_max=False, unit=unit)
-        return pad_rows(vanilla_targets(vocab_size, grid, VanillaSettings(per_level=n, seed=seed)), width)
-    if kind == "outlier":
+        table = vanilla_targets(vocab_size, grid, VanillaSettings(per_level=n, seed=seed))
+    elif kind == "outlier":
         if not 1 <= k < vocab_size:
             raise DistreachError(f"--k {k}: must be between 1 and |V| - 1 = {vocab_size - 1}")
-        return pad_rows(outlier_targets(vocab_size, [entropy], unit, OutlierSettings(per_level=n, ks=(k,), seed=seed), pool), width)
-    raise DistreachError(f"target kind {kind!r}: use vanilla or outlier")
+        table = outlier_targets(vocab_size, [entropy], unit, OutlierSettings(per_level=n, ks=(k,), seed=seed), pool)
+    else:
+        raise DistreachError(f"target kind {kind!r}: use vanilla or outlier")
+    # ids that name what made each target, so that targets made by other calls keep other ids
+    name = f"{kind}-{entropy:g}{unit}" + (f"-k{k}" if kind == "outlier" else "") + f"-s{seed}"
+    table = table.set_column(table.column_names.index("target_id"), "target_id",
+                             pa.array([f"{name}-{i}" for i in range(table.num_rows)], pa.string()))
+    return pad_rows(table, width)
 
 
 # ---------------------------------------------------------------- what a result row produced

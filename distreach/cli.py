@@ -140,7 +140,7 @@ def _tune_parser(sub, quiet) -> None:
                    help=f"AdamW learning rate of soft positions (default {DEFAULT.lr})")
     t.add_argument("--patience", type=_positive(int), default=None,
                    help=f"stop after this many steps without gain (default {PATIENCE}; gcg {GCG_PATIENCE})")
-    t.add_argument("--seed", type=int, default=0, help="seed of the prompt initialisations (default 0)")
+    t.add_argument("--seed", type=_count, default=0, help="seed of the prompt initialisations (default 0)")
     _model_run_arguments(t, "prompt")
     t.add_argument("--top-k", type=_count, default=DEFAULT.top_k,
                    help=f"tokens of the target and of the achieved distribution recorded per row (default {DEFAULT.top_k})")
@@ -219,7 +219,7 @@ def _row_parsers(sub, quiet) -> None:
     gen.add_argument("--text", default="", help="text after the prompt (default none)")
     gen.add_argument("--max-new-tokens", type=_positive(int), default=20, help="tokens per sample (default 20)")
     gen.add_argument("--samples", type=_count, default=5, help="sampled continuations (default 5)")
-    gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    gen.add_argument("--seed", type=_count, default=0, help="sampling seed (default 0)")
     gen.add_argument("--top", type=_positive(int), default=10, help="next tokens shown (default 10)")
     gen.add_argument("--dtype", choices=("auto", *DTYPES), default="auto", help="default: the row's dtype")
     gen.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda or cuda:N")
@@ -234,9 +234,9 @@ def _target_parser(sub, quiet) -> None:
     g.add_argument("--model", required=True, help=MODELS_HELP)
     g.add_argument("--entropy", required=True, type=_entropy, help="target entropy, in --unit")
     g.add_argument("--unit", choices=UNITS, default=DEFAULT_UNIT, help=f"unit of --entropy (default {DEFAULT_UNIT})")
-    g.add_argument("--k", type=_positive(int), default=1, help="outlier: number of outlier tokens (default 1)")
+    g.add_argument("--k", type=_positive(int), default=None, help="outlier: number of outlier tokens (default 1)")
     g.add_argument("--n", type=_positive(int), default=1, help="how many targets (default 1)")
-    g.add_argument("--seed", type=int, default=0, help="seed of the targets' random draws (default 0)")
+    g.add_argument("--seed", type=_count, default=0, help="seed of the targets' random draws (default 0)")
     g.add_argument("--out", required=True, help="output .arrow target table")
 
 
@@ -289,6 +289,8 @@ def cmd_tune(args) -> int:
 
     if args.out:
         _check_out(args.out, "result")
+        if Path(args.out).resolve() == Path(args.target).resolve():
+            raise DistreachError(f"--out {args.out}: is the --target file; the results would overwrite the targets")
     if args.n_soft is not None and args.method != "hybrid":
         raise DistreachError("--n-soft is for --method hybrid only")
     extra = {"n_soft": args.n_soft} if args.n_soft is not None else {}
@@ -304,9 +306,13 @@ def cmd_tune(args) -> int:
                          patience=args.patience, bos=args.bos, top_k=args.top_k, **extra)
     except DistreachError as exc:  # the settings' errors name the config key: here, the flag that set it
         raise DistreachError(re.sub(r"^tuning\.(\w+):", lambda m: _flag(m.group(1), args) + ":", str(exc))) from None
-    if args.method == "hybrid" and args.n_soft is None and not any(cfg.soft_mask):  # --prefix-len 1
-        raise DistreachError(f"--method hybrid: a prompt of --prefix-len {args.prefix_len} is all soft or all hard: "
-                             "use --method soft or hard")
+    if args.method == "hybrid" and (all(cfg.soft_mask) or not any(cfg.soft_mask)):  # --prefix-len 1, or --n-soft 0 or L
+        kind = "soft" if all(cfg.soft_mask) else "hard"
+        raise DistreachError(f"--method hybrid: a prompt of --prefix-len {args.prefix_len}"
+                             f"{'' if args.n_soft is None else f' and --n-soft {args.n_soft}'} is all {kind}: use --method {kind}")
+    if args.method == "gcg" and args.gcg_replace > args.prefix_len:
+        raise DistreachError(f"--gcg-replace {args.gcg_replace}: a candidate cannot change more than the prompt's "
+                             f"--prefix-len {args.prefix_len} positions")
     if args.lr != TuneConfig().lr and not any(cfg.soft_mask):
         raise DistreachError(f"--lr is the learning rate of soft positions; this {args.method} prompt has none")
     device = resolve_device(args.device)
@@ -333,7 +339,7 @@ def cmd_tune(args) -> int:
     if failed.height:
         print(f"{counted(failed.height, 'row')} failed: {failed['status'][0]}", file=sys.stderr)
     if args.out:
-        print(f"wrote {df.height} rows to {args.out}")
+        print(f"wrote {counted(df.height, 'row')} to {args.out}")
     return 0
 
 
@@ -509,6 +515,8 @@ def cmd_target(args) -> int:
     from .io import write_arrow
 
     _check_out(args.out, "target")
+    if args.k is not None and args.kind != "outlier":
+        raise DistreachError(f"--k is for outlier targets only (a {args.kind} target has no outlier tokens)")
     # the tokenizer from the model folder or the cache when it can be read there (no conversion): a
     # target needs it (which rows are tokens, which tokens are usable), not the vocabulary's size alone
     loaded = api.model_vocab(args.model)
@@ -517,7 +525,7 @@ def cmd_target(args) -> int:
         loaded = api.model_vocab(args.model)
     if loaded is None or loaded.tokenizer is None:  # a tokenizer read only through a full load: it says what fails
         loaded = api.load_model(args.model, dtype="fp32", device="cpu")
-    table = api.make_target(args.kind, loaded.vocab_size, args.entropy, args.unit, args.k, args.n, args.seed,
+    table = api.make_target(args.kind, loaded.vocab_size, args.entropy, args.unit, args.k or 1, args.n, args.seed,
                             tokenizer=loaded.tokenizer)
     write_arrow(table, args.out, {"model": loaded.name, "kind": args.kind, "entropy": args.entropy, "unit": args.unit})
     achieved = ", ".join(f"{h:.4g}" for h in table.column("achieved_entropy").to_pylist())

@@ -30,6 +30,8 @@ def check_target_path(path: str | os.PathLike) -> Path:
     """The target file's path if it exists, is not empty and has a known format (checked
     before any model is loaded)."""
     path = Path(path)
+    if path.is_dir():
+        raise DistreachError(f"{path}: a folder, not a target file")
     if not path.is_file():
         raise DistreachError(f"{path}: no such file")
     if path.stat().st_size == 0:
@@ -103,9 +105,11 @@ def _npy_target(path: Path, loaded, unit: str) -> pa.Table:
         raise DistreachError(f"{path}: not a plain numeric .npy array ({one_line(exc)})") from None
     if not isinstance(arr, np.ndarray) or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise DistreachError(f"{path}: array of {getattr(arr, 'dtype', type(arr).__name__)}, expected real numbers")
-    arr = np.atleast_2d(arr.astype(np.float64))
+    shape, arr = arr.shape, np.atleast_2d(arr.astype(np.float64))
     if arr.ndim != 2 or arr.shape[1] != vocab:
-        raise DistreachError(f"{path}: shape {arr.shape}, expected [{vocab}] or [n, {vocab}] for model {loaded.name}")
+        raise DistreachError(f"{path}: shape {shape}, expected [{vocab}] or [n, {vocab}] for model {loaded.name}")
+    if not len(arr):
+        raise DistreachError(f"{path}: shape {shape}: no targets in the file")
     probs = np.stack([_finite_probabilities(r, f"{path} row {i}") for i, r in enumerate(arr)])
     return _user_table(probs, [f"{path.stem}-{i}" for i in range(len(probs))], unit)
 

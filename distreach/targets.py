@@ -10,13 +10,14 @@ from a user's file by :mod:`distreach.targetfiles`.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 
 import numpy as np
 import pyarrow as pa
 
 from .errors import DistreachError, one_line
 from .units import UNITS
-from .io import read_arrow
+from .io import arrow_metadata, read_arrow
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,9 @@ def target_probs(table: pa.Table, vocab_size: int | None = None, where: str = "t
     """Check a target table's shape and values (``where`` names it in messages); returns
     (metadata columns, probabilities [n, V] as float32, rows renormalised to sum to 1)."""
     missing = [c for c in TARGET_COLUMNS if c not in table.column_names]
+    if missing and "kl_min" in table.column_names:
+        raise DistreachError(f"{where}: a result table (of a tuning), not a target table: a target table comes from "
+                             "distreach target, or the workflow's results/targets/<family>/<model>.arrow")
     if missing:
         raise DistreachError(f"{where}: missing target column(s) {', '.join(missing)}")
     if table.num_rows == 0:
@@ -114,9 +118,13 @@ def target_probs(table: pa.Table, vocab_size: int | None = None, where: str = "t
         raise DistreachError(f"{where}: column entropy_unit has {sorted(units)[0]!r}, expected bits or nats")
     v = col.type.list_size
     if vocab_size is not None and v != vocab_size:
-        raise DistreachError(f"{where}: targets have {v} entries but the model's vocabulary has {vocab_size}")
-    logp = logprobs(table).astype(np.float32)
+        made = arrow_metadata(table).get("model")
+        raise DistreachError(f"{where}: targets have {v} entries but the model's vocabulary has {vocab_size}"
+                             + (f" (the file's targets were made for model {made})" if isinstance(made, str) else ""))
     ids = table.column("target_id").to_pylist()
+    if twice := next((i for i, n in Counter(ids).items() if n > 1), None):
+        raise DistreachError(f"{where}: target id {twice!r} is given twice (results are kept and compared by target id)")
+    logp = logprobs(table).astype(np.float32)
     bad = ~np.isfinite(logp) & ~(np.isneginf(logp))
     if bad.any():
         raise DistreachError(f"{where}: target {ids[int(bad.any(1).argmax())]} has NaN or +inf log-probabilities")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from distreach import cli
@@ -72,8 +73,16 @@ def env(tmp_path_factory):
         t["v50.arrow"] = str(files / "v50.arrow")
         write_arrow(vanilla_targets(V, EntropyGrid(step=2.0), VanillaSettings(per_level=1)), files / "levels.arrow")
         t["levels.arrow"] = str(files / "levels.arrow")
-        import pyarrow as pa
-
+        two = vanilla_targets(V, EntropyGrid(step=4.0), VanillaSettings(per_level=1))
+        write_arrow(two.set_column(0, "target_id", pa.array(["x"] * two.num_rows)), files / "dup.arrow")
+        t["dup.arrow"] = str(files / "dup.arrow")
+        write_arrow(vanilla_targets(50, EntropyGrid(step=4.0), VanillaSettings(per_level=1)), files / "g50.arrow",
+                    {"model": "gemma3"})
+        t["g50.arrow"] = str(files / "g50.arrow")
+        write_arrow(pa.table({"target_id": ["a"], "init_index": [0], "kl_min": [1.0]}), files / "result.arrow")
+        t["result.arrow"] = str(files / "result.arrow")
+        t["empty.npy"] = put("empty.npy", np.zeros((0, V)))
+        t["scalar.npy"] = put("scalar.npy", np.array(0.5))
         write_arrow(pa.table({"target_id": ["a"]}), files / "cols.arrow")
         t["cols.arrow"] = str(files / "cols.arrow")
         (root / "noconfig").mkdir()
@@ -135,6 +144,7 @@ def test_target_then_tune(env, capsys, tmp_path):
     assert code == 0, err
     assert f"wrote 2 outlier target(s) over 93 tokens to {out}" in stdout
     assert read_arrow(out).column("n_outliers").to_pylist() == [2, 2]
+    assert read_arrow(out).column("target_id").to_pylist() == ["outlier-3bits-k2-s0-0", "outlier-3bits-k2-s0-1"]
     code, stdout, err = run(capsys, "tune", "--model", env["model"], "--target", str(out), "--inits", "1", "--max-steps", "3", "-q")
     assert code == 0 and stdout.count("kl_min") == 2
     # a table in nats is tuned in nats, unless --unit asks for bits: its entropies are then converted
@@ -196,7 +206,7 @@ BAD = [
     (["tune", "--model", "{model}", "--target", "{t:nan.json}"], "nan.json: token 'table' has probability nan (NaN or infinite)"),
     (["tune", "--model", "{model}", "--target", "{t:sum.json}"], "sum.json: probabilities sum to 0.5, not 1"),
     (["tune", "--model", "{model}", "--target", "{t:target.csv}"], "target.csv: unknown format .csv; use .arrow, .npy or .json"),
-    (["tune", "--model", "{model}", "--target", "{t:short.npy}"], "short.npy: shape (1, 5), expected [93] or [n, 93]"),
+    (["tune", "--model", "{model}", "--target", "{t:short.npy}"], "short.npy: shape (5,), expected [93] or [n, 93]"),
     (["tune", "--model", "{model}", "--target", "{t:nan.npy}"], "nan.npy row 0: entry 3 is nan (NaN or infinite)"),
     (["tune", "--model", "{model}", "--target", "{t:negative.npy}"], "negative.npy row 0: entry 0 is negative"),
     (["tune", "--model", "{model}", "--target", "{t:sum.npy}"], "sum.npy row 0: probabilities sum to 3, not 1"),
@@ -227,9 +237,9 @@ BAD = [
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hard", "--lr", "0.5"],
      "--lr is the learning rate of soft positions; this hard prompt has none"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hybrid", "--n-soft", "0", "--lr", "0.5"],
-     "--lr is the learning rate of soft positions; this hybrid prompt has none"),
+     "--method hybrid: a prompt of --prefix-len 5 and --n-soft 0 is all hard: use --method hard"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hybrid", "--prefix-len", "1"],
-     "--method hybrid: a prompt of --prefix-len 1 is all soft or all hard: use --method soft or hard"),
+     "--method hybrid: a prompt of --prefix-len 1 is all hard: use --method hard"),
     (["tune", "--model", "{model}", "--target", "{t:logprobs.npy}"],
      "); these look like log-probabilities: give their exp"),  # entry 0 is negative (-4.5...)
     (["tune", "--model", "{model}", "--target", "{t:logprobs-zero.npy}"],
@@ -240,7 +250,7 @@ BAD = [
      "text '': no tokens, and no BOS token before it (bos policy none): nothing to feed the model"),
     # score checks what tune checks before the model is converted or loaded
     (["score", "--model", "{model}", "--target", "{t:unknown.json}", "--text", "a"], "unknown.json: 1 string is not a single token"),
-    (["score", "--model", "{model}", "--target", "{t:short.npy}", "--text", "a"], "short.npy: shape (1, 5), expected [93] or [n, 93]"),
+    (["score", "--model", "{model}", "--target", "{t:short.npy}", "--text", "a"], "short.npy: shape (5,), expected [93] or [n, 93]"),
     (["score", "--model", "{model}", "--target", "{t:v50.arrow}", "--text", "a"], "v50.arrow: targets have 50 entries but the model's vocabulary has 93"),
     (["score", "--model", "{model}", "--target", "{t:good.json}", "--text", "a", "--top", "0"], "argument --top: '0' must be positive"),
     # an embedded model's first use has no tokenizer to read yet: an empty text with no BOS is refused all the same
@@ -252,6 +262,23 @@ BAD = [
      "vanilla-L003-r0, vanilla-L004-r0"),
     (["score", "--model", "{model}", "--target", "{t:good.json}", "--target-id", "bad", "--text", "a"],
      "--target {root}/in/good.json: no target 'bad'; its targets: good"),
+    (["tune", "--model", "{model}", "--target", "{t:empty.npy}"], "empty.npy: shape (0, 93): no targets in the file"),
+    (["tune", "--model", "{model}", "--target", "{t:scalar.npy}"], "scalar.npy: shape (), expected [93] or [n, 93]"),
+    (["tune", "--model", "{model}", "--target", "{t:dup.arrow}"],
+     "dup.arrow: target id 'x' is given twice (results are kept and compared by target id)"),
+    (["tune", "--model", "{model}", "--target", "{t:result.arrow}"], "result.arrow: a result table (of a tuning), not a target table"),
+    (["tune", "--model", "{model}", "--target", "{t:g50.arrow}"],
+     "g50.arrow: targets have 50 entries but the model's vocabulary has 93 (the file's targets were made for model gemma3)"),
+    (["tune", "--model", "{model}", "--target", "{root}/dir.arrow"], "--target {root}/dir.arrow: a folder, not a target file"),
+    (["tune", "--model", "{model}", "--target", "{t:levels.arrow}", "--out", "{t:levels.arrow}"],
+     "--out {root}/in/levels.arrow: is the --target file; the results would overwrite the targets"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--seed", "-1"], "argument --seed: '-1' must be >= 0"),
+    (["target", "vanilla", "--model", "{model}", "--entropy", "2", "--k", "3", "--out", "{root}/t.arrow"],
+     "--k is for outlier targets only (a vanilla target has no outlier tokens)"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hybrid", "--n-soft", "5"],
+     "--method hybrid: a prompt of --prefix-len 5 and --n-soft 5 is all soft: use --method soft"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "gcg", "--gcg-replace", "6"],
+     "--gcg-replace 6: a candidate cannot change more than the prompt's --prefix-len 5 positions"),
 ]
 
 
@@ -262,7 +289,7 @@ def listing(*folders):
 
 # the target files' errors are found after the model loads (a few seconds each): one case per format
 # (.json, .npy, .arrow) in the fast tier, the others with the whole suite
-LOADING = {*range(15, 22), *range(23, 27), *range(28, 31)}
+LOADING = {*range(15, 22), *range(23, 27), *range(28, 31), 65, *range(67, 75)}
 
 
 @pytest.mark.parametrize("argv,message", tiered(BAD, LOADING, ids=[f"{i:02d}-{m[:40]}" for i, (_, m) in enumerate(BAD)]))
@@ -322,7 +349,7 @@ def test_a_target_of_the_wrong_length_is_refused_before_the_model_is_converted(t
                           cwd=tmp_path, env=run_env, capture_output=True, text=True)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines() == [
-        f"distreach: error: --target {target}: shape (1, 7), expected [{v}] or [n, {v}] for model {name}"]
+        f"distreach: error: --target {target}: shape (7,), expected [{v}] or [n, {v}] for model {name}"]
     assert listing(cache) == {}  # nothing converted, nothing written
 
 

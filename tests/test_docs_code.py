@@ -107,14 +107,19 @@ def test_every_documented_config_key_is_in_the_schema():
 
 
 def rule_outputs() -> list[re.Pattern]:
-    """Each rule's output patterns (the string literals of its output: section), wildcards as
-    regular expressions."""
+    """Each rule's output patterns (the string literals of its output: section, and the paths of
+    distreach.figurefiles it names), wildcards as regular expressions."""
+    from distreach import figurefiles
+
+    named = {k: v for k, v in vars(figurefiles).items() if isinstance(v, str)}
+    named |= {f'FIGURE_FILES["{k}"]': v for k, v in figurefiles.FIGURE_FILES.items()}
     patterns = []
     for smk in sorted((REPO / "rules").glob("*.smk")):
         for block in re.findall(r"^    output:\n((?:        .*\n)+)", smk.read_text(), flags=re.M):
-            for literal in re.findall(r'"([^"]+)"', block):
-                if literal.startswith("results/"):
-                    patterns.append(re.compile(re.sub(r"\\\{\w+\\\}", "[^/]+", re.escape(literal)) + "$"))
+            paths = re.findall(r'"([^"]+)"', block) + [v for k, v in named.items() if re.search(rf"(?<![\w\"]){re.escape(k)}(?!\w)", block)]
+            for path in paths:
+                if path.startswith("results/"):
+                    patterns.append(re.compile(re.sub(r"\\\{\w*\\\}", "[^/]+", re.escape(path)) + "$"))
     return patterns
 
 
