@@ -386,7 +386,8 @@ def materialise(spec: ModelSpec, out_dir: str | os.PathLike, base_dir: str | os.
     with atomic_path(out_dir, is_dir=True) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
         model, tok, source_hash = _build(spec, tmp, base_dir)
-        model.save_pretrained(tmp, safe_serialization=True)
+        stored = exact_dtype(model)
+        model.to(stored).save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         weights = sorted(tmp.glob("*.safetensors"))
         digest = hashlib.sha256()
@@ -400,6 +401,7 @@ def materialise(spec: ModelSpec, out_dir: str | os.PathLike, base_dir: str | os.
             "weights_sha256": digest.hexdigest(),
             "trust_remote_code": spec.trust_remote_code,
             "architecture": type(model).__name__,
+            "weights_dtype": str(stored).removeprefix("torch."),
             "vocab_size": int(model.get_output_embeddings().weight.shape[0]),
             "hidden_size": int(model.get_input_embeddings().weight.shape[1]),
             "n_parameters": int(sum(p.numel() for p in model.parameters())),
@@ -411,6 +413,18 @@ def materialise(spec: ModelSpec, out_dir: str | os.PathLike, base_dir: str | os.
     if vocab_out is not None:
         write_vocab(out_dir, vocab_out, tok)
     return manifest
+
+
+def exact_dtype(model) -> torch.dtype:
+    """The narrowest dtype of bf16, fp16 and fp32 that holds every floating tensor the model saves
+    exactly: a model loaded in fp32 from a bf16 or fp16 checkpoint is stored as its checkpoint was,
+    in half the space, and loads back to the same numbers in any dtype; de-quantised GGUF weights
+    and random ones stay fp32."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    for dtype in (torch.bfloat16, torch.float16):
+        if all(torch.equal(t.to(dtype).to(t.dtype), t) for t in tensors):
+            return dtype
+    return torch.float32
 
 
 def read_manifest(folder: str | os.PathLike) -> dict:

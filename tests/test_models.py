@@ -389,3 +389,29 @@ def test_reuse_freed_memory_does_nothing_on_a_gpu_or_off_glibc(monkeypatch):
     assert models.reuse_freed_memory() is False
     monkeypatch.setattr(models.platform, "system", lambda: "Darwin")
     assert models.reuse_freed_memory() is False
+
+
+def test_a_bf16_checkpoint_is_stored_in_bf16_and_loads_back_to_its_numbers(tmp_path):
+    """A checkpoint whose weights are bf16 is materialised in bf16 (not twice its size in fp32),
+    and loaded in fp32 gives its weights exactly; fp32 weights that bf16 would round stay fp32."""
+    from safetensors import safe_open
+
+    from .conftest import tiny_model
+
+    model, tok = tiny_model("llama", 0)
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "src", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "src")
+    m = materialise(ModelSpec.from_config("half", {"source": {"local": str(tmp_path / "src")}}), tmp_path / "half")
+    (weights,) = (tmp_path / "half").glob("*.safetensors")
+    with safe_open(weights, "pt") as fh:
+        assert {fh.get_tensor(k).dtype for k in fh.keys()} == {torch.bfloat16}
+    assert m["weights_dtype"] == "bfloat16"
+    lm = load_materialised(tmp_path / "half", dtype="fp32", device="cpu")[0]
+    source = model.state_dict()
+    for name, value in lm.model.state_dict().items():
+        assert value.dtype == torch.float32 and torch.equal(value, source[name].float()), name
+    assert read_manifest(tmp_path / "half")["weights_dtype"] == "bfloat16"
+
+
+def test_weights_bf16_would_round_are_stored_in_fp32(tiny_dirs):
+    assert read_manifest(tiny_dirs["llama"])["weights_dtype"] == "float32"
