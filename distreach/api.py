@@ -400,9 +400,11 @@ def _materialised_row_model(row: dict, near, weights: bool, dtype: str = "fp32",
     if not found:
         cache = _row_cache(row)
         if "random_init" in source or "local" in source and not Path(source["local"]).is_dir():
-            where = ", ".join(str(f) for f in folders[:-1])
+            where = ", ".join(str(f) for f in folders)
+            fix = (f"its source folder {source['local']} is gone: put it back, or the row's model folder in one of these"
+                   if "local" in source else "run the workflow's materialise_model for it")
             raise DistreachError(f"model {name}: no materialised folder with the weights the row was tuned on "
-                                 f"(sha256 {sha[:12]}...) in {where}; run the workflow's materialise_model for it")
+                                 f"(sha256 {sha[:12]}...) in {where}; {fix}")
         if _manifest(cache) is not None:
             raise DistreachError(f"model {name}: the cache folder {cache} holds other weights (sha256 "
                                  f"{_manifest(cache)['weights_sha256'][:12]}...) than the row was tuned on ({sha[:12]}...)")

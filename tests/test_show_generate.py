@@ -259,3 +259,20 @@ def test_score_says_why_a_kl_is_not_a_number(env, capsys, monkeypatch):
     assert code == 0, err
     assert ("): KL not a number (the model's next-token distribution after this text is not finite in float32); "
             in out.splitlines()[0]), out
+
+
+def test_generate_says_a_rows_source_folder_is_gone(tmp_path, capsys):
+    """A row tuned on a model folder whose folder and cache entry are gone: generate says the
+    source folder is gone and where it looked, not to run the workflow."""
+    import shutil
+
+    with tiny_cli_home(tmp_path) as model:
+        (tmp_path / "t.json").write_text(json.dumps({"table": 0.5, "river": 0.5}))
+        assert cli.main(["tune", "--model", str(model), "--target", str(tmp_path / "t.json"), "--inits", "1",
+                         "--max-steps", "2", "--out", str(tmp_path / "r.arrow"), "-q"]) == 0
+        shutil.rmtree(model)
+        shutil.rmtree(tmp_path / "cache")
+        code, out, err = run(capsys, "generate", str(tmp_path / "r.arrow"), "--target", "t", "--samples", "0")
+    assert code == 2
+    assert f"; its source folder {model} is gone: put it back, or the row's model folder in one of these" in err, err
+    assert "materialise_model" not in err
