@@ -274,7 +274,7 @@ BAD_CONFIGS = [
     (lambda c: c.update(entropy_unit="dits"), "config key entropy_unit: 'dits' is not one of"),
     (lambda c: c["targets"]["lm-matched"].update(of="nosuch"), "config key targets.lm-matched.of: a matched family needs an existing family"),
     (lambda c: c["targets"]["migrated"].update(source="nosuch"), "config key targets.migrated.source: unknown model 'nosuch'"),
-    (lambda c: c["targets"]["pos"].update(tags=["noun"]), "config key targets.pos.tags[0]: 'noun' does not match"),
+    (lambda c: c["targets"]["pos"].update(tags=["NOUN", "XYZ"]), "config key targets.pos.tags[1]: 'XYZ' is not one of ['ADJ', 'ADP', "),
     (lambda c: c["pos"].update(min_pos_prob=2), "config key pos.min_pos_prob: 2 is greater than the maximum of 1"),
     (lambda c: c["figures"].update(fig02={"experiment": "vanilla"}),
      "config key figures.fig02: unknown key (allowed here: fig01, fig03, fig04, fig05, fig06, fig07, fig08, fig09, "
