@@ -90,7 +90,7 @@ def _count(text):
     return value
 
 
-def _entropy(text):
+def _nonnegative(text):
     try:
         value = float(text)
     except ValueError:
@@ -140,6 +140,9 @@ def _tune_parser(sub, quiet) -> None:
                    help=f"AdamW learning rate of soft positions (default {DEFAULT.lr})")
     t.add_argument("--patience", type=_positive(int), default=None,
                    help=f"stop after this many steps without gain (default {PATIENCE}; gcg {GCG_PATIENCE})")
+    t.add_argument("--stop-kl-nats", type=_nonnegative, default=DEFAULT.stop_kl_nats,
+                   help=f"a row whose KL (nats) reaches this stops (default {DEFAULT.stop_kl_nats:g}: never, the paper; "
+                        "the workflow's config.yaml sets tuning.stop_kl_nats)")
     t.add_argument("--seed", type=_count, default=0, help="seed of the prompt initialisations (default 0)")
     _model_run_arguments(t, "prompt")
     t.add_argument("--top-k", type=_count, default=DEFAULT.top_k,
@@ -232,7 +235,7 @@ def _target_parser(sub, quiet) -> None:
                    help="vanilla: from random logits, descended to the entropy (Eq. 1); outlier: the same with --k "
                         "random tokens holding as much mass as the entropy allows (Eqs. 2-3)")
     g.add_argument("--model", required=True, help=MODELS_HELP)
-    g.add_argument("--entropy", required=True, type=_entropy, help="target entropy, in --unit")
+    g.add_argument("--entropy", required=True, type=_nonnegative, help="target entropy, in --unit")
     g.add_argument("--unit", choices=UNITS, default=DEFAULT_UNIT, help=f"unit of --entropy (default {DEFAULT_UNIT})")
     g.add_argument("--k", type=_positive(int), default=None, help="outlier: number of outlier tokens (default 1)")
     g.add_argument("--n", type=_positive(int), default=1, help="how many targets (default 1)")
@@ -303,7 +306,7 @@ def cmd_tune(args) -> int:
     # format always; its length and tokens when the model's vocabulary can be read without converting)
     try:
         cfg = TuneConfig(method=args.method, prefix_len=args.prefix_len, max_steps=args.max_steps, lr=args.lr,
-                         patience=args.patience, bos=args.bos, top_k=args.top_k, **extra)
+                         patience=args.patience, bos=args.bos, top_k=args.top_k, stop_kl_nats=args.stop_kl_nats, **extra)
     except DistreachError as exc:  # the settings' errors name the config key: here, the flag that set it
         raise DistreachError(re.sub(r"^tuning\.(\w+):", lambda m: _flag(m.group(1), args) + ":", str(exc))) from None
     if args.method == "hybrid" and (all(cfg.soft_mask) or not any(cfg.soft_mask)):  # --prefix-len 1, or --n-soft 0 or L
@@ -324,7 +327,8 @@ def cmd_tune(args) -> int:
     try:
         df = api.tune_target(loaded, target, inits=args.inits, method=args.method, prefix_len=args.prefix_len,
                              out=args.out, seed=args.seed, progress=bar, max_steps=args.max_steps, lr=args.lr,
-                             patience=args.patience, bos=args.bos, top_k=args.top_k, **extra)
+                             patience=args.patience, bos=args.bos, top_k=args.top_k, stop_kl_nats=args.stop_kl_nats,
+                             **extra)
     finally:
         bar.close()
     best = min_over_inits(df)

@@ -176,6 +176,19 @@ def test_target_id_keeps_the_named_targets_of_the_file_in_its_order(env, capsys,
     assert len(every) == 5 and some == [every[1], every[3]]
 
 
+def test_stop_kl_nats_stops_the_rows_that_reach_it(env, capsys, tmp_path):
+    """--stop-kl-nats as the config's tuning.stop_kl_nats: a row whose KL reaches it stops there;
+    without it (the paper's 0) rows run to the step limit."""
+    for stop, reason in ((None, "step cap"), ("100", "target reached")):
+        out = tmp_path / f"{reason}.arrow"
+        code, _, err = run(capsys, "tune", "--model", env["model"], "--target", env["t"]["good.json"], "--inits", "2",
+                           "--max-steps", "6", "--out", str(out), "-q", *(["--stop-kl-nats", stop] if stop else []))
+        assert code == 0, err
+        rows = read_arrow(out).to_pylist()
+        assert [r["stop_reason"] for r in rows] == [reason] * 2
+        assert [r["steps"] for r in rows] == ([6, 6] if stop is None else [1, 1])
+
+
 def test_models_lists_the_embedded_ones(capsys):
     code, stdout, _ = run(capsys, "models")
     assert code == 0 and "smollm2" in stdout and "gemma3" in stdout and "org/name" in stdout
@@ -273,6 +286,8 @@ BAD = [
     (["tune", "--model", "{model}", "--target", "{t:levels.arrow}", "--out", "{t:levels.arrow}"],
      "--out {root}/in/levels.arrow: is the --target file; the results would overwrite the targets"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--seed", "-1"], "argument --seed: '-1' must be >= 0"),
+    (["tune", "--model", "{model}", "--target", "{t:good.json}", "--stop-kl-nats", "-1"],
+     "argument --stop-kl-nats: '-1' must be a finite number >= 0"),
     (["target", "vanilla", "--model", "{model}", "--entropy", "2", "--k", "3", "--out", "{root}/t.arrow"],
      "--k is for outlier targets only (a vanilla target has no outlier tokens)"),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "hybrid", "--n-soft", "5"],
@@ -289,7 +304,7 @@ def listing(*folders):
 
 # the target files' errors are found after the model loads (a few seconds each): one case per format
 # (.json, .npy, .arrow) in the fast tier, the others with the whole suite
-LOADING = {*range(15, 22), *range(23, 27), *range(28, 31), 65, *range(67, 75)}
+LOADING = {*range(15, 22), *range(23, 27), *range(28, 31), 65, *range(67, 76)}
 
 
 @pytest.mark.parametrize("argv,message", tiered(BAD, LOADING, ids=[f"{i:02d}-{m[:40]}" for i, (_, m) in enumerate(BAD)]))
