@@ -392,6 +392,8 @@ def row_tokenizer(row: dict, near: str | os.PathLike | None = None):
 def _materialised_row_model(row: dict, near, weights: bool, dtype: str = "fp32", device: str = "cpu"):
     """The materialised model of a row whose weights are the ones it was tuned with (its
     ``model_sha256``), converted into the cache if no folder of :func:`model_folders` has them."""
+    import torch
+
     from .models import ModelSpec, load_materialised, materialise
 
     name, source, sha = row["model"], json.loads(row["model_source"]), row["model_sha256"]
@@ -407,8 +409,13 @@ def _materialised_row_model(row: dict, near, weights: bool, dtype: str = "fp32",
                                  f"(sha256 {sha[:12]}...) in {where}; {fix}")
         if _manifest(cache) is not None:
             raise DistreachError(f"model {name}: the cache folder {cache} holds other weights (sha256 "
-                                 f"{_manifest(cache)['weights_sha256'][:12]}...) than the row was tuned on ({sha[:12]}...)")
+                                 f"{_manifest(cache)['weights_sha256'][:12]}..., stored in "
+                                 f"{_manifest(cache).get('weights_dtype', 'float32')}) than the row was tuned on "
+                                 f"({sha[:12]}...): remove the folder to convert the row's source again")
         materialise(ModelSpec(name, source), cache)
+        if _manifest(cache)["weights_sha256"] != sha and _manifest(cache)["weights_dtype"] != "float32":
+            # a row tuned when every model was stored in fp32: the hash it holds is of fp32 files
+            materialise(ModelSpec(name, source), cache, store=torch.float32)
         log.info("converted %s into %s (once; later runs reuse it)", name, cache)
         if _manifest(cache)["weights_sha256"] != sha:
             raise DistreachError(f"model {name}: converting its source gave weights sha256 "

@@ -309,13 +309,9 @@ def cmd_tune(args) -> int:
                          patience=args.patience, bos=args.bos, top_k=args.top_k, stop_kl_nats=args.stop_kl_nats, **extra)
     except DistreachError as exc:  # the settings' errors name the config key: here, the flag that set it
         raise DistreachError(re.sub(r"^tuning\.(\w+):", lambda m: _flag(m.group(1), args) + ":", str(exc))) from None
-    if args.method == "hybrid" and (all(cfg.soft_mask) or not any(cfg.soft_mask)):  # --prefix-len 1, or --n-soft 0 or L
-        kind = "soft" if all(cfg.soft_mask) else "hard"
-        raise DistreachError(f"--method hybrid: a prompt of --prefix-len {args.prefix_len}"
-                             f"{'' if args.n_soft is None else f' and --n-soft {args.n_soft}'} is all {kind}: use --method {kind}")
-    if args.method == "gcg" and args.gcg_replace > args.prefix_len:
-        raise DistreachError(f"--gcg-replace {args.gcg_replace}: a candidate cannot change more than the prompt's "
-                             f"--prefix-len {args.prefix_len} positions")
+    if args.method == "hybrid" and args.n_soft is None and not any(cfg.soft_mask):  # --prefix-len 1
+        raise DistreachError(f"--method hybrid: a prompt of --prefix-len {args.prefix_len} is all soft or all hard: "
+                             "use --method soft or hard")
     if args.lr != TuneConfig().lr and not any(cfg.soft_mask):
         raise DistreachError(f"--lr is the learning rate of soft positions; this {args.method} prompt has none")
     device = resolve_device(args.device)
@@ -370,6 +366,8 @@ def _model_and_target(args, texts: list[str] | None = None):
         early = vocab is not None and (tok is not None or not args.target.lower().endswith(".json"))
         with _about("--target"):
             target = api.read_target(args.target, vocab, args.unit, args.target_id) if early else None
+            if target is None and args.target.lower().endswith(".arrow"):  # all but its length, before the model
+                api.read_target(args.target, None, args.unit, args.target_id)
         loaded = api.load_model(args.model, dtype=args.dtype, device=args.device)
     if target is None:
         with _about("--target"):
@@ -535,7 +533,9 @@ def cmd_target(args) -> int:
     achieved = ", ".join(f"{h:.4g}" for h in table.column("achieved_entropy").to_pylist())
     support = loaded.support
     pad = f" (+{loaded.vocab_size - support} padding rows at 0)" if support < loaded.vocab_size else ""
-    print(f"wrote {table.num_rows} {args.kind} target(s) over {support} tokens{pad} to {args.out}; entropy {achieved} {args.unit}")
+    ids = table.column("target_id").to_pylist()
+    print(f"wrote {table.num_rows} {args.kind} target(s) over {support} tokens{pad} to {args.out}; entropy {achieved} {args.unit}; "
+          f"ids {ids[0]}" + (f" .. {ids[-1]}" if len(ids) > 1 else ""))
     return 0
 
 

@@ -181,7 +181,7 @@ class GCGBatch(_Batch):
         positions set to one of their top tokens, drawn from the row's own generator."""
         cfg = self.cfg
         B, L, k = top.shape
-        r = min(cfg.gcg_replace, L)
+        r = cfg.gcg_replace  # at most L (TuneConfig)
         cur = self.ids.cpu()
         out = cur[:, None, :].repeat(1, cfg.gcg_width, 1)
         for b, gen in enumerate(self.gens):

@@ -373,20 +373,20 @@ def _build(spec: ModelSpec, tmp: Path, base_dir) -> tuple:
 
 
 def materialise(spec: ModelSpec, out_dir: str | os.PathLike, base_dir: str | os.PathLike | None = None,
-                vocab_out: str | os.PathLike | None = None) -> dict:
+                vocab_out: str | os.PathLike | None = None, store: torch.dtype | None = None) -> dict:
     """Write the model as a safetensors folder with its tokenizer and a manifest, and with
     ``vocab_out`` its vocabulary table (:func:`write_vocab`) from the tokenizer in hand (the
     folder's tokenizer, loaded again, gives the same table: tested).
 
     ``base_dir`` is the materialised folder of the model a ``random_init`` source
-    names. Returns the manifest."""
+    names. The weights are stored in ``store``, default :func:`exact_dtype`'s. Returns the manifest."""
     out_dir = Path(out_dir)
     kind = spec.kind
     src = spec.source
     with atomic_path(out_dir, is_dir=True) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
         model, tok, source_hash = _build(spec, tmp, base_dir)
-        stored = exact_dtype(model)
+        stored = store or exact_dtype(model)
         model.to(stored).save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         weights = sorted(tmp.glob("*.safetensors"))
@@ -417,9 +417,9 @@ def materialise(spec: ModelSpec, out_dir: str | os.PathLike, base_dir: str | os.
 
 def exact_dtype(model) -> torch.dtype:
     """The narrowest dtype of bf16, fp16 and fp32 that holds every floating tensor the model saves
-    exactly: a model loaded in fp32 from a bf16 or fp16 checkpoint is stored as its checkpoint was,
-    in half the space, and loads back to the same numbers in any dtype; de-quantised GGUF weights
-    and random ones stay fp32."""
+    exactly: a model loaded in fp32 from a bf16 or fp16 checkpoint (or an F16 GGUF file) is stored as
+    its checkpoint was, in half the space, and loads back to the same numbers in any dtype; the
+    de-quantised weights of a quantised GGUF file and random ones stay fp32."""
     tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
     for dtype in (torch.bfloat16, torch.float16):
         if all(torch.equal(t.to(dtype).to(t.dtype), t) for t in tensors):

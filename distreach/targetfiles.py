@@ -53,7 +53,8 @@ def read_target(path: str | os.PathLike, loaded, unit: str | None = None, ids: l
     Entropies (and the KL of a tuning of the table) are in ``unit``; where it is None, an .arrow
     table's own unit (its first row's), else DEFAULT_UNIT. ``ids``: only the targets of these ids, in
     the file's order (None: every one; an id the file does not hold is an error that lists those it
-    does). Errors name the file and what is wrong with its data."""
+    does). ``loaded`` None: an .arrow file checked for all but its length (before a model is at hand).
+    Errors name the file and what is wrong with its data."""
     path = check_target_path(path)
     return select_targets(_read(path, loaded, unit), ids, str(path))
 
@@ -73,11 +74,11 @@ def select_targets(table: pa.Table, ids: list[str] | None, where: str) -> pa.Tab
 def _read(path: Path, loaded, unit: str | None) -> pa.Table:
     suffix = path.suffix.lower()
     if suffix == ".arrow":
-        meta, probs = read_target_matrix(path, loaded.vocab_size)  # checked and renormalised; kind and
-        with np.errstate(divide="ignore"):                   # family columns kept as they are
+        meta, probs = read_target_matrix(path, getattr(loaded, "vocab_size", None))  # checked and renormalised;
+        with np.errstate(divide="ignore"):                                        # kind and family columns kept
             logp = np.log(probs).reshape(-1)
         meta = in_unit(meta, unit or meta.column("entropy_unit")[0].as_py())
-        return meta.append_column("logprobs", pa.FixedSizeListArray.from_arrays(pa.array(logp, pa.float32()), loaded.vocab_size))
+        return meta.append_column("logprobs", pa.FixedSizeListArray.from_arrays(pa.array(logp, pa.float32()), probs.shape[1]))
     if suffix == ".npy":
         return _npy_target(path, loaded, unit or DEFAULT_UNIT)
     return _json_target(path, loaded, unit or DEFAULT_UNIT)  # check_target_path admits nothing else

@@ -122,8 +122,9 @@ def target_probs(table: pa.Table, vocab_size: int | None = None, where: str = "t
         raise DistreachError(f"{where}: targets have {v} entries but the model's vocabulary has {vocab_size}"
                              + (f" (the file's targets were made for model {made})" if isinstance(made, str) else ""))
     ids = table.column("target_id").to_pylist()
-    if twice := next((i for i, n in Counter(ids).items() if n > 1), None):
-        raise DistreachError(f"{where}: target id {twice!r} is given twice (results are kept and compared by target id)")
+    if again := next(((i, n) for i, n in Counter(ids).items() if n > 1), None):
+        raise DistreachError(f"{where}: target id {again[0]!r} is given {again[1]} times (results are kept and compared "
+                             "by target id)")
     logp = logprobs(table).astype(np.float32)
     bad = ~np.isfinite(logp) & ~(np.isneginf(logp))
     if bad.any():

@@ -108,15 +108,26 @@ def test_every_documented_config_key_is_in_the_schema():
 
 def rule_outputs() -> list[re.Pattern]:
     """Each rule's output patterns (the string literals of its output: section, and the paths of
-    distreach.figurefiles it names), wildcards as regular expressions."""
+    distreach.figurefiles it names, formatted as it formats them), wildcards as regular expressions."""
     from distreach import figurefiles
 
     named = {k: v for k, v in vars(figurefiles).items() if isinstance(v, str)}
     named |= {f'FIGURE_FILES["{k}"]': v for k, v in figurefiles.FIGURE_FILES.items()}
+    name = "|".join(re.escape(k) for k in sorted(named, key=len, reverse=True))
     patterns = []
     for smk in sorted((REPO / "rules").glob("*.smk")):
         for block in re.findall(r"^    output:\n((?:        .*\n)+)", smk.read_text(), flags=re.M):
-            paths = re.findall(r'"([^"]+)"', block) + [v for k, v in named.items() if re.search(rf"(?<![\w\"]){re.escape(k)}(?!\w)", block)]
+            paths = []
+            for m in re.finditer(rf'(?<![\w"])({name})(?!\w)(\.format\(([^)]*)\))?|"([^"]+)"', block):
+                if m.group(4) is not None:  # a literal
+                    paths.append(m.group(4))
+                elif m.group(2) is None:  # a path named as it is
+                    paths.append(named[m.group(1)])
+                else:  # NAME.format("...", key="..."): formatted as the rule formats it
+                    args = m.group(3)
+                    keys = dict(re.findall(r'(\w+)="([^"]*)"', args))
+                    plain = re.findall(r'(?<![=\w])"([^"]*)"', args)
+                    paths.append(named[m.group(1)].format(*plain, **keys))
             for path in paths:
                 if path.startswith("results/"):
                     patterns.append(re.compile(re.sub(r"\\\{\w*\\\}", "[^/]+", re.escape(path)) + "$"))

@@ -267,3 +267,12 @@ def test_fig04_draws_a_gcg_panel_beside_the_papers_methods():
     assert spec["facet"]["sort"] == ["gcg (0 soft)", "hard (0 soft)", "soft (5 soft)"], spec["facet"]
     (data,) = spec["datasets"].values()
     assert {r["prompt"] for r in data} == {"gcg (0 soft)", "hard (0 soft)", "soft (5 soft)"}
+
+
+def test_figures_are_saved_in_the_formats_their_paths_name():
+    """distreach.figures writes what the workflow's figure paths (distreach.figurefiles) name: two
+    modules (no job's code reaches figurefiles), one list."""
+    from distreach.figurefiles import FIGURE_EXTENSIONS
+    from distreach.figures import FORMATS
+
+    assert FORMATS == tuple(f".{ext}" for ext in FIGURE_EXTENSIONS)

@@ -391,27 +391,57 @@ def test_reuse_freed_memory_does_nothing_on_a_gpu_or_off_glibc(monkeypatch):
     assert models.reuse_freed_memory() is False
 
 
-def test_a_bf16_checkpoint_is_stored_in_bf16_and_loads_back_to_its_numbers(tmp_path):
-    """A checkpoint whose weights are bf16 is materialised in bf16 (not twice its size in fp32),
-    and loaded in fp32 gives its weights exactly; fp32 weights that bf16 would round stay fp32."""
+@pytest.mark.parametrize("half,name", [(torch.bfloat16, "bf16"), (torch.float16, "fp16")])
+def test_a_half_precision_checkpoint_is_stored_as_it_is_and_loads_back_to_its_numbers(tmp_path, half, name):
+    """A checkpoint whose weights are bf16 (fp16) is materialised in bf16 (fp16), not twice its size
+    in fp32, and loads back to its weights exactly, in fp32 and in its own dtype."""
     from safetensors import safe_open
 
     from .conftest import tiny_model
 
     model, tok = tiny_model("llama", 0)
-    model.to(torch.bfloat16).save_pretrained(tmp_path / "src", safe_serialization=True)
+    model.to(half).save_pretrained(tmp_path / "src", safe_serialization=True)
     tok.save_pretrained(tmp_path / "src")
     m = materialise(ModelSpec.from_config("half", {"source": {"local": str(tmp_path / "src")}}), tmp_path / "half")
     (weights,) = (tmp_path / "half").glob("*.safetensors")
     with safe_open(weights, "pt") as fh:
-        assert {fh.get_tensor(k).dtype for k in fh.keys()} == {torch.bfloat16}
-    assert m["weights_dtype"] == "bfloat16"
-    lm = load_materialised(tmp_path / "half", dtype="fp32", device="cpu")[0]
+        assert {fh.get_tensor(k).dtype for k in fh.keys()} == {half}
+    assert m["weights_dtype"] == str(half).removeprefix("torch.") == read_manifest(tmp_path / "half")["weights_dtype"]
     source = model.state_dict()
-    for name, value in lm.model.state_dict().items():
-        assert value.dtype == torch.float32 and torch.equal(value, source[name].float()), name
-    assert read_manifest(tmp_path / "half")["weights_dtype"] == "bfloat16"
+    for dtype, as_torch in (("fp32", torch.float32), (name, half)):
+        lm = load_materialised(tmp_path / "half", dtype=dtype, device="cpu")[0]
+        for key, value in lm.model.state_dict().items():
+            assert value.dtype == as_torch and torch.equal(value, source[key].to(as_torch)), (dtype, key)
 
 
 def test_weights_bf16_would_round_are_stored_in_fp32(tiny_dirs):
     assert read_manifest(tiny_dirs["llama"])["weights_dtype"] == "float32"
+
+
+def test_a_row_tuned_on_fp32_stored_weights_finds_them_again_from_a_bf16_source(tmp_path, capsys, monkeypatch):
+    """A row whose model was stored in fp32 when it was tuned (weights_sha256 of the fp32 files), its
+    source a bf16 checkpoint: on a machine with an empty cache, generate converts the source,
+    finds the bf16 files' hash is not the row's and stores the fp32 files it was tuned on."""
+    import shutil
+
+    import distreach.models
+
+    from distreach import cli
+
+    from .conftest import tiny_cli_home, tiny_model
+
+    model, tok = tiny_model("llama", 0)
+    src = tmp_path / "src"
+    model.to(torch.bfloat16).save_pretrained(src, safe_serialization=True)
+    tok.save_pretrained(src)
+    (tmp_path / "t.json").write_text(json.dumps({"table": 0.5, "river": 0.5}))
+    with tiny_cli_home(tmp_path):
+        with monkeypatch.context() as m:  # the row tuned as when every model was stored in fp32
+            m.setattr(distreach.models, "exact_dtype", lambda model: torch.float32)
+            assert cli.main(["tune", "--model", str(src), "--target", str(tmp_path / "t.json"), "--inits", "1",
+                             "--max-steps", "2", "--out", str(tmp_path / "r.arrow"), "-q"]) == 0
+        shutil.rmtree(tmp_path / "cache")
+        capsys.readouterr()
+        assert cli.main(["generate", str(tmp_path / "r.arrow"), "--target", "t", "--samples", "0"]) == 0, capsys.readouterr().err
+        (cached,) = (tmp_path / "cache" / "models").iterdir()
+    assert read_manifest(cached)["weights_dtype"] == "float32"

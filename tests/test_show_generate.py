@@ -244,7 +244,8 @@ def test_score_of_several_targets_and_texts_is_each_pair_in_its_targets_unit(env
         api.score_texts(loaded, target, [])
 
 
-def test_score_says_why_a_kl_is_not_a_number(env, capsys, monkeypatch):
+@pytest.mark.parametrize("dtype,hint", [("fp32", "float32); "), ("bf16", "bfloat16: --dtype fp32 may help); ")])
+def test_score_says_why_a_kl_is_not_a_number(env, capsys, monkeypatch, dtype, hint):
     """A model whose output after a text is not finite gives a KL that is NaN: score prints why
     (and the dtype it ran in) where the number would be."""
     import torch
@@ -255,10 +256,9 @@ def test_score_says_why_a_kl_is_not_a_number(env, capsys, monkeypatch):
     monkeypatch.setattr(distreach.prompts, "next_token_logprobs",
                         lambda *a, **k: torch.full_like(real(*a, **k), float("nan")))
     code, out, err = run(capsys, "score", "--model", env["model"], "--target", str(env["root"] / "t.json"),
-                         "--text", "river", "--dtype", "fp32")
+                         "--text", "river", "--dtype", dtype)
     assert code == 0, err
-    assert ("): KL not a number (the model's next-token distribution after this text is not finite in float32); "
-            in out.splitlines()[0]), out
+    assert f"): KL not a number (the model's next-token distribution after this text is not finite in {hint}" in out, out
 
 
 def test_generate_says_a_rows_source_folder_is_gone(tmp_path, capsys):
@@ -275,4 +275,5 @@ def test_generate_says_a_rows_source_folder_is_gone(tmp_path, capsys):
         code, out, err = run(capsys, "generate", str(tmp_path / "r.arrow"), "--target", "t", "--samples", "0")
     assert code == 2
     assert f"; its source folder {model} is gone: put it back, or the row's model folder in one of these" in err, err
+    assert f"{tmp_path / 'cache' / 'models'}/tiny-" in err  # the cache is among the places looked at
     assert "materialise_model" not in err

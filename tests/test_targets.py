@@ -139,6 +139,9 @@ def test_an_arrow_targets_entropies_are_read_in_the_unit_asked(tiny_llama, tmp_p
 
     nats = api.make_target("vanilla", tiny_llama.vocab_size, 2.0, "nats", n=2, seed=1)
     bits = api.make_target("vanilla", tiny_llama.vocab_size, 2.0, "bits", n=1, seed=2)
+    # ids that say what made each target: tables of other calls can be tuned together
+    assert nats.column("target_id").to_pylist() + bits.column("target_id").to_pylist() == [
+        "vanilla-2nats-s1-0", "vanilla-2nats-s1-1", "vanilla-2bits-s2-0"]
     path = tmp_path / "mixed.arrow"
     mixed = pa.concat_tables([nats, bits])  # another tool's table may leave an entropy out
     mixed = mixed.set_column(2, "requested_entropy", pa.array([2.0, None, 2.0]))

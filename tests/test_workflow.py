@@ -276,6 +276,7 @@ BAD_CONFIGS = [
     (lambda c: c["targets"]["migrated"].update(source="nosuch"), "config key targets.migrated.source: unknown model 'nosuch'"),
     (lambda c: c["targets"]["pos"].update(tags=["NOUN", "XYZ"]), "config key targets.pos.tags[1]: 'XYZ' is not one of ['ADJ', 'ADP', "),
     (lambda c: c["pos"].update(min_pos_prob=2), "config key pos.min_pos_prob: 2 is greater than the maximum of 1"),
+    (lambda c: c["targets"]["outlier"].update(ks=[1, 1]), "config key targets.outlier.ks: [1, 1] has non-unique elements"),
     (lambda c: c["figures"].update(fig02={"experiment": "vanilla"}),
      "config key figures.fig02: unknown key (allowed here: fig01, fig03, fig04, fig05, fig06, fig07, fig08, fig09, "
      "fig10, fig11, fig12, fig13); Fig. 2 illustrates the three tuning frameworks: a drawing, not data"),
