@@ -181,9 +181,9 @@ def tune_target(loaded, target: pa.Table, inits: int = INITS, out: str | os.Path
 def make_target(kind: str, vocab_size: int, entropy: float, unit: str = DEFAULT_UNIT, k: int = 1, n: int = 1, seed: int = 0,
                 tokenizer=None) -> pa.Table:
     """``n`` vanilla (Eq. 1) or outlier (``k`` outlier tokens, Eq. 2-3) targets of the given entropy
-    over ``vocab_size`` output rows, ids ``<kind>-<entropy><unit>[-k<k>]-s<seed>-<i>``. With the model's ``tokenizer``, probability goes only to its
-    |V| tokens (rows past them are padding) and outlier tokens are usable ones
-    (:mod:`distreach.tokens`)."""
+    over ``vocab_size`` output rows, ids ``<kind>-<entropy><unit>[-k<k>]-s<seed>-<i>``. With the
+    model's ``tokenizer``, probability goes only to its |V| tokens (rows past them are padding) and
+    outlier tokens are usable ones (:mod:`distreach.tokens`)."""
     from .families import OutlierSettings, outlier_targets
     from .units import check_unit
     from .targets import pad_rows

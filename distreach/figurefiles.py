@@ -1,8 +1,9 @@
 """The file of each thing a figure reads (:func:`distreach.figureregistry.figure_reads`), by name, and
 the files of the figures and of the claims report: the rules that write them (collect, pos_tag,
 next_token, figure, claims) take their outputs from here, and the figures', the claims report's and
-the targets' inputs and benchmarks/figure_jobs.py and gpu_check.py their paths. A module of its own, which no job's script reaches: editing it reruns no job for its code,
-but a changed path moves where those rules write, so their tables are made again there."""
+the targets' inputs and benchmarks/figure_jobs.py and gpu_check.py their paths. A module of its
+own, which no job's script reaches: editing it reruns no job for its code, but a changed path moves
+where those rules write, so their tables are made again there."""
 
 FIGURE_FILES = {
     "tables": "results/collected/{}.arrow",
