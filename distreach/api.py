@@ -210,7 +210,7 @@ def make_target(kind: str, vocab_size: int, entropy: float, unit: str = DEFAULT_
     else:
         raise DistreachError(f"target kind {kind!r}: use vanilla or outlier")
     # ids that name what made each target, so that targets made by other calls keep other ids
-    name = f"{kind}-{entropy:g}{unit}" + (f"-k{k}" if kind == "outlier" else "") + f"-s{seed}"
+    name = f"{kind}-{entropy + 0.0:.10g}{unit}" + (f"-k{k}" if kind == "outlier" else "") + f"-s{seed}"  # -0.0 as 0
     table = table.set_column(table.column_names.index("target_id"), "target_id",
                              pa.array([f"{name}-{i}" for i in range(table.num_rows)], pa.string()))
     return pad_rows(table, width)
@@ -349,13 +349,18 @@ def model_folders(row: dict, near: str | os.PathLike | None = None) -> list[Path
                 out.append(parent / "models" / row["model"])
                 break
     out.append(Path.cwd() / "results" / "models" / row["model"])
-    out.append(_row_cache(row))
+    out += [_row_cache(row), _row_cache(row, FP32_SUFFIX)]
     return list(dict.fromkeys(p.resolve() for p in out))
 
 
-def _row_cache(row: dict) -> Path:
+# the cache folder beside a model's, of its weights stored in fp32: what a row tuned when every model
+# was stored in fp32 names, where its source is a bf16 or fp16 checkpoint (models.exact_dtype)
+FP32_SUFFIX = "-float32"
+
+
+def _row_cache(row: dict, suffix: str = "") -> Path:
     """The cache folder of a row's model: where ``distreach tune`` converts the same source to."""
-    return cache_dir() / f"{row['model']}-{_source_key(json.loads(row['model_source']))}"
+    return cache_dir() / f"{row['model']}-{_source_key(json.loads(row['model_source']))}{suffix}"
 
 
 def _manifest(folder: Path) -> dict | None:
@@ -392,6 +397,8 @@ def row_tokenizer(row: dict, near: str | os.PathLike | None = None):
 def _materialised_row_model(row: dict, near, weights: bool, dtype: str = "fp32", device: str = "cpu"):
     """The materialised model of a row whose weights are the ones it was tuned with (its
     ``model_sha256``), converted into the cache if no folder of :func:`model_folders` has them."""
+    import shutil
+
     import torch
 
     from .models import ModelSpec, load_materialised, materialise
@@ -407,20 +414,26 @@ def _materialised_row_model(row: dict, near, weights: bool, dtype: str = "fp32",
                    if "local" in source else "run the workflow's materialise_model for it")
             raise DistreachError(f"model {name}: no materialised folder with the weights the row was tuned on "
                                  f"(sha256 {sha[:12]}...) in {where}; {fix}")
-        if _manifest(cache) is not None:
-            raise DistreachError(f"model {name}: the cache folder {cache} holds other weights (sha256 "
-                                 f"{_manifest(cache)['weights_sha256'][:12]}..., stored in "
-                                 f"{_manifest(cache).get('weights_dtype', 'float32')}) than the row was tuned on "
-                                 f"({sha[:12]}...): remove the folder to convert the row's source again")
-        materialise(ModelSpec(name, source), cache)
-        if _manifest(cache)["weights_sha256"] != sha and _manifest(cache)["weights_dtype"] != "float32":
-            # a row tuned when every model was stored in fp32: the hash it holds is of fp32 files
-            materialise(ModelSpec(name, source), cache, store=torch.float32)
-        log.info("converted %s into %s (once; later runs reuse it)", name, cache)
-        if _manifest(cache)["weights_sha256"] != sha:
-            raise DistreachError(f"model {name}: converting its source gave weights sha256 "
-                                 f"{_manifest(cache)['weights_sha256'][:12]}..., not the ones the row was tuned on ({sha[:12]}...)")
-        found = [cache]
+        converted = _manifest(cache) is None
+        if converted:
+            materialise(ModelSpec(name, source), cache)
+            log.info("converted %s into %s (once; later runs reuse it)", name, cache)
+        held = _manifest(cache)
+        if held["weights_sha256"] == sha:
+            found = [cache]
+        elif held.get("weights_dtype", "float32") != "float32":
+            # a row tuned when every model was stored in fp32: the hash it names is of fp32 files
+            fp32 = _row_cache(row, FP32_SUFFIX)
+            materialise(ModelSpec(name, source), fp32, store=torch.float32)
+            log.info("converted %s into %s in fp32, the files the row was tuned on", name, fp32)
+            if _manifest(fp32)["weights_sha256"] == sha:
+                found = [fp32]
+            else:  # not the row's either: its source has other weights now
+                shutil.rmtree(fp32)
+        if not found:
+            what = "converting its source gave" if converted else f"the cache folder {cache} holds"
+            raise DistreachError(f"model {name}: {what} other weights (sha256 {held['weights_sha256'][:12]}...) than "
+                                 f"the row was tuned on ({sha[:12]}...)")
     return load_materialised(found[0], dtype=dtype, device=device, with_model=weights)[0]
 
 

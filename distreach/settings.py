@@ -81,8 +81,8 @@ class TuneConfig:
                                  "set readable: false to search special tokens too")
         L, sp = self.prefix_len, self.soft_positions
         if self.gcg_replace > L:
-            raise DistreachError(f"tuning.gcg_replace: a candidate cannot change more than the prompt's prefix_len {L} "
-                                 f"positions (got {self.gcg_replace})")
+            raise DistreachError(f"tuning.gcg_replace: a candidate cannot change more positions than the prompt's {L} "
+                                 f"(got {self.gcg_replace})")
         if self.method != "hybrid" and (self.n_soft is not None or sp is not None):
             want = {"soft": L, "hard": 0, "gcg": 0}[self.method]
             if (self.n_soft is not None and self.n_soft != want) or (sp is not None and len(sp) != want):

@@ -73,6 +73,8 @@ def select_targets(table: pa.Table, ids: list[str] | None, where: str) -> pa.Tab
 
 def _read(path: Path, loaded, unit: str | None) -> pa.Table:
     suffix = path.suffix.lower()
+    if loaded is None and suffix != ".arrow":
+        raise DistreachError(f"{path}: a {suffix} target is read against a model's vocabulary: give the model")
     if suffix == ".arrow":
         meta, probs = read_target_matrix(path, getattr(loaded, "vocab_size", None))  # checked and renormalised;
         with np.errstate(divide="ignore"):                                        # kind and family columns kept

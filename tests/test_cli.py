@@ -296,7 +296,7 @@ BAD = [
     (["score", "--model", "nosuch-org/nosuch-model", "--target", "{t:levels.arrow}", "--target-id", "zzz", "--text", "a"],
      "levels.arrow: no target 'zzz'; its targets: vanilla-L000-r0, "),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "gcg", "--gcg-replace", "6"],
-     "--gcg-replace: a candidate cannot change more than the prompt's prefix_len 5 positions (got 6)"),
+     "--gcg-replace: a candidate cannot change more positions than the prompt's 5 (got 6)"),
 ]
 
 

@@ -239,8 +239,8 @@ def test_gcg_settings_are_refused_for_other_methods_with_the_key_named():
     assert not TuneConfig(method="gcg", exclude_special=False, readable=False).readable
     # a candidate changes at most every position of the prompt
     assert TuneConfig(method="gcg", prefix_len=3, gcg_replace=3).gcg_replace == 3
-    with pytest.raises(DistreachError, match=r"^tuning\.gcg_replace: a candidate cannot change more than the prompt's "
-                                             r"prefix_len 3 positions \(got 4\)$"):
+    with pytest.raises(DistreachError, match=r"^tuning\.gcg_replace: a candidate cannot change more positions than the "
+                                             r"prompt's 3 \(got 4\)$"):
         TuneConfig(method="gcg", prefix_len=3, gcg_replace=4)
 
 

@@ -420,12 +420,12 @@ def test_weights_bf16_would_round_are_stored_in_fp32(tiny_dirs):
 
 def test_a_row_tuned_on_fp32_stored_weights_finds_them_again_from_a_bf16_source(tmp_path, capsys, monkeypatch):
     """A row whose model was stored in fp32 when it was tuned (weights_sha256 of the fp32 files), its
-    source a bf16 checkpoint: on a machine with an empty cache, generate converts the source,
-    finds the bf16 files' hash is not the row's and stores the fp32 files it was tuned on."""
+    source a bf16 checkpoint: generate finds its weights again beside a cache entry stored in bf16
+    (converting the source to fp32 files in a folder of their own), with a full cache and an empty
+    one, and the bf16 entry and rows tuned on it stay as they are."""
     import shutil
 
     import distreach.models
-
     from distreach import cli
 
     from .conftest import tiny_cli_home, tiny_model
@@ -435,13 +435,23 @@ def test_a_row_tuned_on_fp32_stored_weights_finds_them_again_from_a_bf16_source(
     model.to(torch.bfloat16).save_pretrained(src, safe_serialization=True)
     tok.save_pretrained(src)
     (tmp_path / "t.json").write_text(json.dumps({"table": 0.5, "river": 0.5}))
+    tune = ["tune", "--model", str(src), "--target", str(tmp_path / "t.json"), "--inits", "1", "--max-steps", "2", "-q"]
+    models = tmp_path / "cache" / "models"
     with tiny_cli_home(tmp_path):
         with monkeypatch.context() as m:  # the row tuned as when every model was stored in fp32
             m.setattr(distreach.models, "exact_dtype", lambda model: torch.float32)
-            assert cli.main(["tune", "--model", str(src), "--target", str(tmp_path / "t.json"), "--inits", "1",
-                             "--max-steps", "2", "--out", str(tmp_path / "r.arrow"), "-q"]) == 0
-        shutil.rmtree(tmp_path / "cache")
-        capsys.readouterr()
-        assert cli.main(["generate", str(tmp_path / "r.arrow"), "--target", "t", "--samples", "0"]) == 0, capsys.readouterr().err
-        (cached,) = (tmp_path / "cache" / "models").iterdir()
-    assert read_manifest(cached)["weights_dtype"] == "float32"
+            assert cli.main([*tune, "--out", str(tmp_path / "old.arrow")]) == 0
+        shutil.rmtree(models)
+        assert cli.main([*tune, "--out", str(tmp_path / "new.arrow")]) == 0  # the cache now in bf16
+        (entry,) = models.iterdir()
+        assert read_manifest(entry)["weights_dtype"] == "bfloat16"
+        for emptied in (False, True):
+            if emptied:
+                shutil.rmtree(models)
+            for rows in ("old", "new"):
+                capsys.readouterr()
+                code = cli.main(["generate", str(tmp_path / f"{rows}.arrow"), "--target", "t", "--samples", "0"])
+                assert code == 0, (emptied, rows, capsys.readouterr().err)
+            assert sorted(p.name for p in models.iterdir()) == [entry.name, entry.name + "-float32"]
+            assert read_manifest(entry)["weights_dtype"] == "bfloat16"
+            assert read_manifest(models / (entry.name + "-float32"))["weights_dtype"] == "float32"

@@ -139,6 +139,10 @@ def test_an_arrow_targets_entropies_are_read_in_the_unit_asked(tiny_llama, tmp_p
 
     nats = api.make_target("vanilla", tiny_llama.vocab_size, 2.0, "nats", n=2, seed=1)
     bits = api.make_target("vanilla", tiny_llama.vocab_size, 2.0, "bits", n=1, seed=2)
+    # without a model at hand only an .arrow table is read (all but its length checked)
+    np.save(tmp_path / "p.npy", np.full(tiny_llama.vocab_size, 1 / tiny_llama.vocab_size))
+    with pytest.raises(DistreachError, match=r"p\.npy: a \.npy target is read against a model's vocabulary: give the model$"):
+        api.read_target(tmp_path / "p.npy", None)
     # ids that say what made each target: tables of other calls can be tuned together
     assert nats.column("target_id").to_pylist() + bits.column("target_id").to_pylist() == [
         "vanilla-2nats-s1-0", "vanilla-2nats-s1-1", "vanilla-2bits-s2-0"]
