@@ -462,20 +462,19 @@ def _side_by_side(r: dict, top: int | None) -> list[str]:
 
 
 def cmd_score(args) -> int:
-    import torch
-
     from . import api
     from .models import resolve_device
 
     resolve_device(args.device)
     loaded, target = _model_and_target(args, args.text)
     df = api.score_texts(loaded, target, args.text, bos=args.bos, top_k=args.top)
+    dtype = str(loaded.model.dtype).removeprefix("torch.")
     for n, r in enumerate(df.iter_rows(named=True)):
         unit = r["entropy_unit"]
         bos = "no BOS token" if r["bos_token_id"] is None else f"after BOS token {r['bos_token_id']}"
         kl = f"{_g(r['kl'])} {unit}" if not _missing(r["kl"]) else (
             f"not a number (the model's next-token distribution after this text is not finite in "
-            f"{str(loaded.model.dtype).removeprefix('torch.')}{'' if loaded.model.dtype == torch.float32 else ': --dtype fp32 may help'})")
+            f"{dtype}{'' if dtype == 'float32' else ': --dtype fp32 may help'})")
         print(("\n" if n else "") + f"{r['target_id']}, text {_token(r['text'])} ({counted(len(r['prompt_ids']), 'token')}, "
               f"{bos}): KL {kl}; {_entropies(r, unit)}")
         print("\n".join(_side_by_side(r, args.top)))
