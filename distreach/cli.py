@@ -345,11 +345,12 @@ def cmd_tune(args) -> int:
 
 def _model_and_target(args, texts: list[str] | None = None):
     """The model of --model (converted and loaded) and the target table of --target, checked
-    before the model is converted or loaded wherever they can be (the target file's format always;
-    its length and tokens, the --bos policy and ``texts``, where the model's vocabulary can be
-    read without converting it: :func:`distreach.api.model_vocab`), else after."""
+    before the model is converted or loaded wherever they can be (the target file all but its length
+    and token strings always; those, the --bos policy and ``texts`` where the model's vocabulary can
+    be read without converting it: :func:`distreach.api.model_vocab`), else after."""
     from . import api
     from .models import gguf_parsed_once
+    from .targetfiles import check_target_file
     from .tokens import resolve_bos
 
     with _about("--target"):
@@ -366,8 +367,8 @@ def _model_and_target(args, texts: list[str] | None = None):
         early = vocab is not None and (tok is not None or not args.target.lower().endswith(".json"))
         with _about("--target"):
             target = api.read_target(args.target, vocab, args.unit, args.target_id) if early else None
-            if target is None and args.target.lower().endswith(".arrow"):  # all but its length, before the model
-                api.read_target(args.target, None, args.unit, args.target_id)
+            if target is None:  # all but what needs the model's vocabulary, before the model is fetched
+                check_target_file(args.target, args.unit, args.target_id)
         loaded = api.load_model(args.model, dtype=args.dtype, device=args.device)
     if target is None:
         with _about("--target"):

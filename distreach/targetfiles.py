@@ -100,8 +100,30 @@ def in_unit(table: pa.Table, unit: str) -> pa.Table:
     return table.set_column(table.column_names.index("entropy_unit"), "entropy_unit", units)
 
 
-def _npy_target(path: Path, loaded, unit: str) -> pa.Table:
-    vocab = loaded.vocab_size
+def check_target_file(path: str | os.PathLike, unit: str | None = None, ids: list[str] | None = None) -> None:
+    """What :func:`read_target` checks of a file before its model's vocabulary is at hand (for a model
+    that must be fetched first): an .arrow table all but its length, a .npy array all but its length
+    (its shape, every row's probabilities), a .json object all but its strings (its probabilities);
+    and that it holds the targets ``ids``."""
+    path = check_target_path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".arrow":
+        select_targets(_read(path, None, unit), ids, str(path))
+        return
+    if suffix == ".npy":
+        held = [f"{path.stem}-{i}" for i in range(len(_npy_probs(path, None)))]
+    else:
+        dist = _json_object(path)
+        _check_values(dist, str(path))
+        _finite_probabilities(np.array([float(v) for v in dist.values()]), str(path))
+        held = [path.stem]
+    select_targets(pa.table({"target_id": pa.array(held, pa.string())}), ids, str(path))
+
+
+def _npy_probs(path: Path, loaded) -> np.ndarray:
+    """[n, V] probabilities of a .npy file, each row checked (and renormalised); V the vocabulary
+    size of ``loaded`` (any where it is None)."""
+    vocab = getattr(loaded, "vocab_size", None)
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as exc:  # numpy's value, OS and EOF errors of a corrupt or truncated file
@@ -109,22 +131,32 @@ def _npy_target(path: Path, loaded, unit: str) -> pa.Table:
     if not isinstance(arr, np.ndarray) or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise DistreachError(f"{path}: array of {getattr(arr, 'dtype', type(arr).__name__)}, expected real numbers")
     shape, arr = arr.shape, np.atleast_2d(arr.astype(np.float64))
-    if arr.ndim != 2 or arr.shape[1] != vocab:
-        raise DistreachError(f"{path}: shape {shape}, expected [{vocab}] or [n, {vocab}] for model {loaded.name}")
+    if len(shape) not in (1, 2) or (vocab is not None and arr.shape[1] != vocab):
+        size, model = ("V", "") if loaded is None else (vocab, f" for model {loaded.name}")
+        raise DistreachError(f"{path}: shape {shape}, expected [{size}] or [n, {size}]{model}")
     if not len(arr):
         raise DistreachError(f"{path}: shape {shape}: no targets in the file")
-    probs = np.stack([_finite_probabilities(r, f"{path} row {i}") for i, r in enumerate(arr)])
+    return np.stack([_finite_probabilities(r, f"{path} row {i}") for i, r in enumerate(arr)])
+
+
+def _npy_target(path: Path, loaded, unit: str) -> pa.Table:
+    probs = _npy_probs(path, loaded)
     return _user_table(probs, [f"{path.stem}-{i}" for i in range(len(probs))], unit)
 
 
-def _json_target(path: Path, loaded, unit: str) -> pa.Table:
+def _json_object(path: Path):
+    """A .json target file's data (a top-level object's keys given once)."""
     try:
         data = json.loads(path.read_bytes(), object_pairs_hook=_Pairs)
     except (ValueError, RecursionError) as exc:  # JSON and UTF-8 errors; nesting too deep
         raise DistreachError(f"{path}: not valid JSON ({one_line(exc)})") from None
     if isinstance(data, _Pairs) and data.twice:
         raise DistreachError(f"{path}: token {data.twice[0]!r} is given twice")
-    return token_target(data, loaded, path.stem, unit, where=str(path))
+    return data
+
+
+def _json_target(path: Path, loaded, unit: str) -> pa.Table:
+    return token_target(_json_object(path), loaded, path.stem, unit, where=str(path))
 
 
 class _Pairs(dict):
@@ -144,6 +176,16 @@ def token_target(dist: dict, loaded, name: str = "user", unit: str = DEFAULT_UNI
     with ``where`` (default: ``target NAME``)."""
     where = where or f"target {name}"
     vocab = loaded.vocab_size
+    _check_values(dist, where)
+    ids = token_ids(loaded.tokenizer, list(dist), vocab, where)
+    probs = np.zeros(vocab)
+    probs[ids] = [float(v) for v in dist.values()]
+    probs = _finite_probabilities(probs, where)
+    return _user_table(probs[None], [name], unit)
+
+
+def _check_values(dist, where: str) -> None:
+    """A {"token string": probability} object's probabilities: real numbers, finite, not negative."""
     if not isinstance(dist, dict) or not dist:
         raise DistreachError(f"{where}: expected a non-empty object {{\"token string\": probability}}")
     for key, value in dist.items():
@@ -153,11 +195,6 @@ def token_target(dist: dict, loaded, name: str = "user", unit: str = DEFAULT_UNI
             raise DistreachError(f"{where}: token {key!r} has probability {value} (NaN or infinite)")
         if value < 0:
             raise DistreachError(f"{where}: token {key!r} has a negative probability ({value})")
-    ids = token_ids(loaded.tokenizer, list(dist), vocab, where)
-    probs = np.zeros(vocab)
-    probs[ids] = [float(v) for v in dist.values()]
-    probs = _finite_probabilities(probs, where)
-    return _user_table(probs[None], [name], unit)
 
 
 def _logprob_hint(p: np.ndarray) -> str:

@@ -297,6 +297,13 @@ BAD = [
      "levels.arrow: no target 'zzz'; its targets: vanilla-L000-r0, "),
     (["tune", "--model", "{model}", "--target", "{t:good.json}", "--method", "gcg", "--gcg-replace", "6"],
      "--gcg-replace: a candidate cannot change more positions than the prompt's 5 (got 6)"),
+    # ... and a .npy or .json file's faults that need no vocabulary, before any download too
+    (["tune", "--model", "nosuch-org/nosuch-model", "--target", "{t:nan.npy}"],
+     "--target {root}/in/nan.npy row 0: entry 3 is nan (NaN or infinite)"),
+    (["tune", "--model", "nosuch-org/nosuch-model", "--target", "{t:scalar.npy}"], "scalar.npy: shape (), expected [V] or [n, V]"),
+    (["tune", "--model", "nosuch-org/nosuch-model", "--target", "{t:sum.json}"], "sum.json: probabilities sum to 0.5, not 1"),
+    (["score", "--model", "nosuch-org/nosuch-model", "--target", "{t:good.json}", "--target-id", "zzz", "--text", "a"],
+     "good.json: no target 'zzz'; its targets: good"),
 ]
 
 
@@ -307,7 +314,7 @@ def listing(*folders):
 
 # each case is a new process (a few seconds): the fast tier keeps one case of each kind of fault (a
 # target file's of each format, a flag's range, a check before a model is at hand), the whole suite runs them all
-SLOW_CASES = {*range(15, 22), *range(23, 27), *range(28, 31), 65, 67, 68, 69, 71, 72, 75}
+SLOW_CASES = {*range(15, 22), *range(23, 27), *range(28, 31), 65, 67, 68, 69, 71, 72, 75, 78, 79, 80}
 
 
 @pytest.mark.parametrize("argv,message", tiered(BAD, SLOW_CASES, ids=[f"{i:02d}-{m[:40]}" for i, (_, m) in enumerate(BAD)]))
