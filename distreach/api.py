@@ -268,6 +268,8 @@ def score_texts(loaded, target: pa.Table, texts: list[str], bos: str = "auto", t
     check_support(loaded, p)
     bos_id = resolve_bos(loaded.tokenizer.bos_token_id, bos, loaded.name)
     encoded = check_texts(loaded.tokenizer, texts, bos_id, bos)
+    for text, ids in zip(texts, encoded):
+        loaded.check_positions(len(ids) + (bos_id is not None), f"text {text[:40]!r}")
     logq = torch.stack([next_token_logprobs(loaded, None, ids, bos_id) for ids in encoded])  # [texts, |V|]
     q = logq.exp()
     pairs = [(i, j) for i in range(len(p)) for j in range(len(texts))]  # targets first

@@ -7,7 +7,6 @@ written unless the command succeeds.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import math
@@ -17,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .errors import DistreachError, counted
+from .errors import DistreachError, about, counted
 from .units import DEFAULT_UNIT, UNITS
 
 BAD_INPUT = 2  # the exit status of a refused input (argparse's too)
@@ -265,15 +264,6 @@ class _Progress:
         self.bar.close()
 
 
-@contextlib.contextmanager
-def _about(flag: str):
-    """Put the flag whose file an error is about before the error's message."""
-    try:
-        yield
-    except DistreachError as exc:
-        raise DistreachError(f"{flag} {exc}") from None
-
-
 def _flag(key: str, args) -> str:
     """The flag of ``tune`` that sets TuneConfig's ``key`` (the config key where none does)."""
     if key not in vars(args):
@@ -353,7 +343,7 @@ def _model_and_target(args, texts: list[str] | None = None):
     from .targetfiles import check_target_file
     from .tokens import resolve_bos
 
-    with _about("--target"):
+    with about("--target"):
         api.check_target_path(args.target)
     with gguf_parsed_once():  # a .gguf file's metadata is parsed once, for its vocabulary size and its conversion
         vocab = api.model_vocab(args.model)
@@ -365,13 +355,13 @@ def _model_and_target(args, texts: list[str] | None = None):
             api.check_texts(tok, texts, bos_id, args.bos)
         # a .json target's strings need the tokenizer: without one, only a .npy or .arrow target is read now
         early = vocab is not None and (tok is not None or not args.target.lower().endswith(".json"))
-        with _about("--target"):
+        with about("--target"):
             target = api.read_target(args.target, vocab, args.unit, args.target_id) if early else None
             if target is None:  # all but what needs the model's vocabulary, before the model is fetched
                 check_target_file(args.target, args.unit, args.target_id)
         loaded = api.load_model(args.model, dtype=args.dtype, device=args.device)
     if target is None:
-        with _about("--target"):
+        with about("--target"):
             target = api.read_target(args.target, loaded, args.unit, args.target_id)
     return loaded, target
 

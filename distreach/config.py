@@ -12,6 +12,7 @@ import yaml
 from .errors import DistreachError
 from .figureregistry import FIGURES, NOT_DRAWN, figure_experiments
 from .schema import load as config_schema  # the schema file with the registry's figure entries
+from .settings import FAMILY_KEYS
 
 
 def _where(path) -> str:
@@ -63,6 +64,7 @@ def check_config(config: dict, schema_path: str | Path, validate) -> None:
     violation) with :func:`config_schema`, after :func:`check_renamed`, then the references
     between sections. Raises DistreachError with one line naming the key."""
     check_renamed(config)
+    check_family_keys(config)  # before the schema's defaults fill in keys a family does not read
     schema = config_schema(schema_path)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / Path(schema_path).name
@@ -73,7 +75,39 @@ def check_config(config: dict, schema_path: str | Path, validate) -> None:
             line = schema_error_line(config, schema)
             raise DistreachError(line or " ".join(str(exc).split())) from None
     check_references(config)
+    check_sources(config)
     check_tuning(config)
+
+
+def check_family_keys(config: dict) -> None:
+    """A target family's entry holds only keys its kind reads (:data:`distreach.settings.FAMILY_KEYS`):
+    a key of another kind is refused naming the kinds that read it (a forgotten ``kind``, say)."""
+    families = config.get("targets")
+    for name, fam in (families.items() if isinstance(families, dict) else ()):
+        kind = fam.get("kind", "vanilla") if isinstance(fam, dict) else None
+        if not isinstance(kind, str) or kind not in FAMILY_KEYS:
+            continue  # the schema's checks say what is wrong
+        if other := next((k for k in fam if k != "kind" and k not in FAMILY_KEYS[kind]), None):
+            readers = [k for k, keys in FAMILY_KEYS.items() if other in keys]
+            if readers:  # else an unknown key: the schema's checks name it
+                raise DistreachError(f"config key targets.{name}.{other}: a {kind} family has no {other} "
+                                     f"(a key of {' and '.join(readers)} families: is its kind set?)")
+
+
+def check_sources(config: dict) -> None:
+    """A model's ``local`` folder or ``gguf_file`` exists (a relative path is read from the
+    workflow's working directory, as the jobs read it)."""
+    for name, entry in config.get("models", {}).items():
+        source = entry.get("source", {})
+        if "local" in source:
+            folder = Path(source["local"]).expanduser()
+            if not folder.is_dir():
+                raise DistreachError(f"config key models.{name}.source.local: no folder {folder} (from {Path.cwd()})")
+            if not (folder / "config.json").is_file():
+                raise DistreachError(f"config key models.{name}.source.local: {folder} has no config.json "
+                                     "(not a folder written by save_pretrained)")
+        if "gguf_file" in source and not Path(source["gguf_file"]).expanduser().is_file():
+            raise DistreachError(f"config key models.{name}.source.gguf_file: no file {source['gguf_file']} (from {Path.cwd()})")
 
 
 def check_tuning(config: dict) -> None:
@@ -129,10 +163,18 @@ def check_references(config: dict) -> None:
                 raise DistreachError(f"config key targets.{name}.of: a {kind} family needs an existing family (got {fam.get('of')!r})")
             if fam["of"] == name:
                 raise DistreachError(f"config key targets.{name}.of: a family cannot derive from itself")
+        if kind == "migrated" and "source" not in fam:
+            raise DistreachError(f"config key targets.{name}.source: missing required key (the model whose targets are migrated)")
         if kind == "migrated" and fam.get("source") not in models:
             raise DistreachError(f"config key targets.{name}.source: unknown model {fam.get('source')!r}")
     methods = {"soft", "hard", "hybrid", "gcg", *config.get("methods", {})}
     experiments = config.get("experiments", {})
+    layers = [("tuning", config.get("tuning", {}))] + [(f"experiments.{e}.tuning", x.get("tuning", {}))
+                                                       for e, x in experiments.items()]
+    for where, tuning in layers:
+        if "method" in tuning:
+            raise DistreachError(f"config key {where}.method: an experiment's methods are its 'methods' list "
+                                 "(experiments.<name>.methods; a named method's entry methods.<name> sets its own)")
     for ename, exp in experiments.items():
         for i, m in enumerate(exp.get("models", [])):
             if m not in models:
@@ -171,6 +213,19 @@ def check_figure(fig: str, spec: dict, config: dict) -> None:
             raise DistreachError(
                 f"config key {_key(fig, spec, key, i)}: {exp!r} tunes on {kind} targets, {fig} needs {needs} targets"
             )
+    tuned = [experiments[e] for e in names]
+    if entry.needs_kinds and not any(config["targets"][x["targets"]].get("kind", "vanilla") in entry.needs_kinds
+                                     for x in tuned):
+        raise DistreachError(f"config key {_key(fig, spec, key, 0)}: none of {names} tunes on "
+                             f"{' or '.join(entry.needs_kinds)} targets, which {fig} draws")
+    if entry.method is not None and names and not any(entry.method in x.get("methods", ["soft"]) for x in tuned):
+        raise DistreachError(f"config key {_key(fig, spec, key, 0)}: none of {names} has method {entry.method} "
+                             f"(their 'methods'), whose rows {fig} draws")
+    if entry.pairs is not None and entry.pairs.random_init:
+        for a, b in spec.get("pairs", {}).items():
+            if models.get(b, {}).get("source", {}).get("random_init") != a:
+                raise DistreachError(f"config key figures.{fig}.pairs.{a}: {b!r} is not a random_init copy of {a!r} "
+                                     f"(models.{b}.source: {{random_init: {a}}})")
     if entry.reads != "collected":
         return
     used = {m for exp in names for m in experiments[exp]["models"]}

@@ -243,6 +243,8 @@ def tuning_context(loaded, cfg: TuneConfig) -> TuningContext:
             raise DistreachError(f"a tuning context made for {loaded.made_for} used with tuning settings {made_for}")
         return loaded
     bos_id = resolve_bos(loaded.tokenizer.bos_token_id, cfg.bos, loaded.name)
+    loaded.check_positions(cfg.prefix_len + (bos_id is not None), f"a prompt of prefix_len {cfg.prefix_len}"
+                           + (" after BOS" if bos_id is not None else ""))
     return _on_weights(loaded, made_for, bos_id, allowed_tokens(loaded.tokenizer, loaded.embeddings.shape[0], cfg))
 
 

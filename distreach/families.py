@@ -203,6 +203,8 @@ def lm_generated(loaded, n: int, prompt_len: int, unit: str, seed: int = 0, kind
     :func:`distreach.models.write_vocab`), read instead of the tokenizer, which ``loaded`` may
     then lack: the BOS token and |V| come from its manifest."""
     prompts, seeds, bos_id = lm_prompts(loaded, n, prompt_len, seed, kind, bos, usable)
+    loaded.check_positions(prompt_len + (bos_id is not None), f"prompts of prompt_len {prompt_len}"
+                           + (" after BOS" if bos_id is not None else ""))
     vocab = loaded.vocab_size
     support = vocab_support(loaded.tokenizer, vocab) if usable is None else loaded.manifest["vocab_support"]
     ids = [f"{kind}-{r:04d}" for r in range(n)]

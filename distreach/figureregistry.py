@@ -32,6 +32,7 @@ class Pairs:
     name: str  # what a pair is, as messages say it ("base/instruct")
     description: str
     required: bool = False
+    random_init: bool = False  # each pair's second model is a random_init copy of its first
 
     def schema(self) -> dict:
         extra = {"minProperties": 1} if self.required else {"default": {}}
@@ -51,6 +52,8 @@ class Figure:
     reads: str = "collected"
     pairs: Pairs | None = None
     target_kinds: tuple[str, ...] = ()  # the target kinds its experiments must tune on (empty: any)
+    needs_kinds: tuple[str, ...] = ()  # one of its experiments at least tunes on one of these kinds
+    method: str | None = "soft"  # the method whose rows it draws (one of its experiments must list it); None: any
     claims: tuple[str, ...] = ()  # the claims tested on its data (distreach.claims)
 
     def schema(self) -> dict:
@@ -81,6 +84,7 @@ FIGURES: dict[str, Figure] = {
             "inits": {"type": "integer", "minimum": 1, "default": 1, "description": "prompt inits of that soft prompt (the best is drawn)"},
         },
         reads="nexttoken",
+        method=None,
     ),
     "fig01": Figure(
         "Minimum KL divergence (over inits) between target and prompted next-token distribution against "
@@ -95,6 +99,7 @@ FIGURES: dict[str, Figure] = {
         "readable hard prompts); small points are single inits, lines the mean over targets of the "
         "minimum over inits (paper Fig. 4).",
         keys={"experiments": EXPERIMENTS, "model": MODEL},
+        method=None,
         claims=("C3", "G1"),
     ),
     "fig05": Figure(
@@ -108,7 +113,8 @@ FIGURES: dict[str, Figure] = {
         "initialised copy on the same targets, one panel per model: mean over targets with a band of ± "
         "one standard error over targets (paper Fig. 6).",
         keys={"experiments": EXPERIMENTS},
-        pairs=Pairs("pretrained/random-init", "pretrained model -> its random-init copy (a random_init source)", required=True),
+        pairs=Pairs("pretrained/random-init", "pretrained model -> its random-init copy (a random_init source)", required=True,
+                    random_init=True),
         claims=("C7",),
     ),
     "fig07": Figure(
@@ -116,6 +122,7 @@ FIGURES: dict[str, Figure] = {
         "tokens and for vanilla targets of the same entropies, with 95% t-intervals over the targets of "
         "each level (paper Fig. 7).",
         keys={"experiments": EXPERIMENTS, "model": MODEL},
+        needs_kinds=("outlier",),
         claims=("C4",),
     ),
     "fig08": Figure(
@@ -123,6 +130,8 @@ FIGURES: dict[str, Figure] = {
         "distributions and on vanilla targets of matched entropy, with least-squares lines and their R² "
         "(a), and the achieved entropy (b) (paper Fig. 8).",
         keys={"experiments": EXPERIMENTS, "model": MODEL},
+        needs_kinds=("lm",),
+        method="hard",
         claims=("C5",),
     ),
     "fig09": Figure(
@@ -130,6 +139,7 @@ FIGURES: dict[str, Figure] = {
         "minimum over each one's token-shuffled copies (single copies as grey points) and on vanilla "
         "targets of matched entropy, with least-squares lines and R² (paper Fig. 9).",
         keys={"experiments": EXPERIMENTS, "model": MODEL},
+        needs_kinds=("lm", "shuffled"),
         claims=("C5",),
     ),
     "fig10": Figure(
@@ -138,6 +148,7 @@ FIGURES: dict[str, Figure] = {
         "(one series per source model), with least-squares lines and R², one panel per tuning model "
         "(paper Fig. 10).",
         keys={"experiments": EXPERIMENTS},
+        needs_kinds=("migrated",),
         claims=("C6",),
     ),
     "fig11": Figure(
@@ -155,6 +166,7 @@ FIGURES: dict[str, Figure] = {
             "top": {"type": "integer", "minimum": 1, "default": 8, "description": "how many of the most common POS tags are shown"},
         },
         reads="pos",
+        method=None,
     ),
     "fig13": Figure(
         "Minimum KL over inits of soft prompts on uniform distributions over tokens of one part of "

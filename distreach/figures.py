@@ -85,6 +85,10 @@ def _model(df: pl.DataFrame, model: str, fig: str) -> pl.DataFrame:
 
 
 def _best(df: pl.DataFrame, model: str | None, fig: str, method: str | None = None) -> pl.DataFrame:
+    """The minimum over inits of the rows (of ``model`` where given) of ``method``: the figure's own
+    (its registry entry's ``method``) where None."""
+    if method is None and fig in FIGURES:
+        method = FIGURES[fig].method
     sub = _model(df, model, fig) if model else df
     if method is not None:
         sub = sub.filter(pl.col("method") == method)
@@ -96,7 +100,7 @@ def _best(df: pl.DataFrame, model: str | None, fig: str, method: str | None = No
 @figure("fig01")
 def fig01(df: pl.DataFrame, spec: dict) -> alt.Chart:
     unit = _unit(df)
-    s = summarise(_best(df, None, "fig01", "soft"), "kl_min", ["model", "target_entropy"])
+    s = summarise(_best(df, None, "fig01"), "kl_min", ["model", "target_entropy"])
     return line_with_band(
         s,
         f"target entropy ({unit})",
@@ -109,7 +113,7 @@ def fig01(df: pl.DataFrame, spec: dict) -> alt.Chart:
 @figure("fig05")
 def fig05(df: pl.DataFrame, spec: dict) -> alt.Chart:
     model = spec["model"]
-    best = _best(df, model, "fig05", "soft")
+    best = _best(df, model, "fig05")
     unit = _unit(best)
     kl = summarise(best, "kl_min", ["target_entropy"], level=0.95)
     ent = summarise(best, "q_entropy", ["target_entropy"], level=0.95)
@@ -160,7 +164,7 @@ def fig06(df: pl.DataFrame, spec: dict) -> alt.Chart:
     rows = []
     for pre, rnd in pairs.items():
         for name, kind in ((pre, "pretrained"), (rnd, "random init")):
-            best = _best(df, name, "fig06", "soft")
+            best = _best(df, name, "fig06")
             rows.append(summarise(best, "kl_min", ["target_entropy"]).with_columns(
                 panel=pl.lit(pre), weights=pl.lit(kind)))
     data = pl.concat(rows)
@@ -177,7 +181,7 @@ def fig06(df: pl.DataFrame, spec: dict) -> alt.Chart:
 @figure("fig11")
 def fig11(df: pl.DataFrame, spec: dict) -> alt.Chart:
     model = spec["model"]
-    best = _best(df, model, "fig11", "soft")
+    best = _best(df, model, "fig11")
     unit = _unit(best)
     s = summarise(best, "kl_min", ["prefix_len", "target_entropy"])
     return line_with_band(
@@ -198,7 +202,7 @@ def _with_diagonal(chart, data: pl.DataFrame):
 @figure("fig07")
 def fig07(df: pl.DataFrame, spec: dict) -> alt.Chart:
     model = spec["model"]
-    best = _best(df, model, "fig07", "soft")
+    best = _best(df, model, "fig07")
     if "n_outliers" not in best.columns:
         raise DistreachError("fig07: none of its experiments has outlier targets")
     unit = _unit(best)
@@ -252,7 +256,7 @@ def _scatter_fit(best: pl.DataFrame, by: str, unit: str, title: str):
 @figure("fig08")
 def fig08(df: pl.DataFrame, spec: dict) -> alt.Chart:
     model = spec["model"]
-    best = _best(df, model, "fig08", "hard")
+    best = _best(df, model, "fig08")
     unit = _unit(best)
     best = _fit_label(best.with_columns(pl.col("target_kind").alias("targets")), "targets")
     left = _scatter_fit(best, "targets", unit, f"(a) {model}, hard prompts: points = targets (min over inits), lines = least-squares fits")
@@ -271,7 +275,7 @@ SHUFFLED_MIN = "shuffled (min over copies)"
 @figure("fig09")
 def fig09(df: pl.DataFrame, spec: dict) -> alt.Chart:
     model = spec["model"]
-    best = _best(df, model, "fig09", "soft")
+    best = _best(df, model, "fig09")
     unit = _unit(best)
     copies = best.filter(pl.col("target_kind") == "shuffled")
     main = pl.concat([best.filter(pl.col("target_kind") != "shuffled"), min_over_shuffles(best)], how="diagonal_relaxed")
@@ -307,7 +311,7 @@ def migrated_series(best: pl.DataFrame) -> pl.DataFrame:
 
 @figure("fig10")
 def fig10(df: pl.DataFrame, spec: dict) -> alt.Chart:
-    best = migrated_series(_best(df, None, "fig10", "soft"))
+    best = migrated_series(_best(df, None, "fig10"))
     unit = _unit(best)
     panels = []
     for model in best["model"].unique().sort().to_list():
@@ -347,7 +351,7 @@ def fig12(pos: pl.DataFrame, spec: dict) -> alt.Chart:
 
 @figure("fig13")
 def fig13(df: pl.DataFrame, spec: dict) -> alt.Chart:
-    best = _best(df, None, "fig13", "soft")
+    best = _best(df, None, "fig13")
     if "pos" not in best.columns:
         raise DistreachError("fig13: the experiment's targets have no pos column (use a pos target family)")
     unit = _unit(best)

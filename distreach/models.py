@@ -99,6 +99,22 @@ class LoadedModel:
     def embeddings(self) -> torch.Tensor:
         return self.model.get_input_embeddings().weight
 
+    @property
+    def context(self) -> int | None:
+        """The input positions the model's config says it takes (None where it names none)."""
+        config = self.model.config
+        config = getattr(config, "text_config", None) or config
+        for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def check_positions(self, positions: int, what: str) -> None:
+        """Refuse inputs of more ``positions`` than the model's context (``what`` says whose)."""
+        if self.context is not None and positions > self.context:
+            raise DistreachError(f"{what}: {positions} positions, more than model {self.name}'s context of {self.context}")
+
 
 def sha256_file(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()

@@ -12,6 +12,18 @@ from .tokens import BOS_POLICIES
 
 GCG_KEYS = ("gcg_width", "gcg_topk", "gcg_replace", "readable")  # TuneConfig fields of method gcg only
 INITS = ("vocab", "normal")
+# the keys of a target family's config entry (``targets.<name>``) each kind reads besides ``kind``
+# (distreach.targetfamily.make_family reads them; a key another kind reads is refused in the config)
+DESCENT_KEYS = ("tolerance", "max_iters", "lr")  # the entropy descent of Eq. 1 (and 2-3)
+FAMILY_KEYS = {
+    "vanilla": ("grid", "per_level", *DESCENT_KEYS),
+    "outlier": ("grid", "per_level", "ks", "alpha", "beta", "delta", *DESCENT_KEYS),
+    "lm": ("n", "prompt_len", "bos"),
+    "pos": ("tags", "n_tokens", "draws"),
+    "matched": ("of", *DESCENT_KEYS),
+    "shuffled": ("of", "copies"),
+    "migrated": ("of", "source"),
+}
 # patience None: the method's. The paper's methods stop after PATIENCE steps without a gain (App. B).
 # gcg moves to its best candidate even when that is worse, so its lowest KL falls in bursts with
 # long runs of steps between them: the paper's patience stops most gcg rows long before their lowest

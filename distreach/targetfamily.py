@@ -14,6 +14,7 @@ from .families import (DEFAULT_POS_TAGS, LM_PROMPT_LEN, LM_PROMPTS, POS_DRAWS, P
                        shuffled)
 from .io import arrow_metadata, read_arrow
 from .models import load_materialised, read_manifest
+from .settings import DESCENT_KEYS, FAMILY_KEYS
 from .targets import pad_rows
 from .tokens import ids_of
 from .vanilla import EntropyGrid, VanillaSettings, entropy_matched_targets, vanilla_targets
@@ -70,10 +71,10 @@ def make_family(settings: dict, model_dir, unit: str, seed: int = 0, base=None, 
     support = manifest["vocab_support"]  # |V|: most families need no tokenizer (seconds to load)
     grid = EntropyGrid(unit=unit, **settings.get("grid", {}))
     if kind == "vanilla":
-        vs = VanillaSettings(seed=seed, **_pick(settings, ("per_level", "tolerance", "max_iters", "lr")))
+        vs = VanillaSettings(seed=seed, **_pick(settings, ("per_level", *DESCENT_KEYS)))
         return pad_rows(vanilla_targets(support, grid, vs), n_rows)
     if kind == "outlier":
-        keys = ("per_level", "alpha", "beta", "delta", "tolerance", "max_iters", "lr")
+        keys = set(FAMILY_KEYS["outlier"]) - {"grid", "ks"}
         os_ = OutlierSettings(seed=seed, **_pick(settings, keys), **({"ks": tuple(settings["ks"])} if "ks" in settings else {}))
         pool = ids_of(_vocab(model_dir, vocab_file, manifest)["is_usable"].to_numpy()[:support])
         return pad_rows(outlier_targets(support, grid.levels(support), unit, os_, pool), n_rows)
@@ -87,7 +88,7 @@ def make_family(settings: dict, model_dir, unit: str, seed: int = 0, base=None, 
         return pos_uniform_targets(pos, n_rows, tags, n_tokens, draws, unit, seed, usable=usable)
     table = read_arrow(base)
     if kind == "matched":
-        vs = VanillaSettings(seed=seed, **_pick(settings, ("tolerance", "max_iters", "lr")))
+        vs = VanillaSettings(seed=seed, **_pick(settings, DESCENT_KEYS))
         ent = table.column("achieved_entropy").to_pylist()
         ids = [f"matched-{t}" for t in table.column("target_id").to_pylist()]
         made = pad_rows(entropy_matched_targets(support, ent, ids, unit, vs, kind="matched"), n_rows)

@@ -37,6 +37,9 @@ class EntropyGrid:
             raise DistreachError(f"entropy grid: start must be >= 0 and step > 0 (got {self.start}, {self.step})")
         n = int(math.floor((stop - self.start) / self.step + 1e-9)) + 1
         levels = [round(self.start + i * self.step, 10) for i in range(max(n, 0))]
+        if not levels:
+            raise DistreachError(f"entropy grid: start {self.start} {self.unit} is above log|V| = {top:.4g} {self.unit} "
+                                 f"of {vocab_size} tokens: no levels")
         if self.include_max and self.stop is None and top - levels[-1] > 1e-6:
             levels.append(top)
         return levels

@@ -19,10 +19,14 @@ try:
     check_config(config, SCHEMA, validate)
 except DistreachError as exc:
     # one line, exit status 2, before any job (as the distreach CLI does)
-    where = (
-        ", ".join(dict.fromkeys(os.path.abspath(f) for f in workflow.configfiles))
-        or "config"
-    )
+    # the config files read: with --replace-workflow-config, those of --configfile alone
+    files = workflow.configfiles
+    if (
+        workflow.config_settings.replace_workflow_config
+        and workflow.overwrite_configfiles
+    ):
+        files = workflow.overwrite_configfiles
+    where = ", ".join(dict.fromkeys(os.path.abspath(f) for f in files)) or "config"
     if workflow.config_settings.config:  # the key may be set there, not in the files
         where += f" with --config {' '.join(workflow.config_settings.config)}"
     print(f"distreach: error: {where}: {exc}", file=sys.stderr)
@@ -97,6 +101,18 @@ def model_base(wildcards):
     source = configured("models", wildcards.model)["source"]
     if "random_init" in source:
         return model_folder(source["random_init"])
+    return []
+
+
+def model_source_files(wildcards):
+    """The files a model's local folder or gguf_file source holds: as inputs, replacing them
+    writes the model again, and reruns what reads it."""
+    source = configured("models", wildcards.model)["source"]
+    if "gguf_file" in source:
+        return [os.path.expanduser(source["gguf_file"])]
+    if "local" in source:
+        folder = Path(source["local"]).expanduser()
+        return sorted(str(p) for p in folder.iterdir() if p.is_file())
     return []
 
 
@@ -261,6 +277,14 @@ def next_token_spec(wildcards):
     )
 
 
+def next_token_tuning(wildcards):
+    """The config's tuning settings the next-token job reads: all of them where Fig. 3 tunes a soft
+    prompt, else the BOS policy alone (a change to the others reruns nothing)."""
+    if next_token_spec(wildcards)["tune"]:
+        return config["tuning"]
+    return {k: v for k, v in config["tuning"].items() if k == "bos"}
+
+
 def figure_spec(wildcards):
     return FIGURES[wildcards.fig]
 
@@ -285,15 +309,7 @@ def all_outputs():
     """What the default target makes, from the rules' own outputs (called after every rule is defined)."""
     tables = expand(rules.collect.output, experiment=list(config["experiments"]))
     tables += expand(rules.materialise_model.output.vocab, model=list(config["models"]))
-    # a random_init model has its base's tokenizer: its base's POS table is its own
-    tables += expand(
-        rules.pos_tag.output,
-        model=[
-            m
-            for m, entry in config["models"].items()
-            if "random_init" not in entry["source"]
-        ],
-    )
+    # POS tables: those a figure or a target family reads, as their inputs
     figures = expand(rules.figure.output, fig=list(FIGURES))
     pages = list(rules.claims.output)
     if "fig01" in FIGURES:  # the report's target vs achieved, for rows of Fig. 1

@@ -37,7 +37,7 @@ rule next_token:
         spec=next_token_spec,
         unit=config["entropy_unit"],
         seed=config["seed"],
-        tuning=config["tuning"],
+        tuning=next_token_tuning,
         dtype=config["dtype"],
         device=config["device"],
         code=script_code("next_token"),

@@ -6,6 +6,7 @@ rule materialise_model:
     deleting the table alone writes the model again)."""
     input:
         base=model_base,
+        source=model_source_files,
     output:
         model=directory("results/models/{model}"),
         vocab="results/vocab/{model}.arrow",

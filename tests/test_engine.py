@@ -391,3 +391,22 @@ def test_the_last_position_s_logits_pass_their_gradient_without_a_zero_filled_co
     assert torch.equal(last_logits(many), many[:, -1])
     one = torch.randn(1, 1, 50)  # a batch of one row keeps its row dimension
     assert last_logits(one).shape == (1, 50)
+
+
+def test_inputs_longer_than_the_models_context_are_refused(tiny_llama):
+    """The tiny Llama takes 64 positions: a prompt of 63 after BOS is tuned, one of 64 is refused
+    before any step, and so is a text scored past them."""
+    from distreach import api
+
+    p = np.full((1, tiny_llama.vocab_size), 1 / tiny_llama.vocab_size, dtype=np.float32)
+    assert tune(tiny_llama, p, [0], TuneConfig(prefix_len=63, max_steps=1)).kl_min.shape == (1,)
+    with pytest.raises(DistreachError, match=r"^a prompt of prefix_len 64 after BOS: 65 positions, more than model "
+                                             r"tiny-llama's context of 64$"):
+        tune(tiny_llama, p, [0], TuneConfig(prefix_len=64, max_steps=1))
+    assert tune(tiny_llama, p, [0], TuneConfig(prefix_len=64, max_steps=1, bos="none")).kl_min.shape == (1,)
+    target = api.make_target("vanilla", tiny_llama.vocab_size, 2.0, "bits")
+    fits, too_long = " the" * 63, " the" * 64  # one token each
+    assert len(tiny_llama.tokenizer(fits, add_special_tokens=False).input_ids) == 63
+    assert api.score_texts(tiny_llama, target, [fits]).height == 1
+    with pytest.raises(DistreachError, match=r"^text ' the the .*': 65 positions, more than model tiny-llama's context of 64$"):
+        api.score_texts(tiny_llama, target, [too_long])

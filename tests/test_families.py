@@ -127,6 +127,18 @@ def test_lm_generated_and_shuffled(tiny_llama):
     assert sh.column("source_target_id").to_pylist() == [t for t in ids for _ in range(5)]
 
 
+def test_prompts_longer_than_the_models_context_are_refused(tiny_llama):
+    """The tiny Llama takes 64 positions: 63 random tokens after BOS fit, 64 do not (its rotary
+    embeddings would compute them, past what the model was made for; a GPT-2 would fail in its
+    position embedding)."""
+    assert tiny_llama.context == 64
+    assert lm_generated(tiny_llama, n=1, prompt_len=63, unit="bits").num_rows == 1
+    with pytest.raises(DistreachError, match=r"^prompts of prompt_len 64 after BOS: 65 positions, more than model "
+                                             r"tiny-llama's context of 64$"):
+        lm_generated(tiny_llama, n=1, prompt_len=64, unit="bits")
+    assert lm_generated(tiny_llama, n=1, prompt_len=64, unit="bits", bos="none").num_rows == 1
+
+
 def test_matched_targets_name_the_target_whose_entropy_they_match(tiny_dirs, tiny_llama, tmp_path):
     from distreach.targetfamily import make_family
     from distreach.io import write_arrow

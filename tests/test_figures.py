@@ -215,6 +215,7 @@ def test_a_figure_is_one_registry_entry_and_one_draw_function(tmp_path, monkeypa
     from distreach.errors import DistreachError
     from distreach.io import write_arrow
 
+    from .conftest import save_tiny
     from .test_workflow import tiny_config
 
     caption = "Minimum KL of each target against its entropy, one point per target (paper Fig. 99)."
@@ -226,7 +227,7 @@ def test_a_figure_is_one_registry_entry_and_one_draw_function(tmp_path, monkeypa
     def fig99(df, spec):
         return alt.Chart(df.filter(pl.col("model") == spec["model"])).mark_point().encode(x="target_entropy:Q", y="kl_min:Q")
 
-    config = tiny_config({"llama": str(tmp_path / "llama"), "gpt2": str(tmp_path / "gpt2")})
+    config = tiny_config({arch: str(save_tiny(tmp_path / arch, arch)) for arch in ("llama", "gpt2")})
     spec = {"experiment": "prefix-2", "model": "tiny"}
     config["figures"] = {"fig01": {"experiment": "vanilla"}, "fig99": spec}
     schema = REPO / "schemas/config.schema.yaml"

@@ -462,9 +462,10 @@ def test_fuzzed_configs_fail_with_one_line_naming_the_key(tmp_path):
     another exception."""
     from snakemake.utils import validate
 
+    from .conftest import save_tiny
     from .test_workflow import tiny_config
 
-    base = tiny_config({"llama": str(tmp_path / "llama"), "gpt2": str(tmp_path / "gpt2")})
+    base = tiny_config({arch: str(save_tiny(tmp_path / arch, arch)) for arch in ("llama", "gpt2")})
     schema = REPO / "schemas" / "config.schema.yaml"
     check_config(copy.deepcopy(base), schema, validate)  # the unbroken config passes
     outcomes = []

@@ -22,6 +22,11 @@ def test_grid_runs_from_zero_to_log_v():
     assert EntropyGrid(step=1.0, start=1.0, stop=3.0, unit="nats").levels(V) == [1.0, 2.0, 3.0]
     with pytest.raises(DistreachError, match="start must be >= 0"):
         EntropyGrid(step=1.0, start=-1.0).levels(V)
+    # a start above log|V| (the config's check cannot know |V|): no levels, said in one line, with or without a stop
+    assert EntropyGrid(step=1.0, start=10.0, unit="bits").levels(1024) == [10.0]
+    for stop in (None, 60.0):
+        with pytest.raises(DistreachError, match=r"^entropy grid: start 10.5 bits is above log\|V\| = 10 bits of 1024 tokens: no levels$"):
+            EntropyGrid(step=1.0, start=10.5, stop=stop, unit="bits").levels(1024)
 
 
 @pytest.mark.parametrize("unit", ["nats", "bits"])

@@ -294,6 +294,30 @@ BAD_CONFIGS = [
      "config key targets.vanilla.grid: start 10 is above stop 2: no levels"),
     (lambda c: c["methods"]["hybrid-1"].update(n_soft=9),
      "config key methods.hybrid-1.n_soft: must be in 0..5 (got 9); for experiment methods's hybrid-1 rows"),
+    # what the schema takes but no job would read as written: refused, not ignored
+    (lambda c: c["tuning"].update(method="hard"),
+     "config key tuning.method: an experiment's methods are its 'methods' list (experiments.<name>.methods; "),
+    (lambda c: c["experiments"]["vanilla"].update(tuning={"method": "hard"}), "config key experiments.vanilla.tuning.method: "),
+    (lambda c: c["targets"]["vanilla"].update(ks=[1]),
+     "config key targets.vanilla.ks: a vanilla family has no ks (a key of outlier families: is its kind set?)"),
+    (lambda c: c["targets"]["lm"].update(grid={"step": 1.0}), "config key targets.lm.grid: a lm family has no grid (a key of vanilla and outlier"),
+    (lambda c: c["targets"]["migrated"].pop("source"), "config key targets.migrated.source: missing required key"),
+    # a figure whose experiments hold none of what it draws, or a pair that is not what it says
+    (lambda c: c["figures"]["fig07"].update(experiments=["vanilla"]),
+     "config key figures.fig07.experiments[0]: none of ['vanilla'] tunes on outlier targets, which fig07 draws"),
+    (lambda c: c["figures"]["fig10"].update(experiments=["lm-soft"]),
+     "config key figures.fig10.experiments[0]: none of ['lm-soft'] tunes on migrated targets, which fig10 draws"),
+    (lambda c: c["figures"]["fig08"].update(experiments=["lm-soft", "matched-soft"]),
+     "config key figures.fig08.experiments[0]: none of ['lm-soft', 'matched-soft'] has method hard (their 'methods'), "
+     "whose rows fig08 draws"),
+    (lambda c: c["figures"]["fig06"].update(pairs={"tiny": "tiny-gpt2"}),
+     "config key figures.fig06.pairs.tiny: 'tiny-gpt2' is not a random_init copy of 'tiny' (models.tiny-gpt2.source: "),
+    # a model's files that are not there
+    (lambda c: c["models"]["tiny"].update(source={"local": "/nonexistent/model"}),
+     "config key models.tiny.source.local: no folder /nonexistent/model (from "),
+    (lambda c: c["models"]["tiny"].update(source={"local": "/"}), "config key models.tiny.source.local: / has no config.json"),
+    (lambda c: c["models"]["tiny"].update(source={"gguf_file": "/nonexistent/m.gguf"}),
+     "config key models.tiny.source.gguf_file: no file /nonexistent/m.gguf (from "),
 ]
 
 
@@ -345,6 +369,17 @@ def test_a_bad_key_from_the_command_line_is_named_there(tmp_path, tiny_sources):
 
 
 @pytest.mark.slow  # over 10 s on a 2-core CPU
+def test_an_error_names_the_config_file_read_not_the_one_it_replaced(tmp_path, tiny_sources):
+    cfg = tiny_config(tiny_sources)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))  # the workflow's own, replaced
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump({**cfg, "seed": -3}))
+    proc = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", "mine.yaml", "--replace-workflow-config",
+                           "-n"], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.splitlines()[-1] == (
+        f"distreach: error: {tmp_path / 'mine.yaml'}: config key seed: -3 is less than the minimum of 0")
+
+
+@pytest.mark.slow  # over 10 s on a 2-core CPU
 def test_gpu_benchmark_script_runs_at_tiny_size_on_the_cpu(tmp_path):
     import json
 
@@ -390,12 +425,12 @@ UNKNOWN_NAMES = [
 
 
 @pytest.mark.parametrize("path,message", UNKNOWN_NAMES)
-def test_a_path_naming_what_the_config_lacks_is_refused_naming_it(tmp_path, path, message):
+def test_a_path_naming_what_the_config_lacks_is_refused_naming_it(tmp_path, tiny_sources, path, message):
     from snakemake.exceptions import InputFunctionException
 
     from .test_figures import planned_jobs as planned_in_process
 
-    config = tiny_config({"llama": "unused", "gpt2": "unused"})
+    config = tiny_config(tiny_sources)
     del config["figures"]["fig12"]
     with pytest.raises(InputFunctionException) as raised:
         planned_in_process(tmp_path, config, {path})
@@ -423,15 +458,17 @@ def test_partial_reruns(tmp_path, tiny_sources):
     experiment's tuning settings reruns that experiment's shards and what depends on them, nothing
     else."""
     wf = copy_workflow(tmp_path / "wf")
+    model = shutil.copytree(tiny_sources["llama"], tmp_path / "model")  # its files are rewritten below
     cfg = {
-        "models": {"tiny": {"source": {"local": tiny_sources["llama"]}}},
+        "models": {"tiny": {"source": {"local": str(model)}}},
         "targets": {"coarse": {"grid": {"step": 3.0}, "per_level": 1}},
         "tuning": {"max_steps": 5, "patience": 5},
         "experiments": {
             "a": {"targets": "coarse", "models": ["tiny"], "inits": 1, "shards": 2},
             "b": {"targets": "coarse", "models": ["tiny"], "inits": 1, "shards": 2},
         },
-        "figures": {"fig01": {"experiment": "a"}, "fig05": {"experiment": "b", "model": "tiny"}},
+        "figures": {"fig01": {"experiment": "a"}, "fig05": {"experiment": "b", "model": "tiny"},
+                    "fig03": {"model": "tiny", "tune": False}},
     }
     run = [sys.executable, "-m", "snakemake", "-s", str(wf / "Snakefile"), "--configfile", "config.yaml"]
     env = {**os.environ, "PYTHONPATH": str(wf)}  # the copy's distreach, here and in every job
@@ -449,7 +486,7 @@ def test_partial_reruns(tmp_path, tiny_sources):
     module = wf / "distreach" / "figures.py"
     source = module.read_text()
     module.write_text(source.replace("def save(chart, stem: str | Path,", "def save(chart, stem: str | Path, changed=None,"))
-    assert planned_jobs(smk("-n")) == {"figure": 2, "achieved": 1, "all": 1}
+    assert planned_jobs(smk("-n")) == {"figure": 3, "achieved": 1, "all": 1}
     module.write_text(source)
     # a module the tuning jobs reach through distreach.tuning
     module = wf / "distreach" / "infotheory.py"
@@ -465,6 +502,16 @@ def test_partial_reruns(tmp_path, tiny_sources):
     cfg["figures"]["fig01"]["experiment"] = "a"
     cfg["experiments"]["b"]["tuning"] = {"lr": 0.05}
     assert planned_jobs(smk("-n")) == {"tune_job": 2, "collect": 1, "figure": 1, "all": 1}
+    del cfg["experiments"]["b"]["tuning"]
+    # every experiment's tuning settings: Fig. 3's next-token job tunes nothing here, and does not rerun
+    cfg["tuning"]["top_k"] = 5
+    assert planned_jobs(smk("-n")) == {"tune_job": 4, "collect": 2, "figure": 2, "claims": 1, "achieved": 1, "all": 1}
+    del cfg["tuning"]["top_k"]
+    assert "Nothing to be done" in smk("-n").stdout
+    # the model's own files rewritten (other weights): the model is written again, and all that reads it reruns
+    save_tiny(model, "llama", seed=7)
+    assert planned_jobs(smk("-n")) == {"materialise_model": 1, "targets": 1, "next_token": 1, "tune_job": 4, "collect": 2,
+                                       "figure": 3, "claims": 1, "achieved": 1, "all": 1}
 
 
 @pytest.mark.slow  # over 20 s on a 2-core CPU
