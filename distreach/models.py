@@ -102,7 +102,7 @@ class LoadedModel:
     @property
     def context(self) -> int | None:
         """The input positions the model's config says it takes (None where it names none)."""
-        config = self.model.config
+        config = getattr(self.model, "config", None)
         config = getattr(config, "text_config", None) or config
         for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
             value = getattr(config, key, None)

@@ -9,6 +9,7 @@ import pytest
 from distreach.jobs import MODEL_MEM_MB, MODEL_RUNTIME, experiment_jobs, experiment_tables, target_model, tuning_jobs
 from distreach.errors import DistreachError
 
+from .conftest import save_tiny
 from .test_workflow import planned_jobs, snakemake, tiny_config, tiny_sources  # noqa: F401 (a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,7 +146,7 @@ def test_a_key_of_an_earlier_version_is_refused_naming_its_replacement(tmp_path,
     from distreach.config import check_config
     from distreach.schema import SCHEMA_PATH
 
-    cfg = tiny_config({"llama": str(tmp_path / "llama"), "gpt2": str(tmp_path / "gpt2")})
+    cfg = tiny_config({arch: str(save_tiny(tmp_path / arch, arch)) for arch in ("llama", "gpt2")})
     check_config(dict(cfg), SCHEMA_PATH, validate)  # the config without the old key passes
     with pytest.raises(DistreachError) as err:
         check_config({**cfg, old: True}, SCHEMA_PATH, validate)

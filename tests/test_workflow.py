@@ -369,6 +369,19 @@ def test_a_bad_key_from_the_command_line_is_named_there(tmp_path, tiny_sources):
 
 
 @pytest.mark.slow  # over 10 s on a 2-core CPU
+def test_what_needs_the_model_to_be_refused_stops_its_job_with_one_line(tmp_path, tiny_sources):
+    """A grid that starts above log|V| (the config check cannot know |V|): the targets job stops,
+    its error naming the family and the model, and writes no target file."""
+    cfg = tiny_config(tiny_sources)
+    cfg["targets"]["vanilla"]["grid"]["start"] = 50
+    proc = snakemake(tmp_path, cfg, "--cores", "1", "results/targets/vanilla/tiny.arrow", check=False)
+    assert proc.returncode != 0
+    assert ("error: targets.vanilla on model tiny: entropy grid: start 50 bits is above log|V| = 6.539 bits of 93 tokens: "
+            "no levels") in proc.stderr
+    assert not (tmp_path / "results/targets/vanilla/tiny.arrow").exists()
+
+
+@pytest.mark.slow  # over 10 s on a 2-core CPU
 def test_an_error_names_the_config_file_read_not_the_one_it_replaced(tmp_path, tiny_sources):
     cfg = tiny_config(tiny_sources)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))  # the workflow's own, replaced
@@ -479,6 +492,7 @@ def test_partial_reruns(tmp_path, tiny_sources):
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         return proc
 
+    assert "pos_tag" not in planned_jobs(smk("-n"))  # no figure or target family here reads a POS table
     smk("--cores", "2")
     assert "Nothing to be done" in smk("-n").stdout
     # the figures and the achieved figure reach distreach.figures (the charts) through their scripts'
