@@ -3,7 +3,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# config.yaml where no --configfile is given; files given replace it (and merge in their order).
+# Snakemake starts a cluster's jobs with the --configfile files but without
+# --replace-workflow-config: read this way, every job reads the config the run was planned with.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 
 include: "rules/common.smk"

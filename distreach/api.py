@@ -509,6 +509,8 @@ def generate(result: str | os.PathLike, target: str, init: int | None = None, te
     prompt = Prompt.from_row(row)
     loaded = row_model(row, result, dtype, device)
     text_ids = loaded.tokenizer(text, add_special_tokens=False).input_ids if text else []
+    loaded.check_positions((prompt.bos_id is not None) + prompt.prefix_len + len(text_ids) + (max_new_tokens - 1 if samples else 0),
+                           "the prompt" + (" and --text" if text else "") + (" and the samples' tokens" if samples else ""))
     logq = next_token_logprobs(loaded, prompt, text_ids)
     q = logq.exp()
     best = q.topk(min(top, q.shape[0]))

@@ -90,8 +90,10 @@ def check_family_keys(config: dict) -> None:
         if other := next((k for k in fam if k != "kind" and k not in FAMILY_KEYS[kind]), None):
             readers = [k for k, keys in FAMILY_KEYS.items() if other in keys]
             if readers:  # else an unknown key: the schema's checks name it
-                raise DistreachError(f"config key targets.{name}.{other}: a {kind} family has no {other} "
-                                     f"(a key of {' and '.join(readers)} families: is its kind set?)")
+                kinds = ", ".join(readers[:-1]) + (" and " if len(readers) > 1 else "") + readers[-1]
+                hint = "" if "kind" in fam else ": is its kind set?"
+                raise DistreachError(f"config key targets.{name}.{other}: {'an' if kind[0] in 'aeiou' or kind == 'lm' else 'a'} "
+                                     f"{kind} family has no {other} (a key of {kinds} families{hint})")
 
 
 def check_sources(config: dict) -> None:
@@ -102,12 +104,17 @@ def check_sources(config: dict) -> None:
         if "local" in source:
             folder = Path(source["local"]).expanduser()
             if not folder.is_dir():
-                raise DistreachError(f"config key models.{name}.source.local: no folder {folder} (from {Path.cwd()})")
+                raise DistreachError(f"config key models.{name}.source.local: no folder {folder}{_from_cwd(folder)}")
             if not (folder / "config.json").is_file():
                 raise DistreachError(f"config key models.{name}.source.local: {folder} has no config.json "
                                      "(not a folder written by save_pretrained)")
-        if "gguf_file" in source and not Path(source["gguf_file"]).expanduser().is_file():
-            raise DistreachError(f"config key models.{name}.source.gguf_file: no file {source['gguf_file']} (from {Path.cwd()})")
+        if "gguf_file" in source and not (path := Path(source["gguf_file"]).expanduser()).is_file():
+            raise DistreachError(f"config key models.{name}.source.gguf_file: no file {path}{_from_cwd(path)}")
+
+
+def _from_cwd(path: Path) -> str:
+    """Where a relative path was looked for, for a message."""
+    return "" if path.is_absolute() else f" (from {Path.cwd()})"
 
 
 def check_tuning(config: dict) -> None:
@@ -169,12 +176,15 @@ def check_references(config: dict) -> None:
             raise DistreachError(f"config key targets.{name}.source: unknown model {fam.get('source')!r}")
     methods = {"soft", "hard", "hybrid", "gcg", *config.get("methods", {})}
     experiments = config.get("experiments", {})
-    layers = [("tuning", config.get("tuning", {}))] + [(f"experiments.{e}.tuning", x.get("tuning", {}))
-                                                       for e, x in experiments.items()]
-    for where, tuning in layers:
-        if "method" in tuning:
-            raise DistreachError(f"config key {where}.method: an experiment's methods are its 'methods' list "
-                                 "(experiments.<name>.methods; a named method's entry methods.<name> sets its own)")
+    named = config.get("methods", {})
+    layers = [("tuning", config.get("tuning", {}), list(experiments.values()))] + [
+        (f"experiments.{e}.tuning", x.get("tuning", {}), [x]) for e, x in experiments.items()]
+    for where, tuning, reached in layers:
+        # a tuning's method is read by a named method whose entry sets none, and by nothing else
+        if "method" in tuning and not any(m in named and "method" not in named[m]
+                                          for x in reached for m in x.get("methods", ["soft"])):
+            raise DistreachError(f"config key {where}.method: every method it applies to sets its own; an experiment's "
+                                 "methods are its 'methods' list (experiments.<name>.methods)")
     for ename, exp in experiments.items():
         for i, m in enumerate(exp.get("models", [])):
             if m not in models:
@@ -213,17 +223,22 @@ def check_figure(fig: str, spec: dict, config: dict) -> None:
             raise DistreachError(
                 f"config key {_key(fig, spec, key, i)}: {exp!r} tunes on {kind} targets, {fig} needs {needs} targets"
             )
-    tuned = [experiments[e] for e in names]
-    if entry.needs_kinds and not any(config["targets"][x["targets"]].get("kind", "vanilla") in entry.needs_kinds
-                                     for x in tuned):
-        raise DistreachError(f"config key {_key(fig, spec, key, 0)}: none of {names} tunes on "
-                             f"{' or '.join(entry.needs_kinds)} targets, which {fig} draws")
-    if entry.method is not None and names and not any(entry.method in x.get("methods", ["soft"]) for x in tuned):
-        raise DistreachError(f"config key {_key(fig, spec, key, 0)}: none of {names} has method {entry.method} "
-                             f"(their 'methods'), whose rows {fig} draws")
+    # what it draws: rows of its method (by that name, in an experiment's methods) on its target kinds,
+    # of its model where it has one, in one experiment at least
+    tuned = [experiments[e] for e in names if "model" not in spec or spec["model"] in experiments[e]["models"]]
+    if tuned and (entry.needs_kinds or entry.method) and not any(
+            (not entry.needs_kinds or config["targets"][x["targets"]].get("kind", "vanilla") in entry.needs_kinds)
+            and (entry.method is None or entry.method in x.get("methods", ["soft"])) for x in tuned):
+        what = (f" on {' or '.join(entry.needs_kinds)} targets" if entry.needs_kinds else "") + (
+            f" with method {entry.method!r} in its methods" if entry.method else "")
+        where = f" (of model {spec['model']})" if "model" in spec else ""
+        raise DistreachError(f"config key figures.{fig}.{key}: none of {names}{where} tunes{what}, which {fig} draws")
     if entry.pairs is not None and entry.pairs.random_init:
         for a, b in spec.get("pairs", {}).items():
-            if models.get(b, {}).get("source", {}).get("random_init") != a:
+            for m in (a, b):
+                if m not in models:
+                    raise DistreachError(f"config key figures.{fig}.pairs.{a}: unknown model {m!r}")
+            if models[b].get("source", {}).get("random_init") != a:
                 raise DistreachError(f"config key figures.{fig}.pairs.{a}: {b!r} is not a random_init copy of {a!r} "
                                      f"(models.{b}.source: {{random_init: {a}}})")
     if entry.reads != "collected":

@@ -37,6 +37,7 @@ def text_distribution(loaded, text: str, bos_id: int | None) -> tuple[list[int],
     ids = loaded.tokenizer(text, add_special_tokens=False).input_ids
     if not ids:
         raise DistreachError(f"figures.fig03.text: {text!r} has no tokens for model {loaded.name}")
+    loaded.check_positions(len(ids) + (bos_id is not None), f"figures.fig03.text {text[:40]!r}")
     logq = next_token_logprobs(loaded, None, ids, bos_id)
     support = loaded.support
     out = torch.full_like(logq, float("-inf"))

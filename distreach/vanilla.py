@@ -38,8 +38,9 @@ class EntropyGrid:
         n = int(math.floor((stop - self.start) / self.step + 1e-9)) + 1
         levels = [round(self.start + i * self.step, 10) for i in range(max(n, 0))]
         if not levels:
-            raise DistreachError(f"entropy grid: start {self.start} {self.unit} is above log|V| = {top:.4g} {self.unit} "
-                                 f"of {vocab_size} tokens: no levels")
+            bound = (f"stop {self.stop} {self.unit}" if self.stop is not None and self.stop < self.start
+                     else f"log|V| = {top:.4g} {self.unit} of {vocab_size} tokens")
+            raise DistreachError(f"entropy grid: start {self.start} {self.unit} is above {bound}: no levels")
         if self.include_max and self.stop is None and top - levels[-1] > 1e-6:
             levels.append(top)
         return levels

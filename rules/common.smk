@@ -19,14 +19,10 @@ try:
     check_config(config, SCHEMA, validate)
 except DistreachError as exc:
     # one line, exit status 2, before any job (as the distreach CLI does)
-    # the config files read: with --replace-workflow-config, those of --configfile alone
-    files = workflow.configfiles
-    if (
-        workflow.config_settings.replace_workflow_config
-        and workflow.overwrite_configfiles
-    ):
-        files = workflow.overwrite_configfiles
-    where = ", ".join(dict.fromkeys(os.path.abspath(f) for f in files)) or "config"
+    where = (
+        ", ".join(dict.fromkeys(os.path.abspath(f) for f in workflow.configfiles))
+        or "config"
+    )
     if workflow.config_settings.config:  # the key may be set there, not in the files
         where += f" with --config {' '.join(workflow.config_settings.config)}"
     print(f"distreach: error: {where}: {exc}", file=sys.stderr)
@@ -104,15 +100,34 @@ def model_base(wildcards):
     return []
 
 
+# the files of a model folder that loading it reads: config, weights, tokenizer, remote code
+MODEL_FILE_SUFFIXES = (
+    ".json",
+    ".safetensors",
+    ".txt",
+    ".model",
+    ".py",
+    ".jinja",
+    ".tiktoken",
+)
+
+
 def model_source_files(wildcards):
-    """The files a model's local folder or gguf_file source holds: as inputs, replacing them
-    writes the model again, and reruns what reads it."""
+    """The files a model's local folder (those of MODEL_FILE_SUFFIXES, no hidden ones) or
+    gguf_file source holds: as inputs, replacing them writes the model again, and reruns what
+    reads it."""
     source = configured("models", wildcards.model)["source"]
     if "gguf_file" in source:
         return [os.path.expanduser(source["gguf_file"])]
     if "local" in source:
         folder = Path(source["local"]).expanduser()
-        return sorted(str(p) for p in folder.iterdir() if p.is_file())
+        return sorted(
+            str(p)
+            for p in folder.iterdir()
+            if p.is_file()
+            and not p.name.startswith(".")
+            and p.suffix in MODEL_FILE_SUFFIXES
+        )
     return []
 
 

@@ -223,3 +223,12 @@ def test_schema_describes_the_tuning_defaults_the_engine_uses():
     checked = {key: value for key, value in described.items() if isinstance(value, (bool, int, float))}
     assert "top_k" in checked
     assert not {key: (value, code[key]) for key, value in checked.items() if code[key] != value}
+
+
+def test_the_target_kinds_table_gives_the_keys_each_kind_reads():
+    """docs/targets.md's table of target kinds lists, per kind, the keys distreach.settings.FAMILY_KEYS
+    says it reads (the config check refuses the others)."""
+    from distreach.settings import FAMILY_KEYS
+
+    rows = re.findall(r"^\| `(\w+)` \| .* \| ((?:`\w+`(?:, )?)+) \|$", (REPO / "docs" / "targets.md").read_text(), re.M)
+    assert {kind: set(re.findall(r"`(\w+)`", keys)) for kind, keys in rows} == {k: set(v) for k, v in FAMILY_KEYS.items()}

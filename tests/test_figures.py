@@ -279,13 +279,20 @@ def test_figures_are_saved_in_the_formats_their_paths_name():
     assert FORMATS == tuple(f".{ext}" for ext in FIGURE_EXTENSIONS)
 
 
-def test_a_figure_draws_the_rows_of_its_method_alone():
-    """Fig. 1 draws soft prompts (its registry entry's ``method``): hard-prompt rows of the same
-    targets beside them change nothing it draws."""
-    rows = [dict(experiment="e", prefix_len=5, model="m", method=m, n_soft=n, target_entropy=h, entropy_unit="bits",
-                 kl_min=k, init_index=0, target_id=f"t{h}", status="ok", target_kind="vanilla")
-            for m, n, k in (("soft", 5, 0.1), ("hard", 0, 5.0)) for h in (0.0, 4.0)]
-    assert figureregistry.FIGURES["fig01"].method == "soft"
-    spec = figures.DRAW["fig01"](pl.DataFrame(rows), {"experiment": "e"}).to_dict()
-    drawn = [r for data in spec["datasets"].values() for r in data]
-    assert sorted((r["target_entropy"], r["mean"]) for r in drawn) == [(0.0, 0.1), (4.0, 0.1)]
+def test_a_figure_draws_the_rows_of_its_registry_method_alone(monkeypatch):
+    """Fig. 1 draws the rows of its registry entry's ``method`` (soft prompts): rows of another method
+    beside them change nothing it draws, and the entry's method is the one drawn."""
+    from dataclasses import replace
+
+    rows = pl.DataFrame([dict(experiment="e", prefix_len=5, model="m", method=m, n_soft=n, target_entropy=h,
+                              entropy_unit="bits", kl_min=k, init_index=0, target_id=f"t{h}", status="ok",
+                              target_kind="vanilla")
+                         for m, n, k in (("soft", 5, 0.1), ("hard", 0, 5.0)) for h in (0.0, 4.0)])
+
+    def drawn():
+        spec = figures.DRAW["fig01"](rows, {"experiment": "e"}).to_dict()
+        return sorted((r["target_entropy"], r["mean"]) for data in spec["datasets"].values() for r in data)
+
+    assert figureregistry.FIGURES["fig01"].method == "soft" and drawn() == [(0.0, 0.1), (4.0, 0.1)]
+    monkeypatch.setitem(figureregistry.FIGURES, "fig01", replace(figureregistry.FIGURES["fig01"], method="hard"))
+    assert drawn() == [(0.0, 5.0), (4.0, 5.0)]

@@ -296,29 +296,54 @@ BAD_CONFIGS = [
      "config key methods.hybrid-1.n_soft: must be in 0..5 (got 9); for experiment methods's hybrid-1 rows"),
     # what the schema takes but no job would read as written: refused, not ignored
     (lambda c: c["tuning"].update(method="hard"),
-     "config key tuning.method: an experiment's methods are its 'methods' list (experiments.<name>.methods; "),
+     "config key tuning.method: every method it applies to sets its own; an experiment's methods are its 'methods' list"),
     (lambda c: c["experiments"]["vanilla"].update(tuning={"method": "hard"}), "config key experiments.vanilla.tuning.method: "),
     (lambda c: c["targets"]["vanilla"].update(ks=[1]),
      "config key targets.vanilla.ks: a vanilla family has no ks (a key of outlier families: is its kind set?)"),
-    (lambda c: c["targets"]["lm"].update(grid={"step": 1.0}), "config key targets.lm.grid: a lm family has no grid (a key of vanilla and outlier"),
+    (lambda c: c["targets"]["lm"].update(tolerance=0.1),
+     "config key targets.lm.tolerance: an lm family has no tolerance (a key of vanilla, outlier and matched families)"),
     (lambda c: c["targets"]["migrated"].pop("source"), "config key targets.migrated.source: missing required key"),
     # a figure whose experiments hold none of what it draws, or a pair that is not what it says
     (lambda c: c["figures"]["fig07"].update(experiments=["vanilla"]),
-     "config key figures.fig07.experiments[0]: none of ['vanilla'] tunes on outlier targets, which fig07 draws"),
+     "config key figures.fig07.experiments: none of ['vanilla'] (of model tiny) tunes on outlier targets with method 'soft' "
+     "in its methods, which fig07 draws"),
     (lambda c: c["figures"]["fig10"].update(experiments=["lm-soft"]),
-     "config key figures.fig10.experiments[0]: none of ['lm-soft'] tunes on migrated targets, which fig10 draws"),
-    (lambda c: c["figures"]["fig08"].update(experiments=["lm-soft", "matched-soft"]),
-     "config key figures.fig08.experiments[0]: none of ['lm-soft', 'matched-soft'] has method hard (their 'methods'), "
-     "whose rows fig08 draws"),
+     "config key figures.fig10.experiments: none of ['lm-soft'] tunes on migrated targets with method 'soft' in its methods"),
+    (lambda c: c["figures"]["fig08"].update(experiments=["lm-soft", "matched-hard"]),  # hard prompts, not on lm targets
+     "config key figures.fig08.experiments: none of ['lm-soft', 'matched-hard'] (of model tiny) tunes on lm targets with "
+     "method 'hard' in its methods, which fig08 draws"),
+    (lambda c: c["figures"]["fig05"].update(experiment="lm-hard"),
+     "config key figures.fig05.experiment: none of ['lm-hard'] (of model tiny) tunes with method 'soft' in its methods"),
     (lambda c: c["figures"]["fig06"].update(pairs={"tiny": "tiny-gpt2"}),
      "config key figures.fig06.pairs.tiny: 'tiny-gpt2' is not a random_init copy of 'tiny' (models.tiny-gpt2.source: "),
+    (lambda c: c["figures"]["fig06"].update(pairs={"tiny": "nosuch"}), "config key figures.fig06.pairs.tiny: unknown model 'nosuch'"),
     # a model's files that are not there
     (lambda c: c["models"]["tiny"].update(source={"local": "/nonexistent/model"}),
-     "config key models.tiny.source.local: no folder /nonexistent/model (from "),
+     "config key models.tiny.source.local: no folder /nonexistent/model"),
+    (lambda c: c["models"]["tiny"].update(source={"local": "no/such/model"}),
+     "config key models.tiny.source.local: no folder no/such/model (from "),
     (lambda c: c["models"]["tiny"].update(source={"local": "/"}), "config key models.tiny.source.local: / has no config.json"),
     (lambda c: c["models"]["tiny"].update(source={"gguf_file": "/nonexistent/m.gguf"}),
-     "config key models.tiny.source.gguf_file: no file /nonexistent/m.gguf (from "),
+     "config key models.tiny.source.gguf_file: no file /nonexistent/m.gguf"),
 ]
+
+
+def test_a_tuning_method_a_named_method_reads_is_accepted(tiny_sources):
+    """A named method whose entry sets no method takes the tuning's (the config's or its experiment's):
+    there ``method`` is read, and accepted."""
+    from snakemake.utils import validate
+
+    from distreach.config import check_config
+    from distreach.jobs import tuning_jobs
+
+    cfg = tiny_config(tiny_sources)
+    cfg["methods"]["long"] = {"max_steps": 20}
+    cfg["experiments"]["methods"]["methods"].append("long")
+    cfg["experiments"]["methods"]["tuning"] = {"method": "hard"}
+    check_config(cfg, REPO / "schemas" / "config.schema.yaml", validate)
+    shards = [s for job in tuning_jobs(cfg).values() for s in job["shards"] if s["experiment"] == "methods"]
+    assert {s["method"]: s["tuning"]["method"] for s in shards} == {"soft": "soft", "hybrid-1": "hybrid", "hard": "hard",
+                                                                   "long": "hard"}
 
 
 @pytest.mark.parametrize("mutate,message", BAD_CONFIGS)
@@ -382,12 +407,16 @@ def test_what_needs_the_model_to_be_refused_stops_its_job_with_one_line(tmp_path
 
 
 @pytest.mark.slow  # over 10 s on a 2-core CPU
-def test_an_error_names_the_config_file_read_not_the_one_it_replaced(tmp_path, tiny_sources):
+@pytest.mark.parametrize("replace", [[], ["--replace-workflow-config"]])
+def test_a_configfile_replaces_config_yaml_with_or_without_the_flag(tmp_path, tiny_sources, replace):
+    """config.yaml is read only where no --configfile is given: a cluster's jobs, which Snakemake
+    starts with the --configfile files and without --replace-workflow-config, read the config the
+    run was planned with; an error names the file read."""
     cfg = tiny_config(tiny_sources)
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))  # the workflow's own, replaced
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**cfg, "colour": "blue"}))  # not read: it would be refused
     (tmp_path / "mine.yaml").write_text(yaml.safe_dump({**cfg, "seed": -3}))
-    proc = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", "mine.yaml", "--replace-workflow-config",
-                           "-n"], capture_output=True, text=True, cwd=tmp_path)
+    proc = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--configfile", "mine.yaml", *replace, "-n"],
+                          capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.splitlines()[-1] == (
         f"distreach: error: {tmp_path / 'mine.yaml'}: config key seed: -3 is less than the minimum of 0")
 
