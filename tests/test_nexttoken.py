@@ -106,3 +106,15 @@ def test_rank_curve_keeps_the_head_and_thins_the_tail():
     ranks, p = figures.rank_curve(logp, head=100, points=50)
     assert ranks[:100].tolist() == list(range(1, 101)) and ranks[-1] == 10000 and len(ranks) <= 150
     assert (np.diff(ranks) > 0).all() and p[0] == pytest.approx(0.5 / 1000) and p[-1] == pytest.approx(0.5 / 9000)
+
+
+def test_a_text_longer_than_the_models_context_is_refused(tiny_llama):
+    """Fig. 3's text after BOS: 63 tokens fit the tiny Llama's 64 positions, 64 do not."""
+    from distreach.nexttoken import text_distribution
+
+    bos = tiny_llama.tokenizer.bos_token_id
+    ids, _ = text_distribution(tiny_llama, " the" * 63, bos)
+    assert len(ids) == 63
+    with pytest.raises(DistreachError, match=r"^figures\.fig03\.text ' the the .*': 65 positions, more than model "
+                                             r"tiny-llama's context of 64$"):
+        text_distribution(tiny_llama, " the" * 64, bos)

@@ -104,6 +104,12 @@ def test_generate_feeds_the_kept_prompt_back(env, capsys):
     # a text after the prompt changes the next-token distribution
     after = api.generate(env["soft"], "t", init=best["init_index"], text="the house", samples=0)
     assert after["next_tokens"]["q"].to_list() != got["next_tokens"]["q"].to_list()[:10] and after["samples"] == []
+    # a text up to the model's context (the tiny Llama's 64 positions) after BOS and the prompt; samples past it refused
+    n = 64 - (best["bos_token_id"] is not None) - best["prefix_len"]
+    assert api.generate(env["soft"], "t", text=" the" * n, samples=0)["samples"] == []
+    with pytest.raises(DistreachError, match=r"^the prompt and --text and the samples' tokens: 65 positions, more than "
+                                             r"model \S+'s context of 64$"):
+        api.generate(env["soft"], "t", text=" the" * n, samples=1, max_new_tokens=2)
 
 
 def test_generate_prints_next_tokens_and_samples(env, capsys):

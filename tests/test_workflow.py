@@ -551,6 +551,10 @@ def test_partial_reruns(tmp_path, tiny_sources):
     assert planned_jobs(smk("-n")) == {"tune_job": 4, "collect": 2, "figure": 2, "claims": 1, "achieved": 1, "all": 1}
     del cfg["tuning"]["top_k"]
     assert "Nothing to be done" in smk("-n").stdout
+    # a file beside the model's that loading it does not read: nothing reruns
+    (model / "README.md").write_text("notes")
+    (model / ".notes").write_text("notes")
+    assert "Nothing to be done" in smk("-n").stdout
     # the model's own files rewritten (other weights): the model is written again, and all that reads it reruns
     save_tiny(model, "llama", seed=7)
     assert planned_jobs(smk("-n")) == {"materialise_model": 1, "targets": 1, "next_token": 1, "tune_job": 4, "collect": 2,
