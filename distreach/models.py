@@ -112,8 +112,9 @@ class LoadedModel:
 
     def check_positions(self, positions: int, what: str) -> None:
         """Refuse inputs of more ``positions`` than the model's context (``what`` says whose)."""
-        if self.context is not None and positions > self.context:
-            raise DistreachError(f"{what}: {positions} positions, more than model {self.name}'s context of {self.context}")
+        context = self.context
+        if context is not None and positions > context:
+            raise DistreachError(f"{what}: {positions} positions, more than model {self.name}'s context of {context}")
 
 
 def sha256_file(path: str | os.PathLike) -> str:
